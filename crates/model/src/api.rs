@@ -1,0 +1,191 @@
+//! HTTP request and response bodies (the `/v1` JSON contract).
+//!
+//! Like [`crate::kinds`], these types generate the files in `schemas/`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+fn schema_one() -> u32 {
+    1
+}
+
+/// One event as a device posts it. The node fills in `seq`, `prev`,
+/// `recorded_at` and `hash`; `origin` may be given but must name this node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "event-input")]
+pub struct EventInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub origin: Option<String>,
+    /// `entry`, `temperature`, `visit`, `delivery` or `correction`.
+    #[schemars(length(min = 1, max = 32))]
+    pub kind: String,
+    /// Schema version of `data` for this kind (default 1).
+    #[serde(default = "schema_one")]
+    #[schemars(range(min = 1))]
+    pub schema: u32,
+    /// When it happened in the field: RFC 3339 with offset, e.g.
+    /// `2020-01-28T09:30:00+08:00`. Kept to the millisecond.
+    #[schemars(length(min = 20, max = 40))]
+    pub occurred_at: String,
+    #[schemars(length(min = 1, max = 64))]
+    pub grid: String,
+    #[schemars(length(min = 1, max = 64))]
+    pub recorded_by: String,
+    /// Idempotency key chosen by the device: a retried POST with the same
+    /// key returns the original event instead of creating a second one.
+    #[schemars(length(min = 1, max = 128))]
+    pub client_id: String,
+    /// Kind-specific fields; see `<kind>.v<schema>.json`.
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A batch of events, appended all-or-nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "event-batch-input")]
+pub struct EventBatchInput {
+    #[schemars(length(min = 1))]
+    pub events: Vec<EventInput>,
+}
+
+/// Body of `POST /v1/events`: one event, or `{"events": [...]}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(title = "post-events-request")]
+pub enum PostEventsRequest {
+    Batch(EventBatchInput),
+    One(Box<EventInput>),
+}
+
+/// What the node did with one posted event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendedEvent {
+    pub origin: String,
+    pub seq: u64,
+    /// BLAKE3 event hash, hex.
+    pub hash: String,
+    /// True when the `client_id` was seen before and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Reply to `POST /v1/events`, one result per posted event in request order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "post-events-response")]
+pub struct PostEventsResponse {
+    pub results: Vec<AppendedEvent>,
+}
+
+/// Every error reply carries one of these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `schema_violation`.
+    pub code: String,
+    /// What was wrong and what to do, for a person.
+    pub message: String,
+    /// Index of the offending event within a batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// Dotted path of the offending field, e.g. `data.celsius`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "error-response")]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+/// Whether an event's personal fields are in `data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonalState {
+    /// The event has no personal fields.
+    None,
+    /// Personal fields are merged into `data`.
+    Included,
+    /// The event has personal fields, not shown (withheld by this node or
+    /// not held by it); `personal_digest` still lets the event verify.
+    Withheld,
+}
+
+/// One stored event as served by `GET /v1/events`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "event")]
+pub struct EventView {
+    pub origin: String,
+    pub seq: u64,
+    pub kind: String,
+    pub schema: u32,
+    pub occurred_at: String,
+    pub recorded_at: String,
+    pub grid: String,
+    pub recorded_by: String,
+    pub client_id: String,
+    /// Hex hash of the previous event of the origin (zeros for seq 1).
+    pub prev: String,
+    pub hash: String,
+    pub data: serde_json::Map<String, serde_json::Value>,
+    pub personal: PersonalState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal_digest: Option<String>,
+}
+
+/// A page of `GET /v1/events`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "events-page")]
+pub struct EventsPage {
+    pub events: Vec<EventView>,
+    /// Pass as `cursor=` to get the next page; absent at the end of the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// An origin's chain head as held by a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeadView {
+    /// Highest contiguous seq held.
+    pub seq: u64,
+    pub hash: String,
+    /// When the origin signed this head.
+    pub signed_at: String,
+}
+
+/// Size of a node's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogStats {
+    pub chunks: u64,
+    pub events: u64,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "status-response")]
+pub struct StatusResponse {
+    pub node: String,
+    /// Display name from the topology.
+    pub name: String,
+    /// `community` (an origin: no children) or `aggregator`.
+    pub role: String,
+    /// Role of the token that asked.
+    pub token_role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub children: Vec<String>,
+    /// Per origin held: the version vector of this node.
+    pub heads: BTreeMap<String, HeadView>,
+    pub log: LogStats,
+}

@@ -1,0 +1,456 @@
+//! Chunks: a run of consecutive events of one origin closed by a signed head.
+//!
+//! A chunk is the unit of signing, storage and transfer. Its container is a
+//! msgpack array `[1, origin, [record…], head]` where a record is
+//! `[envelope bytes (bin), nil | [salt (bin 16), personal bytes (bin)]]` and
+//! the head is `[origin, seq, hash (bin 32), signed_at_ms, signature (bin 64)]`.
+//!
+//! The container itself is not hashed or signed: what is protected is each
+//! envelope's bytes (hashed, chained through `prev`) and the head, whose
+//! signature covers
+//! `"gridsync/head/v1\0" ‖ msgpack [origin, seq, hash (bin 32), signed_at_ms]`.
+//! So any contiguous run of a chunk's events ending at the head can be cut
+//! out and sent on with the same head, and personal parts can be dropped,
+//! without touching a signed byte.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::Deserialize;
+
+use crate::event::{event_hash, Envelope, EnvelopeError, Hash32, Personal};
+
+/// Domain-separation prefix of a signed head.
+pub const HEAD_SIGNATURE_DOMAIN: &[u8] = b"gridsync/head/v1\0";
+/// The only chunk container format so far.
+pub const CHUNK_FORMAT: u8 = 1;
+
+/// One event as stored: the exact envelope bytes and, unless withheld, the
+/// personal fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    pub envelope: Vec<u8>,
+    pub personal: Option<Personal>,
+}
+
+/// An origin's chain head signed with the origin's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedHead {
+    pub origin: String,
+    pub seq: u64,
+    pub hash: Hash32,
+    pub signed_at_ms: i64,
+    pub signature: [u8; 64],
+}
+
+impl SignedHead {
+    /// The exact bytes the signature covers.
+    pub fn signed_message(origin: &str, seq: u64, hash: &Hash32, signed_at_ms: i64) -> Vec<u8> {
+        let mut m = Vec::with_capacity(HEAD_SIGNATURE_DOMAIN.len() + 64 + origin.len());
+        m.extend_from_slice(HEAD_SIGNATURE_DOMAIN);
+        rmp::encode::write_array_len(&mut m, 4).expect("vec write");
+        rmp::encode::write_str(&mut m, origin).expect("vec write");
+        rmp::encode::write_uint(&mut m, seq).expect("vec write");
+        rmp::encode::write_bin(&mut m, hash).expect("vec write");
+        rmp::encode::write_sint(&mut m, signed_at_ms).expect("vec write");
+        m
+    }
+
+    pub fn sign(key: &SigningKey, origin: &str, seq: u64, hash: Hash32, signed_at_ms: i64) -> Self {
+        let sig = key.sign(&Self::signed_message(origin, seq, &hash, signed_at_ms));
+        Self {
+            origin: origin.to_owned(),
+            seq,
+            hash,
+            signed_at_ms,
+            signature: sig.to_bytes(),
+        }
+    }
+
+    /// Strict ed25519 verification (rejects malleable and small-order forms).
+    ///
+    /// # Errors
+    /// [`ChunkError::BadSignature`] when the signature does not verify.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<(), ChunkError> {
+        let msg = Self::signed_message(&self.origin, self.seq, &self.hash, self.signed_at_ms);
+        key.verify_strict(&msg, &Signature::from_bytes(&self.signature))
+            .map_err(|_| ChunkError::BadSignature {
+                origin: self.origin.clone(),
+                seq: self.seq,
+            })
+    }
+
+    fn encode_into(&self, w: &mut Vec<u8>) {
+        rmp::encode::write_array_len(w, 5).expect("vec write");
+        rmp::encode::write_str(w, &self.origin).expect("vec write");
+        rmp::encode::write_uint(w, self.seq).expect("vec write");
+        rmp::encode::write_bin(w, &self.hash).expect("vec write");
+        rmp::encode::write_sint(w, self.signed_at_ms).expect("vec write");
+        rmp::encode::write_bin(w, &self.signature).expect("vec write");
+    }
+
+    /// Standalone encoding (used for the `heads` index).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(140);
+        self.encode_into(&mut w);
+        w
+    }
+
+    /// # Errors
+    /// When the bytes are not an encoded head.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
+        let w: HeadWire =
+            rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
+        w.into_head()
+    }
+}
+
+#[derive(Deserialize)]
+struct HeadWire(String, u64, serde_bytes::ByteBuf, i64, serde_bytes::ByteBuf);
+
+impl HeadWire {
+    fn into_head(self) -> Result<SignedHead, ChunkError> {
+        Ok(SignedHead {
+            origin: self.0,
+            seq: self.1,
+            hash: self
+                .2
+                .as_slice()
+                .try_into()
+                .map_err(|_| ChunkError::Decode("head hash is not 32 bytes".into()))?,
+            signed_at_ms: self.3,
+            signature: self
+                .4
+                .as_slice()
+                .try_into()
+                .map_err(|_| ChunkError::Decode("head signature is not 64 bytes".into()))?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct PersonalWire(serde_bytes::ByteBuf, serde_bytes::ByteBuf);
+
+#[derive(Deserialize)]
+struct RecordWire(serde_bytes::ByteBuf, Option<PersonalWire>);
+
+#[derive(Deserialize)]
+struct ChunkWire(u8, String, Vec<RecordWire>, HeadWire);
+
+/// A run of consecutive events of one origin and the signed head that closes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub origin: String,
+    pub events: Vec<EventRecord>,
+    pub head: SignedHead,
+}
+
+/// An event whose bytes decoded and whose place in its chain was checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedEvent {
+    pub envelope: Envelope,
+    pub hash: Hash32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChunkError {
+    #[error("chunk is not decodable: {0}")]
+    Decode(String),
+    #[error("chunk format {0} is not supported (this build reads format 1)")]
+    Format(u8),
+    #[error("chunk of origin {0} holds no events")]
+    Empty(String),
+    #[error("event {origin}/{seq}: {source}")]
+    Envelope {
+        origin: String,
+        seq: u64,
+        source: EnvelopeError,
+    },
+    #[error("chunk of origin {chunk_origin} holds an event of origin {event_origin} (seq {seq})")]
+    OriginMismatch {
+        chunk_origin: String,
+        event_origin: String,
+        seq: u64,
+    },
+    #[error("origin {origin}: expected seq {expected}, found {found} (gap or reordering)")]
+    Gap {
+        origin: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("origin {origin} seq {seq}: prev does not match the hash of seq {prev_seq}", prev_seq = seq - 1)]
+    BrokenChain { origin: String, seq: u64 },
+    #[error("origin {origin} seq {seq}: personal fields do not match the digest in the envelope")]
+    PersonalDigest { origin: String, seq: u64 },
+    #[error("origin {origin}: signed head (seq {head_seq}) does not match the chunk's last event (seq {last_seq})")]
+    HeadMismatch {
+        origin: String,
+        head_seq: u64,
+        last_seq: u64,
+    },
+    #[error("origin {origin} seq {seq}: head signature does not verify with the origin's key")]
+    BadSignature { origin: String, seq: u64 },
+}
+
+impl Chunk {
+    pub fn first_seq(&self) -> u64 {
+        self.head.seq + 1 - self.events.len() as u64
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.head.seq
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(
+            64 + self
+                .events
+                .iter()
+                .map(|e| e.envelope.len() + 64)
+                .sum::<usize>(),
+        );
+        rmp::encode::write_array_len(&mut w, 4).expect("vec write");
+        rmp::encode::write_uint(&mut w, u64::from(CHUNK_FORMAT)).expect("vec write");
+        rmp::encode::write_str(&mut w, &self.origin).expect("vec write");
+        let n = u32::try_from(self.events.len()).expect("chunk event count fits u32");
+        rmp::encode::write_array_len(&mut w, n).expect("vec write");
+        for e in &self.events {
+            rmp::encode::write_array_len(&mut w, 2).expect("vec write");
+            rmp::encode::write_bin(&mut w, &e.envelope).expect("vec write");
+            match &e.personal {
+                None => {
+                    rmp::encode::write_nil(&mut w).expect("vec write");
+                }
+                Some(p) => {
+                    rmp::encode::write_array_len(&mut w, 2).expect("vec write");
+                    rmp::encode::write_bin(&mut w, &p.salt).expect("vec write");
+                    rmp::encode::write_bin(&mut w, &p.bytes).expect("vec write");
+                }
+            }
+        }
+        self.head.encode_into(&mut w);
+        w
+    }
+
+    /// Decodes the container. Checks shape only; [`Chunk::verify`] checks content.
+    ///
+    /// # Errors
+    /// When the bytes are not a format-1 chunk.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
+        let w: ChunkWire =
+            rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
+        if w.0 != CHUNK_FORMAT {
+            return Err(ChunkError::Format(w.0));
+        }
+        if w.2.is_empty() {
+            return Err(ChunkError::Empty(w.1));
+        }
+        let head = w.3.into_head()?;
+        if head.seq < w.2.len() as u64 {
+            return Err(ChunkError::Decode(
+                "head seq is lower than the number of events".into(),
+            ));
+        }
+        let mut events = Vec::with_capacity(w.2.len());
+        for r in w.2 {
+            let personal = match r.1 {
+                None => None,
+                Some(p) => Some(Personal {
+                    salt: p
+                        .0
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| ChunkError::Decode("salt is not 16 bytes".into()))?,
+                    bytes: p.1.into_vec(),
+                }),
+            };
+            events.push(EventRecord {
+                envelope: r.0.into_vec(),
+                personal,
+            });
+        }
+        Ok(Chunk {
+            origin: w.1,
+            events,
+            head,
+        })
+    }
+
+    /// Decodes every envelope and checks the chain: origin, consecutive seqs
+    /// from `first_seq`, `prev` links starting from `prev`, personal digests,
+    /// and that the head names the last event. Does not check the signature
+    /// (see [`Chunk::verify`]).
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check_chain(
+        &self,
+        first_seq: u64,
+        prev: &Hash32,
+    ) -> Result<Vec<VerifiedEvent>, ChunkError> {
+        let mut out = Vec::with_capacity(self.events.len());
+        let mut expected_prev = *prev;
+        let mut expected_seq = first_seq;
+        for rec in &self.events {
+            let envelope =
+                Envelope::decode(&rec.envelope).map_err(|source| ChunkError::Envelope {
+                    origin: self.origin.clone(),
+                    seq: expected_seq,
+                    source,
+                })?;
+            if envelope.origin != self.origin {
+                return Err(ChunkError::OriginMismatch {
+                    chunk_origin: self.origin.clone(),
+                    event_origin: envelope.origin,
+                    seq: expected_seq,
+                });
+            }
+            if envelope.seq != expected_seq {
+                return Err(ChunkError::Gap {
+                    origin: self.origin.clone(),
+                    expected: expected_seq,
+                    found: envelope.seq,
+                });
+            }
+            if envelope.prev != expected_prev {
+                return Err(ChunkError::BrokenChain {
+                    origin: self.origin.clone(),
+                    seq: envelope.seq,
+                });
+            }
+            if let Some(p) = &rec.personal {
+                if envelope.personal_digest != Some(p.digest()) {
+                    return Err(ChunkError::PersonalDigest {
+                        origin: self.origin.clone(),
+                        seq: envelope.seq,
+                    });
+                }
+            }
+            let hash = event_hash(&rec.envelope);
+            expected_prev = hash;
+            expected_seq += 1;
+            out.push(VerifiedEvent { envelope, hash });
+        }
+        let last_seq = expected_seq - 1;
+        if self.head.origin != self.origin
+            || self.head.seq != last_seq
+            || self.head.hash != expected_prev
+        {
+            return Err(ChunkError::HeadMismatch {
+                origin: self.origin.clone(),
+                head_seq: self.head.seq,
+                last_seq,
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Chunk::check_chain`] plus the head signature under `key`.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn verify(
+        &self,
+        first_seq: u64,
+        prev: &Hash32,
+        key: &VerifyingKey,
+    ) -> Result<Vec<VerifiedEvent>, ChunkError> {
+        let events = self.check_chain(first_seq, prev)?;
+        self.head.verify(key)?;
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EnvelopeHeader, OccurredAt, ZERO_HASH};
+
+    fn build(key: &SigningKey, n: u64) -> Chunk {
+        let mut prev = ZERO_HASH;
+        let mut events = Vec::new();
+        for seq in 1..=n {
+            let header = EnvelopeHeader {
+                origin: "c1",
+                seq,
+                kind: "visit",
+                schema: 1,
+                occurred_at: OccurredAt {
+                    unix_ms: 1_000 * seq as i64,
+                    offset_min: 480,
+                },
+                recorded_at_ms: 2_000,
+                grid: "g",
+                recorded_by: "w",
+                client_id: &format!("k{seq}"),
+                prev: &prev,
+                personal_digest: None,
+            };
+            let bytes = header.encode_with_data(&crate::canonical::to_canonical(
+                &serde_json::json!({"household": "h", "method": "phone", "quarantine": "none"}),
+            ));
+            prev = event_hash(&bytes);
+            events.push(EventRecord {
+                envelope: bytes,
+                personal: None,
+            });
+        }
+        Chunk {
+            origin: "c1".into(),
+            events,
+            head: SignedHead::sign(key, "c1", n, prev, 5),
+        }
+    }
+
+    #[test]
+    fn verifies_and_round_trips() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let c = build(&key, 5);
+        let back = Chunk::decode(&c.encode()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(
+            back.verify(1, &ZERO_HASH, &key.verifying_key())
+                .unwrap()
+                .len(),
+            5
+        );
+        // A suffix verifies against the hash of the event before it.
+        let suffix = Chunk {
+            origin: c.origin.clone(),
+            events: c.events[2..].to_vec(),
+            head: c.head.clone(),
+        };
+        let prev = event_hash(&c.events[1].envelope);
+        assert_eq!(
+            suffix.verify(3, &prev, &key.verifying_key()).unwrap().len(),
+            3
+        );
+        // The wrong key, the wrong start or a missing event fail.
+        let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
+        assert!(matches!(
+            c.verify(1, &ZERO_HASH, &other),
+            Err(ChunkError::BadSignature { .. })
+        ));
+        assert!(matches!(
+            suffix.verify(3, &ZERO_HASH, &key.verifying_key()),
+            Err(ChunkError::BrokenChain { .. })
+        ));
+        let mut gap = c.clone();
+        gap.events.remove(2);
+        assert!(gap.verify(1, &ZERO_HASH, &key.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn any_flipped_byte_fails_verification() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let bytes = build(&key, 3).encode();
+        for i in 0..bytes.len() {
+            let mut m = bytes.clone();
+            m[i] ^= 0x01;
+            if let Ok(c) = Chunk::decode(&m) {
+                assert!(
+                    c.verify(1, &ZERO_HASH, &key.verifying_key()).is_err(),
+                    "flip at byte {i} passed"
+                );
+            }
+        }
+    }
+}

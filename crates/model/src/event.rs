@@ -1,0 +1,373 @@
+//! The event envelope, its canonical bytes and its hash.
+//!
+//! An event is stored and forwarded as the exact canonical bytes its origin
+//! produced (see [`Envelope::encode`]); nothing downstream re-encodes them
+//! before verifying. The bytes are a msgpack array of 14 items, in this order:
+//!
+//! | # | field | msgpack type |
+//! |---|---|---|
+//! | 0 | envelope format, always `1` | uint |
+//! | 1 | `origin` | str |
+//! | 2 | `seq` | uint |
+//! | 3 | `kind` | str |
+//! | 4 | `schema` | uint |
+//! | 5 | `occurred_at`, unix milliseconds | int |
+//! | 6 | `occurred_at` UTC offset, minutes | int |
+//! | 7 | `recorded_at`, unix milliseconds (UTC) | int |
+//! | 8 | `grid` | str |
+//! | 9 | `recorded_by` | str |
+//! | 10 | `client_id` | str |
+//! | 11 | `prev`, hash of the origin's previous event (32 zero bytes for seq 1) | bin 32 |
+//! | 12 | `data` without its personal fields, canonical map | map |
+//! | 13 | digest of the personal fields, or nil when there are none | bin 32 / nil |
+//!
+//! `hash = BLAKE3("gridsync/event/v1\0" ‖ bytes)`.
+//!
+//! Personal fields (`person`, `plate`, `note`, also inside a correction's
+//! `replacement`) are taken out of `data` and kept beside the envelope as
+//! [`Personal`]: a random 16-byte salt and the canonical map of the removed
+//! fields keyed by their dotted path. The envelope holds only
+//! `BLAKE3("gridsync/personal/v1\0" ‖ salt ‖ personal bytes)`, so a node may
+//! withhold the personal part and the event still verifies; the salt stops
+//! anyone from confirming a guessed name or ID number against the digest.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::canonical;
+
+/// A BLAKE3 digest.
+pub type Hash32 = [u8; 32];
+
+/// `prev` of every origin's first event.
+pub const ZERO_HASH: Hash32 = [0; 32];
+
+/// Domain-separation prefix of an event hash.
+pub const EVENT_HASH_DOMAIN: &[u8] = b"gridsync/event/v1\0";
+/// Domain-separation prefix of a personal-fields digest.
+pub const PERSONAL_DIGEST_DOMAIN: &[u8] = b"gridsync/personal/v1\0";
+/// The only envelope format so far.
+pub const ENVELOPE_FORMAT: u8 = 1;
+/// Field names that hold personal data, wherever they occur in `data` and in
+/// a correction's `replacement`.
+pub const PERSONAL_KEYS: &[&str] = &["person", "plate", "note"];
+
+/// When an event happened in the field, as the device said it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OccurredAt {
+    pub unix_ms: i64,
+    /// The device's UTC offset in minutes, kept so the original wall-clock
+    /// time can be shown.
+    pub offset_min: i16,
+}
+
+impl OccurredAt {
+    pub fn to_rfc3339(self) -> String {
+        crate::time_fmt::format_rfc3339_ms(self.unix_ms, self.offset_min)
+    }
+}
+
+/// A decoded event envelope. See the module docs for the byte layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    pub origin: String,
+    pub seq: u64,
+    pub kind: String,
+    pub schema: u32,
+    pub occurred_at: OccurredAt,
+    pub recorded_at_ms: i64,
+    pub grid: String,
+    pub recorded_by: String,
+    pub client_id: String,
+    pub prev: Hash32,
+    /// `data` without its personal fields.
+    pub data: Value,
+    pub personal_digest: Option<Hash32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("envelope is not decodable msgpack: {0}")]
+    Decode(String),
+    #[error("envelope format {0} is not supported (this build reads format 1)")]
+    Format(u8),
+    #[error("envelope bytes are not in canonical form")]
+    NotCanonical,
+    #[error("envelope field {0} is malformed")]
+    Field(&'static str),
+}
+
+/// Serde shape of the 14-item array, used only for decoding.
+#[derive(Deserialize)]
+struct EnvelopeWire(
+    u8,
+    String,
+    u64,
+    String,
+    u32,
+    i64,
+    i16,
+    i64,
+    String,
+    String,
+    String,
+    serde_bytes::ByteBuf,
+    Value,
+    Option<serde_bytes::ByteBuf>,
+);
+
+/// Everything of an envelope but `data`, so a writer can splice in data
+/// bytes that were canonicalised earlier (on another thread).
+#[derive(Clone, Copy, Debug)]
+pub struct EnvelopeHeader<'a> {
+    pub origin: &'a str,
+    pub seq: u64,
+    pub kind: &'a str,
+    pub schema: u32,
+    pub occurred_at: OccurredAt,
+    pub recorded_at_ms: i64,
+    pub grid: &'a str,
+    pub recorded_by: &'a str,
+    pub client_id: &'a str,
+    pub prev: &'a Hash32,
+    pub personal_digest: Option<&'a Hash32>,
+}
+
+impl EnvelopeHeader<'_> {
+    /// Canonical envelope bytes with `data_canonical` (canonical map bytes)
+    /// as item 12.
+    pub fn encode_with_data(&self, data_canonical: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + data_canonical.len());
+        let w = &mut out;
+        rmp::encode::write_array_len(w, 14).expect("vec write");
+        rmp::encode::write_uint(w, u64::from(ENVELOPE_FORMAT)).expect("vec write");
+        rmp::encode::write_str(w, self.origin).expect("vec write");
+        rmp::encode::write_uint(w, self.seq).expect("vec write");
+        rmp::encode::write_str(w, self.kind).expect("vec write");
+        rmp::encode::write_uint(w, u64::from(self.schema)).expect("vec write");
+        rmp::encode::write_sint(w, self.occurred_at.unix_ms).expect("vec write");
+        rmp::encode::write_sint(w, i64::from(self.occurred_at.offset_min)).expect("vec write");
+        rmp::encode::write_sint(w, self.recorded_at_ms).expect("vec write");
+        rmp::encode::write_str(w, self.grid).expect("vec write");
+        rmp::encode::write_str(w, self.recorded_by).expect("vec write");
+        rmp::encode::write_str(w, self.client_id).expect("vec write");
+        rmp::encode::write_bin(w, self.prev).expect("vec write");
+        w.extend_from_slice(data_canonical);
+        match self.personal_digest {
+            Some(d) => rmp::encode::write_bin(w, d).expect("vec write"),
+            None => rmp::encode::write_nil(w).expect("vec write"),
+        };
+        out
+    }
+}
+
+impl Envelope {
+    pub fn header(&self) -> EnvelopeHeader<'_> {
+        EnvelopeHeader {
+            origin: &self.origin,
+            seq: self.seq,
+            kind: &self.kind,
+            schema: self.schema,
+            occurred_at: self.occurred_at,
+            recorded_at_ms: self.recorded_at_ms,
+            grid: &self.grid,
+            recorded_by: &self.recorded_by,
+            client_id: &self.client_id,
+            prev: &self.prev,
+            personal_digest: self.personal_digest.as_ref(),
+        }
+    }
+
+    /// The canonical bytes of this envelope.
+    pub fn encode(&self) -> Vec<u8> {
+        self.header()
+            .encode_with_data(&canonical::to_canonical(&self.data))
+    }
+
+    /// Decodes canonical envelope bytes.
+    ///
+    /// # Errors
+    /// When the bytes are not a format-1 envelope in canonical form.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let w: EnvelopeWire =
+            rmp_serde::from_slice(bytes).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
+        if w.0 != ENVELOPE_FORMAT {
+            return Err(EnvelopeError::Format(w.0));
+        }
+        let prev: Hash32 =
+            w.11.as_slice()
+                .try_into()
+                .map_err(|_| EnvelopeError::Field("prev"))?;
+        let personal_digest = match w.13 {
+            None => None,
+            Some(b) => Some(
+                Hash32::try_from(b.as_slice())
+                    .map_err(|_| EnvelopeError::Field("personal_digest"))?,
+            ),
+        };
+        if !w.12.is_object() {
+            return Err(EnvelopeError::Field("data"));
+        }
+        let env = Envelope {
+            origin: w.1,
+            seq: w.2,
+            kind: w.3,
+            schema: w.4,
+            occurred_at: OccurredAt {
+                unix_ms: w.5,
+                offset_min: w.6,
+            },
+            recorded_at_ms: w.7,
+            grid: w.8,
+            recorded_by: w.9,
+            client_id: w.10,
+            prev,
+            data: w.12,
+            personal_digest,
+        };
+        if env.encode() != bytes {
+            return Err(EnvelopeError::NotCanonical);
+        }
+        Ok(env)
+    }
+}
+
+/// `BLAKE3("gridsync/event/v1\0" ‖ envelope bytes)`.
+pub fn event_hash(envelope_bytes: &[u8]) -> Hash32 {
+    let mut h = blake3::Hasher::new();
+    h.update(EVENT_HASH_DOMAIN);
+    h.update(envelope_bytes);
+    *h.finalize().as_bytes()
+}
+
+/// The personal fields of one event, kept beside (not inside) its envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Personal {
+    pub salt: [u8; 16],
+    /// Canonical map: dotted path (`person`, `replacement.plate` …) → value.
+    pub bytes: Vec<u8>,
+}
+
+impl Personal {
+    /// `BLAKE3("gridsync/personal/v1\0" ‖ salt ‖ bytes)`.
+    pub fn digest(&self) -> Hash32 {
+        let mut h = blake3::Hasher::new();
+        h.update(PERSONAL_DIGEST_DOMAIN);
+        h.update(&self.salt);
+        h.update(&self.bytes);
+        *h.finalize().as_bytes()
+    }
+
+    /// The personal fields as a JSON map keyed by dotted path.
+    ///
+    /// # Errors
+    /// When the bytes are not a canonical map.
+    pub fn fields(&self) -> Result<serde_json::Map<String, Value>, String> {
+        match canonical::from_canonical(&self.bytes)? {
+            Value::Object(m) => Ok(m),
+            _ => Err("personal fields are not a map".to_owned()),
+        }
+    }
+}
+
+/// Moves the personal fields out of `data` (and out of `data.replacement`)
+/// into a map keyed by dotted path. Returns an empty map when there are none.
+pub fn split_personal(data: &mut serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    let mut personal = serde_json::Map::new();
+    for key in PERSONAL_KEYS {
+        if let Some(v) = data.remove(*key) {
+            personal.insert((*key).to_owned(), v);
+        }
+    }
+    if let Some(Value::Object(replacement)) = data.get_mut("replacement") {
+        for key in PERSONAL_KEYS {
+            if let Some(v) = replacement.remove(*key) {
+                personal.insert(format!("replacement.{key}"), v);
+            }
+        }
+    }
+    personal
+}
+
+/// Puts personal fields (as produced by [`split_personal`]) back into `data`.
+pub fn merge_personal(
+    data: &mut serde_json::Map<String, Value>,
+    personal: serde_json::Map<String, Value>,
+) {
+    for (path, v) in personal {
+        match path.split_once('.') {
+            Some((outer, inner)) => {
+                if let Some(Value::Object(m)) = data.get_mut(outer) {
+                    m.insert(inner.to_owned(), v);
+                }
+            }
+            None => {
+                data.insert(path, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn sample() -> Envelope {
+        Envelope {
+            origin: "shazikou-c01".into(),
+            seq: 1,
+            kind: "temperature".into(),
+            schema: 1,
+            occurred_at: OccurredAt {
+                unix_ms: 1_580_175_000_000,
+                offset_min: 480,
+            },
+            recorded_at_ms: 1_580_175_001_000,
+            grid: "g03".into(),
+            recorded_by: "w017".into(),
+            client_id: "c-1".into(),
+            prev: ZERO_HASH,
+            data: json!({"celsius": 37.6, "site": "checkpoint", "action": "referred"}),
+            personal_digest: Some([7; 32]),
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let env = sample();
+        let bytes = env.encode();
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn every_single_byte_change_is_rejected_or_changes_the_hash() {
+        let bytes = sample().encode();
+        let h = event_hash(&bytes);
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut m = bytes.clone();
+                m[i] ^= bit;
+                assert_ne!(event_hash(&m), h, "byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn split_and_merge_personal() {
+        let mut data = json!({
+            "household": "h1", "note": "n", "person": {"name": "张三"},
+            "replacement": {"plate": "鲁B", "x": 1}
+        });
+        let original = data.clone();
+        let m = data.as_object_mut().unwrap();
+        let p = split_personal(m);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            Value::Object(m.clone()),
+            json!({"household": "h1", "replacement": {"x": 1}})
+        );
+        merge_personal(m, p);
+        assert_eq!(Value::Object(m.clone()), original);
+    }
+}

@@ -1,0 +1,42 @@
+//! Node keys: ed25519, stored as hex.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+/// Generates a fresh signing key from the given RNG.
+pub fn generate(rng: &mut (impl rand::RngCore + rand::CryptoRng)) -> SigningKey {
+    SigningKey::generate(rng)
+}
+
+/// Parses a 32-byte secret key written as 64 hex digits (surrounding
+/// whitespace ignored).
+///
+/// # Errors
+/// A message saying what the text should look like.
+pub fn signing_key_from_hex(text: &str) -> Result<SigningKey, String> {
+    let bytes = hex::decode(text.trim()).map_err(|e| format!("private key is not hex: {e}"))?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "private key must be 32 bytes (64 hex digits)".to_owned())?;
+    Ok(SigningKey::from_bytes(&arr))
+}
+
+/// Parses a public key written as 64 hex digits.
+///
+/// # Errors
+/// A message saying what the text should look like.
+pub fn verifying_key_from_hex(text: &str) -> Result<VerifyingKey, String> {
+    let bytes = hex::decode(text.trim()).map_err(|e| format!("public key is not hex: {e}"))?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "public key must be 32 bytes (64 hex digits)".to_owned())?;
+    VerifyingKey::from_bytes(&arr)
+        .map_err(|e| format!("public key is not a valid ed25519 point: {e}"))
+}
+
+pub fn signing_key_to_hex(key: &SigningKey) -> String {
+    hex::encode(key.to_bytes())
+}
+
+pub fn verifying_key_to_hex(key: &VerifyingKey) -> String {
+    hex::encode(key.to_bytes())
+}
