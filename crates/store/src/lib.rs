@@ -1,1 +1,380 @@
+//! The gridsync event log.
+//!
+//! A [`Store`] owns one ordered key/value store ([`Kv`]: sled on disk,
+//! [`MemKv`] in the simulator) and one writer thread. Appends are sent to the
+//! writer over a bounded channel; the writer gathers whatever is queued into
+//! one commit (group commit), numbers and chains the events, cuts them into
+//! chunks closed by a signed head, writes chunks, indexes and heads in one
+//! atomic batch, makes it durable, and only then answers the callers and
+//! wakes subscribers. A failed commit is fatal: the store stops accepting.
+//!
+//! On open the whole log is read back and verified (chains, signatures,
+//! heads table); a log that does not verify is refused with a message.
 
+pub mod kv;
+pub mod layout;
+pub mod sled_kv;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::ingest::PreparedEvent;
+use gridsync_model::kinds::EventRef;
+use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, VerifiedEvent};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use kv::{Kv, MemKv};
+pub use sled_kv::SledKv;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("{0}")]
+    Open(String),
+    #[error("the stored log does not verify: {0}")]
+    Corrupt(String),
+    #[error("the log writer stopped after a failed commit ({0}); nothing further is acknowledged: restart the node")]
+    Failed(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// Why an append request was refused (nothing of it was stored).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    #[error("event {index}: client_id {client_id:?} was already used for a different event (seq {seq}); use a new client_id for a new event")]
+    ClientIdReused {
+        index: usize,
+        client_id: String,
+        seq: u64,
+    },
+    #[error("this node is not an origin; events are created only at community nodes")]
+    NotAnOrigin,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result for one appended event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub origin: String,
+    pub seq: u64,
+    pub hash: Hash32,
+    /// The `client_id` was already stored; nothing new was written.
+    pub duplicate: bool,
+}
+
+/// An origin's chain head as this store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadState {
+    pub seq: u64,
+    pub hash: Hash32,
+    pub signed: SignedHead,
+}
+
+/// One log entry read back.
+#[derive(Clone, Debug)]
+pub struct StoredChunk {
+    pub offset: u64,
+    /// When this node committed the chunk (its clock).
+    pub received_at_ms: i64,
+    pub chunk: Chunk,
+}
+
+/// Store settings. Names end in their unit.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Most events gathered into one commit.
+    pub commit_events_max: usize,
+    /// Append requests queued for the writer before senders wait.
+    pub queue_requests_max: usize,
+    /// A chunk is closed once its encoding reaches this size.
+    pub chunk_bytes_target: usize,
+    /// Test-only negative control: answer appends before the commit is
+    /// durable. Never set outside the crash test's control run.
+    pub unsafe_ack_before_durable: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            commit_events_max: 4096,
+            queue_requests_max: 256,
+            chunk_bytes_target: 6 * 1024,
+            unsafe_ack_before_durable: false,
+        }
+    }
+}
+
+/// Who this node is when it originates events.
+pub struct OriginIdentity {
+    pub node_id: String,
+    pub key: SigningKey,
+}
+
+/// Answers the public key of an origin (from the topology).
+pub type KeyLookup = Arc<dyn Fn(&str) -> Option<VerifyingKey> + Send + Sync>;
+
+pub(crate) struct Shared {
+    pub kv: Arc<dyn Kv>,
+    pub heads: RwLock<BTreeMap<String, HeadState>>,
+    pub stats: RwLock<LogCounts>,
+    pub failed: AtomicBool,
+    pub failure: RwLock<Option<String>>,
+    /// Next log offset; bumped after each durable commit.
+    pub committed: watch::Sender<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogCounts {
+    pub chunks: u64,
+    pub events: u64,
+}
+
+pub(crate) enum Request {
+    Originate {
+        events: Vec<PreparedEvent>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Vec<Appended>, AppendError>>,
+    },
+}
+
+/// Owns the writer: dropping the last handle closes the channel, lets the
+/// writer commit and answer everything queued, and joins it.
+struct WriterHandle {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The event log of one node. Cheap to clone; the writer stops (after
+/// finishing queued appends) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    handle: Arc<WriterHandle>,
+    origin: Option<String>,
+}
+
+impl Store {
+    /// Opens the log over `kv`, verifies it, and starts the writer.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the stored log does not verify (with
+    /// what and where), [`StoreError::Open`] for a foreign store format.
+    pub fn open(
+        kv: Arc<dyn Kv>,
+        config: StoreConfig,
+        origin: Option<OriginIdentity>,
+        keys: KeyLookup,
+    ) -> Result<Self, StoreError> {
+        match kv.get(layout::FORMAT_KEY)? {
+            None => {
+                if !kv.scan(b"", b"", 1)?.is_empty() {
+                    return Err(StoreError::Open(
+                        "data directory holds a database that is not a gridsync store".into(),
+                    ));
+                }
+                kv.commit(vec![(
+                    layout::FORMAT_KEY.to_vec(),
+                    Some(layout::FORMAT_VALUE.to_vec()),
+                )])?;
+            }
+            Some(v) if v == layout::FORMAT_VALUE => {}
+            Some(v) => {
+                return Err(StoreError::Open(format!(
+                    "store format {:?} is not supported by this build (it reads {:?})",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(layout::FORMAT_VALUE)
+                )))
+            }
+        }
+        let recovered = writer::recover(kv.as_ref(), &keys)?;
+        let (committed, _) = watch::channel(recovered.next_offset);
+        let shared = Arc::new(Shared {
+            kv,
+            heads: RwLock::new(recovered.heads.clone()),
+            stats: RwLock::new(recovered.counts),
+            failed: AtomicBool::new(false),
+            failure: RwLock::new(None),
+            committed,
+        });
+        let (tx, rx) = mpsc::channel(config.queue_requests_max.max(1));
+        let origin_id = origin.as_ref().map(|o| o.node_id.clone());
+        let w = writer::Writer::new(shared.clone(), config, origin, recovered);
+        let handle = std::thread::Builder::new()
+            .name("gridsync-log-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::Io(format!("spawn writer thread: {e}")))?;
+        Ok(Self {
+            shared,
+            handle: Arc::new(WriterHandle {
+                tx: Some(tx),
+                thread: Some(handle),
+            }),
+            origin: origin_id,
+        })
+    }
+
+    /// Appends events created at this node (an origin), all or nothing.
+    /// Returns when the commit that holds them is durable.
+    ///
+    /// # Errors
+    /// See [`AppendError`].
+    pub async fn append(
+        &self,
+        events: Vec<PreparedEvent>,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, AppendError> {
+        if self.origin.is_none() {
+            return Err(AppendError::NotAnOrigin);
+        }
+        self.check_failed()?;
+        let (reply, rx) = oneshot::channel();
+        let tx = self.handle.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Request::Originate {
+            events,
+            now_ms,
+            reply,
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            let why = self
+                .shared
+                .failure
+                .read()
+                .expect("lock")
+                .clone()
+                .unwrap_or_default();
+            return Err(StoreError::Failed(why));
+        }
+        Ok(())
+    }
+
+    /// `Err` once a commit has failed (the node must stop acknowledging).
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] after a failed commit.
+    pub fn health(&self) -> Result<(), StoreError> {
+        self.check_failed()
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The version vector: every origin held and its head.
+    pub fn heads(&self) -> BTreeMap<String, HeadState> {
+        self.shared.heads.read().expect("lock").clone()
+    }
+
+    pub fn head(&self, origin: &str) -> Option<HeadState> {
+        self.shared.heads.read().expect("lock").get(origin).cloned()
+    }
+
+    pub fn counts(&self) -> LogCounts {
+        *self.shared.stats.read().expect("lock")
+    }
+
+    /// Next log offset (= number of log entries). Changes after each commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.committed.subscribe()
+    }
+
+    /// Reads up to `max_entries` log entries starting at `offset`, in log
+    /// order. Does not verify signatures (the log was verified on open and
+    /// every entry was verified or created by this node).
+    ///
+    /// # Errors
+    /// Storage errors, or an entry that does not decode.
+    pub fn read_log(
+        &self,
+        offset: u64,
+        max_entries: usize,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
+        writer::read_entries(self.shared.kv.as_ref(), offset, max_entries)
+    }
+
+    /// Reads the chunks of `origin` that hold seqs `> after_seq`, in seq
+    /// order, at most `max_chunks`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn read_origin(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        max_chunks: usize,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
+        let prefix = layout::index_prefix(origin);
+        let start = layout::index_key(origin, after_seq.saturating_add(1));
+        let mut out = Vec::new();
+        for (_, v) in self.shared.kv.scan(&start, &prefix, max_chunks)? {
+            let (offset, _) = layout::parse_index_value(&v)
+                .ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
+            let mut e = writer::read_entries(self.shared.kv.as_ref(), offset, 1)?;
+            match e.pop() {
+                Some(c) if c.offset == offset => out.push(c),
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "index points at missing log entry {offset}"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds one event and its personal part.
+    ///
+    /// # Errors
+    /// Storage errors or an entry that does not decode.
+    pub fn find_event(
+        &self,
+        r: &EventRef,
+    ) -> Result<Option<(VerifiedEvent, EventRecord)>, StoreError> {
+        let Some(head) = self.head(&r.origin) else {
+            return Ok(None);
+        };
+        if r.seq == 0 || r.seq > head.seq {
+            return Ok(None);
+        }
+        let Some(sc) = self.read_origin(&r.origin, r.seq - 1, 1)?.pop() else {
+            return Ok(None);
+        };
+        let first = sc.chunk.first_seq();
+        if r.seq < first {
+            return Ok(None);
+        }
+        let idx = usize::try_from(r.seq - first).expect("chunk index fits usize");
+        let rec = sc.chunk.events[idx].clone();
+        let envelope = gridsync_model::Envelope::decode(&rec.envelope)
+            .map_err(|e| StoreError::Corrupt(format!("event {}/{}: {e}", r.origin, r.seq)))?;
+        let hash = gridsync_model::event::event_hash(&rec.envelope);
+        Ok(Some((VerifiedEvent { envelope, hash }, rec)))
+    }
+
+    /// Drops this handle; when it is the last one, waits for the writer to
+    /// commit and answer everything queued.
+    pub fn close(self) {
+        drop(self);
+    }
+}

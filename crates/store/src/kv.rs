@@ -1,0 +1,120 @@
+//! The narrow storage trait the log is written against, and its in-memory
+//! implementation (for the simulator and the model test).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+
+use crate::StoreError;
+
+/// One key/value write; `None` deletes (the log itself never deletes, but
+/// the trait does not forbid it).
+pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// An ordered byte-key store with atomic, durable batches.
+///
+/// Implementations guarantee: when [`Kv::commit`] returns `Ok`, every write
+/// of the batch is durable and visible, all or none; after a crash a batch
+/// is either wholly present or wholly absent.
+pub trait Kv: Send + Sync + 'static {
+    /// # Errors
+    /// I/O or corruption in the backing store.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries with keys `>= start` that begin with `prefix`,
+    /// in key order.
+    ///
+    /// # Errors
+    /// I/O or corruption in the backing store.
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// The entry with the greatest key beginning with `prefix`.
+    ///
+    /// # Errors
+    /// I/O or corruption in the backing store.
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Applies the batch atomically and makes it durable before returning.
+    ///
+    /// # Errors
+    /// The batch may or may not be durable; the caller must treat this as
+    /// fatal and stop acknowledging.
+    fn commit(&self, batch: Vec<KvWrite>) -> Result<CommitTimings, StoreError>;
+}
+
+/// How long the parts of a commit took, for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommitTimings {
+    pub apply_s: f64,
+    pub flush_s: f64,
+    pub fsync_s: f64,
+}
+
+/// A `BTreeMap` behind a mutex. Commits are atomic and "durable" for the
+/// life of the value; clones share the map, so a simulated restart reopens
+/// a store over the same `MemKv`.
+#[derive(Clone, Default)]
+pub struct MemKv {
+    map: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl MemKv {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of every entry (for tests that tamper with a store).
+    pub fn dump(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        self.map.lock().expect("memkv lock").clone()
+    }
+}
+
+impl Kv for MemKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map.lock().expect("memkv lock").get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let map = self.map.lock().expect("memkv lock");
+        Ok(map
+            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let map = self.map.lock().expect("memkv lock");
+        Ok(map
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .last()
+            .map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    fn commit(&self, batch: Vec<KvWrite>) -> Result<CommitTimings, StoreError> {
+        let mut map = self.map.lock().expect("memkv lock");
+        for (k, v) in batch {
+            match v {
+                Some(v) => {
+                    map.insert(k, v);
+                }
+                None => {
+                    map.remove(&k);
+                }
+            }
+        }
+        Ok(CommitTimings::default())
+    }
+}

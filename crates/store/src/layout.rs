@@ -1,0 +1,101 @@
+//! Key layout. Everything lives in sled's default tree so that one
+//! `apply_batch` commits an event, its indexes and its origin's head
+//! atomically (sled batches are per tree).
+//!
+//! | key | value |
+//! |---|---|
+//! | `V` | store format, `gridsync-store-1` |
+//! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset` |
+//! | `I` len:u8 origin last_seq:u64be | offset:u64be first_seq:u64be — one per chunk |
+//! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — origins only |
+//! | `H` origin | seq:u64be hash:32 signed-head bytes |
+//!
+//! A log entry is `received_at_ms:i64be ‖ chunk bytes`, split into
+//! fragments of at most [`FRAGMENT_BYTES_MAX`] bytes so that no sled value
+//! is large enough to push a tree node into sled's unsynced blob files.
+
+pub const FORMAT_KEY: &[u8] = b"V";
+pub const FORMAT_VALUE: &[u8] = b"gridsync-store-1";
+pub const LOG: u8 = b'L';
+pub const INDEX: u8 = b'I';
+pub const CLIENT: u8 = b'C';
+pub const HEAD: u8 = b'H';
+
+/// Largest sled value the log writes. sled 0.34.7 moves a serialized tree
+/// node over ~128 KiB to a blob file it never fsyncs, and a node holds up to
+/// ~16 items, so values stay at or below ~8 KiB.
+pub const FRAGMENT_BYTES_MAX: usize = 7 * 1024;
+
+pub fn log_key(offset: u64, part: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(11);
+    k.push(LOG);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+pub fn log_prefix(offset: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(LOG);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// `(offset, part)` of a log key.
+pub fn parse_log_key(k: &[u8]) -> Option<(u64, u16)> {
+    if k.len() != 11 || k[0] != LOG {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(k[1..9].try_into().ok()?),
+        u16::from_be_bytes(k[9..11].try_into().ok()?),
+    ))
+}
+
+fn origin_prefix(tag: u8, origin: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + origin.len() + 8);
+    k.push(tag);
+    k.push(u8::try_from(origin.len()).expect("node ids are at most 64 bytes"));
+    k.extend_from_slice(origin.as_bytes());
+    k
+}
+
+pub fn index_prefix(origin: &str) -> Vec<u8> {
+    origin_prefix(INDEX, origin)
+}
+
+pub fn index_key(origin: &str, last_seq: u64) -> Vec<u8> {
+    let mut k = origin_prefix(INDEX, origin);
+    k.extend_from_slice(&last_seq.to_be_bytes());
+    k
+}
+
+pub fn index_value(offset: u64, first_seq: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&offset.to_be_bytes());
+    v.extend_from_slice(&first_seq.to_be_bytes());
+    v
+}
+
+/// `(offset, first_seq)` of an index value.
+pub fn parse_index_value(v: &[u8]) -> Option<(u64, u64)> {
+    if v.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(v[..8].try_into().ok()?),
+        u64::from_be_bytes(v[8..].try_into().ok()?),
+    ))
+}
+
+pub fn client_key(origin: &str, client_id: &str) -> Vec<u8> {
+    let mut k = origin_prefix(CLIENT, origin);
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+pub fn head_key(origin: &str) -> Vec<u8> {
+    let mut k = vec![HEAD];
+    k.extend_from_slice(origin.as_bytes());
+    k
+}

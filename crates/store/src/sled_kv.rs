@@ -1,0 +1,139 @@
+//! [`Kv`] on sled 0.34.7, durable in the sense of DESIGN.md "Storage".
+//!
+//! sled's `flush()` writes its log with `sync_file_range` on Linux, which
+//! survives a killed process but not a power cut (spacejam/sled#1452). So a
+//! commit is `apply_batch` + `flush()` + `File::sync_all()` on the database
+//! file, and the directory is fsynced once when the database is created.
+//! Values are kept at or below [`crate::layout::FRAGMENT_BYTES_MAX`] so no
+//! tree node is large enough to go to sled's (never fsynced) blob files.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::kv::{CommitTimings, Kv, KvWrite};
+use crate::StoreError;
+
+pub struct SledKv {
+    db: sled::Db,
+    db_file: File,
+    path: PathBuf,
+}
+
+impl SledKv {
+    /// Opens (creating if needed) the sled database in `dir`.
+    ///
+    /// # Errors
+    /// When sled cannot open the directory (in use by another process,
+    /// damaged snapshot, permissions); the message says which directory.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let created = !dir.join("db").exists();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| {
+                StoreError::Open(format!(
+                    "sled could not open {}: {e}. If another gridsync process uses this data directory, stop it; \
+                     if the directory was damaged, restore it from a copy (gridsync never starts empty over a damaged log)",
+                    dir.display()
+                ))
+            })?;
+        let db_file = File::open(dir.join("db"))
+            .map_err(|e| StoreError::Io(format!("open {}/db for fsync: {e}", dir.display())))?;
+        if created {
+            // Make the new files' directory entries durable once.
+            db.flush()
+                .map_err(|e| StoreError::Io(format!("flush: {e}")))?;
+            db_file
+                .sync_all()
+                .map_err(|e| StoreError::Io(format!("fsync db: {e}")))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::Io(format!("fsync dir {}: {e}", dir.display())))?;
+            if let Some(parent) = dir.parent() {
+                if let Ok(p) = File::open(parent) {
+                    let _ = p.sync_all();
+                }
+            }
+        }
+        Ok(Self {
+            db,
+            db_file,
+            path: dir.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the database on disk, bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Io(format!("sled: {e}"))
+}
+
+impl Kv for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.range(start..) {
+            let (k, v) = item.map_err(sled_err)?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.db.scan_prefix(prefix).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(sled_err)?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+        }
+    }
+
+    fn commit(&self, batch: Vec<KvWrite>) -> Result<CommitTimings, StoreError> {
+        let t0 = Instant::now();
+        let mut b = sled::Batch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b).map_err(sled_err)?;
+        let t1 = Instant::now();
+        self.db.flush().map_err(sled_err)?;
+        let t2 = Instant::now();
+        self.db_file
+            .sync_all()
+            .map_err(|e| StoreError::Io(format!("fsync {}/db: {e}", self.path.display())))?;
+        let t3 = Instant::now();
+        Ok(CommitTimings {
+            apply_s: (t1 - t0).as_secs_f64(),
+            flush_s: (t2 - t1).as_secs_f64(),
+            fsync_s: (t3 - t2).as_secs_f64(),
+        })
+    }
+}

@@ -1,0 +1,282 @@
+//! Store behaviour on both backends: appends, idempotency, reopen with
+//! verification, refusal of altered logs, large events, and a model test
+//! with random reboots against a plain in-memory model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use gridsync_model::ingest::{prepare, IngestContext, IngestLimits, PreparedEvent};
+use gridsync_model::kinds::EventRef;
+use gridsync_store::{
+    AppendError, KeyLookup, Kv, MemKv, OriginIdentity, SledKv, Store, StoreConfig, StoreError,
+};
+use proptest::prelude::*;
+use serde_json::json;
+
+const ORIGIN: &str = "c1";
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+fn keys() -> KeyLookup {
+    let vk = key().verifying_key();
+    Arc::new(move |o: &str| (o == ORIGIN).then_some(vk))
+}
+
+fn event(client_id: &str, note_len: usize) -> PreparedEvent {
+    let limits = IngestLimits::default();
+    let ctx = IngestContext {
+        node_id: ORIGIN,
+        now_ms: 1_580_200_000_000,
+        limits: &limits,
+    };
+    let v = json!({
+        "kind": "visit", "occurred_at": "2020-01-28T09:30:00+08:00",
+        "grid": "g1", "recorded_by": "w1", "client_id": client_id,
+        "data": {"household": "h1", "method": "phone", "quarantine": "ongoing", "note": "x".repeat(note_len)}
+    });
+    prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).expect("valid event")
+}
+
+fn open(kv: Arc<dyn Kv>) -> Result<Store, StoreError> {
+    Store::open(
+        kv,
+        StoreConfig::default(),
+        Some(OriginIdentity {
+            node_id: ORIGIN.into(),
+            key: key(),
+        }),
+        keys(),
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn append_dedup_and_reopen_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let store = open(Arc::new(SledKv::open(dir.path(), 16 << 20).unwrap())).unwrap();
+        let r = rt
+            .block_on(store.append(vec![event("a", 0), event("b", 0)], 1))
+            .unwrap();
+        assert_eq!(
+            r.iter().map(|a| (a.seq, a.duplicate)).collect::<Vec<_>>(),
+            vec![(1, false), (2, false)]
+        );
+        // A retry returns the originals and writes nothing.
+        let again = rt
+            .block_on(store.append(vec![event("b", 0), event("c", 0)], 2))
+            .unwrap();
+        assert_eq!(again[0].seq, 2);
+        assert!(again[0].duplicate);
+        assert_eq!(again[0].hash, r[1].hash);
+        assert_eq!((again[1].seq, again[1].duplicate), (3, false));
+        // Same client_id, different content: refused, batch not stored.
+        let err = rt
+            .block_on(store.append(vec![event("d", 0), event("a", 5)], 3))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AppendError::ClientIdReused {
+                    index: 1,
+                    seq: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(store.head(ORIGIN).unwrap().seq, 3);
+        // The same client_id twice in one batch is one event.
+        let twice = rt
+            .block_on(store.append(vec![event("e", 0), event("e", 0)], 4))
+            .unwrap();
+        assert_eq!(
+            (twice[0].seq, twice[1].seq, twice[1].duplicate),
+            (4, 4, true)
+        );
+    }
+    let store = open(Arc::new(SledKv::open(dir.path(), 16 << 20).unwrap())).unwrap();
+    assert_eq!(store.head(ORIGIN).unwrap().seq, 4);
+    assert_eq!(store.counts().events, 4);
+    let (ev, _) = store
+        .find_event(&EventRef {
+            origin: ORIGIN.into(),
+            seq: 3,
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.envelope.client_id, "c");
+    let dup = rt.block_on(store.append(vec![event("a", 0)], 5)).unwrap();
+    assert!(dup[0].duplicate);
+}
+
+#[test]
+fn large_events_are_fragmented_below_the_blob_threshold() {
+    let kv = MemKv::new();
+    let rt = rt();
+    let store = open(Arc::new(kv.clone())).unwrap();
+    rt.block_on(store.append(vec![event("big", 1999), event("small", 0)], 1))
+        .unwrap();
+    let big = vec![event("big2", 1999); 1];
+    rt.block_on(store.append(big, 2)).unwrap();
+    for (k, v) in kv.dump() {
+        assert!(
+            v.len() <= gridsync_store::layout::FRAGMENT_BYTES_MAX,
+            "value of {} bytes under {k:?}",
+            v.len()
+        );
+    }
+    drop(store);
+    let store = open(Arc::new(kv)).unwrap();
+    assert_eq!(store.head(ORIGIN).unwrap().seq, 3);
+    let chunks = store.read_log(0, 100).unwrap();
+    assert_eq!(
+        chunks.iter().map(|c| c.chunk.events.len()).sum::<usize>(),
+        3
+    );
+}
+
+#[test]
+fn many_events_make_many_chunks_and_read_back_in_order() {
+    let kv = MemKv::new();
+    let rt = rt();
+    let store = open(Arc::new(kv.clone())).unwrap();
+    let batch: Vec<_> = (0..1000).map(|i| event(&format!("k{i}"), 10)).collect();
+    rt.block_on(store.append(batch, 1)).unwrap();
+    let chunks = store.read_log(0, 10_000).unwrap();
+    assert!(
+        chunks.len() > 10,
+        "expected several chunks, got {}",
+        chunks.len()
+    );
+    let seqs: Vec<u64> = chunks
+        .iter()
+        .flat_map(|c| c.chunk.first_seq()..=c.chunk.last_seq())
+        .collect();
+    assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
+    // read_origin from the middle starts at the chunk holding the next seq.
+    let from = store.read_origin(ORIGIN, 500, 1).unwrap();
+    assert!(from[0].chunk.first_seq() <= 501 && from[0].chunk.last_seq() >= 501);
+}
+
+#[test]
+fn altered_logs_are_refused_on_open() {
+    let rt = rt();
+    let base = MemKv::new();
+    {
+        let store = open(Arc::new(base.clone())).unwrap();
+        for i in 0..5 {
+            rt.block_on(store.append(vec![event(&format!("k{i}"), 0)], i))
+                .unwrap();
+        }
+    }
+    let entries = base.dump();
+    let log_keys: Vec<Vec<u8>> = entries.keys().filter(|k| k[0] == b'L').cloned().collect();
+    // Flip one byte in every log value position class; drop the last entry.
+    let mut cases: Vec<(String, MemKv)> = Vec::new();
+    for (n, k) in log_keys.iter().enumerate() {
+        let v = &entries[k];
+        for pos in [12, v.len() / 2, v.len() - 3] {
+            let kv = MemKv::new();
+            let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = entries
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect();
+            batch[entries.keys().position(|x| x == k).unwrap()]
+                .1
+                .as_mut()
+                .unwrap()[pos] ^= 0x20;
+            kv.commit(batch).unwrap();
+            cases.push((format!("flip entry {n} byte {pos}"), kv));
+        }
+    }
+    let kv = MemKv::new();
+    kv.commit(
+        entries
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
+    )
+    .unwrap();
+    kv.commit(vec![(log_keys.last().unwrap().clone(), None)])
+        .unwrap();
+    cases.push(("drop the last entry".into(), kv));
+    for (what, kv) in cases {
+        match open(Arc::new(kv)) {
+            Err(StoreError::Corrupt(msg)) => assert!(!msg.is_empty()),
+            Err(other) => panic!("{what}: unexpected error {other}"),
+            Ok(_) => panic!("{what}: altered log opened without complaint"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u8>),
+    Reboot,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => prop::collection::vec(0u8..40, 1..6).prop_map(Op::Append),
+            1 => Just(Op::Reboot),
+        ],
+        1..25,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Random appends (with repeated client ids) and reboots on sled agree
+    /// with a model: client id -> seq, seqs gap-free, duplicates detected.
+    #[test]
+    fn sled_store_agrees_with_model(ops in ops()) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        let mut store = open(Arc::new(SledKv::open(dir.path(), 8 << 20).unwrap())).unwrap();
+        for op in ops {
+            match op {
+                Op::Reboot => {
+                    drop(store);
+                    store = open(Arc::new(SledKv::open(dir.path(), 8 << 20).unwrap())).unwrap();
+                }
+                Op::Append(ids) => {
+                    let evs: Vec<_> = ids.iter().map(|i| event(&format!("k{i}"), 0)).collect();
+                    let res = rt.block_on(store.append(evs, 1)).unwrap();
+                    for (i, r) in ids.iter().zip(res) {
+                        let name = format!("k{i}");
+                        match model.get(&name) {
+                            Some(seq) => { prop_assert!(r.duplicate); prop_assert_eq!(r.seq, *seq); }
+                            None => {
+                                prop_assert!(!r.duplicate);
+                                prop_assert_eq!(r.seq, model.len() as u64 + 1);
+                                model.insert(name, r.seq);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let head = store.head(ORIGIN).map_or(0, |h| h.seq);
+        prop_assert_eq!(head, model.len() as u64);
+        let stored: Vec<String> = store.read_log(0, 1 << 20).unwrap().into_iter()
+            .flat_map(|c| c.chunk.events.into_iter())
+            .map(|r| gridsync_model::Envelope::decode(&r.envelope).unwrap().client_id)
+            .collect();
+        let mut by_seq: Vec<(u64, String)> = model.into_iter().map(|(k, s)| (s, k)).collect();
+        by_seq.sort();
+        prop_assert_eq!(stored, by_seq.into_iter().map(|(_, k)| k).collect::<Vec<_>>());
+    }
+}
