@@ -1,1 +1,153 @@
-fn main() {}
+//! `gridsync`: provision a tree of nodes, serve one node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gridsync",
+    version,
+    about = "Event-sourced sync server for multi-level grid reporting",
+    long_about = "gridsync runs one kind of node everywhere. A community node (no children) accepts field \
+events over HTTP and appends them durably to its signed, hash-chained log; street and district nodes \
+receive their subtree's events and serve them. Start with `gridsync provision`, then `gridsync serve` \
+each node."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write topology, per-node configs, keys and tokens from an org tree.
+    ///
+    /// TREE is a TOML file with `timezone` and one `[[node]]` per node
+    /// (`id`, `name`, optional `parent`, `listen`). A node without children
+    /// is a community. OUT receives `topology.toml` and, per node,
+    /// `<id>/config.toml`, `<id>/node.key` (mode 0600) and `<id>/tokens.toml`
+    /// (plaintext tokens for the roles reporter, viewer, auditor, admin).
+    Provision {
+        /// The org tree file.
+        #[arg(long)]
+        tree: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an earlier provisioning in OUT (its keys are replaced).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run one node until SIGTERM or Ctrl-C.
+    ///
+    /// Verifies the stored log before serving (a log that does not verify is
+    /// refused with the reason). On shutdown, finishes in-flight requests and
+    /// commits. Logs go to stderr; set RUST_LOG (e.g. `info`,
+    /// `gridsync_store=debug`). Prints `gridsync: listening on http://ADDR`
+    /// on stdout once it accepts requests.
+    Serve {
+        /// The node's config.toml (from provision).
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of the config's address (e.g. 127.0.0.1:0).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Test-only negative control: acknowledge before the commit is
+        /// durable. Loses acknowledged events on a crash.
+        #[arg(long, hide = true)]
+        unsafe_ack_before_durable: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Provision { tree, out, force } => provision(&tree, &out, force),
+        Command::Serve {
+            config,
+            listen,
+            unsafe_ack_before_durable,
+        } => serve(config, listen, unsafe_ack_before_durable),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gridsync: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn provision(tree: &std::path::Path, out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let topo = gridsync_node::provision::provision(tree, out, force)?;
+    let n = topo.nodes().count();
+    let communities = topo.nodes().filter(|x| topo.is_origin(&x.id)).count();
+    println!(
+        "provisioned {n} nodes ({communities} communities) into {}; start each with: gridsync serve --config {}/<id>/config.toml",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn serve(config_path: PathBuf, listen: Option<String>, unsafe_ack: bool) -> anyhow::Result<()> {
+    let config = gridsync_node::config::NodeConfig::load(&config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gridsync")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        if unsafe_ack {
+            tracing::warn!(
+                "UNSAFE: acknowledging appends before they are durable (test negative control)"
+            );
+        }
+        let listen = listen.unwrap_or_else(|| config.listen.clone());
+        let opts = gridsync_node::node::Unsafe {
+            ack_before_durable: unsafe_ack,
+        };
+        let state = gridsync_node::node::open_node(config, &opts)?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(node = %state.config.id, %addr, origin = state.is_origin, "serving");
+        println!("gridsync: listening on http://{addr}");
+        gridsync_node::node::serve(state, listener, shutdown_signal()).await?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests and commits");
+}

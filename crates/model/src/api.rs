@@ -189,3 +189,41 @@ pub struct StatusResponse {
     pub heads: BTreeMap<String, HeadView>,
     pub log: LogStats,
 }
+
+/// Builds the JSON view of a stored event. Personal fields are merged into
+/// `data` only when `include_personal` and the record holds them.
+pub fn event_view(
+    event: &crate::VerifiedEvent,
+    record: &crate::EventRecord,
+    include_personal: bool,
+) -> EventView {
+    let env = &event.envelope;
+    let mut data = env.data.as_object().cloned().unwrap_or_default();
+    let personal = match (&env.personal_digest, &record.personal) {
+        (None, _) => PersonalState::None,
+        (Some(_), Some(p)) if include_personal => match p.fields() {
+            Ok(fields) => {
+                crate::event::merge_personal(&mut data, fields);
+                PersonalState::Included
+            }
+            Err(_) => PersonalState::Withheld,
+        },
+        (Some(_), _) => PersonalState::Withheld,
+    };
+    EventView {
+        origin: env.origin.clone(),
+        seq: env.seq,
+        kind: env.kind.clone(),
+        schema: env.schema,
+        occurred_at: env.occurred_at.to_rfc3339(),
+        recorded_at: crate::time_fmt::format_rfc3339_ms(env.recorded_at_ms, 0),
+        grid: env.grid.clone(),
+        recorded_by: env.recorded_by.clone(),
+        client_id: env.client_id.clone(),
+        prev: hex::encode(env.prev),
+        hash: hex::encode(event.hash),
+        data,
+        personal,
+        personal_digest: env.personal_digest.map(hex::encode),
+    }
+}

@@ -343,6 +343,25 @@ impl Chunk {
         Ok(out)
     }
 
+    /// Decodes the events of a chunk this node already verified (read back
+    /// from its own log): checks the chain within the chunk, starting from
+    /// the first event's own `prev`.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn decode_events(&self) -> Result<Vec<VerifiedEvent>, ChunkError> {
+        let first = self
+            .events
+            .first()
+            .ok_or_else(|| ChunkError::Empty(self.origin.clone()))?;
+        let env = Envelope::decode(&first.envelope).map_err(|source| ChunkError::Envelope {
+            origin: self.origin.clone(),
+            seq: self.first_seq(),
+            source,
+        })?;
+        self.check_chain(self.first_seq(), &env.prev)
+    }
+
     /// [`Chunk::check_chain`] plus the head signature under `key`.
     ///
     /// # Errors

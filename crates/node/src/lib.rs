@@ -1,1 +1,10 @@
+//! A gridsync node: configuration, topology, auth, the `/v1` HTTP API,
+//! metrics, provisioning and serving. See ARCHITECTURE.md for the map.
 
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod node;
+pub mod provision;
+pub mod topology;

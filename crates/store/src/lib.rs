@@ -98,6 +98,8 @@ pub struct StoreConfig {
     /// Test-only negative control: answer appends before the commit is
     /// durable. Never set outside the crash test's control run.
     pub unsafe_ack_before_durable: bool,
+    /// Value of the `node` label on this store's metrics.
+    pub node_label: String,
 }
 
 impl Default for StoreConfig {
@@ -107,6 +109,7 @@ impl Default for StoreConfig {
             queue_requests_max: 256,
             chunk_bytes_target: 6 * 1024,
             unsafe_ack_before_durable: false,
+            node_label: String::new(),
         }
     }
 }

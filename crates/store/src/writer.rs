@@ -485,10 +485,14 @@ impl Writer {
         let t0 = Instant::now();
         match self.shared.kv.commit(writes) {
             Ok(t) => {
-                metrics::histogram!("gridsync_commit_seconds").record(t0.elapsed().as_secs_f64());
-                metrics::histogram!("gridsync_fsync_seconds").record(t.fsync_s + t.flush_s);
-                metrics::counter!("gridsync_commits_total").increment(1);
-                metrics::counter!("gridsync_events_appended_total").increment(n_events);
+                let node = self.config.node_label.clone();
+                metrics::histogram!("gridsync_commit_seconds", "node" => node.clone())
+                    .record(t0.elapsed().as_secs_f64());
+                metrics::histogram!("gridsync_fsync_seconds", "node" => node.clone())
+                    .record(t.fsync_s + t.flush_s);
+                metrics::counter!("gridsync_commits_total", "node" => node.clone()).increment(1);
+                metrics::counter!("gridsync_events_appended_total", "node" => node)
+                    .increment(n_events);
                 self.next_offset = offset;
                 self.heads.insert(origin_id.clone(), head.clone());
                 self.shared

@@ -1,0 +1,120 @@
+//! A node's configuration file (`<id>/config.toml`, written by `provision`).
+//! Relative paths are resolved against the directory of the config file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::TokenEntry;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id in the topology.
+    pub id: String,
+    /// Address to serve HTTP on, e.g. `127.0.0.1:7402`.
+    pub listen: String,
+    /// sled database directory.
+    pub data_dir: PathBuf,
+    /// Parent node id (must agree with the topology).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// File holding this node's ed25519 private key (hex).
+    pub key_file: PathBuf,
+    pub topology_file: PathBuf,
+    /// Accepted tokens (hashed).
+    #[serde(default)]
+    pub token: Vec<TokenEntry>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub store: StoreSettings,
+}
+
+/// Limits on requests. Every one has a default; names end in their unit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub body_bytes_max: usize,
+    /// Most events in one batch.
+    pub batch_events_max: usize,
+    /// Largest encoded event (envelope and personal part).
+    pub event_bytes_max: usize,
+    /// How far in the future `occurred_at` may be.
+    pub future_skew_s: i64,
+    /// HTTP requests served at once; more wait.
+    pub http_concurrency_max: usize,
+    /// Most events in one page of `GET /v1/events`.
+    pub page_events_max: usize,
+    /// Seconds a request may take before it is answered 408.
+    pub request_timeout_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes_max: 8 * 1024 * 1024,
+            batch_events_max: 1000,
+            event_bytes_max: 64 * 1024,
+            future_skew_s: 600,
+            http_concurrency_max: 512,
+            page_events_max: 1000,
+            request_timeout_s: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// sled page cache (sled's own default is 1 GiB).
+    pub cache_bytes: u64,
+    /// Most events gathered into one durable commit.
+    pub commit_events_max: usize,
+    /// Append requests queued for the log writer.
+    pub queue_requests_max: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 * 1024 * 1024,
+            commit_events_max: 4096,
+            queue_requests_max: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl NodeConfig {
+    /// Reads a config file and resolves its relative paths.
+    ///
+    /// # Errors
+    /// Unreadable file or invalid TOML, naming the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        let mut c: NodeConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError(format!("config {} is not valid: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.data_dir, &mut c.key_file, &mut c.topology_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if c.limits.batch_events_max == 0
+            || c.limits.page_events_max == 0
+            || c.limits.http_concurrency_max == 0
+        {
+            return Err(ConfigError(format!(
+                "config {}: limits must be at least 1",
+                path.display()
+            )));
+        }
+        Ok(c)
+    }
+}

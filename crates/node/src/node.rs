@@ -1,0 +1,175 @@
+//! A running node: its state, and `serve` (open, bind, serve, shut down).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use gridsync_model::ingest::IngestLimits;
+use gridsync_store::{OriginIdentity, SledKv, Store, StoreConfig};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::config::NodeConfig;
+use crate::topology::Topology;
+
+/// Shared by every request handler.
+pub struct NodeState {
+    pub config: NodeConfig,
+    pub topology: Topology,
+    pub store: Store,
+    /// True for a community (no children): it creates events.
+    pub is_origin: bool,
+    pub ingest_limits: IngestLimits,
+    pub metrics: PrometheusHandle,
+    pub http_permits: tokio::sync::Semaphore,
+    /// The node's clock, unix ms (replaceable in tests).
+    pub clock: fn() -> i64,
+}
+
+impl NodeState {
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+}
+
+pub fn system_now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The process-wide Prometheus recorder (installed once; every metric
+/// carries a `node` label so several nodes in one process stay apart).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap_or_else(|_| {
+                    // Another recorder is installed (embedding program): render
+                    // from a private one so /metrics still answers.
+                    PrometheusBuilder::new().build_recorder().handle()
+                })
+        })
+        .clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// Test-only switches. Not reachable from a config file.
+#[derive(Clone, Debug, Default)]
+pub struct Unsafe {
+    /// Acknowledge appends before they are durable (the crash test's
+    /// negative control).
+    pub ack_before_durable: bool,
+}
+
+/// Loads topology and key, checks them against the config, opens and
+/// verifies the store.
+///
+/// # Errors
+/// Anything that stops the node from starting safely, with what to do.
+pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeState>, StartError> {
+    let topology = Topology::load(&config.topology_file).map_err(|e| StartError(e.0))?;
+    let Some(me) = topology.node(&config.id) else {
+        return Err(StartError(format!(
+            "node id {:?} from the config is not in the topology {}",
+            config.id,
+            config.topology_file.display()
+        )));
+    };
+    if me.parent != config.parent {
+        return Err(StartError(format!(
+            "config says parent {:?} but the topology says {:?}; re-provision or fix one of them",
+            config.parent, me.parent
+        )));
+    }
+    let key_text = std::fs::read_to_string(&config.key_file).map_err(|e| {
+        StartError(format!(
+            "cannot read key {}: {e}",
+            config.key_file.display()
+        ))
+    })?;
+    let key = gridsync_model::keys::signing_key_from_hex(&key_text)
+        .map_err(|e| StartError(format!("key {}: {e}", config.key_file.display())))?;
+    if Some(key.verifying_key()) != topology.key(&config.id) {
+        return Err(StartError(format!(
+            "the key in {} does not match the public key the topology lists for {}; \
+             this node would produce events nobody can verify",
+            config.key_file.display(),
+            config.id
+        )));
+    }
+    let is_origin = topology.is_origin(&config.id);
+    let kv = SledKv::open(&config.data_dir, config.store.cache_bytes)
+        .map_err(|e| StartError(e.to_string()))?;
+    let topo_for_keys = topology.clone();
+    let store_config = StoreConfig {
+        commit_events_max: config.store.commit_events_max,
+        queue_requests_max: config.store.queue_requests_max,
+        unsafe_ack_before_durable: unsafe_opts.ack_before_durable,
+        node_label: config.id.clone(),
+        ..StoreConfig::default()
+    };
+    let origin = is_origin.then(|| OriginIdentity {
+        node_id: config.id.clone(),
+        key,
+    });
+    let store = Store::open(
+        Arc::new(kv),
+        store_config,
+        origin,
+        Arc::new(move |o: &str| topo_for_keys.key(o)),
+    )
+    .map_err(|e| {
+        StartError(format!(
+            "cannot open the log in {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let l = &config.limits;
+    let ingest_limits = IngestLimits {
+        batch_events_max: l.batch_events_max,
+        event_bytes_max: l.event_bytes_max,
+        future_skew_ms: l.future_skew_s.saturating_mul(1000),
+    };
+    let http_permits = tokio::sync::Semaphore::new(l.http_concurrency_max);
+    Ok(Arc::new(NodeState {
+        config,
+        topology,
+        store,
+        is_origin,
+        ingest_limits,
+        metrics: metrics_handle(),
+        http_permits,
+        clock: system_now_ms,
+    }))
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then finishes
+/// in-flight requests (and so in-flight commits) and closes the store.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    state: Arc<NodeState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = crate::http::router(state.clone());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    state.http_permits.close();
+    let store = state.store.clone();
+    drop(state);
+    // Joining the writer blocks: do it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! `gridsync provision`: from an org tree to everything a deployment needs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::auth::{generate_token, hash_token, Role, TokenEntry};
+use crate::config::{Limits, NodeConfig, StoreSettings};
+use crate::topology::{default_timezone, Topology, TopologyFile, TopologyNode};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeFile {
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    node: Vec<TreeNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeNode {
+    id: Spanned<String>,
+    name: String,
+    #[serde(default)]
+    parent: Option<Spanned<String>>,
+    listen: Spanned<String>,
+}
+
+/// Plaintext tokens of one node, written to `<id>/tokens.toml`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokensFile {
+    pub reporter: String,
+    pub viewer: String,
+    pub auditor: String,
+    pub admin: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProvisionError(pub String);
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// One node of a validated tree.
+#[derive(Clone, Debug)]
+pub struct PlannedNode {
+    pub id: String,
+    pub name: String,
+    pub parent: Option<String>,
+    pub listen: String,
+}
+
+/// Parses and validates a tree file's text. Errors name the line at fault.
+///
+/// # Errors
+/// Bad TOML, bad ids, duplicate ids or listen addresses, unknown parents,
+/// cycles, or a listen address that is not `host:port`.
+pub fn parse_tree(text: &str, file: &str) -> Result<(String, Vec<PlannedNode>), ProvisionError> {
+    let tree: TreeFile =
+        toml::from_str(text).map_err(|e| ProvisionError(format!("{file}: {e}")))?;
+    if tree.node.is_empty() {
+        return Err(ProvisionError(format!("{file}: no [[node]] entries")));
+    }
+    let at = |span: std::ops::Range<usize>| format!("{file}:{}", line_of(text, span.start));
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    let mut listens: BTreeSet<String> = BTreeSet::new();
+    for n in &tree.node {
+        let id = n.id.get_ref();
+        gridsync_model::ids::check_node_id(id)
+            .map_err(|e| ProvisionError(format!("{}: {e}", at(n.id.span()))))?;
+        if ids.insert(id.clone(), n.id.span().start).is_some() {
+            return Err(ProvisionError(format!(
+                "{}: duplicate node id {id:?}",
+                at(n.id.span())
+            )));
+        }
+        let listen = n.listen.get_ref();
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ProvisionError(format!(
+                "{}: listen {listen:?} is not an ip:port address like 127.0.0.1:7400",
+                at(n.listen.span())
+            )));
+        }
+        if !listens.insert(listen.clone()) {
+            return Err(ProvisionError(format!(
+                "{}: listen address {listen:?} is used twice",
+                at(n.listen.span())
+            )));
+        }
+    }
+    let parent_of: BTreeMap<&str, Option<&Spanned<String>>> = tree
+        .node
+        .iter()
+        .map(|n| (n.id.get_ref().as_str(), n.parent.as_ref()))
+        .collect();
+    for n in &tree.node {
+        if let Some(p) = &n.parent {
+            if !ids.contains_key(p.get_ref()) {
+                return Err(ProvisionError(format!(
+                    "{}: node {:?} names unknown parent {:?}",
+                    at(p.span()),
+                    n.id.get_ref(),
+                    p.get_ref()
+                )));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let mut cur = n.id.get_ref().as_str();
+        while let Some(Some(p)) = parent_of.get(cur) {
+            if !seen.insert(cur) {
+                return Err(ProvisionError(format!(
+                    "{}: node {:?} is part of a parent cycle",
+                    at(n.id.span()),
+                    n.id.get_ref()
+                )));
+            }
+            cur = p.get_ref();
+        }
+    }
+    let roots: Vec<&str> = tree
+        .node
+        .iter()
+        .filter(|n| n.parent.is_none())
+        .map(|n| n.id.get_ref().as_str())
+        .collect();
+    if roots.is_empty() {
+        return Err(ProvisionError(format!(
+            "{file}: no root node (a node without parent)"
+        )));
+    }
+    let nodes = tree
+        .node
+        .into_iter()
+        .map(|n| PlannedNode {
+            id: n.id.into_inner(),
+            name: n.name,
+            parent: n.parent.map(Spanned::into_inner),
+            listen: n.listen.into_inner(),
+        })
+        .collect();
+    Ok((tree.timezone, nodes))
+}
+
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), ProvisionError> {
+    let err = |e: std::io::Error| ProvisionError(format!("cannot write {}: {e}", path.display()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(contents.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    Ok(())
+}
+
+/// Writes topology, configs, keys and tokens for every node of the tree in
+/// `tree_path` into `out`. Refuses to overwrite an earlier provisioning
+/// (its keys would be lost) unless `force`.
+///
+/// # Errors
+/// Invalid tree (with the line at fault) or I/O problems.
+pub fn provision(tree_path: &Path, out: &Path, force: bool) -> Result<Topology, ProvisionError> {
+    let text = std::fs::read_to_string(tree_path)
+        .map_err(|e| ProvisionError(format!("cannot read {}: {e}", tree_path.display())))?;
+    let (timezone, nodes) = parse_tree(&text, &tree_path.display().to_string())?;
+    provision_nodes(&timezone, &nodes, out, force)
+}
+
+/// [`provision`] from an already parsed tree (used by `gridsync demo`).
+///
+/// # Errors
+/// I/O problems, or an existing provisioning without `force`.
+pub fn provision_nodes(
+    timezone: &str,
+    nodes: &[PlannedNode],
+    out: &Path,
+    force: bool,
+) -> Result<Topology, ProvisionError> {
+    if out.join("topology.toml").exists() && !force {
+        return Err(ProvisionError(format!(
+            "{} already holds a provisioned tree; re-provisioning would replace every node's key. \
+             Choose another --out directory, or pass --force",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| ProvisionError(format!("cannot create {}: {e}", out.display())))?;
+    let mut rng = rand::rngs::OsRng;
+    let mut topo_nodes = Vec::new();
+    for n in nodes {
+        let dir = out.join(&n.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ProvisionError(format!("cannot create {}: {e}", dir.display())))?;
+        let key = gridsync_model::keys::generate(&mut rng);
+        write_file(
+            &dir.join("node.key"),
+            &(gridsync_model::keys::signing_key_to_hex(&key) + "\n"),
+            true,
+        )?;
+        let tokens = TokensFile {
+            reporter: generate_token(Role::Reporter, &mut rng),
+            viewer: generate_token(Role::Viewer, &mut rng),
+            auditor: generate_token(Role::Auditor, &mut rng),
+            admin: generate_token(Role::Admin, &mut rng),
+        };
+        let token_entries = vec![
+            TokenEntry {
+                role: Role::Reporter,
+                hash: hash_token(&tokens.reporter),
+            },
+            TokenEntry {
+                role: Role::Viewer,
+                hash: hash_token(&tokens.viewer),
+            },
+            TokenEntry {
+                role: Role::Auditor,
+                hash: hash_token(&tokens.auditor),
+            },
+            TokenEntry {
+                role: Role::Admin,
+                hash: hash_token(&tokens.admin),
+            },
+        ];
+        let tokens_text = format!(
+            "# Plaintext tokens of node {:?}. Hand each to the people of that role; the node stores only hashes.\n{}",
+            n.id,
+            toml::to_string(&tokens).map_err(|e| ProvisionError(e.to_string()))?
+        );
+        write_file(&dir.join("tokens.toml"), &tokens_text, true)?;
+        let config = NodeConfig {
+            id: n.id.clone(),
+            listen: n.listen.clone(),
+            data_dir: "data".into(),
+            parent: n.parent.clone(),
+            key_file: "node.key".into(),
+            topology_file: "../topology.toml".into(),
+            token: token_entries,
+            limits: Limits::default(),
+            store: StoreSettings::default(),
+        };
+        let config_text = format!(
+            "# gridsync node {:?} ({}). Relative paths are relative to this file.\n{}",
+            n.id,
+            n.name,
+            toml::to_string(&config).map_err(|e| ProvisionError(e.to_string()))?
+        );
+        write_file(&dir.join("config.toml"), &config_text, false)?;
+        topo_nodes.push(TopologyNode {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            parent: n.parent.clone(),
+            url: format!("http://{}", n.listen),
+            public_key: gridsync_model::keys::verifying_key_to_hex(&key.verifying_key()),
+        });
+    }
+    let file = TopologyFile {
+        timezone: timezone.to_owned(),
+        node: topo_nodes,
+    };
+    let text = format!(
+        "# gridsync topology: every node, its parent, URL and public key. Same file on every node.\n{}",
+        toml::to_string(&file).map_err(|e| ProvisionError(e.to_string()))?
+    );
+    write_file(&out.join("topology.toml"), &text, false)?;
+    Topology::from_file(file).map_err(|e| ProvisionError(e.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TREE: &str = r#"timezone = "Asia/Shanghai"
+[[node]]
+id = "laoshan"
+name = "崂山区"
+listen = "127.0.0.1:7400"
+[[node]]
+id = "shazikou"
+name = "沙子口街道"
+parent = "laoshan"
+listen = "127.0.0.1:7401"
+[[node]]
+id = "shazikou-c01"
+name = "社区"
+parent = "shazikou"
+listen = "127.0.0.1:7402"
+"#;
+
+    #[test]
+    fn writes_a_usable_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree.toml");
+        std::fs::write(&tree, TREE).unwrap();
+        let out = dir.path().join("out");
+        let topo = provision(&tree, &out, false).unwrap();
+        assert!(topo.is_origin("shazikou-c01"));
+        assert!(!topo.is_origin("shazikou"));
+        assert_eq!(topo.subtree("laoshan").len(), 3);
+        let cfg = NodeConfig::load(&out.join("shazikou-c01/config.toml")).unwrap();
+        assert_eq!(cfg.parent.as_deref(), Some("shazikou"));
+        assert_eq!(cfg.token.len(), 4);
+        Topology::load(&cfg.topology_file).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(out.join("laoshan/node.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A second run without --force refuses to clobber the keys.
+        assert!(provision(&tree, &out, false)
+            .unwrap_err()
+            .0
+            .contains("--force"));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let dup = TREE.replace("id = \"shazikou-c01\"", "id = \"shazikou\"");
+        assert!(
+            parse_tree(&dup, "t").unwrap_err().0.starts_with("t:12:"),
+            "{}",
+            parse_tree(&dup, "t").unwrap_err()
+        );
+        let unknown = TREE.replace("parent = \"laoshan\"", "parent = \"nowhere\"");
+        let e = parse_tree(&unknown, "t").unwrap_err().0;
+        assert!(e.starts_with("t:8:") && e.contains("unknown parent"), "{e}");
+        let listen = TREE.replace("127.0.0.1:7402", "127.0.0.1:7401");
+        assert!(parse_tree(&listen, "t").unwrap_err().0.starts_with("t:15:"));
+        let cycle = TREE.replace(
+            "name = \"崂山区\"",
+            "name = \"x\"\nparent = \"shazikou-c01\"",
+        );
+        let e = parse_tree(&cycle, "t").unwrap_err().0;
+        assert!(e.contains("cycle") || e.contains("no root"), "{e}");
+    }
+}
