@@ -1,1 +1,201 @@
-//! Shared helpers for the workspace-level tests and benchmarks.
+//! Shared helpers for the workspace-level tests and benchmarks: provision a
+//! tree in a temp dir, run `gridsync serve` processes, make valid events.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The `gridsync` binary built by `cargo test --workspace` / `cargo build`.
+///
+/// # Panics
+/// When the binary has not been built.
+pub fn gridsync_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/gridsync
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join(format!("gridsync{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the binary)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound and released; a small race is accepted).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Plaintext tokens of one node.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Tokens {
+    pub reporter: String,
+    pub viewer: String,
+    pub auditor: String,
+    pub admin: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeFiles {
+    pub id: String,
+    pub config: PathBuf,
+    pub listen: String,
+    pub tokens: Tokens,
+    pub data_dir: PathBuf,
+}
+
+/// A provisioned tree in a directory.
+pub struct Tree {
+    pub dir: PathBuf,
+    pub topology: PathBuf,
+    pub nodes: BTreeMap<String, NodeFiles>,
+}
+
+/// Provisions `(id, parent)` nodes on free loopback ports under `dir` by
+/// running `gridsync provision`.
+pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
+    let mut text = String::from("timezone = \"Asia/Shanghai\"\n");
+    for (id, parent) in nodes {
+        text.push_str(&format!("[[node]]\nid = \"{id}\"\nname = \"{id} 名\"\nlisten = \"127.0.0.1:{}\"\n", free_port()));
+        if let Some(p) = parent {
+            text.push_str(&format!("parent = \"{p}\"\n"));
+        }
+    }
+    let tree = dir.join("tree.toml");
+    std::fs::write(&tree, text).unwrap();
+    let out = dir.join("deploy");
+    let status = Command::new(gridsync_bin())
+        .args(["provision", "--tree"])
+        .arg(&tree)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "provision failed");
+    let mut map = BTreeMap::new();
+    for (id, _) in nodes {
+        let node_dir = out.join(id);
+        let cfg: toml::Table = toml::from_str(&std::fs::read_to_string(node_dir.join("config.toml")).unwrap()).unwrap();
+        let tokens: Tokens = toml::from_str(&std::fs::read_to_string(node_dir.join("tokens.toml")).unwrap()).unwrap();
+        map.insert(
+            (*id).to_owned(),
+            NodeFiles {
+                id: (*id).to_owned(),
+                config: node_dir.join("config.toml"),
+                listen: cfg["listen"].as_str().unwrap().to_owned(),
+                tokens,
+                data_dir: node_dir.join("data"),
+            },
+        );
+    }
+    Tree { topology: out.join("topology.toml"), dir: out, nodes: map }
+}
+
+/// A running `gridsync serve` process; killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts `gridsync serve --config CONFIG [extra…]` and waits for its
+    /// "listening" line (at most 30 s).
+    ///
+    /// # Panics
+    /// When the process exits or does not start listening in time.
+    pub fn start(config: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(gridsync_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gridsync serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("gridsync: listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => Server { child, url },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!("gridsync serve {} did not start listening (exit: {status:?})", config.display());
+            }
+        }
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit (at most 30 s); returns whether it
+    /// exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+const HOUSEHOLDS: &[&str] = &["h01", "h02", "h03", "h04", "h05", "h06", "h07", "h08"];
+const REGIONS: &[&str] = &["山东省青岛市", "湖北省武汉市", "山东省济南市", "北京市"];
+
+/// A valid event of a kind chosen by `i`, with `client_id`.
+pub fn sample_event(i: u64, client_id: &str) -> Value {
+    let occurred_at = format!("2020-01-{:02}T{:02}:{:02}:00+08:00", 20 + (i % 8), 8 + (i % 10), i % 60);
+    let data = match i % 4 {
+        0 => json!({
+            "checkpoint": format!("cp{}", i % 5), "direction": "in", "subject": "resident",
+            "person": {"name": "张三", "phone": "13800000000"}, "from_region": REGIONS[(i % 4) as usize],
+            "decision": (["admitted", "turned_back", "referred"][(i % 3) as usize]), "celsius": 36.5
+        }),
+        1 => json!({
+            "person": {"name": "李四"}, "celsius": 36.0 + (i % 25) as f64 / 10.0,
+            "site": "checkpoint", "action": if i % 25 > 13 { "referred" } else { "none" }
+        }),
+        2 => json!({
+            "household": HOUSEHOLDS[(i % 8) as usize], "method": "in_person", "residents": 3,
+            "quarantine": (["none", "started", "ongoing", "ended"][(i % 4) as usize])
+        }),
+        _ => json!({
+            "household": HOUSEHOLDS[(i % 8) as usize], "items": [{"item": "面条", "qty": 2}, {"item": "牛奶", "qty": 1}],
+            "quarantined": i % 2 == 0
+        }),
+    };
+    let kind = ["entry", "temperature", "visit", "delivery"][(i % 4) as usize];
+    json!({
+        "kind": kind, "occurred_at": occurred_at, "grid": format!("g{:02}", i % 12),
+        "recorded_by": format!("w{:03}", i % 40), "client_id": client_id, "data": data
+    })
+}
