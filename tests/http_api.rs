@@ -28,18 +28,31 @@ impl Node {
             .unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn post_json(&self, v: &Value) -> (StatusCode, Value) {
-        self.post(&self.reporter, serde_json::to_vec(v).unwrap()).await
+        self.post(&self.reporter, serde_json::to_vec(v).unwrap())
+            .await
     }
 
     async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        let r = self.http.get(format!("{}{path}", self.url)).bearer_auth(token).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn all_events(&self) -> Vec<Value> {
@@ -92,10 +105,17 @@ async fn happy_paths() {
     assert_eq!(again["results"][0]["hash"], r["results"][0]["hash"]);
 
     // A full batch, in request order.
-    let batch: Vec<Value> = (0..1000).map(|i| sample_event(i, &format!("b{i}"))).collect();
+    let batch: Vec<Value> = (0..1000)
+        .map(|i| sample_event(i, &format!("b{i}")))
+        .collect();
     let (s, r) = n.post_json(&json!({ "events": batch })).await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    let seqs: Vec<u64> = r["results"].as_array().unwrap().iter().map(|x| x["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (2..=1001).collect::<Vec<_>>());
 
     // Paging through everything returns each seq once, in order, chained.
@@ -108,24 +128,45 @@ async fn happy_paths() {
         }
         let has_personal = e["kind"] == "entry" || e["kind"] == "temperature";
         let want = if has_personal { "withheld" } else { "none" };
-        assert_eq!(e["personal"], want, "personal data is withheld unless asked: {e}");
+        assert_eq!(
+            e["personal"], want,
+            "personal data is withheld unless asked: {e}"
+        );
         assert!(e["data"].get("person").is_none());
     }
     // Filters: origin + after_seq, kind, time range; JSON Lines.
-    let (_, page) = n.get("/v1/events?origin=c1&after_seq=995&limit=100", &n.auditor).await;
-    let got: Vec<u64> = page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let (_, page) = n
+        .get("/v1/events?origin=c1&after_seq=995&limit=100", &n.auditor)
+        .await;
+    let got: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(got, vec![996, 997, 998, 999, 1000, 1001]);
     assert!(page.get("next").is_none());
     let (_, page) = n.get("/v1/events?kind=visit&limit=1000", &n.auditor).await;
-    assert!(page["events"].as_array().unwrap().iter().all(|e| e["kind"] == "visit"));
+    assert!(page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["kind"] == "visit"));
     assert_eq!(page["events"].as_array().unwrap().len(), 250);
     let (_, page) = n
-        .get("/v1/events?from=2020-01-21T00:00:00%2B08:00&to=2020-01-22T00:00:00%2B08:00&limit=1000", &n.auditor)
+        .get(
+            "/v1/events?from=2020-01-21T00:00:00%2B08:00&to=2020-01-22T00:00:00%2B08:00&limit=1000",
+            &n.auditor,
+        )
         .await;
     let evs = page["events"].as_array().unwrap();
     assert!(!evs.is_empty());
-    assert!(evs.iter().all(|e| e["occurred_at"].as_str().unwrap().starts_with("2020-01-21")));
-    let (_, page) = n.get("/v1/events?origin=c1&limit=1&personal=include", &n.auditor).await;
+    assert!(evs
+        .iter()
+        .all(|e| e["occurred_at"].as_str().unwrap().starts_with("2020-01-21")));
+    let (_, page) = n
+        .get("/v1/events?origin=c1&limit=1&personal=include", &n.auditor)
+        .await;
     assert_eq!(page["events"][0]["personal"], "included");
     assert_eq!(page["events"][0]["data"]["person"]["name"], "李四");
     let text = n
@@ -158,7 +199,12 @@ async fn happy_paths() {
     assert_eq!(st["heads"]["c1"]["seq"], 1002);
     assert_eq!(st["role"], "community");
     assert_eq!(st["parent"], "street");
-    let health = n.http.get(format!("{}/healthz", n.url)).send().await.unwrap();
+    let health = n
+        .http
+        .get(format!("{}/healthz", n.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
 
@@ -195,7 +241,9 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
     };
     let mut mixed = vec![valid.clone(), with(&["data", "celsius"], json!(99))];
     mixed[1]["client_id"] = json!("other");
-    let big_batch: Vec<Value> = (0..1001).map(|i| sample_event(i, &format!("x{i}"))).collect();
+    let big_batch: Vec<Value> = (0..1001)
+        .map(|i| sample_event(i, &format!("x{i}")))
+        .collect();
     let oversized = format!("{{\"events\": [\"{}\"]}}", "x".repeat(9 * 1024 * 1024));
     let reused = {
         let mut e = sample_event(2, "ok1");
@@ -243,25 +291,57 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         assert_eq!(s.as_u16(), status, "{what}: {v}");
         assert_eq!(code(&v), want_code, "{what}: {v}");
         assert_eq!(v["error"]["field"].as_str(), field, "{what}: {v}");
-        assert!(!v["error"]["message"].as_str().unwrap().is_empty(), "{what}");
+        assert!(
+            !v["error"]["message"].as_str().unwrap().is_empty(),
+            "{what}"
+        );
     }
     // The mixed batch names the bad event's index.
-    let (_, v) = n.post_json(&json!({"events": [valid.clone(), with(&["data", "celsius"], json!(99))]})).await;
+    let (_, v) = n
+        .post_json(&json!({"events": [valid.clone(), with(&["data", "celsius"], json!(99))]}))
+        .await;
     assert_eq!(v["error"]["index"], 1);
 
     // No Authorization header at all.
-    let r = n.http.post(format!("{}/v1/events", n.url)).body("{}").send().await.unwrap();
+    let r = n
+        .http
+        .post(format!("{}/v1/events", n.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     // Reading events needs the auditor role; queries are checked.
-    assert_eq!(n.get("/v1/events", &n.reporter).await.0, StatusCode::FORBIDDEN);
-    for q in ["?bogus=1", "?limit=0", "?limit=100000", "?after_seq=3", "?cursor=zz", "?from=yesterday", "?personal=all"] {
+    assert_eq!(
+        n.get("/v1/events", &n.reporter).await.0,
+        StatusCode::FORBIDDEN
+    );
+    for q in [
+        "?bogus=1",
+        "?limit=0",
+        "?limit=100000",
+        "?after_seq=3",
+        "?cursor=zz",
+        "?from=yesterday",
+        "?personal=all",
+    ] {
         let (s, v) = n.get(&format!("/v1/events{q}"), &n.auditor).await;
-        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_query"), "{q}: {v}");
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_query"),
+            "{q}: {v}"
+        );
     }
     // An aggregator does not accept events.
-    let (s, v) = street.post(&street.reporter, serde_json::to_vec(&valid).unwrap()).await;
-    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "not_an_origin"), "{v}");
+    let (s, v) = street
+        .post(&street.reporter, serde_json::to_vec(&valid).unwrap())
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "not_an_origin"),
+        "{v}"
+    );
     assert_eq!(n.get("/nowhere", &n.viewer).await.0, StatusCode::NOT_FOUND);
 
     // Still serving, and nothing changed.

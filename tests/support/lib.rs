@@ -28,7 +28,11 @@ pub fn gridsync_bin() -> PathBuf {
 
 /// A free loopback port (bound and released; a small race is accepted).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Plaintext tokens of one node.
@@ -61,7 +65,10 @@ pub struct Tree {
 pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
     let mut text = String::from("timezone = \"Asia/Shanghai\"\n");
     for (id, parent) in nodes {
-        text.push_str(&format!("[[node]]\nid = \"{id}\"\nname = \"{id} 名\"\nlisten = \"127.0.0.1:{}\"\n", free_port()));
+        text.push_str(&format!(
+            "[[node]]\nid = \"{id}\"\nname = \"{id} 名\"\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ));
         if let Some(p) = parent {
             text.push_str(&format!("parent = \"{p}\"\n"));
         }
@@ -81,8 +88,12 @@ pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
     let mut map = BTreeMap::new();
     for (id, _) in nodes {
         let node_dir = out.join(id);
-        let cfg: toml::Table = toml::from_str(&std::fs::read_to_string(node_dir.join("config.toml")).unwrap()).unwrap();
-        let tokens: Tokens = toml::from_str(&std::fs::read_to_string(node_dir.join("tokens.toml")).unwrap()).unwrap();
+        let cfg: toml::Table =
+            toml::from_str(&std::fs::read_to_string(node_dir.join("config.toml")).unwrap())
+                .unwrap();
+        let tokens: Tokens =
+            toml::from_str(&std::fs::read_to_string(node_dir.join("tokens.toml")).unwrap())
+                .unwrap();
         map.insert(
             (*id).to_owned(),
             NodeFiles {
@@ -94,7 +105,11 @@ pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
             },
         );
     }
-    Tree { topology: out.join("topology.toml"), dir: out, nodes: map }
+    Tree {
+        topology: out.join("topology.toml"),
+        dir: out,
+        nodes: map,
+    }
 }
 
 /// A running `gridsync serve` process; killed (SIGKILL) on drop.
@@ -115,7 +130,10 @@ impl Server {
             .arg("--config")
             .arg(config)
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -134,7 +152,10 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
-                panic!("gridsync serve {} did not start listening (exit: {status:?})", config.display());
+                panic!(
+                    "gridsync serve {} did not start listening (exit: {status:?})",
+                    config.display()
+                );
             }
         }
     }
@@ -173,7 +194,12 @@ const REGIONS: &[&str] = &["山东省青岛市", "湖北省武汉市", "山东�
 
 /// A valid event of a kind chosen by `i`, with `client_id`.
 pub fn sample_event(i: u64, client_id: &str) -> Value {
-    let occurred_at = format!("2020-01-{:02}T{:02}:{:02}:00+08:00", 20 + (i % 8), 8 + (i % 10), i % 60);
+    let occurred_at = format!(
+        "2020-01-{:02}T{:02}:{:02}:00+08:00",
+        20 + (i % 8),
+        8 + (i % 10),
+        i % 60
+    );
     let data = match i % 4 {
         0 => json!({
             "checkpoint": format!("cp{}", i % 5), "direction": "in", "subject": "resident",
