@@ -252,7 +252,8 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
     };
 
     // (what, token, body, status, code, field)
-    let cases: Vec<(&str, String, Vec<u8>, u16, &str, Option<&str>)> = vec![
+    type Case<'a> = (&'a str, String, Vec<u8>, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("malformed json", n.reporter.clone(), b"{\"kind\": ".to_vec(), 400, "malformed_json", None),
         ("msgpack garbage", n.reporter.clone(), vec![0x93, 0x01, 0xc1, 0xff, 0x00], 400, "malformed_json", None),
         ("not an object", n.reporter.clone(), b"[1, 2]".to_vec(), 400, "invalid_body", None),

@@ -216,7 +216,7 @@ pub fn sample_event(i: u64, client_id: &str) -> Value {
         }),
         _ => json!({
             "household": HOUSEHOLDS[(i % 8) as usize], "items": [{"item": "面条", "qty": 2}, {"item": "牛奶", "qty": 1}],
-            "quarantined": i % 2 == 0
+            "quarantined": i.is_multiple_of(2)
         }),
     };
     let kind = ["entry", "temperature", "visit", "delivery"][(i % 4) as usize];

@@ -353,6 +353,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_envelopes_round_trip(
+            seq in 1u64..u64::MAX, schema in 1u32..10, ms in proptest::num::i64::ANY,
+            off in -840i16..840, rec in proptest::num::i64::ANY, grid in ".{0,20}", cid in ".{1,40}",
+            prev in proptest::array::uniform32(0u8..), digest in proptest::option::of(proptest::array::uniform32(0u8..)),
+            celsius in 30.0f64..45.0, n in proptest::num::u64::ANY,
+        ) {
+            let env = Envelope {
+                origin: "c".into(), seq, kind: "k".into(), schema,
+                occurred_at: OccurredAt { unix_ms: ms, offset_min: off }, recorded_at_ms: rec,
+                grid, recorded_by: "w".into(), client_id: cid, prev,
+                data: json!({"celsius": celsius, "n": n, "list": [n, -1, "x"]}), personal_digest: digest,
+            };
+            let bytes = env.encode();
+            proptest::prop_assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        }
+    }
+
     #[test]
     fn split_and_merge_personal() {
         let mut data = json!({

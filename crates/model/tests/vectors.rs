@@ -16,11 +16,21 @@ fn build() -> Value {
     let key = SigningKey::from_bytes(&[1; 32]);
     let personal = Personal {
         salt: [0xab; 16],
-        bytes: to_canonical(&json!({"person": {"name": "张三", "id_number": "370212199001011234", "phone": "13800000000"}})),
+        bytes: to_canonical(
+            &json!({"person": {"name": "张三", "id_number": "370212199001011234", "phone": "13800000000"}}),
+        ),
     };
     let specs = [
-        ("temperature", json!({"celsius": 37.6, "site": "checkpoint", "action": "referred"}), Some(personal)),
-        ("visit", json!({"household": "h-0042", "method": "phone", "quarantine": "started", "residents": 3}), None),
+        (
+            "temperature",
+            json!({"celsius": 37.6, "site": "checkpoint", "action": "referred"}),
+            Some(personal),
+        ),
+        (
+            "visit",
+            json!({"household": "h-0042", "method": "phone", "quarantine": "started", "residents": 3}),
+            None,
+        ),
     ];
     let mut prev = ZERO_HASH;
     let mut events = Vec::new();
@@ -33,7 +43,10 @@ fn build() -> Value {
             seq,
             kind,
             schema: 1,
-            occurred_at: OccurredAt { unix_ms: 1_580_175_000_000 + seq as i64 * 60_000, offset_min: 480 },
+            occurred_at: OccurredAt {
+                unix_ms: 1_580_175_000_000 + seq as i64 * 60_000,
+                offset_min: 480,
+            },
             recorded_at_ms: 1_580_175_100_000,
             grid: "g03",
             recorded_by: "w017",
@@ -50,11 +63,18 @@ fn build() -> Value {
             "personal_digest": digest.map(hex::encode),
             "hash": hex::encode(hash),
         }));
-        records.push(EventRecord { envelope: bytes, personal });
+        records.push(EventRecord {
+            envelope: bytes,
+            personal,
+        });
         prev = hash;
     }
     let head = SignedHead::sign(&key, "wanggezhuang-c07", 2, prev, 1_580_175_100_500);
-    let chunk = Chunk { origin: "wanggezhuang-c07".into(), events: records, head: head.clone() };
+    let chunk = Chunk {
+        origin: "wanggezhuang-c07".into(),
+        events: records,
+        head: head.clone(),
+    };
     json!({
         "comment": "gridsync format-1 vectors: see crates/model/src/event.rs and chunk.rs for the layout",
         "signing_key_seed": hex::encode([1u8; 32]),
@@ -73,10 +93,15 @@ fn format_v1_vectors_are_stable() {
         std::fs::write(FILE, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
     }
     let stored: Value = serde_json::from_str(&std::fs::read_to_string(FILE).unwrap()).unwrap();
-    assert_eq!(built, stored, "the encoder no longer produces the checked-in bytes");
+    assert_eq!(
+        built, stored,
+        "the encoder no longer produces the checked-in bytes"
+    );
 
     // And the checked-in bytes, read on their own, verify.
-    let public = gridsync_model::keys::verifying_key_from_hex(stored["public_key"].as_str().unwrap()).unwrap();
+    let public =
+        gridsync_model::keys::verifying_key_from_hex(stored["public_key"].as_str().unwrap())
+            .unwrap();
     let chunk = Chunk::decode(&hex::decode(stored["chunk"].as_str().unwrap()).unwrap()).unwrap();
     let verified = chunk.verify(1, &ZERO_HASH, &public).unwrap();
     for (v, e) in verified.iter().zip(stored["events"].as_array().unwrap()) {
@@ -84,7 +109,10 @@ fn format_v1_vectors_are_stable() {
         let bytes = hex::decode(e["envelope"].as_str().unwrap()).unwrap();
         assert_eq!(Envelope::decode(&bytes).unwrap().encode(), bytes);
     }
-    assert_eq!(verified[0].envelope.data, json!({"action": "referred", "celsius": 37.6, "site": "checkpoint"}));
+    assert_eq!(
+        verified[0].envelope.data,
+        json!({"action": "referred", "celsius": 37.6, "site": "checkpoint"})
+    );
     assert_eq!(
         hex::encode(chunk.head.signature),
         stored["head_signature"].as_str().unwrap(),

@@ -340,7 +340,7 @@ listen = "127.0.0.1:7402"
         );
         let unknown = TREE.replace("parent = \"laoshan\"", "parent = \"nowhere\"");
         let e = parse_tree(&unknown, "t").unwrap_err().0;
-        assert!(e.starts_with("t:8:") && e.contains("unknown parent"), "{e}");
+        assert!(e.starts_with("t:9:") && e.contains("unknown parent"), "{e}");
         let listen = TREE.replace("127.0.0.1:7402", "127.0.0.1:7401");
         assert!(parse_tree(&listen, "t").unwrap_err().0.starts_with("t:15:"));
         let cycle = TREE.replace(

@@ -11,6 +11,9 @@ use crate::StoreError;
 /// the trait does not forbid it).
 pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
 
+/// One stored key/value pair.
+pub type KvEntry = (Vec<u8>, Vec<u8>);
+
 /// An ordered byte-key store with atomic, durable batches.
 ///
 /// Implementations guarantee: when [`Kv::commit`] returns `Ok`, every write
@@ -26,18 +29,13 @@ pub trait Kv: Send + Sync + 'static {
     ///
     /// # Errors
     /// I/O or corruption in the backing store.
-    fn scan(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<KvEntry>, StoreError>;
 
     /// The entry with the greatest key beginning with `prefix`.
     ///
     /// # Errors
     /// I/O or corruption in the backing store.
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvEntry>, StoreError>;
 
     /// Applies the batch atomically and makes it durable before returning.
     ///
@@ -79,12 +77,7 @@ impl Kv for MemKv {
         Ok(self.map.lock().expect("memkv lock").get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<KvEntry>, StoreError> {
         let map = self.map.lock().expect("memkv lock");
         Ok(map
             .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
@@ -94,7 +87,7 @@ impl Kv for MemKv {
             .collect())
     }
 
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvEntry>, StoreError> {
         let map = self.map.lock().expect("memkv lock");
         Ok(map
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::kv::{CommitTimings, Kv, KvWrite};
+use crate::kv::{CommitTimings, Kv, KvEntry, KvWrite};
 use crate::StoreError;
 
 pub struct SledKv {
@@ -86,12 +86,7 @@ impl Kv for SledKv {
         Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<KvEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self.db.range(start..) {
             let (k, v) = item.map_err(sled_err)?;
@@ -103,7 +98,7 @@ impl Kv for SledKv {
         Ok(out)
     }
 
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvEntry>, StoreError> {
         match self.db.scan_prefix(prefix).next_back() {
             None => Ok(None),
             Some(item) => {

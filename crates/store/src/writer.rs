@@ -9,7 +9,7 @@ use gridsync_model::event::{event_hash, EnvelopeHeader};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::kv::{Kv, KvWrite};
+use crate::kv::{Kv, KvEntry, KvWrite};
 use crate::layout::{self, FRAGMENT_BYTES_MAX};
 use crate::{
     AppendError, Appended, HeadState, KeyLookup, LogCounts, OriginIdentity, Request, Shared,
@@ -39,7 +39,7 @@ fn corrupt(msg: impl Into<String>) -> StoreError {
     StoreError::Corrupt(msg.into())
 }
 
-fn assemble(offset: u64, frags: &[(Vec<u8>, Vec<u8>)]) -> Result<StoredChunk, StoreError> {
+fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
     let mut bytes = Vec::with_capacity(frags.iter().map(|f| f.1.len()).sum());
     for (i, (k, v)) in frags.iter().enumerate() {
         match layout::parse_log_key(k) {

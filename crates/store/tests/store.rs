@@ -121,6 +121,23 @@ fn append_dedup_and_reopen_on_sled() {
 }
 
 #[test]
+fn appends_wake_subscribers() {
+    let rt = rt();
+    let store = open(Arc::new(MemKv::new())).unwrap();
+    let mut rx = store.subscribe();
+    assert_eq!(*rx.borrow_and_update(), 0);
+    let s2 = store.clone();
+    rt.block_on(async move {
+        let waiter = tokio::spawn(async move {
+            rx.changed().await.unwrap();
+            *rx.borrow()
+        });
+        s2.append(vec![event("w", 0)], 1).await.unwrap();
+        assert_eq!(waiter.await.unwrap(), 1, "one log entry committed");
+    });
+}
+
+#[test]
 fn large_events_are_fragmented_below_the_blob_threshold() {
     let kv = MemKv::new();
     let rt = rt();

@@ -1,0 +1,87 @@
+//! Durable append throughput of the sled log at commit sizes 1, 10, 100 and
+//! 1,000 events, beside the raw limit of this disk measured in the same
+//! run: appending the same number of bytes to a plain file and fsyncing.
+//!
+//! `cargo bench --bench append`
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ed25519_dalek::SigningKey;
+use gridsync_model::ingest::{prepare, IngestContext, IngestLimits, PreparedEvent};
+use gridsync_model::kinds::EventRef;
+use gridsync_store::{OriginIdentity, SledKv, Store, StoreConfig};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn events(n: usize) -> Vec<PreparedEvent> {
+    let limits = IngestLimits::default();
+    let ctx = IngestContext {
+        node_id: "c1",
+        now_ms: 1_580_200_000_000,
+        limits: &limits,
+    };
+    (0..n)
+        .map(|_| {
+            let i = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            let v = gridsync_suite::sample_event(i, &format!("bench-{i}"));
+            prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).unwrap()
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let vk = key.verifying_key();
+    let store = Store::open(
+        Arc::new(SledKv::open(&dir.path().join("db"), 64 << 20).unwrap()),
+        StoreConfig::default(),
+        Some(OriginIdentity {
+            node_id: "c1".into(),
+            key,
+        }),
+        Arc::new(move |_: &str| Some(vk)),
+    )
+    .unwrap();
+    let sample_bytes: usize = events(100)
+        .iter()
+        .map(PreparedEvent::stored_bytes_estimate)
+        .sum::<usize>()
+        / 100;
+    let mut raw = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("raw.log"))
+        .unwrap();
+
+    let mut group = c.benchmark_group("durable_append");
+    group.sample_size(20);
+    for n in [1usize, 10, 100, 1000] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(format!("sled_log/commit_{n}"), |b| {
+            b.iter_batched(
+                || events(n),
+                |evs| rt.block_on(store.append(evs, 1)).unwrap(),
+                BatchSize::PerIteration,
+            )
+        });
+        let buf = vec![0x5au8; n * sample_bytes];
+        group.bench_function(format!("raw_file_append_fsync/commit_{n}"), |b| {
+            b.iter(|| {
+                raw.write_all(&buf).unwrap();
+                raw.sync_all().unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
