@@ -343,6 +343,19 @@ impl Chunk {
         Ok(out)
     }
 
+    /// The events after `seq` with the same head (`None` if none are left).
+    /// Verifiable given the hash of event `seq`.
+    pub fn suffix_after(&self, seq: u64) -> Option<Chunk> {
+        if seq >= self.last_seq() {
+            return None;
+        }
+        if seq < self.first_seq() {
+            return Some(self.clone());
+        }
+        let skip = usize::try_from(seq + 1 - self.first_seq()).expect("fits usize");
+        Some(Chunk { origin: self.origin.clone(), events: self.events[skip..].to_vec(), head: self.head.clone() })
+    }
+
     /// Decodes the events of a chunk this node already verified (read back
     /// from its own log): checks the chain within the chunk, starting from
     /// the first event's own `prev`.

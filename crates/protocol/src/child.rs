@@ -1,0 +1,319 @@
+//! The child side of a sync connection: authenticate, learn the parent's
+//! heads, then stream what the parent lacks with a bounded window of
+//! unacknowledged batches.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::Chunk;
+use serde_bytes::ByteBuf;
+
+use crate::frame::{Frame, LagReport, WireHead, PROTOCOL_VERSION};
+use crate::{auth, Output};
+
+/// What the child reads from its own log. Only durable events are offered.
+pub trait LocalLog {
+    /// Every origin held and its head seq.
+    fn heads(&self) -> Vec<(String, u64)>;
+    /// Chunks of `origin` holding the events after `after_seq`, in order,
+    /// the first trimmed to start at `after_seq + 1`, about `bytes_max`
+    /// bytes in all (at least one chunk if any).
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk>;
+    /// When this node received the event `seq` of `origin` (unix ms).
+    fn received_at(&self, origin: &str, seq: u64) -> Option<i64>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ChildConfig {
+    pub node_id: String,
+    pub parent_id: String,
+    pub parent_key: VerifyingKey,
+    pub key: SigningKey,
+    /// Unacknowledged batches in flight at most.
+    pub window_batches: usize,
+    /// Chunk bytes per batch (a single larger chunk still goes alone).
+    pub batch_bytes_max: usize,
+    /// Send a ping after this long without sending anything.
+    pub heartbeat_ms: i64,
+    /// Close when nothing arrived for this long.
+    pub idle_timeout_ms: i64,
+    /// Close when the handshake or the oldest batch in flight has waited
+    /// this long for its answer (a lost frame would otherwise stall the
+    /// window while heartbeats keep the link looking alive).
+    pub ack_timeout_ms: i64,
+    /// Planted bug for the simulator's negative control: resume from what
+    /// this child remembers having sent instead of the parent's heads.
+    pub bug_resume_from_memory: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Idle,
+    AwaitChallenge,
+    AwaitWelcome,
+    Streaming,
+    Closed,
+}
+
+struct InFlight {
+    id: u64,
+    sent_at_ms: i64,
+    /// `(origin, last seq)` sent in the batch.
+    tips: Vec<(String, u64)>,
+}
+
+/// One connection's worth of child state; make a new one per connection
+/// (except for the planted bug, nothing carries over).
+pub struct ChildSession {
+    cfg: ChildConfig,
+    state: State,
+    nonce: Vec<u8>,
+    /// Parent's durable heads as last reported.
+    acked: BTreeMap<String, u64>,
+    /// Highest seq sent per origin in this session.
+    sent: BTreeMap<String, u64>,
+    inflight: VecDeque<InFlight>,
+    next_batch_id: u64,
+    last_rx_ms: i64,
+    last_tx_ms: i64,
+    opened_at_ms: i64,
+    rr_cursor: usize,
+}
+
+impl ChildSession {
+    pub fn new(cfg: ChildConfig) -> Self {
+        Self {
+            cfg,
+            state: State::Idle,
+            nonce: Vec::new(),
+            acked: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            inflight: VecDeque::new(),
+            next_batch_id: 1,
+            last_rx_ms: 0,
+            last_tx_ms: 0,
+            opened_at_ms: 0,
+            rr_cursor: 0,
+        }
+    }
+
+    /// For the planted bug: a new session that keeps the old `sent` map.
+    pub fn reconnect(self) -> Self {
+        let keep = if self.cfg.bug_resume_from_memory { self.sent.clone() } else { BTreeMap::new() };
+        let mut s = Self::new(self.cfg);
+        s.sent = keep;
+        s
+    }
+
+    pub fn is_streaming(&self) -> bool {
+        self.state == State::Streaming
+    }
+
+    /// The parent's durable heads as last acknowledged.
+    pub fn acked(&self) -> &BTreeMap<String, u64> {
+        &self.acked
+    }
+
+    pub fn inflight_batches(&self) -> usize {
+        self.inflight.len()
+    }
+
+    fn send(&mut self, out: &mut Vec<Output>, frame: Frame, now_ms: i64) {
+        self.last_tx_ms = now_ms;
+        out.push(Output::Send(frame));
+    }
+
+    fn close(&mut self, out: &mut Vec<Output>, reason: String) {
+        self.state = State::Closed;
+        out.push(Output::Close { reason });
+    }
+
+    /// The connection is open; `nonce` is 32 fresh random bytes.
+    pub fn on_open(&mut self, nonce: [u8; 32], now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.nonce = nonce.to_vec();
+        self.last_rx_ms = now_ms;
+        self.opened_at_ms = now_ms;
+        self.state = State::AwaitChallenge;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            node: self.cfg.node_id.clone(),
+            parent: self.cfg.parent_id.clone(),
+            nonce: ByteBuf::from(self.nonce.clone()),
+            capabilities: vec!["chunks-v1".into()],
+        };
+        self.send(&mut out, hello, now_ms);
+        out
+    }
+
+    pub fn on_frame(&mut self, frame: Frame, log: &dyn LocalLog, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.last_rx_ms = now_ms;
+        match (self.state, frame) {
+            (State::Closed, _) => {}
+            (_, Frame::Refused { code, message }) => {
+                self.close(&mut out, format!("parent refused: {code}: {message}"));
+            }
+            (_, Frame::Rejected { id, code, message }) => {
+                self.close(&mut out, format!("parent rejected batch {id}: {code}: {message}"));
+            }
+            (State::AwaitChallenge, Frame::Challenge { version, node, nonce, proof }) => {
+                if version != PROTOCOL_VERSION {
+                    return self.fail(out, format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}"));
+                }
+                if node != self.cfg.parent_id {
+                    return self.fail(out, format!("expected parent {}, connected to {node}", self.cfg.parent_id));
+                }
+                if !auth::check(&self.cfg.parent_key, "parent", &node, &self.cfg.node_id, &self.nonce, &proof) {
+                    return self.fail(out, format!("parent {node} failed to prove its key"));
+                }
+                let proof = auth::prove(&self.cfg.key, "child", &self.cfg.node_id, &node, &nonce);
+                self.state = State::AwaitWelcome;
+                self.send(&mut out, Frame::Auth { proof: ByteBuf::from(proof.to_vec()) }, now_ms);
+            }
+            (State::AwaitWelcome, Frame::Welcome { heads }) => {
+                self.acked = heads.into_iter().map(|h| (h.origin, h.seq)).collect();
+                if !self.cfg.bug_resume_from_memory || self.sent.is_empty() {
+                    self.sent = self.acked.clone();
+                }
+                self.state = State::Streaming;
+                self.fill(&mut out, log, now_ms);
+            }
+            (State::Streaming, Frame::Ack { id, heads }) => {
+                match self.inflight.front() {
+                    Some(f) if f.id == id => {
+                        let f = self.inflight.pop_front().expect("front exists");
+                        for (origin, seq) in f.tips {
+                            let a = self.acked.entry(origin).or_insert(0);
+                            *a = (*a).max(seq);
+                        }
+                        for h in heads {
+                            let a = self.acked.entry(h.origin).or_insert(0);
+                            *a = (*a).max(h.seq);
+                        }
+                        self.fill(&mut out, log, now_ms);
+                    }
+                    _ => return self.fail(out, format!("ack for batch {id}, which is not the oldest in flight")),
+                }
+            }
+            (_, Frame::Ping { .. }) => self.send(&mut out, Frame::Pong, now_ms),
+            (_, Frame::Pong) => {}
+            (state, f) => {
+                return self.fail(out, format!("unexpected {} frame in state {state:?}", f.name()));
+            }
+        }
+        out
+    }
+
+    fn fail(&mut self, mut out: Vec<Output>, reason: String) -> Vec<Output> {
+        self.close(&mut out, reason);
+        out
+    }
+
+    /// New events were committed locally.
+    pub fn on_local_append(&mut self, log: &dyn LocalLog, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.state == State::Streaming {
+            self.fill(&mut out, log, now_ms);
+        }
+        out
+    }
+
+    /// Time passes: heartbeats and dead-link detection.
+    pub fn on_tick(&mut self, log: &dyn LocalLog, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if matches!(self.state, State::Closed | State::Idle) {
+            return out;
+        }
+        if now_ms - self.last_rx_ms > self.cfg.idle_timeout_ms {
+            self.close(&mut out, format!("no frame from the parent for {} ms", now_ms - self.last_rx_ms));
+            return out;
+        }
+        if self.state != State::Streaming && now_ms - self.opened_at_ms > self.cfg.ack_timeout_ms {
+            self.close(&mut out, format!("handshake unanswered for {} ms", now_ms - self.opened_at_ms));
+            return out;
+        }
+        if let Some(f) = self.inflight.front() {
+            if now_ms - f.sent_at_ms > self.cfg.ack_timeout_ms {
+                let reason = format!("batch {} unacknowledged for {} ms", f.id, now_ms - f.sent_at_ms);
+                self.close(&mut out, reason);
+                return out;
+            }
+        }
+        if now_ms - self.last_tx_ms >= self.cfg.heartbeat_ms {
+            let lag = self.lag(log);
+            self.send(&mut out, Frame::Ping { lag }, now_ms);
+        }
+        out
+    }
+
+    /// What the parent lacks, per origin.
+    pub fn lag(&self, log: &dyn LocalLog) -> Vec<LagReport> {
+        log.heads()
+            .into_iter()
+            .map(|(origin, seq)| {
+                let acked = self.acked.get(&origin).copied().unwrap_or(0);
+                let oldest_missing_ms = (seq > acked).then(|| log.received_at(&origin, acked + 1)).flatten();
+                LagReport { origin, seq, oldest_missing_ms }
+            })
+            .collect()
+    }
+
+    /// Sends batches while the window has room and there is something new.
+    fn fill(&mut self, out: &mut Vec<Output>, log: &dyn LocalLog, now_ms: i64) {
+        while self.inflight.len() < self.cfg.window_batches.max(1) {
+            let heads = log.heads();
+            if heads.is_empty() {
+                return;
+            }
+            let mut chunks: Vec<ByteBuf> = Vec::new();
+            let mut tips: Vec<(String, u64)> = Vec::new();
+            let mut bytes = 0usize;
+            // Round-robin over origins so one busy origin cannot starve others.
+            let n = heads.len();
+            for k in 0..n {
+                if bytes >= self.cfg.batch_bytes_max {
+                    break;
+                }
+                let (origin, head) = &heads[(self.rr_cursor + k) % n];
+                let sent = self.sent.get(origin).copied().unwrap_or(0);
+                if *head <= sent {
+                    continue;
+                }
+                let budget = self.cfg.batch_bytes_max - bytes;
+                let mut last = sent;
+                for c in log.chunks_after(origin, sent, budget) {
+                    let Some(c) = c.suffix_after(last) else { continue };
+                    if c.first_seq() != last + 1 {
+                        break; // a hole in the local log: stop at it
+                    }
+                    let enc = c.encode();
+                    bytes += enc.len();
+                    last = c.last_seq();
+                    chunks.push(ByteBuf::from(enc));
+                    if bytes >= self.cfg.batch_bytes_max {
+                        break;
+                    }
+                }
+                if last > sent {
+                    self.sent.insert(origin.clone(), last);
+                    tips.push((origin.clone(), last));
+                }
+            }
+            self.rr_cursor = (self.rr_cursor + 1) % n;
+            if chunks.is_empty() {
+                return;
+            }
+            let id = self.next_batch_id;
+            self.next_batch_id += 1;
+            let lag = self.lag(log);
+            self.inflight.push_back(InFlight { id, sent_at_ms: now_ms, tips });
+            self.send(out, Frame::Batch { id, chunks, lag }, now_ms);
+        }
+    }
+}
+
+/// Builds a `WireHead`.
+pub fn wire_head(origin: &str, seq: u64, hash: &[u8; 32]) -> WireHead {
+    WireHead { origin: origin.to_owned(), seq, hash: ByteBuf::from(hash.to_vec()) }
+}

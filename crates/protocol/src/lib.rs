@@ -1,0 +1,85 @@
+//! The gridsync replication protocol, sans IO.
+//!
+//! Pure state machines — no sockets, no tokio, no sled, no clock reads, no
+//! OS randomness. The caller feeds inputs (connection opened with a fresh
+//! nonce, frame received, local append, store reported durable, tick with
+//! the time) and carries out the [`Output`]s (send a frame, persist chunks,
+//! record equivocation evidence, close). Storage is read through the small
+//! traits [`child::LocalLog`] and [`parent::StoredLog`].
+//!
+//! A child connects to its parent and pushes upward:
+//!
+//! ```text
+//! child                                  parent
+//!   Hello{node, parent, nonce_c}   ──▶   checks topology
+//!                                  ◀──   Challenge{nonce_p, proof_p(nonce_c)}
+//!   checks proof_p                        
+//!   Auth{proof_c(nonce_p)}         ──▶   checks proof_c
+//!                                  ◀──   Welcome{heads of the child's subtree}
+//!   Batch{id, chunks} …            ──▶   verify, Persist ─▶ store
+//!   (≤ window in flight)           ◀──   Ack{id} once durable
+//! ```
+//!
+//! Nothing depends on the child remembering what it sent: every session
+//! resumes from the parent's heads in `Welcome`.
+
+pub mod auth;
+pub mod child;
+pub mod frame;
+pub mod parent;
+
+pub use child::{ChildConfig, ChildSession, LocalLog};
+pub use frame::{Frame, FrameError, LagReport, WireHead, PROTOCOL_VERSION};
+pub use parent::{ParentConfig, ParentSession, StoredLog, TopologyView};
+
+use gridsync_model::{Chunk, Hash32};
+
+/// Why a peer or a batch was refused. Stable strings on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    UnsupportedVersion,
+    WrongParent,
+    UnknownNode,
+    NotAChild,
+    BadProof,
+    Malformed,
+    ForeignOrigin,
+    BadSignature,
+    BrokenChain,
+    Gap,
+    Equivocation,
+    Protocol,
+}
+
+impl RejectCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::UnsupportedVersion => "unsupported_version",
+            RejectCode::WrongParent => "wrong_parent",
+            RejectCode::UnknownNode => "unknown_node",
+            RejectCode::NotAChild => "not_a_child",
+            RejectCode::BadProof => "bad_proof",
+            RejectCode::Malformed => "malformed",
+            RejectCode::ForeignOrigin => "foreign_origin",
+            RejectCode::BadSignature => "bad_signature",
+            RejectCode::BrokenChain => "broken_chain",
+            RejectCode::Gap => "gap",
+            RejectCode::Equivocation => "equivocation",
+            RejectCode::Protocol => "protocol",
+        }
+    }
+}
+
+/// What the caller must do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Send(Frame),
+    /// Make these chunks durable, then call `on_persisted(batch)`.
+    Persist { batch: u64, chunks: Vec<Chunk> },
+    /// An origin signed two different events at `seq`: keep both.
+    Equivocation { origin: String, seq: u64, ours: Hash32, theirs: Chunk },
+    /// For metrics and logs: a peer or batch was refused.
+    Rejected { code: RejectCode, message: String },
+    /// Close the connection (after sending any frames above).
+    Close { reason: String },
+}

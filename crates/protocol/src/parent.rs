@@ -1,0 +1,399 @@
+//! The parent side of a sync connection: authenticate the child, tell it
+//! our heads, verify every chunk it sends (signature, chain continuity,
+//! subtree membership), hand accepted chunks to the store, and acknowledge
+//! a batch only once the store reports it durable.
+
+use std::collections::{HashMap, VecDeque};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::{Chunk, Hash32, ZERO_HASH};
+use serde_bytes::ByteBuf;
+
+use crate::child::wire_head;
+use crate::frame::{Frame, LagReport, PROTOCOL_VERSION};
+use crate::{auth, Output, RejectCode};
+
+/// What the parent needs to know about the tree.
+pub trait TopologyView {
+    /// The parent of `id`, or `None` for the root or an unknown node.
+    fn parent_of(&self, id: &str) -> Option<String>;
+    fn key(&self, id: &str) -> Option<VerifyingKey>;
+    /// Whether `node` is `root` or below it.
+    fn in_subtree(&self, root: &str, node: &str) -> bool;
+}
+
+/// What the parent reads from its own (durable) log.
+pub trait StoredLog {
+    fn heads(&self) -> Vec<(String, u64, Hash32)>;
+    fn head(&self, origin: &str) -> Option<(u64, Hash32)>;
+    fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ParentConfig {
+    pub node_id: String,
+    pub key: SigningKey,
+    pub heartbeat_ms: i64,
+    pub idle_timeout_ms: i64,
+    /// Planted bug for the simulator's negative control: acknowledge a
+    /// batch as soon as it verifies, before it is durable.
+    pub bug_ack_before_durable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    AwaitHello,
+    AwaitAuth { child: String },
+    Streaming { child: String },
+    Closed,
+}
+
+struct Awaiting {
+    id: u64,
+    touched: Vec<String>,
+    hashes: Vec<(String, u64)>,
+    acked_early: bool,
+}
+
+pub struct ParentSession {
+    cfg: ParentConfig,
+    state: State,
+    nonce: Vec<u8>,
+    /// Per origin: the head including batches accepted but not yet durable.
+    tips: HashMap<String, (u64, Hash32)>,
+    /// Hashes of accepted, not yet durable events (for duplicate checks).
+    pending: HashMap<(String, u64), Hash32>,
+    awaiting: VecDeque<Awaiting>,
+    last_rx_ms: i64,
+    last_tx_ms: i64,
+    lag: Vec<LagReport>,
+}
+
+impl ParentSession {
+    /// A connection was accepted; `nonce` is 32 fresh random bytes.
+    pub fn new(cfg: ParentConfig, nonce: [u8; 32], now_ms: i64) -> Self {
+        Self {
+            cfg,
+            state: State::AwaitHello,
+            nonce: nonce.to_vec(),
+            tips: HashMap::new(),
+            pending: HashMap::new(),
+            awaiting: VecDeque::new(),
+            last_rx_ms: now_ms,
+            last_tx_ms: now_ms,
+            lag: Vec::new(),
+        }
+    }
+
+    /// The authenticated child, once known.
+    pub fn child(&self) -> Option<&str> {
+        match &self.state {
+            State::Streaming { child } => Some(child),
+            _ => None,
+        }
+    }
+
+    /// The child's latest lag report.
+    pub fn lag(&self) -> &[LagReport] {
+        &self.lag
+    }
+
+    pub fn last_rx_ms(&self) -> i64 {
+        self.last_rx_ms
+    }
+
+    fn send(&mut self, out: &mut Vec<Output>, f: Frame, now_ms: i64) {
+        self.last_tx_ms = now_ms;
+        out.push(Output::Send(f));
+    }
+
+    fn refuse(&mut self, mut out: Vec<Output>, code: RejectCode, message: String, now_ms: i64) -> Vec<Output> {
+        self.send(&mut out, Frame::Refused { code: code.as_str().into(), message: message.clone() }, now_ms);
+        out.push(Output::Rejected { code, message: message.clone() });
+        self.state = State::Closed;
+        out.push(Output::Close { reason: format!("{}: {message}", code.as_str()) });
+        out
+    }
+
+    pub fn on_frame(
+        &mut self,
+        frame: Frame,
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.last_rx_ms = now_ms;
+        match (self.state.clone(), frame) {
+            (State::Closed, _) => out,
+            (State::AwaitHello, Frame::Hello { version, node, parent, nonce, .. }) => {
+                if version != PROTOCOL_VERSION {
+                    let m = format!("protocol version {version} is not spoken here (this node speaks {PROTOCOL_VERSION})");
+                    return self.refuse(out, RejectCode::UnsupportedVersion, m, now_ms);
+                }
+                if parent != self.cfg.node_id {
+                    let m = format!("this is node {}, not {parent}", self.cfg.node_id);
+                    return self.refuse(out, RejectCode::WrongParent, m, now_ms);
+                }
+                if topo.key(&node).is_none() {
+                    let m = format!("node {node:?} is not in this node's topology");
+                    return self.refuse(out, RejectCode::UnknownNode, m, now_ms);
+                }
+                if topo.parent_of(&node).as_deref() != Some(self.cfg.node_id.as_str()) {
+                    let m = format!("node {node} is not a child of {}", self.cfg.node_id);
+                    return self.refuse(out, RejectCode::NotAChild, m, now_ms);
+                }
+                if nonce.len() != 32 {
+                    return self.refuse(out, RejectCode::Malformed, "hello nonce must be 32 bytes".into(), now_ms);
+                }
+                let proof = auth::prove(&self.cfg.key, "parent", &self.cfg.node_id, &node, &nonce);
+                let challenge = Frame::Challenge {
+                    version: PROTOCOL_VERSION,
+                    node: self.cfg.node_id.clone(),
+                    nonce: ByteBuf::from(self.nonce.clone()),
+                    proof: ByteBuf::from(proof.to_vec()),
+                };
+                self.state = State::AwaitAuth { child: node };
+                self.send(&mut out, challenge, now_ms);
+                out
+            }
+            (State::AwaitAuth { child }, Frame::Auth { proof }) => {
+                let key = topo.key(&child).expect("checked at hello");
+                if !auth::check(&key, "child", &child, &self.cfg.node_id, &self.nonce, &proof) {
+                    let m = format!("node {child} failed to prove its key (wrong key, or a replayed session)");
+                    return self.refuse(out, RejectCode::BadProof, m, now_ms);
+                }
+                let heads = log
+                    .heads()
+                    .into_iter()
+                    .filter(|(o, _, _)| topo.in_subtree(&child, o))
+                    .map(|(o, s, h)| wire_head(&o, s, &h))
+                    .collect();
+                self.state = State::Streaming { child };
+                self.send(&mut out, Frame::Welcome { heads }, now_ms);
+                out
+            }
+            (State::Streaming { child }, Frame::Batch { id, chunks, lag }) => {
+                self.lag = lag;
+                self.on_batch(out, &child, id, chunks, topo, log, now_ms)
+            }
+            (_, Frame::Ping { lag }) => {
+                if matches!(self.state, State::Streaming { .. }) {
+                    self.lag = lag;
+                }
+                self.send(&mut out, Frame::Pong, now_ms);
+                out
+            }
+            (_, Frame::Pong) => out,
+            (state, f) => {
+                let m = format!("unexpected {} frame in state {state:?}", f.name());
+                self.refuse(out, RejectCode::Protocol, m, now_ms)
+            }
+        }
+    }
+
+    fn known_hash(&self, log: &dyn StoredLog, origin: &str, seq: u64) -> Option<Hash32> {
+        if seq == 0 {
+            return Some(ZERO_HASH);
+        }
+        self.pending.get(&(origin.to_owned(), seq)).copied().or_else(|| log.hash_at(origin, seq))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_batch(
+        &mut self,
+        mut out: Vec<Output>,
+        child: &str,
+        id: u64,
+        chunks: Vec<ByteBuf>,
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        let mut accepted: Vec<Chunk> = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
+        let mut hashes: Vec<(String, u64)> = Vec::new();
+        // Tips as they will be if this batch is accepted; committed to
+        // `self` only when the whole batch passes.
+        let mut tips: HashMap<String, (u64, Hash32)> = HashMap::new();
+        let mut new_pending: Vec<((String, u64), Hash32)> = Vec::new();
+        for bytes in chunks {
+            let chunk = match Chunk::decode(&bytes) {
+                Ok(c) => c,
+                Err(e) => return self.reject(out, id, RejectCode::Malformed, e.to_string(), now_ms),
+            };
+            let origin = chunk.origin.clone();
+            if !topo.in_subtree(child, &origin) {
+                let m = format!("origin {origin} is not in the subtree of {child}");
+                return self.reject(out, id, RejectCode::ForeignOrigin, m, now_ms);
+            }
+            let Some(key) = topo.key(&origin) else {
+                return self.reject(out, id, RejectCode::ForeignOrigin, format!("origin {origin} is unknown"), now_ms);
+            };
+            let verified = match chunk.decode_events().and_then(|v| chunk.head.verify(&key).map(|()| v)) {
+                Ok(v) => v,
+                Err(e) => {
+                    let code = match e {
+                        gridsync_model::ChunkError::BadSignature { .. } => RejectCode::BadSignature,
+                        _ => RejectCode::BrokenChain,
+                    };
+                    return self.reject(out, id, code, e.to_string(), now_ms);
+                }
+            };
+            let (tip_seq, tip_hash) = tips
+                .get(&origin)
+                .or_else(|| self.tips.get(&origin))
+                .copied()
+                .or_else(|| log.head(&origin))
+                .unwrap_or((0, ZERO_HASH));
+            let first = chunk.first_seq();
+            let last = chunk.last_seq();
+            if first > tip_seq + 1 {
+                let m = format!("origin {origin}: expected seq {}, got {first} (gap)", tip_seq + 1);
+                return self.reject(out, id, RejectCode::Gap, m, now_ms);
+            }
+            let fork = |seq: u64, ours: Hash32| Output::Equivocation {
+                origin: origin.clone(),
+                seq,
+                ours,
+                theirs: chunk.clone(),
+            };
+            let new_from = if last <= tip_seq {
+                // Entirely known: a duplicate if identical.
+                let theirs = verified.last().expect("chunks are non-empty").hash;
+                let Some(ours) = self.known_hash(log, &origin, last) else {
+                    return self.reject(out, id, RejectCode::Protocol, format!("cannot read {origin}/{last}"), now_ms);
+                };
+                if ours != theirs {
+                    out.push(fork(last, ours));
+                    let m = format!("origin {origin} seq {last}: a different event than the one held (equivocation)");
+                    return self.reject(out, id, RejectCode::Equivocation, m, now_ms);
+                }
+                None
+            } else if first <= tip_seq {
+                let idx = usize::try_from(tip_seq - first).expect("fits");
+                if verified[idx].hash != tip_hash {
+                    out.push(fork(tip_seq, tip_hash));
+                    let m = format!("origin {origin} seq {tip_seq}: a different event than the one held (equivocation)");
+                    return self.reject(out, id, RejectCode::Equivocation, m, now_ms);
+                }
+                Some(tip_seq)
+            } else {
+                // first == tip_seq + 1
+                if verified[0].envelope.prev != tip_hash {
+                    if tip_seq == 0 {
+                        let m = format!("origin {origin} seq 1 has a non-zero prev");
+                        return self.reject(out, id, RejectCode::BrokenChain, m, now_ms);
+                    }
+                    out.push(fork(tip_seq, tip_hash));
+                    let m = format!("origin {origin}: seq {first} does not follow the held seq {tip_seq} (equivocation)");
+                    return self.reject(out, id, RejectCode::Equivocation, m, now_ms);
+                }
+                Some(tip_seq)
+            };
+            if let Some(after) = new_from {
+                let suffix = chunk.suffix_after(after).expect("last > after");
+                for v in verified.iter().filter(|v| v.envelope.seq > after) {
+                    new_pending.push(((origin.clone(), v.envelope.seq), v.hash));
+                    hashes.push((origin.clone(), v.envelope.seq));
+                }
+                tips.insert(origin.clone(), (last, verified.last().expect("non-empty").hash));
+                if !touched.contains(&origin) {
+                    touched.push(origin.clone());
+                }
+                accepted.push(suffix);
+            }
+        }
+        self.tips.extend(tips);
+        self.pending.extend(new_pending);
+        let ack_now = self.cfg.bug_ack_before_durable;
+        self.awaiting.push_back(Awaiting { id, touched, hashes, acked_early: ack_now });
+        if accepted.is_empty() {
+            // Nothing new: acknowledge in order once earlier batches are.
+            self.flush_acks(&mut out, log, now_ms, None);
+        } else {
+            if ack_now {
+                self.send_ack(&mut out, id, now_ms);
+            }
+            out.push(Output::Persist { batch: id, chunks: accepted });
+        }
+        out
+    }
+
+    fn send_ack(&mut self, out: &mut Vec<Output>, id: u64, now_ms: i64) {
+        let heads = self
+            .awaiting
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.touched.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| self.tips.get(&o).map(|(s, h)| wire_head(&o, *s, h)))
+            .collect();
+        self.send(out, Frame::Ack { id, heads }, now_ms);
+    }
+
+    /// Acknowledges, in order, every leading batch that is durable (or had
+    /// nothing new). `durable` is the batch just reported durable.
+    fn flush_acks(&mut self, out: &mut Vec<Output>, _log: &dyn StoredLog, now_ms: i64, durable: Option<u64>) {
+        let mut durable = durable;
+        while let Some(front) = self.awaiting.front() {
+            let is_durable = Some(front.id) == durable || front.touched.is_empty();
+            if !is_durable {
+                break;
+            }
+            let id = front.id;
+            if !front.acked_early {
+                self.send_ack(out, id, now_ms);
+            }
+            let a = self.awaiting.pop_front().expect("front exists");
+            for k in a.hashes {
+                self.pending.remove(&k);
+            }
+            durable = None;
+        }
+    }
+
+    /// The store made batch `id` durable.
+    pub fn on_persisted(&mut self, id: u64, log: &dyn StoredLog, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.state == State::Closed {
+            return out;
+        }
+        if self.awaiting.iter().all(|a| a.id != id) {
+            return out;
+        }
+        self.flush_acks(&mut out, log, now_ms, Some(id));
+        out
+    }
+
+    /// The store failed to persist: nothing more is acknowledged.
+    pub fn on_persist_failed(&mut self, reason: &str) -> Vec<Output> {
+        self.state = State::Closed;
+        vec![Output::Close { reason: format!("store failed: {reason}") }]
+    }
+
+    pub fn on_tick(&mut self, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.state == State::Closed {
+            return out;
+        }
+        if now_ms - self.last_rx_ms > self.cfg.idle_timeout_ms {
+            self.state = State::Closed;
+            out.push(Output::Close { reason: format!("no frame from the child for {} ms", now_ms - self.last_rx_ms) });
+            return out;
+        }
+        if matches!(self.state, State::Streaming { .. }) && now_ms - self.last_tx_ms >= self.cfg.heartbeat_ms {
+            self.send(&mut out, Frame::Ping { lag: Vec::new() }, now_ms);
+        }
+        out
+    }
+
+    fn reject(&mut self, mut out: Vec<Output>, id: u64, code: RejectCode, message: String, now_ms: i64) -> Vec<Output> {
+        self.send(&mut out, Frame::Rejected { id, code: code.as_str().into(), message: message.clone() }, now_ms);
+        out.push(Output::Rejected { code, message: message.clone() });
+        self.state = State::Closed;
+        out.push(Output::Close { reason: format!("batch {id} rejected: {message}") });
+        out
+    }
+}
