@@ -353,7 +353,11 @@ impl Chunk {
             return Some(self.clone());
         }
         let skip = usize::try_from(seq + 1 - self.first_seq()).expect("fits usize");
-        Some(Chunk { origin: self.origin.clone(), events: self.events[skip..].to_vec(), head: self.head.clone() })
+        Some(Chunk {
+            origin: self.origin.clone(),
+            events: self.events[skip..].to_vec(),
+            head: self.head.clone(),
+        })
     }
 
     /// Decodes the events of a chunk this node already verified (read back

@@ -20,11 +20,31 @@ fn message(role: &str, signer: &str, peer: &str, nonce: &[u8]) -> Vec<u8> {
     m
 }
 
-pub fn prove(key: &SigningKey, role: &str, signer: &str, peer: &str, peer_nonce: &[u8]) -> [u8; 64] {
-    key.sign(&message(role, signer, peer, peer_nonce)).to_bytes()
+pub fn prove(
+    key: &SigningKey,
+    role: &str,
+    signer: &str,
+    peer: &str,
+    peer_nonce: &[u8],
+) -> [u8; 64] {
+    key.sign(&message(role, signer, peer, peer_nonce))
+        .to_bytes()
 }
 
-pub fn check(key: &VerifyingKey, role: &str, signer: &str, peer: &str, my_nonce: &[u8], proof: &[u8]) -> bool {
-    let Ok(sig) = <[u8; 64]>::try_from(proof) else { return false };
-    key.verify_strict(&message(role, signer, peer, my_nonce), &Signature::from_bytes(&sig)).is_ok()
+pub fn check(
+    key: &VerifyingKey,
+    role: &str,
+    signer: &str,
+    peer: &str,
+    my_nonce: &[u8],
+    proof: &[u8],
+) -> bool {
+    let Ok(sig) = <[u8; 64]>::try_from(proof) else {
+        return false;
+    };
+    key.verify_strict(
+        &message(role, signer, peer, my_nonce),
+        &Signature::from_bytes(&sig),
+    )
+    .is_ok()
 }

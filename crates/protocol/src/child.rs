@@ -99,7 +99,11 @@ impl ChildSession {
 
     /// For the planted bug: a new session that keeps the old `sent` map.
     pub fn reconnect(self) -> Self {
-        let keep = if self.cfg.bug_resume_from_memory { self.sent.clone() } else { BTreeMap::new() };
+        let keep = if self.cfg.bug_resume_from_memory {
+            self.sent.clone()
+        } else {
+            BTreeMap::new()
+        };
         let mut s = Self::new(self.cfg);
         s.sent = keep;
         s
@@ -155,21 +159,54 @@ impl ChildSession {
                 self.close(&mut out, format!("parent refused: {code}: {message}"));
             }
             (_, Frame::Rejected { id, code, message }) => {
-                self.close(&mut out, format!("parent rejected batch {id}: {code}: {message}"));
+                self.close(
+                    &mut out,
+                    format!("parent rejected batch {id}: {code}: {message}"),
+                );
             }
-            (State::AwaitChallenge, Frame::Challenge { version, node, nonce, proof }) => {
+            (
+                State::AwaitChallenge,
+                Frame::Challenge {
+                    version,
+                    node,
+                    nonce,
+                    proof,
+                },
+            ) => {
                 if version != PROTOCOL_VERSION {
-                    return self.fail(out, format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}"));
+                    return self.fail(
+                        out,
+                        format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}"),
+                    );
                 }
                 if node != self.cfg.parent_id {
-                    return self.fail(out, format!("expected parent {}, connected to {node}", self.cfg.parent_id));
+                    return self.fail(
+                        out,
+                        format!(
+                            "expected parent {}, connected to {node}",
+                            self.cfg.parent_id
+                        ),
+                    );
                 }
-                if !auth::check(&self.cfg.parent_key, "parent", &node, &self.cfg.node_id, &self.nonce, &proof) {
+                if !auth::check(
+                    &self.cfg.parent_key,
+                    "parent",
+                    &node,
+                    &self.cfg.node_id,
+                    &self.nonce,
+                    &proof,
+                ) {
                     return self.fail(out, format!("parent {node} failed to prove its key"));
                 }
                 let proof = auth::prove(&self.cfg.key, "child", &self.cfg.node_id, &node, &nonce);
                 self.state = State::AwaitWelcome;
-                self.send(&mut out, Frame::Auth { proof: ByteBuf::from(proof.to_vec()) }, now_ms);
+                self.send(
+                    &mut out,
+                    Frame::Auth {
+                        proof: ByteBuf::from(proof.to_vec()),
+                    },
+                    now_ms,
+                );
             }
             (State::AwaitWelcome, Frame::Welcome { heads }) => {
                 self.acked = heads.into_iter().map(|h| (h.origin, h.seq)).collect();
@@ -179,27 +216,33 @@ impl ChildSession {
                 self.state = State::Streaming;
                 self.fill(&mut out, log, now_ms);
             }
-            (State::Streaming, Frame::Ack { id, heads }) => {
-                match self.inflight.front() {
-                    Some(f) if f.id == id => {
-                        let f = self.inflight.pop_front().expect("front exists");
-                        for (origin, seq) in f.tips {
-                            let a = self.acked.entry(origin).or_insert(0);
-                            *a = (*a).max(seq);
-                        }
-                        for h in heads {
-                            let a = self.acked.entry(h.origin).or_insert(0);
-                            *a = (*a).max(h.seq);
-                        }
-                        self.fill(&mut out, log, now_ms);
+            (State::Streaming, Frame::Ack { id, heads }) => match self.inflight.front() {
+                Some(f) if f.id == id => {
+                    let f = self.inflight.pop_front().expect("front exists");
+                    for (origin, seq) in f.tips {
+                        let a = self.acked.entry(origin).or_insert(0);
+                        *a = (*a).max(seq);
                     }
-                    _ => return self.fail(out, format!("ack for batch {id}, which is not the oldest in flight")),
+                    for h in heads {
+                        let a = self.acked.entry(h.origin).or_insert(0);
+                        *a = (*a).max(h.seq);
+                    }
+                    self.fill(&mut out, log, now_ms);
                 }
-            }
+                _ => {
+                    return self.fail(
+                        out,
+                        format!("ack for batch {id}, which is not the oldest in flight"),
+                    )
+                }
+            },
             (_, Frame::Ping { .. }) => self.send(&mut out, Frame::Pong, now_ms),
             (_, Frame::Pong) => {}
             (state, f) => {
-                return self.fail(out, format!("unexpected {} frame in state {state:?}", f.name()));
+                return self.fail(
+                    out,
+                    format!("unexpected {} frame in state {state:?}", f.name()),
+                );
             }
         }
         out
@@ -226,16 +269,29 @@ impl ChildSession {
             return out;
         }
         if now_ms - self.last_rx_ms > self.cfg.idle_timeout_ms {
-            self.close(&mut out, format!("no frame from the parent for {} ms", now_ms - self.last_rx_ms));
+            self.close(
+                &mut out,
+                format!(
+                    "no frame from the parent for {} ms",
+                    now_ms - self.last_rx_ms
+                ),
+            );
             return out;
         }
         if self.state != State::Streaming && now_ms - self.opened_at_ms > self.cfg.ack_timeout_ms {
-            self.close(&mut out, format!("handshake unanswered for {} ms", now_ms - self.opened_at_ms));
+            self.close(
+                &mut out,
+                format!("handshake unanswered for {} ms", now_ms - self.opened_at_ms),
+            );
             return out;
         }
         if let Some(f) = self.inflight.front() {
             if now_ms - f.sent_at_ms > self.cfg.ack_timeout_ms {
-                let reason = format!("batch {} unacknowledged for {} ms", f.id, now_ms - f.sent_at_ms);
+                let reason = format!(
+                    "batch {} unacknowledged for {} ms",
+                    f.id,
+                    now_ms - f.sent_at_ms
+                );
                 self.close(&mut out, reason);
                 return out;
             }
@@ -253,8 +309,14 @@ impl ChildSession {
             .into_iter()
             .map(|(origin, seq)| {
                 let acked = self.acked.get(&origin).copied().unwrap_or(0);
-                let oldest_missing_ms = (seq > acked).then(|| log.received_at(&origin, acked + 1)).flatten();
-                LagReport { origin, seq, oldest_missing_ms }
+                let oldest_missing_ms = (seq > acked)
+                    .then(|| log.received_at(&origin, acked + 1))
+                    .flatten();
+                LagReport {
+                    origin,
+                    seq,
+                    oldest_missing_ms,
+                }
             })
             .collect()
     }
@@ -283,7 +345,9 @@ impl ChildSession {
                 let budget = self.cfg.batch_bytes_max - bytes;
                 let mut last = sent;
                 for c in log.chunks_after(origin, sent, budget) {
-                    let Some(c) = c.suffix_after(last) else { continue };
+                    let Some(c) = c.suffix_after(last) else {
+                        continue;
+                    };
                     if c.first_seq() != last + 1 {
                         break; // a hole in the local log: stop at it
                     }
@@ -307,7 +371,11 @@ impl ChildSession {
             let id = self.next_batch_id;
             self.next_batch_id += 1;
             let lag = self.lag(log);
-            self.inflight.push_back(InFlight { id, sent_at_ms: now_ms, tips });
+            self.inflight.push_back(InFlight {
+                id,
+                sent_at_ms: now_ms,
+                tips,
+            });
             self.send(out, Frame::Batch { id, chunks, lag }, now_ms);
         }
     }
@@ -315,5 +383,9 @@ impl ChildSession {
 
 /// Builds a `WireHead`.
 pub fn wire_head(origin: &str, seq: u64, hash: &[u8; 32]) -> WireHead {
-    WireHead { origin: origin.to_owned(), seq, hash: ByteBuf::from(hash.to_vec()) }
+    WireHead {
+        origin: origin.to_owned(),
+        seq,
+        hash: ByteBuf::from(hash.to_vec()),
+    }
 }

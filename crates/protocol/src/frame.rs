@@ -32,27 +32,58 @@ pub struct LagReport {
 pub enum Frame {
     /// Child → parent, first frame: who I am, who I think you are, a nonce
     /// for you to sign.
-    Hello { version: u32, node: String, parent: String, nonce: ByteBuf, capabilities: Vec<String> },
+    Hello {
+        version: u32,
+        node: String,
+        parent: String,
+        nonce: ByteBuf,
+        capabilities: Vec<String>,
+    },
     /// Parent → child: the parent's proof (signature over the child's
     /// nonce) and a nonce for the child to sign.
-    Challenge { version: u32, node: String, nonce: ByteBuf, proof: ByteBuf },
+    Challenge {
+        version: u32,
+        node: String,
+        nonce: ByteBuf,
+        proof: ByteBuf,
+    },
     /// Child → parent: the child's proof over the parent's nonce.
-    Auth { proof: ByteBuf },
+    Auth {
+        proof: ByteBuf,
+    },
     /// Parent → child: authenticated; the parent's heads for every origin of
     /// the child's subtree it holds. The child sends what lies beyond them.
-    Welcome { heads: Vec<WireHead> },
+    Welcome {
+        heads: Vec<WireHead>,
+    },
     /// Either way, then the connection closes.
-    Refused { code: String, message: String },
+    Refused {
+        code: String,
+        message: String,
+    },
     /// Child → parent: chunks (each a run of one origin's events with its
     /// signed head), in per-origin seq order.
-    Batch { id: u64, chunks: Vec<ByteBuf>, lag: Vec<LagReport> },
+    Batch {
+        id: u64,
+        chunks: Vec<ByteBuf>,
+        lag: Vec<LagReport>,
+    },
     /// Parent → child: batch `id` is durable; the parent's heads for the
     /// origins it touched.
-    Ack { id: u64, heads: Vec<WireHead> },
+    Ack {
+        id: u64,
+        heads: Vec<WireHead>,
+    },
     /// Parent → child: batch `id` was refused; the connection closes.
-    Rejected { id: u64, code: String, message: String },
+    Rejected {
+        id: u64,
+        code: String,
+        message: String,
+    },
     /// Either way when idle; the child's carries its lag report.
-    Ping { lag: Vec<LagReport> },
+    Ping {
+        lag: Vec<LagReport>,
+    },
     Pong,
 }
 

@@ -75,11 +75,24 @@ impl RejectCode {
 pub enum Output {
     Send(Frame),
     /// Make these chunks durable, then call `on_persisted(batch)`.
-    Persist { batch: u64, chunks: Vec<Chunk> },
+    Persist {
+        batch: u64,
+        chunks: Vec<Chunk>,
+    },
     /// An origin signed two different events at `seq`: keep both.
-    Equivocation { origin: String, seq: u64, ours: Hash32, theirs: Chunk },
+    Equivocation {
+        origin: String,
+        seq: u64,
+        ours: Hash32,
+        theirs: Chunk,
+    },
     /// For metrics and logs: a peer or batch was refused.
-    Rejected { code: RejectCode, message: String },
+    Rejected {
+        code: RejectCode,
+        message: String,
+    },
     /// Close the connection (after sending any frames above).
-    Close { reason: String },
+    Close {
+        reason: String,
+    },
 }

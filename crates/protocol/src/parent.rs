@@ -107,11 +107,29 @@ impl ParentSession {
         out.push(Output::Send(f));
     }
 
-    fn refuse(&mut self, mut out: Vec<Output>, code: RejectCode, message: String, now_ms: i64) -> Vec<Output> {
-        self.send(&mut out, Frame::Refused { code: code.as_str().into(), message: message.clone() }, now_ms);
-        out.push(Output::Rejected { code, message: message.clone() });
+    fn refuse(
+        &mut self,
+        mut out: Vec<Output>,
+        code: RejectCode,
+        message: String,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.send(
+            &mut out,
+            Frame::Refused {
+                code: code.as_str().into(),
+                message: message.clone(),
+            },
+            now_ms,
+        );
+        out.push(Output::Rejected {
+            code,
+            message: message.clone(),
+        });
         self.state = State::Closed;
-        out.push(Output::Close { reason: format!("{}: {message}", code.as_str()) });
+        out.push(Output::Close {
+            reason: format!("{}: {message}", code.as_str()),
+        });
         out
     }
 
@@ -126,7 +144,16 @@ impl ParentSession {
         self.last_rx_ms = now_ms;
         match (self.state.clone(), frame) {
             (State::Closed, _) => out,
-            (State::AwaitHello, Frame::Hello { version, node, parent, nonce, .. }) => {
+            (
+                State::AwaitHello,
+                Frame::Hello {
+                    version,
+                    node,
+                    parent,
+                    nonce,
+                    ..
+                },
+            ) => {
                 if version != PROTOCOL_VERSION {
                     let m = format!("protocol version {version} is not spoken here (this node speaks {PROTOCOL_VERSION})");
                     return self.refuse(out, RejectCode::UnsupportedVersion, m, now_ms);
@@ -144,7 +171,12 @@ impl ParentSession {
                     return self.refuse(out, RejectCode::NotAChild, m, now_ms);
                 }
                 if nonce.len() != 32 {
-                    return self.refuse(out, RejectCode::Malformed, "hello nonce must be 32 bytes".into(), now_ms);
+                    return self.refuse(
+                        out,
+                        RejectCode::Malformed,
+                        "hello nonce must be 32 bytes".into(),
+                        now_ms,
+                    );
                 }
                 let proof = auth::prove(&self.cfg.key, "parent", &self.cfg.node_id, &node, &nonce);
                 let challenge = Frame::Challenge {
@@ -159,8 +191,17 @@ impl ParentSession {
             }
             (State::AwaitAuth { child }, Frame::Auth { proof }) => {
                 let key = topo.key(&child).expect("checked at hello");
-                if !auth::check(&key, "child", &child, &self.cfg.node_id, &self.nonce, &proof) {
-                    let m = format!("node {child} failed to prove its key (wrong key, or a replayed session)");
+                if !auth::check(
+                    &key,
+                    "child",
+                    &child,
+                    &self.cfg.node_id,
+                    &self.nonce,
+                    &proof,
+                ) {
+                    let m = format!(
+                        "node {child} failed to prove its key (wrong key, or a replayed session)"
+                    );
                     return self.refuse(out, RejectCode::BadProof, m, now_ms);
                 }
                 let heads = log
@@ -196,7 +237,10 @@ impl ParentSession {
         if seq == 0 {
             return Some(ZERO_HASH);
         }
-        self.pending.get(&(origin.to_owned(), seq)).copied().or_else(|| log.hash_at(origin, seq))
+        self.pending
+            .get(&(origin.to_owned(), seq))
+            .copied()
+            .or_else(|| log.hash_at(origin, seq))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -220,7 +264,9 @@ impl ParentSession {
         for bytes in chunks {
             let chunk = match Chunk::decode(&bytes) {
                 Ok(c) => c,
-                Err(e) => return self.reject(out, id, RejectCode::Malformed, e.to_string(), now_ms),
+                Err(e) => {
+                    return self.reject(out, id, RejectCode::Malformed, e.to_string(), now_ms)
+                }
             };
             let origin = chunk.origin.clone();
             if !topo.in_subtree(child, &origin) {
@@ -228,9 +274,18 @@ impl ParentSession {
                 return self.reject(out, id, RejectCode::ForeignOrigin, m, now_ms);
             }
             let Some(key) = topo.key(&origin) else {
-                return self.reject(out, id, RejectCode::ForeignOrigin, format!("origin {origin} is unknown"), now_ms);
+                return self.reject(
+                    out,
+                    id,
+                    RejectCode::ForeignOrigin,
+                    format!("origin {origin} is unknown"),
+                    now_ms,
+                );
             };
-            let verified = match chunk.decode_events().and_then(|v| chunk.head.verify(&key).map(|()| v)) {
+            let verified = match chunk
+                .decode_events()
+                .and_then(|v| chunk.head.verify(&key).map(|()| v))
+            {
                 Ok(v) => v,
                 Err(e) => {
                     let code = match e {
@@ -249,7 +304,10 @@ impl ParentSession {
             let first = chunk.first_seq();
             let last = chunk.last_seq();
             if first > tip_seq + 1 {
-                let m = format!("origin {origin}: expected seq {}, got {first} (gap)", tip_seq + 1);
+                let m = format!(
+                    "origin {origin}: expected seq {}, got {first} (gap)",
+                    tip_seq + 1
+                );
                 return self.reject(out, id, RejectCode::Gap, m, now_ms);
             }
             let fork = |seq: u64, ours: Hash32| Output::Equivocation {
@@ -262,7 +320,13 @@ impl ParentSession {
                 // Entirely known: a duplicate if identical.
                 let theirs = verified.last().expect("chunks are non-empty").hash;
                 let Some(ours) = self.known_hash(log, &origin, last) else {
-                    return self.reject(out, id, RejectCode::Protocol, format!("cannot read {origin}/{last}"), now_ms);
+                    return self.reject(
+                        out,
+                        id,
+                        RejectCode::Protocol,
+                        format!("cannot read {origin}/{last}"),
+                        now_ms,
+                    );
                 };
                 if ours != theirs {
                     out.push(fork(last, ours));
@@ -297,7 +361,10 @@ impl ParentSession {
                     new_pending.push(((origin.clone(), v.envelope.seq), v.hash));
                     hashes.push((origin.clone(), v.envelope.seq));
                 }
-                tips.insert(origin.clone(), (last, verified.last().expect("non-empty").hash));
+                tips.insert(
+                    origin.clone(),
+                    (last, verified.last().expect("non-empty").hash),
+                );
                 if !touched.contains(&origin) {
                     touched.push(origin.clone());
                 }
@@ -307,7 +374,12 @@ impl ParentSession {
         self.tips.extend(tips);
         self.pending.extend(new_pending);
         let ack_now = self.cfg.bug_ack_before_durable;
-        self.awaiting.push_back(Awaiting { id, touched, hashes, acked_early: ack_now });
+        self.awaiting.push_back(Awaiting {
+            id,
+            touched,
+            hashes,
+            acked_early: ack_now,
+        });
         if accepted.is_empty() {
             // Nothing new: acknowledge in order once earlier batches are.
             self.flush_acks(&mut out, log, now_ms, None);
@@ -315,7 +387,10 @@ impl ParentSession {
             if ack_now {
                 self.send_ack(&mut out, id, now_ms);
             }
-            out.push(Output::Persist { batch: id, chunks: accepted });
+            out.push(Output::Persist {
+                batch: id,
+                chunks: accepted,
+            });
         }
         out
     }
@@ -335,7 +410,13 @@ impl ParentSession {
 
     /// Acknowledges, in order, every leading batch that is durable (or had
     /// nothing new). `durable` is the batch just reported durable.
-    fn flush_acks(&mut self, out: &mut Vec<Output>, _log: &dyn StoredLog, now_ms: i64, durable: Option<u64>) {
+    fn flush_acks(
+        &mut self,
+        out: &mut Vec<Output>,
+        _log: &dyn StoredLog,
+        now_ms: i64,
+        durable: Option<u64>,
+    ) {
         let mut durable = durable;
         while let Some(front) = self.awaiting.front() {
             let is_durable = Some(front.id) == durable || front.touched.is_empty();
@@ -370,7 +451,9 @@ impl ParentSession {
     /// The store failed to persist: nothing more is acknowledged.
     pub fn on_persist_failed(&mut self, reason: &str) -> Vec<Output> {
         self.state = State::Closed;
-        vec![Output::Close { reason: format!("store failed: {reason}") }]
+        vec![Output::Close {
+            reason: format!("store failed: {reason}"),
+        }]
     }
 
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<Output> {
@@ -380,20 +463,47 @@ impl ParentSession {
         }
         if now_ms - self.last_rx_ms > self.cfg.idle_timeout_ms {
             self.state = State::Closed;
-            out.push(Output::Close { reason: format!("no frame from the child for {} ms", now_ms - self.last_rx_ms) });
+            out.push(Output::Close {
+                reason: format!(
+                    "no frame from the child for {} ms",
+                    now_ms - self.last_rx_ms
+                ),
+            });
             return out;
         }
-        if matches!(self.state, State::Streaming { .. }) && now_ms - self.last_tx_ms >= self.cfg.heartbeat_ms {
+        if matches!(self.state, State::Streaming { .. })
+            && now_ms - self.last_tx_ms >= self.cfg.heartbeat_ms
+        {
             self.send(&mut out, Frame::Ping { lag: Vec::new() }, now_ms);
         }
         out
     }
 
-    fn reject(&mut self, mut out: Vec<Output>, id: u64, code: RejectCode, message: String, now_ms: i64) -> Vec<Output> {
-        self.send(&mut out, Frame::Rejected { id, code: code.as_str().into(), message: message.clone() }, now_ms);
-        out.push(Output::Rejected { code, message: message.clone() });
+    fn reject(
+        &mut self,
+        mut out: Vec<Output>,
+        id: u64,
+        code: RejectCode,
+        message: String,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.send(
+            &mut out,
+            Frame::Rejected {
+                id,
+                code: code.as_str().into(),
+                message: message.clone(),
+            },
+            now_ms,
+        );
+        out.push(Output::Rejected {
+            code,
+            message: message.clone(),
+        });
         self.state = State::Closed;
-        out.push(Output::Close { reason: format!("batch {id} rejected: {message}") });
+        out.push(Output::Close {
+            reason: format!("batch {id} rejected: {message}"),
+        });
         out
     }
 }

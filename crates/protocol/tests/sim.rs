@@ -1,0 +1,934 @@
+//! Deterministic simulation of a whole tree (1 district, 3 streets, 9
+//! communities) in one thread with simulated time. The network drops,
+//! duplicates, delays and reorders frames; links partition and heal; nodes
+//! crash and restart, losing every persist that was not yet flushed.
+//!
+//! Checked for every seed:
+//! * no node ever acknowledged an event it later lost (checked at every
+//!   crash and at the end);
+//! * after healing, every ancestor holds every event of every origin below
+//!   it exactly once, contiguous, and verified.
+//!
+//! `GRIDSYNC_SIM_SEEDS` (default 10,000) seeds per run; a failure prints the
+//! seed and `GRIDSYNC_SIM_SEED=<seed>` replays exactly that one. Two planted
+//! bugs (ack before durable; resume from the child's memory) must be caught.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
+use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
+use gridsync_protocol::{
+    ChildConfig, ChildSession, Frame, LocalLog, Output, ParentConfig, ParentSession, StoredLog,
+    TopologyView,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const STREETS: usize = 3;
+const COMMUNITIES_PER_STREET: usize = 3;
+const CHUNKS_PER_COMMUNITY: usize = 4;
+const EVENTS_PER_CHUNK: u64 = 6;
+const FRAME_BYTES_MAX: usize = 1 << 20;
+
+/// Node 0 is the district, 1..=3 streets, then communities.
+struct Tree {
+    ids: Vec<String>,
+    parent: Vec<Option<usize>>,
+    keys: Vec<SigningKey>,
+    /// Per community node: its pre-built chunks (same for every seed).
+    scripts: HashMap<usize, Vec<Chunk>>,
+}
+
+fn build_tree() -> Tree {
+    let mut ids = vec!["district".to_owned()];
+    let mut parent = vec![None];
+    for s in 0..STREETS {
+        ids.push(format!("street{s}"));
+        parent.push(Some(0));
+    }
+    for s in 0..STREETS {
+        for c in 0..COMMUNITIES_PER_STREET {
+            ids.push(format!("street{s}-c{c}"));
+            parent.push(Some(1 + s));
+        }
+    }
+    let keys: Vec<SigningKey> = (0..ids.len())
+        .map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32]))
+        .collect();
+    let mut scripts = HashMap::new();
+    for n in (1 + STREETS)..ids.len() {
+        let origin = ids[n].clone();
+        let mut prev = ZERO_HASH;
+        let mut seq = 0u64;
+        let mut chunks = Vec::new();
+        for c in 0..CHUNKS_PER_COMMUNITY {
+            let mut events = Vec::new();
+            for _ in 0..EVENTS_PER_CHUNK {
+                seq += 1;
+                let data = gridsync_model::canonical::to_canonical(
+                    &serde_json::json!({"household": format!("h{seq}"), "method": "phone", "quarantine": "none"}),
+                );
+                let bytes = EnvelopeHeader {
+                    origin: &origin,
+                    seq,
+                    kind: "visit",
+                    schema: 1,
+                    occurred_at: OccurredAt {
+                        unix_ms: 1_580_000_000_000 + seq as i64,
+                        offset_min: 480,
+                    },
+                    recorded_at_ms: 1_580_000_000_000,
+                    grid: "g",
+                    recorded_by: "w",
+                    client_id: &format!("k{seq}"),
+                    prev: &prev,
+                    personal_digest: None,
+                }
+                .encode_with_data(&data);
+                prev = event_hash(&bytes);
+                events.push(EventRecord {
+                    envelope: bytes,
+                    personal: None,
+                });
+            }
+            let head = SignedHead::sign(&keys[n], &origin, seq, prev, c as i64);
+            chunks.push(Chunk {
+                origin: origin.clone(),
+                events,
+                head,
+            });
+        }
+        scripts.insert(n, chunks);
+    }
+    Tree {
+        ids,
+        parent,
+        keys,
+        scripts,
+    }
+}
+
+impl Tree {
+    fn index(&self, id: &str) -> Option<usize> {
+        self.ids.iter().position(|x| x == id)
+    }
+}
+
+impl TopologyView for Tree {
+    fn parent_of(&self, id: &str) -> Option<String> {
+        self.index(id)
+            .and_then(|i| self.parent[i])
+            .map(|p| self.ids[p].clone())
+    }
+    fn key(&self, id: &str) -> Option<VerifyingKey> {
+        self.index(id).map(|i| self.keys[i].verifying_key())
+    }
+    fn in_subtree(&self, root: &str, node: &str) -> bool {
+        let (Some(r), Some(mut n)) = (self.index(root), self.index(node)) else {
+            return false;
+        };
+        loop {
+            if n == r {
+                return true;
+            }
+            match self.parent[n] {
+                Some(p) => n = p,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// A node's durable log: per origin, chunks and per-seq hashes.
+#[derive(Default, Clone)]
+struct SimLog {
+    chunks: BTreeMap<String, Vec<Chunk>>,
+    hashes: BTreeMap<String, Vec<Hash32>>,
+}
+
+impl SimLog {
+    /// Appends like the real store: trims what is already held (checking it
+    /// is the same), refuses gaps and forks.
+    fn append(&mut self, chunk: &Chunk) -> Result<(), String> {
+        let hashes = self.hashes.entry(chunk.origin.clone()).or_default();
+        let head = hashes.len() as u64;
+        if chunk.last_seq() <= head {
+            return if hashes[chunk.last_seq() as usize - 1] == chunk.head.hash {
+                Ok(())
+            } else {
+                Err("fork".into())
+            };
+        }
+        if chunk.first_seq() > head + 1 {
+            return Err(format!(
+                "gap: holds {head}, chunk starts {}",
+                chunk.first_seq()
+            ));
+        }
+        let suffix = chunk.suffix_after(head).expect("last > head");
+        let prev = if head == 0 {
+            ZERO_HASH
+        } else {
+            hashes[head as usize - 1]
+        };
+        let verified = suffix
+            .check_chain(head + 1, &prev)
+            .map_err(|e| e.to_string())?;
+        hashes.extend(verified.iter().map(|v| v.hash));
+        self.chunks
+            .entry(chunk.origin.clone())
+            .or_default()
+            .push(suffix);
+        Ok(())
+    }
+}
+
+impl LocalLog for SimLog {
+    fn heads(&self) -> Vec<(String, u64)> {
+        self.hashes
+            .iter()
+            .map(|(o, h)| (o.clone(), h.len() as u64))
+            .collect()
+    }
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for c in self.chunks.get(origin).into_iter().flatten() {
+            if c.last_seq() <= after_seq {
+                continue;
+            }
+            bytes += c.events.iter().map(|e| e.envelope.len()).sum::<usize>();
+            out.push(c.clone());
+            if bytes >= bytes_max {
+                break;
+            }
+        }
+        out
+    }
+    fn received_at(&self, _origin: &str, _seq: u64) -> Option<i64> {
+        Some(0)
+    }
+}
+
+impl StoredLog for SimLog {
+    fn heads(&self) -> Vec<(String, u64, Hash32)> {
+        self.hashes
+            .iter()
+            .map(|(o, h)| (o.clone(), h.len() as u64, *h.last().expect("non-empty")))
+            .collect()
+    }
+    fn head(&self, origin: &str) -> Option<(u64, Hash32)> {
+        self.hashes
+            .get(origin)
+            .and_then(|h| h.last().map(|l| (h.len() as u64, *l)))
+    }
+    fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
+        self.hashes
+            .get(origin)
+            .and_then(|h| h.get(seq.checked_sub(1)? as usize).copied())
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Bugs {
+    ack_before_durable: bool,
+    resume_from_memory: bool,
+}
+
+struct Persist {
+    conn: u64,
+    batch: u64,
+    chunks: Vec<Chunk>,
+}
+
+struct Node {
+    up: bool,
+    log: SimLog,
+    disk: Vec<Persist>,
+    /// Connection id and session toward the parent.
+    up_link: Option<(u64, ChildSession)>,
+    /// The last child session, kept for the resume-from-memory bug.
+    old_child: Option<ChildSession>,
+    down: HashMap<u64, ParentSession>,
+    /// Highest seq per origin this node has acknowledged to a child.
+    acked: BTreeMap<String, u64>,
+    next_append: usize,
+    backoff_ms: i64,
+    partitioned_until: i64,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        conn: u64,
+        to_parent: bool,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        conn: u64,
+        to_parent: bool,
+    },
+    Flush {
+        node: usize,
+    },
+    Tick {
+        node: usize,
+    },
+    Append {
+        node: usize,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Connect {
+        node: usize,
+    },
+    Partition {
+        node: usize,
+    },
+}
+
+struct Sim<'t> {
+    tree: &'t Tree,
+    rng: StdRng,
+    now: i64,
+    queue: BinaryHeap<Reverse<(i64, u64, usize)>>,
+    events: HashMap<usize, Ev>,
+    counter: u64,
+    nodes: Vec<Node>,
+    /// conn id -> (child node, parent node, open)
+    conns: HashMap<u64, (usize, usize, bool)>,
+    next_conn: u64,
+    faults_until: i64,
+    bugs: Bugs,
+    failure: Option<String>,
+}
+
+const FAULTS_MS: i64 = 4_000;
+const END_MS: i64 = 40_000;
+
+impl<'t> Sim<'t> {
+    fn new(tree: &'t Tree, seed: u64, bugs: Bugs) -> Self {
+        let nodes = (0..tree.ids.len())
+            .map(|_| Node {
+                up: true,
+                log: SimLog::default(),
+                disk: Vec::new(),
+                up_link: None,
+                old_child: None,
+                down: HashMap::new(),
+                acked: BTreeMap::new(),
+                next_append: 0,
+                backoff_ms: 20,
+                partitioned_until: 0,
+            })
+            .collect();
+        let mut sim = Sim {
+            tree,
+            rng: StdRng::seed_from_u64(seed),
+            now: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            counter: 0,
+            nodes,
+            conns: HashMap::new(),
+            next_conn: 1,
+            faults_until: FAULTS_MS,
+            bugs,
+            failure: None,
+        };
+        for n in 0..tree.ids.len() {
+            sim.at(0, Ev::Tick { node: n });
+            if tree.parent[n].is_some() {
+                let t = sim.rng.gen_range(0..50);
+                sim.at(t, Ev::Connect { node: n });
+            }
+            if tree.scripts.contains_key(&n) {
+                let t = sim.rng.gen_range(0..800);
+                sim.at(t, Ev::Append { node: n });
+            }
+        }
+        // Faults during the first seconds: crashes and partitions.
+        let n_crashes = sim.rng.gen_range(0..6);
+        for _ in 0..n_crashes {
+            let node = sim.rng.gen_range(0..4); // district or a street
+            let t = sim.rng.gen_range(0..FAULTS_MS);
+            sim.at(t, Ev::Crash { node });
+        }
+        let n_parts = sim.rng.gen_range(0..6);
+        for _ in 0..n_parts {
+            let node = sim.rng.gen_range(1..tree.ids.len());
+            let t = sim.rng.gen_range(0..FAULTS_MS);
+            sim.at(t, Ev::Partition { node });
+        }
+        sim
+    }
+
+    fn at(&mut self, t: i64, ev: Ev) {
+        self.counter += 1;
+        let id = self.counter as usize;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((t, self.counter, id)));
+    }
+
+    fn faulty(&self) -> bool {
+        self.now < self.faults_until
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.failure.is_none() {
+            self.failure = Some(format!("t={}ms: {msg}", self.now));
+        }
+    }
+
+    fn child_cfg(&self, n: usize) -> ChildConfig {
+        let p = self.tree.parent[n].expect("has parent");
+        ChildConfig {
+            node_id: self.tree.ids[n].clone(),
+            parent_id: self.tree.ids[p].clone(),
+            parent_key: self.tree.keys[p].verifying_key(),
+            key: self.tree.keys[n].clone(),
+            window_batches: 3,
+            batch_bytes_max: 2_000,
+            heartbeat_ms: 200,
+            idle_timeout_ms: 1_000,
+            ack_timeout_ms: 600,
+            bug_resume_from_memory: self.bugs.resume_from_memory,
+        }
+    }
+
+    fn parent_cfg(&self, n: usize) -> ParentConfig {
+        ParentConfig {
+            node_id: self.tree.ids[n].clone(),
+            key: self.tree.keys[n].clone(),
+            heartbeat_ms: 200,
+            idle_timeout_ms: 1_000,
+            bug_ack_before_durable: self.bugs.ack_before_durable,
+        }
+    }
+
+    fn nonce(&mut self) -> [u8; 32] {
+        self.rng.gen()
+    }
+
+    /// Sends bytes over a connection, with faults while faulty.
+    fn transmit(&mut self, conn: u64, to_parent: bool, bytes: Vec<u8>) {
+        let Some(&(c, p, open)) = self.conns.get(&conn) else {
+            return;
+        };
+        if !open {
+            return;
+        }
+        let partitioned = self.nodes[c].partitioned_until > self.now;
+        if partitioned {
+            return;
+        }
+        let mut copies = 1;
+        let mut delay = self.rng.gen_range(1..5);
+        if self.faulty() {
+            if self.rng.gen_bool(0.02) {
+                copies = 0;
+            } else if self.rng.gen_bool(0.02) {
+                copies = 2;
+            }
+            delay = self.rng.gen_range(1..60);
+        }
+        for _ in 0..copies {
+            let d = if self.faulty() {
+                self.rng.gen_range(1..60)
+            } else {
+                delay
+            };
+            let t = self.now + d;
+            self.at(
+                t,
+                Ev::Deliver {
+                    conn,
+                    to_parent,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+        let _ = p;
+    }
+
+    fn close_conn(&mut self, conn: u64) {
+        if let Some(entry) = self.conns.get_mut(&conn) {
+            if entry.2 {
+                entry.2 = false;
+                let d = self.rng.gen_range(1..30);
+                let t = self.now + d;
+                self.at(
+                    t,
+                    Ev::Closed {
+                        conn,
+                        to_parent: true,
+                    },
+                );
+                self.at(
+                    t,
+                    Ev::Closed {
+                        conn,
+                        to_parent: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn child_outputs(&mut self, n: usize, conn: u64, outs: Vec<Output>) {
+        for o in outs {
+            match o {
+                Output::Send(f) => self.transmit(conn, true, f.encode()),
+                Output::Close { .. } => self.close_conn(conn),
+                _ => {}
+            }
+        }
+        let _ = n;
+    }
+
+    fn parent_outputs(&mut self, n: usize, conn: u64, outs: Vec<Output>) {
+        for o in outs {
+            match o {
+                Output::Send(f) => {
+                    if let Frame::Ack { heads, .. } = &f {
+                        for h in heads {
+                            let a = self.nodes[n].acked.entry(h.origin.clone()).or_insert(0);
+                            *a = (*a).max(h.seq);
+                        }
+                    }
+                    self.transmit(conn, false, f.encode());
+                }
+                Output::Persist { batch, chunks } => {
+                    let was_empty = self.nodes[n].disk.is_empty();
+                    self.nodes[n].disk.push(Persist {
+                        conn,
+                        batch,
+                        chunks,
+                    });
+                    if was_empty {
+                        let d = self.rng.gen_range(1..25);
+                        self.at(self.now + d, Ev::Flush { node: n });
+                    }
+                }
+                Output::Equivocation { origin, seq, .. } => {
+                    self.fail(format!(
+                        "equivocation reported for {origin}/{seq}, but no origin equivocates here"
+                    ));
+                }
+                Output::Rejected { .. } => {}
+                Output::Close { .. } => {
+                    self.nodes[n].down.remove(&conn);
+                    self.close_conn(conn);
+                }
+            }
+        }
+    }
+
+    fn check_acks_held(&mut self, n: usize) {
+        let mut lost = None;
+        for (origin, seq) in &self.nodes[n].acked {
+            let held = self.nodes[n].log.head(origin).map_or(0, |h| h.0);
+            if held < *seq {
+                lost = Some(format!(
+                    "{} acked {origin} up to {seq} but holds {held}",
+                    self.tree.ids[n]
+                ));
+            }
+        }
+        if let Some(m) = lost {
+            self.fail(m);
+        }
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick { node } => {
+                if self.nodes[node].up {
+                    if let Some((conn, mut s)) = self.nodes[node].up_link.take() {
+                        let outs = s.on_tick(&self.nodes[node].log, self.now);
+                        self.nodes[node].up_link = Some((conn, s));
+                        self.child_outputs(node, conn, outs);
+                    }
+                    let conns: Vec<u64> = self.nodes[node].down.keys().copied().collect();
+                    for c in conns {
+                        if let Some(s) = self.nodes[node].down.get_mut(&c) {
+                            let outs = s.on_tick(self.now);
+                            self.parent_outputs(node, c, outs);
+                        }
+                    }
+                }
+                self.at(self.now + 100, Ev::Tick { node });
+            }
+            Ev::Append { node } => {
+                if !self.nodes[node].up {
+                    self.at(self.now + 50, Ev::Append { node });
+                    return;
+                }
+                let script = &self.tree.scripts[&node];
+                let i = self.nodes[node].next_append;
+                if i < script.len() {
+                    let chunk = script[i].clone();
+                    self.nodes[node]
+                        .log
+                        .append(&chunk)
+                        .expect("own chain appends");
+                    self.nodes[node].next_append += 1;
+                    self.local_append(node);
+                    let d = self.rng.gen_range(50..700);
+                    self.at(self.now + d, Ev::Append { node });
+                }
+            }
+            Ev::Connect { node } => {
+                if !self.nodes[node].up || self.nodes[node].up_link.is_some() {
+                    return;
+                }
+                let p = self.tree.parent[node].expect("has parent");
+                if !self.nodes[p].up || self.nodes[node].partitioned_until > self.now {
+                    let b = self.backoff(node);
+                    self.at(self.now + b, Ev::Connect { node });
+                    return;
+                }
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.conns.insert(conn, (node, p, true));
+                let pn = self.nonce();
+                let session = ParentSession::new(self.parent_cfg(p), pn, self.now);
+                self.nodes[p].down.insert(conn, session);
+                let mut child = match self.nodes[node].old_child.take() {
+                    Some(old) => old.reconnect(),
+                    None => ChildSession::new(self.child_cfg(node)),
+                };
+                let cn = self.nonce();
+                let outs = child.on_open(cn, self.now);
+                self.nodes[node].up_link = Some((conn, child));
+                self.child_outputs(node, conn, outs);
+            }
+            Ev::Deliver {
+                conn,
+                to_parent,
+                bytes,
+            } => {
+                let Some(&(c, p, open)) = self.conns.get(&conn) else {
+                    return;
+                };
+                if !open {
+                    return;
+                }
+                let frame = match Frame::decode(&bytes, FRAME_BYTES_MAX) {
+                    Ok(f) => f,
+                    Err(e) => return self.fail(format!("undecodable frame: {e}")),
+                };
+                if to_parent {
+                    if !self.nodes[p].up {
+                        return;
+                    }
+                    let Some(mut s) = self.nodes[p].down.remove(&conn) else {
+                        return;
+                    };
+                    let outs = s.on_frame(frame, self.tree, &self.nodes[p].log, self.now);
+                    self.nodes[p].down.insert(conn, s);
+                    self.parent_outputs(p, conn, outs);
+                } else {
+                    if !self.nodes[c].up {
+                        return;
+                    }
+                    let Some((lc, mut s)) = self.nodes[c].up_link.take() else {
+                        return;
+                    };
+                    if lc != conn {
+                        self.nodes[c].up_link = Some((lc, s));
+                        return;
+                    }
+                    let outs = s.on_frame(frame, &self.nodes[c].log, self.now);
+                    self.nodes[c].up_link = Some((lc, s));
+                    self.child_outputs(c, conn, outs);
+                }
+            }
+            Ev::Closed { conn, to_parent } => {
+                let Some(&(c, p, _)) = self.conns.get(&conn) else {
+                    return;
+                };
+                if to_parent {
+                    self.nodes[p].down.remove(&conn);
+                } else if matches!(self.nodes[c].up_link, Some((lc, _)) if lc == conn) {
+                    let (_, s) = self.nodes[c].up_link.take().expect("checked");
+                    self.nodes[c].old_child = Some(s);
+                    let b = self.backoff(c);
+                    self.at(self.now + b, Ev::Connect { node: c });
+                }
+            }
+            Ev::Flush { node } => {
+                if !self.nodes[node].up || self.nodes[node].disk.is_empty() {
+                    return;
+                }
+                let p = self.nodes[node].disk.remove(0);
+                let mut ok = true;
+                for c in &p.chunks {
+                    if let Err(e) = self.nodes[node].log.append(c) {
+                        // The real store refuses such a batch; so does this one.
+                        let _ = e;
+                        ok = false;
+                        break;
+                    }
+                }
+                if let Some(mut s) = self.nodes[node].down.remove(&p.conn) {
+                    let outs = if ok {
+                        s.on_persisted(p.batch, &self.nodes[node].log, self.now)
+                    } else {
+                        s.on_persist_failed("refused by the log")
+                    };
+                    self.nodes[node].down.insert(p.conn, s);
+                    self.parent_outputs(node, p.conn, outs);
+                }
+                self.local_append(node);
+                if !self.nodes[node].disk.is_empty() {
+                    let d = self.rng.gen_range(1..25);
+                    self.at(self.now + d, Ev::Flush { node });
+                }
+            }
+            Ev::Crash { node } => {
+                if !self.nodes[node].up {
+                    return;
+                }
+                self.nodes[node].up = false;
+                self.nodes[node].disk.clear();
+                self.check_acks_held(node);
+                let conns: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, (c, p, open))| *open && (*c == node || *p == node))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for c in conns {
+                    self.close_conn(c);
+                }
+                self.nodes[node].down.clear();
+                if let Some((_, s)) = self.nodes[node].up_link.take() {
+                    self.nodes[node].old_child = Some(s);
+                }
+                let d = self.rng.gen_range(50..1500);
+                self.at(self.now + d, Ev::Restart { node });
+            }
+            Ev::Restart { node } => {
+                self.nodes[node].up = true;
+                if self.tree.parent[node].is_some() {
+                    self.at(self.now + 1, Ev::Connect { node });
+                }
+            }
+            Ev::Partition { node } => {
+                let d = self.rng.gen_range(100..2000);
+                self.nodes[node].partitioned_until = self.now + d;
+                if let Some((conn, _)) = &self.nodes[node].up_link {
+                    let conn = *conn;
+                    self.close_conn(conn);
+                }
+            }
+        }
+    }
+
+    fn backoff(&mut self, node: usize) -> i64 {
+        let b = self.nodes[node].backoff_ms;
+        self.nodes[node].backoff_ms = (b * 2).min(800);
+        let jitter = self.rng.gen_range(0..=b / 2);
+        b + jitter
+    }
+
+    fn local_append(&mut self, node: usize) {
+        if let Some((conn, mut s)) = self.nodes[node].up_link.take() {
+            if s.is_streaming() {
+                self.nodes[node].backoff_ms = 20;
+            }
+            let outs = s.on_local_append(&self.nodes[node].log, self.now);
+            self.nodes[node].up_link = Some((conn, s));
+            self.child_outputs(node, conn, outs);
+        }
+    }
+
+    fn run(mut self) -> Result<(), String> {
+        while let Some(Reverse((t, _, id))) = self.queue.pop() {
+            if t > END_MS || self.failure.is_some() {
+                break;
+            }
+            self.now = t;
+            let ev = self.events.remove(&id).expect("event stored");
+            self.step(ev);
+        }
+        if let Some(f) = self.failure.take() {
+            return Err(f);
+        }
+        for n in 0..self.nodes.len() {
+            self.check_acks_held(n);
+        }
+        if let Some(f) = self.failure.take() {
+            return Err(f);
+        }
+        // Every ancestor holds every event of every origin below it.
+        for (&c, script) in &self.tree.scripts {
+            let n_events = script.last().expect("non-empty").last_seq();
+            let want: Vec<Hash32> = script
+                .iter()
+                .flat_map(|ch| {
+                    ch.check_chain(ch.first_seq(), &ch.events[0].envelope_prev())
+                        .unwrap()
+                })
+                .map(|v| v.hash)
+                .collect();
+            let mut a = self.tree.parent[c];
+            while let Some(anc) = a {
+                let origin = &self.tree.ids[c];
+                let log = &self.nodes[anc].log;
+                let held = log.hashes.get(origin).map_or(&[][..], Vec::as_slice);
+                if held.len() as u64 != n_events {
+                    return Err(format!(
+                        "{} holds {} of {n_events} events of {origin}",
+                        self.tree.ids[anc],
+                        held.len()
+                    ));
+                }
+                if held != want.as_slice() {
+                    return Err(format!(
+                        "{} holds a different chain for {origin}",
+                        self.tree.ids[anc]
+                    ));
+                }
+                // Stored chunks are contiguous, non-overlapping and verify.
+                let key = self.tree.keys[c].verifying_key();
+                let mut next = 1u64;
+                let mut prev = ZERO_HASH;
+                for ch in &log.chunks[origin] {
+                    if ch.first_seq() != next {
+                        return Err(format!(
+                            "{}: {origin} chunk starts at {} not {next}",
+                            self.tree.ids[anc],
+                            ch.first_seq()
+                        ));
+                    }
+                    let v = ch.verify(next, &prev, &key).map_err(|e| e.to_string())?;
+                    prev = v.last().unwrap().hash;
+                    next = ch.last_seq() + 1;
+                }
+                a = self.tree.parent[anc];
+            }
+        }
+        Ok(())
+    }
+}
+
+trait EnvelopePrev {
+    fn envelope_prev(&self) -> Hash32;
+}
+
+impl EnvelopePrev for EventRecord {
+    fn envelope_prev(&self) -> Hash32 {
+        gridsync_model::Envelope::decode(&self.envelope)
+            .unwrap()
+            .prev
+    }
+}
+
+fn run_seed(tree: &Tree, seed: u64, bugs: Bugs) -> Result<(), String> {
+    Sim::new(tree, seed, bugs).run()
+}
+
+/// Runs `seeds` in two threads; returns the failing seeds with reasons.
+fn run_many(
+    tree: &Tree,
+    seeds: std::ops::Range<u64>,
+    bugs: Bugs,
+    stop_at_first: bool,
+) -> Vec<(u64, String)> {
+    let threads = 2u64;
+    let failures = std::sync::Mutex::new(Vec::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let seeds = seeds.clone();
+            let (failures, stop) = (&failures, &stop);
+            s.spawn(move || {
+                for seed in seeds.filter(|x| x % threads == t) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Err(e) = run_seed(tree, seed, bugs) {
+                        failures.lock().unwrap().push((seed, e));
+                        if stop_at_first {
+                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    failures.into_inner().unwrap()
+}
+
+#[test]
+fn simulated_tree_converges_under_faults() {
+    let tree = build_tree();
+    if let Ok(seed) = std::env::var("GRIDSYNC_SIM_SEED") {
+        let seed: u64 = seed.parse().expect("GRIDSYNC_SIM_SEED is a number");
+        run_seed(&tree, seed, Bugs::default()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        return;
+    }
+    let n: u64 = std::env::var("GRIDSYNC_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let base: u64 = std::env::var("GRIDSYNC_SIM_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let started = std::time::Instant::now();
+    let failures = run_many(&tree, base..base + n, Bugs::default(), true);
+    eprintln!(
+        "simulated {n} seeds in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if let Some((seed, e)) = failures.first() {
+        panic!(
+            "seed {seed} failed: {e}\nreplay: GRIDSYNC_SIM_SEED={seed} cargo test -p gridsync-protocol --test sim simulated_tree -- --nocapture"
+        );
+    }
+}
+
+#[test]
+fn negative_control_ack_before_durable_is_caught() {
+    let tree = build_tree();
+    let bugs = Bugs {
+        ack_before_durable: true,
+        ..Bugs::default()
+    };
+    let failures = run_many(&tree, 0..500, bugs, true);
+    assert!(
+        !failures.is_empty(),
+        "acking before the persist completed went unnoticed in 500 seeds"
+    );
+    eprintln!(
+        "ack-before-durable caught at seed {}: {}",
+        failures[0].0, failures[0].1
+    );
+}
+
+#[test]
+fn negative_control_resume_from_memory_is_caught() {
+    let tree = build_tree();
+    let bugs = Bugs {
+        resume_from_memory: true,
+        ..Bugs::default()
+    };
+    let failures = run_many(&tree, 0..500, bugs, true);
+    assert!(
+        !failures.is_empty(),
+        "resuming from the child's memory went unnoticed in 500 seeds"
+    );
+    eprintln!(
+        "resume-from-memory caught at seed {}: {}",
+        failures[0].0, failures[0].1
+    );
+}
