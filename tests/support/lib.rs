@@ -225,3 +225,41 @@ pub fn sample_event(i: u64, client_id: &str) -> Value {
         "recorded_by": format!("w{:03}", i % 40), "client_id": client_id, "data": data
     })
 }
+
+/// Rewrites keys of a node config's `[sync]` table (test timers).
+pub fn set_sync(config: &Path, settings: &[(&str, i64)]) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    let sync = table
+        .entry("sync")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    for (k, v) in settings {
+        sync.as_table_mut()
+            .unwrap()
+            .insert((*k).to_owned(), toml::Value::Integer(*v));
+    }
+    std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// Points `node`'s URL in the topology at another address (a proxy).
+pub fn set_url(topology: &Path, node: &str, url: &str) {
+    let text = std::fs::read_to_string(topology).unwrap();
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    for n in table["node"].as_array_mut().unwrap() {
+        if n["id"].as_str() == Some(node) {
+            n.as_table_mut()
+                .unwrap()
+                .insert("url".into(), toml::Value::String(url.to_owned()));
+        }
+    }
+    std::fs::write(topology, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// Fast timers so tests see failures and recoveries in seconds.
+pub const FAST_SYNC: &[(&str, i64)] = &[
+    ("heartbeat_ms", 300),
+    ("idle_timeout_ms", 2_000),
+    ("ack_timeout_ms", 3_000),
+    ("reconnect_min_ms", 50),
+    ("reconnect_max_ms", 800),
+];

@@ -171,7 +171,7 @@ pub struct LogStats {
 }
 
 /// `GET /v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "status-response")]
 pub struct StatusResponse {
@@ -188,6 +188,56 @@ pub struct StatusResponse {
     /// Per origin held: the version vector of this node.
     pub heads: BTreeMap<String, HeadView>,
     pub log: LogStats,
+    /// Aggregators: each child's link and lag.
+    pub children_status: Vec<ChildStatus>,
+    /// Nodes with a parent: the upward link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_link: Option<ParentLinkView>,
+    /// Equivocations detected (an origin signed two different events at one seq).
+    pub equivocations: Vec<EquivocationView>,
+}
+
+/// A child as its parent sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChildStatus {
+    pub id: String,
+    pub connected: bool,
+    /// Last frame received from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<String>,
+    /// The child's heads as it last reported them.
+    pub heads: BTreeMap<String, u64>,
+    /// Events the child holds that this node does not.
+    pub lag_events: u64,
+    /// Age of the oldest event the child holds and this node does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+}
+
+/// The upward link as the child sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParentLinkView {
+    pub parent: String,
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack: Option<String>,
+    /// The parent's durable heads as last acknowledged.
+    pub acked: BTreeMap<String, u64>,
+    /// Events held here that the parent has not acknowledged.
+    pub lag_events: u64,
+    pub connects: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EquivocationView {
+    pub origin: String,
+    pub seq: u64,
+    pub detected_at: String,
 }
 
 /// Builds the JSON view of a stored event. Personal fields are merged into

@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub store: StoreSettings,
+    #[serde(default)]
+    pub sync: crate::sync::SyncSettings,
 }
 
 /// Limits on requests. Every one has a default; names end in their unit.

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(post_events).get(get_events))
         .route("/v1/status", get(status))
+        .route("/v1/sync", get(crate::sync::sync_endpoint))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -47,6 +48,7 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
     let route: &'static str = match req.uri().path() {
         "/v1/events" => "/v1/events",
         "/v1/status" => "/v1/status",
+        "/v1/sync" => "/v1/sync",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         _ => "other",
@@ -470,7 +472,75 @@ async fn status(
         })
         .collect();
     let counts = state.store.counts();
+    let now = state.now_ms();
+    let fmt = |ms: i64| gridsync_model::time_fmt::format_rfc3339_ms(ms, 0);
+    let ours = state.store.heads();
+    let children_status = {
+        let links = state.sync.children.lock().expect("lock").clone();
+        state
+            .topology
+            .children(&state.config.id)
+            .iter()
+            .map(|id| {
+                let link = links.get(id).cloned().unwrap_or_default();
+                let heads: std::collections::BTreeMap<String, u64> =
+                    link.lag.iter().map(|l| (l.origin.clone(), l.seq)).collect();
+                let mut lag_events = 0;
+                let mut oldest: Option<i64> = None;
+                for l in &link.lag {
+                    let have = ours.get(&l.origin).map_or(0, |h| h.seq);
+                    if l.seq > have {
+                        lag_events += l.seq - have;
+                        if let Some(t) = l.oldest_missing_ms {
+                            oldest = Some(oldest.map_or(t, |o: i64| o.min(t)));
+                        }
+                    }
+                }
+                gridsync_model::api::ChildStatus {
+                    id: id.clone(),
+                    connected: link.connected,
+                    last_contact: link.last_contact_ms.map(fmt),
+                    heads,
+                    lag_events,
+                    lag_seconds: oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
+                }
+            })
+            .collect()
+    };
+    let parent_link = node.and_then(|n| n.parent.clone()).map(|parent| {
+        let link = state.sync.parent.lock().expect("lock").clone();
+        let lag_events = ours
+            .iter()
+            .map(|(o, h)| {
+                h.seq
+                    .saturating_sub(link.acked.get(o).copied().unwrap_or(0))
+            })
+            .sum();
+        gridsync_model::api::ParentLinkView {
+            parent,
+            connected: link.connected,
+            last_ack: link.last_ack_ms.map(fmt),
+            acked: link.acked.clone(),
+            lag_events,
+            connects: link.connects,
+            last_error: link.last_error.clone(),
+        }
+    });
+    let equivocations = state
+        .store
+        .evidence()
+        .map_err(ApiError::from)?
+        .into_iter()
+        .map(|(origin, seq, at)| gridsync_model::api::EquivocationView {
+            origin,
+            seq,
+            detected_at: fmt(at),
+        })
+        .collect();
     Ok(Json(StatusResponse {
+        children_status,
+        parent_link,
+        equivocations,
         node: state.config.id.clone(),
         name: node.map(|n| n.name.clone()).unwrap_or_default(),
         role: if state.is_origin {

@@ -7,4 +7,5 @@ pub mod error;
 pub mod http;
 pub mod node;
 pub mod provision;
+pub mod sync;
 pub mod topology;

@@ -23,6 +23,9 @@ pub struct NodeState {
     pub http_permits: tokio::sync::Semaphore,
     /// The node's clock, unix ms (replaceable in tests).
     pub clock: fn() -> i64,
+    /// This node's key (signs its events if an origin, and its sync proofs).
+    pub key: ed25519_dalek::SigningKey,
+    pub sync: crate::sync::SyncState,
 }
 
 impl NodeState {
@@ -116,7 +119,7 @@ pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeSta
     };
     let origin = is_origin.then(|| OriginIdentity {
         node_id: config.id.clone(),
-        key,
+        key: key.clone(),
     });
     let store = Store::open(
         Arc::new(kv),
@@ -137,7 +140,10 @@ pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeSta
         future_skew_ms: l.future_skew_s.saturating_mul(1000),
     };
     let http_permits = tokio::sync::Semaphore::new(l.http_concurrency_max);
+    let sync = crate::sync::SyncState::new(&config.sync);
     Ok(Arc::new(NodeState {
+        key,
+        sync,
         config,
         topology,
         store,
@@ -160,12 +166,26 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = crate::http::router(state.clone());
+    let upstream = tokio::spawn(crate::sync::run_upstream(
+        state.clone(),
+        state.sync.stop.subscribe(),
+    ));
+    let stop_tx = state.sync.stop.clone();
+    let stop_sync = stop_tx.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Stop replicating first, so websocket sessions end and the HTTP
+        // server's graceful shutdown is not held open by them.
+        let _ = stop_sync.send(true);
+    };
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await?;
+    let _ = stop_tx.send(true);
+    let _ = upstream.await;
     state.http_permits.close();
     let store = state.store.clone();
     drop(state);

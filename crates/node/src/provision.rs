@@ -251,6 +251,7 @@ pub fn provision_nodes(
             token: token_entries,
             limits: Limits::default(),
             store: StoreSettings::default(),
+            sync: crate::sync::SyncSettings::default(),
         };
         let config_text = format!(
             "# gridsync node {:?} ({}). Relative paths are relative to this file.\n{}",

@@ -50,7 +50,8 @@ enum State {
 
 struct Awaiting {
     id: u64,
-    touched: Vec<String>,
+    /// Per origin touched: the head this batch leaves (what its ack reports).
+    touched: Vec<(String, u64, Hash32)>,
     hashes: Vec<(String, u64)>,
     acked_early: bool,
 }
@@ -255,7 +256,7 @@ impl ParentSession {
         now_ms: i64,
     ) -> Vec<Output> {
         let mut accepted: Vec<Chunk> = Vec::new();
-        let mut touched: Vec<String> = Vec::new();
+        let mut touched: Vec<(String, u64, Hash32)> = Vec::new();
         let mut hashes: Vec<(String, u64)> = Vec::new();
         // Tips as they will be if this batch is accepted; committed to
         // `self` only when the whole batch passes.
@@ -361,13 +362,10 @@ impl ParentSession {
                     new_pending.push(((origin.clone(), v.envelope.seq), v.hash));
                     hashes.push((origin.clone(), v.envelope.seq));
                 }
-                tips.insert(
-                    origin.clone(),
-                    (last, verified.last().expect("non-empty").hash),
-                );
-                if !touched.contains(&origin) {
-                    touched.push(origin.clone());
-                }
+                let last_hash = verified.last().expect("non-empty").hash;
+                tips.insert(origin.clone(), (last, last_hash));
+                touched.retain(|(o, _, _)| *o != origin);
+                touched.push((origin.clone(), last, last_hash));
                 accepted.push(suffix);
             }
         }
@@ -400,11 +398,13 @@ impl ParentSession {
             .awaiting
             .iter()
             .find(|a| a.id == id)
-            .map(|a| a.touched.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|o| self.tips.get(&o).map(|(s, h)| wire_head(&o, *s, h)))
-            .collect();
+            .map(|a| {
+                a.touched
+                    .iter()
+                    .map(|(o, s, h)| wire_head(o, *s, h))
+                    .collect()
+            })
+            .unwrap_or_default();
         self.send(out, Frame::Ack { id, heads }, now_ms);
     }
 

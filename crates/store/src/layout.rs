@@ -9,6 +9,7 @@
 //! | `I` len:u8 origin last_seq:u64be | offset:u64be first_seq:u64be — one per chunk |
 //! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — origins only |
 //! | `H` origin | seq:u64be hash:32 signed-head bytes |
+//! | `E` len:u8 origin seq:u64be at_ms:i64be | equivocation evidence: ours_len:u64be ours ‖ their chunk |
 //!
 //! A log entry is `received_at_ms:i64be ‖ chunk bytes`, split into
 //! fragments of at most [`FRAGMENT_BYTES_MAX`] bytes so that no sled value
@@ -20,6 +21,7 @@ pub const LOG: u8 = b'L';
 pub const INDEX: u8 = b'I';
 pub const CLIENT: u8 = b'C';
 pub const HEAD: u8 = b'H';
+pub const EVIDENCE: u8 = b'E';
 
 /// Largest sled value the log writes. sled 0.34.7 moves a serialized tree
 /// node over ~128 KiB to a blob file it never fsyncs, and a node holds up to

@@ -42,6 +42,8 @@ pub enum StoreError {
     Failed(String),
     #[error("the store is shutting down")]
     Closed,
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Why an append request was refused (nothing of it was stored).
@@ -144,6 +146,16 @@ pub(crate) enum Request {
         events: Vec<PreparedEvent>,
         now_ms: i64,
         reply: oneshot::Sender<Result<Vec<Appended>, AppendError>>,
+    },
+    Import {
+        chunks: Vec<Chunk>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Evidence {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
@@ -256,6 +268,113 @@ impl Store {
         .await
         .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues verified chunks received from a child; the returned receiver
+    /// answers once they are durable (with the number of new events).
+    /// Requests are committed in the order they are queued, so callers that
+    /// queue in order see completions in order.
+    ///
+    /// # Errors
+    /// The store failed or is closed.
+    pub async fn submit_import(
+        &self,
+        chunks: Vec<Chunk>,
+        now_ms: i64,
+    ) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        self.check_failed()?;
+        let (reply, rx) = oneshot::channel();
+        let tx = self.handle.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Request::Import {
+            chunks,
+            now_ms,
+            reply,
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// [`Store::submit_import`] and wait for it.
+    ///
+    /// # Errors
+    /// The store failed or refused the chunks (gap or fork against what it holds).
+    pub async fn import(&self, chunks: Vec<Chunk>, now_ms: i64) -> Result<u64, StoreError> {
+        self.submit_import(chunks, now_ms)
+            .await?
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably records equivocation evidence: what this node holds for
+    /// `origin`/`seq` and the conflicting chunk it was offered.
+    ///
+    /// # Errors
+    /// The store failed or is closed.
+    pub async fn record_evidence(
+        &self,
+        origin: &str,
+        seq: u64,
+        ours: Vec<u8>,
+        theirs: &Chunk,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut key = vec![layout::EVIDENCE];
+        key.push(u8::try_from(origin.len()).unwrap_or(u8::MAX));
+        key.extend_from_slice(origin.as_bytes());
+        key.extend_from_slice(&seq.to_be_bytes());
+        key.extend_from_slice(&now_ms.to_be_bytes());
+        let mut value = Vec::new();
+        value.extend_from_slice(&(ours.len() as u64).to_be_bytes());
+        value.extend_from_slice(&ours);
+        value.extend_from_slice(&theirs.encode());
+        let (reply, rx) = oneshot::channel();
+        let tx = self.handle.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Request::Evidence { key, value, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Equivocation evidence recorded so far: `(origin, seq, recorded_at_ms)`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn evidence(&self) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for (k, _) in self
+            .shared
+            .kv
+            .scan(&[layout::EVIDENCE], &[layout::EVIDENCE], 10_000)?
+        {
+            let len = usize::from(*k.get(1).unwrap_or(&0));
+            if k.len() != 2 + len + 16 {
+                continue;
+            }
+            let origin = String::from_utf8_lossy(&k[2..2 + len]).into_owned();
+            let seq = u64::from_be_bytes(k[2 + len..10 + len].try_into().expect("8 bytes"));
+            let at = i64::from_be_bytes(k[10 + len..18 + len].try_into().expect("8 bytes"));
+            out.push((origin, seq, at));
+        }
+        Ok(out)
+    }
+
+    /// Hash of event `seq` of `origin`, if held.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn hash_at(&self, origin: &str, seq: u64) -> Result<Option<Hash32>, StoreError> {
+        if let Some(h) = self.head(origin) {
+            if h.seq == seq {
+                return Ok(Some(h.hash));
+            }
+        }
+        Ok(self
+            .find_event(&EventRef {
+                origin: origin.to_owned(),
+                seq,
+            })?
+            .map(|(e, _)| e.hash))
     }
 
     fn check_failed(&self) -> Result<(), StoreError> {

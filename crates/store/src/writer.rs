@@ -1,6 +1,8 @@
 //! The single log writer (group commit) and log recovery on open.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use gridsync_model::ingest::PreparedEvent;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -283,7 +285,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_originated(batch);
+            self.commit(batch);
         }
         tracing::debug!("log writer stopped: every sender is gone and the queue is drained");
     }
@@ -302,187 +304,73 @@ impl Writer {
         None
     }
 
-    fn commit_originated(&mut self, batch: Vec<Request>) {
+    fn head_of(&self, work: &Work, origin: &str) -> (u64, Hash32) {
+        work.heads
+            .get(origin)
+            .or_else(|| self.heads.get(origin))
+            .map_or((0, ZERO_HASH), |h| (h.seq, h.hash))
+    }
+
+    /// One durable commit for every request gathered: events originated
+    /// here and chunks received from children alike.
+    fn commit(&mut self, batch: Vec<Request>) {
         if let Some(err) = self.failure() {
-            for Request::Originate { reply, .. } in batch {
-                let _ = reply.send(Err(err.clone().into()));
+            for r in batch {
+                r.fail(err.clone());
             }
             return;
         }
-        let Some(origin) = self.origin.as_ref() else {
-            for Request::Originate { reply, .. } in batch {
-                let _ = reply.send(Err(AppendError::NotAnOrigin));
-            }
-            return;
+        let mut work = Work {
+            offset: self.next_offset,
+            ..Work::default()
         };
-        let origin_id = origin.node_id.clone();
-        let start = self
-            .heads
-            .get(&origin_id)
-            .map_or((0, ZERO_HASH), |h| (h.seq, h.hash));
-        let (mut seq, mut hash): (u64, Hash32) = start;
-        let mut records: Vec<EventRecord> = Vec::new();
-        let mut pending: HashMap<String, (u64, Hash32, Hash32)> = HashMap::new();
-        let mut accepted: Vec<(Reply, Vec<Appended>)> = Vec::new();
-        let mut signed_at_ms = i64::MIN;
-
-        for Request::Originate {
-            events,
-            now_ms,
-            reply,
-        } in batch
-        {
-            let snapshot = (seq, hash, records.len());
-            let mut added: Vec<String> = Vec::new();
-            let mut results = Vec::with_capacity(events.len());
-            let mut refused: Option<AppendError> = None;
-            for (index, ev) in events.into_iter().enumerate() {
-                let existing = match pending.get(&ev.client_id) {
-                    Some(p) => Some(*p),
-                    None => match self.lookup_client(&origin_id, &ev.client_id) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            refused = Some(e.into());
-                            break;
-                        }
-                    },
-                };
-                if let Some((s, h, fp)) = existing {
-                    if fp != ev.fingerprint {
-                        refused = Some(AppendError::ClientIdReused {
-                            index,
-                            client_id: ev.client_id,
-                            seq: s,
-                        });
-                        break;
+        let mut pending: Vec<PendingReply> = Vec::new();
+        for r in batch {
+            match r {
+                Request::Originate {
+                    events,
+                    now_ms,
+                    reply,
+                } => match self.originate(&mut work, events, now_ms) {
+                    Ok(results) => pending.push(PendingReply::Originate(reply, results)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
-                    results.push(Appended {
-                        origin: origin_id.clone(),
-                        seq: s,
-                        hash: h,
-                        duplicate: true,
-                    });
-                    continue;
+                },
+                Request::Import {
+                    chunks,
+                    now_ms,
+                    reply,
+                } => match self.import(&mut work, chunks, now_ms) {
+                    Ok(n) => pending.push(PendingReply::Import(reply, n)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Request::Evidence { key, value, reply } => {
+                    work.writes.push((key, Some(value)));
+                    pending.push(PendingReply::Evidence(reply));
                 }
-                seq += 1;
-                let digest = ev.personal.as_ref().map(|p| p.digest());
-                let envelope = EnvelopeHeader {
-                    origin: &origin_id,
-                    seq,
-                    kind: &ev.kind,
-                    schema: ev.schema,
-                    occurred_at: ev.occurred_at,
-                    recorded_at_ms: now_ms,
-                    grid: &ev.grid,
-                    recorded_by: &ev.recorded_by,
-                    client_id: &ev.client_id,
-                    prev: &hash,
-                    personal_digest: digest.as_ref(),
-                }
-                .encode_with_data(&ev.data);
-                hash = event_hash(&envelope);
-                records.push(EventRecord {
-                    envelope,
-                    personal: ev.personal,
-                });
-                pending.insert(ev.client_id.clone(), (seq, hash, ev.fingerprint));
-                added.push(ev.client_id);
-                results.push(Appended {
-                    origin: origin_id.clone(),
-                    seq,
-                    hash,
-                    duplicate: false,
-                });
             }
-            if let Some(err) = refused {
-                (seq, hash) = (snapshot.0, snapshot.1);
-                records.truncate(snapshot.2);
-                for c in added {
-                    pending.remove(&c);
-                }
-                let _ = reply.send(Err(err));
-                continue;
-            }
-            signed_at_ms = signed_at_ms.max(now_ms);
-            accepted.push((reply, results));
         }
-
-        if records.is_empty() {
-            // Only duplicates (or refusals): nothing to write; the originals
-            // were durable before they were first acknowledged.
-            for (reply, results) in accepted {
-                let _ = reply.send(Ok(results));
+        if work.writes.is_empty() {
+            for p in pending {
+                p.succeed();
             }
             return;
         }
-
-        // Cut the new events into chunks of about chunk_bytes_target and sign each head.
-        let mut chunks: Vec<Chunk> = Vec::new();
-        let mut current: Vec<EventRecord> = Vec::new();
-        let mut current_bytes = 0usize;
-        let mut chunk_seq = start.0;
-        let mut chunk_hash = start.1;
-        let key = &origin.key;
-        let close = |current: &mut Vec<EventRecord>,
-                     last_seq: u64,
-                     last_hash: Hash32,
-                     chunks: &mut Vec<Chunk>| {
-            let head = SignedHead::sign(key, &origin_id, last_seq, last_hash, signed_at_ms);
-            chunks.push(Chunk {
-                origin: origin_id.clone(),
-                events: std::mem::take(current),
-                head,
-            });
-        };
-        for rec in records {
-            chunk_seq += 1;
-            chunk_hash = event_hash(&rec.envelope);
-            current_bytes +=
-                rec.envelope.len() + rec.personal.as_ref().map_or(0, |p| p.bytes.len() + 24) + 8;
-            current.push(rec);
-            if current_bytes >= self.config.chunk_bytes_target {
-                close(&mut current, chunk_seq, chunk_hash, &mut chunks);
-                current_bytes = 0;
-            }
+        for (origin, head) in &work.heads {
+            work.writes
+                .push((layout::head_key(origin), Some(encode_head_value(head))));
         }
-        if !current.is_empty() {
-            close(&mut current, chunk_seq, chunk_hash, &mut chunks);
-        }
-        debug_assert_eq!((chunk_seq, chunk_hash), (seq, hash));
-
-        let mut writes: Vec<KvWrite> = Vec::new();
-        let mut offset = self.next_offset;
-        let mut n_events = 0u64;
-        for c in &chunks {
-            writes.extend(entry_writes(offset, signed_at_ms, &c.encode()));
-            writes.push((
-                layout::index_key(&c.origin, c.last_seq()),
-                Some(layout::index_value(offset, c.first_seq())),
-            ));
-            n_events += c.events.len() as u64;
-            offset += 1;
-        }
-        for (client_id, (s, h, fp)) in &pending {
-            let mut v = Vec::with_capacity(72);
-            v.extend_from_slice(&s.to_be_bytes());
-            v.extend_from_slice(h);
-            v.extend_from_slice(fp);
-            writes.push((layout::client_key(&origin_id, client_id), Some(v)));
-        }
-        let head = HeadState {
-            seq,
-            hash,
-            signed: chunks.last().expect("at least one chunk").head.clone(),
-        };
-        writes.push((layout::head_key(&origin_id), Some(encode_head_value(&head))));
-
         if self.config.unsafe_ack_before_durable {
             // Negative control for the crash test only: acknowledge first.
-            for (reply, results) in accepted.drain(..) {
-                let _ = reply.send(Ok(results));
+            for p in pending.drain(..) {
+                p.succeed();
             }
         }
         let t0 = Instant::now();
+        let writes = std::mem::take(&mut work.writes);
         match self.shared.kv.commit(writes) {
             Ok(t) => {
                 let node = self.config.node_label.clone();
@@ -492,34 +380,217 @@ impl Writer {
                     .record(t.fsync_s + t.flush_s);
                 metrics::counter!("gridsync_commits_total", "node" => node.clone()).increment(1);
                 metrics::counter!("gridsync_events_appended_total", "node" => node)
-                    .increment(n_events);
-                self.next_offset = offset;
-                self.heads.insert(origin_id.clone(), head.clone());
-                self.shared
-                    .heads
-                    .write()
-                    .expect("lock")
-                    .insert(origin_id, head);
+                    .increment(work.events);
+                self.next_offset = work.offset;
+                {
+                    let mut shared_heads = self.shared.heads.write().expect("lock");
+                    for (origin, head) in work.heads {
+                        self.heads.insert(origin.clone(), head.clone());
+                        shared_heads.insert(origin, head);
+                    }
+                }
                 {
                     let mut s = self.shared.stats.write().expect("lock");
-                    s.chunks += chunks.len() as u64;
-                    s.events += n_events;
+                    s.chunks += work.chunks;
+                    s.events += work.events;
                 }
-                for (reply, results) in accepted {
-                    let _ = reply.send(Ok(results));
+                for p in pending {
+                    p.succeed();
                 }
-                self.shared.committed.send_replace(offset);
+                self.shared.committed.send_replace(self.next_offset);
             }
             Err(e) => {
                 let why = e.to_string();
                 tracing::error!(error = %why, "commit failed; the log writer stops acknowledging");
                 *self.shared.failure.write().expect("lock") = Some(why.clone());
                 self.shared.failed.store(true, Ordering::Release);
-                for (reply, _) in accepted {
-                    let _ = reply.send(Err(StoreError::Failed(why.clone()).into()));
+                for p in pending {
+                    p.fail(StoreError::Failed(why.clone()));
                 }
             }
         }
+    }
+
+    /// Adds one chunk to the work as the next log entry.
+    fn push_chunk(work: &mut Work, chunk: &Chunk, received_at_ms: i64) {
+        work.writes
+            .extend(entry_writes(work.offset, received_at_ms, &chunk.encode()));
+        work.writes.push((
+            layout::index_key(&chunk.origin, chunk.last_seq()),
+            Some(layout::index_value(work.offset, chunk.first_seq())),
+        ));
+        work.offset += 1;
+        work.chunks += 1;
+        work.events += chunk.events.len() as u64;
+        work.heads.insert(
+            chunk.origin.clone(),
+            HeadState {
+                seq: chunk.head.seq,
+                hash: chunk.head.hash,
+                signed: chunk.head.clone(),
+            },
+        );
+    }
+
+    /// Chunks received from a child, already verified by the protocol. The
+    /// writer re-checks continuity against its own heads (a second session
+    /// of the same child may have sent the same events): what is held is
+    /// skipped if identical, a gap or a fork refuses the whole request.
+    fn import(
+        &mut self,
+        work: &mut Work,
+        chunks: Vec<Chunk>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let snapshot = (
+            work.writes.len(),
+            work.offset,
+            work.chunks,
+            work.events,
+            work.heads.clone(),
+        );
+        let mut n_new = 0u64;
+        for chunk in chunks {
+            let (head_seq, head_hash) = self.head_of(work, &chunk.origin);
+            let result = if chunk.last_seq() <= head_seq {
+                Ok(None)
+            } else if chunk.first_seq() > head_seq + 1 {
+                Err(format!(
+                    "origin {}: gap (holds {head_seq}, chunk starts at {})",
+                    chunk.origin,
+                    chunk.first_seq()
+                ))
+            } else {
+                let suffix = chunk.suffix_after(head_seq).expect("last > head");
+                match suffix.check_chain(head_seq + 1, &head_hash) {
+                    Ok(_) => Ok(Some(suffix)),
+                    Err(e) => Err(format!("origin {}: {e}", chunk.origin)),
+                }
+            };
+            match result {
+                Ok(None) => {}
+                Ok(Some(suffix)) => {
+                    n_new += suffix.events.len() as u64;
+                    Self::push_chunk(work, &suffix, now_ms);
+                }
+                Err(m) => {
+                    work.writes.truncate(snapshot.0);
+                    (work.offset, work.chunks, work.events, work.heads) =
+                        (snapshot.1, snapshot.2, snapshot.3, snapshot.4);
+                    return Err(StoreError::Refused(m));
+                }
+            }
+        }
+        Ok(n_new)
+    }
+
+    fn originate(
+        &mut self,
+        work: &mut Work,
+        events: Vec<PreparedEvent>,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, AppendError> {
+        let Some(origin) = self.origin.as_ref() else {
+            return Err(AppendError::NotAnOrigin);
+        };
+        let origin_id = origin.node_id.clone();
+        let start = self.head_of(work, &origin_id);
+        let (mut seq, mut hash) = start;
+        let mut records: Vec<EventRecord> = Vec::new();
+        let mut added: Vec<(String, (u64, Hash32, Hash32))> = Vec::new();
+        let mut results = Vec::with_capacity(events.len());
+        for (index, ev) in events.into_iter().enumerate() {
+            let existing = match work.clients.get(&ev.client_id) {
+                Some(p) => Some(*p),
+                None => match added.iter().find(|(c, _)| *c == ev.client_id) {
+                    Some((_, p)) => Some(*p),
+                    None => self.lookup_client(&origin_id, &ev.client_id)?,
+                },
+            };
+            if let Some((s, h, fp)) = existing {
+                if fp != ev.fingerprint {
+                    return Err(AppendError::ClientIdReused {
+                        index,
+                        client_id: ev.client_id,
+                        seq: s,
+                    });
+                }
+                results.push(Appended {
+                    origin: origin_id.clone(),
+                    seq: s,
+                    hash: h,
+                    duplicate: true,
+                });
+                continue;
+            }
+            seq += 1;
+            let digest = ev.personal.as_ref().map(|p| p.digest());
+            let envelope = EnvelopeHeader {
+                origin: &origin_id,
+                seq,
+                kind: &ev.kind,
+                schema: ev.schema,
+                occurred_at: ev.occurred_at,
+                recorded_at_ms: now_ms,
+                grid: &ev.grid,
+                recorded_by: &ev.recorded_by,
+                client_id: &ev.client_id,
+                prev: &hash,
+                personal_digest: digest.as_ref(),
+            }
+            .encode_with_data(&ev.data);
+            hash = event_hash(&envelope);
+            records.push(EventRecord {
+                envelope,
+                personal: ev.personal,
+            });
+            added.push((ev.client_id, (seq, hash, ev.fingerprint)));
+            results.push(Appended {
+                origin: origin_id.clone(),
+                seq,
+                hash,
+                duplicate: false,
+            });
+        }
+        if records.is_empty() {
+            return Ok(results);
+        }
+        // Cut the new events into chunks of about chunk_bytes_target, each
+        // closed by a signed head.
+        let key = &origin.key;
+        let mut current: Vec<EventRecord> = Vec::new();
+        let mut current_bytes = 0usize;
+        let mut chunk_seq = start.0;
+        let mut chunk_hash = start.1;
+        let n_records = records.len();
+        for (i, rec) in records.into_iter().enumerate() {
+            chunk_seq += 1;
+            chunk_hash = event_hash(&rec.envelope);
+            current_bytes +=
+                rec.envelope.len() + rec.personal.as_ref().map_or(0, |p| p.bytes.len() + 24) + 8;
+            current.push(rec);
+            if current_bytes >= self.config.chunk_bytes_target || i + 1 == n_records {
+                let head = SignedHead::sign(key, &origin_id, chunk_seq, chunk_hash, now_ms);
+                let chunk = Chunk {
+                    origin: origin_id.clone(),
+                    events: std::mem::take(&mut current),
+                    head,
+                };
+                Self::push_chunk(work, &chunk, now_ms);
+                current_bytes = 0;
+            }
+        }
+        debug_assert_eq!((chunk_seq, chunk_hash), (seq, hash));
+        for (client_id, (s, h, fp)) in added {
+            let mut v = Vec::with_capacity(72);
+            v.extend_from_slice(&s.to_be_bytes());
+            v.extend_from_slice(&h);
+            v.extend_from_slice(&fp);
+            work.writes
+                .push((layout::client_key(&origin_id, &client_id), Some(v)));
+            work.clients.insert(client_id, (s, h, fp));
+        }
+        Ok(results)
     }
 
     fn lookup_client(
@@ -545,6 +616,72 @@ impl Request {
     fn n_events(&self) -> usize {
         match self {
             Request::Originate { events, .. } => events.len().max(1),
+            Request::Import { chunks, .. } => {
+                chunks.iter().map(|c| c.events.len()).sum::<usize>().max(1)
+            }
+            Request::Evidence { .. } => 1,
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        match self {
+            Request::Originate { reply, .. } => {
+                let _ = reply.send(Err(err.into()));
+            }
+            Request::Import { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Request::Evidence { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// What one commit will write, and the heads it will leave.
+#[derive(Default)]
+struct Work {
+    writes: Vec<KvWrite>,
+    offset: u64,
+    chunks: u64,
+    events: u64,
+    heads: HashMap<String, HeadState>,
+    /// Client ids originated earlier in this commit.
+    clients: HashMap<String, (u64, Hash32, Hash32)>,
+}
+
+enum PendingReply {
+    Originate(Reply, Vec<Appended>),
+    Import(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Evidence(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl PendingReply {
+    fn succeed(self) {
+        match self {
+            PendingReply::Originate(r, results) => {
+                let _ = r.send(Ok(results));
+            }
+            PendingReply::Import(r, n) => {
+                let _ = r.send(Ok(n));
+            }
+            PendingReply::Evidence(r) => {
+                let _ = r.send(Ok(()));
+            }
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        match self {
+            PendingReply::Originate(r, _) => {
+                let _ = r.send(Err(err.into()));
+            }
+            PendingReply::Import(r, _) => {
+                let _ = r.send(Err(err));
+            }
+            PendingReply::Evidence(r) => {
+                let _ = r.send(Err(err));
+            }
         }
     }
 }

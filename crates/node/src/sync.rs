@@ -1,0 +1,571 @@
+//! Replication transport: the websocket shell around the sans-IO protocol.
+//!
+//! * Parent side: `GET /v1/sync` upgrades to a websocket and runs a
+//!   [`ParentSession`]; verified chunks go to the store in order, acks go out
+//!   once the store reports them durable. One session per child: a newer one
+//!   replaces the older.
+//! * Child side: [`run_upstream`] keeps one connection to the parent,
+//!   reconnecting with exponential backoff and jitter, and streams what the
+//!   parent lacks, woken by the store's commit notifications (no polling).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ed25519_dalek::VerifyingKey;
+use futures_util::{SinkExt, StreamExt};
+use gridsync_model::{Chunk, Hash32};
+use gridsync_protocol::{
+    ChildConfig, ChildSession, Frame, LagReport, LocalLog, Output, ParentConfig, ParentSession,
+    StoredLog, TopologyView,
+};
+use gridsync_store::{Store, StoreError};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::error::ApiError;
+use crate::node::{system_now_ms, NodeState};
+use crate::topology::Topology;
+
+/// Replication limits and timers. Names end in their unit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Largest websocket message (and frame) accepted.
+    pub frame_bytes_max: usize,
+    /// Bytes of chunks per batch.
+    pub batch_bytes_max: usize,
+    /// Unacknowledged batches in flight per connection.
+    pub window_batches: usize,
+    /// Bytes buffered for writing to one peer before sends wait.
+    pub write_buffer_bytes_max: usize,
+    pub heartbeat_ms: i64,
+    pub idle_timeout_ms: i64,
+    /// Handshake and oldest-batch answer deadline.
+    pub ack_timeout_ms: i64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Concurrent sync connections this node accepts.
+    pub connections_max: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            frame_bytes_max: 1024 * 1024,
+            batch_bytes_max: 256 * 1024,
+            window_batches: 4,
+            write_buffer_bytes_max: 4 * 1024 * 1024,
+            heartbeat_ms: 5_000,
+            idle_timeout_ms: 20_000,
+            ack_timeout_ms: 30_000,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 30_000,
+            connections_max: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ChildLink {
+    pub connected: bool,
+    pub last_contact_ms: Option<i64>,
+    pub lag: Vec<LagReport>,
+    session: u64,
+    cancel: Option<Arc<Notify>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ParentLink {
+    pub connected: bool,
+    pub last_ack_ms: Option<i64>,
+    pub acked: BTreeMap<String, u64>,
+    pub connects: u64,
+    pub last_error: Option<String>,
+}
+
+/// Replication state shown by `/v1/status`.
+pub struct SyncState {
+    pub children: Mutex<BTreeMap<String, ChildLink>>,
+    pub parent: Mutex<ParentLink>,
+    pub permits: Arc<tokio::sync::Semaphore>,
+    next_session: std::sync::atomic::AtomicU64,
+    /// Set to true when the node shuts down: every sync session ends.
+    pub stop: watch::Sender<bool>,
+}
+
+impl SyncState {
+    pub fn new(settings: &SyncSettings) -> Self {
+        Self {
+            children: Mutex::new(BTreeMap::new()),
+            parent: Mutex::new(ParentLink::default()),
+            permits: Arc::new(tokio::sync::Semaphore::new(settings.connections_max)),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
+struct TopoView<'a>(&'a Topology);
+
+impl TopologyView for TopoView<'_> {
+    fn parent_of(&self, id: &str) -> Option<String> {
+        self.0.node(id).and_then(|n| n.parent.clone())
+    }
+    fn key(&self, id: &str) -> Option<VerifyingKey> {
+        self.0.key(id)
+    }
+    fn in_subtree(&self, root: &str, node: &str) -> bool {
+        let mut at = node.to_owned();
+        for _ in 0..1024 {
+            if at == root {
+                return true;
+            }
+            match self.0.node(&at).and_then(|n| n.parent.clone()) {
+                Some(p) => at = p,
+                None => return false,
+            }
+        }
+        false
+    }
+}
+
+struct StoreView<'a>(&'a Store);
+
+impl StoredLog for StoreView<'_> {
+    fn heads(&self) -> Vec<(String, u64, Hash32)> {
+        self.0
+            .heads()
+            .into_iter()
+            .map(|(o, h)| (o, h.seq, h.hash))
+            .collect()
+    }
+    fn head(&self, origin: &str) -> Option<(u64, Hash32)> {
+        self.0.head(origin).map(|h| (h.seq, h.hash))
+    }
+    fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
+        self.0.hash_at(origin, seq).ok().flatten()
+    }
+}
+
+impl LocalLog for StoreView<'_> {
+    fn heads(&self) -> Vec<(String, u64)> {
+        self.0
+            .heads()
+            .into_iter()
+            .map(|(o, h)| (o, h.seq))
+            .collect()
+    }
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+        let max_chunks = bytes_max / 4096 + 1;
+        match self.0.read_origin(origin, after_seq, max_chunks) {
+            Ok(v) => v.into_iter().map(|c| c.chunk).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, origin, "cannot read the log to forward it");
+                Vec::new()
+            }
+        }
+    }
+    fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
+        self.0
+            .read_origin(origin, seq.saturating_sub(1), 1)
+            .ok()
+            .and_then(|v| v.first().map(|c| c.received_at_ms))
+    }
+}
+
+fn random_nonce() -> [u8; 32] {
+    rand::rngs::OsRng.gen()
+}
+
+/// `GET /v1/sync`: a child's replication connection.
+pub async fn sync_endpoint(State(state): State<Arc<NodeState>>, ws: WebSocketUpgrade) -> Response {
+    let Ok(permit) = state.sync.permits.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this node has as many sync connections as it accepts; retry later",
+        )
+        .into_response();
+    };
+    let s = &state.config.sync;
+    ws.max_message_size(s.frame_bytes_max)
+        .max_frame_size(s.frame_bytes_max)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(s.write_buffer_bytes_max)
+        .on_upgrade(move |socket| async move {
+            parent_session(state, socket).await;
+            drop(permit);
+        })
+}
+
+fn parent_cfg(state: &NodeState) -> ParentConfig {
+    ParentConfig {
+        node_id: state.config.id.clone(),
+        key: state.key.clone(),
+        heartbeat_ms: state.config.sync.heartbeat_ms,
+        idle_timeout_ms: state.config.sync.idle_timeout_ms,
+        bug_ack_before_durable: false,
+    }
+}
+
+type PendingImport = (u64, oneshot::Receiver<Result<u64, StoreError>>);
+
+async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
+    let node = state.config.id.clone();
+    let session_id = state
+        .sync
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cancel = Arc::new(Notify::new());
+    let mut session = ParentSession::new(parent_cfg(&state), random_nonce(), system_now_ms());
+    let mut pending: VecDeque<PendingImport> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let opened = tokio::time::Instant::now();
+    let handshake_deadline =
+        Duration::from_millis(state.config.sync.ack_timeout_ms.max(1000) as u64);
+    let mut child: Option<String> = None;
+    let mut stop = state.sync.stop.subscribe();
+    let reason: String = 'session: loop {
+        let outs = tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    match Frame::decode(&bytes, state.config.sync.frame_bytes_max) {
+                        Ok(frame) => session.on_frame(frame, &TopoView(&state.topology), &StoreView(&state.store), system_now_ms()),
+                        Err(e) => {
+                            metrics::counter!("gridsync_sync_rejections_total", "node" => node.clone(), "code" => "malformed").increment(1);
+                            let f = Frame::Refused { code: "malformed".into(), message: e.to_string() };
+                            let _ = socket.send(Message::Binary(f.encode().into())).await;
+                            break 'session format!("malformed frame: {e}");
+                        }
+                    }
+                }
+                Some(Ok(Message::Text(_))) => {
+                    let f = Frame::Refused { code: "malformed".into(), message: "text frames are not part of the protocol".into() };
+                    let _ = socket.send(Message::Binary(f.encode().into())).await;
+                    break 'session "text frame".into();
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break 'session format!("websocket error: {e}"),
+                None => break 'session "connection closed by the child".into(),
+            },
+            done = async { (&mut pending.front_mut().expect("guarded").1).await }, if !pending.is_empty() => {
+                let (batch, _) = pending.pop_front().expect("guarded");
+                match done {
+                    Ok(Ok(n_new)) => {
+                        metrics::counter!("gridsync_sync_events_received_total", "node" => node.clone()).increment(n_new);
+                        metrics::counter!("gridsync_sync_batches_received_total", "node" => node.clone()).increment(1);
+                        session.on_persisted(batch, &StoreView(&state.store), system_now_ms())
+                    }
+                    Ok(Err(e)) => session.on_persist_failed(&e.to_string()),
+                    Err(_) => session.on_persist_failed("store closed"),
+                }
+            }
+            _ = tick.tick() => {
+                if child.is_none() && opened.elapsed() > handshake_deadline {
+                    break 'session "handshake timed out".into();
+                }
+                session.on_tick(system_now_ms())
+            }
+            () = cancel.notified() => break 'session "replaced by a newer session of the same child".into(),
+            _ = stop.changed() => break 'session "this node is shutting down".into(),
+        };
+        if child.is_none() {
+            if let Some(c) = session.child() {
+                child = Some(c.to_owned());
+                let mut children = state.sync.children.lock().expect("lock");
+                let link = children.entry(c.to_owned()).or_default();
+                if let Some(old) = link.cancel.replace(cancel.clone()) {
+                    old.notify_one();
+                }
+                link.session = session_id;
+                link.connected = true;
+                tracing::info!(child = c, "child connected");
+            }
+        }
+        if let Some(c) = &child {
+            let mut children = state.sync.children.lock().expect("lock");
+            if let Some(link) = children.get_mut(c) {
+                if link.session == session_id {
+                    link.last_contact_ms = Some(session.last_rx_ms());
+                    link.lag = session.lag().to_vec();
+                }
+            }
+        }
+        for o in outs {
+            match o {
+                Output::Send(f) => {
+                    if let Err(e) = socket.send(Message::Binary(f.encode().into())).await {
+                        break 'session format!("send failed: {e}");
+                    }
+                }
+                Output::Persist { batch, chunks } => {
+                    match state.store.submit_import(chunks, system_now_ms()).await {
+                        Ok(rx) => pending.push_back((batch, rx)),
+                        Err(e) => break 'session format!("store: {e}"),
+                    }
+                }
+                Output::Equivocation {
+                    origin,
+                    seq,
+                    ours,
+                    theirs,
+                } => {
+                    record_equivocation(&state, &origin, seq, ours, &theirs).await;
+                }
+                Output::Rejected { code, message } => {
+                    metrics::counter!("gridsync_sync_rejections_total", "node" => node.clone(), "code" => code.as_str())
+                        .increment(1);
+                    tracing::warn!(child = child.as_deref().unwrap_or("?"), code = code.as_str(), %message, "refused");
+                }
+                Output::Close { reason } => break 'session reason,
+            }
+        }
+    };
+    let _ = socket.send(Message::Close(None)).await;
+    if let Some(c) = &child {
+        let mut children = state.sync.children.lock().expect("lock");
+        if let Some(link) = children.get_mut(c) {
+            if link.session == session_id {
+                link.connected = false;
+                link.cancel = None;
+            }
+        }
+        tracing::info!(child = c, %reason, "child disconnected");
+    } else {
+        tracing::debug!(%reason, "sync connection closed before authentication");
+    }
+}
+
+async fn record_equivocation(
+    state: &NodeState,
+    origin: &str,
+    seq: u64,
+    ours: Hash32,
+    theirs: &Chunk,
+) {
+    metrics::counter!("gridsync_sync_equivocations_total", "node" => state.config.id.clone())
+        .increment(1);
+    tracing::error!(
+        origin,
+        seq,
+        ours = %hex::encode(ours),
+        "EQUIVOCATION: origin signed a different event at a seq this node already holds; both kept as evidence"
+    );
+    let ours_bytes = state
+        .store
+        .find_event(&gridsync_model::kinds::EventRef {
+            origin: origin.to_owned(),
+            seq,
+        })
+        .ok()
+        .flatten()
+        .map(|(_, rec)| rec.envelope)
+        .unwrap_or_else(|| ours.to_vec());
+    if let Err(e) = state
+        .store
+        .record_evidence(origin, seq, ours_bytes, theirs, system_now_ms())
+        .await
+    {
+        tracing::error!(error = %e, "could not record equivocation evidence");
+    }
+}
+
+fn child_cfg(state: &NodeState, parent: &str, parent_key: VerifyingKey) -> ChildConfig {
+    let s = &state.config.sync;
+    ChildConfig {
+        node_id: state.config.id.clone(),
+        parent_id: parent.to_owned(),
+        parent_key,
+        key: state.key.clone(),
+        window_batches: s.window_batches,
+        batch_bytes_max: s.batch_bytes_max,
+        heartbeat_ms: s.heartbeat_ms,
+        idle_timeout_ms: s.idle_timeout_ms,
+        ack_timeout_ms: s.ack_timeout_ms,
+        bug_resume_from_memory: false,
+    }
+}
+
+/// Keeps this node's events flowing to its parent until `shutdown` turns
+/// true. Returns at once for the root.
+pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+    let Some(parent) = state
+        .topology
+        .node(&state.config.id)
+        .and_then(|n| n.parent.clone())
+    else {
+        return;
+    };
+    let (Some(parent_node), Some(parent_key)) =
+        (state.topology.node(&parent), state.topology.key(&parent))
+    else {
+        tracing::error!(parent, "parent is not in the topology; not replicating");
+        return;
+    };
+    let url = format!(
+        "{}/v1/sync",
+        parent_node
+            .url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
+    );
+    let s = state.config.sync.clone();
+    let mut backoff_ms = s.reconnect_min_ms;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(s.frame_bytes_max))
+            .max_frame_size(Some(s.frame_bytes_max))
+            .max_write_buffer_size(s.write_buffer_bytes_max);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
+        let result = tokio::select! {
+            r = tokio::time::timeout(Duration::from_millis(s.ack_timeout_ms.max(1000) as u64), connect) => r,
+            _ = shutdown.changed() => return,
+        };
+        let outcome = match result {
+            Ok(Ok((ws, _))) => {
+                state.sync.parent.lock().expect("lock").connects += 1;
+                metrics::counter!("gridsync_sync_connects_total", "node" => state.config.id.clone()).increment(1);
+                child_session(&state, &parent, parent_key, ws, &mut shutdown).await
+            }
+            Ok(Err(e)) => Err(SessionEnd::Early(format!("cannot connect to {url}: {e}"))),
+            Err(_) => Err(SessionEnd::Early(format!("connecting to {url} timed out"))),
+        };
+        {
+            let mut link = state.sync.parent.lock().expect("lock");
+            link.connected = false;
+            match &outcome {
+                Ok(()) | Err(SessionEnd::Streamed(_)) => backoff_ms = s.reconnect_min_ms,
+                Err(_) => {}
+            }
+            if let Err(e) = &outcome {
+                link.last_error = Some(e.to_string());
+            }
+        }
+        if let Err(e) = &outcome {
+            tracing::info!(parent, reason = %e, retry_in_ms = backoff_ms, "parent link down");
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let jitter = rand::rngs::OsRng.gen_range(0..=backoff_ms / 2);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(backoff_ms + jitter)) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff_ms = (backoff_ms * 2).min(s.reconnect_max_ms);
+    }
+}
+
+/// How a child session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// It had reached streaming (the link worked): reconnect quickly.
+    Streamed(String),
+    Early(String),
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Streamed(s) | SessionEnd::Early(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<String> for SessionEnd {
+    fn from(s: String) -> Self {
+        SessionEnd::Early(s)
+    }
+}
+
+type ClientWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn child_session(
+    state: &Arc<NodeState>,
+    parent: &str,
+    parent_key: VerifyingKey,
+    mut ws: ClientWs,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), SessionEnd> {
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let node = state.config.id.clone();
+    let mut session = ChildSession::new(child_cfg(state, parent, parent_key));
+    let mut appended = state.store.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut outs = session.on_open(random_nonce(), system_now_ms());
+    let mut acked_before: HashMap<String, u64> = HashMap::new();
+    loop {
+        for o in std::mem::take(&mut outs) {
+            match o {
+                Output::Send(f) => {
+                    if let Err(e) = ws.send(WsMessage::Binary(f.encode().into())).await {
+                        return Err(end(&session, format!("send failed: {e}")));
+                    }
+                }
+                Output::Close { reason } => {
+                    let _ = ws.close(None).await;
+                    return Err(end(&session, reason));
+                }
+                _ => {}
+            }
+        }
+        {
+            let mut link = state.sync.parent.lock().expect("lock");
+            link.connected = session.is_streaming();
+            let acked = session.acked();
+            if acked.iter().any(|(o, s)| acked_before.get(o) != Some(s)) {
+                let mut forwarded = 0;
+                for (o, s) in acked {
+                    let before = acked_before.insert(o.clone(), *s).unwrap_or(*s);
+                    forwarded += s.saturating_sub(before);
+                }
+                metrics::counter!("gridsync_sync_events_forwarded_total", "node" => node.clone())
+                    .increment(forwarded);
+                link.last_ack_ms = Some(system_now_ms());
+                link.acked = acked.clone();
+            }
+        }
+        let view = StoreView(&state.store);
+        outs = tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(WsMessage::Binary(bytes))) => match Frame::decode(&bytes, state.config.sync.frame_bytes_max) {
+                    Ok(frame) => session.on_frame(frame, &view, system_now_ms()),
+                    Err(e) => return Err(end(&session, format!("malformed frame from the parent: {e}"))),
+                },
+                Some(Ok(WsMessage::Close(_))) | None => return Err(end(&session, "connection closed by the parent".into())),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(end(&session, format!("websocket error: {e}"))),
+            },
+            changed = appended.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                session.on_local_append(&view, system_now_ms())
+            }
+            _ = tick.tick() => session.on_tick(&view, system_now_ms()),
+            _ = shutdown.changed() => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+        };
+    }
+}
+
+fn end(session: &ChildSession, reason: String) -> SessionEnd {
+    if session.is_streaming() {
+        SessionEnd::Streamed(reason)
+    } else {
+        SessionEnd::Early(reason)
+    }
+}
