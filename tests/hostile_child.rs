@@ -1,0 +1,345 @@
+//! A hostile or broken child speaking the sync protocol to a real parent
+//! process: unknown ids, wrong keys, someone else's child, a foreign
+//! protocol version, a replayed session, forged signatures, events of an
+//! origin outside its subtree, gaps, equivocation, garbage, text and
+//! oversized frames. Each is refused with its reason, the parent stays up,
+//! and its log holds exactly the one honest chunk (DESIGN.md §3 inv. 3, 4).
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use futures_util::{SinkExt, StreamExt};
+use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
+use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
+use gridsync_protocol::auth;
+use gridsync_protocol::{Frame, PROTOCOL_VERSION};
+use gridsync_suite::{provision, Server};
+use serde_bytes::ByteBuf;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn key_of(dir: &std::path::Path, id: &str) -> SigningKey {
+    gridsync_model::keys::signing_key_from_hex(
+        &std::fs::read_to_string(dir.join(id).join("node.key")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Events `first..=last` of `origin` chained from `prev`, signed by `key`;
+/// `variant` changes their content (for equivocation).
+fn chunk(
+    origin: &str,
+    key: &SigningKey,
+    first: u64,
+    last: u64,
+    prev: Hash32,
+    variant: &str,
+) -> Chunk {
+    let mut prev = prev;
+    let mut events = Vec::new();
+    for seq in first..=last {
+        let data = gridsync_model::canonical::to_canonical(
+            &serde_json::json!({"household": format!("h{seq}{variant}"), "method": "phone", "quarantine": "none"}),
+        );
+        let bytes = EnvelopeHeader {
+            origin,
+            seq,
+            kind: "visit",
+            schema: 1,
+            occurred_at: OccurredAt {
+                unix_ms: 1_580_175_000_000,
+                offset_min: 480,
+            },
+            recorded_at_ms: 1_580_175_000_000,
+            grid: "g",
+            recorded_by: "w",
+            client_id: &format!("k{seq}{variant}"),
+            prev: &prev,
+            personal_digest: None,
+        }
+        .encode_with_data(&data);
+        prev = event_hash(&bytes);
+        events.push(EventRecord {
+            envelope: bytes,
+            personal: None,
+        });
+    }
+    Chunk {
+        origin: origin.into(),
+        events,
+        head: SignedHead::sign(key, origin, last, prev, 1),
+    }
+}
+
+async fn connect(base: &str) -> Ws {
+    let url = format!("{}/v1/sync", base.replacen("http://", "ws://", 1));
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+async fn send(ws: &mut Ws, f: &Frame) {
+    ws.send(Message::Binary(f.encode().into())).await.unwrap();
+}
+
+/// The next protocol frame, or `None` when the parent closed the connection.
+async fn recv(ws: &mut Ws) -> Option<Frame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("parent answers in time")
+        {
+            Some(Ok(Message::Binary(b))) => return Some(Frame::decode(&b, 1 << 20).unwrap()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn hello(node: &str, parent: &str, version: u32, nonce: [u8; 32]) -> Frame {
+    Frame::Hello {
+        version,
+        node: node.into(),
+        parent: parent.into(),
+        nonce: ByteBuf::from(nonce.to_vec()),
+        capabilities: vec![],
+    }
+}
+
+/// Runs the handshake as `node` with `key`; returns the socket after
+/// Welcome, or the refusal code.
+async fn handshake(base: &str, node: &str, key: &SigningKey) -> Result<(Ws, Frame), String> {
+    let mut ws = connect(base).await;
+    send(&mut ws, &hello(node, "s1", PROTOCOL_VERSION, [7; 32])).await;
+    let nonce = match recv(&mut ws).await {
+        Some(Frame::Challenge { nonce, .. }) => nonce,
+        Some(Frame::Refused { code, .. }) => return Err(code),
+        other => panic!("unexpected {other:?}"),
+    };
+    let proof = auth::prove(key, "child", node, "s1", &nonce);
+    let auth_frame = Frame::Auth {
+        proof: ByteBuf::from(proof.to_vec()),
+    };
+    send(&mut ws, &auth_frame).await;
+    match recv(&mut ws).await {
+        Some(w @ Frame::Welcome { .. }) => Ok((ws, w)),
+        Some(Frame::Refused { code, .. }) => Err(code),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Sends one batch on a fresh authenticated session; returns `Ok(())` on
+/// Ack or the rejection code.
+async fn batch(
+    base: &str,
+    as_node: &str,
+    key: &SigningKey,
+    chunks: Vec<Chunk>,
+) -> Result<(), String> {
+    let (mut ws, _) = handshake(base, as_node, key).await.unwrap();
+    let f = Frame::Batch {
+        id: 1,
+        chunks: chunks.iter().map(|c| ByteBuf::from(c.encode())).collect(),
+        lag: vec![],
+    };
+    send(&mut ws, &f).await;
+    match recv(&mut ws).await {
+        Some(Frame::Ack { id: 1, .. }) => Ok(()),
+        Some(Frame::Rejected { code, .. }) => {
+            assert!(
+                recv(&mut ws).await.is_none(),
+                "connection closes after a rejection"
+            );
+            Err(code)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_children_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(
+        dir.path(),
+        &[
+            ("d", None),
+            ("s1", Some("d")),
+            ("s2", Some("d")),
+            ("s1-c1", Some("s1")),
+            ("s2-c1", Some("s2")),
+        ],
+    );
+    let keys = |id: &str| key_of(&tree.dir, id);
+    let server = Server::start(&tree.nodes["s1"].config, &[]);
+    let base = server.url.clone();
+    let c1 = keys("s1-c1");
+
+    // Identity.
+    assert_eq!(
+        handshake(&base, "stranger", &c1).await.err().as_deref(),
+        Some("unknown_node")
+    );
+    assert_eq!(
+        handshake(&base, "s2-c1", &keys("s2-c1"))
+            .await
+            .err()
+            .as_deref(),
+        Some("not_a_child")
+    );
+    assert_eq!(
+        handshake(&base, "s1-c1", &keys("s2-c1"))
+            .await
+            .err()
+            .as_deref(),
+        Some("bad_proof")
+    );
+    let mut ws = connect(&base).await;
+    send(&mut ws, &hello("s1-c1", "s1", 99, [1; 32])).await;
+    assert!(
+        matches!(recv(&mut ws).await, Some(Frame::Refused { code, .. }) if code == "unsupported_version")
+    );
+    let mut ws = connect(&base).await;
+    send(&mut ws, &hello("s1-c1", "s2", PROTOCOL_VERSION, [1; 32])).await;
+    assert!(
+        matches!(recv(&mut ws).await, Some(Frame::Refused { code, .. }) if code == "wrong_parent")
+    );
+
+    // A replayed session: the Auth of an old session does not open a new one.
+    let mut ws = connect(&base).await;
+    send(&mut ws, &hello("s1-c1", "s1", PROTOCOL_VERSION, [2; 32])).await;
+    let Some(Frame::Challenge { nonce, .. }) = recv(&mut ws).await else {
+        panic!("challenge")
+    };
+    let old_auth = Frame::Auth {
+        proof: ByteBuf::from(auth::prove(&c1, "child", "s1-c1", "s1", &nonce).to_vec()),
+    };
+    send(&mut ws, &old_auth).await;
+    assert!(matches!(recv(&mut ws).await, Some(Frame::Welcome { .. })));
+    drop(ws);
+    let mut ws = connect(&base).await;
+    send(&mut ws, &hello("s1-c1", "s1", PROTOCOL_VERSION, [2; 32])).await;
+    assert!(matches!(recv(&mut ws).await, Some(Frame::Challenge { .. })));
+    send(&mut ws, &old_auth).await;
+    assert!(
+        matches!(recv(&mut ws).await, Some(Frame::Refused { code, .. }) if code == "bad_proof")
+    );
+
+    // The one honest chunk.
+    let honest = chunk("s1-c1", &c1, 1, 3, ZERO_HASH, "");
+    batch(&base, "s1-c1", &c1, vec![honest.clone()])
+        .await
+        .unwrap();
+    // An exact duplicate is acknowledged and ignored.
+    batch(&base, "s1-c1", &c1, vec![honest.clone()])
+        .await
+        .unwrap();
+
+    // Content.
+    let mut forged = chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
+    forged.head.signature[10] ^= 1;
+    assert_eq!(
+        batch(&base, "s1-c1", &c1, vec![forged])
+            .await
+            .err()
+            .as_deref(),
+        Some("bad_signature")
+    );
+    let other_key = SigningKey::from_bytes(&[42; 32]);
+    let wrong_signer = chunk("s1-c1", &other_key, 4, 5, honest.head.hash, "");
+    assert_eq!(
+        batch(&base, "s1-c1", &c1, vec![wrong_signer])
+            .await
+            .err()
+            .as_deref(),
+        Some("bad_signature")
+    );
+    let foreign = chunk("s2-c1", &keys("s2-c1"), 1, 2, ZERO_HASH, "");
+    assert_eq!(
+        batch(&base, "s1-c1", &c1, vec![foreign])
+            .await
+            .err()
+            .as_deref(),
+        Some("foreign_origin")
+    );
+    let gap = chunk("s1-c1", &c1, 7, 8, [9; 32], "");
+    assert_eq!(
+        batch(&base, "s1-c1", &c1, vec![gap]).await.err().as_deref(),
+        Some("gap")
+    );
+    let mut tampered = chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
+    let n = tampered.events[0].envelope.len();
+    tampered.events[0].envelope[n - 3] ^= 1;
+    assert!(batch(&base, "s1-c1", &c1, vec![tampered]).await.is_err());
+    let fork = chunk("s1-c1", &c1, 1, 3, ZERO_HASH, "-other");
+    assert_eq!(
+        batch(&base, "s1-c1", &c1, vec![fork])
+            .await
+            .err()
+            .as_deref(),
+        Some("equivocation")
+    );
+
+    // Garbage, text and oversized frames.
+    let (mut ws, _) = handshake(&base, "s1-c1", &c1).await.unwrap();
+    ws.send(Message::Binary(vec![0xc1, 0xff, 0x00, 0x13].into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(recv(&mut ws).await, Some(Frame::Refused { code, .. }) if code == "malformed")
+    );
+    let (mut ws, _) = handshake(&base, "s1-c1", &c1).await.unwrap();
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert!(
+        matches!(recv(&mut ws).await, Some(Frame::Refused { code, .. }) if code == "malformed")
+    );
+    let (mut ws, _) = handshake(&base, "s1-c1", &c1).await.unwrap();
+    let _ = ws.send(Message::Binary(vec![0u8; 3 << 20].into())).await;
+    assert!(
+        recv(&mut ws).await.is_none(),
+        "an oversized frame ends the connection"
+    );
+    let mut ws = connect(&base).await;
+    let f = Frame::Batch {
+        id: 1,
+        chunks: vec![ByteBuf::from(honest.encode())],
+        lag: vec![],
+    };
+    send(&mut ws, &f).await;
+    assert!(
+        matches!(recv(&mut ws).await, Some(Frame::Refused { code, .. }) if code == "protocol"),
+        "batch before auth"
+    );
+
+    // Still up; the log holds only the honest chunk; the fork is recorded.
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert!(health.status().is_success());
+    let st: serde_json::Value = http
+        .get(format!("{base}/v1/status"))
+        .bearer_auth(&tree.nodes["s1"].tokens.viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["log"]["events"], 3, "{st}");
+    assert_eq!(st["heads"]["s1-c1"]["seq"], 3);
+    assert_eq!(st["heads"]["s1-c1"]["hash"], hex::encode(honest.head.hash));
+    assert!(st["heads"].get("s2-c1").is_none());
+    let eq = st["equivocations"].as_array().unwrap();
+    assert_eq!(eq.len(), 1, "{st}");
+    assert_eq!(eq[0]["origin"], "s1-c1");
+    // The parent's log still verifies from scratch after all that.
+    let config = tree.nodes["s1"].config.clone();
+    let mut server = server;
+    tokio::task::spawn_blocking(move || {
+        assert!(server.terminate());
+        drop(Server::start(&config, &[]));
+    })
+    .await
+    .unwrap();
+}
