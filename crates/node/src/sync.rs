@@ -293,7 +293,16 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
             if let Some(link) = children.get_mut(c) {
                 if link.session == session_id {
                     link.last_contact_ms = Some(session.last_rx_ms());
-                    link.lag = session.lag().to_vec();
+                    if link.lag.as_slice() != session.lag() {
+                        link.lag = session.lag().to_vec();
+                        let lag: u64 = link
+                            .lag
+                            .iter()
+                            .map(|l| l.seq.saturating_sub(state.store.head(&l.origin).map_or(0, |h| h.seq)))
+                            .sum();
+                        metrics::gauge!("gridsync_sync_child_lag_events", "node" => node.clone(), "child" => c.clone())
+                            .set(lag as f64);
+                    }
                 }
             }
         }
