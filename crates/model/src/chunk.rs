@@ -360,6 +360,88 @@ impl Chunk {
         })
     }
 
+    /// Checks the chain like [`Chunk::check_chain`] but reads only each
+    /// envelope's links (origin, seq, prev, personal digest) instead of
+    /// decoding it: the replication path's verification, where authenticity
+    /// is what matters. Returns the events' hashes.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check_links(&self, first_seq: u64, prev: &Hash32) -> Result<Vec<Hash32>, ChunkError> {
+        let mut out = Vec::with_capacity(self.events.len());
+        let mut expected_prev = *prev;
+        let mut expected_seq = first_seq;
+        for rec in &self.events {
+            let links =
+                crate::event::read_links(&rec.envelope).map_err(|source| ChunkError::Envelope {
+                    origin: self.origin.clone(),
+                    seq: expected_seq,
+                    source,
+                })?;
+            if links.origin != self.origin {
+                return Err(ChunkError::OriginMismatch {
+                    chunk_origin: self.origin.clone(),
+                    event_origin: links.origin.to_owned(),
+                    seq: expected_seq,
+                });
+            }
+            if links.seq != expected_seq {
+                return Err(ChunkError::Gap {
+                    origin: self.origin.clone(),
+                    expected: expected_seq,
+                    found: links.seq,
+                });
+            }
+            if links.prev != expected_prev {
+                return Err(ChunkError::BrokenChain {
+                    origin: self.origin.clone(),
+                    seq: links.seq,
+                });
+            }
+            if let Some(p) = &rec.personal {
+                if links.personal_digest != Some(p.digest()) {
+                    return Err(ChunkError::PersonalDigest {
+                        origin: self.origin.clone(),
+                        seq: links.seq,
+                    });
+                }
+            }
+            expected_prev = event_hash(&rec.envelope);
+            expected_seq += 1;
+            out.push(expected_prev);
+        }
+        let last_seq = expected_seq - 1;
+        if self.head.origin != self.origin
+            || self.head.seq != last_seq
+            || self.head.hash != expected_prev
+        {
+            return Err(ChunkError::HeadMismatch {
+                origin: self.origin.clone(),
+                head_seq: self.head.seq,
+                last_seq,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The `prev` of the chunk's first event.
+    ///
+    /// # Errors
+    /// When the first envelope does not parse.
+    pub fn first_prev(&self) -> Result<Hash32, ChunkError> {
+        let first = self
+            .events
+            .first()
+            .ok_or_else(|| ChunkError::Empty(self.origin.clone()))?;
+        crate::event::read_links(&first.envelope)
+            .map(|l| l.prev)
+            .map_err(|source| ChunkError::Envelope {
+                origin: self.origin.clone(),
+                seq: self.first_seq(),
+                source,
+            })
+    }
+
     /// Decodes the events of a chunk this node already verified (read back
     /// from its own log): checks the chain within the chunk, starting from
     /// the first event's own `prev`.

@@ -309,11 +309,11 @@ pub fn merge_personal(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    pub(crate) fn sample() -> Envelope {
+    pub fn sample() -> Envelope {
         Envelope {
             origin: "shazikou-c01".into(),
             seq: 1,
@@ -388,5 +388,162 @@ mod tests {
         );
         merge_personal(m, p);
         assert_eq!(Value::Object(m.clone()), original);
+    }
+}
+
+/// The chain-relevant fields of an envelope, read without decoding `data`:
+/// what verification on the replication path needs (the full, canonical
+/// decode happens where the content is used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvelopeLinks<'a> {
+    pub origin: &'a str,
+    pub seq: u64,
+    pub prev: Hash32,
+    pub personal_digest: Option<Hash32>,
+}
+
+mod light {
+    use rmp::Marker;
+
+    pub(super) type R<'a> = &'a [u8];
+
+    fn take<'a>(rd: &mut R<'a>, n: usize) -> Option<&'a [u8]> {
+        if rd.len() < n {
+            return None;
+        }
+        let (head, rest) = rd.split_at(n);
+        *rd = rest;
+        Some(head)
+    }
+
+    fn be(rd: &mut R<'_>, n: usize) -> Option<u64> {
+        Some(
+            take(rd, n)?
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        )
+    }
+
+    pub(super) fn marker(rd: &mut R<'_>) -> Option<Marker> {
+        let b = *take(rd, 1)?.first()?;
+        Some(Marker::from_u8(b))
+    }
+
+    pub(super) fn uint(rd: &mut R<'_>) -> Option<u64> {
+        match marker(rd)? {
+            Marker::FixPos(v) => Some(u64::from(v)),
+            Marker::U8 => be(rd, 1),
+            Marker::U16 => be(rd, 2),
+            Marker::U32 => be(rd, 4),
+            Marker::U64 => be(rd, 8),
+            _ => None,
+        }
+    }
+
+    pub(super) fn str<'a>(rd: &mut R<'a>) -> Option<&'a str> {
+        let len = match marker(rd)? {
+            Marker::FixStr(n) => usize::from(n),
+            Marker::Str8 => be(rd, 1)? as usize,
+            Marker::Str16 => be(rd, 2)? as usize,
+            Marker::Str32 => be(rd, 4)? as usize,
+            _ => return None,
+        };
+        std::str::from_utf8(take(rd, len)?).ok()
+    }
+
+    pub(super) fn bin32(rd: &mut R<'_>) -> Option<Option<[u8; 32]>> {
+        match marker(rd)? {
+            Marker::Null => Some(None),
+            Marker::Bin8 => {
+                let n = be(rd, 1)? as usize;
+                Some(Some(take(rd, n)?.try_into().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Skips one value of any type; depth-limited.
+    pub(super) fn skip(rd: &mut R<'_>, depth: u32) -> Option<()> {
+        if depth > 64 {
+            return None;
+        }
+        let (items, bytes) = match marker(rd)? {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+                (0, 0)
+            }
+            Marker::U8 | Marker::I8 => (0, 1),
+            Marker::U16 | Marker::I16 => (0, 2),
+            Marker::U32 | Marker::I32 | Marker::F32 => (0, 4),
+            Marker::U64 | Marker::I64 | Marker::F64 => (0, 8),
+            Marker::FixStr(n) => (0, usize::from(n)),
+            Marker::Str8 | Marker::Bin8 => (0, be(rd, 1)? as usize),
+            Marker::Str16 | Marker::Bin16 => (0, be(rd, 2)? as usize),
+            Marker::Str32 | Marker::Bin32 => (0, be(rd, 4)? as usize),
+            Marker::FixArray(n) => (usize::from(n), 0),
+            Marker::Array16 => (be(rd, 2)? as usize, 0),
+            Marker::Array32 => (be(rd, 4)? as usize, 0),
+            Marker::FixMap(n) => (2 * usize::from(n), 0),
+            Marker::Map16 => (2 * be(rd, 2)? as usize, 0),
+            Marker::Map32 => (2 * be(rd, 4)? as usize, 0),
+            _ => return None,
+        };
+        take(rd, bytes)?;
+        for _ in 0..items {
+            skip(rd, depth + 1)?;
+        }
+        Some(())
+    }
+}
+
+/// Reads origin, seq, prev and the personal digest of envelope bytes
+/// without decoding `data`. Checks the shape (14 items, format 1) only.
+///
+/// # Errors
+/// [`EnvelopeError::Decode`] when the bytes are not a format-1 envelope.
+pub fn read_links(bytes: &[u8]) -> Result<EnvelopeLinks<'_>, EnvelopeError> {
+    fn inner(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
+        let mut rd: light::R<'_> = bytes;
+        if light::marker(&mut rd)? != rmp::Marker::FixArray(14)
+            || light::uint(&mut rd)? != u64::from(ENVELOPE_FORMAT)
+        {
+            return None;
+        }
+        let origin = light::str(&mut rd)?;
+        let seq = light::uint(&mut rd)?;
+        for _ in 0..8 {
+            light::skip(&mut rd, 0)?; // kind … client_id
+        }
+        let prev = light::bin32(&mut rd)??;
+        light::skip(&mut rd, 0)?; // data
+        let personal_digest = light::bin32(&mut rd)?;
+        rd.is_empty().then_some(EnvelopeLinks {
+            origin,
+            seq,
+            prev,
+            personal_digest,
+        })
+    }
+    inner(bytes).ok_or_else(|| EnvelopeError::Decode("not a format-1 envelope".into()))
+}
+
+#[cfg(test)]
+mod light_tests {
+    use super::*;
+
+    #[test]
+    fn links_match_the_full_decode() {
+        let env = tests::sample();
+        let bytes = env.encode();
+        let l = read_links(&bytes).unwrap();
+        assert_eq!(
+            (l.origin, l.seq, l.prev, l.personal_digest),
+            (env.origin.as_str(), env.seq, env.prev, env.personal_digest)
+        );
+        for cut in 0..bytes.len() {
+            assert!(read_links(&bytes[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0xc0);
+        assert!(read_links(&longer).is_err());
     }
 }

@@ -298,7 +298,11 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
                         let lag: u64 = link
                             .lag
                             .iter()
-                            .map(|l| l.seq.saturating_sub(state.store.head(&l.origin).map_or(0, |h| h.seq)))
+                            .map(|l| {
+                                l.seq.saturating_sub(
+                                    state.store.head(&l.origin).map_or(0, |h| h.seq),
+                                )
+                            })
                             .sum();
                         metrics::gauge!("gridsync_sync_child_lag_events", "node" => node.clone(), "child" => c.clone())
                             .set(lag as f64);

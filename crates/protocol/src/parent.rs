@@ -283,10 +283,14 @@ impl ParentSession {
                     now_ms,
                 );
             };
-            let verified = match chunk
-                .decode_events()
-                .and_then(|v| chunk.head.verify(&key).map(|()| v))
-            {
+            // Authenticity: the chain links inside the chunk and the origin's
+            // signature on its head. (Content is decoded where it is used.)
+            let checked = chunk.first_prev().and_then(|prev| {
+                let hashes = chunk.check_links(chunk.first_seq(), &prev)?;
+                chunk.head.verify(&key)?;
+                Ok((prev, hashes))
+            });
+            let (first_prev, hashes_in) = match checked {
                 Ok(v) => v,
                 Err(e) => {
                     let code = match e {
@@ -319,7 +323,7 @@ impl ParentSession {
             };
             let new_from = if last <= tip_seq {
                 // Entirely known: a duplicate if identical.
-                let theirs = verified.last().expect("chunks are non-empty").hash;
+                let theirs = *hashes_in.last().expect("chunks are non-empty");
                 let Some(ours) = self.known_hash(log, &origin, last) else {
                     return self.reject(
                         out,
@@ -337,7 +341,7 @@ impl ParentSession {
                 None
             } else if first <= tip_seq {
                 let idx = usize::try_from(tip_seq - first).expect("fits");
-                if verified[idx].hash != tip_hash {
+                if hashes_in[idx] != tip_hash {
                     out.push(fork(tip_seq, tip_hash));
                     let m = format!("origin {origin} seq {tip_seq}: a different event than the one held (equivocation)");
                     return self.reject(out, id, RejectCode::Equivocation, m, now_ms);
@@ -345,7 +349,7 @@ impl ParentSession {
                 Some(tip_seq)
             } else {
                 // first == tip_seq + 1
-                if verified[0].envelope.prev != tip_hash {
+                if first_prev != tip_hash {
                     if tip_seq == 0 {
                         let m = format!("origin {origin} seq 1 has a non-zero prev");
                         return self.reject(out, id, RejectCode::BrokenChain, m, now_ms);
@@ -358,11 +362,11 @@ impl ParentSession {
             };
             if let Some(after) = new_from {
                 let suffix = chunk.suffix_after(after).expect("last > after");
-                for v in verified.iter().filter(|v| v.envelope.seq > after) {
-                    new_pending.push(((origin.clone(), v.envelope.seq), v.hash));
-                    hashes.push((origin.clone(), v.envelope.seq));
+                for (seq, h) in (first..=last).zip(&hashes_in).filter(|(s, _)| *s > after) {
+                    new_pending.push(((origin.clone(), seq), *h));
+                    hashes.push((origin.clone(), seq));
                 }
-                let last_hash = verified.last().expect("non-empty").hash;
+                let last_hash = *hashes_in.last().expect("non-empty");
                 tips.insert(origin.clone(), (last, last_hash));
                 touched.retain(|(o, _, _)| *o != origin);
                 touched.push((origin.clone(), last, last_hash));

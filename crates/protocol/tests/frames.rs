@@ -8,14 +8,74 @@ use serde_bytes::ByteBuf;
 fn frames() -> Vec<(&'static str, Frame)> {
     let b = |n: usize, v: u8| ByteBuf::from(vec![v; n]);
     vec![
-        ("hello", Frame::Hello { version: PROTOCOL_VERSION, node: "s1-c1".into(), parent: "s1".into(), nonce: b(32, 1), capabilities: vec!["chunks-v1".into()] }),
-        ("challenge", Frame::Challenge { version: PROTOCOL_VERSION, node: "s1".into(), nonce: b(32, 2), proof: b(64, 3) }),
+        (
+            "hello",
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                node: "s1-c1".into(),
+                parent: "s1".into(),
+                nonce: b(32, 1),
+                capabilities: vec!["chunks-v1".into()],
+            },
+        ),
+        (
+            "challenge",
+            Frame::Challenge {
+                version: PROTOCOL_VERSION,
+                node: "s1".into(),
+                nonce: b(32, 2),
+                proof: b(64, 3),
+            },
+        ),
         ("auth", Frame::Auth { proof: b(64, 4) }),
-        ("welcome", Frame::Welcome { heads: vec![WireHead { origin: "s1-c1".into(), seq: 42, hash: b(32, 5) }] }),
-        ("refused", Frame::Refused { code: "not_a_child".into(), message: "node x is not a child of s1".into() }),
-        ("batch", Frame::Batch { id: 7, chunks: vec![b(10, 6)], lag: vec![LagReport { origin: "s1-c1".into(), seq: 50, oldest_missing_ms: Some(1_580_175_000_000) }] }),
-        ("ack", Frame::Ack { id: 7, heads: vec![WireHead { origin: "s1-c1".into(), seq: 50, hash: b(32, 7) }] }),
-        ("rejected", Frame::Rejected { id: 7, code: "gap".into(), message: "expected seq 51".into() }),
+        (
+            "welcome",
+            Frame::Welcome {
+                heads: vec![WireHead {
+                    origin: "s1-c1".into(),
+                    seq: 42,
+                    hash: b(32, 5),
+                }],
+            },
+        ),
+        (
+            "refused",
+            Frame::Refused {
+                code: "not_a_child".into(),
+                message: "node x is not a child of s1".into(),
+            },
+        ),
+        (
+            "batch",
+            Frame::Batch {
+                id: 7,
+                chunks: vec![b(10, 6)],
+                lag: vec![LagReport {
+                    origin: "s1-c1".into(),
+                    seq: 50,
+                    oldest_missing_ms: Some(1_580_175_000_000),
+                }],
+            },
+        ),
+        (
+            "ack",
+            Frame::Ack {
+                id: 7,
+                heads: vec![WireHead {
+                    origin: "s1-c1".into(),
+                    seq: 50,
+                    hash: b(32, 7),
+                }],
+            },
+        ),
+        (
+            "rejected",
+            Frame::Rejected {
+                id: 7,
+                code: "gap".into(),
+                message: "expected seq 51".into(),
+            },
+        ),
         ("ping", Frame::Ping { lag: vec![] }),
         ("pong", Frame::Pong),
     ]
@@ -24,24 +84,49 @@ fn frames() -> Vec<(&'static str, Frame)> {
 #[test]
 fn golden_frame_encodings() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/frames.txt");
-    let mut text = String::from("# name hex(msgpack) — protocol version 1; see schemas/sync-frames.md\n");
+    let mut text =
+        String::from("# name hex(msgpack) — protocol version 1; see schemas/sync-frames.md\n");
     for (name, f) in frames() {
         let bytes = f.encode();
-        assert_eq!(Frame::decode(&bytes, 1 << 20).unwrap(), f, "{name} round-trips");
+        assert_eq!(
+            Frame::decode(&bytes, 1 << 20).unwrap(),
+            f,
+            "{name} round-trips"
+        );
         text.push_str(&format!("{name} {}\n", hex::encode(bytes)));
     }
     if std::env::var_os("GRIDSYNC_BLESS").is_some() {
         std::fs::write(path, &text).unwrap();
     }
-    assert_eq!(std::fs::read_to_string(path).unwrap(), text, "frame encoding changed");
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        text,
+        "frame encoding changed"
+    );
 }
 
 #[test]
 fn decode_refuses_oversized_and_garbage() {
-    let big = Frame::Batch { id: 1, chunks: vec![ByteBuf::from(vec![0; 2000])], lag: vec![] }.encode();
-    assert!(matches!(Frame::decode(&big, 1000), Err(FrameError::TooLarge(_, 1000))));
-    for garbage in [&[][..], &[0xc1], &[0x93, 1, 2, 3], &[0x81, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'z', b'z', b'z']] {
-        assert!(matches!(Frame::decode(garbage, 1000), Err(FrameError::Malformed(_))), "{garbage:?}");
+    let big = Frame::Batch {
+        id: 1,
+        chunks: vec![ByteBuf::from(vec![0; 2000])],
+        lag: vec![],
+    }
+    .encode();
+    assert!(matches!(
+        Frame::decode(&big, 1000),
+        Err(FrameError::TooLarge(_, 1000))
+    ));
+    for garbage in [
+        &[][..],
+        &[0xc1],
+        &[0x93, 1, 2, 3],
+        &[0x81, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'z', b'z', b'z'],
+    ] {
+        assert!(
+            matches!(Frame::decode(garbage, 1000), Err(FrameError::Malformed(_))),
+            "{garbage:?}"
+        );
     }
 }
 
@@ -49,14 +134,33 @@ fn decode_refuses_oversized_and_garbage() {
 #[test]
 fn protocol_crate_has_no_runtime_or_storage_dependencies() {
     let out = std::process::Command::new(env!("CARGO"))
-        .args(["tree", "-p", "gridsync-protocol", "-e", "normal", "--prefix", "none", "--offline"])
+        .args([
+            "tree",
+            "-p",
+            "gridsync-protocol",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo tree");
-    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree = String::from_utf8(out.stdout).unwrap();
     for forbidden in ["tokio ", "sled ", "mio ", "axum ", "tungstenite "] {
-        assert!(!tree.lines().any(|l| l.starts_with(forbidden)), "gridsync-protocol depends on {forbidden}:\n{tree}");
+        assert!(
+            !tree.lines().any(|l| l.starts_with(forbidden)),
+            "gridsync-protocol depends on {forbidden}:\n{tree}"
+        );
     }
-    assert!(tree.lines().any(|l| l.starts_with("gridsync-model ")), "sanity: the tree lists dependencies");
+    assert!(
+        tree.lines().any(|l| l.starts_with("gridsync-model ")),
+        "sanity: the tree lists dependencies"
+    );
 }

@@ -76,7 +76,9 @@ pub(crate) fn read_entries(
     let mut next = offset;
     while out.len() < max_entries {
         let want = max_entries - out.len();
-        let page = kv.scan(&layout::log_key(next, 0), &[layout::LOG], want + 8)?;
+        // One fragment per entry is the common case; an entry with more
+        // fragments than the page holds is fetched whole below.
+        let page = kv.scan(&layout::log_key(next, 0), &[layout::LOG], want)?;
         if page.is_empty() {
             break;
         }
@@ -154,7 +156,8 @@ pub(crate) fn recover(kv: &dyn Kv, keys: &KeyLookup) -> Result<Recovered, StoreE
                 )));
             }
             e.chunk
-                .verify(seq + 1, &prev, &key)
+                .check_links(seq + 1, &prev)
+                .and_then(|_| e.chunk.head.verify(&key))
                 .map_err(|err| corrupt(format!("log entry {}: {err}", e.offset)))?;
             index_expected.insert((
                 layout::index_key(&origin, e.chunk.last_seq()),
@@ -462,7 +465,7 @@ impl Writer {
                 ))
             } else {
                 let suffix = chunk.suffix_after(head_seq).expect("last > head");
-                match suffix.check_chain(head_seq + 1, &head_hash) {
+                match suffix.check_links(head_seq + 1, &head_hash) {
                     Ok(_) => Ok(Some(suffix)),
                     Err(e) => Err(format!("origin {}: {e}", chunk.origin)),
                 }
