@@ -30,12 +30,25 @@ impl SledKv {
         let created = !dir.join("db").exists();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
+        // sled releases its file lock from a background thread after the
+        // last handle is dropped, so an immediate reopen in the same process
+        // can find it still held: retry that case briefly.
+        let mut attempt = 0;
+        let opened = loop {
+            let r = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match r {
+                Err(sled::Error::Io(ref e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < 300 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        let db = opened.map_err(|e| {
                 StoreError::Open(format!(
                     "sled could not open {}: {e}. If another gridsync process uses this data directory, stop it; \
                      if the directory was damaged, restore it from a copy (gridsync never starts empty over a damaged log)",
