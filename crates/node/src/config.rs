@@ -31,6 +31,29 @@ pub struct NodeConfig {
     pub store: StoreSettings,
     #[serde(default)]
     pub sync: crate::sync::SyncSettings,
+    #[serde(default)]
+    pub projections: ProjectionSettings,
+}
+
+/// What the metrics count as a fever and as a flagged region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionSettings {
+    pub fever_celsius: f64,
+    /// `from_region` prefixes counted in `entries_flagged`.
+    pub flagged_region_prefixes: Vec<String>,
+    /// Longest day range one aggregates query may ask for.
+    pub query_days_max: i32,
+}
+
+impl Default for ProjectionSettings {
+    fn default() -> Self {
+        Self {
+            fever_celsius: 37.3,
+            flagged_region_prefixes: vec!["湖北".to_owned()],
+            query_days_max: 366,
+        }
+    }
 }
 
 /// Limits on requests. Every one has a default; names end in their unit.

@@ -33,6 +33,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(post_events).get(get_events))
         .route("/v1/status", get(status))
         .route("/v1/sync", get(crate::sync::sync_endpoint))
+        .route("/v1/aggregates", get(crate::aggregates::get_aggregates))
+        .route(
+            "/v1/aggregates/stream",
+            get(crate::aggregates::stream_aggregates),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -49,6 +54,8 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         "/v1/events" => "/v1/events",
         "/v1/status" => "/v1/status",
         "/v1/sync" => "/v1/sync",
+        "/v1/aggregates" => "/v1/aggregates",
+        "/v1/aggregates/stream" => "/v1/aggregates/stream",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         _ => "other",
@@ -92,11 +99,24 @@ async fn not_found() -> ApiError {
 
 /// The role of the bearer token, if it is one of `allowed`.
 fn authorize(state: &NodeState, headers: &HeaderMap, allowed: &[Role]) -> Result<Role, ApiError> {
+    authorize_with(state, headers, None, allowed)
+}
+
+/// Like [`authorize`], also accepting the token as a `token=` query
+/// parameter (for links and `EventSource`, which cannot set headers). Only
+/// read-only endpoints take it.
+pub fn authorize_with(
+    state: &NodeState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    allowed: &[Role],
+) -> Result<Role, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
+        .or(query_token)
         .ok_or_else(ApiError::unauthorized)?;
     let role = role_of(&state.config.token, token).ok_or_else(ApiError::unauthorized)?;
     if role == Role::Admin || allowed.contains(&role) {
@@ -452,6 +472,14 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let role = authorize(&state, &headers, &Role::ALL)?;
+    Ok(Json(status_view(&state, role)?))
+}
+
+/// The body of `GET /v1/status` (also pushed by the aggregates stream).
+///
+/// # Errors
+/// Storage errors reading the evidence table.
+pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiError> {
     let node = state.topology.node(&state.config.id);
     let heads = state
         .store
@@ -537,7 +565,7 @@ async fn status(
             detected_at: fmt(at),
         })
         .collect();
-    Ok(Json(StatusResponse {
+    Ok(StatusResponse {
         children_status,
         parent_link,
         equivocations,
@@ -557,7 +585,7 @@ async fn status(
             chunks: counts.chunks,
             events: counts.events,
         },
-    }))
+    })
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

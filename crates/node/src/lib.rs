@@ -1,6 +1,7 @@
 //! A gridsync node: configuration, topology, auth, the `/v1` HTTP API,
 //! metrics, provisioning and serving. See ARCHITECTURE.md for the map.
 
+pub mod aggregates;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -26,6 +26,7 @@ pub struct NodeState {
     /// This node's key (signs its events if an origin, and its sync proofs).
     pub key: ed25519_dalek::SigningKey,
     pub sync: crate::sync::SyncState,
+    pub projector: crate::aggregates::Projector,
 }
 
 impl NodeState {
@@ -141,9 +142,21 @@ pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeSta
     };
     let http_permits = tokio::sync::Semaphore::new(l.http_concurrency_max);
     let sync = crate::sync::SyncState::new(&config.sync);
+    let mut pcfg = gridsync_projections::ProjectionConfig::new(&topology.timezone)
+        .map_err(|e| StartError(format!("topology timezone: {e}")))?;
+    pcfg.fever_celsius = config.projections.fever_celsius;
+    pcfg.flagged_region_prefixes = config.projections.flagged_region_prefixes.clone();
+    let started = std::time::Instant::now();
+    let projector = crate::aggregates::Projector::rebuild(&store, pcfg, &|_| {})
+        .map_err(|e| StartError(format!("cannot build the projection: {e}")))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "projection rebuilt from the log"
+    );
     Ok(Arc::new(NodeState {
         key,
         sync,
+        projector,
         config,
         topology,
         store,
@@ -170,6 +183,10 @@ pub async fn serve(
         state.clone(),
         state.sync.stop.subscribe(),
     ));
+    let projector = tokio::spawn(crate::aggregates::run_projector(
+        state.clone(),
+        state.sync.stop.subscribe(),
+    ));
     let stop_tx = state.sync.stop.clone();
     let stop_sync = stop_tx.clone();
     let shutdown = async move {
@@ -186,6 +203,7 @@ pub async fn serve(
     .await?;
     let _ = stop_tx.send(true);
     let _ = upstream.await;
+    let _ = projector.await;
     state.http_permits.close();
     let store = state.store.clone();
     drop(state);

@@ -252,6 +252,7 @@ pub fn provision_nodes(
             limits: Limits::default(),
             store: StoreSettings::default(),
             sync: crate::sync::SyncSettings::default(),
+            projections: crate::config::ProjectionSettings::default(),
         };
         let config_text = format!(
             "# gridsync node {:?} ({}). Relative paths are relative to this file.\n{}",

@@ -76,8 +76,13 @@ impl ProjectionConfig {
     /// # Errors
     /// When the zone name is unknown.
     pub fn new(timezone: &str) -> Result<Self, String> {
-        let timezone = jiff::tz::TimeZone::get(timezone).map_err(|e| format!("time zone {timezone:?}: {e}"))?;
-        Ok(Self { timezone, fever_celsius: 37.3, flagged_region_prefixes: vec!["湖北".to_owned()] })
+        let timezone = jiff::tz::TimeZone::get(timezone)
+            .map_err(|e| format!("time zone {timezone:?}: {e}"))?;
+        Ok(Self {
+            timezone,
+            fever_celsius: 37.3,
+            flagged_region_prefixes: vec!["湖北".to_owned()],
+        })
     }
 
     /// The local day of a unix-ms instant.
@@ -102,9 +107,13 @@ impl ProjectionConfig {
 /// # Errors
 /// When the text is not a date.
 pub fn parse_day(s: &str) -> Result<Day, String> {
-    let d: jiff::civil::Date = s.parse().map_err(|e| format!("{s:?} is not a date like 2020-01-28 ({e})"))?;
+    let d: jiff::civil::Date = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a date like 2020-01-28 ({e})"))?;
     let epoch = jiff::civil::date(1970, 1, 1);
-    let span = epoch.until((jiff::Unit::Day, d)).map_err(|e| e.to_string())?;
+    let span = epoch
+        .until((jiff::Unit::Day, d))
+        .map_err(|e| e.to_string())?;
     Ok(span.get_days())
 }
 
@@ -184,7 +193,11 @@ pub enum ProjectionError {
     #[error("event does not decode: {0}")]
     Decode(String),
     #[error("origin {origin}: got seq {got} but {expected} was expected (events must come in seq order)")]
-    OutOfOrder { origin: String, expected: u64, got: u64 },
+    OutOfOrder {
+        origin: String,
+        expected: u64,
+        got: u64,
+    },
 }
 
 /// Quarantine status codes kept per household visit.
@@ -229,7 +242,10 @@ pub struct Projection {
 
 impl Projection {
     pub fn new(cfg: ProjectionConfig) -> Self {
-        Self { cfg, origins: BTreeMap::new() }
+        Self {
+            cfg,
+            origins: BTreeMap::new(),
+        }
     }
 
     pub fn config(&self) -> &ProjectionConfig {
@@ -243,10 +259,20 @@ impl Projection {
 
     /// `(applied seq, newest recorded_at ms)` per origin.
     pub fn coverage(&self) -> BTreeMap<String, (u64, i64)> {
-        self.origins.iter().map(|(k, o)| (k.clone(), (o.applied_seq, o.newest_recorded_ms))).collect()
+        self.origins
+            .iter()
+            .map(|(k, o)| (k.clone(), (o.applied_seq, o.newest_recorded_ms)))
+            .collect()
     }
 
-    fn effect(&self, kind: &str, schema: u32, data: &DataLite<'_>, day: Day, occurred_ms: i64) -> Option<Effect> {
+    fn effect(
+        &self,
+        kind: &str,
+        schema: u32,
+        data: &DataLite<'_>,
+        day: Day,
+        occurred_ms: i64,
+    ) -> Option<Effect> {
         if schema != 1 {
             return None;
         }
@@ -265,7 +291,12 @@ impl Projection {
                     _ => {}
                 }
                 if let Some(r) = data.from_region {
-                    if self.cfg.flagged_region_prefixes.iter().any(|p| r.starts_with(p.as_str())) {
+                    if self
+                        .cfg
+                        .flagged_region_prefixes
+                        .iter()
+                        .any(|p| r.starts_with(p.as_str()))
+                    {
                         deltas.push((FLAGGED, 1));
                     }
                 }
@@ -340,15 +371,24 @@ impl Projection {
     /// # Errors
     /// Out-of-order seqs. An event that does not decode is counted as
     /// unprojected, not an error.
-    pub fn apply(&mut self, envelope: &[u8], lookup: TargetLookup<'_>) -> Result<(), ProjectionError> {
-        let links = gridsync_model::event::read_links(envelope).map_err(|e| ProjectionError::Decode(e.to_string()))?;
+    pub fn apply(
+        &mut self,
+        envelope: &[u8],
+        lookup: TargetLookup<'_>,
+    ) -> Result<(), ProjectionError> {
+        let links = gridsync_model::event::read_links(envelope)
+            .map_err(|e| ProjectionError::Decode(e.to_string()))?;
         let origin = links.origin;
         let applied = self.applied_seq(origin);
         if links.seq <= applied {
             return Ok(());
         }
         if links.seq != applied + 1 {
-            return Err(ProjectionError::OutOfOrder { origin: origin.to_owned(), expected: applied + 1, got: links.seq });
+            return Err(ProjectionError::OutOfOrder {
+                origin: origin.to_owned(),
+                expected: applied + 1,
+                got: links.seq,
+            });
         }
         let decoded: Result<EnvLite<'_>, _> = rmp_serde::from_slice(envelope);
         let mut state = self.origins.remove(origin).unwrap_or_default();
@@ -372,7 +412,12 @@ impl Projection {
         Ok(())
     }
 
-    fn apply_correction(&self, state: &mut OriginState, env: &EnvLite<'_>, lookup: TargetLookup<'_>) {
+    fn apply_correction(
+        &self,
+        state: &mut OriginState,
+        env: &EnvLite<'_>,
+        lookup: TargetLookup<'_>,
+    ) {
         let Some(target) = &env.12.target else {
             state.unprojected += 1;
             return;
@@ -399,7 +444,11 @@ impl Projection {
             Self::apply_effect(state, target.seq, c, -1);
         }
         // `replace` carries a replacement; `void` does not.
-        let new = env.12.replacement.as_deref().and_then(|r| self.effect(t.3, t.4, r, target_day, t.5));
+        let new = env
+            .12
+            .replacement
+            .as_deref()
+            .and_then(|r| self.effect(t.3, t.4, r, target_day, t.5));
         if let Some(n) = &new {
             Self::apply_effect(state, target.seq, n, 1);
         }
@@ -413,7 +462,9 @@ impl Projection {
             let mut c: Counts = [0; 16];
             let end_ms = self.cfg.day_start_ms(day + 1);
             for o in origins {
-                let Some(s) = self.origins.get(o) else { continue };
+                let Some(s) = self.origins.get(o) else {
+                    continue;
+                };
                 if let Some(d) = s.daily.get(&day) {
                     for (i, v) in d.iter().enumerate() {
                         c[i] += v;

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use gridsync_model::canonical::to_canonical;
 use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
 use gridsync_model::ZERO_HASH;
-use gridsync_projections::{Counts, Projection, ProjectionConfig, HOUSEHOLDS_QUARANTINED, HOUSEHOLDS_VISITED, METRICS};
+use gridsync_projections::{
+    Counts, Projection, ProjectionConfig, HOUSEHOLDS_QUARANTINED, HOUSEHOLDS_VISITED, METRICS,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -16,23 +18,74 @@ const DAY0_MS: i64 = 1_579_968_000_000; // 2020-01-26T00:00:00+08:00 = 2020-01-2
 
 #[derive(Clone, Debug)]
 enum Gen {
-    Entry { day: i64, decision: u8, hubei: bool },
-    Temp { day: i64, celsius10: i64, referred: bool },
-    Visit { day: i64, hour: i64, household: u8, q: u8, phone: bool },
-    Delivery { day: i64, qty: u64, quarantined: bool },
-    Void { back: usize },
-    Replace { back: usize, celsius10: i64, household: u8, q: u8 },
+    Entry {
+        day: i64,
+        decision: u8,
+        hubei: bool,
+    },
+    Temp {
+        day: i64,
+        celsius10: i64,
+        referred: bool,
+    },
+    Visit {
+        day: i64,
+        hour: i64,
+        household: u8,
+        q: u8,
+        phone: bool,
+    },
+    Delivery {
+        day: i64,
+        qty: u64,
+        quarantined: bool,
+    },
+    Void {
+        back: usize,
+    },
+    Replace {
+        back: usize,
+        celsius10: i64,
+        household: u8,
+        q: u8,
+    },
 }
 
 fn gen() -> impl Strategy<Value = Gen> {
     prop_oneof![
-        (0i64..4, 0u8..3, any::<bool>()).prop_map(|(day, decision, hubei)| Gen::Entry { day, decision, hubei }),
-        (0i64..4, 355i64..400, any::<bool>()).prop_map(|(day, celsius10, referred)| Gen::Temp { day, celsius10, referred }),
-        (0i64..4, 0i64..24, 0u8..4, 0u8..4, any::<bool>())
-            .prop_map(|(day, hour, household, q, phone)| Gen::Visit { day, hour, household, q, phone }),
-        (0i64..4, 1u64..5, any::<bool>()).prop_map(|(day, qty, quarantined)| Gen::Delivery { day, qty, quarantined }),
+        (0i64..4, 0u8..3, any::<bool>()).prop_map(|(day, decision, hubei)| Gen::Entry {
+            day,
+            decision,
+            hubei
+        }),
+        (0i64..4, 355i64..400, any::<bool>()).prop_map(|(day, celsius10, referred)| Gen::Temp {
+            day,
+            celsius10,
+            referred
+        }),
+        (0i64..4, 0i64..24, 0u8..4, 0u8..4, any::<bool>()).prop_map(
+            |(day, hour, household, q, phone)| Gen::Visit {
+                day,
+                hour,
+                household,
+                q,
+                phone
+            }
+        ),
+        (0i64..4, 1u64..5, any::<bool>()).prop_map(|(day, qty, quarantined)| Gen::Delivery {
+            day,
+            qty,
+            quarantined
+        }),
         (0usize..6).prop_map(|back| Gen::Void { back }),
-        (0usize..6, 355i64..400, 0u8..4, 0u8..4).prop_map(|(back, celsius10, household, q)| Gen::Replace { back, celsius10, household, q }),
+        (0usize..6, 355i64..400, 0u8..4, 0u8..4).prop_map(|(back, celsius10, household, q)| {
+            Gen::Replace {
+                back,
+                celsius10,
+                household,
+                q,
+            }
+        }),
     ]
 }
 
@@ -41,24 +94,42 @@ const Q: [&str; 4] = ["none", "started", "ongoing", "ended"];
 /// (kind, data, occurred_ms) of one generated non-correction event.
 fn plain(g: &Gen) -> Option<(&'static str, Value, i64)> {
     Some(match g {
-        Gen::Entry { day, decision, hubei } => (
+        Gen::Entry {
+            day,
+            decision,
+            hubei,
+        } => (
             "entry",
             json!({"checkpoint": "cp", "direction": "in", "subject": "resident",
                    "from_region": if *hubei { "湖北省武汉市" } else { "山东省青岛市" },
                    "decision": (["admitted", "turned_back", "referred"][*decision as usize])}),
             DAY0_MS + day * 86_400_000 + 3_600_000,
         ),
-        Gen::Temp { day, celsius10, referred } => (
+        Gen::Temp {
+            day,
+            celsius10,
+            referred,
+        } => (
             "temperature",
             json!({"celsius": *celsius10 as f64 / 10.0, "site": "home", "action": if *referred { "referred" } else { "none" }}),
             DAY0_MS + day * 86_400_000 + 7_200_000,
         ),
-        Gen::Visit { day, hour, household, q, phone } => (
+        Gen::Visit {
+            day,
+            hour,
+            household,
+            q,
+            phone,
+        } => (
             "visit",
             json!({"household": format!("h{household}"), "method": if *phone { "phone" } else { "in_person" }, "quarantine": Q[*q as usize]}),
             DAY0_MS + day * 86_400_000 + hour * 3_600_000,
         ),
-        Gen::Delivery { day, qty, quarantined } => (
+        Gen::Delivery {
+            day,
+            qty,
+            quarantined,
+        } => (
             "delivery",
             json!({"household": "h1", "items": [{"item": "面条", "qty": qty}], "quarantined": quarantined}),
             DAY0_MS + day * 86_400_000 + 3_000,
@@ -83,14 +154,29 @@ fn build(origin: &str, gens: &[Gen]) -> (Vec<Vec<u8>>, Vec<(String, Value, i64, 
                     Gen::Void { back } | Gen::Replace { back, .. } => *back,
                     _ => unreachable!(),
                 };
-                let targets: Vec<u64> =
-                    posted.iter().enumerate().filter(|(_, p)| p.0 != "correction").map(|(i, _)| i as u64 + 1).collect();
-                let Some(&target) = targets.iter().rev().nth(back % targets.len().max(1)) else { continue };
+                let targets: Vec<u64> = posted
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.0 != "correction")
+                    .map(|(i, _)| i as u64 + 1)
+                    .collect();
+                let Some(&target) = targets.iter().rev().nth(back % targets.len().max(1)) else {
+                    continue;
+                };
                 let t = &posted[target as usize - 1];
                 let replacement = match g {
-                    Gen::Replace { celsius10, household, q, .. } => Some(match t.0.as_str() {
-                        "temperature" => json!({"celsius": *celsius10 as f64 / 10.0, "site": "clinic"}),
-                        "visit" => json!({"household": format!("h{household}"), "method": "phone", "quarantine": Q[*q as usize]}),
+                    Gen::Replace {
+                        celsius10,
+                        household,
+                        q,
+                        ..
+                    } => Some(match t.0.as_str() {
+                        "temperature" => {
+                            json!({"celsius": *celsius10 as f64 / 10.0, "site": "clinic"})
+                        }
+                        "visit" => {
+                            json!({"household": format!("h{household}"), "method": "phone", "quarantine": Q[*q as usize]})
+                        }
                         _ => t.1.clone(),
                     }),
                     _ => None,
@@ -107,7 +193,10 @@ fn build(origin: &str, gens: &[Gen]) -> (Vec<Vec<u8>>, Vec<(String, Value, i64, 
             seq,
             kind,
             schema: 1,
-            occurred_at: OccurredAt { unix_ms: at, offset_min: 480 },
+            occurred_at: OccurredAt {
+                unix_ms: at,
+                offset_min: 480,
+            },
             recorded_at_ms: at,
             grid: "g",
             recorded_by: "w",
@@ -124,7 +213,11 @@ fn build(origin: &str, gens: &[Gen]) -> (Vec<Vec<u8>>, Vec<(String, Value, i64, 
 }
 
 /// The oracle: apply corrections to a plain list, then count directly.
-fn oracle(posted: &[(String, Value, i64, u32)], cfg: &ProjectionConfig, days: std::ops::RangeInclusive<i32>) -> BTreeMap<i32, Counts> {
+fn oracle(
+    posted: &[(String, Value, i64, u32)],
+    cfg: &ProjectionConfig,
+    days: std::ops::RangeInclusive<i32>,
+) -> BTreeMap<i32, Counts> {
     let mut effective: Vec<Option<(String, Value, i64)>> = Vec::new();
     for (kind, data, at, _) in posted {
         if kind == "correction" {
@@ -177,17 +270,31 @@ fn oracle(posted: &[(String, Value, i64, u32)], cfg: &ProjectionConfig, days: st
             }
             "visit" => {
                 c[m("visits")] += 1;
-                c[m(if d["method"] == "phone" { "visits_phone" } else { "visits_in_person" })] += 1;
+                c[m(if d["method"] == "phone" {
+                    "visits_phone"
+                } else {
+                    "visits_in_person"
+                })] += 1;
                 let h = d["household"].as_str().unwrap().to_owned();
                 visited.entry(day).or_default().insert(h.clone());
-                visits.push((*at, seq + 1, h, d["quarantine"].as_str().unwrap().to_owned()));
+                visits.push((
+                    *at,
+                    seq + 1,
+                    h,
+                    d["quarantine"].as_str().unwrap().to_owned(),
+                ));
             }
             "delivery" => {
                 c[m("deliveries")] += 1;
                 if d["quarantined"] == true {
                     c[m("deliveries_quarantined")] += 1;
                 }
-                c[m("items_delivered")] += d["items"].as_array().unwrap().iter().map(|i| i["qty"].as_i64().unwrap()).sum::<i64>();
+                c[m("items_delivered")] += d["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["qty"].as_i64().unwrap())
+                    .sum::<i64>();
             }
             _ => {}
         }
@@ -204,7 +311,10 @@ fn oracle(posted: &[(String, Value, i64, u32)], cfg: &ProjectionConfig, days: st
                 }
             }
         }
-        c[HOUSEHOLDS_QUARANTINED] = latest.values().filter(|(_, _, q)| *q == "started" || *q == "ongoing").count() as i64;
+        c[HOUSEHOLDS_QUARANTINED] = latest
+            .values()
+            .filter(|(_, _, q)| *q == "started" || *q == "ongoing")
+            .count() as i64;
     }
     out
 }

@@ -41,7 +41,9 @@ impl SledKv {
                 .mode(sled::Mode::HighThroughput)
                 .open();
             match r {
-                Err(sled::Error::Io(ref e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < 300 => {
+                Err(sled::Error::Io(ref e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && attempt < 300 =>
+                {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }

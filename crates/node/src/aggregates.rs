@@ -1,0 +1,376 @@
+//! The node's projection (kept in memory, rebuilt from the log on start and
+//! advanced after every commit) and the aggregates API.
+//!
+//! Keeping projection state only in memory makes "consistent with the log
+//! across crashes" hold by construction: after any crash the projection is a
+//! fresh fold of the durable log, so nothing can be counted twice or missed.
+//! The price is the rebuild at start (see BENCHMARKS.md for its speed).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use gridsync_model::kinds::EventRef;
+use gridsync_projections::{
+    format_day, parse_day, Counts, Day, Projection, ProjectionConfig, METRICS,
+};
+use gridsync_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::auth::Role;
+use crate::error::ApiError;
+use crate::node::{system_now_ms, NodeState};
+
+/// The projection and how far into the log it has been applied.
+pub struct Projector {
+    pub projection: RwLock<Projection>,
+    /// Log offset applied up to (next entry to apply); changes wake streams.
+    pub applied: watch::Sender<u64>,
+}
+
+impl Projector {
+    /// Folds the whole log into a fresh projection.
+    ///
+    /// # Errors
+    /// Storage errors, or a log whose events are out of order.
+    pub fn rebuild(
+        store: &Store,
+        cfg: ProjectionConfig,
+        progress: &dyn Fn(u64),
+    ) -> Result<Self, StoreError> {
+        let mut p = Projection::new(cfg);
+        let offset = apply_from(store, &mut p, 0, progress)?;
+        Ok(Self {
+            projection: RwLock::new(p),
+            applied: watch::channel(offset).0,
+        })
+    }
+
+    /// Applies entries committed since the last call.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
+        let from = *self.applied.borrow();
+        let mut p = self.projection.write().expect("lock");
+        let to = apply_from(store, &mut p, from, &|_| {})?;
+        drop(p);
+        if to != from {
+            self.applied.send_replace(to);
+        }
+        Ok(())
+    }
+}
+
+/// Applies log entries from `offset` to the end; returns the next offset.
+fn apply_from(
+    store: &Store,
+    p: &mut Projection,
+    mut offset: u64,
+    progress: &dyn Fn(u64),
+) -> Result<u64, StoreError> {
+    let lookup = |origin: &str, seq: u64| {
+        store
+            .find_event(&EventRef {
+                origin: origin.to_owned(),
+                seq,
+            })
+            .ok()
+            .flatten()
+            .map(|(_, rec)| rec.envelope)
+    };
+    let mut n = 0u64;
+    loop {
+        let entries = store.read_log(offset, 256)?;
+        if entries.is_empty() {
+            return Ok(offset);
+        }
+        for e in entries {
+            for rec in &e.chunk.events {
+                p.apply(&rec.envelope, &lookup)
+                    .map_err(|err| StoreError::Corrupt(format!("log entry {}: {err}", e.offset)))?;
+                n += 1;
+            }
+            offset = e.offset + 1;
+        }
+        progress(n);
+    }
+}
+
+/// Keeps the projection up to date with the log: woken by every commit.
+pub async fn run_projector(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    let mut committed = state.store.subscribe();
+    loop {
+        let s = state.clone();
+        let r = tokio::task::spawn_blocking(move || s.projector.catch_up(&s.store)).await;
+        if let Ok(Err(e)) = r {
+            tracing::error!(error = %e, "projection could not advance");
+        }
+        tokio::select! {
+            c = committed.changed() => if c.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatesQuery {
+    pub node: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Accepted here so links and EventSource can carry the viewer token.
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DayMetrics {
+    pub date: String,
+    pub metrics: BTreeMap<String, i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeAggregates {
+    pub node: String,
+    pub name: String,
+    pub days: Vec<DayMetrics>,
+    /// Flow metrics summed over the range; `households_quarantined` (a
+    /// state) as of the last day; `households_visited` summed per day.
+    pub totals: BTreeMap<String, i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub origin: String,
+    pub name: String,
+    /// Highest seq of the origin the numbers include.
+    pub seq: u64,
+    /// Seconds since the newest included event was recorded at its origin.
+    pub newest_event_age_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AggregatesResponse {
+    pub node: String,
+    pub name: String,
+    pub timezone: String,
+    pub from: String,
+    pub to: String,
+    pub days: Vec<DayMetrics>,
+    pub totals: BTreeMap<String, i64>,
+    pub children: Vec<NodeAggregates>,
+    pub coverage: Vec<Coverage>,
+    /// Digest of every number above for this node (see `audit project`).
+    pub state_hash: String,
+}
+
+fn to_map(c: &Counts) -> BTreeMap<String, i64> {
+    METRICS
+        .iter()
+        .zip(c)
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect()
+}
+
+fn node_aggregates(
+    state: &NodeState,
+    p: &Projection,
+    node: &str,
+    from: Day,
+    to: Day,
+) -> (NodeAggregates, Vec<String>) {
+    let origins: Vec<String> = state
+        .topology
+        .subtree(node)
+        .into_iter()
+        .filter(|o| state.topology.is_origin(o))
+        .collect();
+    let rows = p.query(&origins, from, to);
+    let mut totals: Counts = [0; 16];
+    for (_, c) in &rows {
+        for (i, v) in c.iter().enumerate() {
+            totals[i] += v;
+        }
+    }
+    if let Some((_, last)) = rows.last() {
+        totals[gridsync_projections::HOUSEHOLDS_QUARANTINED] =
+            last[gridsync_projections::HOUSEHOLDS_QUARANTINED];
+    }
+    let agg = NodeAggregates {
+        node: node.to_owned(),
+        name: state
+            .topology
+            .node(node)
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+        days: rows
+            .iter()
+            .map(|(d, c)| DayMetrics {
+                date: format_day(*d),
+                metrics: to_map(c),
+            })
+            .collect(),
+        totals: to_map(&totals),
+    };
+    (agg, origins)
+}
+
+/// Computes the aggregates answer.
+///
+/// # Errors
+/// Unknown node, a node outside this node's subtree, bad dates.
+pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesResponse, ApiError> {
+    let node = q.node.clone().unwrap_or_else(|| state.config.id.clone());
+    if state.topology.node(&node).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_node",
+            format!("node {node:?} is not in the topology"),
+        ));
+    }
+    if !state.topology.subtree(&state.config.id).contains(&node) {
+        return Err(ApiError::bad_request(
+            "outside_subtree",
+            format!(
+                "node {node} is not in the subtree of {}; ask a node above it",
+                state.config.id
+            ),
+        ));
+    }
+    let p = state.projector.projection.read().expect("lock");
+    let today = p.config().day_of(state.now_ms());
+    let parse = |name: &str, v: &Option<String>| -> Result<Day, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                parse_day(s)
+                    .map_err(|m| ApiError::bad_request("invalid_query", format!("{name}: {m}")))
+            })
+            .transpose()
+            .map(|d| d.unwrap_or(today))
+    };
+    let to = parse("to", &q.to)?;
+    let from = match &q.from {
+        Some(_) => parse("from", &q.from)?,
+        None => to,
+    };
+    let days_max = state.config.projections.query_days_max;
+    if from > to || to - from >= days_max {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("from must not be after to, and the range may span at most {days_max} days"),
+        ));
+    }
+    let (me, origins) = node_aggregates(state, &p, &node, from, to);
+    let children = state
+        .topology
+        .children(&node)
+        .iter()
+        .map(|c| node_aggregates(state, &p, c, from, to).0)
+        .collect();
+    let now = system_now_ms();
+    let cov = p.coverage();
+    let coverage = origins
+        .iter()
+        .map(|o| {
+            let (seq, newest) = cov.get(o).copied().unwrap_or((0, 0));
+            Coverage {
+                origin: o.clone(),
+                name: state
+                    .topology
+                    .node(o)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                seq,
+                newest_event_age_s: (seq > 0).then(|| (now - newest).max(0) as f64 / 1000.0),
+            }
+        })
+        .collect();
+    let state_hash = p.state_hash(&origins, from, to);
+    Ok(AggregatesResponse {
+        name: me.name.clone(),
+        node: me.node,
+        timezone: state.topology.timezone.clone(),
+        from: format_day(from),
+        to: format_day(to),
+        days: me.days,
+        totals: me.totals,
+        children,
+        coverage,
+        state_hash,
+    })
+}
+
+pub async fn get_aggregates(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    query: Result<Query<AggregatesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AggregatesResponse>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    crate::http::authorize_with(
+        &state,
+        &headers,
+        q.token.as_deref(),
+        &[Role::Viewer, Role::Auditor],
+    )?;
+    Ok(Json(aggregates(&state, &q)?))
+}
+
+/// `GET /v1/aggregates/stream`: server-sent events, one `aggregates` event
+/// with the full answer now and after every change (at most every 500 ms).
+pub async fn stream_aggregates(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    query: Result<Query<AggregatesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    crate::http::authorize_with(
+        &state,
+        &headers,
+        q.token.as_deref(),
+        &[Role::Viewer, Role::Auditor],
+    )?;
+    aggregates(&state, &q)?; // refuse a bad query up front
+    let mut applied = state.projector.applied.subscribe();
+    let mut stop = state.sync.stop.subscribe();
+    let stream = async_stream_from(move |tx: tokio::sync::mpsc::Sender<Event>| async move {
+        loop {
+            let answer = aggregates(&state, &q).ok();
+            let status = crate::http::status_view(&state, Role::Viewer).ok();
+            let body = serde_json::json!({"aggregates": answer, "status": status});
+            if tx
+                .send(Event::default().event("aggregates").data(body.to_string()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::select! {
+                c = applied.changed() => if c.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.changed() => return,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A stream fed by a task through a bounded channel (one event buffered).
+fn async_stream_from<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
+}
