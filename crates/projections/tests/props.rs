@@ -89,6 +89,9 @@ fn gen() -> impl Strategy<Value = Gen> {
     ]
 }
 
+/// (kind, data, occurred_ms, unused) of each posted event.
+type Posted = (String, Value, i64, u32);
+
 const Q: [&str; 4] = ["none", "started", "ongoing", "ended"];
 
 /// (kind, data, occurred_ms) of one generated non-correction event.
@@ -140,11 +143,11 @@ fn plain(g: &Gen) -> Option<(&'static str, Value, i64)> {
 
 /// Builds an origin's envelopes; corrections target an earlier
 /// non-correction event `back` positions before (if any).
-fn build(origin: &str, gens: &[Gen]) -> (Vec<Vec<u8>>, Vec<(String, Value, i64, u32)>) {
+fn build(origin: &str, gens: &[Gen]) -> (Vec<Vec<u8>>, Vec<Posted>) {
     let mut prev = ZERO_HASH;
     let mut out = Vec::new();
     // Per seq: (kind, data, occurred_ms) as posted (corrections included).
-    let mut posted: Vec<(String, Value, i64, u32)> = Vec::new();
+    let mut posted: Vec<Posted> = Vec::new();
     for g in gens {
         let seq = out.len() as u64 + 1;
         let (kind, data, at) = match plain(g) {
@@ -214,7 +217,7 @@ fn build(origin: &str, gens: &[Gen]) -> (Vec<Vec<u8>>, Vec<(String, Value, i64, 
 
 /// The oracle: apply corrections to a plain list, then count directly.
 fn oracle(
-    posted: &[(String, Value, i64, u32)],
+    posted: &[Posted],
     cfg: &ProjectionConfig,
     days: std::ops::RangeInclusive<i32>,
 ) -> BTreeMap<i32, Counts> {
