@@ -41,6 +41,31 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run a whole simulated district on localhost, dashboard included.
+    ///
+    /// Laoshan (崂山区) with its five streets (金家岭, 中韩, 沙子口, 王哥庄,
+    /// 北宅) and 118 communities (王哥庄 has 34), every node with its own
+    /// sled store, HTTP server and websocket links on 127.0.0.1, simulated
+    /// grid workers posting entries, temperature checks (a few fevers),
+    /// visits, deliveries and the odd correction. Prints the dashboard URL
+    /// with a viewer token and runs until Ctrl-C or SIGTERM.
+    Demo {
+        /// Where the district's dashboard and API listen.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Data directory (default: a fresh directory under the system temp dir).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Events per second across the district.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Take random communities offline for a while, to watch catch-up.
+        #[arg(long)]
+        chaos: bool,
+        /// Two communities per street instead of the real numbers.
+        #[arg(long)]
+        small: bool,
+    },
     /// Run one node until SIGTERM or Ctrl-C.
     ///
     /// Verifies the stored log before serving (a log that does not verify is
@@ -78,6 +103,19 @@ fn main() -> ExitCode {
             listen,
             unsafe_ack_before_durable,
         } => serve(config, listen, unsafe_ack_before_durable),
+        Command::Demo {
+            listen,
+            data,
+            rate,
+            chaos,
+            small,
+        } => demo(gridsync_node::demo::DemoOptions {
+            listen,
+            data,
+            rate,
+            chaos,
+            small,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +166,20 @@ fn serve(config_path: PathBuf, listen: Option<String>, unsafe_ack: bool) -> anyh
         tracing::info!("stopped cleanly");
         Ok(())
     })
+}
+
+fn demo(opts: gridsync_node::demo::DemoOptions) -> anyhow::Result<()> {
+    if !(opts.rate > 0.0 && opts.rate <= 100_000.0) {
+        anyhow::bail!("--rate must be between 0 and 100000 events per second");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gridsync-demo")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime
+        .block_on(gridsync_node::demo::run_demo(opts, shutdown_signal()))
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 async fn shutdown_signal() {

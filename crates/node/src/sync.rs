@@ -97,6 +97,9 @@ pub struct SyncState {
     next_session: std::sync::atomic::AtomicU64,
     /// Set to true when the node shuts down: every sync session ends.
     pub stop: watch::Sender<bool>,
+    /// While true the upward link stays down (the demo's `--chaos` uses it
+    /// to take a community offline).
+    pub paused: watch::Sender<bool>,
 }
 
 impl SyncState {
@@ -107,6 +110,7 @@ impl SyncState {
             permits: Arc::new(tokio::sync::Semaphore::new(settings.connections_max)),
             next_session: std::sync::atomic::AtomicU64::new(1),
             stop: watch::channel(false).0,
+            paused: watch::channel(false).0,
         }
     }
 }
@@ -285,7 +289,7 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
                 }
                 link.session = session_id;
                 link.connected = true;
-                tracing::info!(child = c, "child connected");
+                tracing::debug!(child = c, "child connected");
             }
         }
         if let Some(c) = &child {
@@ -349,7 +353,7 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
                 link.cancel = None;
             }
         }
-        tracing::info!(child = c, %reason, "child disconnected");
+        tracing::debug!(child = c, %reason, "child disconnected");
     } else {
         tracing::debug!(%reason, "sync connection closed before authentication");
     }
@@ -430,9 +434,16 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
     );
     let s = state.config.sync.clone();
     let mut backoff_ms = s.reconnect_min_ms;
+    let mut paused = state.sync.paused.subscribe();
     loop {
         if *shutdown.borrow() {
             return;
+        }
+        while *paused.borrow_and_update() {
+            tokio::select! {
+                c = paused.changed() => if c.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
         }
         let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(s.frame_bytes_max))
@@ -515,6 +526,7 @@ async fn child_session(
     let node = state.config.id.clone();
     let mut session = ChildSession::new(child_cfg(state, parent, parent_key));
     let mut appended = state.store.subscribe();
+    let mut paused = state.sync.paused.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut outs = session.on_open(random_nonce(), system_now_ms());
     let mut acked_before: HashMap<String, u64> = HashMap::new();
@@ -570,6 +582,13 @@ async fn child_session(
             _ = shutdown.changed() => {
                 let _ = ws.close(None).await;
                 return Ok(());
+            }
+            _ = paused.changed() => {
+                if *paused.borrow() {
+                    let _ = ws.close(None).await;
+                    return Err(end(&session, "link paused".into()));
+                }
+                continue;
             }
         };
     }
