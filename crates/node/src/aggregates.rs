@@ -125,6 +125,10 @@ pub struct AggregatesQuery {
     pub node: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// Levels of children to include (1 = direct children; at most 3).
+    pub depth: Option<u8>,
+    /// Without `from`: the last `days` days up to `to` (default 1).
+    pub days: Option<i32>,
     /// Accepted here so links and EventSource can carry the viewer token.
     pub token: Option<String>,
 }
@@ -143,6 +147,9 @@ pub struct NodeAggregates {
     /// Flow metrics summed over the range; `households_quarantined` (a
     /// state) as of the last day; `households_visited` summed per day.
     pub totals: BTreeMap<String, i64>,
+    /// With `depth` > 1: this node's children, the same way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<NodeAggregates>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,8 +224,24 @@ fn node_aggregates(
             })
             .collect(),
         totals: to_map(&totals),
+        children: Vec::new(),
     };
     (agg, origins)
+}
+
+fn children_of(state: &NodeState, p: &Projection, node: &str, from: Day, to: Day, depth: u8) -> Vec<NodeAggregates> {
+    state
+        .topology
+        .children(node)
+        .iter()
+        .map(|c| {
+            let mut a = node_aggregates(state, p, c, from, to).0;
+            if depth > 1 {
+                a.children = children_of(state, p, c, from, to, depth - 1);
+            }
+            a
+        })
+        .collect()
 }
 
 /// Computes the aggregates answer.
@@ -255,9 +278,11 @@ pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesRe
             .map(|d| d.unwrap_or(today))
     };
     let to = parse("to", &q.to)?;
-    let from = match &q.from {
-        Some(_) => parse("from", &q.from)?,
-        None => to,
+    let from = match (&q.from, q.days) {
+        (Some(_), _) => parse("from", &q.from)?,
+        (None, Some(n)) if n >= 1 => to - (n - 1),
+        (None, Some(_)) => return Err(ApiError::bad_request("invalid_query", "days must be at least 1")),
+        (None, None) => to,
     };
     let days_max = state.config.projections.query_days_max;
     if from > to || to - from >= days_max {
@@ -267,12 +292,8 @@ pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesRe
         ));
     }
     let (me, origins) = node_aggregates(state, &p, &node, from, to);
-    let children = state
-        .topology
-        .children(&node)
-        .iter()
-        .map(|c| node_aggregates(state, &p, c, from, to).0)
-        .collect();
+    let depth = q.depth.unwrap_or(1).clamp(1, 3);
+    let children = children_of(state, &p, &node, from, to, depth);
     let now = system_now_ms();
     let cov = p.coverage();
     let coverage = origins
@@ -341,8 +362,7 @@ pub async fn stream_aggregates(
     let stream = async_stream_from(move |tx: tokio::sync::mpsc::Sender<Event>| async move {
         loop {
             let answer = aggregates(&state, &q).ok();
-            let status = crate::http::status_view(&state, Role::Viewer).ok();
-            let body = serde_json::json!({"aggregates": answer, "status": status});
+            let body = serde_json::json!({"applied": *state.projector.applied.borrow(), "aggregates": answer});
             if tx
                 .send(Event::default().event("aggregates").data(body.to_string()))
                 .await
