@@ -229,7 +229,14 @@ fn node_aggregates(
     (agg, origins)
 }
 
-fn children_of(state: &NodeState, p: &Projection, node: &str, from: Day, to: Day, depth: u8) -> Vec<NodeAggregates> {
+fn children_of(
+    state: &NodeState,
+    p: &Projection,
+    node: &str,
+    from: Day,
+    to: Day,
+    depth: u8,
+) -> Vec<NodeAggregates> {
     state
         .topology
         .children(node)
@@ -281,7 +288,12 @@ pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesRe
     let from = match (&q.from, q.days) {
         (Some(_), _) => parse("from", &q.from)?,
         (None, Some(n)) if n >= 1 => to - (n - 1),
-        (None, Some(_)) => return Err(ApiError::bad_request("invalid_query", "days must be at least 1")),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "days must be at least 1",
+            ))
+        }
         (None, None) => to,
     };
     let days_max = state.config.projections.query_days_max;

@@ -594,24 +594,43 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
 /// from the token-protected API.
 async fn dashboard_page() -> Response {
     let mut resp = DASHBOARD_HTML.into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     resp
 }
 
 const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("dashboard.js", "text/javascript; charset=utf-8", include_str!("../assets/dashboard.js")),
-    ("dashboard.css", "text/css; charset=utf-8", include_str!("../assets/dashboard.css")),
-    ("uPlot.iife.min.js", "text/javascript; charset=utf-8", include_str!("../assets/vendor/uplot/uPlot.iife.min.js")),
-    ("uPlot.min.css", "text/css; charset=utf-8", include_str!("../assets/vendor/uplot/uPlot.min.css")),
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard.js"),
+    ),
+    (
+        "dashboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/dashboard.css"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/vendor/uplot/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/vendor/uplot/uPlot.min.css"),
+    ),
 ];
 
 async fn dashboard_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, ctype, body)) => {
             let mut resp = (*body).into_response();
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
             resp
         }
         None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such asset").into_response(),
