@@ -282,6 +282,32 @@ async fn tree_converges_through_cuts_partitions_and_kill_9() {
         }
         assert_eq!(after, *seq, "{c}: district holds {after} of {seq}");
     }
+    // The district's numbers for a street equal the street's own (same heads).
+    for street in ["s1", "s2"] {
+        let q = format!("/v1/aggregates?node={street}&from=2020-01-19&to=2020-01-29&depth=2");
+        let at_district = get(
+            &http,
+            &format!("{}{q}", servers["district"].url),
+            &district.tokens.viewer,
+        )
+        .await
+        .unwrap();
+        let at_street = get(
+            &http,
+            &format!("{}{q}", servers[street].url),
+            &tree.nodes[street].tokens.viewer,
+        )
+        .await
+        .unwrap();
+        for key in ["days", "totals", "children", "state_hash"] {
+            assert_eq!(
+                at_district[key], at_street[key],
+                "{street}: {key} differs between district and street"
+            );
+        }
+        assert!(at_street["totals"]["entries"].as_i64().unwrap() > 0);
+    }
+
     // A restart of the district verifies its whole log again.
     let config = district.config.clone();
     let mut s = servers.remove("district").unwrap();

@@ -71,12 +71,32 @@ pub struct Unsafe {
     pub ack_before_durable: bool,
 }
 
+/// Everything `open_node` does except building the projection, which the
+/// caller does (with a progress report) — for `gridsync rebuild`.
+///
+/// # Errors
+/// As [`open_node`].
+pub fn open_for_rebuild(
+    config: NodeConfig,
+    progress: &dyn Fn(u64),
+) -> Result<(Arc<NodeState>, std::time::Duration), StartError> {
+    open_node_with(config, &Unsafe::default(), progress)
+}
+
 /// Loads topology and key, checks them against the config, opens and
 /// verifies the store.
 ///
 /// # Errors
 /// Anything that stops the node from starting safely, with what to do.
 pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeState>, StartError> {
+    open_node_with(config, unsafe_opts, &|_| {}).map(|(s, _)| s)
+}
+
+fn open_node_with(
+    config: NodeConfig,
+    unsafe_opts: &Unsafe,
+    progress: &dyn Fn(u64),
+) -> Result<(Arc<NodeState>, std::time::Duration), StartError> {
     let topology = Topology::load(&config.topology_file).map_err(|e| StartError(e.0))?;
     let Some(me) = topology.node(&config.id) else {
         return Err(StartError(format!(
@@ -147,13 +167,14 @@ pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeSta
     pcfg.fever_celsius = config.projections.fever_celsius;
     pcfg.flagged_region_prefixes = config.projections.flagged_region_prefixes.clone();
     let started = std::time::Instant::now();
-    let projector = crate::aggregates::Projector::rebuild(&store, pcfg, &|_| {})
+    let projector = crate::aggregates::Projector::rebuild(&store, pcfg, progress)
         .map_err(|e| StartError(format!("cannot build the projection: {e}")))?;
+    let rebuild_time = started.elapsed();
     tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = rebuild_time.as_millis() as u64,
         "projection rebuilt from the log"
     );
-    Ok(Arc::new(NodeState {
+    let state = Arc::new(NodeState {
         key,
         sync,
         projector,
@@ -165,7 +186,8 @@ pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeSta
         metrics: metrics_handle(),
         http_permits,
         clock: system_now_ms,
-    }))
+    });
+    Ok((state, rebuild_time))
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then finishes
