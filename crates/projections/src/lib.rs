@@ -206,11 +206,29 @@ const Q_STARTED: u8 = 1;
 const Q_ONGOING: u8 = 2;
 const Q_ENDED: u8 = 3;
 
+/// Up to four metric increments, without a heap allocation per event.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Deltas {
+    items: [(usize, i64); 4],
+    len: usize,
+}
+
+impl Deltas {
+    fn push(&mut self, d: (usize, i64)) {
+        self.items[self.len] = d;
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(usize, i64)> {
+        self.items[..self.len].iter()
+    }
+}
+
 /// What one event adds to its origin's state.
 #[derive(Clone, Debug, PartialEq)]
 struct Effect {
     day: Day,
-    deltas: Vec<(usize, i64)>,
+    deltas: Deltas,
     /// `(household, status, occurred_ms)` of a visit.
     visit: Option<(String, u8, i64)>,
 }
@@ -238,6 +256,8 @@ pub type TargetLookup<'a> = &'a dyn Fn(&str, u64) -> Option<Vec<u8>>;
 pub struct Projection {
     cfg: ProjectionConfig,
     origins: BTreeMap<String, OriginState>,
+    /// `(start_ms, end_ms, day)` of the last local day computed.
+    day_cache: (i64, i64, Day),
 }
 
 impl Projection {
@@ -245,6 +265,7 @@ impl Projection {
         Self {
             cfg,
             origins: BTreeMap::new(),
+            day_cache: (0, 0, 0),
         }
     }
 
@@ -276,7 +297,7 @@ impl Projection {
         if schema != 1 {
             return None;
         }
-        let mut deltas = Vec::with_capacity(4);
+        let mut deltas = Deltas::default();
         let mut visit = None;
         match kind {
             "entry" => {
@@ -342,7 +363,7 @@ impl Projection {
 
     fn apply_effect(state: &mut OriginState, seq: u64, e: &Effect, sign: i64) {
         let counts = state.daily.entry(e.day).or_insert([0; 16]);
-        for (m, d) in &e.deltas {
+        for (m, d) in e.deltas.iter() {
             counts[*m] += sign * d;
         }
         if let Some((h, status, at)) = &e.visit {
@@ -376,40 +397,73 @@ impl Projection {
         envelope: &[u8],
         lookup: TargetLookup<'_>,
     ) -> Result<(), ProjectionError> {
-        let links = gridsync_model::event::read_links(envelope)
-            .map_err(|e| ProjectionError::Decode(e.to_string()))?;
-        let origin = links.origin;
+        // One decode gives origin, seq and the fields the metrics read; only
+        // an envelope that does not decode that way is read for its links.
+        let decoded: Result<EnvLite<'_>, _> = rmp_serde::from_slice(envelope);
+        let (origin, seq) = match &decoded {
+            Ok(env) => (env.1, env.2),
+            Err(_) => {
+                let links = gridsync_model::event::read_links(envelope)
+                    .map_err(|e| ProjectionError::Decode(e.to_string()))?;
+                (links.origin, links.seq)
+            }
+        };
         let applied = self.applied_seq(origin);
-        if links.seq <= applied {
+        if seq <= applied {
             return Ok(());
         }
-        if links.seq != applied + 1 {
+        if seq != applied + 1 {
             return Err(ProjectionError::OutOfOrder {
                 origin: origin.to_owned(),
                 expected: applied + 1,
-                got: links.seq,
+                got: seq,
             });
         }
-        let decoded: Result<EnvLite<'_>, _> = rmp_serde::from_slice(envelope);
-        let mut state = self.origins.remove(origin).unwrap_or_default();
-        state.applied_seq = links.seq;
+        if !self.origins.contains_key(origin) {
+            self.origins
+                .insert(origin.to_owned(), OriginState::default());
+        }
         match decoded {
-            Ok(env) => {
+            Ok(env) if env.3 == "correction" => {
+                let mut state = self.origins.remove(origin).expect("inserted above");
+                state.applied_seq = seq;
                 state.newest_recorded_ms = state.newest_recorded_ms.max(env.7);
-                if env.3 == "correction" {
-                    self.apply_correction(&mut state, &env, lookup);
-                } else {
-                    let day = self.cfg.day_of(env.5);
-                    match self.effect(env.3, env.4, &env.12, day, env.5) {
-                        Some(e) => Self::apply_effect(&mut state, env.2, &e, 1),
-                        None => state.unprojected += 1,
-                    }
+                self.apply_correction(&mut state, &env, lookup);
+                self.origins.insert(origin.to_owned(), state);
+            }
+            Ok(env) => {
+                let day = self.day_cached(env.5);
+                let effect = self.effect(env.3, env.4, &env.12, day, env.5);
+                let state = self.origins.get_mut(origin).expect("inserted above");
+                state.applied_seq = seq;
+                state.newest_recorded_ms = state.newest_recorded_ms.max(env.7);
+                match effect {
+                    Some(e) => Self::apply_effect(state, seq, &e, 1),
+                    None => state.unprojected += 1,
                 }
             }
-            Err(_) => state.unprojected += 1,
+            Err(_) => {
+                let state = self.origins.get_mut(origin).expect("inserted above");
+                state.applied_seq = seq;
+                state.unprojected += 1;
+            }
         }
-        self.origins.insert(origin.to_owned(), state);
         Ok(())
+    }
+
+    /// [`ProjectionConfig::day_of`] with a one-day cache: consecutive events
+    /// mostly fall on the same local day.
+    fn day_cached(&mut self, unix_ms: i64) -> Day {
+        let (start, end, day) = self.day_cache;
+        if unix_ms >= start && unix_ms < end {
+            return day;
+        }
+        let day = self.cfg.day_of(unix_ms);
+        let (start, end) = (self.cfg.day_start_ms(day), self.cfg.day_start_ms(day + 1));
+        if unix_ms >= start && unix_ms < end {
+            self.day_cache = (start, end, day);
+        }
+        day
     }
 
     fn apply_correction(

@@ -1,0 +1,163 @@
+//! Projection rebuild throughput over 1,000,000 stored events, beside plain
+//! decode throughput of the same events in the same run.
+//!
+//! The log (4 origins × 250,000 events, realistic kinds, ~30 events per
+//! chunk) is written once into a sled store; then three passes read all of
+//! it back: (1) read + chunk decode + each envelope's chain links,
+//! (2) read + full canonical decode of every envelope (`serde_json` data),
+//! (3) read + fold every event into a fresh projection (the rebuild a node
+//! does on start and `gridsync rebuild` does offline).
+//!
+//! `cargo bench --bench projection` (`GRIDSYNC_BENCH_EVENTS`, default 1000000).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ed25519_dalek::SigningKey;
+use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
+use gridsync_model::ingest::{prepare, IngestContext, IngestLimits};
+use gridsync_model::kinds::EventRef;
+use gridsync_model::{Chunk, EventRecord, SignedHead, ZERO_HASH};
+use gridsync_projections::{Projection, ProjectionConfig};
+use gridsync_store::{SledKv, Store, StoreConfig};
+
+fn main() {
+    let n_events: u64 = std::env::var("GRIDSYNC_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let origins = ["c1", "c2", "c3", "c4"];
+    let keys: Vec<SigningKey> = (0..4)
+        .map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32]))
+        .collect();
+    let vks: Vec<_> = keys.iter().map(SigningKey::verifying_key).collect();
+    let store = Store::open(
+        Arc::new(SledKv::open(dir.path(), 256 << 20).unwrap()),
+        StoreConfig::default(),
+        None,
+        Arc::new(move |o: &str| origins.iter().position(|x| *x == o).map(|i| vks[i])),
+    )
+    .unwrap();
+    // 1,000 distinct realistic payloads, reused cyclically.
+    let limits = IngestLimits::default();
+    let ctx = IngestContext {
+        node_id: "c1",
+        now_ms: 1_700_000_000_000,
+        limits: &limits,
+    };
+    let payloads: Vec<_> = (0..1000u64)
+        .map(|i| {
+            prepare(
+                gridsync_suite::sample_event(i, &format!("k{i}")),
+                &ctx,
+                &|_: &EventRef| None,
+                &mut rand::thread_rng(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let per_origin = n_events / origins.len() as u64;
+    let started = Instant::now();
+    for (o, origin) in origins.iter().enumerate() {
+        let mut prev = ZERO_HASH;
+        let mut seq = 0u64;
+        while seq < per_origin {
+            let mut chunks = Vec::new();
+            for _ in 0..64 {
+                let mut events = Vec::new();
+                while events.len() < 30 && seq < per_origin {
+                    seq += 1;
+                    let p = &payloads[(seq % 1000) as usize];
+                    let digest = p.personal.as_ref().map(|x| x.digest());
+                    let bytes = EnvelopeHeader {
+                        origin,
+                        seq,
+                        kind: &p.kind,
+                        schema: 1,
+                        occurred_at: OccurredAt {
+                            unix_ms: p.occurred_at.unix_ms,
+                            offset_min: 480,
+                        },
+                        recorded_at_ms: 1_700_000_000_000,
+                        grid: &p.grid,
+                        recorded_by: &p.recorded_by,
+                        client_id: &format!("{origin}-{seq}"),
+                        prev: &prev,
+                        personal_digest: digest.as_ref(),
+                    }
+                    .encode_with_data(&p.data);
+                    prev = event_hash(&bytes);
+                    events.push(EventRecord {
+                        envelope: bytes,
+                        personal: p.personal.clone(),
+                    });
+                }
+                if events.is_empty() {
+                    break;
+                }
+                let head = SignedHead::sign(&keys[o], origin, seq, prev, 1);
+                chunks.push(Chunk {
+                    origin: (*origin).to_owned(),
+                    events,
+                    head,
+                });
+            }
+            rt.block_on(store.import(chunks, 1)).unwrap();
+        }
+    }
+    let total = store.counts().events;
+    eprintln!(
+        "wrote {total} events in {} chunks in {:.1} s",
+        store.counts().chunks,
+        started.elapsed().as_secs_f64()
+    );
+
+    let pass = |name: &str, f: &mut dyn FnMut(&Chunk)| {
+        let t = Instant::now();
+        let mut offset = 0;
+        loop {
+            let entries = store.read_log(offset, 512).unwrap();
+            if entries.is_empty() {
+                break;
+            }
+            for e in &entries {
+                f(&e.chunk);
+            }
+            offset = entries.last().unwrap().offset + 1;
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "{name}: {total} events in {s:.2} s = {:.0} events/s",
+            total as f64 / s
+        );
+        total as f64 / s
+    };
+    let links = pass("read + chunk decode + chain links", &mut |c| {
+        for r in &c.events {
+            std::hint::black_box(gridsync_model::event::read_links(&r.envelope).unwrap());
+        }
+    });
+    let full = pass("read + full canonical envelope decode", &mut |c| {
+        for r in &c.events {
+            std::hint::black_box(gridsync_model::Envelope::decode(&r.envelope).unwrap());
+        }
+    });
+    let mut projection = Projection::new(ProjectionConfig::new("Asia/Shanghai").unwrap());
+    let lookup = |_: &str, _: u64| None;
+    let rebuild = pass("rebuild (read + fold into the projection)", &mut |c| {
+        for r in &c.events {
+            projection.apply(&r.envelope, &lookup).unwrap();
+        }
+    });
+    println!(
+        "rebuild / chain-links decode = {:.2}; rebuild / full decode = {:.2}; unprojected events: {}",
+        rebuild / links,
+        rebuild / full,
+        projection.unprojected()
+    );
+}
