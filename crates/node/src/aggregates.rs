@@ -25,7 +25,8 @@ use tokio::sync::watch;
 
 use crate::auth::Role;
 use crate::error::ApiError;
-use crate::node::{system_now_ms, NodeState};
+use crate::node::NodeState;
+use crate::topology::Topology;
 
 /// The projection and how far into the log it has been applied.
 pub struct Projector {
@@ -186,17 +187,16 @@ fn to_map(c: &Counts) -> BTreeMap<String, i64> {
 }
 
 fn node_aggregates(
-    state: &NodeState,
+    topo: &Topology,
     p: &Projection,
     node: &str,
     from: Day,
     to: Day,
 ) -> (NodeAggregates, Vec<String>) {
-    let origins: Vec<String> = state
-        .topology
+    let origins: Vec<String> = topo
         .subtree(node)
         .into_iter()
-        .filter(|o| state.topology.is_origin(o))
+        .filter(|o| topo.is_origin(o))
         .collect();
     let rows = p.query(&origins, from, to);
     let mut totals: Counts = [0; 16];
@@ -211,8 +211,7 @@ fn node_aggregates(
     }
     let agg = NodeAggregates {
         node: node.to_owned(),
-        name: state
-            .topology
+        name: topo
             .node(node)
             .map(|n| n.name.clone())
             .unwrap_or_default(),
@@ -230,21 +229,20 @@ fn node_aggregates(
 }
 
 fn children_of(
-    state: &NodeState,
+    topo: &Topology,
     p: &Projection,
     node: &str,
     from: Day,
     to: Day,
     depth: u8,
 ) -> Vec<NodeAggregates> {
-    state
-        .topology
+    topo
         .children(node)
         .iter()
         .map(|c| {
-            let mut a = node_aggregates(state, p, c, from, to).0;
+            let mut a = node_aggregates(topo, p, c, from, to).0;
             if depth > 1 {
-                a.children = children_of(state, p, c, from, to, depth - 1);
+                a.children = children_of(topo, p, c, from, to, depth - 1);
             }
             a
         })
@@ -256,25 +254,50 @@ fn children_of(
 /// # Errors
 /// Unknown node, a node outside this node's subtree, bad dates.
 pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesResponse, ApiError> {
-    let node = q.node.clone().unwrap_or_else(|| state.config.id.clone());
-    if state.topology.node(&node).is_none() {
+    let p = state.projector.projection.read().expect("lock");
+    answer(
+        &state.topology,
+        &state.config.id,
+        &p,
+        q,
+        state.now_ms(),
+        state.config.projections.query_days_max,
+    )
+}
+
+/// The aggregates answer from any projection (a node's live one, or one an
+/// auditor folded as of some moment): `root` is the node asking, `now_ms`
+/// what "today" and ages are measured against.
+///
+/// # Errors
+/// Unknown node, a node outside `root`'s subtree, bad dates.
+pub fn answer(
+    topo: &Topology,
+    root: &str,
+    p: &Projection,
+    q: &AggregatesQuery,
+    now_ms: i64,
+    days_max: i32,
+) -> Result<AggregatesResponse, ApiError> {
+
+    let node = q.node.clone().unwrap_or_else(|| root.to_owned());
+    if topo.node(&node).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_node",
             format!("node {node:?} is not in the topology"),
         ));
     }
-    if !state.topology.subtree(&state.config.id).contains(&node) {
+    if !topo.subtree(&root).contains(&node) {
         return Err(ApiError::bad_request(
             "outside_subtree",
             format!(
                 "node {node} is not in the subtree of {}; ask a node above it",
-                state.config.id
+                root
             ),
         ));
     }
-    let p = state.projector.projection.read().expect("lock");
-    let today = p.config().day_of(state.now_ms());
+    let today = p.config().day_of(now_ms);
     let parse = |name: &str, v: &Option<String>| -> Result<Day, ApiError> {
         v.as_deref()
             .map(|s| {
@@ -296,17 +319,16 @@ pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesRe
         }
         (None, None) => to,
     };
-    let days_max = state.config.projections.query_days_max;
     if from > to || to - from >= days_max {
         return Err(ApiError::bad_request(
             "invalid_query",
             format!("from must not be after to, and the range may span at most {days_max} days"),
         ));
     }
-    let (me, origins) = node_aggregates(state, &p, &node, from, to);
+    let (me, origins) = node_aggregates(topo, p, &node, from, to);
     let depth = q.depth.unwrap_or(1).clamp(1, 3);
-    let children = children_of(state, &p, &node, from, to, depth);
-    let now = system_now_ms();
+    let children = children_of(topo, p, &node, from, to, depth);
+    let now = now_ms;
     let cov = p.coverage();
     let coverage = origins
         .iter()
@@ -314,8 +336,7 @@ pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesRe
             let (seq, newest) = cov.get(o).copied().unwrap_or((0, 0));
             Coverage {
                 origin: o.clone(),
-                name: state
-                    .topology
+                name: topo
                     .node(o)
                     .map(|n| n.name.clone())
                     .unwrap_or_default(),
@@ -328,7 +349,7 @@ pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesRe
     Ok(AggregatesResponse {
         name: me.name.clone(),
         node: me.node,
-        timezone: state.topology.timezone.clone(),
+        timezone: topo.timezone.clone(),
         from: format_day(from),
         to: format_day(to),
         days: me.days,
