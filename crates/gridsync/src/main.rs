@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+mod audit;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -86,6 +88,14 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Auditor tools: verify a node's data, replay its history, project the
+    /// aggregates as of a past moment. They work on a copy of the data
+    /// directory (the node's files are never modified; stop the node or
+    /// copy its directory first if it runs).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run one node until SIGTERM or Ctrl-C.
     ///
     /// Verifies the stored log before serving (a log that does not verify is
@@ -104,6 +114,92 @@ enum Command {
         /// durable. Loses acknowledged events on a crash.
         #[arg(long, hide = true)]
         unsafe_ack_before_durable: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every chain, signature, the heads table and the index of a
+    /// node's data, reporting every problem with its origin and seq.
+    ///
+    /// Exit code 0 when everything verifies, 1 when problems were found, 2
+    /// when the input could not be read.
+    Verify {
+        /// The node's data directory (its sled database).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        topology: PathBuf,
+        /// The audited node's id: its log may only hold origins of its subtree.
+        #[arg(long)]
+        node: Option<String>,
+        /// Heads held elsewhere (a parent's `/v1/status` JSON, or a map
+        /// origin → {seq, hash[, signed_at_ms, signature]}): the log must
+        /// reach each, or it was cut off.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Machine-readable report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream events as JSON Lines after verifying the log.
+    Replay {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        topology: PathBuf,
+        /// Only this origin.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Only origins in this node's subtree.
+        #[arg(long)]
+        subtree: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        from_seq: Option<u64>,
+        #[arg(long)]
+        to_seq: Option<u64>,
+        /// `occurred_at` at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// `occurred_at` before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// `recorded_at` at or after (RFC 3339).
+        #[arg(long)]
+        recorded_from: Option<String>,
+        /// `recorded_at` before (RFC 3339).
+        #[arg(long)]
+        recorded_to: Option<String>,
+        /// Include personal fields where the log holds them.
+        #[arg(long)]
+        with_personal: bool,
+    },
+    /// The aggregates as they were at a past moment, in the JSON shape of
+    /// `/v1/aggregates` (with its `state_hash`).
+    Project {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        topology: PathBuf,
+        /// The moment (RFC 3339).
+        #[arg(long)]
+        as_of: String,
+        /// Count what this node had received by then (instead of what had
+        /// occurred by then).
+        #[arg(long)]
+        known_at: bool,
+        /// The node whose data this is (default: the topology's root).
+        #[arg(long)]
+        at: Option<String>,
+        /// Report this node (default: `--at`).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -129,6 +225,7 @@ fn main() -> ExitCode {
             from,
             to,
         } => rebuild(&config, node, from, to),
+        Command::Audit { command } => return audit::run(command),
         Command::Demo {
             listen,
             data,

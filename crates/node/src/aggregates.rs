@@ -69,6 +69,59 @@ impl Projector {
     }
 }
 
+/// A projection of the log as it was at `as_of_ms`: by event time (only
+/// events that occurred by then, and corrections made by then), or with
+/// `known_at`, only log entries this node had committed by then.
+///
+/// # Errors
+/// Storage errors or a log out of order.
+pub fn fold_as_of(
+    store: &Store,
+    cfg: ProjectionConfig,
+    as_of_ms: i64,
+    known_at: bool,
+) -> Result<Projection, String> {
+    let mut p = Projection::new(cfg);
+    let lookup = |origin: &str, seq: u64| {
+        store
+            .find_event(&EventRef {
+                origin: origin.to_owned(),
+                seq,
+            })
+            .ok()
+            .flatten()
+            .map(|(_, rec)| rec.envelope)
+    };
+    let mut offset = 0;
+    loop {
+        let entries = store.read_log(offset, 256).map_err(|e| e.to_string())?;
+        if entries.is_empty() {
+            return Ok(p);
+        }
+        for e in &entries {
+            if known_at && e.received_at_ms > as_of_ms {
+                continue;
+            }
+            for rec in &e.chunk.events {
+                if !known_at {
+                    let occurred = gridsync_model::Envelope::decode(&rec.envelope)
+                        .map(|env| env.occurred_at.unix_ms)
+                        .unwrap_or(i64::MAX);
+                    if occurred > as_of_ms {
+                        // Later seqs of the origin may have occurred earlier
+                        // (late events): skip this one but keep the order.
+                        p.skip(&rec.envelope).map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                }
+                p.apply(&rec.envelope, &lookup)
+                    .map_err(|err| format!("log entry {}: {err}", e.offset))?;
+            }
+        }
+        offset = entries.last().expect("non-empty").offset + 1;
+    }
+}
+
 /// Applies log entries from `offset` to the end; returns the next offset.
 fn apply_from(
     store: &Store,
@@ -211,10 +264,7 @@ fn node_aggregates(
     }
     let agg = NodeAggregates {
         node: node.to_owned(),
-        name: topo
-            .node(node)
-            .map(|n| n.name.clone())
-            .unwrap_or_default(),
+        name: topo.node(node).map(|n| n.name.clone()).unwrap_or_default(),
         days: rows
             .iter()
             .map(|(d, c)| DayMetrics {
@@ -236,8 +286,7 @@ fn children_of(
     to: Day,
     depth: u8,
 ) -> Vec<NodeAggregates> {
-    topo
-        .children(node)
+    topo.children(node)
         .iter()
         .map(|c| {
             let mut a = node_aggregates(topo, p, c, from, to).0;
@@ -279,7 +328,6 @@ pub fn answer(
     now_ms: i64,
     days_max: i32,
 ) -> Result<AggregatesResponse, ApiError> {
-
     let node = q.node.clone().unwrap_or_else(|| root.to_owned());
     if topo.node(&node).is_none() {
         return Err(ApiError::new(
@@ -288,7 +336,7 @@ pub fn answer(
             format!("node {node:?} is not in the topology"),
         ));
     }
-    if !topo.subtree(&root).contains(&node) {
+    if !topo.subtree(root).contains(&node) {
         return Err(ApiError::bad_request(
             "outside_subtree",
             format!(
@@ -336,10 +384,7 @@ pub fn answer(
             let (seq, newest) = cov.get(o).copied().unwrap_or((0, 0));
             Coverage {
                 origin: o.clone(),
-                name: topo
-                    .node(o)
-                    .map(|n| n.name.clone())
-                    .unwrap_or_default(),
+                name: topo.node(o).map(|n| n.name.clone()).unwrap_or_default(),
                 seq,
                 newest_event_age_s: (seq > 0).then(|| (now - newest).max(0) as f64 / 1000.0),
             }

@@ -2,6 +2,7 @@
 //! metrics, provisioning and serving. See ARCHITECTURE.md for the map.
 
 pub mod aggregates;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;

@@ -451,6 +451,29 @@ impl Projection {
         Ok(())
     }
 
+    /// Marks the next event of its origin as seen without counting it (an
+    /// as-of projection leaving out an event that had not occurred yet).
+    ///
+    /// # Errors
+    /// Undecodable links or out-of-order seqs.
+    pub fn skip(&mut self, envelope: &[u8]) -> Result<(), ProjectionError> {
+        let links = gridsync_model::event::read_links(envelope)
+            .map_err(|e| ProjectionError::Decode(e.to_string()))?;
+        let state = self.origins.entry(links.origin.to_owned()).or_default();
+        if links.seq <= state.applied_seq {
+            return Ok(());
+        }
+        if links.seq != state.applied_seq + 1 {
+            return Err(ProjectionError::OutOfOrder {
+                origin: links.origin.to_owned(),
+                expected: state.applied_seq + 1,
+                got: links.seq,
+            });
+        }
+        state.applied_seq = links.seq;
+        Ok(())
+    }
+
     /// [`ProjectionConfig::day_of`] with a one-day cache: consecutive events
     /// mostly fall on the same local day.
     fn day_cached(&mut self, unix_ms: i64) -> Day {

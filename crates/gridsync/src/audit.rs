@@ -1,0 +1,299 @@
+//! `gridsync audit …`: the CLI around `gridsync_node::audit`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use gridsync_node::audit::{self, Reference, ReferenceHead};
+use gridsync_node::topology::Topology;
+use gridsync_store::{SledKv, Store, StoreConfig};
+
+use crate::AuditCommand;
+
+/// Exit code when the input could not be read.
+const UNREADABLE: u8 = 2;
+/// Exit code when problems were found.
+const PROBLEMS: u8 = 1;
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("gridsync audit: {msg}");
+    ExitCode::from(code)
+}
+
+/// Copies `data` into a temporary directory and opens the copy.
+fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledKv), String> {
+    if !data.join("db").exists() {
+        return Err(format!(
+            "{} is not a gridsync data directory (no sled database in it)",
+            data.display()
+        ));
+    }
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    audit::copy_dir(data, tmp.path())
+        .map_err(|e| format!("cannot copy {}: {e}", data.display()))?;
+    let kv = SledKv::open(tmp.path(), 256 << 20).map_err(|e| e.to_string())?;
+    Ok((tmp, kv))
+}
+
+fn load_reference(path: &Path) -> Result<Reference, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let heads = v.get("heads").cloned().unwrap_or(v);
+    let map = heads
+        .as_object()
+        .ok_or_else(|| format!("{}: expected an object of heads", path.display()))?;
+    let mut out = Reference::new();
+    for (origin, h) in map {
+        let r: ReferenceHead = serde_json::from_value(h.clone())
+            .map_err(|e| format!("{}: head of {origin}: {e}", path.display()))?;
+        out.insert(origin.clone(), r);
+    }
+    Ok(out)
+}
+
+pub fn run(command: AuditCommand) -> ExitCode {
+    match command {
+        AuditCommand::Verify {
+            data,
+            topology,
+            node,
+            reference,
+            json,
+        } => {
+            let topo = match Topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let reference = match reference.as_deref().map(load_reference).transpose() {
+                Ok(r) => r,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let (_tmp, kv) = match open_copy(&data) {
+                Ok(x) => x,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let bar = indicatif::ProgressBar::new_spinner();
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let started = std::time::Instant::now();
+            let report = audit::verify(&kv, &topo, node.as_deref(), reference.as_ref(), &|n| {
+                bar.set_message(format!("{n} events verified"));
+                bar.tick();
+            });
+            bar.finish_and_clear();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{} log entries, {} events, {} origins, verified in {:.2} s",
+                    report.entries,
+                    report.events,
+                    report.origins.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                for (o, r) in &report.origins {
+                    println!(
+                        "  {o}: seq {}..{} ({} events), head {}…{}",
+                        r.first_seq.unwrap_or(0),
+                        r.last_seq,
+                        r.events,
+                        &r.head_hash[..12.min(r.head_hash.len())],
+                        if r.problems > 0 {
+                            format!(", {} PROBLEMS", r.problems)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                if report.ok() {
+                    println!("OK: every chain, signature, head and index entry verifies");
+                } else {
+                    println!("{} PROBLEMS:", report.problems.len());
+                    for p in &report.problems {
+                        println!(
+                            "  [{}] origin {} seq {}: {}",
+                            p.kind,
+                            p.origin.as_deref().unwrap_or("-"),
+                            p.seq.map_or("-".into(), |s| s.to_string()),
+                            p.message
+                        );
+                    }
+                }
+            }
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(PROBLEMS)
+            }
+        }
+        AuditCommand::Replay {
+            data,
+            topology,
+            origin,
+            subtree,
+            kind,
+            from_seq,
+            to_seq,
+            from,
+            to,
+            recorded_from,
+            recorded_to,
+            with_personal,
+        } => {
+            let topo = match Topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let parse = |v: &Option<String>| -> Result<Option<i64>, String> {
+                v.as_deref()
+                    .map(|s| gridsync_model::time_fmt::parse_rfc3339_ms(s).map(|(ms, _)| ms))
+                    .transpose()
+            };
+            let (from, to, rfrom, rto) = match (
+                parse(&from),
+                parse(&to),
+                parse(&recorded_from),
+                parse(&recorded_to),
+            ) {
+                (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+                _ => {
+                    return fail(
+                        UNREADABLE,
+                        "a time filter is not RFC 3339 (like 2020-01-28T00:00:00+08:00)",
+                    )
+                }
+            };
+            let (_tmp, kv) = match open_copy(&data) {
+                Ok(x) => x,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let keys_topo = topo.clone();
+            // Opening verifies the whole log (chains, signatures, heads).
+            let store = match Store::open(
+                Arc::new(kv),
+                StoreConfig::default(),
+                None,
+                Arc::new(move |o: &str| keys_topo.key(o)),
+            ) {
+                Ok(s) => s,
+                Err(e) => return fail(PROBLEMS, format!("the log does not verify: {e}")),
+            };
+            let allowed: Option<Vec<String>> = subtree.map(|s| topo.subtree(&s));
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut offset = 0;
+            loop {
+                let entries = match store.read_log(offset, 256) {
+                    Ok(e) => e,
+                    Err(e) => return fail(PROBLEMS, e),
+                };
+                if entries.is_empty() {
+                    break;
+                }
+                for e in &entries {
+                    let c = &e.chunk;
+                    if origin.as_ref().is_some_and(|o| *o != c.origin)
+                        || allowed.as_ref().is_some_and(|a| !a.contains(&c.origin))
+                    {
+                        continue;
+                    }
+                    let events = match c.decode_events() {
+                        Ok(v) => v,
+                        Err(err) => return fail(PROBLEMS, err),
+                    };
+                    for (ev, rec) in events.iter().zip(&c.events) {
+                        let env = &ev.envelope;
+                        let keep = kind.as_ref().is_none_or(|k| *k == env.kind)
+                            && from_seq.is_none_or(|s| env.seq >= s)
+                            && to_seq.is_none_or(|s| env.seq <= s)
+                            && from.is_none_or(|t| env.occurred_at.unix_ms >= t)
+                            && to.is_none_or(|t| env.occurred_at.unix_ms < t)
+                            && rfrom.is_none_or(|t| env.recorded_at_ms >= t)
+                            && rto.is_none_or(|t| env.recorded_at_ms < t);
+                        if keep {
+                            let view = gridsync_model::api::event_view(ev, rec, with_personal);
+                            if serde_json::to_writer(&mut out, &view).is_err()
+                                || out.write_all(b"\n").is_err()
+                            {
+                                return ExitCode::SUCCESS; // stdout closed (e.g. piped to head)
+                            }
+                        }
+                    }
+                }
+                offset = entries.last().expect("non-empty").offset + 1;
+            }
+            let _ = out.flush();
+            ExitCode::SUCCESS
+        }
+        AuditCommand::Project {
+            data,
+            topology,
+            as_of,
+            known_at,
+            at,
+            node,
+            from,
+            to,
+        } => {
+            let topo = match Topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let t = match gridsync_model::time_fmt::parse_rfc3339_ms(&as_of) {
+                Ok((ms, _)) => ms,
+                Err(e) => return fail(UNREADABLE, format!("--as-of: {e}")),
+            };
+            let (_tmp, kv) = match open_copy(&data) {
+                Ok(x) => x,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let keys_topo = topo.clone();
+            let store = match Store::open(
+                Arc::new(kv),
+                StoreConfig::default(),
+                None,
+                Arc::new(move |o: &str| keys_topo.key(o)),
+            ) {
+                Ok(s) => s,
+                Err(e) => return fail(PROBLEMS, format!("the log does not verify: {e}")),
+            };
+            let cfg = match gridsync_projections::ProjectionConfig::new(&topo.timezone) {
+                Ok(c) => c,
+                Err(e) => return fail(UNREADABLE, e),
+            };
+            let p = match gridsync_node::aggregates::fold_as_of(&store, cfg, t, known_at) {
+                Ok(p) => p,
+                Err(e) => return fail(PROBLEMS, e),
+            };
+            let root = at.unwrap_or_else(|| {
+                topo.nodes()
+                    .find(|n| n.parent.is_none())
+                    .map(|n| n.id.clone())
+                    .unwrap_or_default()
+            });
+            let q = gridsync_node::aggregates::AggregatesQuery {
+                node,
+                from,
+                to,
+                depth: None,
+                days: None,
+                token: None,
+            };
+            match gridsync_node::aggregates::answer(&topo, &root, &p, &q, t, 366) {
+                Ok(a) => {
+                    eprintln!("state_hash {}", a.state_hash);
+                    println!("{}", serde_json::to_string_pretty(&a).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(UNREADABLE, e.body.message),
+            }
+        }
+    }
+}
