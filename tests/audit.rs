@@ -325,15 +325,25 @@ async fn as_of_projection_reproduces_a_recorded_snapshot() {
     .await;
     let q = "from=2020-01-25&to=2020-01-28";
     let http = reqwest::Client::new();
-    let snapshot: Value = http
-        .get(format!("{}/v1/aggregates?{q}", server.url))
-        .bearer_auth(&files.tokens.viewer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The projection follows commits asynchronously: take the snapshot once
+    // the node has applied what it acknowledged (idle).
+    let mut snapshot = Value::Null;
+    for _ in 0..200 {
+        snapshot = http
+            .get(format!("{}/v1/aggregates?{q}", server.url))
+            .bearer_auth(&files.tokens.viewer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if snapshot["coverage"][0]["seq"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(snapshot["totals"]["temperatures"], 3, "{snapshot}");
     tokio::time::sleep(Duration::from_millis(30)).await;
     let t = gridsync_model::time_fmt::format_rfc3339_ms(
         std::time::SystemTime::now()

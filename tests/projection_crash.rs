@@ -116,7 +116,7 @@ async fn projections_after_kill_9_equal_an_offline_rebuild() {
         )
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    gridsync_suite::wait_projection_idle(&server.url, &files.tokens.viewer).await;
     let live = comparable(aggregates(&server.url, &files.tokens.viewer).await);
     assert!(live["totals"]["entries"].as_i64().unwrap() > 0);
     let config = files.config.clone();

@@ -284,6 +284,13 @@ async fn tree_converges_through_cuts_partitions_and_kill_9() {
     }
     // The district's numbers for a street equal the street's own (same heads).
     for street in ["s1", "s2"] {
+        gridsync_suite::wait_projection_idle(&servers["district"].url, &district.tokens.viewer)
+            .await;
+        gridsync_suite::wait_projection_idle(
+            &servers[street].url,
+            &tree.nodes[street].tokens.viewer,
+        )
+        .await;
         let q = format!("/v1/aggregates?node={street}&from=2020-01-19&to=2020-01-29&depth=2");
         let at_district = get(
             &http,

@@ -263,3 +263,51 @@ pub const FAST_SYNC: &[(&str, i64)] = &[
     ("reconnect_min_ms", 50),
     ("reconnect_max_ms", 800),
 ];
+
+/// Waits (at most 30 s) until the node at `url` has folded every event it
+/// holds into its projection: every origin's `coverage.seq` in
+/// `/v1/aggregates` equals its head in `/v1/status`. Projections follow
+/// commits asynchronously; comparisons are meaningful once the node is idle.
+///
+/// # Panics
+/// When the projection does not catch up in time.
+pub async fn wait_projection_idle(url: &str, viewer: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = http
+            .get(format!("{url}/v1/status"))
+            .bearer_auth(viewer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let agg: Value = http
+            .get(format!("{url}/v1/aggregates"))
+            .bearer_auth(viewer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let heads = status["heads"].as_object().cloned().unwrap_or_default();
+        let caught_up = heads.iter().all(|(origin, h)| {
+            agg["coverage"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["origin"] == origin.as_str() && c["seq"] == h["seq"])
+        });
+        if caught_up {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "projection at {url} did not catch up with its log: {agg}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
