@@ -183,12 +183,21 @@ fn main() {
     let t = Instant::now();
     let report = gridsync_node::audit::verify(kv.as_ref(), &topo, None, None, &|_| {});
     let s = t.elapsed().as_secs_f64();
-    assert!(report.ok(), "{:?}", &report.problems[..report.problems.len().min(3)]);
-    println!("audit verify: {} events in {s:.2} s = {:.0} events/s", report.events, report.events as f64 / s);
+    assert!(
+        report.ok(),
+        "{:?}",
+        &report.problems[..report.problems.len().min(3)]
+    );
+    println!(
+        "audit verify: {} events in {s:.2} s = {:.0} events/s",
+        report.events,
+        report.events as f64 / s
+    );
     let mut sink = std::io::sink();
     let replay = pass("audit replay (decode + JSON view + serialise)", &mut |c| {
         for (ev, rec) in c.decode_events().unwrap().iter().zip(&c.events) {
-            serde_json::to_writer(&mut sink, &gridsync_model::api::event_view(ev, rec, true)).unwrap();
+            serde_json::to_writer(&mut sink, &gridsync_model::api::event_view(ev, rec, true))
+                .unwrap();
         }
     });
     println!("replay / full decode = {:.2}", replay / full);

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use gridsync_model::{Chunk, SignedHead};
@@ -459,6 +459,29 @@ async fn street_replay_is_the_union_of_its_communities() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Replay from the running street over HTTP (hashes recomputed, links
+    // checked) before stopping it.
+    let out = Command::new(gridsync_bin())
+        .args([
+            "audit",
+            "replay",
+            "--url",
+            &servers[0].url,
+            "--token",
+            &tree.nodes["s"].tokens.auditor,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let over_http: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     for s in servers.iter_mut() {
         s.terminate();
     }
@@ -482,6 +505,10 @@ async fn street_replay_is_the_union_of_its_communities() {
             .collect()
     };
     let street = replay("s");
+    assert_eq!(
+        over_http, street,
+        "replay over HTTP differs from replay of the data directory"
+    );
     let mut by_origin: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for e in street {
         by_origin
@@ -500,5 +527,4 @@ async fn street_replay_is_the_union_of_its_communities() {
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     }
     assert_eq!(by_origin.len(), 2);
-    let _ = Arc::new(());
 }

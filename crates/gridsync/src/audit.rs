@@ -136,6 +136,8 @@ pub fn run(command: AuditCommand) -> ExitCode {
         AuditCommand::Replay {
             data,
             topology,
+            url,
+            token,
             origin,
             subtree,
             kind,
@@ -147,10 +149,6 @@ pub fn run(command: AuditCommand) -> ExitCode {
             recorded_to,
             with_personal,
         } => {
-            let topo = match Topology::load(&topology) {
-                Ok(t) => t,
-                Err(e) => return fail(UNREADABLE, e),
-            };
             let parse = |v: &Option<String>| -> Result<Option<i64>, String> {
                 v.as_deref()
                     .map(|s| gridsync_model::time_fmt::parse_rfc3339_ms(s).map(|(ms, _)| ms))
@@ -169,6 +167,28 @@ pub fn run(command: AuditCommand) -> ExitCode {
                         "a time filter is not RFC 3339 (like 2020-01-28T00:00:00+08:00)",
                     )
                 }
+            };
+            if let (Some(url), Some(token)) = (&url, &token) {
+                let filter = RemoteFilter {
+                    origin,
+                    kind,
+                    from_seq,
+                    to_seq,
+                    recorded_from: rfrom,
+                    recorded_to: rto,
+                    with_personal,
+                };
+                return replay_remote(url, token, from.as_ref(), to.as_ref(), &filter);
+            }
+            let (Some(data), Some(topology)) = (data, topology) else {
+                return fail(
+                    UNREADABLE,
+                    "--data and --topology (or --url and --token) are required",
+                );
+            };
+            let topo = match Topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => return fail(UNREADABLE, e),
             };
             let (_tmp, kv) = match open_copy(&data) {
                 Ok(x) => x,
@@ -296,4 +316,176 @@ pub fn run(command: AuditCommand) -> ExitCode {
             }
         }
     }
+}
+
+struct RemoteFilter {
+    origin: Option<String>,
+    kind: Option<String>,
+    from_seq: Option<u64>,
+    to_seq: Option<u64>,
+    recorded_from: Option<i64>,
+    recorded_to: Option<i64>,
+    with_personal: bool,
+}
+
+/// Recomputes an event's hash from its JSON view: the canonical envelope
+/// bytes are a function of its fields (personal fields split off again).
+fn view_hash(v: &gridsync_model::api::EventView) -> Result<[u8; 32], String> {
+    let (occ_ms, occ_off) = gridsync_model::time_fmt::parse_rfc3339_ms(&v.occurred_at)?;
+    let (rec_ms, _) = gridsync_model::time_fmt::parse_rfc3339_ms(&v.recorded_at)?;
+    let prev: [u8; 32] = hex::decode(&v.prev)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("prev is not a 32-byte hex hash")?;
+    let digest: Option<[u8; 32]> = match &v.personal_digest {
+        None => None,
+        Some(d) => Some(
+            hex::decode(d)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or("personal_digest is not hex")?,
+        ),
+    };
+    let mut data = v.data.clone();
+    if v.personal == gridsync_model::api::PersonalState::Included {
+        gridsync_model::event::split_personal(&mut data);
+    }
+    let bytes = gridsync_model::event::EnvelopeHeader {
+        origin: &v.origin,
+        seq: v.seq,
+        kind: &v.kind,
+        schema: v.schema,
+        occurred_at: gridsync_model::OccurredAt {
+            unix_ms: occ_ms,
+            offset_min: occ_off,
+        },
+        recorded_at_ms: rec_ms,
+        grid: &v.grid,
+        recorded_by: &v.recorded_by,
+        client_id: &v.client_id,
+        prev: &prev,
+        personal_digest: digest.as_ref(),
+    }
+    .encode_with_data(&gridsync_model::canonical::to_canonical(
+        &serde_json::Value::Object(data),
+    ));
+    Ok(gridsync_model::event::event_hash(&bytes))
+}
+
+fn replay_remote(
+    url: &str,
+    token: &str,
+    from: Option<&i64>,
+    to: Option<&i64>,
+    f: &RemoteFilter,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(UNREADABLE, e),
+    };
+    rt.block_on(async move {
+        let http = reqwest::Client::new();
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut last: std::collections::HashMap<String, (u64, String)> =
+            std::collections::HashMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            q.push((
+                "personal",
+                if f.with_personal {
+                    "include"
+                } else {
+                    "withhold"
+                }
+                .into(),
+            ));
+            if let Some(o) = &f.origin {
+                q.push(("origin", o.clone()));
+            }
+            if let Some(k) = &f.kind {
+                q.push(("kind", k.clone()));
+            }
+            if let Some(t) = from {
+                q.push(("from", gridsync_model::time_fmt::format_rfc3339_ms(*t, 0)));
+            }
+            if let Some(t) = to {
+                q.push(("to", gridsync_model::time_fmt::format_rfc3339_ms(*t, 0)));
+            }
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.clone()));
+            }
+            // Values are ids, kinds, cursors and UTC timestamps: URL-safe.
+            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let resp = match http
+                .get(format!("{url}/v1/events?{}", query.join("&")))
+                .bearer_auth(token)
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return fail(UNREADABLE, format!("cannot reach {url}: {e}")),
+            };
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                return fail(UNREADABLE, format!("{url} answered {status}: {body}"));
+            }
+            let page: gridsync_model::api::EventsPage = match resp.json().await {
+                Ok(p) => p,
+                Err(e) => return fail(UNREADABLE, format!("unexpected answer from {url}: {e}")),
+            };
+            for v in &page.events {
+                match view_hash(v) {
+                    Ok(h) if hex::encode(h) == v.hash => {}
+                    Ok(_) => {
+                        return fail(
+                            PROBLEMS,
+                            format!(
+                                "origin {} seq {}: its fields do not hash to its hash (altered)",
+                                v.origin, v.seq
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        return fail(PROBLEMS, format!("origin {} seq {}: {e}", v.origin, v.seq))
+                    }
+                }
+                if let Some((seq, hash)) = last.get(&v.origin) {
+                    if v.seq == seq + 1 && v.prev != *hash {
+                        return fail(
+                            PROBLEMS,
+                            format!(
+                                "origin {} seq {}: prev does not link to seq {seq}",
+                                v.origin, v.seq
+                            ),
+                        );
+                    }
+                }
+                last.insert(v.origin.clone(), (v.seq, v.hash.clone()));
+                let (ms, _) =
+                    gridsync_model::time_fmt::parse_rfc3339_ms(&v.recorded_at).unwrap_or((0, 0));
+                let keep = f.from_seq.is_none_or(|s| v.seq >= s)
+                    && f.to_seq.is_none_or(|s| v.seq <= s)
+                    && f.recorded_from.is_none_or(|t| ms >= t)
+                    && f.recorded_to.is_none_or(|t| ms < t);
+                if keep
+                    && (serde_json::to_writer(&mut out, v).is_err()
+                        || out.write_all(b"\n").is_err())
+                {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let _ = out.flush();
+        ExitCode::SUCCESS
+    })
 }

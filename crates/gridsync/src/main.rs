@@ -94,7 +94,7 @@ enum Command {
     /// copy its directory first if it runs).
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: Box<AuditCommand>,
     },
     /// Run one node until SIGTERM or Ctrl-C.
     ///
@@ -142,12 +142,23 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stream events as JSON Lines after verifying the log.
+    /// Stream events as JSON Lines, verifying them.
+    ///
+    /// From a data directory (`--data`, `--topology`): the whole log is
+    /// verified first (chains and signatures). From a running node (`--url`,
+    /// `--token` with the auditor role): every event's hash is recomputed
+    /// from its fields and every `prev` link checked as it streams.
     Replay {
+        #[arg(long, required_unless_present = "url")]
+        data: Option<PathBuf>,
+        #[arg(long, required_unless_present = "url")]
+        topology: Option<PathBuf>,
+        /// A running node's base URL, e.g. http://127.0.0.1:7401.
+        #[arg(long, conflicts_with = "data", requires = "token")]
+        url: Option<String>,
+        /// Auditor token for `--url`.
         #[arg(long)]
-        data: PathBuf,
-        #[arg(long)]
-        topology: PathBuf,
+        token: Option<String>,
         /// Only this origin.
         #[arg(long)]
         origin: Option<String>,
@@ -225,7 +236,7 @@ fn main() -> ExitCode {
             from,
             to,
         } => rebuild(&config, node, from, to),
-        Command::Audit { command } => return audit::run(command),
+        Command::Audit { command } => return audit::run(*command),
         Command::Demo {
             listen,
             data,
