@@ -262,6 +262,9 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
                 let (batch, _) = pending.pop_front().expect("guarded");
                 match done {
                     Ok(Ok(n_new)) => {
+                        if n_new == 0 {
+                            metrics::counter!("gridsync_sync_duplicate_batches_total", "node" => node.clone()).increment(1);
+                        }
                         metrics::counter!("gridsync_sync_events_received_total", "node" => node.clone()).increment(n_new);
                         metrics::counter!("gridsync_sync_batches_received_total", "node" => node.clone()).increment(1);
                         session.on_persisted(batch, &StoreView(&state.store), system_now_ms())

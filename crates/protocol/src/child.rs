@@ -144,7 +144,7 @@ impl ChildSession {
             node: self.cfg.node_id.clone(),
             parent: self.cfg.parent_id.clone(),
             nonce: ByteBuf::from(self.nonce.clone()),
-            capabilities: vec!["chunks-v1".into()],
+            capabilities: vec![crate::CAPABILITY_CHUNKS_V1.into()],
         };
         self.send(&mut out, hello, now_ms);
         out
@@ -171,8 +171,21 @@ impl ChildSession {
                     node,
                     nonce,
                     proof,
+                    capabilities,
                 },
             ) => {
+                if !capabilities
+                    .iter()
+                    .any(|c| c == crate::CAPABILITY_CHUNKS_V1)
+                {
+                    return self.fail(
+                        out,
+                        format!(
+                            "parent {node} does not speak {}",
+                            crate::CAPABILITY_CHUNKS_V1
+                        ),
+                    );
+                }
                 if version != PROTOCOL_VERSION {
                     return self.fail(
                         out,

@@ -46,6 +46,9 @@ pub enum Frame {
         node: String,
         nonce: ByteBuf,
         proof: ByteBuf,
+        /// What the parent supports (the child's `hello` lists its own).
+        #[serde(default)]
+        capabilities: Vec<String>,
     },
     /// Child → parent: the child's proof over the parent's nonce.
     Auth {

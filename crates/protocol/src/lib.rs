@@ -34,6 +34,10 @@ pub use parent::{ParentConfig, ParentSession, StoredLog, TopologyView};
 
 use gridsync_model::{Chunk, Hash32};
 
+/// The one capability of protocol version 1: batches carry chunks in the
+/// stored format (`crates/model/src/chunk.rs`).
+pub const CAPABILITY_CHUNKS_V1: &str = "chunks-v1";
+
 /// Why a peer or a batch was refused. Stable strings on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectCode {

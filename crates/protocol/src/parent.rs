@@ -185,6 +185,7 @@ impl ParentSession {
                     node: self.cfg.node_id.clone(),
                     nonce: ByteBuf::from(self.nonce.clone()),
                     proof: ByteBuf::from(proof.to_vec()),
+                    capabilities: vec![crate::CAPABILITY_CHUNKS_V1.to_owned()],
                 };
                 self.state = State::AwaitAuth { child: node };
                 self.send(&mut out, challenge, now_ms);

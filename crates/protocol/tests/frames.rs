@@ -25,6 +25,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 node: "s1".into(),
                 nonce: b(32, 2),
                 proof: b(64, 3),
+                capabilities: vec!["chunks-v1".into()],
             },
         ),
         ("auth", Frame::Auth { proof: b(64, 4) }),
