@@ -286,61 +286,21 @@ impl Chunk {
         first_seq: u64,
         prev: &Hash32,
     ) -> Result<Vec<VerifiedEvent>, ChunkError> {
-        let mut out = Vec::with_capacity(self.events.len());
-        let mut expected_prev = *prev;
-        let mut expected_seq = first_seq;
-        for rec in &self.events {
-            let envelope =
-                Envelope::decode(&rec.envelope).map_err(|source| ChunkError::Envelope {
-                    origin: self.origin.clone(),
-                    seq: expected_seq,
-                    source,
-                })?;
-            if envelope.origin != self.origin {
-                return Err(ChunkError::OriginMismatch {
-                    chunk_origin: self.origin.clone(),
-                    event_origin: envelope.origin,
-                    seq: expected_seq,
-                });
-            }
-            if envelope.seq != expected_seq {
-                return Err(ChunkError::Gap {
-                    origin: self.origin.clone(),
-                    expected: expected_seq,
-                    found: envelope.seq,
-                });
-            }
-            if envelope.prev != expected_prev {
-                return Err(ChunkError::BrokenChain {
-                    origin: self.origin.clone(),
-                    seq: envelope.seq,
-                });
-            }
-            if let Some(p) = &rec.personal {
-                if envelope.personal_digest != Some(p.digest()) {
-                    return Err(ChunkError::PersonalDigest {
+        let hashes = self.check_links(first_seq, prev)?;
+        self.events
+            .iter()
+            .zip(hashes)
+            .enumerate()
+            .map(|(i, (rec, hash))| {
+                let envelope =
+                    Envelope::decode(&rec.envelope).map_err(|source| ChunkError::Envelope {
                         origin: self.origin.clone(),
-                        seq: envelope.seq,
-                    });
-                }
-            }
-            let hash = event_hash(&rec.envelope);
-            expected_prev = hash;
-            expected_seq += 1;
-            out.push(VerifiedEvent { envelope, hash });
-        }
-        let last_seq = expected_seq - 1;
-        if self.head.origin != self.origin
-            || self.head.seq != last_seq
-            || self.head.hash != expected_prev
-        {
-            return Err(ChunkError::HeadMismatch {
-                origin: self.origin.clone(),
-                head_seq: self.head.seq,
-                last_seq,
-            });
-        }
-        Ok(out)
+                        seq: first_seq + i as u64,
+                        source,
+                    })?;
+                Ok(VerifiedEvent { envelope, hash })
+            })
+            .collect()
     }
 
     /// The events after `seq` with the same head (`None` if none are left).

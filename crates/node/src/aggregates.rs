@@ -69,6 +69,20 @@ impl Projector {
     }
 }
 
+/// Finds a correction's target in the store (its envelope bytes).
+fn target_lookup(store: &Store) -> impl Fn(&str, u64) -> Option<Vec<u8>> + '_ {
+    move |origin: &str, seq: u64| {
+        store
+            .find_event(&EventRef {
+                origin: origin.to_owned(),
+                seq,
+            })
+            .ok()
+            .flatten()
+            .map(|(_, rec)| rec.envelope)
+    }
+}
+
 /// A projection of the log as it was at `as_of_ms`: by event time (only
 /// events that occurred by then, and corrections made by then), or with
 /// `known_at`, only log entries this node had committed by then.
@@ -82,16 +96,7 @@ pub fn fold_as_of(
     known_at: bool,
 ) -> Result<Projection, String> {
     let mut p = Projection::new(cfg);
-    let lookup = |origin: &str, seq: u64| {
-        store
-            .find_event(&EventRef {
-                origin: origin.to_owned(),
-                seq,
-            })
-            .ok()
-            .flatten()
-            .map(|(_, rec)| rec.envelope)
-    };
+    let lookup = target_lookup(store);
     let mut offset = 0;
     loop {
         let entries = store.read_log(offset, 256).map_err(|e| e.to_string())?;
@@ -129,16 +134,7 @@ fn apply_from(
     mut offset: u64,
     progress: &dyn Fn(u64),
 ) -> Result<u64, StoreError> {
-    let lookup = |origin: &str, seq: u64| {
-        store
-            .find_event(&EventRef {
-                origin: origin.to_owned(),
-                seq,
-            })
-            .ok()
-            .flatten()
-            .map(|(_, rec)| rec.envelope)
-    };
+    let lookup = target_lookup(store);
     let mut n = 0u64;
     loop {
         let entries = store.read_log(offset, 256)?;
