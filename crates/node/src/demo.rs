@@ -323,6 +323,11 @@ pub async fn run_demo(
     for s in servers {
         let _ = s.await;
     }
+    drop(states);
+    if opts.data.is_none() {
+        // The temporary data directory was ours; a --data directory is kept.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 
