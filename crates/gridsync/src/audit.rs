@@ -36,6 +36,25 @@ fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledKv), String> {
     Ok((tmp, kv))
 }
 
+/// Loads the topology and opens a copy of `data` as a store; opening
+/// verifies the whole log (chains, signatures, heads table, index).
+fn open_verified(
+    data: &Path,
+    topology: &Path,
+) -> Result<(Topology, tempfile::TempDir, Store), ExitCode> {
+    let topo = Topology::load(topology).map_err(|e| fail(UNREADABLE, e))?;
+    let (tmp, kv) = open_copy(data).map_err(|e| fail(UNREADABLE, e))?;
+    let keys_topo = topo.clone();
+    let store = Store::open(
+        Arc::new(kv),
+        StoreConfig::default(),
+        None,
+        Arc::new(move |o: &str| keys_topo.key(o)),
+    )
+    .map_err(|e| fail(PROBLEMS, format!("the log does not verify: {e}")))?;
+    Ok((topo, tmp, store))
+}
+
 fn load_reference(path: &Path) -> Result<Reference, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -186,24 +205,9 @@ pub fn run(command: AuditCommand) -> ExitCode {
                     "--data and --topology (or --url and --token) are required",
                 );
             };
-            let topo = match Topology::load(&topology) {
-                Ok(t) => t,
-                Err(e) => return fail(UNREADABLE, e),
-            };
-            let (_tmp, kv) = match open_copy(&data) {
+            let (topo, _tmp, store) = match open_verified(&data, &topology) {
                 Ok(x) => x,
-                Err(e) => return fail(UNREADABLE, e),
-            };
-            let keys_topo = topo.clone();
-            // Opening verifies the whole log (chains, signatures, heads).
-            let store = match Store::open(
-                Arc::new(kv),
-                StoreConfig::default(),
-                None,
-                Arc::new(move |o: &str| keys_topo.key(o)),
-            ) {
-                Ok(s) => s,
-                Err(e) => return fail(PROBLEMS, format!("the log does not verify: {e}")),
+                Err(code) => return code,
             };
             let allowed: Option<Vec<String>> = subtree.map(|s| topo.subtree(&s));
             let stdout = std::io::stdout();
@@ -262,27 +266,13 @@ pub fn run(command: AuditCommand) -> ExitCode {
             from,
             to,
         } => {
-            let topo = match Topology::load(&topology) {
-                Ok(t) => t,
-                Err(e) => return fail(UNREADABLE, e),
-            };
             let t = match gridsync_model::time_fmt::parse_rfc3339_ms(&as_of) {
                 Ok((ms, _)) => ms,
                 Err(e) => return fail(UNREADABLE, format!("--as-of: {e}")),
             };
-            let (_tmp, kv) = match open_copy(&data) {
+            let (topo, _tmp, store) = match open_verified(&data, &topology) {
                 Ok(x) => x,
-                Err(e) => return fail(UNREADABLE, e),
-            };
-            let keys_topo = topo.clone();
-            let store = match Store::open(
-                Arc::new(kv),
-                StoreConfig::default(),
-                None,
-                Arc::new(move |o: &str| keys_topo.key(o)),
-            ) {
-                Ok(s) => s,
-                Err(e) => return fail(PROBLEMS, format!("the log does not verify: {e}")),
+                Err(code) => return code,
             };
             let cfg = match gridsync_projections::ProjectionConfig::new(&topo.timezone) {
                 Ok(c) => c,
