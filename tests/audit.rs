@@ -89,22 +89,12 @@ async fn every_tampering_is_detected() {
         }
     }
     // Wait for the street to hold both origins' 72 events.
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        let st: Value = http
-            .get(format!("{}/v1/status", servers[0].url))
-            .bearer_auth(&tree.nodes["s"].tokens.viewer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if st["heads"]["c1"]["seq"] == 72 && st["heads"]["c2"]["seq"] == 72 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gridsync_suite::wait_heads(
+        &servers[0].url,
+        &tree.nodes["s"].tokens.viewer,
+        &[("c1", 72), ("c2", 72)],
+    )
+    .await;
     drop(servers); // SIGKILL: the audit works on what is durable
     let topo = Topology::load(&tree.topology).unwrap();
     let entries = dump(&tree.nodes["s"].data_dir);
@@ -443,22 +433,12 @@ async fn street_replay_is_the_union_of_its_communities() {
             .collect();
         post(&servers[i + 1].url, &tree.nodes[*c].tokens.reporter, events).await;
     }
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        let st: Value = http
-            .get(format!("{}/v1/status", servers[0].url))
-            .bearer_auth(&tree.nodes["s"].tokens.viewer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if st["heads"]["c1"]["seq"] == 40 && st["heads"]["c2"]["seq"] == 40 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gridsync_suite::wait_heads(
+        &servers[0].url,
+        &tree.nodes["s"].tokens.viewer,
+        &[("c1", 40), ("c2", 40)],
+    )
+    .await;
     // Replay from the running street over HTTP (hashes recomputed, links
     // checked) before stopping it.
     let out = Command::new(gridsync_bin())

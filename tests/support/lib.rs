@@ -311,3 +311,35 @@ pub async fn wait_projection_idle(url: &str, viewer: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits (at most 30 s) until the node at `url` holds every `(origin, seq)`
+/// head given, per its `/v1/status`.
+///
+/// # Panics
+/// When it does not in time.
+pub async fn wait_heads(url: &str, viewer: &str, want: &[(&str, u64)]) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st: Value = http
+            .get(format!("{url}/v1/status"))
+            .bearer_auth(viewer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if want
+            .iter()
+            .all(|(o, s)| st["heads"][*o]["seq"].as_u64() == Some(*s))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not reach {want:?}: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
