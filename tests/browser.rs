@@ -186,18 +186,22 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
         .unwrap();
 
     // Every card equals the API's totals for today.
-    let read = |id: String| {
+    // Read text inside the page in one step: the dashboard re-renders on
+    // every live update, so a found element can go stale before it is read.
+    let read_css = |css: String| {
         let client = client.clone();
         async move {
-            client
-                .find(Locator::Id(&id))
+            let v = client
+                .execute(
+                    "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                    vec![json!(css)],
+                )
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
+                .unwrap();
+            v.as_str().unwrap_or_default().to_owned()
         }
     };
+    let read = |id: String| read_css(format!("#{id}"));
     for metric in [
         "entries",
         "temperatures",
@@ -210,15 +214,8 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
         let shown = read(format!("total-{metric}")).await;
         assert_eq!(shown, agg["totals"][metric].to_string(), "card {metric}");
     }
-    let street_fevers = client
-        .find(Locator::Css(
-            "tr.street[data-node='street'] td[data-metric='fevers']",
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let street_fevers =
+        read_css("tr.street[data-node='street'] td[data-metric='fevers']".into()).await;
     assert_eq!(
         street_fevers,
         agg["children"][0]["totals"]["fevers"].to_string()
@@ -248,13 +245,7 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
         .await
         .unwrap();
     assert_eq!(marker, json!(42), "the page was reloaded");
-    let alerts = client
-        .find(Locator::Id("alerts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let alerts = read_css("#alerts".into()).await;
     assert!(
         alerts.contains("c1"),
         "fever alert lists the community: {alerts}"
