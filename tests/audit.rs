@@ -95,6 +95,16 @@ async fn every_tampering_is_detected() {
         &[("c1", 72), ("c2", 72)],
     )
     .await;
+    // The street's status (signed heads) is a reference an auditor can keep.
+    let status_text = reqwest::Client::new()
+        .get(format!("{}/v1/status", servers[0].url))
+        .bearer_auth(&tree.nodes["s"].tokens.viewer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     drop(servers); // SIGKILL: the audit works on what is durable
     let topo = Topology::load(&tree.topology).unwrap();
     let entries = dump(&tree.nodes["s"].data_dir);
@@ -283,6 +293,30 @@ async fn every_tampering_is_detected() {
         run(std::path::Path::new("/nonexistent"), &[]).status.code(),
         Some(2)
     );
+    // The street's own status as a signed reference: verifies; with one
+    // signature altered, the reference itself is refused.
+    let signed = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(signed.path(), &status_text).unwrap();
+    let out = run(data, &["--reference", signed.path().to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut st: Value = serde_json::from_str(&status_text).unwrap();
+    let sig = st["heads"]["c1"]["signature"].as_str().unwrap().to_owned();
+    let flipped = format!(
+        "{}{}",
+        if sig.starts_with('0') { "1" } else { "0" },
+        &sig[1..]
+    );
+    st["heads"]["c1"]["signature"] = json!(flipped);
+    std::fs::write(signed.path(), st.to_string()).unwrap();
+    let out = run(data, &["--reference", signed.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad_signature"));
+
     // A reference ahead of the log: cut off.
     let refs = tempfile::NamedTempFile::new().unwrap();
     let mut ahead = serde_json::Map::new();

@@ -160,6 +160,12 @@ pub struct HeadView {
     pub hash: String,
     /// When the origin signed this head.
     pub signed_at: String,
+    /// The same instant in unix ms, as signed.
+    pub signed_at_ms: i64,
+    /// The origin's ed25519 signature over this head (hex): anyone with the
+    /// topology can check it, so a parent's status is a signed reference for
+    /// `gridsync audit verify --reference`.
+    pub signature: String,
 }
 
 /// Size of a node's log.

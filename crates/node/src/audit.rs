@@ -78,7 +78,8 @@ impl AuditReport {
 }
 
 /// A head the auditor holds from elsewhere (the parent that acked it, the
-/// origin itself, an earlier checkpoint): the log must reach it.
+/// origin itself, an earlier checkpoint): the log must reach it. The
+/// `heads` of `/v1/status` have this shape (extra fields are ignored).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferenceHead {
     pub seq: u64,

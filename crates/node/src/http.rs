@@ -497,6 +497,8 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
                         h.signed.signed_at_ms,
                         0,
                     ),
+                    signed_at_ms: h.signed.signed_at_ms,
+                    signature: hex::encode(h.signed.signature),
                 },
             )
         })
