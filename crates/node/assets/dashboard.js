@@ -97,20 +97,24 @@
   function alertsAndFreshness(todayTree, status) {
     const list = $("alerts"); list.innerHTML = "";
     const walk = (n, out) => { if (n.children && n.children.length) n.children.forEach((c) => walk(c, out)); else out.push(n); return out; };
-    let any = false;
-    for (const c of walk(todayTree, [])) {
-      const m = c.days[c.days.length - 1].metrics;
-      if (m.fevers > 0 || m.referrals > 0) {
-        any = true; const li = document.createElement("li"); li.dataset.node = c.node;
-        li.textContent = `${c.name}: ${T.m.fevers} ${m.fevers}, ${T.m.referrals} ${m.referrals}`; list.appendChild(li);
-      }
+    // Communities with fevers or referrals today, most fevers first.
+    const hits = walk(todayTree, [])
+      .map((c) => ({ c, m: c.days[c.days.length - 1].metrics }))
+      .filter(({ m }) => m.fevers > 0 || m.referrals > 0)
+      .sort((a, b) => b.m.fevers - a.m.fevers || b.m.referrals - a.m.referrals);
+    for (const { c, m } of hits.slice(0, 40)) {
+      const li = document.createElement("li"); li.dataset.node = c.node;
+      if (m.fevers > 0) li.className = "stale";
+      li.textContent = `${c.name}: ${T.m.fevers} ${m.fevers}, ${T.m.referrals} ${m.referrals}`; list.appendChild(li);
     }
-    if (!any) list.innerHTML = `<li>${T.none}</li>`;
+    if (!hits.length) list.innerHTML = `<li>${T.none}</li>`;
     const f = $("fresh"); f.innerHTML = "";
     for (const ch of status.children_status || []) {
       const li = document.createElement("li"); li.dataset.node = ch.id;
       const name = (todayTree.children.find((x) => x.node === ch.id) || {}).name || ch.id;
-      const stale = !ch.connected || ch.lag_events > 0;
+      // Events in flight are normal; a link down, or events waiting for
+      // longer than STALE_S, are not.
+      const stale = !ch.connected || (ch.lag_seconds || 0) > STALE_S;
       li.className = stale ? "stale" : "fresh-ok";
       li.textContent = `${name}: ${ch.connected ? T.connected : T.offline}` + (ch.lag_events > 0 ? `, ${T.lag} ${ch.lag_events}` : "") +
         (ch.lag_seconds ? ` (${ago(ch.lag_seconds)})` : "");
