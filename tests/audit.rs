@@ -484,6 +484,8 @@ async fn street_replay_is_the_union_of_its_communities() {
             "--token",
             &tree.nodes["s"].tokens.auditor,
         ])
+        .arg("--topology")
+        .arg(&tree.topology)
         .output()
         .unwrap();
     assert!(

@@ -196,6 +196,10 @@ pub fn run(command: AuditCommand) -> ExitCode {
                     recorded_from: rfrom,
                     recorded_to: rto,
                     with_personal,
+                    topology: match topology.as_deref().map(Topology::load).transpose() {
+                        Ok(t) => t,
+                        Err(e) => return fail(UNREADABLE, e),
+                    },
                 };
                 return replay_remote(url, token, from.as_ref(), to.as_ref(), &filter);
             }
@@ -316,6 +320,9 @@ struct RemoteFilter {
     recorded_from: Option<i64>,
     recorded_to: Option<i64>,
     with_personal: bool,
+    /// With the topology: check the node's signed heads and that the
+    /// streamed chains end in them.
+    topology: Option<Topology>,
 }
 
 /// Recomputes an event's hash from its JSON view: the canonical envelope
@@ -378,6 +385,56 @@ fn replay_remote(
     };
     rt.block_on(async move {
         let http = reqwest::Client::new();
+        // Signed heads first (events up to them are what the replay covers).
+        let mut signed: std::collections::HashMap<String, (u64, String)> =
+            std::collections::HashMap::new();
+        if let Some(topo) = &f.topology {
+            let status: gridsync_model::api::StatusResponse = match http
+                .get(format!("{url}/v1/status"))
+                .bearer_auth(token)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => match r.json().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return fail(UNREADABLE, format!("unexpected status from {url}: {e}"))
+                    }
+                },
+                Ok(r) => {
+                    return fail(
+                        UNREADABLE,
+                        format!("{url} answered {} to /v1/status", r.status()),
+                    )
+                }
+                Err(e) => return fail(UNREADABLE, format!("cannot reach {url}: {e}")),
+            };
+            for (origin, h) in status.heads {
+                let head = (|| {
+                    Some(gridsync_model::SignedHead {
+                        origin: origin.clone(),
+                        seq: h.seq,
+                        hash: hex::decode(&h.hash).ok()?.try_into().ok()?,
+                        signed_at_ms: h.signed_at_ms,
+                        signature: hex::decode(&h.signature).ok()?.try_into().ok()?,
+                    })
+                })();
+                let ok = match (head, topo.key(&origin)) {
+                    (Some(head), Some(key)) => head.verify(&key).is_ok(),
+                    _ => false,
+                };
+                if !ok {
+                    return fail(
+                        PROBLEMS,
+                        format!(
+                            "origin {origin}: the signed head at seq {} does not verify",
+                            h.seq
+                        ),
+                    );
+                }
+                signed.insert(origin, (h.seq, h.hash));
+            }
+        }
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let mut last: std::collections::HashMap<String, (u64, String)> =
@@ -451,6 +508,17 @@ fn replay_remote(
                             PROBLEMS,
                             format!(
                                 "origin {} seq {}: prev does not link to seq {seq}",
+                                v.origin, v.seq
+                            ),
+                        );
+                    }
+                }
+                if let Some((seq, hash)) = signed.get(&v.origin) {
+                    if v.seq == *seq && v.hash != *hash {
+                        return fail(
+                            PROBLEMS,
+                            format!(
+                                "origin {} seq {}: differs from the origin's signed head",
                                 v.origin, v.seq
                             ),
                         );

@@ -147,7 +147,9 @@ enum AuditCommand {
     /// From a data directory (`--data`, `--topology`): the whole log is
     /// verified first (chains and signatures). From a running node (`--url`,
     /// `--token` with the auditor role): every event's hash is recomputed
-    /// from its fields and every `prev` link checked as it streams.
+    /// from its fields and every `prev` link checked as it streams; with
+    /// `--topology` too, the node's signed heads are verified and each
+    /// streamed chain must end in its origin's signed head.
     Replay {
         #[arg(long, required_unless_present = "url")]
         data: Option<PathBuf>,
