@@ -62,6 +62,23 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         "/metrics" => "/metrics",
         _ => "other",
     };
+    // A body announced as too large is refused before a byte of it is read.
+    let limit = state.config.limits.body_bytes_max;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        metrics::counter!("gridsync_http_requests_total", "node" => state.config.id.clone(), "route" => route, "status" => "413")
+            .increment(1);
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is over {limit} bytes; send fewer events per request"),
+        )
+        .into_response();
+    }
     let Ok(_permit) = state.http_permits.acquire().await else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
