@@ -348,20 +348,15 @@ async fn as_of_projection_reproduces_a_recorded_snapshot() {
     )
     .await;
     let q = "from=2020-01-25&to=2020-01-28";
-    let http = reqwest::Client::new();
     // The projection follows commits asynchronously: take the snapshot once
     // the node has applied what it acknowledged (idle).
     let mut snapshot = Value::Null;
     for _ in 0..200 {
-        snapshot = http
-            .get(format!("{}/v1/aggregates?{q}", server.url))
-            .bearer_auth(&files.tokens.viewer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        snapshot = gridsync_suite::get_json(
+            &format!("{}/v1/aggregates?{q}", server.url),
+            &files.tokens.viewer,
+        )
+        .await;
         if snapshot["coverage"][0]["seq"] == 3 {
             break;
         }

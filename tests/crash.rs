@@ -98,22 +98,15 @@ async fn lost_acks(
     acked: &HashMap<String, Ack>,
     verified: &mut Verified,
 ) -> Vec<String> {
-    let http = reqwest::Client::new();
     let mut stored: HashMap<String, Ack> = HashMap::new();
     let mut after = verified.seq.saturating_sub(1);
     let mut prev_hash: Option<String> = (verified.seq == 0).then(|| "0".repeat(64));
     loop {
-        let page: Value = http
-            .get(format!(
-                "{url}/v1/events?origin=c1&after_seq={after}&limit=1000"
-            ))
-            .bearer_auth(auditor)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = gridsync_suite::get_json(
+            &format!("{url}/v1/events?origin=c1&after_seq={after}&limit=1000"),
+            auditor,
+        )
+        .await;
         let events = page["events"].as_array().unwrap();
         for e in events {
             let seq = e["seq"].as_u64().unwrap();

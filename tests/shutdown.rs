@@ -65,22 +65,17 @@ async fn sigterm_finishes_in_flight_commits_and_exits_cleanly() {
     assert!(!acked.is_empty());
 
     let server = Server::start(&files.config, &[]);
-    let http = reqwest::Client::new();
     let mut stored: HashMap<String, u64> = HashMap::new();
     let mut after = 0;
     loop {
-        let page: Value = http
-            .get(format!(
+        let page: Value = gridsync_suite::get_json(
+            &format!(
                 "{}/v1/events?origin=c1&after_seq={after}&limit=1000",
                 server.url
-            ))
-            .bearer_auth(&files.tokens.auditor)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ),
+            &files.tokens.auditor,
+        )
+        .await;
         for e in page["events"].as_array().unwrap() {
             after = e["seq"].as_u64().unwrap();
             stored.insert(e["client_id"].as_str().unwrap().to_owned(), after);

@@ -264,6 +264,22 @@ pub const FAST_SYNC: &[(&str, i64)] = &[
     ("reconnect_max_ms", 800),
 ];
 
+/// `GET url` with a bearer token, as JSON.
+///
+/// # Panics
+/// When the request fails or the answer is not JSON.
+pub async fn get_json(url: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Waits (at most 30 s) until the node at `url` has folded every event it
 /// holds into its projection: every origin's `coverage.seq` in
 /// `/v1/aggregates` equals its head in `/v1/status`. Projections follow
@@ -272,27 +288,10 @@ pub const FAST_SYNC: &[(&str, i64)] = &[
 /// # Panics
 /// When the projection does not catch up in time.
 pub async fn wait_projection_idle(url: &str, viewer: &str) {
-    let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status: Value = http
-            .get(format!("{url}/v1/status"))
-            .bearer_auth(viewer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let agg: Value = http
-            .get(format!("{url}/v1/aggregates"))
-            .bearer_auth(viewer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = get_json(&format!("{url}/v1/status"), viewer).await;
+        let agg: Value = get_json(&format!("{url}/v1/aggregates"), viewer).await;
         let heads = status["heads"].as_object().cloned().unwrap_or_default();
         let caught_up = heads.iter().all(|(origin, h)| {
             agg["coverage"]
@@ -318,18 +317,9 @@ pub async fn wait_projection_idle(url: &str, viewer: &str) {
 /// # Panics
 /// When it does not in time.
 pub async fn wait_heads(url: &str, viewer: &str, want: &[(&str, u64)]) {
-    let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st: Value = http
-            .get(format!("{url}/v1/status"))
-            .bearer_auth(viewer)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st: Value = get_json(&format!("{url}/v1/status"), viewer).await;
         if want
             .iter()
             .all(|(o, s)| st["heads"][*o]["seq"].as_u64() == Some(*s))

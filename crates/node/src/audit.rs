@@ -294,16 +294,9 @@ pub fn verify(
     // The chunk index must match the chunks.
     if let Ok(entries) = kv.scan(&[layout::INDEX], &[layout::INDEX], usize::MAX) {
         let found: BTreeSet<(Vec<u8>, Vec<u8>)> = entries.into_iter().collect();
-        let parse = |k: &[u8]| -> (Option<String>, Option<u64>) {
-            let len = usize::from(*k.get(1).unwrap_or(&0));
-            let origin = k
-                .get(2..2 + len)
-                .map(|b| String::from_utf8_lossy(b).into_owned());
-            let seq = k
-                .get(2 + len..10 + len)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
-            (origin, seq)
+        let parse = |k: &[u8]| match layout::parse_origin_seq_key(k) {
+            Some((origin, seq, _)) => (Some(origin), Some(seq)),
+            None => (None, None),
         };
         for (k, _) in found.difference(&index_expected) {
             let (origin, seq) = parse(k);
@@ -329,13 +322,10 @@ pub fn verify(
     // Equivocation evidence the node recorded.
     if let Ok(entries) = kv.scan(&[layout::EVIDENCE], &[layout::EVIDENCE], 10_000) {
         for (k, _) in entries {
-            let len = usize::from(*k.get(1).unwrap_or(&0));
-            let origin = k
-                .get(2..2 + len)
-                .map(|b| String::from_utf8_lossy(b).into_owned());
-            let seq = k
-                .get(2 + len..10 + len)
-                .map(|b| u64::from_be_bytes(b.try_into().expect("8")));
+            let (origin, seq) = match layout::parse_origin_seq_key(&k) {
+                Some((o, s, _)) => (Some(o), Some(s)),
+                None => (None, None),
+            };
             report.problem(
                 "equivocation_evidence",
                 origin.as_deref(),

@@ -108,30 +108,36 @@ impl ParentSession {
         out.push(Output::Send(f));
     }
 
-    fn refuse(
+    /// Sends `frame` (a refusal), reports the rejection and closes.
+    fn end(
         &mut self,
         mut out: Vec<Output>,
+        frame: Frame,
+        code: RejectCode,
+        message: String,
+        reason: String,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        self.send(&mut out, frame, now_ms);
+        out.push(Output::Rejected { code, message });
+        self.state = State::Closed;
+        out.push(Output::Close { reason });
+        out
+    }
+
+    fn refuse(
+        &mut self,
+        out: Vec<Output>,
         code: RejectCode,
         message: String,
         now_ms: i64,
     ) -> Vec<Output> {
-        self.send(
-            &mut out,
-            Frame::Refused {
-                code: code.as_str().into(),
-                message: message.clone(),
-            },
-            now_ms,
-        );
-        out.push(Output::Rejected {
-            code,
+        let frame = Frame::Refused {
+            code: code.as_str().into(),
             message: message.clone(),
-        });
-        self.state = State::Closed;
-        out.push(Output::Close {
-            reason: format!("{}: {message}", code.as_str()),
-        });
-        out
+        };
+        let reason = format!("{}: {message}", code.as_str());
+        self.end(out, frame, code, message, reason, now_ms)
     }
 
     pub fn on_frame(
@@ -486,29 +492,18 @@ impl ParentSession {
 
     fn reject(
         &mut self,
-        mut out: Vec<Output>,
+        out: Vec<Output>,
         id: u64,
         code: RejectCode,
         message: String,
         now_ms: i64,
     ) -> Vec<Output> {
-        self.send(
-            &mut out,
-            Frame::Rejected {
-                id,
-                code: code.as_str().into(),
-                message: message.clone(),
-            },
-            now_ms,
-        );
-        out.push(Output::Rejected {
-            code,
+        let frame = Frame::Rejected {
+            id,
+            code: code.as_str().into(),
             message: message.clone(),
-        });
-        self.state = State::Closed;
-        out.push(Output::Close {
-            reason: format!("batch {id} rejected: {message}"),
-        });
-        out
+        };
+        let reason = format!("batch {id} rejected: {message}");
+        self.end(out, frame, code, message, reason, now_ms)
     }
 }

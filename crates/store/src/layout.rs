@@ -90,6 +90,15 @@ pub fn parse_index_value(v: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
+/// `(origin, seq, rest)` of a key laid out as
+/// `tag ‖ len:u8 ‖ origin ‖ seq:u64be ‖ rest` (index and evidence keys).
+pub fn parse_origin_seq_key(k: &[u8]) -> Option<(String, u64, &[u8])> {
+    let len = usize::from(*k.get(1)?);
+    let origin = String::from_utf8_lossy(k.get(2..2 + len)?).into_owned();
+    let seq = u64::from_be_bytes(k.get(2 + len..10 + len)?.try_into().ok()?);
+    Some((origin, seq, &k[10 + len..]))
+}
+
 pub fn client_key(origin: &str, client_id: &str) -> Vec<u8> {
     let mut k = origin_prefix(CLIENT, origin);
     k.extend_from_slice(client_id.as_bytes());

@@ -135,6 +135,28 @@ pub(crate) struct Shared {
     pub committed: watch::Sender<u64>,
 }
 
+impl Shared {
+    /// `Some` once a commit has failed: nothing is acknowledged after that.
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let why = self
+            .failure
+            .read()
+            .expect("lock")
+            .clone()
+            .unwrap_or_default();
+        Some(StoreError::Failed(why))
+    }
+
+    /// Records a failed commit; every later request is refused.
+    pub(crate) fn fail(&self, why: String) {
+        *self.failure.write().expect("lock") = Some(why);
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogCounts {
     pub chunks: u64,
@@ -347,14 +369,11 @@ impl Store {
             .kv
             .scan(&[layout::EVIDENCE], &[layout::EVIDENCE], 10_000)?
         {
-            let len = usize::from(*k.get(1).unwrap_or(&0));
-            if k.len() != 2 + len + 16 {
-                continue;
+            if let Some((origin, seq, rest)) = layout::parse_origin_seq_key(&k) {
+                if let Ok(at) = <[u8; 8]>::try_from(rest) {
+                    out.push((origin, seq, i64::from_be_bytes(at)));
+                }
             }
-            let origin = String::from_utf8_lossy(&k[2..2 + len]).into_owned();
-            let seq = u64::from_be_bytes(k[2 + len..10 + len].try_into().expect("8 bytes"));
-            let at = i64::from_be_bytes(k[10 + len..18 + len].try_into().expect("8 bytes"));
-            out.push((origin, seq, at));
         }
         Ok(out)
     }
@@ -378,17 +397,7 @@ impl Store {
     }
 
     fn check_failed(&self) -> Result<(), StoreError> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            let why = self
-                .shared
-                .failure
-                .read()
-                .expect("lock")
-                .clone()
-                .unwrap_or_default();
-            return Err(StoreError::Failed(why));
-        }
-        Ok(())
+        self.shared.failure().map_or(Ok(()), Err)
     }
 
     /// `Err` once a commit has failed (the node must stop acknowledging).

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use gridsync_model::ingest::PreparedEvent;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -293,20 +292,6 @@ impl Writer {
         tracing::debug!("log writer stopped: every sender is gone and the queue is drained");
     }
 
-    fn failure(&self) -> Option<StoreError> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            let why = self
-                .shared
-                .failure
-                .read()
-                .expect("lock")
-                .clone()
-                .unwrap_or_default();
-            return Some(StoreError::Failed(why));
-        }
-        None
-    }
-
     fn head_of(&self, work: &Work, origin: &str) -> (u64, Hash32) {
         work.heads
             .get(origin)
@@ -317,7 +302,7 @@ impl Writer {
     /// One durable commit for every request gathered: events originated
     /// here and chunks received from children alike.
     fn commit(&mut self, batch: Vec<Request>) {
-        if let Some(err) = self.failure() {
+        if let Some(err) = self.shared.failure() {
             for r in batch {
                 r.fail(err.clone());
             }
@@ -405,8 +390,7 @@ impl Writer {
             Err(e) => {
                 let why = e.to_string();
                 tracing::error!(error = %why, "commit failed; the log writer stops acknowledging");
-                *self.shared.failure.write().expect("lock") = Some(why.clone());
-                self.shared.failed.store(true, Ordering::Release);
+                self.shared.fail(why.clone());
                 for p in pending {
                     p.fail(StoreError::Failed(why.clone()));
                 }
