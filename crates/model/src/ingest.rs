@@ -316,6 +316,21 @@ pub fn prepare(
     Ok(event)
 }
 
+/// The content fingerprint of a stored event (what `client_id` idempotency
+/// compares), recomputed from its envelope and personal part: equal to the
+/// one [`prepare`] gave the posted event.
+pub fn stored_fingerprint(env: &crate::Envelope, personal: Option<&Personal>) -> Hash32 {
+    fingerprint(
+        &env.kind,
+        env.schema,
+        env.occurred_at,
+        &env.grid,
+        &env.recorded_by,
+        &canonical::to_canonical(&env.data),
+        personal,
+    )
+}
+
 fn fingerprint(
     kind: &str,
     schema: u32,

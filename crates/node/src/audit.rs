@@ -320,7 +320,8 @@ pub fn verify(
         }
     }
     // Equivocation evidence the node recorded.
-    if let Ok(entries) = kv.scan(&[layout::EVIDENCE], &[layout::EVIDENCE], 10_000) {
+    let summary = [layout::EVIDENCE_SUMMARY];
+    if let Ok(entries) = kv.scan(&summary, &summary, 10_000) {
         for (k, _) in entries {
             let (origin, seq) = match layout::parse_origin_seq_key(&k) {
                 Some((o, s, _)) => (Some(o), Some(s)),

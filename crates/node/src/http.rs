@@ -486,6 +486,9 @@ fn read_events(
     }
 }
 
+/// Equivocation records listed by `/v1/status` at most.
+const EVIDENCE_LISTED_MAX: usize = 1000;
+
 async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -577,7 +580,7 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
     });
     let equivocations = state
         .store
-        .evidence()
+        .evidence(EVIDENCE_LISTED_MAX)
         .map_err(ApiError::from)?
         .into_iter()
         .map(|(origin, seq, at)| gridsync_model::api::EquivocationView {

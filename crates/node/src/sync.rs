@@ -369,30 +369,33 @@ async fn record_equivocation(
     ours: Hash32,
     theirs: &Chunk,
 ) {
-    metrics::counter!("gridsync_sync_equivocations_total", "node" => state.config.id.clone())
-        .increment(1);
-    tracing::error!(
-        origin,
-        seq,
-        ours = %hex::encode(ours),
-        "EQUIVOCATION: origin signed a different event at a seq this node already holds; both kept as evidence"
-    );
+    // Our side: the stored chunk holding `seq` (its signed head vouches for
+    // it), or only the hash when our copy was not durable yet.
     let ours_bytes = state
         .store
-        .find_event(&gridsync_model::kinds::EventRef {
-            origin: origin.to_owned(),
-            seq,
-        })
+        .read_origin(origin, seq.saturating_sub(1), 1)
         .ok()
-        .flatten()
-        .map(|(_, rec)| rec.envelope)
+        .and_then(|mut v| v.pop())
+        .filter(|sc| sc.chunk.first_seq() <= seq && seq <= sc.chunk.last_seq())
+        .map(|sc| sc.chunk.encode())
         .unwrap_or_else(|| ours.to_vec());
-    if let Err(e) = state
+    match state
         .store
         .record_evidence(origin, seq, ours_bytes, theirs, system_now_ms())
         .await
     {
-        tracing::error!(error = %e, "could not record equivocation evidence");
+        Ok(true) => {
+            metrics::counter!("gridsync_sync_equivocations_total", "node" => state.config.id.clone())
+                .increment(1);
+            tracing::error!(
+                origin,
+                seq,
+                ours = %hex::encode(ours),
+                "EQUIVOCATION: origin signed a different event at a seq this node already holds; both kept as evidence"
+            );
+        }
+        Ok(false) => tracing::debug!(origin, seq, "equivocation offered again; already recorded"),
+        Err(e) => tracing::error!(error = %e, "could not record equivocation evidence"),
     }
 }
 
@@ -484,9 +487,11 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
         if *shutdown.borrow() {
             return;
         }
-        let jitter = rand::rngs::OsRng.gen_range(0..=backoff_ms / 2);
+        // Full jitter between the minimum and the current backoff, so the
+        // children of a restarted parent do not all come back at once.
+        let delay = rand::rngs::OsRng.gen_range(s.reconnect_min_ms.min(backoff_ms)..=backoff_ms);
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(backoff_ms + jitter)) => {}
+            () = tokio::time::sleep(Duration::from_millis(delay)) => {}
             _ = shutdown.changed() => return,
         }
         backoff_ms = (backoff_ms * 2).min(s.reconnect_max_ms);
@@ -598,7 +603,7 @@ async fn child_session(
 }
 
 fn end(session: &ChildSession, reason: String) -> SessionEnd {
-    if session.is_streaming() {
+    if session.made_progress() {
         SessionEnd::Streamed(reason)
     } else {
         SessionEnd::Early(reason)

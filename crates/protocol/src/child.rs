@@ -78,6 +78,8 @@ pub struct ChildSession {
     last_tx_ms: i64,
     opened_at_ms: i64,
     rr_cursor: usize,
+    /// The handshake completed in this session (the link worked).
+    welcomed: bool,
 }
 
 impl ChildSession {
@@ -94,6 +96,7 @@ impl ChildSession {
             last_tx_ms: 0,
             opened_at_ms: 0,
             rr_cursor: 0,
+            welcomed: false,
         }
     }
 
@@ -111,6 +114,13 @@ impl ChildSession {
 
     pub fn is_streaming(&self) -> bool {
         self.state == State::Streaming
+    }
+
+    /// Whether this session got past the handshake, even if it has closed
+    /// since (an idle or ack timeout on a poor link ends healthy sessions
+    /// too): the caller resets its reconnect backoff after such a session.
+    pub fn made_progress(&self) -> bool {
+        self.welcomed
     }
 
     /// The parent's durable heads as last acknowledged.
@@ -227,6 +237,7 @@ impl ChildSession {
                     self.sent = self.acked.clone();
                 }
                 self.state = State::Streaming;
+                self.welcomed = true;
                 self.fill(&mut out, log, now_ms);
             }
             (State::Streaming, Frame::Ack { id, heads }) => match self.inflight.front() {

@@ -9,7 +9,8 @@
 //! | `I` len:u8 origin last_seq:u64be | offset:u64be first_seq:u64be — one per chunk |
 //! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — origins only |
 //! | `H` origin | seq:u64be hash:32 signed-head bytes |
-//! | `E` len:u8 origin seq:u64be at_ms:i64be | equivocation evidence: ours_len:u64be ours ‖ their chunk |
+//! | `X` len:u8 origin seq:u64be their_hash:32 | equivocation evidence summary: at_ms:i64be parts:u16be |
+//! | `E` len:u8 origin seq:u64be their_hash:32 part:u16be | fragment `part` of the evidence: ours_len:u64be ours ‖ their chunk |
 //!
 //! A log entry is `received_at_ms:i64be ‖ chunk bytes`, split into
 //! fragments of at most [`FRAGMENT_BYTES_MAX`] bytes so that no sled value
@@ -22,6 +23,7 @@ pub const INDEX: u8 = b'I';
 pub const CLIENT: u8 = b'C';
 pub const HEAD: u8 = b'H';
 pub const EVIDENCE: u8 = b'E';
+pub const EVIDENCE_SUMMARY: u8 = b'X';
 
 /// Largest sled value the log writes. sled 0.34.7 moves a serialized tree
 /// node over ~128 KiB to a blob file it never fsyncs, and a node holds up to
@@ -57,8 +59,28 @@ pub fn parse_log_key(k: &[u8]) -> Option<(u64, u16)> {
 fn origin_prefix(tag: u8, origin: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + origin.len() + 8);
     k.push(tag);
-    k.push(u8::try_from(origin.len()).expect("node ids are at most 64 bytes"));
+    // Node ids are at most 64 bytes (topology check); a longer origin from
+    // tampered data gets a key no real origin has, never a panic.
+    k.push(u8::try_from(origin.len()).unwrap_or(u8::MAX));
     k.extend_from_slice(origin.as_bytes());
+    k
+}
+
+/// Summary key of the equivocation evidence for `(origin, seq, their hash)`:
+/// one record per distinct conflicting event, however often it is offered.
+pub fn evidence_summary_key(origin: &str, seq: u64, their_hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = origin_prefix(EVIDENCE_SUMMARY, origin);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(their_hash);
+    k
+}
+
+/// Key of fragment `part` of that evidence.
+pub fn evidence_key(origin: &str, seq: u64, their_hash: &[u8; 32], part: u16) -> Vec<u8> {
+    let mut k = origin_prefix(EVIDENCE, origin);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(their_hash);
+    k.extend_from_slice(&part.to_be_bytes());
     k
 }
 

@@ -44,6 +44,10 @@ pub enum StoreError {
     Closed,
     #[error("refused: {0}")]
     Refused(String),
+    #[error(
+        "origin {origin}: the event offered at seq {seq} differs from the one held (equivocation)"
+    )]
+    Diverged { origin: String, seq: u64 },
 }
 
 /// Why an append request was refused (nothing of it was stored).
@@ -100,6 +104,10 @@ pub struct StoreConfig {
     /// Test-only negative control: answer appends before the commit is
     /// durable. Never set outside the crash test's control run.
     pub unsafe_ack_before_durable: bool,
+    /// Test-only negative control (planted bug): let readers see commits
+    /// that are applied but not yet durable, as sled itself does. Never set
+    /// outside the crash tests' control runs.
+    pub unsafe_read_uncommitted: bool,
     /// Value of the `node` label on this store's metrics.
     pub node_label: String,
 }
@@ -111,6 +119,7 @@ impl Default for StoreConfig {
             queue_requests_max: 256,
             chunk_bytes_target: 6 * 1024,
             unsafe_ack_before_durable: false,
+            unsafe_read_uncommitted: false,
             node_label: String::new(),
         }
     }
@@ -175,9 +184,9 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Evidence {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        summary: Vec<u8>,
+        writes: Vec<kv::KvWrite>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
 }
 
@@ -204,6 +213,7 @@ pub struct Store {
     shared: Arc<Shared>,
     handle: Arc<WriterHandle>,
     origin: Option<String>,
+    read_uncommitted: bool,
 }
 
 impl Store {
@@ -251,6 +261,7 @@ impl Store {
         });
         let (tx, rx) = mpsc::channel(config.queue_requests_max.max(1));
         let origin_id = origin.as_ref().map(|o| o.node_id.clone());
+        let config_read_uncommitted = config.unsafe_read_uncommitted;
         let w = writer::Writer::new(shared.clone(), config, origin, recovered);
         let handle = std::thread::Builder::new()
             .name("gridsync-log-writer".into())
@@ -263,6 +274,7 @@ impl Store {
                 thread: Some(handle),
             }),
             origin: origin_id,
+            read_uncommitted: config_read_uncommitted,
         })
     }
 
@@ -329,7 +341,10 @@ impl Store {
     }
 
     /// Durably records equivocation evidence: what this node holds for
-    /// `origin`/`seq` and the conflicting chunk it was offered.
+    /// `origin`/`seq` (`ours`: the stored chunk holding it, so its signed
+    /// head vouches for it, or only its hash when it was not durable yet)
+    /// and the conflicting chunk it was offered. Recorded once per
+    /// `(origin, seq, their hash)`: returns whether this call added it.
     ///
     /// # Errors
     /// The store failed or is closed.
@@ -340,39 +355,65 @@ impl Store {
         ours: Vec<u8>,
         theirs: &Chunk,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let mut key = vec![layout::EVIDENCE];
-        key.push(u8::try_from(origin.len()).unwrap_or(u8::MAX));
-        key.extend_from_slice(origin.as_bytes());
-        key.extend_from_slice(&seq.to_be_bytes());
-        key.extend_from_slice(&now_ms.to_be_bytes());
-        let mut value = Vec::new();
-        value.extend_from_slice(&(ours.len() as u64).to_be_bytes());
-        value.extend_from_slice(&ours);
-        value.extend_from_slice(&theirs.encode());
+    ) -> Result<bool, StoreError> {
+        let their_hash = theirs
+            .events
+            .iter()
+            .zip(theirs.first_seq()..)
+            .find(|(_, s)| *s == seq)
+            .or(theirs.events.last().map(|r| (r, 0)))
+            .map(|(r, _)| gridsync_model::event::event_hash(&r.envelope))
+            .unwrap_or(theirs.head.hash);
+        let summary = layout::evidence_summary_key(origin, seq, &their_hash);
+        if self.shared.kv.get(&summary)?.is_some() {
+            return Ok(false);
+        }
+        let mut whole = Vec::with_capacity(8 + ours.len() + 256);
+        whole.extend_from_slice(&(ours.len() as u64).to_be_bytes());
+        whole.extend_from_slice(&ours);
+        whole.extend_from_slice(&theirs.encode());
+        let parts: Vec<&[u8]> = whole.chunks(layout::FRAGMENT_BYTES_MAX).collect();
+        let n_parts = u16::try_from(parts.len())
+            .map_err(|_| StoreError::Refused("evidence too large to record".into()))?;
+        let mut writes: Vec<kv::KvWrite> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    layout::evidence_key(origin, seq, &their_hash, i as u16),
+                    Some(p.to_vec()),
+                )
+            })
+            .collect();
+        let mut value = now_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(&n_parts.to_be_bytes());
+        writes.push((summary.clone(), Some(value)));
         let (reply, rx) = oneshot::channel();
         let tx = self.handle.tx.as_ref().ok_or(StoreError::Closed)?;
-        tx.send(Request::Evidence { key, value, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        tx.send(Request::Evidence {
+            summary,
+            writes,
+            reply,
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Equivocation evidence recorded so far: `(origin, seq, recorded_at_ms)`.
+    /// Equivocation evidence recorded so far (at most `max`):
+    /// `(origin, seq, recorded_at_ms)`. Reads only the small summary keys.
     ///
     /// # Errors
     /// Storage errors.
-    pub fn evidence(&self) -> Result<Vec<(String, u64, i64)>, StoreError> {
+    pub fn evidence(&self, max: usize) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        let tag = [layout::EVIDENCE_SUMMARY];
         let mut out = Vec::new();
-        for (k, _) in self
-            .shared
-            .kv
-            .scan(&[layout::EVIDENCE], &[layout::EVIDENCE], 10_000)?
-        {
-            if let Some((origin, seq, rest)) = layout::parse_origin_seq_key(&k) {
-                if let Ok(at) = <[u8; 8]>::try_from(rest) {
-                    out.push((origin, seq, i64::from_be_bytes(at)));
-                }
+        for (k, v) in self.shared.kv.scan(&tag, &tag, max)? {
+            if let (Some((origin, seq, _)), Some(at)) = (
+                layout::parse_origin_seq_key(&k),
+                v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+            ) {
+                out.push((origin, seq, i64::from_be_bytes(at)));
             }
         }
         Ok(out)
@@ -430,9 +471,28 @@ impl Store {
         self.shared.committed.subscribe()
     }
 
+    /// The next log offset that is not durable yet: readers stop before it.
+    fn durable_end(&self) -> u64 {
+        if self.read_uncommitted {
+            return u64::MAX;
+        }
+        *self.shared.committed.borrow()
+    }
+
+    /// The highest seq of `origin` that is durable here (0 if none).
+    fn durable_seq(&self, origin: &str) -> u64 {
+        if self.read_uncommitted {
+            return u64::MAX;
+        }
+        self.head(origin).map_or(0, |h| h.seq)
+    }
+
     /// Reads up to `max_entries` log entries starting at `offset`, in log
-    /// order. Does not verify signatures (the log was verified on open and
-    /// every entry was verified or created by this node).
+    /// order, never past the last durable commit: sled shows an applied
+    /// batch to readers before its flush and fsync return, and nothing may
+    /// be forwarded, counted or served that a crash could still take back.
+    /// Does not verify signatures (the log was verified on open and every
+    /// entry was verified or created by this node).
     ///
     /// # Errors
     /// Storage errors, or an entry that does not decode.
@@ -441,11 +501,17 @@ impl Store {
         offset: u64,
         max_entries: usize,
     ) -> Result<Vec<StoredChunk>, StoreError> {
-        writer::read_entries(self.shared.kv.as_ref(), offset, max_entries)
+        let end = self.durable_end();
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let max = usize::try_from(end - offset).map_or(max_entries, |n| n.min(max_entries));
+        writer::read_entries(self.shared.kv.as_ref(), offset, max)
     }
 
-    /// Reads the chunks of `origin` that hold seqs `> after_seq`, in seq
-    /// order, at most `max_chunks`.
+    /// Reads the durable chunks of `origin` that hold seqs `> after_seq`,
+    /// in seq order, at most `max_chunks` (never past the origin's durable
+    /// head: see [`Store::read_log`]).
     ///
     /// # Errors
     /// Storage errors.
@@ -455,10 +521,20 @@ impl Store {
         after_seq: u64,
         max_chunks: usize,
     ) -> Result<Vec<StoredChunk>, StoreError> {
+        let durable = self.durable_seq(origin);
+        if after_seq >= durable {
+            return Ok(Vec::new());
+        }
         let prefix = layout::index_prefix(origin);
         let start = layout::index_key(origin, after_seq.saturating_add(1));
         let mut out = Vec::new();
-        for (_, v) in self.shared.kv.scan(&start, &prefix, max_chunks)? {
+        for (k, v) in self.shared.kv.scan(&start, &prefix, max_chunks)? {
+            let last_seq = layout::parse_origin_seq_key(&k)
+                .map(|(_, seq, _)| seq)
+                .ok_or_else(|| StoreError::Corrupt("malformed index key".into()))?;
+            if last_seq > durable {
+                break;
+            }
             let (offset, _) = layout::parse_index_value(&v)
                 .ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
             let mut e = writer::read_entries(self.shared.kv.as_ref(), offset, 1)?;

@@ -335,9 +335,20 @@ impl Writer {
                         let _ = reply.send(Err(e));
                     }
                 },
-                Request::Evidence { key, value, reply } => {
-                    work.writes.push((key, Some(value)));
-                    pending.push(PendingReply::Evidence(reply));
+                Request::Evidence {
+                    summary,
+                    writes,
+                    reply,
+                } => {
+                    let held = work.evidence.contains(&summary)
+                        || matches!(self.shared.kv.get(&summary), Ok(Some(_)));
+                    if held {
+                        let _ = reply.send(Ok(false));
+                    } else {
+                        work.evidence.insert(summary);
+                        work.writes.extend(writes);
+                        pending.push(PendingReply::Evidence(reply));
+                    }
                 }
             }
         }
@@ -382,10 +393,12 @@ impl Writer {
                     s.chunks += work.chunks;
                     s.events += work.events;
                 }
+                // Readers see the commit (durable now) before anyone hears
+                // of it: a client reads its own acknowledged writes.
+                self.shared.committed.send_replace(self.next_offset);
                 for p in pending {
                     p.succeed();
                 }
-                self.shared.committed.send_replace(self.next_offset);
             }
             Err(e) => {
                 let why = e.to_string();
@@ -399,7 +412,7 @@ impl Writer {
     }
 
     /// Adds one chunk to the work as the next log entry.
-    fn push_chunk(work: &mut Work, chunk: &Chunk, received_at_ms: i64) {
+    fn push_chunk(work: &mut Work, chunk: Chunk, received_at_ms: i64) {
         work.writes
             .extend(entry_writes(work.offset, received_at_ms, &chunk.encode()));
         work.writes.push((
@@ -417,56 +430,113 @@ impl Writer {
                 signed: chunk.head.clone(),
             },
         );
+        work.pushed.push(chunk);
     }
 
-    /// Chunks received from a child, already verified by the protocol. The
-    /// writer re-checks continuity against its own heads (a second session
-    /// of the same child may have sent the same events): what is held is
-    /// skipped if identical, a gap or a fork refuses the whole request.
+    /// Hash of event `seq` of `origin` as this writer holds it: in this
+    /// commit's work, or durable in the log.
+    fn held_hash(&self, work: &Work, origin: &str, seq: u64) -> Result<Option<Hash32>, StoreError> {
+        if seq == 0 {
+            return Ok(Some(ZERO_HASH));
+        }
+        let (head_seq, head_hash) = self.head_of(work, origin);
+        if seq > head_seq {
+            return Ok(None);
+        }
+        if seq == head_seq {
+            return Ok(Some(head_hash));
+        }
+        let in_chunk = |c: &Chunk| {
+            (c.origin == origin && c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
+                let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
+                event_hash(&c.events[i].envelope)
+            })
+        };
+        if let Some(h) = work.pushed.iter().rev().find_map(in_chunk) {
+            return Ok(Some(h));
+        }
+        let start = layout::index_key(origin, seq);
+        let prefix = layout::index_prefix(origin);
+        let Some((_, v)) = self.shared.kv.scan(&start, &prefix, 1)?.pop() else {
+            return Ok(None);
+        };
+        let (offset, _) =
+            layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
+        Ok(read_entries(self.shared.kv.as_ref(), offset, 1)?
+            .pop()
+            .and_then(|e| in_chunk(&e.chunk)))
+    }
+
+    /// Chunks received from a child (or, at an origin repairing itself,
+    /// its own chain pulled back from its parent), already verified by the
+    /// protocol. The writer re-checks them against its own heads (a second
+    /// session of the same child may have sent the same events): what is
+    /// held is skipped if its hash is the one held, a gap refuses the whole
+    /// request, and a different event at a held seq refuses it as
+    /// [`StoreError::Diverged`].
     fn import(
         &mut self,
         work: &mut Work,
         chunks: Vec<Chunk>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let snapshot = (
-            work.writes.len(),
-            work.offset,
-            work.chunks,
-            work.events,
-            work.heads.clone(),
-        );
+        let snapshot = work.snapshot();
+        let result = self.import_all(work, chunks, now_ms);
+        if result.is_err() {
+            work.restore(snapshot);
+        }
+        result
+    }
+
+    fn import_all(
+        &mut self,
+        work: &mut Work,
+        chunks: Vec<Chunk>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let own = self.origin.as_ref().map(|o| o.node_id.clone());
         let mut n_new = 0u64;
         for chunk in chunks {
-            let (head_seq, head_hash) = self.head_of(work, &chunk.origin);
-            let result = if chunk.last_seq() <= head_seq {
-                Ok(None)
-            } else if chunk.first_seq() > head_seq + 1 {
-                Err(format!(
-                    "origin {}: gap (holds {head_seq}, chunk starts at {})",
-                    chunk.origin,
-                    chunk.first_seq()
-                ))
-            } else {
-                let suffix = chunk.suffix_after(head_seq).expect("last > head");
-                match suffix.check_links(head_seq + 1, &head_hash) {
-                    Ok(_) => Ok(Some(suffix)),
-                    Err(e) => Err(format!("origin {}: {e}", chunk.origin)),
+            let origin = chunk.origin.clone();
+            let (head_seq, head_hash) = self.head_of(work, &origin);
+            let (first, last) = (chunk.first_seq(), chunk.last_seq());
+            if last <= head_seq {
+                let theirs = event_hash(&chunk.events.last().expect("non-empty").envelope);
+                if self.held_hash(work, &origin, last)? != Some(theirs) {
+                    return Err(StoreError::Diverged { origin, seq: last });
                 }
-            };
-            match result {
-                Ok(None) => {}
-                Ok(Some(suffix)) => {
-                    n_new += suffix.events.len() as u64;
-                    Self::push_chunk(work, &suffix, now_ms);
-                }
-                Err(m) => {
-                    work.writes.truncate(snapshot.0);
-                    (work.offset, work.chunks, work.events, work.heads) =
-                        (snapshot.1, snapshot.2, snapshot.3, snapshot.4);
-                    return Err(StoreError::Refused(m));
+                continue;
+            }
+            if first > head_seq + 1 {
+                return Err(StoreError::Refused(format!(
+                    "origin {origin}: gap (holds {head_seq}, chunk starts at {first})"
+                )));
+            }
+            let suffix = chunk.suffix_after(head_seq).expect("last > head");
+            if suffix.first_prev().ok() != Some(head_hash) {
+                return Err(StoreError::Diverged {
+                    origin,
+                    seq: head_seq,
+                });
+            }
+            suffix
+                .check_links(head_seq + 1, &head_hash)
+                .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
+            if own.as_deref() == Some(origin.as_str()) {
+                // This origin's own chain coming back from its parent: index
+                // its client ids so a phone's retry is still a duplicate.
+                for rec in &suffix.events {
+                    let (client_id, value) = client_entry(rec)
+                        .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
+                    work.writes.push((
+                        layout::client_key(&origin, &client_id),
+                        Some(value.to_vec()),
+                    ));
+                    work.clients.insert(client_id, decode_client_value(&value)?);
                 }
             }
+            n_new += suffix.events.len() as u64;
+            Self::push_chunk(work, suffix, now_ms);
         }
         Ok(n_new)
     }
@@ -563,7 +633,7 @@ impl Writer {
                     events: std::mem::take(&mut current),
                     head,
                 };
-                Self::push_chunk(work, &chunk, now_ms);
+                Self::push_chunk(work, chunk, now_ms);
                 current_bytes = 0;
             }
         }
@@ -585,18 +655,34 @@ impl Writer {
         origin: &str,
         client_id: &str,
     ) -> Result<Option<(u64, Hash32, Hash32)>, StoreError> {
-        let Some(v) = self.shared.kv.get(&layout::client_key(origin, client_id))? else {
-            return Ok(None);
-        };
-        if v.len() != 72 {
-            return Err(corrupt("malformed client_id index entry"));
+        match self.shared.kv.get(&layout::client_key(origin, client_id))? {
+            None => Ok(None),
+            Some(v) => decode_client_value(&v).map(Some),
         }
-        Ok(Some((
-            u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-            v[8..40].try_into().expect("32 bytes"),
-            v[40..72].try_into().expect("32 bytes"),
-        )))
     }
+}
+
+/// The client-id index entry of a stored event of this origin:
+/// `(client_id, seq ‖ hash ‖ content fingerprint)`.
+fn client_entry(rec: &EventRecord) -> Result<(String, [u8; 72]), String> {
+    let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
+    let fp = gridsync_model::ingest::stored_fingerprint(&env, rec.personal.as_ref());
+    let mut v = [0u8; 72];
+    v[..8].copy_from_slice(&env.seq.to_be_bytes());
+    v[8..40].copy_from_slice(&event_hash(&rec.envelope));
+    v[40..].copy_from_slice(&fp);
+    Ok((env.client_id, v))
+}
+
+fn decode_client_value(v: &[u8]) -> Result<(u64, Hash32, Hash32), StoreError> {
+    if v.len() != 72 {
+        return Err(corrupt("malformed client_id index entry"));
+    }
+    Ok((
+        u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+        v[8..40].try_into().expect("32 bytes"),
+        v[40..72].try_into().expect("32 bytes"),
+    ))
 }
 
 impl Request {
@@ -633,14 +719,55 @@ struct Work {
     chunks: u64,
     events: u64,
     heads: HashMap<String, HeadState>,
-    /// Client ids originated earlier in this commit.
+    /// Client ids originated (or re-imported) earlier in this commit.
     clients: HashMap<String, (u64, Hash32, Hash32)>,
+    /// The chunks this commit appends, in log order.
+    pushed: Vec<Chunk>,
+    /// Evidence summary keys written by this commit.
+    evidence: HashSet<Vec<u8>>,
+}
+
+/// What a failed request rolls back to.
+struct WorkSnapshot {
+    writes: usize,
+    offset: u64,
+    chunks: u64,
+    events: u64,
+    heads: HashMap<String, HeadState>,
+    clients: HashMap<String, (u64, Hash32, Hash32)>,
+    pushed: usize,
+}
+
+impl Work {
+    fn snapshot(&self) -> WorkSnapshot {
+        WorkSnapshot {
+            writes: self.writes.len(),
+            offset: self.offset,
+            chunks: self.chunks,
+            events: self.events,
+            heads: self.heads.clone(),
+            clients: self.clients.clone(),
+            pushed: self.pushed.len(),
+        }
+    }
+
+    fn restore(&mut self, s: WorkSnapshot) {
+        self.writes.truncate(s.writes);
+        self.pushed.truncate(s.pushed);
+        (
+            self.offset,
+            self.chunks,
+            self.events,
+            self.heads,
+            self.clients,
+        ) = (s.offset, s.chunks, s.events, s.heads, s.clients);
+    }
 }
 
 enum PendingReply {
     Originate(Reply, Vec<Appended>),
     Import(oneshot::Sender<Result<u64, StoreError>>, u64),
-    Evidence(oneshot::Sender<Result<(), StoreError>>),
+    Evidence(oneshot::Sender<Result<bool, StoreError>>),
 }
 
 impl PendingReply {
@@ -653,7 +780,7 @@ impl PendingReply {
                 let _ = r.send(Ok(n));
             }
             PendingReply::Evidence(r) => {
-                let _ = r.send(Ok(()));
+                let _ = r.send(Ok(true));
             }
         }
     }

@@ -297,3 +297,236 @@ proptest! {
         prop_assert_eq!(stored, by_seq.into_iter().map(|(_, k)| k).collect::<Vec<_>>());
     }
 }
+
+/// A [`Kv`] whose commits become visible (applied) before they are durable,
+/// as sled's do: `commit` applies the batch to the map readers see, then
+/// waits at a gate before returning (the flush and fsync).
+struct GatedKv {
+    inner: MemKv,
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    applied: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Kv for GatedKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<gridsync_store::kv::KvEntry>, StoreError> {
+        self.inner.scan(start, prefix, limit)
+    }
+    fn last_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Option<gridsync_store::kv::KvEntry>, StoreError> {
+        self.inner.last_with_prefix(prefix)
+    }
+    fn commit(
+        &self,
+        batch: Vec<gridsync_store::kv::KvWrite>,
+    ) -> Result<gridsync_store::kv::CommitTimings, StoreError> {
+        let t = self.inner.commit(batch)?;
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            if let Some(tx) = self.applied.lock().unwrap().take() {
+                tx.send(()).unwrap();
+            }
+            gate.recv().unwrap();
+        }
+        Ok(t)
+    }
+}
+
+/// Readers (replication, projections, `GET /v1/events`) see only durable
+/// commits, although the key/value store shows a commit to readers as soon
+/// as it is applied. The planted bug (`unsafe_read_uncommitted`) shows the
+/// test can fail.
+#[test]
+fn readers_never_see_a_commit_before_it_is_durable() {
+    for planted_bug in [false, true] {
+        let kv = Arc::new(GatedKv {
+            inner: MemKv::new(),
+            gate: std::sync::Mutex::new(None),
+            applied: std::sync::Mutex::new(None),
+        });
+        let store = Store::open(
+            kv.clone(),
+            StoreConfig {
+                unsafe_read_uncommitted: planted_bug,
+                ..StoreConfig::default()
+            },
+            Some(OriginIdentity {
+                node_id: ORIGIN.into(),
+                key: key(),
+            }),
+            keys(),
+        )
+        .unwrap();
+        rt().block_on(store.append(vec![event("a", 0), event("b", 0)], 1))
+            .unwrap();
+        // The next commit stops after it is applied, before it is durable.
+        let (release, gate) = std::sync::mpsc::channel();
+        let (applied_tx, applied) = std::sync::mpsc::channel();
+        *kv.gate.lock().unwrap() = Some(gate);
+        *kv.applied.lock().unwrap() = Some(applied_tx);
+        let s2 = store.clone();
+        let appender = std::thread::spawn(move || {
+            rt().block_on(s2.append(vec![event("c", 0), event("d", 0)], 2))
+                .unwrap()
+        });
+        applied.recv().unwrap();
+        // The window is real: the raw store already shows the new entry.
+        let raw_entries = kv
+            .inner
+            .dump()
+            .keys()
+            .filter(|k| k[0] == gridsync_store::layout::LOG)
+            .count();
+        assert_eq!(raw_entries, 2, "the applied commit is visible in the kv");
+        let log = store.read_log(0, 100).unwrap();
+        let by_origin = store.read_origin(ORIGIN, 2, 100).unwrap();
+        let found = store
+            .find_event(&EventRef {
+                origin: ORIGIN.into(),
+                seq: 3,
+            })
+            .unwrap();
+        let leaked = log.len() != 1 || !by_origin.is_empty() || found.is_some();
+        assert_eq!(
+            leaked,
+            planted_bug,
+            "planted bug {planted_bug}: read_log saw {} entries, read_origin {} chunks, find_event {}",
+            log.len(),
+            by_origin.len(),
+            found.is_some()
+        );
+        assert_eq!(store.head(ORIGIN).unwrap().seq, 2);
+        release.send(()).unwrap();
+        appender.join().unwrap();
+        assert_eq!(store.read_log(0, 100).unwrap().len(), 2);
+        assert_eq!(store.read_origin(ORIGIN, 2, 100).unwrap().len(), 1);
+        assert_eq!(store.head(ORIGIN).unwrap().seq, 4);
+    }
+}
+
+/// The chunks an origin store over a fresh `MemKv` writes for `client_ids`
+/// (one append each), read back from its log.
+fn origin_chunks(client_ids: &[&str], note_len: usize) -> Vec<gridsync_model::Chunk> {
+    let rt = rt();
+    let store = open(Arc::new(MemKv::new())).unwrap();
+    for (i, c) in client_ids.iter().enumerate() {
+        rt.block_on(store.append(vec![event(c, note_len)], i as i64))
+            .unwrap();
+    }
+    store
+        .read_log(0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.chunk)
+        .collect()
+}
+
+fn aggregator(kv: Arc<dyn Kv>) -> Store {
+    Store::open(kv, StoreConfig::default(), None, keys()).unwrap()
+}
+
+#[test]
+fn import_compares_what_it_already_holds() {
+    let rt = rt();
+    let ours = origin_chunks(&["a", "b", "c"], 0);
+    let other = origin_chunks(&["x", "y", "z", "w", "v"], 0);
+    let store = aggregator(Arc::new(MemKv::new()));
+    assert_eq!(rt.block_on(store.import(ours.clone(), 1)).unwrap(), 3);
+    // The same chunks again: nothing new, accepted.
+    assert_eq!(rt.block_on(store.import(ours.clone(), 2)).unwrap(), 0);
+    // A covered chunk with other content (seq 2, below the head).
+    let covered = rt.block_on(store.import(other[1..2].to_vec(), 3));
+    assert_eq!(
+        covered,
+        Err(StoreError::Diverged {
+            origin: ORIGIN.into(),
+            seq: 2
+        })
+    );
+    // One ending exactly at the head, and one overlapping past it.
+    for (chunks, seq) in [(other[2..3].to_vec(), 3), (other[2..].to_vec(), 3)] {
+        assert_eq!(
+            rt.block_on(store.import(chunks, 4)),
+            Err(StoreError::Diverged {
+                origin: ORIGIN.into(),
+                seq
+            })
+        );
+    }
+    // One chunk of five events overlapping the held three.
+    let batch = {
+        let s = open(Arc::new(MemKv::new())).unwrap();
+        let evs = ["p", "q", "r", "s", "t"].map(|c| event(c, 0)).to_vec();
+        rt.block_on(s.append(evs, 5)).unwrap();
+        s.read_log(0, 10).unwrap().remove(0).chunk
+    };
+    assert_eq!((batch.first_seq(), batch.last_seq()), (1, 5));
+    assert_eq!(
+        rt.block_on(store.import(vec![batch], 6)),
+        Err(StoreError::Diverged {
+            origin: ORIGIN.into(),
+            seq: 3
+        })
+    );
+    assert_eq!(store.head(ORIGIN).unwrap().seq, 3);
+    assert_eq!(store.counts().events, 3);
+}
+
+#[test]
+fn an_origin_reimporting_its_own_chain_keeps_idempotency() {
+    let rt = rt();
+    let chunks = origin_chunks(&["a", "b", "c"], 30);
+    let store = open(Arc::new(MemKv::new())).unwrap();
+    assert_eq!(rt.block_on(store.import(chunks, 1)).unwrap(), 3);
+    // A phone retrying "b" gets its original seq back, not a new event.
+    let r = rt.block_on(store.append(vec![event("b", 30)], 2)).unwrap();
+    assert_eq!((r[0].seq, r[0].duplicate), (2, true));
+    // The same client id with other content is refused; a new one is seq 4.
+    assert!(matches!(
+        rt.block_on(store.append(vec![event("b", 31)], 3)),
+        Err(AppendError::ClientIdReused { seq: 2, .. })
+    ));
+    let r = rt.block_on(store.append(vec![event("d", 0)], 4)).unwrap();
+    assert_eq!((r[0].seq, r[0].duplicate), (4, false));
+}
+
+#[test]
+fn evidence_is_recorded_once_per_conflicting_event_and_fragmented() {
+    let rt = rt();
+    let kv = MemKv::new();
+    let store = aggregator(Arc::new(kv.clone()));
+    let ours = origin_chunks(&["a"], 0);
+    rt.block_on(store.import(ours.clone(), 1)).unwrap();
+    // A large conflicting chunk (over the fragment size).
+    let theirs = origin_chunks(&["big"], 1999);
+    let ours_bytes = ours[0].encode();
+    for attempt in 0..3 {
+        let added = rt
+            .block_on(store.record_evidence(ORIGIN, 1, ours_bytes.clone(), &theirs[0], attempt))
+            .unwrap();
+        assert_eq!(added, attempt == 0, "attempt {attempt}");
+    }
+    let other = origin_chunks(&["other"], 0);
+    assert!(rt
+        .block_on(store.record_evidence(ORIGIN, 1, ours_bytes, &other[0], 9))
+        .unwrap());
+    let listed = store.evidence(100).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed.iter().filter(|e| e.2 == 0).count(), 1);
+    for (k, v) in kv.dump() {
+        assert!(
+            v.len() <= gridsync_store::layout::FRAGMENT_BYTES_MAX,
+            "value of {} bytes under {k:?}",
+            v.len()
+        );
+    }
+}
