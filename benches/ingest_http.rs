@@ -43,8 +43,9 @@ fn bench(c: &mut Criterion) {
             .unwrap();
     let token = tokens["reporter"].as_str().unwrap().to_owned();
     let (url, _guard) = rt.block_on(async {
-        let state = gridsync_node::node::open_node(config, &gridsync_node::node::Unsafe::default())
-            .unwrap();
+        let state =
+            gridsync_node::node::open_node(config, &gridsync_node::node::OpenOptions::default())
+                .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/events", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

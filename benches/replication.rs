@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use gridsync_model::ingest::{prepare, IngestContext, IngestLimits, PreparedEvent};
 use gridsync_model::kinds::EventRef;
-use gridsync_node::node::{open_node, serve, system_now_ms, NodeState, Unsafe};
+use gridsync_node::node::{open_node, serve, system_now_ms, NodeState, OpenOptions};
 use gridsync_node::provision::{provision_nodes, PlannedNode};
 
 fn free_port() -> u16 {
@@ -51,7 +51,7 @@ async fn start(dir: &std::path::Path, id: &str) -> Arc<NodeState> {
     config.sync.reconnect_max_ms = 200;
     config.store.cache_bytes = 128 << 20;
     let listen = config.listen.clone();
-    let state = open_node(config, &Unsafe::default()).unwrap();
+    let state = open_node(config, &OpenOptions::default()).unwrap();
     let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
     tokio::spawn(serve(state.clone(), listener, std::future::pending()));
     state
@@ -104,7 +104,7 @@ fn main() {
         let config =
             gridsync_node::config::NodeConfig::load(&dir.path().join(c).join("config.toml"))
                 .unwrap();
-        let state = open_node(config, &Unsafe::default()).unwrap();
+        let state = open_node(config, &OpenOptions::default()).unwrap();
         let mut i = 0;
         while i < per_community {
             let n = 1000.min(per_community - i);

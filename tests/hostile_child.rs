@@ -3,7 +3,10 @@
 //! protocol version, a replayed session, forged signatures, events of an
 //! origin outside its subtree, gaps, equivocation, garbage, text and
 //! oversized frames. Each is refused with its reason, the parent stays up,
-//! and its log holds exactly the one honest chunk (DESIGN.md §3 inv. 3, 4).
+//! and its log holds exactly the honest chunks (DESIGN.md §3 inv. 3, 4).
+//! A bad chunk refuses only its origin: the session and the other origins'
+//! chunks in the same batch go on; evidence is recorded once per
+//! conflicting event however often it is offered.
 
 use std::time::Duration;
 
@@ -109,17 +112,26 @@ fn hello(node: &str, parent: &str, version: u32, nonce: [u8; 32]) -> Frame {
     }
 }
 
-/// Runs the handshake as `node` with `key`; returns the socket after
-/// Welcome, or the refusal code.
+/// Runs the handshake as `node` with `key` toward `s1`; returns the socket
+/// after Welcome, or the refusal code.
 async fn handshake(base: &str, node: &str, key: &SigningKey) -> Result<(Ws, Frame), String> {
+    handshake_with(base, node, "s1", key).await
+}
+
+async fn handshake_with(
+    base: &str,
+    node: &str,
+    parent: &str,
+    key: &SigningKey,
+) -> Result<(Ws, Frame), String> {
     let mut ws = connect(base).await;
-    send(&mut ws, &hello(node, "s1", PROTOCOL_VERSION, [7; 32])).await;
+    send(&mut ws, &hello(node, parent, PROTOCOL_VERSION, [7; 32])).await;
     let nonce = match recv(&mut ws).await {
         Some(Frame::Challenge { nonce, .. }) => nonce,
         Some(Frame::Refused { code, .. }) => return Err(code),
         other => panic!("unexpected {other:?}"),
     };
-    let proof = auth::prove(key, "child", node, "s1", &nonce);
+    let proof = auth::prove(key, "child", node, parent, &nonce);
     let auth_frame = Frame::Auth {
         proof: ByteBuf::from(proof.to_vec()),
     };
@@ -152,6 +164,20 @@ async fn batch(
             assert!(
                 recv(&mut ws).await.is_none(),
                 "connection closes after a rejection"
+            );
+            Err(code)
+        }
+        Some(Frame::OriginRefused { code, .. }) => {
+            // Only that origin is refused: the batch is still acknowledged
+            // and the session stays open.
+            assert!(
+                matches!(recv(&mut ws).await, Some(Frame::Ack { id: 1, .. })),
+                "the batch is acknowledged after an origin refusal"
+            );
+            send(&mut ws, &Frame::Ping { lag: vec![] }).await;
+            assert!(
+                matches!(recv(&mut ws).await, Some(Frame::Pong)),
+                "the session goes on after an origin refusal"
             );
             Err(code)
         }
@@ -274,13 +300,16 @@ async fn hostile_children_are_refused_and_change_nothing() {
     tampered.events[0].envelope[n - 3] ^= 1;
     assert!(batch(&base, "s1-c1", &c1, vec![tampered]).await.is_err());
     let fork = chunk("s1-c1", &c1, 1, 3, ZERO_HASH, "-other");
-    assert_eq!(
-        batch(&base, "s1-c1", &c1, vec![fork])
-            .await
-            .err()
-            .as_deref(),
-        Some("equivocation")
-    );
+    for _ in 0..3 {
+        // Offered again and again (a child retrying): one evidence record.
+        assert_eq!(
+            batch(&base, "s1-c1", &c1, vec![fork.clone()])
+                .await
+                .err()
+                .as_deref(),
+            Some("equivocation")
+        );
+    }
 
     // Garbage, text and oversized frames.
     let (mut ws, _) = handshake(&base, "s1-c1", &c1).await.unwrap();
@@ -342,4 +371,66 @@ async fn hostile_children_are_refused_and_change_nothing() {
     })
     .await
     .unwrap();
+
+    // At the district: street s1 sends a batch mixing an origin outside its
+    // subtree with its own community's chunk. Only the foreign origin is
+    // refused; the other chunk is stored and the session goes on.
+    let district = Server::start(&tree.nodes["d"].config, &[]);
+    let s1 = keys("s1");
+    let (mut ws, _) = handshake_with(&district.url, "s1", "d", &s1).await.unwrap();
+    let foreign = chunk("s2-c1", &keys("s2-c1"), 1, 2, ZERO_HASH, "");
+    let f = Frame::Batch {
+        id: 1,
+        chunks: vec![
+            ByteBuf::from(foreign.encode()),
+            ByteBuf::from(honest.encode()),
+        ],
+        lag: vec![],
+    };
+    send(&mut ws, &f).await;
+    match recv(&mut ws).await {
+        Some(Frame::OriginRefused { origin, code, .. }) => {
+            assert_eq!(
+                (origin.as_str(), code.as_str()),
+                ("s2-c1", "foreign_origin")
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match recv(&mut ws).await {
+        Some(Frame::Ack { id: 1, heads }) => {
+            assert_eq!(heads.len(), 1);
+            assert_eq!((heads[0].origin.as_str(), heads[0].seq), ("s1-c1", 3));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let more = chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
+    let f = Frame::Batch {
+        id: 2,
+        chunks: vec![
+            ByteBuf::from(foreign.encode()),
+            ByteBuf::from(more.encode()),
+        ],
+        lag: vec![],
+    };
+    send(&mut ws, &f).await;
+    match recv(&mut ws).await {
+        Some(Frame::Ack { id: 2, heads }) => {
+            assert_eq!((heads[0].origin.as_str(), heads[0].seq), ("s1-c1", 5));
+        }
+        other => {
+            panic!("a refused origin is skipped quietly for the rest of the session: {other:?}")
+        }
+    }
+    let st: serde_json::Value = http
+        .get(format!("{}/v1/status", district.url))
+        .bearer_auth(&tree.nodes["d"].tokens.viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["heads"]["s1-c1"]["seq"], 5, "{st}");
+    assert!(st["heads"].get("s2-c1").is_none(), "{st}");
 }

@@ -110,10 +110,19 @@ enum Command {
         /// Listen here instead of the config's address (e.g. 127.0.0.1:0).
         #[arg(long)]
         listen: Option<String>,
+        /// The data directory was restored from a backup (or may lack a
+        /// tail its parent holds): a community takes no posts until its
+        /// parent has confirmed its chain or given back what it lacks.
+        #[arg(long)]
+        after_restore: bool,
         /// Test-only negative control: acknowledge before the commit is
         /// durable. Loses acknowledged events on a crash.
         #[arg(long, hide = true)]
         unsafe_ack_before_durable: bool,
+        /// Test-only planted bug: let replication, projections and the API
+        /// read commits before they are durable.
+        #[arg(long, hide = true)]
+        unsafe_read_uncommitted: bool,
     },
 }
 
@@ -230,8 +239,18 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen,
+            after_restore,
             unsafe_ack_before_durable,
-        } => serve(config, listen, unsafe_ack_before_durable),
+            unsafe_read_uncommitted,
+        } => serve(
+            config,
+            listen,
+            gridsync_node::node::OpenOptions {
+                after_restore,
+                ack_before_durable: unsafe_ack_before_durable,
+                read_uncommitted: unsafe_read_uncommitted,
+            },
+        ),
         Command::Rebuild {
             config,
             node,
@@ -274,7 +293,11 @@ fn provision(tree: &std::path::Path, out: &std::path::Path, force: bool) -> anyh
     Ok(())
 }
 
-fn serve(config_path: PathBuf, listen: Option<String>, unsafe_ack: bool) -> anyhow::Result<()> {
+fn serve(
+    config_path: PathBuf,
+    listen: Option<String>,
+    opts: gridsync_node::node::OpenOptions,
+) -> anyhow::Result<()> {
     let config = gridsync_node::config::NodeConfig::load(&config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -282,15 +305,17 @@ fn serve(config_path: PathBuf, listen: Option<String>, unsafe_ack: bool) -> anyh
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        if unsafe_ack {
+        if opts.ack_before_durable {
             tracing::warn!(
                 "UNSAFE: acknowledging appends before they are durable (test negative control)"
             );
         }
+        if opts.read_uncommitted {
+            tracing::warn!(
+                "UNSAFE: readers see commits before they are durable (test planted bug)"
+            );
+        }
         let listen = listen.unwrap_or_else(|| config.listen.clone());
-        let opts = gridsync_node::node::Unsafe {
-            ack_before_durable: unsafe_ack,
-        };
         let state = gridsync_node::node::open_node(config, &opts)?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await

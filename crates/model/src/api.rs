@@ -201,6 +201,40 @@ pub struct StatusResponse {
     pub parent_link: Option<ParentLinkView>,
     /// Equivocations detected (an origin signed two different events at one seq).
     pub equivocations: Vec<EquivocationView>,
+    /// Communities: whether posts are taken, and if not, why and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posting: Option<PostingView>,
+}
+
+/// Whether a community takes posts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostingView {
+    pub accepting: bool,
+    /// Why posts are refused (`log_behind_parent`, `log_diverged`,
+    /// `awaiting_parent_check`), with what the operator should do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldView {
+    pub code: String,
+    pub message: String,
+    pub since: String,
+}
+
+/// An origin the parent refuses on this link (the others keep flowing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockedOriginView {
+    pub origin: String,
+    /// The parent's refusal code (`foreign_origin`, `bad_signature`,
+    /// `broken_chain`, `equivocation`, …).
+    pub code: String,
+    pub message: String,
+    pub since: String,
 }
 
 /// A child as its parent sees it.
@@ -236,6 +270,9 @@ pub struct ParentLinkView {
     pub connects: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Origins the parent refuses; their events wait here, the others flow.
+    #[serde(default)]
+    pub blocked: Vec<BlockedOriginView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

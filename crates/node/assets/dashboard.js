@@ -8,12 +8,14 @@
     zh: { title: "疫情防控网格化管理", tree: "今日各街道、社区数据", alerts: "发热与转诊提示", fresh: "数据新鲜度", trends: "趋势",
       login: "请输入查看口令", enter: "进入", bad: "口令无效", range: "天数", updated: "更新于", node: "单位", age: "最新数据",
       none: "暂无", stale: "滞后", lag: "未同步", offline: "离线", connected: "在线", other: "English",
+      held: "暂停接收上报", blocked: "上级拒收", equiv: "双重签名证据",
       m: { entries: "登记进入", entries_turned_back: "劝返", entries_referred: "转诊(卡口)", entries_flagged: "来自湖北",
         temperatures: "测温", fevers: "发热", referrals: "转诊", visits: "入户走访", households_visited: "走访户数",
         deliveries: "配送", items_delivered: "配送物品", households_quarantined: "居家隔离户" } },
     en: { title: "Grid reporting", tree: "Today by street and community", alerts: "Fevers and referrals", fresh: "Data freshness", trends: "Trends",
       login: "Enter your viewer token", enter: "Open", bad: "Token not accepted", range: "days", updated: "updated", node: "unit", age: "newest data",
       none: "none", stale: "stale", lag: "unsynced", offline: "offline", connected: "online", other: "中文",
+      held: "posts refused", blocked: "parent refuses", equiv: "equivocation evidence",
       m: { entries: "entries", entries_turned_back: "turned back", entries_referred: "referred at checkpoint", entries_flagged: "from Hubei",
         temperatures: "readings", fevers: "fevers", referrals: "referrals", visits: "visits", households_visited: "households visited",
         deliveries: "deliveries", items_delivered: "items delivered", households_quarantined: "quarantined households" } },
@@ -107,7 +109,17 @@
       if (m.fevers > 0) li.className = "stale";
       li.textContent = `${c.name}: ${T.m.fevers} ${m.fevers}, ${T.m.referrals} ${m.referrals}`; list.appendChild(li);
     }
-    if (!hits.length) list.innerHTML = `<li>${T.none}</li>`;
+    // This node's own troubles first: posts refused, origins its parent
+    // refuses, equivocation evidence.
+    const notices = [];
+    const hold = status.posting && status.posting.hold;
+    if (hold) notices.push(`${T.held} (${hold.code}): ${hold.message}`);
+    for (const b of (status.parent_link && status.parent_link.blocked) || []) notices.push(`${T.blocked} ${b.origin} (${b.code}): ${b.message}`);
+    for (const e of (status.equivocations || []).slice(0, 10)) notices.push(`${T.equiv}: ${e.origin} #${e.seq}`);
+    notices.reverse().forEach((text) => {
+      const li = document.createElement("li"); li.className = "stale notice"; li.textContent = text; list.prepend(li);
+    });
+    if (!hits.length && !notices.length) list.innerHTML = `<li>${T.none}</li>`;
     const f = $("fresh"); f.innerHTML = "";
     for (const ch of status.children_status || []) {
       const li = document.createElement("li"); li.dataset.node = ch.id;

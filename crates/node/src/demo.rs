@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::node::{open_node, serve, system_now_ms, NodeState, Unsafe};
+use crate::node::{open_node, serve, system_now_ms, NodeState, OpenOptions};
 use crate::provision::{provision_nodes, PlannedNode, TokensFile};
 
 #[derive(Clone, Debug)]
@@ -278,7 +278,7 @@ pub async fn run_demo(
         config.sync.heartbeat_ms = 2_000;
         config.sync.idle_timeout_ms = 8_000;
         config.sync.ack_timeout_ms = 8_000;
-        let state = open_node(config, &Unsafe::default()).map_err(|e| e.0)?;
+        let state = open_node(config, &OpenOptions::default()).map_err(|e| e.0)?;
         let listener = listeners.remove(&p.id).expect("bound above");
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(serve(state.clone(), listener, async move {

@@ -100,6 +100,13 @@ impl From<AppendError> for ApiError {
             AppendError::NotAnOrigin => {
                 Self::new(StatusCode::CONFLICT, "not_an_origin", e.to_string())
             }
+            AppendError::Held(h) => {
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, &h.code, h.message);
+                if err.body.code.is_empty() {
+                    err.body.code = "posting_held".into();
+                }
+                err
+            }
             AppendError::Store(s) => s.into(),
         }
     }
@@ -113,6 +120,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Phones and forms retry later (posts are idempotent).
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
         }
         resp
     }

@@ -576,6 +576,16 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
             lag_events,
             connects: link.connects,
             last_error: link.last_error.clone(),
+            blocked: link
+                .blocked
+                .iter()
+                .map(|(origin, b)| gridsync_model::api::BlockedOriginView {
+                    origin: origin.clone(),
+                    code: b.code.clone(),
+                    message: b.message.clone(),
+                    since: fmt(b.since_ms),
+                })
+                .collect(),
         }
     });
     let equivocations = state
@@ -589,7 +599,19 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
             detected_at: fmt(at),
         })
         .collect();
+    let posting = state.is_origin.then(|| {
+        let hold = state.store.posting_hold();
+        gridsync_model::api::PostingView {
+            accepting: hold.is_none() && state.store.health().is_ok(),
+            hold: hold.map(|h| gridsync_model::api::HoldView {
+                code: h.code,
+                message: h.message,
+                since: fmt(h.since_ms),
+            }),
+        }
+    });
     Ok(StatusResponse {
+        posting,
         children_status,
         parent_link,
         equivocations,

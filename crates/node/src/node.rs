@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use gridsync_model::ingest::IngestLimits;
-use gridsync_store::{OriginIdentity, SledKv, Store, StoreConfig};
+use gridsync_store::{OriginIdentity, PostingHold, SledKv, Store, StoreConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::NodeConfig;
@@ -63,12 +63,20 @@ pub fn metrics_handle() -> PrometheusHandle {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// Test-only switches. Not reachable from a config file.
+/// How to open a node: operator flags of `gridsync serve`, and test-only
+/// negative controls (hidden flags, never in a config file).
 #[derive(Clone, Debug, Default)]
-pub struct Unsafe {
-    /// Acknowledge appends before they are durable (the crash test's
-    /// negative control).
+pub struct OpenOptions {
+    /// The data directory was restored from a backup (or may otherwise lack
+    /// a tail its parent holds): take no posts until the parent has
+    /// confirmed this community's chain or given back what it lacks.
+    pub after_restore: bool,
+    /// Test-only: acknowledge appends before they are durable (the crash
+    /// test's negative control).
     pub ack_before_durable: bool,
+    /// Test-only planted bug: let readers (replication, projections, the
+    /// API) see commits before they are durable.
+    pub read_uncommitted: bool,
 }
 
 /// Everything `open_node` does except building the projection, which the
@@ -80,7 +88,7 @@ pub fn open_for_rebuild(
     config: NodeConfig,
     progress: &dyn Fn(u64),
 ) -> Result<(Arc<NodeState>, std::time::Duration), StartError> {
-    open_node_with(config, &Unsafe::default(), progress)
+    open_node_with(config, &OpenOptions::default(), progress)
 }
 
 /// Loads topology and key, checks them against the config, opens and
@@ -88,13 +96,16 @@ pub fn open_for_rebuild(
 ///
 /// # Errors
 /// Anything that stops the node from starting safely, with what to do.
-pub fn open_node(config: NodeConfig, unsafe_opts: &Unsafe) -> Result<Arc<NodeState>, StartError> {
+pub fn open_node(
+    config: NodeConfig,
+    unsafe_opts: &OpenOptions,
+) -> Result<Arc<NodeState>, StartError> {
     open_node_with(config, unsafe_opts, &|_| {}).map(|(s, _)| s)
 }
 
 fn open_node_with(
     config: NodeConfig,
-    unsafe_opts: &Unsafe,
+    unsafe_opts: &OpenOptions,
     progress: &dyn Fn(u64),
 ) -> Result<(Arc<NodeState>, std::time::Duration), StartError> {
     let topology = Topology::load(&config.topology_file).map_err(|e| StartError(e.0))?;
@@ -135,7 +146,18 @@ fn open_node_with(
         commit_events_max: config.store.commit_events_max,
         queue_requests_max: config.store.queue_requests_max,
         unsafe_ack_before_durable: unsafe_opts.ack_before_durable,
+        unsafe_read_uncommitted: unsafe_opts.read_uncommitted,
         node_label: config.id.clone(),
+        hold_on_open: (unsafe_opts.after_restore && is_origin && config.parent.is_some()).then(
+            || PostingHold {
+                code: "awaiting_parent_check".into(),
+                message: "started with --after-restore: posts are refused until the parent has \
+                      confirmed this community's chain or given back what it lacks \
+                      (automatic once the link to the parent is up)"
+                    .into(),
+                since_ms: system_now_ms(),
+            },
+        ),
         ..StoreConfig::default()
     };
     let origin = is_origin.then(|| OriginIdentity {

@@ -20,10 +20,10 @@ use ed25519_dalek::VerifyingKey;
 use futures_util::{SinkExt, StreamExt};
 use gridsync_model::{Chunk, Hash32};
 use gridsync_protocol::{
-    ChildConfig, ChildSession, Frame, LagReport, LocalLog, Output, ParentConfig, ParentSession,
-    StoredLog, TopologyView,
+    ChildConfig, ChildSession, Frame, LagReport, LocalLog, Output, OwnChain, ParentConfig,
+    ParentSession, StoredLog, TopologyView,
 };
-use gridsync_store::{Store, StoreError};
+use gridsync_store::{PostingHold, Store, StoreError};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, Notify};
@@ -87,6 +87,16 @@ pub struct ParentLink {
     pub acked: BTreeMap<String, u64>,
     pub connects: u64,
     pub last_error: Option<String>,
+    /// Origins the parent refuses (kept across reconnects until the parent
+    /// acknowledges that origin again).
+    pub blocked: BTreeMap<String, BlockedOrigin>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BlockedOrigin {
+    pub code: String,
+    pub message: String,
+    pub since_ms: i64,
 }
 
 /// Replication state shown by `/v1/status`.
@@ -141,6 +151,20 @@ impl TopologyView for TopoView<'_> {
 
 struct StoreView<'a>(&'a Store);
 
+impl StoreView<'_> {
+    /// Durable chunks of `origin` after `after_seq`, about `bytes_max` bytes.
+    fn read_chunks(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+        let max_chunks = bytes_max / 4096 + 1;
+        match self.0.read_origin(origin, after_seq, max_chunks) {
+            Ok(v) => v.into_iter().map(|c| c.chunk).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, origin, "cannot read the log to forward it");
+                Vec::new()
+            }
+        }
+    }
+}
+
 impl StoredLog for StoreView<'_> {
     fn heads(&self) -> Vec<(String, u64, Hash32)> {
         self.0
@@ -155,6 +179,9 @@ impl StoredLog for StoreView<'_> {
     fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
         self.0.hash_at(origin, seq).ok().flatten()
     }
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+        self.read_chunks(origin, after_seq, bytes_max)
+    }
 }
 
 impl LocalLog for StoreView<'_> {
@@ -166,20 +193,19 @@ impl LocalLog for StoreView<'_> {
             .collect()
     }
     fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
-        let max_chunks = bytes_max / 4096 + 1;
-        match self.0.read_origin(origin, after_seq, max_chunks) {
-            Ok(v) => v.into_iter().map(|c| c.chunk).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, origin, "cannot read the log to forward it");
-                Vec::new()
-            }
-        }
+        self.read_chunks(origin, after_seq, bytes_max)
     }
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
         self.0
             .read_origin(origin, seq.saturating_sub(1), 1)
             .ok()
             .and_then(|v| v.first().map(|c| c.received_at_ms))
+    }
+    fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
+        if seq == 0 {
+            return Some(gridsync_model::ZERO_HASH);
+        }
+        self.0.hash_at(origin, seq).ok().flatten()
     }
 }
 
@@ -214,6 +240,7 @@ fn parent_cfg(state: &NodeState) -> ParentConfig {
         key: state.key.clone(),
         heartbeat_ms: state.config.sync.heartbeat_ms,
         idle_timeout_ms: state.config.sync.idle_timeout_ms,
+        fetch_bytes_max: state.config.sync.batch_bytes_max,
         bug_ack_before_durable: false,
     }
 }
@@ -344,6 +371,7 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
                     tracing::warn!(child = child.as_deref().unwrap_or("?"), code = code.as_str(), %message, "refused");
                 }
                 Output::Close { reason } => break 'session reason,
+                Output::Import { .. } | Output::OriginBlocked { .. } | Output::OwnChain(_) => {}
             }
         }
     };
@@ -539,7 +567,8 @@ async fn child_session(
     let mut outs = session.on_open(random_nonce(), system_now_ms());
     let mut acked_before: HashMap<String, u64> = HashMap::new();
     loop {
-        for o in std::mem::take(&mut outs) {
+        let mut queue: VecDeque<Output> = std::mem::take(&mut outs).into();
+        while let Some(o) = queue.pop_front() {
             match o {
                 Output::Send(f) => {
                     if let Err(e) = ws.send(WsMessage::Binary(f.encode().into())).await {
@@ -550,7 +579,55 @@ async fn child_session(
                     let _ = ws.close(None).await;
                     return Err(end(&session, reason));
                 }
-                _ => {}
+                Output::Import { chunks } => {
+                    let n = chunks.iter().map(|c| c.events.len() as u64).sum::<u64>();
+                    match state.store.import(chunks, system_now_ms()).await {
+                        Ok(_) => {
+                            metrics::counter!("gridsync_own_chain_repaired_events_total", "node" => node.clone())
+                                .increment(n);
+                            let view = StoreView(&state.store);
+                            queue.extend(session.on_repaired(&view, system_now_ms()));
+                        }
+                        Err(StoreError::Diverged { seq, .. }) => {
+                            let found = OwnChain::Diverged {
+                                seq,
+                                ours: [0; 32],
+                                theirs: [0; 32],
+                                evidence: None,
+                            };
+                            own_chain(state, found).await;
+                            let _ = ws.close(None).await;
+                            return Err(end(
+                                &session,
+                                format!("own chain differs from the parent's at seq {seq}"),
+                            ));
+                        }
+                        Err(e) => {
+                            let _ = ws.close(None).await;
+                            return Err(end(
+                                &session,
+                                format!("cannot import own chain pulled back from the parent: {e}"),
+                            ));
+                        }
+                    }
+                }
+                Output::OwnChain(c) => own_chain(state, c).await,
+                Output::OriginBlocked {
+                    origin,
+                    code,
+                    message,
+                } => {
+                    tracing::warn!(parent, origin, code, %message, "the parent refuses this origin; the others keep flowing");
+                    let mut link = state.sync.parent.lock().expect("lock");
+                    link.blocked.entry(origin).or_insert(BlockedOrigin {
+                        code,
+                        message,
+                        since_ms: system_now_ms(),
+                    });
+                    metrics::gauge!("gridsync_sync_blocked_origins", "node" => node.clone())
+                        .set(link.blocked.len() as f64);
+                }
+                Output::Persist { .. } | Output::Equivocation { .. } | Output::Rejected { .. } => {}
             }
         }
         {
@@ -562,9 +639,14 @@ async fn child_session(
                 for (o, s) in acked {
                     let before = acked_before.insert(o.clone(), *s).unwrap_or(*s);
                     forwarded += s.saturating_sub(before);
+                    if *s > before && !session.blocked().contains_key(o) {
+                        link.blocked.remove(o);
+                    }
                 }
                 metrics::counter!("gridsync_sync_events_forwarded_total", "node" => node.clone())
                     .increment(forwarded);
+                metrics::gauge!("gridsync_sync_blocked_origins", "node" => node.clone())
+                    .set(link.blocked.len() as f64);
                 link.last_ack_ms = Some(system_now_ms());
                 link.acked = acked.clone();
             }
@@ -599,6 +681,86 @@ async fn child_session(
                 continue;
             }
         };
+    }
+}
+
+/// Acts on what the handshake found about this community's own chain:
+/// refuse posts while the parent holds more of it (and pull it back), or
+/// for good when the two copies differ; take posts again once confirmed.
+async fn own_chain(state: &NodeState, found: OwnChain) {
+    if !state.is_origin {
+        return;
+    }
+    let node = state.config.id.clone();
+    let parent = state.config.parent.clone().unwrap_or_default();
+    let hold = match found {
+        OwnChain::Agrees | OwnChain::Repaired { .. } => {
+            if let OwnChain::Repaired { seq } = found {
+                tracing::warn!(
+                    seq,
+                    "own chain pulled back from the parent up to seq {seq}; posts resume after it"
+                );
+            }
+            if let Some(h) = state.store.posting_hold() {
+                tracing::info!(code = %h.code, "the parent confirmed this community's chain; posts are taken again");
+            }
+            None
+        }
+        OwnChain::Behind {
+            local,
+            parent: theirs,
+        } => {
+            metrics::counter!("gridsync_log_behind_parent_total", "node" => node.clone())
+                .increment(1);
+            let message = format!(
+                "this community holds its own events up to seq {local} but its parent {parent} holds them up to seq {theirs} \
+                 (restored from an older backup, or a lost tail): posts are refused until the missing events are pulled \
+                 back from the parent, which happens by itself while the link is up"
+            );
+            tracing::error!(local, parent_seq = theirs, "LOG BEHIND PARENT: {message}");
+            Some(("log_behind_parent", message))
+        }
+        OwnChain::Diverged {
+            seq,
+            ours,
+            evidence,
+            ..
+        } => {
+            metrics::counter!("gridsync_log_diverged_total", "node" => node.clone()).increment(1);
+            if let Some(theirs) = evidence {
+                record_equivocation(state, &node, seq, ours, &theirs).await;
+            }
+            let message = format!(
+                "this community's log and its parent {parent}'s copy of it differ at seq {seq}: two histories signed with \
+                 this node's key. Nothing was overwritten and posts are refused. Keep this data directory for the \
+                 auditors; to take events again, stop the node, move its data directory aside and start it with an empty \
+                 one: it pulls its whole history back from the parent and continues after it"
+            );
+            tracing::error!(seq, "LOG DIVERGED FROM PARENT: {message}");
+            Some(("log_diverged", message))
+        }
+    };
+    let hold = hold.map(|(code, message)| PostingHold {
+        code: code.into(),
+        message,
+        since_ms: system_now_ms(),
+    });
+    // A diverged log stays held until a parent confirms it again.
+    let keep = hold.is_some()
+        && state
+            .store
+            .posting_hold()
+            .is_some_and(|h| h.code == "log_diverged");
+    if keep {
+        return;
+    }
+    metrics::gauge!("gridsync_posting_held", "node" => node).set(if hold.is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    if let Err(e) = state.store.set_posting_hold(hold).await {
+        tracing::error!(error = %e, "cannot record the posting hold");
     }
 }
 

@@ -1,11 +1,12 @@
 //! The child side of a sync connection: authenticate, learn the parent's
-//! heads, then stream what the parent lacks with a bounded window of
-//! unacknowledged batches.
+//! heads, check this node's own chain against the parent's copy (pulling a
+//! lost tail back), then stream what the parent lacks with a bounded window
+//! of unacknowledged batches.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use gridsync_model::Chunk;
+use gridsync_model::{Chunk, Hash32, ZERO_HASH};
 use serde_bytes::ByteBuf;
 
 use crate::frame::{Frame, LagReport, WireHead, PROTOCOL_VERSION};
@@ -21,6 +22,8 @@ pub trait LocalLog {
     fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk>;
     /// When this node received the event `seq` of `origin` (unix ms).
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64>;
+    /// Hash of event `seq` of `origin` (zero hash for seq 0), if held.
+    fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32>;
 }
 
 #[derive(Clone, Debug)]
@@ -37,13 +40,39 @@ pub struct ChildConfig {
     pub heartbeat_ms: i64,
     /// Close when nothing arrived for this long.
     pub idle_timeout_ms: i64,
-    /// Close when the handshake or the oldest batch in flight has waited
-    /// this long for its answer (a lost frame would otherwise stall the
-    /// window while heartbeats keep the link looking alive).
+    /// Close when the handshake, the oldest batch in flight or a fetch has
+    /// waited this long for its answer (a lost frame would otherwise stall
+    /// the window while heartbeats keep the link looking alive).
     pub ack_timeout_ms: i64,
     /// Planted bug for the simulator's negative control: resume from what
     /// this child remembers having sent instead of the parent's heads.
     pub bug_resume_from_memory: bool,
+}
+
+/// What the handshake found about this node's own chain (as an origin)
+/// compared with the parent's copy of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnChain {
+    /// The parent holds a prefix of (or exactly) what this node holds.
+    Agrees,
+    /// The parent holds more of this node's chain than this node does (a
+    /// restored backup, a lost tail): stop taking posts; the missing suffix
+    /// is being pulled back.
+    Behind { local: u64, parent: u64 },
+    /// The missing suffix was pulled back and imported: posts may resume.
+    Repaired { seq: u64 },
+    /// The parent's copy and this node's differ at `seq`: two histories
+    /// signed with this node's key. Nothing is overwritten; posts stay
+    /// stopped until an operator resolves it. `evidence`: the parent's
+    /// signed chunk that does not follow ours, when one was fetched (when the
+    /// parent holds no more than this node, this node's own version is sent
+    /// up instead, and the parent records the evidence and refuses it).
+    Diverged {
+        seq: u64,
+        ours: Hash32,
+        theirs: Hash32,
+        evidence: Option<Box<Chunk>>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +80,8 @@ enum State {
     Idle,
     AwaitChallenge,
     AwaitWelcome,
+    /// Pulling this node's own chain back from the parent.
+    Repairing,
     Streaming,
     Closed,
 }
@@ -60,6 +91,18 @@ struct InFlight {
     sent_at_ms: i64,
     /// `(origin, last seq)` sent in the batch.
     tips: Vec<(String, u64)>,
+}
+
+/// Progress of pulling this node's own chain back.
+struct Repair {
+    /// Seq and hash of the last event held (locally, or verified and handed
+    /// to the caller for import).
+    at: (u64, Hash32),
+    /// The parent's head for this origin.
+    target: u64,
+    /// A `Fetch` is unanswered since (ms), or an import is pending.
+    fetch_sent_ms: Option<i64>,
+    importing: bool,
 }
 
 /// One connection's worth of child state; make a new one per connection
@@ -72,6 +115,8 @@ pub struct ChildSession {
     acked: BTreeMap<String, u64>,
     /// Highest seq sent per origin in this session.
     sent: BTreeMap<String, u64>,
+    /// Origins the parent refused in this session, with why.
+    blocked: BTreeMap<String, String>,
     inflight: VecDeque<InFlight>,
     next_batch_id: u64,
     last_rx_ms: i64,
@@ -80,6 +125,7 @@ pub struct ChildSession {
     rr_cursor: usize,
     /// The handshake completed in this session (the link worked).
     welcomed: bool,
+    repair: Option<Repair>,
 }
 
 impl ChildSession {
@@ -90,6 +136,7 @@ impl ChildSession {
             nonce: Vec::new(),
             acked: BTreeMap::new(),
             sent: BTreeMap::new(),
+            blocked: BTreeMap::new(),
             inflight: VecDeque::new(),
             next_batch_id: 1,
             last_rx_ms: 0,
@@ -97,6 +144,7 @@ impl ChildSession {
             opened_at_ms: 0,
             rr_cursor: 0,
             welcomed: false,
+            repair: None,
         }
     }
 
@@ -126,6 +174,11 @@ impl ChildSession {
     /// The parent's durable heads as last acknowledged.
     pub fn acked(&self) -> &BTreeMap<String, u64> {
         &self.acked
+    }
+
+    /// Origins the parent refused in this session, with the reason.
+    pub fn blocked(&self) -> &BTreeMap<String, String> {
+        &self.blocked
     }
 
     pub fn inflight_batches(&self) -> usize {
@@ -184,62 +237,27 @@ impl ChildSession {
                     capabilities,
                 },
             ) => {
-                if !capabilities
-                    .iter()
-                    .any(|c| c == crate::CAPABILITY_CHUNKS_V1)
-                {
-                    return self.fail(
-                        out,
-                        format!(
-                            "parent {node} does not speak {}",
-                            crate::CAPABILITY_CHUNKS_V1
-                        ),
-                    );
-                }
-                if version != PROTOCOL_VERSION {
-                    return self.fail(
-                        out,
-                        format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}"),
-                    );
-                }
-                if node != self.cfg.parent_id {
-                    return self.fail(
-                        out,
-                        format!(
-                            "expected parent {}, connected to {node}",
-                            self.cfg.parent_id
-                        ),
-                    );
-                }
-                if !auth::check(
-                    &self.cfg.parent_key,
-                    "parent",
-                    &node,
-                    &self.cfg.node_id,
-                    &self.nonce,
-                    &proof,
-                ) {
-                    return self.fail(out, format!("parent {node} failed to prove its key"));
-                }
-                let proof = auth::prove(&self.cfg.key, "child", &self.cfg.node_id, &node, &nonce);
-                self.state = State::AwaitWelcome;
-                self.send(
-                    &mut out,
-                    Frame::Auth {
-                        proof: ByteBuf::from(proof.to_vec()),
-                    },
-                    now_ms,
-                );
+                return self.on_challenge(out, version, node, &nonce, &proof, &capabilities, now_ms)
             }
             (State::AwaitWelcome, Frame::Welcome { heads }) => {
-                self.acked = heads.into_iter().map(|h| (h.origin, h.seq)).collect();
+                self.welcomed = true;
+                self.acked = heads.iter().map(|h| (h.origin.clone(), h.seq)).collect();
                 if !self.cfg.bug_resume_from_memory || self.sent.is_empty() {
                     self.sent = self.acked.clone();
                 }
-                self.state = State::Streaming;
-                self.welcomed = true;
-                self.fill(&mut out, log, now_ms);
+                self.check_own_chain(&mut out, &heads, log, now_ms);
+                if self.state == State::Streaming {
+                    self.fill(&mut out, log, now_ms);
+                }
             }
+            (
+                State::Repairing,
+                Frame::Fetched {
+                    origin,
+                    chunks,
+                    head,
+                },
+            ) => return self.on_fetched(out, &origin, chunks, head, now_ms),
             (State::Streaming, Frame::Ack { id, heads }) => match self.inflight.front() {
                 Some(f) if f.id == id => {
                     let f = self.inflight.pop_front().expect("front exists");
@@ -260,6 +278,29 @@ impl ChildSession {
                     )
                 }
             },
+            (
+                State::Streaming,
+                Frame::OriginRefused {
+                    id,
+                    origin,
+                    seq,
+                    code,
+                    message,
+                },
+            ) => {
+                // Nothing of that origin sent in this session counts as
+                // acknowledged, and nothing more of it is sent.
+                for f in &mut self.inflight {
+                    f.tips.retain(|(o, _)| *o != origin);
+                }
+                let reason = format!("batch {id}, seq {seq}: {code}: {message}");
+                self.blocked.insert(origin.clone(), reason);
+                out.push(Output::OriginBlocked {
+                    origin,
+                    code,
+                    message,
+                });
+            }
             (_, Frame::Ping { .. }) => self.send(&mut out, Frame::Pong, now_ms),
             (_, Frame::Pong) => {}
             (state, f) => {
@@ -269,6 +310,245 @@ impl ChildSession {
                 );
             }
         }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_challenge(
+        &mut self,
+        out: Vec<Output>,
+        version: u32,
+        node: String,
+        nonce: &[u8],
+        proof: &[u8],
+        capabilities: &[String],
+        now_ms: i64,
+    ) -> Vec<Output> {
+        if !capabilities
+            .iter()
+            .any(|c| c == crate::CAPABILITY_CHUNKS_V1)
+        {
+            let m = format!(
+                "parent {node} does not speak {}",
+                crate::CAPABILITY_CHUNKS_V1
+            );
+            return self.fail(out, m);
+        }
+        if version != PROTOCOL_VERSION {
+            let m = format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}");
+            return self.fail(out, m);
+        }
+        if node != self.cfg.parent_id {
+            let m = format!(
+                "expected parent {}, connected to {node}",
+                self.cfg.parent_id
+            );
+            return self.fail(out, m);
+        }
+        if !auth::check(
+            &self.cfg.parent_key,
+            "parent",
+            &node,
+            &self.cfg.node_id,
+            &self.nonce,
+            proof,
+        ) {
+            return self.fail(out, format!("parent {node} failed to prove its key"));
+        }
+        let proof = auth::prove(&self.cfg.key, "child", &self.cfg.node_id, &node, nonce);
+        self.state = State::AwaitWelcome;
+        let mut out = out;
+        self.send(
+            &mut out,
+            Frame::Auth {
+                proof: ByteBuf::from(proof.to_vec()),
+            },
+            now_ms,
+        );
+        out
+    }
+
+    /// Compares the parent's copy of this node's own chain (as an origin)
+    /// with the local one: agree and stream, pull a lost tail back, or
+    /// report two histories.
+    fn check_own_chain(
+        &mut self,
+        out: &mut Vec<Output>,
+        heads: &[WireHead],
+        log: &dyn LocalLog,
+        now_ms: i64,
+    ) {
+        self.state = State::Streaming;
+        let own = self.cfg.node_id.clone();
+        let local = log
+            .heads()
+            .into_iter()
+            .find(|(o, _)| *o == own)
+            .map_or(0, |(_, s)| s);
+        let Some(theirs) = heads.iter().find(|h| h.origin == own) else {
+            // The parent holds none of it (or this node is no origin).
+            out.push(Output::OwnChain(OwnChain::Agrees));
+            return;
+        };
+        let their_hash: Hash32 = theirs.hash.as_slice().try_into().unwrap_or([0xff; 32]);
+        if theirs.seq <= local {
+            let ours = log.hash_at(&own, theirs.seq);
+            if ours == Some(their_hash) {
+                out.push(Output::OwnChain(OwnChain::Agrees));
+            } else {
+                out.push(Output::OwnChain(OwnChain::Diverged {
+                    seq: theirs.seq,
+                    ours: ours.unwrap_or(ZERO_HASH),
+                    theirs: their_hash,
+                    evidence: None,
+                }));
+                // Send our version of that seq up: the parent keeps both as
+                // evidence and refuses this origin.
+                self.sent.insert(own, theirs.seq - 1);
+            }
+            return;
+        }
+        let Some(local_hash) = log.hash_at(&own, local) else {
+            self.close(out, format!("cannot read own event {own}/{local}"));
+            return;
+        };
+        out.push(Output::OwnChain(OwnChain::Behind {
+            local,
+            parent: theirs.seq,
+        }));
+        self.state = State::Repairing;
+        self.repair = Some(Repair {
+            at: (local, local_hash),
+            target: theirs.seq,
+            fetch_sent_ms: None,
+            importing: false,
+        });
+        self.fetch(out, now_ms);
+    }
+
+    fn fetch(&mut self, out: &mut Vec<Output>, now_ms: i64) {
+        let Some(r) = self.repair.as_mut() else {
+            return;
+        };
+        r.fetch_sent_ms = Some(now_ms);
+        let after_seq = r.at.0;
+        let origin = self.cfg.node_id.clone();
+        self.send(out, Frame::Fetch { origin, after_seq }, now_ms);
+    }
+
+    /// Verifies a fetched piece of this node's own chain: it must continue
+    /// the local chain and carry this node's signature.
+    fn on_fetched(
+        &mut self,
+        mut out: Vec<Output>,
+        origin: &str,
+        chunks: Vec<ByteBuf>,
+        head: u64,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        let own = self.cfg.node_id.clone();
+        let key = self.cfg.key.verifying_key();
+        let Some(r) = self.repair.as_mut() else {
+            return self.fail(out, "fetched frame without a fetch".into());
+        };
+        if origin != own || r.fetch_sent_ms.is_none() || r.importing {
+            return self.fail(out, format!("unexpected fetched frame for {origin}"));
+        }
+        r.fetch_sent_ms = None;
+        r.target = r.target.max(head);
+        let mut verified = Vec::new();
+        let mut at = r.at;
+        for bytes in chunks {
+            let chunk = match Chunk::decode(&bytes) {
+                Ok(c) if c.origin == own => c,
+                Ok(c) => return self.fail(out, format!("fetched a chunk of {}", c.origin)),
+                Err(e) => return self.fail(out, format!("fetched chunk: {e}")),
+            };
+            if chunk.first_seq() != at.0 + 1 {
+                let m = format!(
+                    "fetched chunk starts at seq {}, expected {}",
+                    chunk.first_seq(),
+                    at.0 + 1
+                );
+                return self.fail(out, m);
+            }
+            match chunk.first_prev() {
+                Ok(prev) if prev == at.1 => {}
+                Ok(prev) => {
+                    // The parent's next event does not follow ours: the two
+                    // copies differ at `at.0`. Nothing of ours goes up.
+                    let (seq, ours) = at;
+                    self.repair = None;
+                    self.blocked.insert(
+                        own,
+                        format!("the parent's copy of this node's chain differs at seq {seq}"),
+                    );
+                    out.push(Output::OwnChain(OwnChain::Diverged {
+                        seq,
+                        ours,
+                        theirs: prev,
+                        evidence: Some(Box::new(chunk)),
+                    }));
+                    self.state = State::Streaming;
+                    return out;
+                }
+                Err(e) => return self.fail(out, format!("fetched chunk: {e}")),
+            }
+            let last = match chunk
+                .check_links(at.0 + 1, &at.1)
+                .and_then(|h| chunk.head.verify(&key).map(|()| h))
+            {
+                Ok(h) => *h.last().expect("chunks are non-empty"),
+                Err(e) => return self.fail(out, format!("fetched chunk does not verify: {e}")),
+            };
+            at = (chunk.last_seq(), last);
+            verified.push(chunk);
+        }
+        let r = self.repair.as_mut().expect("checked above");
+        if verified.is_empty() {
+            if r.at.0 >= r.target {
+                return self.finish_repair(out, now_ms);
+            }
+            let m = format!(
+                "the parent reports seq {} of this origin but sent nothing after seq {}",
+                r.target, r.at.0
+            );
+            return self.fail(out, m);
+        }
+        r.at = at;
+        r.importing = true;
+        out.push(Output::Import { chunks: verified });
+        out
+    }
+
+    /// The chunks of the last `Output::Import` are durable in the local log.
+    pub fn on_repaired(&mut self, log: &dyn LocalLog, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(r) = self.repair.as_mut() else {
+            return out;
+        };
+        if self.state != State::Repairing || !r.importing {
+            return out;
+        }
+        r.importing = false;
+        if r.at.0 >= r.target {
+            out = self.finish_repair(out, now_ms);
+            if self.state == State::Streaming {
+                self.fill(&mut out, log, now_ms);
+            }
+            return out;
+        }
+        self.fetch(&mut out, now_ms);
+        out
+    }
+
+    fn finish_repair(&mut self, mut out: Vec<Output>, now_ms: i64) -> Vec<Output> {
+        let seq = self.repair.take().map_or(0, |r| r.at.0);
+        self.state = State::Streaming;
+        let own = self.cfg.node_id.clone();
+        self.sent.insert(own, seq);
+        out.push(Output::OwnChain(OwnChain::Repaired { seq }));
+        let _ = now_ms;
         out
     }
 
@@ -293,29 +573,29 @@ impl ChildSession {
             return out;
         }
         if now_ms - self.last_rx_ms > self.cfg.idle_timeout_ms {
-            self.close(
-                &mut out,
-                format!(
-                    "no frame from the parent for {} ms",
-                    now_ms - self.last_rx_ms
-                ),
+            let reason = format!(
+                "no frame from the parent for {} ms",
+                now_ms - self.last_rx_ms
             );
+            self.close(&mut out, reason);
             return out;
         }
-        if self.state != State::Streaming && now_ms - self.opened_at_ms > self.cfg.ack_timeout_ms {
-            self.close(
-                &mut out,
-                format!("handshake unanswered for {} ms", now_ms - self.opened_at_ms),
-            );
+        if !self.welcomed && now_ms - self.opened_at_ms > self.cfg.ack_timeout_ms {
+            let reason = format!("handshake unanswered for {} ms", now_ms - self.opened_at_ms);
+            self.close(&mut out, reason);
             return out;
         }
-        if let Some(f) = self.inflight.front() {
-            if now_ms - f.sent_at_ms > self.cfg.ack_timeout_ms {
-                let reason = format!(
-                    "batch {} unacknowledged for {} ms",
-                    f.id,
-                    now_ms - f.sent_at_ms
-                );
+        let waiting = self
+            .inflight
+            .front()
+            .map(|f| (format!("batch {}", f.id), f.sent_at_ms))
+            .or_else(|| {
+                let sent = self.repair.as_ref()?.fetch_sent_ms?;
+                Some(("fetch".to_owned(), sent))
+            });
+        if let Some((what, since)) = waiting {
+            if now_ms - since > self.cfg.ack_timeout_ms {
+                let reason = format!("{what} unanswered for {} ms", now_ms - since);
                 self.close(&mut out, reason);
                 return out;
             }
@@ -348,7 +628,11 @@ impl ChildSession {
     /// Sends batches while the window has room and there is something new.
     fn fill(&mut self, out: &mut Vec<Output>, log: &dyn LocalLog, now_ms: i64) {
         while self.inflight.len() < self.cfg.window_batches.max(1) {
-            let heads = log.heads();
+            let heads: Vec<(String, u64)> = log
+                .heads()
+                .into_iter()
+                .filter(|(o, _)| !self.blocked.contains_key(o))
+                .collect();
             if heads.is_empty() {
                 return;
             }
@@ -369,11 +653,13 @@ impl ChildSession {
                 let budget = self.cfg.batch_bytes_max - bytes;
                 let mut last = sent;
                 for c in log.chunks_after(origin, sent, budget) {
+                    // Never past the head read above: what lies beyond is
+                    // not known to be durable.
                     let Some(c) = c.suffix_after(last) else {
                         continue;
                     };
-                    if c.first_seq() != last + 1 {
-                        break; // a hole in the local log: stop at it
+                    if c.first_seq() != last + 1 || c.last_seq() > *head {
+                        break; // a hole in the local log, or past the head
                     }
                     let enc = c.encode();
                     bytes += enc.len();

@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks (2: per-origin refusal and an
+/// origin pulling its own chain back from its parent).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// An origin's head as a peer reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,11 +78,36 @@ pub enum Frame {
         id: u64,
         heads: Vec<WireHead>,
     },
-    /// Parent → child: batch `id` was refused; the connection closes.
+    /// Parent → child: batch `id` was refused as a whole (it could not be
+    /// read); the connection closes.
     Rejected {
         id: u64,
         code: String,
         message: String,
+    },
+    /// Parent → child: the chunks of `origin` from `seq` on (in batch `id`
+    /// and after it) are refused for the rest of this session; the other
+    /// origins' chunks are accepted as usual and the session goes on.
+    OriginRefused {
+        id: u64,
+        origin: String,
+        seq: u64,
+        code: String,
+        message: String,
+    },
+    /// Child → parent: send back my own chain after `after_seq` (an origin
+    /// that finds its parent holding more of its chain than it does).
+    Fetch {
+        origin: String,
+        after_seq: u64,
+    },
+    /// Parent → child: durable chunks of `origin` after the fetched seq, in
+    /// order (the first trimmed to start right after it), at most about a
+    /// batch of bytes; `head` is the parent's durable head seq of `origin`.
+    Fetched {
+        origin: String,
+        chunks: Vec<ByteBuf>,
+        head: u64,
     },
     /// Either way when idle; the child's carries its lag report.
     Ping {
@@ -123,6 +149,9 @@ impl Frame {
             Frame::Batch { .. } => "batch",
             Frame::Ack { .. } => "ack",
             Frame::Rejected { .. } => "rejected",
+            Frame::OriginRefused { .. } => "origin_refused",
+            Frame::Fetch { .. } => "fetch",
+            Frame::Fetched { .. } => "fetched",
             Frame::Ping { .. } => "ping",
             Frame::Pong => "pong",
         }

@@ -18,17 +18,23 @@
 //!                                  ◀──   Welcome{heads of the child's subtree}
 //!   Batch{id, chunks} …            ──▶   verify, Persist ─▶ store
 //!   (≤ window in flight)           ◀──   Ack{id} once durable
+//!                                  ◀──   OriginRefused{origin} (that origin
+//!                                         only; the others go on)
 //! ```
 //!
 //! Nothing depends on the child remembering what it sent: every session
-//! resumes from the parent's heads in `Welcome`.
+//! resumes from the parent's heads in `Welcome`. An origin whose parent
+//! holds more of the origin's own chain than it does (a restored backup, a
+//! lost tail) stops taking posts and pulls the missing suffix back with
+//! `Fetch`/`Fetched` before it streams again; a parent copy that differs
+//! from its own is reported, never overwritten.
 
 pub mod auth;
 pub mod child;
 pub mod frame;
 pub mod parent;
 
-pub use child::{ChildConfig, ChildSession, LocalLog};
+pub use child::{ChildConfig, ChildSession, LocalLog, OwnChain};
 pub use frame::{Frame, FrameError, LagReport, WireHead, PROTOCOL_VERSION};
 pub use parent::{ParentConfig, ParentSession, StoredLog, TopologyView};
 
@@ -78,9 +84,14 @@ impl RejectCode {
 #[derive(Clone, Debug)]
 pub enum Output {
     Send(Frame),
-    /// Make these chunks durable, then call `on_persisted(batch)`.
+    /// Parent: make these chunks durable, then call `on_persisted(batch)`.
     Persist {
         batch: u64,
+        chunks: Vec<Chunk>,
+    },
+    /// Child: import these verified chunks of this node's own chain (pulled
+    /// back from the parent) into the local log, then call `on_repaired`.
+    Import {
         chunks: Vec<Chunk>,
     },
     /// An origin signed two different events at `seq`: keep both.
@@ -90,11 +101,19 @@ pub enum Output {
         ours: Hash32,
         theirs: Chunk,
     },
-    /// For metrics and logs: a peer or batch was refused.
+    /// For metrics and logs: a peer, a batch or one origin was refused.
     Rejected {
         code: RejectCode,
         message: String,
     },
+    /// Child: the parent refuses `origin` for this session; the others go on.
+    OriginBlocked {
+        origin: String,
+        code: String,
+        message: String,
+    },
+    /// Child: what the handshake found about this node's own chain.
+    OwnChain(OwnChain),
     /// Close the connection (after sending any frames above).
     Close {
         reason: String,

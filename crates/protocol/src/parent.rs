@@ -27,6 +27,9 @@ pub trait StoredLog {
     fn heads(&self) -> Vec<(String, u64, Hash32)>;
     fn head(&self, origin: &str) -> Option<(u64, Hash32)>;
     fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32>;
+    /// Durable chunks of `origin` holding the events after `after_seq`, in
+    /// order, about `bytes_max` bytes in all (at least one chunk if any).
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk>;
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +38,8 @@ pub struct ParentConfig {
     pub key: SigningKey,
     pub heartbeat_ms: i64,
     pub idle_timeout_ms: i64,
+    /// Chunk bytes per `fetched` answer.
+    pub fetch_bytes_max: usize,
     /// Planted bug for the simulator's negative control: acknowledge a
     /// batch as soon as it verifies, before it is durable.
     pub bug_ack_before_durable: bool,
@@ -56,6 +61,27 @@ struct Awaiting {
     acked_early: bool,
 }
 
+/// Why one origin's chunk was refused.
+struct Refusal {
+    code: RejectCode,
+    /// First seq refused.
+    seq: u64,
+    message: String,
+    /// For an equivocation: the seq and the hash this node holds there.
+    fork: Option<(u64, Hash32)>,
+}
+
+impl Refusal {
+    fn new(code: RejectCode, seq: u64, message: String) -> Self {
+        Self {
+            code,
+            seq,
+            message,
+            fork: None,
+        }
+    }
+}
+
 pub struct ParentSession {
     cfg: ParentConfig,
     state: State,
@@ -65,6 +91,8 @@ pub struct ParentSession {
     /// Hashes of accepted, not yet durable events (for duplicate checks).
     pending: HashMap<(String, u64), Hash32>,
     awaiting: VecDeque<Awaiting>,
+    /// Origins refused in this session: their later chunks are skipped.
+    refused: HashMap<String, RejectCode>,
     last_rx_ms: i64,
     last_tx_ms: i64,
     lag: Vec<LagReport>,
@@ -80,6 +108,7 @@ impl ParentSession {
             tips: HashMap::new(),
             pending: HashMap::new(),
             awaiting: VecDeque::new(),
+            refused: HashMap::new(),
             last_rx_ms: now_ms,
             last_tx_ms: now_ms,
             lag: Vec::new(),
@@ -226,6 +255,29 @@ impl ParentSession {
                 self.lag = lag;
                 self.on_batch(out, &child, id, chunks, topo, log, now_ms)
             }
+            (State::Streaming { child }, Frame::Fetch { origin, after_seq }) => {
+                if origin != child {
+                    let m = format!("node {child} may fetch only its own chain, not {origin}'s");
+                    return self.refuse(out, RejectCode::Protocol, m, now_ms);
+                }
+                let mut chunks = Vec::new();
+                for c in log.chunks_after(&origin, after_seq, self.cfg.fetch_bytes_max) {
+                    if let Some(c) = c.suffix_after(after_seq) {
+                        chunks.push(ByteBuf::from(c.encode()));
+                    }
+                }
+                let head = log.head(&origin).map_or(0, |(s, _)| s);
+                self.send(
+                    &mut out,
+                    Frame::Fetched {
+                        origin,
+                        chunks,
+                        head,
+                    },
+                    now_ms,
+                );
+                out
+            }
             (_, Frame::Ping { lag }) => {
                 if matches!(self.state, State::Streaming { .. }) {
                     self.lag = lag;
@@ -251,6 +303,13 @@ impl ParentSession {
             .or_else(|| log.hash_at(origin, seq))
     }
 
+    /// Verifies a batch chunk by chunk. A chunk that cannot be read, or a
+    /// gap (a lost batch), ends the session (`rejected`; the next session
+    /// resumes from our heads); a chunk that fails a check of its origin —
+    /// not in the child's subtree, unknown, bad signature, broken chain,
+    /// equivocation — refuses only that origin for the rest of the session
+    /// (`origin_refused`, with evidence for an equivocation) and the other
+    /// origins' chunks go on.
     #[allow(clippy::too_many_arguments)]
     fn on_batch(
         &mut self,
@@ -266,9 +325,10 @@ impl ParentSession {
         let mut touched: Vec<(String, u64, Hash32)> = Vec::new();
         let mut hashes: Vec<(String, u64)> = Vec::new();
         // Tips as they will be if this batch is accepted; committed to
-        // `self` only when the whole batch passes.
+        // `self` only when the whole batch is read.
         let mut tips: HashMap<String, (u64, Hash32)> = HashMap::new();
         let mut new_pending: Vec<((String, u64), Hash32)> = Vec::new();
+        let mut refusals: Vec<(String, u64, RejectCode, String)> = Vec::new();
         for bytes in chunks {
             let chunk = match Chunk::decode(&bytes) {
                 Ok(c) => c,
@@ -277,108 +337,65 @@ impl ParentSession {
                 }
             };
             let origin = chunk.origin.clone();
-            if !topo.in_subtree(child, &origin) {
-                let m = format!("origin {origin} is not in the subtree of {child}");
-                return self.reject(out, id, RejectCode::ForeignOrigin, m, now_ms);
+            if self.refused.contains_key(&origin) || refusals.iter().any(|r| r.0 == origin) {
+                continue;
             }
-            let Some(key) = topo.key(&origin) else {
-                return self.reject(
-                    out,
-                    id,
-                    RejectCode::ForeignOrigin,
-                    format!("origin {origin} is unknown"),
-                    now_ms,
-                );
-            };
-            // Authenticity: the chain links inside the chunk and the origin's
-            // signature on its head. (Content is decoded where it is used.)
-            let checked = chunk.first_prev().and_then(|prev| {
-                let hashes = chunk.check_links(chunk.first_seq(), &prev)?;
-                chunk.head.verify(&key)?;
-                Ok((prev, hashes))
-            });
-            let (first_prev, hashes_in) = match checked {
-                Ok(v) => v,
-                Err(e) => {
-                    let code = match e {
-                        gridsync_model::ChunkError::BadSignature { .. } => RejectCode::BadSignature,
-                        _ => RejectCode::BrokenChain,
-                    };
-                    return self.reject(out, id, code, e.to_string(), now_ms);
-                }
-            };
-            let (tip_seq, tip_hash) = tips
+            let tip = tips
                 .get(&origin)
                 .or_else(|| self.tips.get(&origin))
                 .copied()
                 .or_else(|| log.head(&origin))
                 .unwrap_or((0, ZERO_HASH));
-            let first = chunk.first_seq();
-            let last = chunk.last_seq();
-            if first > tip_seq + 1 {
-                let m = format!(
-                    "origin {origin}: expected seq {}, got {first} (gap)",
-                    tip_seq + 1
-                );
-                return self.reject(out, id, RejectCode::Gap, m, now_ms);
+            let checked = self.check_chunk(&chunk, child, tip, topo, log);
+            if let Err(r) = &checked {
+                if r.code == RejectCode::Gap {
+                    // A gap is the session's fault (a lost frame), not the
+                    // origin's: end it; the next one resumes from our heads.
+                    let m = r.message.clone();
+                    return self.reject(out, id, RejectCode::Gap, m, now_ms);
+                }
             }
-            let fork = |seq: u64, ours: Hash32| Output::Equivocation {
-                origin: origin.clone(),
-                seq,
-                ours,
-                theirs: chunk.clone(),
-            };
-            let new_from = if last <= tip_seq {
-                // Entirely known: a duplicate if identical.
-                let theirs = *hashes_in.last().expect("chunks are non-empty");
-                let Some(ours) = self.known_hash(log, &origin, last) else {
-                    return self.reject(
-                        out,
-                        id,
-                        RejectCode::Protocol,
-                        format!("cannot read {origin}/{last}"),
-                        now_ms,
-                    );
-                };
-                if ours != theirs {
-                    out.push(fork(last, ours));
-                    let m = format!("origin {origin} seq {last}: a different event than the one held (equivocation)");
-                    return self.reject(out, id, RejectCode::Equivocation, m, now_ms);
-                }
-                None
-            } else if first <= tip_seq {
-                let idx = usize::try_from(tip_seq - first).expect("fits");
-                if hashes_in[idx] != tip_hash {
-                    out.push(fork(tip_seq, tip_hash));
-                    let m = format!("origin {origin} seq {tip_seq}: a different event than the one held (equivocation)");
-                    return self.reject(out, id, RejectCode::Equivocation, m, now_ms);
-                }
-                Some(tip_seq)
-            } else {
-                // first == tip_seq + 1
-                if first_prev != tip_hash {
-                    if tip_seq == 0 {
-                        let m = format!("origin {origin} seq 1 has a non-zero prev");
-                        return self.reject(out, id, RejectCode::BrokenChain, m, now_ms);
+            match checked {
+                Ok(None) => {}
+                Ok(Some((after, hashes_in))) => {
+                    let (first, last) = (chunk.first_seq(), chunk.last_seq());
+                    for (seq, h) in (first..=last).zip(&hashes_in).filter(|(s, _)| *s > after) {
+                        new_pending.push(((origin.clone(), seq), *h));
+                        hashes.push((origin.clone(), seq));
                     }
-                    out.push(fork(tip_seq, tip_hash));
-                    let m = format!("origin {origin}: seq {first} does not follow the held seq {tip_seq} (equivocation)");
-                    return self.reject(out, id, RejectCode::Equivocation, m, now_ms);
+                    let last_hash = *hashes_in.last().expect("non-empty");
+                    tips.insert(origin.clone(), (last, last_hash));
+                    touched.retain(|(o, _, _)| *o != origin);
+                    touched.push((origin.clone(), last, last_hash));
+                    accepted.push(chunk.suffix_after(after).expect("last > after"));
                 }
-                Some(tip_seq)
-            };
-            if let Some(after) = new_from {
-                let suffix = chunk.suffix_after(after).expect("last > after");
-                for (seq, h) in (first..=last).zip(&hashes_in).filter(|(s, _)| *s > after) {
-                    new_pending.push(((origin.clone(), seq), *h));
-                    hashes.push((origin.clone(), seq));
+                Err(refusal) => {
+                    if let Some((seq, ours)) = refusal.fork {
+                        out.push(Output::Equivocation {
+                            origin: origin.clone(),
+                            seq,
+                            ours,
+                            theirs: chunk.clone(),
+                        });
+                    }
+                    refusals.push((origin, refusal.seq, refusal.code, refusal.message));
                 }
-                let last_hash = *hashes_in.last().expect("non-empty");
-                tips.insert(origin.clone(), (last, last_hash));
-                touched.retain(|(o, _, _)| *o != origin);
-                touched.push((origin.clone(), last, last_hash));
-                accepted.push(suffix);
             }
+        }
+        for (origin, seq, code, message) in refusals {
+            self.send(
+                &mut out,
+                Frame::OriginRefused {
+                    id,
+                    origin: origin.clone(),
+                    seq,
+                    code: code.as_str().into(),
+                    message: message.clone(),
+                },
+                now_ms,
+            );
+            out.push(Output::Rejected { code, message });
+            self.refused.insert(origin, code);
         }
         self.tips.extend(tips);
         self.pending.extend(new_pending);
@@ -402,6 +419,94 @@ impl ParentSession {
             });
         }
         out
+    }
+
+    /// Checks one chunk against the topology, its signature and the held
+    /// chain (`tip`: the head including accepted, not yet durable batches).
+    /// `Ok(None)`: wholly held already (identical); `Ok(Some((after,
+    /// hashes)))`: new after seq `after`, with every event's hash.
+    fn check_chunk(
+        &self,
+        chunk: &Chunk,
+        child: &str,
+        (tip_seq, tip_hash): (u64, Hash32),
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+    ) -> Result<Option<(u64, Vec<Hash32>)>, Refusal> {
+        let origin = chunk.origin.as_str();
+        let (first, last) = (chunk.first_seq(), chunk.last_seq());
+        if !topo.in_subtree(child, origin) {
+            let m = format!("origin {origin} is not in the subtree of {child}");
+            return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
+        }
+        let Some(key) = topo.key(origin) else {
+            let m = format!("origin {origin} is unknown");
+            return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
+        };
+        // Authenticity: the chain links inside the chunk and the origin's
+        // signature on its head. (Content is decoded where it is used.)
+        let (first_prev, hashes_in) = chunk
+            .first_prev()
+            .and_then(|prev| {
+                let hashes = chunk.check_links(first, &prev)?;
+                chunk.head.verify(&key)?;
+                Ok((prev, hashes))
+            })
+            .map_err(|e| {
+                let code = match e {
+                    gridsync_model::ChunkError::BadSignature { .. } => RejectCode::BadSignature,
+                    _ => RejectCode::BrokenChain,
+                };
+                Refusal::new(code, first, e.to_string())
+            })?;
+        if first > tip_seq + 1 {
+            let m = format!(
+                "origin {origin}: expected seq {}, got {first} (gap)",
+                tip_seq + 1
+            );
+            return Err(Refusal::new(RejectCode::Gap, first, m));
+        }
+        let fork = |seq: u64, ours: Hash32, m: String| Refusal {
+            code: RejectCode::Equivocation,
+            seq,
+            message: m,
+            fork: Some((seq, ours)),
+        };
+        if last <= tip_seq {
+            // Entirely known: a duplicate if identical.
+            let theirs = *hashes_in.last().expect("chunks are non-empty");
+            let Some(ours) = self.known_hash(log, origin, last) else {
+                let m = format!("cannot read {origin}/{last}");
+                return Err(Refusal::new(RejectCode::Protocol, last, m));
+            };
+            if ours != theirs {
+                let m = format!(
+                    "origin {origin} seq {last}: a different event than the one held (equivocation)"
+                );
+                return Err(fork(last, ours, m));
+            }
+            return Ok(None);
+        }
+        if first <= tip_seq {
+            let idx = usize::try_from(tip_seq - first).expect("fits");
+            if hashes_in[idx] != tip_hash {
+                let m = format!(
+                    "origin {origin} seq {tip_seq}: a different event than the one held (equivocation)"
+                );
+                return Err(fork(tip_seq, tip_hash, m));
+            }
+        } else if first_prev != tip_hash {
+            // first == tip_seq + 1
+            if tip_seq == 0 {
+                let m = format!("origin {origin} seq 1 has a non-zero prev");
+                return Err(Refusal::new(RejectCode::BrokenChain, first, m));
+            }
+            let m = format!(
+                "origin {origin}: seq {first} does not follow the held seq {tip_seq} (equivocation)"
+            );
+            return Err(fork(tip_seq, tip_hash, m));
+        }
+        Ok(Some((tip_seq, hashes_in)))
     }
 
     fn send_ack(&mut self, out: &mut Vec<Output>, id: u64, now_ms: i64) {

@@ -77,6 +77,31 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 message: "expected seq 51".into(),
             },
         ),
+        (
+            "origin_refused",
+            Frame::OriginRefused {
+                id: 7,
+                origin: "s2-c1".into(),
+                seq: 51,
+                code: "foreign_origin".into(),
+                message: "origin s2-c1 is not in the subtree of s1".into(),
+            },
+        ),
+        (
+            "fetch",
+            Frame::Fetch {
+                origin: "s1-c1".into(),
+                after_seq: 40,
+            },
+        ),
+        (
+            "fetched",
+            Frame::Fetched {
+                origin: "s1-c1".into(),
+                chunks: vec![b(10, 8)],
+                head: 42,
+            },
+        ),
         ("ping", Frame::Ping { lag: vec![] }),
         ("pong", Frame::Pong),
     ]
@@ -86,7 +111,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
 fn golden_frame_encodings() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/frames.txt");
     let mut text =
-        String::from("# name hex(msgpack) — protocol version 1; see schemas/sync-frames.md\n");
+        String::from("# name hex(msgpack) — protocol version 2; see schemas/sync-frames.md\n");
     for (name, f) in frames() {
         let bytes = f.encode();
         assert_eq!(

@@ -2,16 +2,25 @@
 //! communities) in one thread with simulated time. The network drops,
 //! duplicates, delays and reorders frames; links partition and heal; nodes
 //! crash and restart, losing every persist that was not yet flushed.
+//! Communities crash too: their own appends are *applied* (visible to a
+//! buggy reader, as sled shows an applied batch) before they are durable,
+//! a crash loses what was not durable yet, and the grid workers' retries
+//! then create different events (new times) at those seqs. Communities are
+//! also restored from an older backup: they must pull their lost tail back
+//! from the parent before taking posts again.
 //!
 //! Checked for every seed:
 //! * no node ever acknowledged an event it later lost (checked at every
 //!   crash and at the end);
-//! * after healing, every ancestor holds every event of every origin below
-//!   it exactly once, contiguous, and verified.
+//! * no equivocation, no refused origin, and no origin finding its parent
+//!   ahead of it unless it was restored from a backup;
+//! * after healing, every ancestor holds exactly each community's final
+//!   chain, once, contiguous, and verified.
 //!
 //! `GRIDSYNC_SIM_SEEDS` (default 10,000) seeds per run; a failure prints the
-//! seed and `GRIDSYNC_SIM_SEED=<seed>` replays exactly that one. Two planted
-//! bugs (ack before durable; resume from the child's memory) must be caught.
+//! seed and `GRIDSYNC_SIM_SEED=<seed>` replays exactly that one. Three
+//! planted bugs (ack before durable; resume from the child's memory; read
+//! past the durable point) must be caught.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -20,16 +29,16 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use gridsync_protocol::{
-    ChildConfig, ChildSession, Frame, LocalLog, Output, ParentConfig, ParentSession, StoredLog,
-    TopologyView,
+    ChildConfig, ChildSession, Frame, LocalLog, Output, OwnChain, ParentConfig, ParentSession,
+    StoredLog, TopologyView,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const STREETS: usize = 3;
 const COMMUNITIES_PER_STREET: usize = 3;
-const CHUNKS_PER_COMMUNITY: usize = 4;
-const EVENTS_PER_CHUNK: u64 = 6;
+const CHUNKS_PER_COMMUNITY: usize = 8;
+const EVENTS_PER_CHUNK: u64 = 3;
 const FRAME_BYTES_MAX: usize = 1 << 20;
 
 /// Node 0 is the district, 1..=3 streets, then communities.
@@ -37,8 +46,6 @@ struct Tree {
     ids: Vec<String>,
     parent: Vec<Option<usize>>,
     keys: Vec<SigningKey>,
-    /// Per community node: its pre-built chunks (same for every seed).
-    scripts: HashMap<usize, Vec<Chunk>>,
 }
 
 fn build_tree() -> Tree {
@@ -57,62 +64,57 @@ fn build_tree() -> Tree {
     let keys: Vec<SigningKey> = (0..ids.len())
         .map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32]))
         .collect();
-    let mut scripts = HashMap::new();
-    for n in (1 + STREETS)..ids.len() {
-        let origin = ids[n].clone();
-        let mut prev = ZERO_HASH;
-        let mut seq = 0u64;
-        let mut chunks = Vec::new();
-        for c in 0..CHUNKS_PER_COMMUNITY {
-            let mut events = Vec::new();
-            for _ in 0..EVENTS_PER_CHUNK {
-                seq += 1;
-                let data = gridsync_model::canonical::to_canonical(
-                    &serde_json::json!({"household": format!("h{seq}"), "method": "phone", "quarantine": "none"}),
-                );
-                let bytes = EnvelopeHeader {
-                    origin: &origin,
-                    seq,
-                    kind: "visit",
-                    schema: 1,
-                    occurred_at: OccurredAt {
-                        unix_ms: 1_580_000_000_000 + seq as i64,
-                        offset_min: 480,
-                    },
-                    recorded_at_ms: 1_580_000_000_000,
-                    grid: "g",
-                    recorded_by: "w",
-                    client_id: &format!("k{seq}"),
-                    prev: &prev,
-                    personal_digest: None,
-                }
-                .encode_with_data(&data);
-                prev = event_hash(&bytes);
-                events.push(EventRecord {
-                    envelope: bytes,
-                    personal: None,
-                });
-            }
-            let head = SignedHead::sign(&keys[n], &origin, seq, prev, c as i64);
-            chunks.push(Chunk {
-                origin: origin.clone(),
-                events,
-                head,
-            });
+    Tree { ids, parent, keys }
+}
+
+/// The next chunk a community creates after `(seq, prev)`: its events'
+/// content depends on `now`, so a retry after a crash makes different
+/// events at the same seqs.
+fn make_chunk(origin: &str, key: &SigningKey, (seq, prev): (u64, Hash32), now: i64) -> Chunk {
+    let mut prev = prev;
+    let mut events = Vec::new();
+    for seq in seq + 1..=seq + EVENTS_PER_CHUNK {
+        let data = gridsync_model::canonical::to_canonical(
+            &serde_json::json!({"household": format!("h{seq}"), "method": "phone", "quarantine": "none"}),
+        );
+        let bytes = EnvelopeHeader {
+            origin,
+            seq,
+            kind: "visit",
+            schema: 1,
+            occurred_at: OccurredAt {
+                unix_ms: 1_580_000_000_000 + seq as i64,
+                offset_min: 480,
+            },
+            recorded_at_ms: 1_580_000_000_000 + now,
+            grid: "g",
+            recorded_by: "w",
+            client_id: &format!("k{seq}"),
+            prev: &prev,
+            personal_digest: None,
         }
-        scripts.insert(n, chunks);
+        .encode_with_data(&data);
+        prev = event_hash(&bytes);
+        events.push(EventRecord {
+            envelope: bytes,
+            personal: None,
+        });
     }
-    Tree {
-        ids,
-        parent,
-        keys,
-        scripts,
+    let head = SignedHead::sign(key, origin, seq + EVENTS_PER_CHUNK, prev, now);
+    Chunk {
+        origin: origin.to_owned(),
+        events,
+        head,
     }
 }
 
 impl Tree {
     fn index(&self, id: &str) -> Option<usize> {
         self.ids.iter().position(|x| x == id)
+    }
+
+    fn is_community(&self, n: usize) -> bool {
+        n > STREETS
     }
 }
 
@@ -185,14 +187,8 @@ impl SimLog {
     }
 }
 
-impl LocalLog for SimLog {
-    fn heads(&self) -> Vec<(String, u64)> {
-        self.hashes
-            .iter()
-            .map(|(o, h)| (o.clone(), h.len() as u64))
-            .collect()
-    }
-    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+impl SimLog {
+    fn chunks_after_seq(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
         let mut out = Vec::new();
         let mut bytes = 0;
         for c in self.chunks.get(origin).into_iter().flatten() {
@@ -207,8 +203,34 @@ impl LocalLog for SimLog {
         }
         out
     }
+
+    fn seq(&self, origin: &str) -> u64 {
+        self.hashes.get(origin).map_or(0, |h| h.len() as u64)
+    }
+
+    fn head_or_zero(&self, origin: &str) -> (u64, Hash32) {
+        StoredLog::head(self, origin).unwrap_or((0, ZERO_HASH))
+    }
+}
+
+impl LocalLog for SimLog {
+    fn heads(&self) -> Vec<(String, u64)> {
+        self.hashes
+            .iter()
+            .map(|(o, h)| (o.clone(), h.len() as u64))
+            .collect()
+    }
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+        self.chunks_after_seq(origin, after_seq, bytes_max)
+    }
     fn received_at(&self, _origin: &str, _seq: u64) -> Option<i64> {
         Some(0)
+    }
+    fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
+        if seq == 0 {
+            return Some(ZERO_HASH);
+        }
+        StoredLog::hash_at(self, origin, seq)
     }
 }
 
@@ -229,12 +251,24 @@ impl StoredLog for SimLog {
             .get(origin)
             .and_then(|h| h.get(seq.checked_sub(1)? as usize).copied())
     }
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+        self.chunks_after_seq(origin, after_seq, bytes_max)
+    }
 }
 
 #[derive(Clone, Copy, Default)]
 struct Bugs {
     ack_before_durable: bool,
     resume_from_memory: bool,
+    /// A community's sender reads its own appends before they are durable
+    /// (review F1: sled shows applied batches to readers).
+    read_past_durable: bool,
+}
+
+impl Bugs {
+    fn any(self) -> bool {
+        self.ack_before_durable || self.resume_from_memory || self.read_past_durable
+    }
 }
 
 struct Persist {
@@ -245,7 +279,19 @@ struct Persist {
 
 struct Node {
     up: bool,
+    /// What is durable.
     log: SimLog,
+    /// A community's log as readers of the live store would see it: the
+    /// durable log plus its own appends applied but not yet durable.
+    applied: SimLog,
+    local_flush_scheduled: bool,
+    /// A community restored from a backup takes no posts until its parent
+    /// has confirmed (or given back) its chain.
+    hold_posts: bool,
+    /// Restored since its parent last confirmed its chain: finding the
+    /// parent ahead is expected.
+    restored: bool,
+    backup: Option<SimLog>,
     disk: Vec<Persist>,
     /// Connection id and session toward the parent.
     up_link: Option<(u64, ChildSession)>,
@@ -254,7 +300,6 @@ struct Node {
     down: HashMap<u64, ParentSession>,
     /// Highest seq per origin this node has acknowledged to a child.
     acked: BTreeMap<String, u64>,
-    next_append: usize,
     backoff_ms: i64,
     partitioned_until: i64,
 }
@@ -280,6 +325,16 @@ enum Ev {
         node: usize,
     },
     Crash {
+        node: usize,
+    },
+    /// A community's own appends become durable.
+    LocalFlush {
+        node: usize,
+    },
+    Backup {
+        node: usize,
+    },
+    Restore {
         node: usize,
     },
     Restart {
@@ -310,6 +365,10 @@ struct Sim<'t> {
 }
 
 const FAULTS_MS: i64 = 4_000;
+
+/// Communities that pulled a lost tail back from their parent, over all
+/// seeds run (the honest run checks the repair path was exercised).
+static REPAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const END_MS: i64 = 40_000;
 
 impl<'t> Sim<'t> {
@@ -318,12 +377,16 @@ impl<'t> Sim<'t> {
             .map(|_| Node {
                 up: true,
                 log: SimLog::default(),
+                applied: SimLog::default(),
+                local_flush_scheduled: false,
+                hold_posts: false,
+                restored: false,
+                backup: None,
                 disk: Vec::new(),
                 up_link: None,
                 old_child: None,
                 down: HashMap::new(),
                 acked: BTreeMap::new(),
-                next_append: 0,
                 backoff_ms: 20,
                 partitioned_until: 0,
             })
@@ -348,17 +411,25 @@ impl<'t> Sim<'t> {
                 let t = sim.rng.gen_range(0..50);
                 sim.at(t, Ev::Connect { node: n });
             }
-            if tree.scripts.contains_key(&n) {
+            if tree.is_community(n) {
                 let t = sim.rng.gen_range(0..800);
                 sim.at(t, Ev::Append { node: n });
             }
         }
-        // Faults during the first seconds: crashes and partitions.
-        let n_crashes = sim.rng.gen_range(0..6);
+        // Faults during the first seconds: crashes (of any node), partitions,
+        // and communities restored from an older backup.
+        let n_crashes = sim.rng.gen_range(0..8);
         for _ in 0..n_crashes {
-            let node = sim.rng.gen_range(0..4); // district or a street
+            let node = sim.rng.gen_range(0..tree.ids.len());
             let t = sim.rng.gen_range(0..FAULTS_MS);
             sim.at(t, Ev::Crash { node });
+        }
+        if sim.rng.gen_bool(0.3) {
+            let node = sim.rng.gen_range(1 + STREETS..tree.ids.len());
+            let t = sim.rng.gen_range(0..FAULTS_MS / 2);
+            sim.at(t, Ev::Backup { node });
+            let later = sim.rng.gen_range(t + 1..FAULTS_MS);
+            sim.at(later, Ev::Restore { node });
         }
         let n_parts = sim.rng.gen_range(0..6);
         for _ in 0..n_parts {
@@ -408,6 +479,7 @@ impl<'t> Sim<'t> {
             key: self.tree.keys[n].clone(),
             heartbeat_ms: 200,
             idle_timeout_ms: 1_000,
+            fetch_bytes_max: 2_000,
             bug_ack_before_durable: self.bugs.ack_before_durable,
         }
     }
@@ -482,14 +554,72 @@ impl<'t> Sim<'t> {
     }
 
     fn child_outputs(&mut self, n: usize, conn: u64, outs: Vec<Output>) {
-        for o in outs {
+        let mut queue: std::collections::VecDeque<Output> = outs.into();
+        while let Some(o) = queue.pop_front() {
             match o {
                 Output::Send(f) => self.transmit(conn, true, f.encode()),
                 Output::Close { .. } => self.close_conn(conn),
-                _ => {}
+                Output::Import { chunks } => {
+                    for c in &chunks {
+                        if let Err(e) = self.nodes[n].log.append(c) {
+                            return self.fail(format!("{}: repair import: {e}", self.tree.ids[n]));
+                        }
+                    }
+                    self.nodes[n].applied = self.nodes[n].log.clone();
+                    if let Some((lc, mut s)) = self.nodes[n].up_link.take() {
+                        let outs = s.on_repaired(self.local_view(n), self.now);
+                        self.nodes[n].up_link = Some((lc, s));
+                        if lc == conn {
+                            queue.extend(outs);
+                        }
+                    }
+                }
+                Output::OwnChain(OwnChain::Repaired { .. }) => {
+                    if !self.bugs.any() {
+                        REPAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.nodes[n].hold_posts = false;
+                    self.nodes[n].restored = false;
+                }
+                Output::OwnChain(OwnChain::Agrees) => {
+                    self.nodes[n].hold_posts = false;
+                    self.nodes[n].restored = false;
+                }
+                Output::OwnChain(OwnChain::Behind { local, parent }) => {
+                    if !self.nodes[n].restored {
+                        return self.fail(format!(
+                            "{} holds its chain up to {local} but its parent holds {parent}, and it was never restored from a backup",
+                            self.tree.ids[n]
+                        ));
+                    }
+                }
+                Output::OwnChain(OwnChain::Diverged { seq, .. }) => {
+                    return self.fail(format!(
+                        "{}: its parent holds a different chain at seq {seq}",
+                        self.tree.ids[n]
+                    ));
+                }
+                Output::OriginBlocked {
+                    origin, message, ..
+                } => {
+                    return self.fail(format!(
+                        "{}: parent refused origin {origin}: {message}",
+                        self.tree.ids[n]
+                    ));
+                }
+                Output::Persist { .. } | Output::Equivocation { .. } | Output::Rejected { .. } => {}
             }
         }
-        let _ = n;
+    }
+
+    /// The log a node's sender reads: only what is durable, unless the
+    /// planted bug lets it see its own applied appends.
+    fn local_view(&self, n: usize) -> &SimLog {
+        if self.bugs.read_past_durable && self.tree.is_community(n) {
+            &self.nodes[n].applied
+        } else {
+            &self.nodes[n].log
+        }
     }
 
     fn parent_outputs(&mut self, n: usize, conn: u64, outs: Vec<Output>) {
@@ -526,6 +656,9 @@ impl<'t> Sim<'t> {
                     self.nodes[n].down.remove(&conn);
                     self.close_conn(conn);
                 }
+                Output::Import { .. } | Output::OriginBlocked { .. } | Output::OwnChain(_) => {
+                    self.fail("a child-side output from a parent session".into());
+                }
             }
         }
     }
@@ -533,7 +666,7 @@ impl<'t> Sim<'t> {
     fn check_acks_held(&mut self, n: usize) {
         let mut lost = None;
         for (origin, seq) in &self.nodes[n].acked {
-            let held = self.nodes[n].log.head(origin).map_or(0, |h| h.0);
+            let held = self.nodes[n].log.seq(origin);
             if held < *seq {
                 lost = Some(format!(
                     "{} acked {origin} up to {seq} but holds {held}",
@@ -551,7 +684,7 @@ impl<'t> Sim<'t> {
             Ev::Tick { node } => {
                 if self.nodes[node].up {
                     if let Some((conn, mut s)) = self.nodes[node].up_link.take() {
-                        let outs = s.on_tick(&self.nodes[node].log, self.now);
+                        let outs = s.on_tick(self.local_view(node), self.now);
                         self.nodes[node].up_link = Some((conn, s));
                         self.child_outputs(node, conn, outs);
                     }
@@ -566,23 +699,70 @@ impl<'t> Sim<'t> {
                 self.at(self.now + 100, Ev::Tick { node });
             }
             Ev::Append { node } => {
-                if !self.nodes[node].up {
+                if !self.nodes[node].up || self.nodes[node].hold_posts {
                     self.at(self.now + 50, Ev::Append { node });
                     return;
                 }
-                let script = &self.tree.scripts[&node];
-                let i = self.nodes[node].next_append;
-                if i < script.len() {
-                    let chunk = script[i].clone();
+                let origin = self.tree.ids[node].clone();
+                let applied = &self.nodes[node].applied;
+                if applied.seq(&origin) >= CHUNKS_PER_COMMUNITY as u64 * EVENTS_PER_CHUNK {
+                    return; // done; a crash or restore schedules more
+                }
+                let chunk = make_chunk(
+                    &origin,
+                    &self.tree.keys[node],
+                    applied.head_or_zero(&origin),
+                    self.now,
+                );
+                self.nodes[node]
+                    .applied
+                    .append(&chunk)
+                    .expect("own chain appends");
+                if !self.nodes[node].local_flush_scheduled {
+                    self.nodes[node].local_flush_scheduled = true;
+                    let d = self.rng.gen_range(2..40);
+                    self.at(self.now + d, Ev::LocalFlush { node });
+                    // Now and then the power fails while the commit is in
+                    // flight (applied, not durable yet).
+                    if self.faulty() && self.rng.gen_bool(0.05) {
+                        let t = self.now + self.rng.gen_range(0..d);
+                        self.at(t, Ev::Crash { node });
+                    }
+                }
+                let d = self.rng.gen_range(5..300);
+                self.at(self.now + d, Ev::Append { node });
+            }
+            Ev::LocalFlush { node } => {
+                self.nodes[node].local_flush_scheduled = false;
+                if !self.nodes[node].up {
+                    return;
+                }
+                let origin = self.tree.ids[node].clone();
+                let from = self.nodes[node].log.seq(&origin);
+                for c in self.nodes[node]
+                    .applied
+                    .chunks_after_seq(&origin, from, usize::MAX)
+                {
                     self.nodes[node]
                         .log
-                        .append(&chunk)
-                        .expect("own chain appends");
-                    self.nodes[node].next_append += 1;
-                    self.local_append(node);
-                    let d = self.rng.gen_range(50..700);
-                    self.at(self.now + d, Ev::Append { node });
+                        .append(&c)
+                        .expect("applied chunks chain");
                 }
+                self.local_append(node);
+            }
+            Ev::Backup { node } => {
+                self.nodes[node].backup = Some(self.nodes[node].log.clone());
+            }
+            Ev::Restore { node } => {
+                let Some(backup) = self.nodes[node].backup.take() else {
+                    return;
+                };
+                // Power off, copy the backup over the data, power on.
+                self.step(Ev::Crash { node });
+                self.nodes[node].log = backup.clone();
+                self.nodes[node].applied = backup;
+                self.nodes[node].hold_posts = true;
+                self.nodes[node].restored = true;
             }
             Ev::Connect { node } => {
                 if !self.nodes[node].up || self.nodes[node].up_link.is_some() {
@@ -645,7 +825,7 @@ impl<'t> Sim<'t> {
                         self.nodes[c].up_link = Some((lc, s));
                         return;
                     }
-                    let outs = s.on_frame(frame, &self.nodes[c].log, self.now);
+                    let outs = s.on_frame(frame, self.local_view(c), self.now);
                     self.nodes[c].up_link = Some((lc, s));
                     self.child_outputs(c, conn, outs);
                 }
@@ -698,6 +878,8 @@ impl<'t> Sim<'t> {
                 }
                 self.nodes[node].up = false;
                 self.nodes[node].disk.clear();
+                // A community's appends that were not durable are gone.
+                self.nodes[node].applied = self.nodes[node].log.clone();
                 self.check_acks_held(node);
                 let conns: Vec<u64> = self
                     .conns
@@ -719,6 +901,10 @@ impl<'t> Sim<'t> {
                 self.nodes[node].up = true;
                 if self.tree.parent[node].is_some() {
                     self.at(self.now + 1, Ev::Connect { node });
+                }
+                if self.tree.is_community(node) {
+                    // The grid workers retry what was not acknowledged.
+                    self.at(self.now + 1, Ev::Append { node });
                 }
             }
             Ev::Partition { node } => {
@@ -744,7 +930,7 @@ impl<'t> Sim<'t> {
             if s.is_streaming() {
                 self.nodes[node].backoff_ms = 20;
             }
-            let outs = s.on_local_append(&self.nodes[node].log, self.now);
+            let outs = s.on_local_append(self.local_view(node), self.now);
             self.nodes[node].up_link = Some((conn, s));
             self.child_outputs(node, conn, outs);
         }
@@ -768,20 +954,24 @@ impl<'t> Sim<'t> {
         if let Some(f) = self.failure.take() {
             return Err(f);
         }
-        // Every ancestor holds every event of every origin below it.
-        for (&c, script) in &self.tree.scripts {
-            let n_events = script.last().expect("non-empty").last_seq();
-            let want: Vec<Hash32> = script
-                .iter()
-                .flat_map(|ch| {
-                    ch.check_chain(ch.first_seq(), &ch.events[0].envelope_prev())
-                        .unwrap()
-                })
-                .map(|v| v.hash)
-                .collect();
+        // Every ancestor holds exactly each community's final chain.
+        for c in (0..self.tree.ids.len()).filter(|&n| self.tree.is_community(n)) {
+            let origin = &self.tree.ids[c];
+            let want = self.nodes[c]
+                .log
+                .hashes
+                .get(origin)
+                .cloned()
+                .unwrap_or_default();
+            let n_events = CHUNKS_PER_COMMUNITY as u64 * EVENTS_PER_CHUNK;
+            if want.len() as u64 != n_events {
+                return Err(format!(
+                    "{origin} holds {} of its {n_events} events at the end",
+                    want.len()
+                ));
+            }
             let mut a = self.tree.parent[c];
             while let Some(anc) = a {
-                let origin = &self.tree.ids[c];
                 let log = &self.nodes[anc].log;
                 let held = log.hashes.get(origin).map_or(&[][..], Vec::as_slice);
                 if held.len() as u64 != n_events {
@@ -817,18 +1007,6 @@ impl<'t> Sim<'t> {
             }
         }
         Ok(())
-    }
-}
-
-trait EnvelopePrev {
-    fn envelope_prev(&self) -> Hash32;
-}
-
-impl EnvelopePrev for EventRecord {
-    fn envelope_prev(&self) -> Hash32 {
-        gridsync_model::Envelope::decode(&self.envelope)
-            .unwrap()
-            .prev
     }
 }
 
@@ -895,6 +1073,14 @@ fn simulated_tree_converges_under_faults() {
             "seed {seed} failed: {e}\nreplay: GRIDSYNC_SIM_SEED={seed} cargo test -p gridsync-protocol --test sim simulated_tree -- --nocapture"
         );
     }
+    let repairs = REPAIRS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{repairs} restored communities pulled their lost tail back from their parent");
+    if n >= 200 {
+        assert!(
+            repairs > 0,
+            "no seed exercised the repair of a restored community"
+        );
+    }
 }
 
 #[test]
@@ -929,6 +1115,24 @@ fn negative_control_resume_from_memory_is_caught() {
     );
     eprintln!(
         "resume-from-memory caught at seed {}: {}",
+        failures[0].0, failures[0].1
+    );
+}
+
+#[test]
+fn negative_control_read_past_durable_is_caught() {
+    let tree = build_tree();
+    let bugs = Bugs {
+        read_past_durable: true,
+        ..Bugs::default()
+    };
+    let failures = run_many(&tree, 0..500, bugs, true);
+    assert!(
+        !failures.is_empty(),
+        "a sender reading past the durable point went unnoticed in 500 seeds"
+    );
+    eprintln!(
+        "read-past-durable caught at seed {}: {}",
         failures[0].0, failures[0].1
     );
 }

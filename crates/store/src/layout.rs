@@ -9,6 +9,7 @@
 //! | `I` len:u8 origin last_seq:u64be | offset:u64be first_seq:u64be — one per chunk |
 //! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — origins only |
 //! | `H` origin | seq:u64be hash:32 signed-head bytes |
+//! | `Z` | posting hold of an origin: since_ms:i64be code_len:u16be code message |
 //! | `X` len:u8 origin seq:u64be their_hash:32 | equivocation evidence summary: at_ms:i64be parts:u16be |
 //! | `E` len:u8 origin seq:u64be their_hash:32 part:u16be | fragment `part` of the evidence: ours_len:u64be ours ‖ their chunk |
 //!
@@ -24,6 +25,8 @@ pub const CLIENT: u8 = b'C';
 pub const HEAD: u8 = b'H';
 pub const EVIDENCE: u8 = b'E';
 pub const EVIDENCE_SUMMARY: u8 = b'X';
+/// Why an origin refuses posts for now (absent when it takes them).
+pub const HOLD_KEY: &[u8] = b"Z";
 
 /// Largest sled value the log writes. sled 0.34.7 moves a serialized tree
 /// node over ~128 KiB to a blob file it never fsyncs, and a node holds up to

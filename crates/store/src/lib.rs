@@ -61,6 +61,8 @@ pub enum AppendError {
     },
     #[error("this node is not an origin; events are created only at community nodes")]
     NotAnOrigin,
+    #[error("{}", .0.message)]
+    Held(PostingHold),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -73,6 +75,40 @@ pub struct Appended {
     pub hash: Hash32,
     /// The `client_id` was already stored; nothing new was written.
     pub duplicate: bool,
+}
+
+/// Why an origin refuses posts for now. Persisted with the log, so it
+/// survives a restart; lifted only when the parent has confirmed (or given
+/// back) this origin's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostingHold {
+    /// `log_behind_parent`, `log_diverged`, `awaiting_parent_check`.
+    pub code: String,
+    /// What happened and what the operator should do.
+    pub message: String,
+    pub since_ms: i64,
+}
+
+impl PostingHold {
+    fn encode(&self) -> Vec<u8> {
+        let code = self.code.as_bytes();
+        let mut v = Vec::with_capacity(10 + code.len() + self.message.len());
+        v.extend_from_slice(&self.since_ms.to_be_bytes());
+        v.extend_from_slice(&u16::try_from(code.len()).unwrap_or(0).to_be_bytes());
+        v.extend_from_slice(&code[..usize::from(u16::try_from(code.len()).unwrap_or(0))]);
+        v.extend_from_slice(self.message.as_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        let since_ms = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        let n = usize::from(u16::from_be_bytes(v.get(8..10)?.try_into().ok()?));
+        Some(Self {
+            since_ms,
+            code: String::from_utf8(v.get(10..10 + n)?.to_vec()).ok()?,
+            message: String::from_utf8_lossy(v.get(10 + n..)?).into_owned(),
+        })
+    }
 }
 
 /// An origin's chain head as this store holds it.
@@ -110,6 +146,8 @@ pub struct StoreConfig {
     pub unsafe_read_uncommitted: bool,
     /// Value of the `node` label on this store's metrics.
     pub node_label: String,
+    /// Set this posting hold at open (durably), unless one is recorded.
+    pub hold_on_open: Option<PostingHold>,
 }
 
 impl Default for StoreConfig {
@@ -121,6 +159,7 @@ impl Default for StoreConfig {
             unsafe_ack_before_durable: false,
             unsafe_read_uncommitted: false,
             node_label: String::new(),
+            hold_on_open: None,
         }
     }
 }
@@ -142,6 +181,8 @@ pub(crate) struct Shared {
     pub failure: RwLock<Option<String>>,
     /// Next log offset; bumped after each durable commit.
     pub committed: watch::Sender<u64>,
+    /// Posts are refused while set (durable before it takes effect).
+    pub hold: RwLock<Option<PostingHold>>,
 }
 
 impl Shared {
@@ -187,6 +228,10 @@ pub(crate) enum Request {
         summary: Vec<u8>,
         writes: Vec<kv::KvWrite>,
         reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    SetHold {
+        hold: Option<PostingHold>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
@@ -250,6 +295,19 @@ impl Store {
             }
         }
         let recovered = writer::recover(kv.as_ref(), &keys)?;
+        let hold = match kv.get(layout::HOLD_KEY)? {
+            None => match &config.hold_on_open {
+                Some(h) => {
+                    kv.commit(vec![(layout::HOLD_KEY.to_vec(), Some(h.encode()))])?;
+                    Some(h.clone())
+                }
+                None => None,
+            },
+            Some(v) => Some(
+                PostingHold::decode(&v)
+                    .ok_or_else(|| StoreError::Corrupt("malformed posting hold record".into()))?,
+            ),
+        };
         let (committed, _) = watch::channel(recovered.next_offset);
         let shared = Arc::new(Shared {
             kv,
@@ -258,6 +316,7 @@ impl Store {
             failed: AtomicBool::new(false),
             failure: RwLock::new(None),
             committed,
+            hold: RwLock::new(hold),
         });
         let (tx, rx) = mpsc::channel(config.queue_requests_max.max(1));
         let origin_id = origin.as_ref().map(|o| o.node_id.clone());
@@ -292,6 +351,9 @@ impl Store {
             return Err(AppendError::NotAnOrigin);
         }
         self.check_failed()?;
+        if let Some(h) = self.posting_hold() {
+            return Err(AppendError::Held(h));
+        }
         let (reply, rx) = oneshot::channel();
         let tx = self.handle.tx.as_ref().ok_or(StoreError::Closed)?;
         tx.send(Request::Originate {
@@ -417,6 +479,28 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Why posts are refused, if they are.
+    pub fn posting_hold(&self) -> Option<PostingHold> {
+        self.shared.hold.read().expect("lock").clone()
+    }
+
+    /// Sets (or with `None` lifts) the posting hold, durably, before it
+    /// takes effect. Appends queued behind it see it.
+    ///
+    /// # Errors
+    /// The store failed or is closed.
+    pub async fn set_posting_hold(&self, hold: Option<PostingHold>) -> Result<(), StoreError> {
+        if self.posting_hold() == hold {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self.handle.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Request::SetHold { hold, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Hash of event `seq` of `origin`, if held.

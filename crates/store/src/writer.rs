@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::kv::{Kv, KvEntry, KvWrite};
 use crate::layout::{self, FRAGMENT_BYTES_MAX};
 use crate::{
-    AppendError, Appended, HeadState, KeyLookup, LogCounts, OriginIdentity, Request, Shared,
-    StoreConfig, StoreError, StoredChunk,
+    AppendError, Appended, HeadState, KeyLookup, LogCounts, OriginIdentity, PostingHold, Request,
+    Shared, StoreConfig, StoreError, StoredChunk,
 };
 
 /// Bytes before the chunk in fragment 0: parts:u16be received_at_ms:i64be.
@@ -315,6 +315,16 @@ impl Writer {
         let mut pending: Vec<PendingReply> = Vec::new();
         for r in batch {
             match r {
+                Request::Originate { reply, .. } if work.hold(&self.shared).is_some() => {
+                    let hold = work.hold(&self.shared).expect("checked");
+                    let _ = reply.send(Err(AppendError::Held(hold)));
+                }
+                Request::SetHold { hold, reply } => {
+                    let write = hold.as_ref().map(PostingHold::encode);
+                    work.writes.push((layout::HOLD_KEY.to_vec(), write));
+                    work.hold = Some(hold);
+                    pending.push(PendingReply::SetHold(reply));
+                }
                 Request::Originate {
                     events,
                     now_ms,
@@ -392,6 +402,9 @@ impl Writer {
                     let mut s = self.shared.stats.write().expect("lock");
                     s.chunks += work.chunks;
                     s.events += work.events;
+                }
+                if let Some(hold) = work.hold.take() {
+                    *self.shared.hold.write().expect("lock") = hold;
                 }
                 // Readers see the commit (durable now) before anyone hears
                 // of it: a client reads its own acknowledged writes.
@@ -692,7 +705,7 @@ impl Request {
             Request::Import { chunks, .. } => {
                 chunks.iter().map(|c| c.events.len()).sum::<usize>().max(1)
             }
-            Request::Evidence { .. } => 1,
+            Request::Evidence { .. } | Request::SetHold { .. } => 1,
         }
     }
 
@@ -705,6 +718,9 @@ impl Request {
                 let _ = reply.send(Err(err));
             }
             Request::Evidence { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Request::SetHold { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
         }
@@ -725,6 +741,8 @@ struct Work {
     pushed: Vec<Chunk>,
     /// Evidence summary keys written by this commit.
     evidence: HashSet<Vec<u8>>,
+    /// A posting hold set (or lifted) by this commit.
+    hold: Option<Option<PostingHold>>,
 }
 
 /// What a failed request rolls back to.
@@ -739,6 +757,14 @@ struct WorkSnapshot {
 }
 
 impl Work {
+    /// The posting hold as of this point of the commit.
+    fn hold(&self, shared: &Shared) -> Option<PostingHold> {
+        match &self.hold {
+            Some(h) => h.clone(),
+            None => shared.hold.read().expect("lock").clone(),
+        }
+    }
+
     fn snapshot(&self) -> WorkSnapshot {
         WorkSnapshot {
             writes: self.writes.len(),
@@ -768,6 +794,7 @@ enum PendingReply {
     Originate(Reply, Vec<Appended>),
     Import(oneshot::Sender<Result<u64, StoreError>>, u64),
     Evidence(oneshot::Sender<Result<bool, StoreError>>),
+    SetHold(oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl PendingReply {
@@ -782,6 +809,9 @@ impl PendingReply {
             PendingReply::Evidence(r) => {
                 let _ = r.send(Ok(true));
             }
+            PendingReply::SetHold(r) => {
+                let _ = r.send(Ok(()));
+            }
         }
     }
 
@@ -794,6 +824,9 @@ impl PendingReply {
                 let _ = r.send(Err(err));
             }
             PendingReply::Evidence(r) => {
+                let _ = r.send(Err(err));
+            }
+            PendingReply::SetHold(r) => {
                 let _ = r.send(Err(err));
             }
         }
