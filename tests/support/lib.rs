@@ -333,3 +333,67 @@ pub async fn wait_heads(url: &str, viewer: &str, want: &[(&str, u64)]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `POST {url}/v1/events` with `body`: the status code and the JSON answer.
+///
+/// # Panics
+/// When the request cannot be sent or the answer is not JSON.
+pub async fn post_events(url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(token)
+        .json(body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Copies a directory tree (a stopped node's data directory: a backup).
+///
+/// # Panics
+/// On I/O errors.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Replaces `dir` with a copy of `backup`.
+///
+/// # Panics
+/// On I/O errors.
+pub fn restore_dir(backup: &Path, dir: &Path) {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    copy_dir(backup, dir);
+}
+
+/// Waits (at most 30 s) until `check` holds for the node's `/v1/status`.
+///
+/// # Panics
+/// When it does not in time (with the last status).
+pub async fn wait_status(url: &str, token: &str, what: &str, check: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st: Value = get_json(&format!("{url}/v1/status"), token).await;
+        if check(&st) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url}: waited in vain for {what}: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
