@@ -397,3 +397,176 @@ pub async fn wait_status(url: &str, token: &str, what: &str, check: impl Fn(&Val
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What a node acknowledged: `client_id → (seq, hash)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub seq: u64,
+    pub hash: String,
+}
+
+pub type Acked = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Ack>>>;
+
+/// Posts batches of 1..=`batch_max` events (client ids `{prefix}-{n}`) to
+/// `url` until `stop` or the first failure, recording every acknowledged
+/// event in `acked`.
+pub async fn post_load(
+    url: String,
+    token: String,
+    prefix: String,
+    acked: Acked,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seed: u64,
+    batch_max: u64,
+) {
+    use rand::{Rng, SeedableRng};
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let size = rng.gen_range(1..=batch_max);
+        let ids: Vec<String> = (0..size).map(|i| format!("{prefix}-{}", n + i)).collect();
+        let events: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| sample_event(n + i as u64, id))
+            .collect();
+        n += size;
+        let resp = http
+            .post(format!("{url}/v1/events"))
+            .bearer_auth(&token)
+            .json(&json!({ "events": events }))
+            .send()
+            .await;
+        let Ok(resp) = resp else { return };
+        if !resp.status().is_success() {
+            return;
+        }
+        let Ok(body) = resp.json::<Value>().await else {
+            return;
+        };
+        let mut a = acked.lock().unwrap();
+        for (id, r) in ids.iter().zip(body["results"].as_array().unwrap()) {
+            a.insert(
+                id.clone(),
+                Ack {
+                    seq: r["seq"].as_u64().unwrap(),
+                    hash: r["hash"].as_str().unwrap().to_owned(),
+                },
+            );
+        }
+    }
+}
+
+/// What earlier checks established: the log of an origin up to `seq` is
+/// intact and its event `seq` has `hash`. Because every event's hash covers
+/// `prev`, finding the same hash at `seq` again proves the whole prefix
+/// unchanged, so each check reads only what is new.
+#[derive(Clone, Debug, Default)]
+pub struct Verified {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// Reads `origin`'s log at `url` from the last verified seq and returns the
+/// acknowledged events (of `acked`) that are missing or differ.
+///
+/// # Panics
+/// On a broken log (gap, duplicate, bad chain, altered prefix).
+pub async fn lost_acks(
+    url: &str,
+    auditor: &str,
+    origin: &str,
+    acked: &std::collections::HashMap<String, Ack>,
+    verified: &mut Verified,
+) -> Vec<String> {
+    let mut stored: std::collections::HashMap<String, Ack> = std::collections::HashMap::new();
+    let mut after = verified.seq.saturating_sub(1);
+    let mut prev_hash: Option<String> = (verified.seq == 0).then(|| "0".repeat(64));
+    loop {
+        let page: Value = get_json(
+            &format!("{url}/v1/events?origin={origin}&after_seq={after}&limit=1000"),
+            auditor,
+        )
+        .await;
+        let events = page["events"].as_array().unwrap();
+        for e in events {
+            let seq = e["seq"].as_u64().unwrap();
+            let hash = e["hash"].as_str().unwrap().to_owned();
+            assert_eq!(seq, after + 1, "{origin}: gap in the log after seq {after}");
+            if seq == verified.seq {
+                assert_eq!(
+                    hash, verified.hash,
+                    "{origin}: the verified prefix up to seq {seq} changed"
+                );
+            } else {
+                assert_eq!(
+                    Some(e["prev"].as_str().unwrap()),
+                    prev_hash.as_deref(),
+                    "{origin}: broken chain at seq {seq}"
+                );
+                let cid = e["client_id"].as_str().unwrap().to_owned();
+                let dup = stored.insert(
+                    cid.clone(),
+                    Ack {
+                        seq,
+                        hash: hash.clone(),
+                    },
+                );
+                assert!(dup.is_none(), "{origin}: client_id {cid} stored twice");
+            }
+            prev_hash = Some(hash);
+            after = seq;
+        }
+        if page.get("next").is_none() {
+            break;
+        }
+    }
+    assert!(
+        after >= verified.seq,
+        "{origin}: log shrank from seq {} to {after}",
+        verified.seq
+    );
+    let lost = acked
+        .iter()
+        .filter(|(_, ack)| ack.seq > verified.seq)
+        .filter(|(id, ack)| stored.get(*id) != Some(ack))
+        .map(|(id, ack)| format!("{id} (acked as seq {})", ack.seq))
+        .collect();
+    if let Some(h) = prev_hash {
+        *verified = Verified {
+            seq: after,
+            hash: h,
+        };
+    }
+    lost
+}
+
+/// The `gridsync-lazyfs` binary (built by `cargo test --workspace`).
+///
+/// # Panics
+/// When it has not been built.
+pub fn lazyfs_bin() -> PathBuf {
+    let bin =
+        gridsync_bin().with_file_name(format!("gridsync-lazyfs{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the binary)",
+        bin.display()
+    );
+    bin
+}
+
+/// Sets a node config's `data_dir`.
+pub fn set_data_dir(config: &Path, dir: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    table.insert(
+        "data_dir".into(),
+        toml::Value::String(dir.to_string_lossy().into_owned()),
+    );
+    std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
+}

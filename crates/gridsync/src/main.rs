@@ -123,6 +123,10 @@ enum Command {
         /// read commits before they are durable.
         #[arg(long, hide = true)]
         unsafe_read_uncommitted: bool,
+        /// Test-only negative control: commit with sled's flush alone, no
+        /// fsync. Loses acknowledged events on a power cut.
+        #[arg(long, hide = true)]
+        unsafe_skip_fsync: bool,
     },
 }
 
@@ -242,6 +246,7 @@ fn main() -> ExitCode {
             after_restore,
             unsafe_ack_before_durable,
             unsafe_read_uncommitted,
+            unsafe_skip_fsync,
         } => serve(
             config,
             listen,
@@ -249,6 +254,7 @@ fn main() -> ExitCode {
                 after_restore,
                 ack_before_durable: unsafe_ack_before_durable,
                 read_uncommitted: unsafe_read_uncommitted,
+                skip_fsync: unsafe_skip_fsync,
             },
         ),
         Command::Rebuild {
@@ -309,6 +315,9 @@ fn serve(
             tracing::warn!(
                 "UNSAFE: acknowledging appends before they are durable (test negative control)"
             );
+        }
+        if opts.skip_fsync {
+            tracing::warn!("UNSAFE: committing without fsync (test negative control)");
         }
         if opts.read_uncommitted {
             tracing::warn!(

@@ -77,6 +77,8 @@ pub struct OpenOptions {
     /// Test-only planted bug: let readers (replication, projections, the
     /// API) see commits before they are durable.
     pub read_uncommitted: bool,
+    /// Test-only negative control: skip the fsync after sled's flush.
+    pub skip_fsync: bool,
 }
 
 /// Everything `open_node` does except building the projection, which the
@@ -139,8 +141,11 @@ fn open_node_with(
         )));
     }
     let is_origin = topology.is_origin(&config.id);
-    let kv = SledKv::open(&config.data_dir, config.store.cache_bytes)
+    let mut kv = SledKv::open(&config.data_dir, config.store.cache_bytes)
         .map_err(|e| StartError(e.to_string()))?;
+    if unsafe_opts.skip_fsync {
+        kv = kv.unsafe_skip_fsync();
+    }
     let topo_for_keys = topology.clone();
     let store_config = StoreConfig {
         commit_events_max: config.store.commit_events_max,

@@ -186,11 +186,10 @@ impl StoredLog for StoreView<'_> {
 
 impl LocalLog for StoreView<'_> {
     fn heads(&self) -> Vec<(String, u64)> {
-        self.0
-            .heads()
-            .into_iter()
-            .map(|(o, h)| (o, h.seq))
-            .collect()
+        self.0.readable_heads().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the heads to forward the log");
+            Vec::new()
+        })
     }
     fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
         self.read_chunks(origin, after_seq, bytes_max)

@@ -542,6 +542,36 @@ impl Store {
         self.shared.heads.read().expect("lock").clone()
     }
 
+    /// Every origin's highest seq that readers may see: the durable heads
+    /// (with the planted bug `unsafe_read_uncommitted`, whatever the live
+    /// key/value store shows, applied or not — what the sender read before
+    /// the fix).
+    ///
+    /// # Errors
+    /// Storage errors (planted-bug mode only).
+    pub fn readable_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let durable = self.heads();
+        if !self.read_uncommitted {
+            return Ok(durable.into_iter().map(|(o, h)| (o, h.seq)).collect());
+        }
+        let mut origins: Vec<String> = durable.into_keys().collect();
+        if let Some(own) = &self.origin {
+            if !origins.contains(own) {
+                origins.push(own.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for o in origins {
+            let last = self.shared.kv.last_with_prefix(&layout::index_prefix(&o))?;
+            if let Some((k, _)) = last {
+                if let Some((_, seq, _)) = layout::parse_origin_seq_key(&k) {
+                    out.push((o, seq));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn head(&self, origin: &str) -> Option<HeadState> {
         self.shared.heads.read().expect("lock").get(origin).cloned()
     }
