@@ -87,6 +87,21 @@ async fn a_restored_community_pulls_its_tail_back_and_goes_on() {
     assert!(community.terminate());
     assert!(street.terminate());
     restore_dir(&backup, &c1.data_dir);
+    // The heads record beside the data directory still says seq 8: a plain
+    // start is refused, saying what is missing and what to do.
+    let out = Command::new(gridsync_bin())
+        .args(["serve", "--config"])
+        .arg(&c1.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("origin c1")
+            && stderr.contains("seqs 6–8 missing")
+            && stderr.contains("--after-restore"),
+        "{stderr}"
+    );
     community = Server::start(&c1.config, &["--after-restore"]);
     let one = json!(sample_event(100, "new-0"));
     let (status, body) = post_events(&community.url, &c1.tokens.reporter, &one).await;
@@ -153,18 +168,21 @@ async fn a_second_history_stays_stopped_with_one_evidence_record() {
     let mut community = Server::start(&c1.config, &[]);
     post_n(&community.url, &c1.tokens.reporter, 0, 5, "a").await;
     wait_heads(&street.url, &s1.tokens.viewer, &[("c1", 5)]).await;
+    // An image of the whole node directory: the data and its heads record.
     assert!(community.terminate());
-    let backup = dir.path().join("c1-backup");
-    copy_dir(&c1.data_dir, &backup);
+    let node_dir = c1.data_dir.parent().unwrap().to_owned();
+    let backup = dir.path().join("c1-image");
+    copy_dir(&node_dir, &backup);
     community = Server::start(&c1.config, &[]);
     post_n(&community.url, &c1.tokens.reporter, 5, 3, "a").await;
     wait_heads(&district.url, &d.tokens.viewer, &[("c1", 8)]).await;
 
-    // Restored without --after-restore while the street is down, and new
-    // posts taken offline: seqs 6–9 now exist twice, signed by c1.
+    // The image restored (nothing local can tell) without --after-restore
+    // while the street is down, and new posts taken offline: seqs 6–9 now
+    // exist twice, signed by c1.
     assert!(community.terminate());
     assert!(street.terminate());
-    restore_dir(&backup, &c1.data_dir);
+    restore_dir(&backup, &node_dir);
     community = Server::start(&c1.config, &[]);
     assert_eq!(
         seqs(&post_n(&community.url, &c1.tokens.reporter, 300, 4, "offline").await),
@@ -186,7 +204,9 @@ async fn a_second_history_stays_stopped_with_one_evidence_record() {
     assert_eq!(body["error"]["code"], "log_diverged");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("seq 8") && message.contains("move its data directory aside"),
+        message.contains("seq 8")
+            && message.contains("move its data directory aside")
+            && message.contains("--after-restore"),
         "{message}"
     );
     // Reconnect after reconnect: the street keeps one evidence record, and
@@ -216,7 +236,7 @@ async fn a_second_history_stays_stopped_with_one_evidence_record() {
     // The way out the message gives: move the data aside, start empty.
     assert!(community.terminate());
     std::fs::rename(&c1.data_dir, dir.path().join("c1-kept-for-auditors")).unwrap();
-    community = Server::start(&c1.config, &[]);
+    community = Server::start(&c1.config, &["--after-restore"]);
     wait_status(&community.url, &c1.tokens.viewer, "the full pull", |st| {
         st["heads"]["c1"]["seq"] == 8 && st["posting"]["accepting"] == true
     })
@@ -289,15 +309,85 @@ async fn a_moved_community_is_refused_alone() {
         b.as_array().is_some_and(|b| b.len() == 1)
             && b[0]["origin"] == "c2"
             && b[0]["code"] == "foreign_origin"
+            && st["parent_link"]["acked"]["c1"] == 9
     })
     .await;
     let st = get_json(&format!("{}/v1/status", street.url), &n("s1").tokens.viewer).await;
     assert_eq!(st["heads"]["c2"]["seq"], 5, "{st}");
-    assert_eq!(st["parent_link"]["acked"]["c1"], 9, "{st}");
     let st = get_json(
         &format!("{}/v1/status", district.url),
         &n("d").tokens.viewer,
     )
     .await;
     assert_eq!(st["equivocations"], json!([]), "{st}");
+}
+
+/// An aggregator that lost part of its log (an older backup restored, taken
+/// with --after-restore) needs nothing special: its children resume from
+/// its heads and send the missing part again, and its parent, which holds
+/// more, records no equivocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_street_is_refilled_by_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(
+        dir.path(),
+        &[
+            ("d", None),
+            ("s1", Some("d")),
+            ("c1", Some("s1")),
+            ("c2", Some("s1")),
+        ],
+    );
+    for n in tree.nodes.values() {
+        set_sync(&n.config, FAST_SYNC);
+    }
+    let n = |id: &str| &tree.nodes[id];
+    let district = Server::start(&n("d").config, &[]);
+    let mut street = Server::start(&n("s1").config, &[]);
+    let c1 = Server::start(&n("c1").config, &[]);
+    let c2 = Server::start(&n("c2").config, &[]);
+    post_n(&c1.url, &n("c1").tokens.reporter, 0, 4, "c1").await;
+    post_n(&c2.url, &n("c2").tokens.reporter, 0, 4, "c2").await;
+    wait_heads(&street.url, &n("s1").tokens.viewer, &[("c1", 4), ("c2", 4)]).await;
+    assert!(street.terminate());
+    let backup = dir.path().join("s1-backup");
+    copy_dir(&n("s1").data_dir, &backup);
+    street = Server::start(&n("s1").config, &[]);
+    post_n(&c1.url, &n("c1").tokens.reporter, 4, 6, "c1").await;
+    post_n(&c2.url, &n("c2").tokens.reporter, 4, 6, "c2").await;
+    wait_heads(
+        &district.url,
+        &n("d").tokens.viewer,
+        &[("c1", 10), ("c2", 10)],
+    )
+    .await;
+
+    assert!(street.terminate());
+    restore_dir(&backup, &n("s1").data_dir);
+    street = Server::start(&n("s1").config, &["--after-restore"]);
+    // Refilled by the children; new events flow on through it.
+    wait_heads(
+        &street.url,
+        &n("s1").tokens.viewer,
+        &[("c1", 10), ("c2", 10)],
+    )
+    .await;
+    post_n(&c1.url, &n("c1").tokens.reporter, 10, 2, "c1").await;
+    wait_heads(
+        &district.url,
+        &n("d").tokens.viewer,
+        &[("c1", 12), ("c2", 10)],
+    )
+    .await;
+    for (url, token) in [
+        (&street.url, &n("s1").tokens.viewer),
+        (&district.url, &n("d").tokens.viewer),
+    ] {
+        let st = get_json(&format!("{url}/v1/status"), token).await;
+        assert_eq!(st["equivocations"], json!([]), "{st}");
+    }
+    drop(street);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, out) = audit_verify(&n("s1").data_dir, &tree.topology, "s1");
+    assert_eq!(code, 0, "{out}");
 }

@@ -99,10 +99,57 @@ pub fn run(command: AuditCommand) -> ExitCode {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
             let started = std::time::Instant::now();
-            let report = audit::verify(&kv, &topo, node.as_deref(), reference.as_ref(), &|n| {
-                bar.set_message(format!("{n} events verified"));
-                bar.tick();
+            // The node's own heads record beside its data directory: the
+            // log must hold at least that (sled may recover a damaged log
+            // to an earlier point without a word).
+            let (record, record_problem) = match gridsync_store::heads_file::load(&data) {
+                gridsync_store::heads_file::Loaded::Absent => (None, None),
+                gridsync_store::heads_file::Loaded::Valid(r) => (Some(r), None),
+                gridsync_store::heads_file::Loaded::Damaged(m) => (None, Some(m)),
+            };
+            let record_ref: Option<Reference> = record.as_ref().map(|r| {
+                r.heads
+                    .iter()
+                    .map(|(o, h)| {
+                        (
+                            o.clone(),
+                            ReferenceHead {
+                                seq: h.seq,
+                                hash: hex::encode(h.hash),
+                                signed_at_ms: Some(h.signed_at_ms),
+                                signature: Some(hex::encode(h.signature)),
+                            },
+                        )
+                    })
+                    .collect()
             });
+            let mut refs: Vec<(&str, &Reference)> = Vec::new();
+            if let Some(r) = &reference {
+                refs.push(("the reference", r));
+            }
+            if let Some(r) = &record_ref {
+                refs.push(("the node's heads record", r));
+            }
+            let mut report = audit::verify_with(
+                &kv,
+                &topo,
+                node.as_deref(),
+                &refs,
+                record.as_ref().map(|r| r.next_offset),
+                &|n| {
+                    bar.set_message(format!("{n} events verified"));
+                    bar.tick();
+                },
+            );
+            if let Some(m) = record_problem {
+                report.problems.push(audit::Problem {
+                    kind: "heads_record_damaged".into(),
+                    origin: None,
+                    seq: None,
+                    offset: None,
+                    message: m,
+                });
+            }
             bar.finish_and_clear();
             if json {
                 println!(

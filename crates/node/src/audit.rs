@@ -113,6 +113,27 @@ pub fn verify(
     reference: Option<&Reference>,
     progress: &dyn Fn(u64),
 ) -> AuditReport {
+    let refs: Vec<(&str, &Reference)> = reference
+        .map(|r| ("the reference", r))
+        .into_iter()
+        .collect();
+    verify_with(kv, topology, node, &refs, None, progress)
+}
+
+/// What a log is held against: heads kept outside it (`(source, heads)`:
+/// a parent's status, the node's own heads record, an auditor's checkpoint)
+/// and, from the heads record, how many log entries it had.
+///
+/// Reference origins outside `node`'s subtree are not the audited node's
+/// business and are skipped (a parent's status lists its whole subtree).
+pub fn verify_with(
+    kv: &dyn Kv,
+    topology: &Topology,
+    node: Option<&str>,
+    references: &[(&str, &Reference)],
+    entries_expected: Option<u64>,
+    progress: &dyn Fn(u64),
+) -> AuditReport {
     let mut report = AuditReport::default();
     let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
     let mut index_expected: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
@@ -338,79 +359,113 @@ pub fn verify(
         }
     }
     // References held elsewhere: the log must reach them, with the same hash.
-    if let Some(refs) = reference {
-        for (origin, r) in refs {
-            if let (Some(at), Some(sig)) = (r.signed_at_ms, &r.signature) {
-                let ok = topology.key(origin).is_some_and(|key| {
-                    let (Ok(hash), Ok(sig)) = (hex::decode(&r.hash), hex::decode(sig)) else {
-                        return false;
-                    };
-                    let (Ok(hash), Ok(sig)) =
-                        (<[u8; 32]>::try_from(hash), <[u8; 64]>::try_from(sig))
-                    else {
-                        return false;
-                    };
-                    SignedHead {
-                        origin: origin.clone(),
-                        seq: r.seq,
-                        hash,
-                        signed_at_ms: at,
-                        signature: sig,
-                    }
-                    .verify(&key)
-                    .is_ok()
-                });
-                if !ok {
-                    report.problem(
-                        "bad_signature",
-                        Some(origin),
-                        Some(r.seq),
-                        None,
-                        "the reference head's signature does not verify".into(),
-                    );
-                    continue;
+    for (source, refs) in references {
+        check_reference(
+            &mut report,
+            &chains,
+            topology,
+            subtree.as_ref(),
+            source,
+            refs,
+        );
+    }
+    if let Some(n) = entries_expected {
+        if report.entries < n {
+            report.problem(
+                "truncated",
+                None,
+                None,
+                Some(report.entries),
+                format!(
+                    "the log has {} entries but the heads record says {n} (entries cut off)",
+                    report.entries
+                ),
+            );
+        }
+    }
+    report
+}
+
+fn check_reference(
+    report: &mut AuditReport,
+    chains: &BTreeMap<String, Chain>,
+    topology: &Topology,
+    subtree: Option<&BTreeSet<String>>,
+    source: &str,
+    refs: &Reference,
+) {
+    for (origin, r) in refs {
+        if subtree.is_some_and(|s| !s.contains(origin)) {
+            continue;
+        }
+        if let (Some(at), Some(sig)) = (r.signed_at_ms, &r.signature) {
+            let ok = topology.key(origin).is_some_and(|key| {
+                let (Ok(hash), Ok(sig)) = (hex::decode(&r.hash), hex::decode(sig)) else {
+                    return false;
+                };
+                let (Ok(hash), Ok(sig)) = (<[u8; 32]>::try_from(hash), <[u8; 64]>::try_from(sig))
+                else {
+                    return false;
+                };
+                SignedHead {
+                    origin: origin.clone(),
+                    seq: r.seq,
+                    hash,
+                    signed_at_ms: at,
+                    signature: sig,
                 }
-            }
-            match chains.get(origin) {
-                None => report.problem(
-                    "truncated",
+                .verify(&key)
+                .is_ok()
+            });
+            if !ok {
+                report.problem(
+                    "bad_signature",
                     Some(origin),
                     Some(r.seq),
                     None,
-                    format!(
-                        "the reference says {origin} reached seq {} but the log holds none of it",
-                        r.seq
-                    ),
+                    format!("{source}: the head's signature does not verify"),
+                );
+                continue;
+            }
+        }
+        match chains.get(origin) {
+            None => report.problem(
+                "truncated",
+                Some(origin),
+                Some(r.seq),
+                None,
+                format!(
+                    "{source} says {origin} reached seq {} but the log holds none of it",
+                    r.seq
                 ),
-                Some(c) if c.seq < r.seq => report.problem(
-                    "truncated",
-                    Some(origin),
-                    Some(c.seq + 1),
-                    None,
-                    format!(
-                        "the log stops at seq {} short of the reference seq {} (events cut off)",
-                        c.seq, r.seq
-                    ),
+            ),
+            Some(c) if c.seq < r.seq => report.problem(
+                "truncated",
+                Some(origin),
+                Some(c.seq + 1),
+                None,
+                format!(
+                    "the log stops at seq {} short of seq {} in {source} (events cut off)",
+                    c.seq, r.seq
                 ),
-                Some(c) => {
-                    let ours = c
-                        .hashes
-                        .get(usize::try_from(r.seq).unwrap_or(usize::MAX).wrapping_sub(1))
-                        .map(hex::encode);
-                    if ours.as_deref() != Some(r.hash.as_str()) {
-                        report.problem(
-                            "fork",
-                            Some(origin),
-                            Some(r.seq),
-                            None,
-                            "the event at the reference seq differs from the reference".into(),
-                        );
-                    }
+            ),
+            Some(c) => {
+                let ours = c
+                    .hashes
+                    .get(usize::try_from(r.seq).unwrap_or(usize::MAX).wrapping_sub(1))
+                    .map(hex::encode);
+                if ours.as_deref() != Some(r.hash.as_str()) {
+                    report.problem(
+                        "fork",
+                        Some(origin),
+                        Some(r.seq),
+                        None,
+                        format!("the event at seq {} differs from {source}", r.seq),
+                    );
                 }
             }
         }
     }
-    report
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -99,12 +99,16 @@ pub struct StoreSettings {
     pub commit_events_max: usize,
     /// Append requests queued for the log writer.
     pub queue_requests_max: usize,
+    /// Write the heads record beside the data directory at most this often
+    /// (ms); 0 writes it with every commit, before acknowledging.
+    pub heads_interval_ms: u64,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             cache_bytes: 64 * 1024 * 1024,
+            heads_interval_ms: 200,
             commit_events_max: 4096,
             queue_requests_max: 256,
         }

@@ -153,6 +153,9 @@ fn open_node_with(
         unsafe_ack_before_durable: unsafe_opts.ack_before_durable,
         unsafe_read_uncommitted: unsafe_opts.read_uncommitted,
         node_label: config.id.clone(),
+        heads_record: Some(config.data_dir.clone()),
+        heads_interval_ms: config.store.heads_interval_ms,
+        accept_shorter_log: unsafe_opts.after_restore,
         hold_on_open: (unsafe_opts.after_restore && is_origin && config.parent.is_some()).then(
             || PostingHold {
                 code: "awaiting_parent_check".into(),

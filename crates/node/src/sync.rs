@@ -732,8 +732,8 @@ async fn own_chain(state: &NodeState, found: OwnChain) {
             let message = format!(
                 "this community's log and its parent {parent}'s copy of it differ at seq {seq}: two histories signed with \
                  this node's key. Nothing was overwritten and posts are refused. Keep this data directory for the \
-                 auditors; to take events again, stop the node, move its data directory aside and start it with an empty \
-                 one: it pulls its whole history back from the parent and continues after it"
+                 auditors; to take events again, stop the node, move its data directory aside and start it on an empty \
+                 one with --after-restore: it pulls its whole history back from the parent and continues after it"
             );
             tracing::error!(seq, "LOG DIVERGED FROM PARENT: {message}");
             Some(("log_diverged", message))

@@ -11,6 +11,7 @@
 //! On open the whole log is read back and verified (chains, signatures,
 //! heads table); a log that does not verify is refused with a message.
 
+pub mod heads_file;
 pub mod kv;
 pub mod layout;
 pub mod sled_kv;
@@ -38,6 +39,8 @@ pub enum StoreError {
     Open(String),
     #[error("the stored log does not verify: {0}")]
     Corrupt(String),
+    #[error("the log holds less than this node recorded having: {0}. If this data directory was restored from a backup, or sled lost part of it, start with --after-restore: the node takes the shorter log, refuses posts until its parent has confirmed its chain, and gets the missing events back from its parent (a community) or its children (an aggregator). Otherwise restore the data directory from a copy")]
+    Truncated(String),
     #[error("the log writer stopped after a failed commit ({0}); nothing further is acknowledged: restart the node")]
     Failed(String),
     #[error("the store is shutting down")]
@@ -148,6 +151,15 @@ pub struct StoreConfig {
     pub node_label: String,
     /// Set this posting hold at open (durably), unless one is recorded.
     pub hold_on_open: Option<PostingHold>,
+    /// The sled directory, to keep the heads record beside it (see
+    /// [`heads_file`]); `None` keeps none (in-memory stores).
+    pub heads_record: Option<std::path::PathBuf>,
+    /// Write the heads record at most this often (ms; 0 = at every commit,
+    /// before it is acknowledged), and always when the store closes.
+    pub heads_interval_ms: u64,
+    /// Open a log that holds less than its heads record says (a restored
+    /// backup): report what is missing, then take the log as it is.
+    pub accept_shorter_log: bool,
 }
 
 impl Default for StoreConfig {
@@ -160,6 +172,9 @@ impl Default for StoreConfig {
             unsafe_read_uncommitted: false,
             node_label: String::new(),
             hold_on_open: None,
+            heads_record: None,
+            heads_interval_ms: 200,
+            accept_shorter_log: false,
         }
     }
 }
@@ -295,6 +310,15 @@ impl Store {
             }
         }
         let recovered = writer::recover(kv.as_ref(), &keys)?;
+        let heads_writer = match &config.heads_record {
+            None => None,
+            Some(dir) => Some(writer::check_heads_record(
+                kv.as_ref(),
+                dir,
+                &recovered,
+                config.accept_shorter_log,
+            )?),
+        };
         let hold = match kv.get(layout::HOLD_KEY)? {
             None => match &config.hold_on_open {
                 Some(h) => {
@@ -321,7 +345,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(config.queue_requests_max.max(1));
         let origin_id = origin.as_ref().map(|o| o.node_id.clone());
         let config_read_uncommitted = config.unsafe_read_uncommitted;
-        let w = writer::Writer::new(shared.clone(), config, origin, recovered);
+        let w = writer::Writer::new(shared.clone(), config, origin, recovered, heads_writer);
         let handle = std::thread::Builder::new()
             .name("gridsync-log-writer".into())
             .spawn(move || w.run(rx))

@@ -36,11 +36,16 @@ impl SledKv {
         // can find it still held: retry that case briefly.
         let mut attempt = 0;
         let opened = loop {
-            let r = sled::Config::new()
-                .path(dir)
-                .cache_capacity(cache_bytes)
-                .mode(sled::Mode::HighThroughput)
-                .open();
+            // sled 0.34.7 panics on some damaged files (e.g. "tried to
+            // serialize Uninitialized" while rebuilding its snapshot): a
+            // damaged store is reported, never a crash.
+            let r = guard("opening the database", || {
+                sled::Config::new()
+                    .path(dir)
+                    .cache_capacity(cache_bytes)
+                    .mode(sled::Mode::HighThroughput)
+                    .open()
+            })?;
             match r {
                 Err(sled::Error::Io(ref e))
                     if e.kind() == std::io::ErrorKind::WouldBlock && attempt < 300 =>
@@ -52,12 +57,12 @@ impl SledKv {
             }
         };
         let db = opened.map_err(|e| {
-                StoreError::Open(format!(
-                    "sled could not open {}: {e}. If another gridsync process uses this data directory, stop it; \
-                     if the directory was damaged, restore it from a copy (gridsync never starts empty over a damaged log)",
-                    dir.display()
-                ))
-            })?;
+            StoreError::Open(format!(
+                "sled could not open {}: {e}. If another gridsync process uses this data directory, stop it; \
+                 if the directory was damaged, restore it from a copy (gridsync never starts empty over a damaged log)",
+                dir.display()
+            ))
+        })?;
         let db_file = File::open(dir.join("db"))
             .map_err(|e| StoreError::Io(format!("open {}/db for fsync: {e}", dir.display())))?;
         if created {
@@ -112,25 +117,45 @@ fn sled_err(e: sled::Error) -> StoreError {
     StoreError::Io(format!("sled: {e}"))
 }
 
+/// Runs a sled call, turning a panic inside sled (which 0.34.7 does on some
+/// damaged files) into an error that names what was being done.
+fn guard<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        StoreError::Open(format!(
+            "sled failed while {what} ({msg}): the database files are damaged; \
+             restore the data directory from a copy (gridsync never starts over a damaged log)"
+        ))
+    })
+}
+
 impl Kv for SledKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+        guard("reading", || self.db.get(key))?
+            .map_err(sled_err)
+            .map(|v| v.map(|v| v.to_vec()))
     }
 
     fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<KvEntry>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.db.range(start..) {
-            let (k, v) = item.map_err(sled_err)?;
-            if !k.starts_with(prefix) || out.len() >= limit {
-                break;
+        guard("reading", || {
+            let mut out = Vec::new();
+            for item in self.db.range(start..) {
+                let (k, v) = item.map_err(sled_err)?;
+                if !k.starts_with(prefix) || out.len() >= limit {
+                    break;
+                }
+                out.push((k.to_vec(), v.to_vec()));
             }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })?
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvEntry>, StoreError> {
-        match self.db.scan_prefix(prefix).next_back() {
+        match guard("reading", || self.db.scan_prefix(prefix).next_back())? {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item.map_err(sled_err)?;

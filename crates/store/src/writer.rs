@@ -229,6 +229,106 @@ pub(crate) fn recover(kv: &dyn Kv, keys: &KeyLookup) -> Result<Recovered, StoreE
     })
 }
 
+/// Hash of event `seq` of `origin` as the log holds it (durably).
+pub(crate) fn hash_in_log(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+) -> Result<Option<Hash32>, StoreError> {
+    let start = layout::index_key(origin, seq);
+    let prefix = layout::index_prefix(origin);
+    let Some((_, v)) = kv.scan(&start, &prefix, 1)?.pop() else {
+        return Ok(None);
+    };
+    let (offset, _) =
+        layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
+    Ok(read_entries(kv, offset, 1)?
+        .pop()
+        .and_then(|e| event_in_chunk(&e.chunk, seq)))
+}
+
+fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
+    (c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
+        let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
+        event_hash(&c.events[i].envelope)
+    })
+}
+
+/// Compares the log with the heads record beside it: a log holding less
+/// than the record is refused (or, with `accept`, reported and taken).
+pub(crate) fn check_heads_record(
+    kv: &dyn Kv,
+    data_dir: &std::path::Path,
+    recovered: &Recovered,
+    accept: bool,
+) -> Result<HeadsOut, StoreError> {
+    use crate::heads_file::{self, Loaded};
+    let loaded = heads_file::load(data_dir);
+    let was_valid = matches!(loaded, Loaded::Valid(_));
+    let (generation, problems) = match loaded {
+        Loaded::Absent => (0, Vec::new()),
+        Loaded::Damaged(m) => (2, vec![m]),
+        Loaded::Valid(r) => {
+            let mut problems = Vec::new();
+            for (origin, h) in &r.heads {
+                let held = recovered.heads.get(origin).map_or(0, |s| s.seq);
+                if held < h.seq {
+                    problems.push(format!(
+                        "origin {origin}: the log holds up to seq {held}, the record up to seq {} (seqs {}–{} missing)",
+                        h.seq,
+                        held + 1,
+                        h.seq
+                    ));
+                } else if hash_in_log(kv, origin, h.seq)? != Some(h.hash) {
+                    problems.push(format!(
+                        "origin {origin}: the log's event at seq {} differs from the recorded one",
+                        h.seq
+                    ));
+                }
+            }
+            if problems.is_empty() && recovered.next_offset < r.next_offset {
+                problems.push(format!(
+                    "the log has {} entries, the record {}",
+                    recovered.next_offset, r.next_offset
+                ));
+            }
+            (r.generation, problems)
+        }
+    };
+    if !problems.is_empty() {
+        let what = problems.join("; ");
+        if !accept {
+            return Err(StoreError::Truncated(what));
+        }
+        tracing::error!(
+            missing = %what,
+            "taking a log shorter than its heads record (--after-restore): the missing events come back from the parent or the children"
+        );
+    }
+    let mut out = HeadsOut::new(data_dir, generation);
+    // Record what this log holds now (a new node, an older store, or an
+    // accepted shorter log).
+    out.dirty = !was_valid || !problems.is_empty();
+    Ok(out)
+}
+
+/// The heads record writer and when it last wrote.
+pub(crate) struct HeadsOut {
+    writer: crate::heads_file::HeadsWriter,
+    last: Option<Instant>,
+    dirty: bool,
+}
+
+impl HeadsOut {
+    fn new(data_dir: &std::path::Path, generation: u64) -> Self {
+        Self {
+            writer: crate::heads_file::HeadsWriter::new(data_dir, generation),
+            last: None,
+            dirty: false,
+        }
+    }
+}
+
 fn encode_head_value(h: &HeadState) -> Vec<u8> {
     let mut v = Vec::with_capacity(180);
     v.extend_from_slice(&h.seq.to_be_bytes());
@@ -256,6 +356,7 @@ pub(crate) struct Writer {
     origin: Option<OriginIdentity>,
     heads: BTreeMap<String, HeadState>,
     next_offset: u64,
+    heads_out: Option<HeadsOut>,
 }
 
 impl Writer {
@@ -264,6 +365,7 @@ impl Writer {
         config: StoreConfig,
         origin: Option<OriginIdentity>,
         recovered: Recovered,
+        heads_out: Option<HeadsOut>,
     ) -> Self {
         Self {
             shared,
@@ -271,11 +373,79 @@ impl Writer {
             origin,
             heads: recovered.heads,
             next_offset: recovered.next_offset,
+            heads_out,
+        }
+    }
+
+    /// Writes the heads record if it is behind and `force` or its interval
+    /// has passed. A failed write is fatal, like a failed commit.
+    fn write_heads(&mut self, force: bool) -> Result<(), StoreError> {
+        let interval = std::time::Duration::from_millis(self.config.heads_interval_ms);
+        let Some(out) = self.heads_out.as_mut() else {
+            return Ok(());
+        };
+        if !out.dirty || !(force || out.last.is_none_or(|t| t.elapsed() >= interval)) {
+            return Ok(());
+        }
+        let events = self.shared.stats.read().expect("lock").events;
+        let mut record = crate::heads_file::HeadsRecord {
+            generation: 0,
+            written_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            next_offset: self.next_offset,
+            events,
+            heads: self
+                .heads
+                .iter()
+                .map(|(o, h)| (o.clone(), h.signed.clone()))
+                .collect(),
+        };
+        match out.writer.write(&mut record) {
+            Ok(()) => {
+                out.dirty = false;
+                out.last = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("writing the heads record beside the data directory: {e}");
+                tracing::error!(error = %why, "the log writer stops acknowledging");
+                self.shared.fail(why.clone());
+                Err(StoreError::Failed(why))
+            }
+        }
+    }
+
+    /// The next request; while the heads record is behind, waits at most
+    /// until it is due and writes it.
+    fn next_request(&mut self, rx: &mut mpsc::Receiver<Request>) -> Option<Request> {
+        loop {
+            let due = match &self.heads_out {
+                Some(o) if o.dirty && self.shared.failure().is_none() => o.last.map(|t| {
+                    std::time::Duration::from_millis(self.config.heads_interval_ms)
+                        .saturating_sub(t.elapsed())
+                }),
+                _ => return rx.blocking_recv(),
+            };
+            match rx.try_recv() {
+                Ok(r) => return Some(r),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            match due {
+                Some(d) if !d.is_zero() => {
+                    std::thread::sleep(d.min(std::time::Duration::from_millis(5)))
+                }
+                _ => {
+                    let _ = self.write_heads(true);
+                }
+            }
         }
     }
 
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.blocking_recv() {
+        let _ = self.write_heads(true);
+        while let Some(first) = self.next_request(&mut rx) {
             let mut n_events = first.n_events();
             let mut batch = vec![first];
             while n_events < self.config.commit_events_max {
@@ -288,6 +458,9 @@ impl Writer {
                 }
             }
             self.commit(batch);
+        }
+        if self.shared.failure().is_none() {
+            let _ = self.write_heads(true);
         }
         tracing::debug!("log writer stopped: every sender is gone and the queue is drained");
     }
@@ -406,12 +579,26 @@ impl Writer {
                 if let Some(hold) = work.hold.take() {
                     *self.shared.hold.write().expect("lock") = hold;
                 }
+                if let Some(out) = self.heads_out.as_mut() {
+                    out.dirty = true;
+                }
+                if self.config.heads_interval_ms == 0 {
+                    // The record is part of the commit: written before
+                    // anyone hears of it.
+                    if let Err(e) = self.write_heads(true) {
+                        for p in pending {
+                            p.fail(e.clone());
+                        }
+                        return;
+                    }
+                }
                 // Readers see the commit (durable now) before anyone hears
                 // of it: a client reads its own acknowledged writes.
                 self.shared.committed.send_replace(self.next_offset);
                 for p in pending {
                     p.succeed();
                 }
+                let _ = self.write_heads(false);
             }
             Err(e) => {
                 let why = e.to_string();
@@ -459,25 +646,16 @@ impl Writer {
         if seq == head_seq {
             return Ok(Some(head_hash));
         }
-        let in_chunk = |c: &Chunk| {
-            (c.origin == origin && c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
-                let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
-                event_hash(&c.events[i].envelope)
-            })
-        };
-        if let Some(h) = work.pushed.iter().rev().find_map(in_chunk) {
+        if let Some(h) = work
+            .pushed
+            .iter()
+            .rev()
+            .filter(|c| c.origin == origin)
+            .find_map(|c| event_in_chunk(c, seq))
+        {
             return Ok(Some(h));
         }
-        let start = layout::index_key(origin, seq);
-        let prefix = layout::index_prefix(origin);
-        let Some((_, v)) = self.shared.kv.scan(&start, &prefix, 1)?.pop() else {
-            return Ok(None);
-        };
-        let (offset, _) =
-            layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
-        Ok(read_entries(self.shared.kv.as_ref(), offset, 1)?
-            .pop()
-            .and_then(|e| in_chunk(&e.chunk)))
+        hash_in_log(self.shared.kv.as_ref(), origin, seq)
     }
 
     /// Chunks received from a child (or, at an origin repairing itself,

@@ -530,3 +530,79 @@ fn evidence_is_recorded_once_per_conflicting_event_and_fragmented() {
         );
     }
 }
+
+fn open_with_record(
+    kv: Arc<dyn Kv>,
+    data: &std::path::Path,
+    accept: bool,
+) -> Result<Store, StoreError> {
+    Store::open(
+        kv,
+        StoreConfig {
+            heads_record: Some(data.to_owned()),
+            accept_shorter_log: accept,
+            ..StoreConfig::default()
+        },
+        Some(OriginIdentity {
+            node_id: ORIGIN.into(),
+            key: key(),
+        }),
+        keys(),
+    )
+}
+
+fn copy_kv(from: &MemKv) -> MemKv {
+    let kv = MemKv::new();
+    kv.commit(from.dump().into_iter().map(|(k, v)| (k, Some(v))).collect())
+        .unwrap();
+    kv
+}
+
+/// The heads record beside the data directory: a log that holds less than
+/// it (sled recovering to an earlier point, a restored backup) is refused,
+/// naming the origin and the seqs missing, unless the operator accepts it.
+#[test]
+fn a_log_shorter_than_its_heads_record_is_refused() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kv = MemKv::new();
+    let store = open_with_record(Arc::new(kv.clone()), &data, false).unwrap();
+    rt.block_on(store.append(vec![event("a", 0), event("b", 0), event("c", 0)], 1))
+        .unwrap();
+    let earlier = copy_kv(&kv);
+    rt.block_on(store.append(vec![event("d", 0), event("e", 0)], 2))
+        .unwrap();
+    drop(store); // closing writes the record
+    assert!(matches!(
+        gridsync_store::heads_file::load(&data),
+        gridsync_store::heads_file::Loaded::Valid(r) if r.heads[ORIGIN].seq == 5
+    ));
+    // The whole log reopens.
+    drop(open_with_record(Arc::new(kv.clone()), &data, false).unwrap());
+    // The earlier state of the same log does not.
+    match open_with_record(Arc::new(copy_kv(&earlier)), &data, false) {
+        Err(StoreError::Truncated(m)) => {
+            assert!(
+                m.contains("origin c1") && m.contains("seqs 4–5 missing"),
+                "{m}"
+            );
+            let full = StoreError::Truncated(m).to_string();
+            assert!(full.contains("--after-restore"), "{full}");
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a shorter log opened without complaint"),
+    }
+    // Accepted (a restored backup): it opens, and its record now says so.
+    let accepted = copy_kv(&earlier);
+    drop(open_with_record(Arc::new(accepted.clone()), &data, true).unwrap());
+    drop(open_with_record(Arc::new(accepted), &data, false).unwrap());
+    // A record that cannot be read is not taken as absent.
+    for p in gridsync_store::heads_file::paths(&data) {
+        std::fs::write(p, b"junk").unwrap();
+    }
+    assert!(matches!(
+        open_with_record(Arc::new(kv), &data, false),
+        Err(StoreError::Truncated(m)) if m.contains("damaged")
+    ));
+}
