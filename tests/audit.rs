@@ -22,7 +22,7 @@ use gridsync_node::audit;
 use gridsync_node::topology::Topology;
 use gridsync_store::kv::Kv;
 use gridsync_store::{MemKv, SledKv};
-use gridsync_suite::{gridsync_bin, provision, sample_event, set_sync, Server, FAST_SYNC};
+use gridsync_suite::{gridsync_bin, provision, provision_fast, sample_event, Server};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -69,13 +69,10 @@ fn edit_chunk(v: &[u8], f: impl FnOnce(&mut Chunk)) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tampering_is_detected() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(
+    let tree = provision_fast(
         dir.path(),
         &[("s", None), ("c1", Some("s")), ("c2", Some("s"))],
     );
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
     let servers: Vec<Server> = ["s", "c1", "c2"]
         .iter()
         .map(|id| Server::start(&tree.nodes[*id].config, &[]))
@@ -445,13 +442,10 @@ async fn as_of_projection_reproduces_a_recorded_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn street_replay_is_the_union_of_its_communities() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(
+    let tree = provision_fast(
         dir.path(),
         &[("s", None), ("c1", Some("s")), ("c2", Some("s"))],
     );
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
     let mut servers: Vec<Server> = ["s", "c1", "c2"]
         .iter()
         .map(|id| Server::start(&tree.nodes[*id].config, &[]))

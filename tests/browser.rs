@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
-use gridsync_suite::{free_port, provision, set_sync, Server, FAST_SYNC};
+use gridsync_suite::{free_port, provision_fast, Server};
 use serde_json::{json, Value};
 
 struct Driver(Child);
@@ -77,7 +77,7 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(
+    let tree = provision_fast(
         dir.path(),
         &[
             ("district", None),
@@ -85,9 +85,6 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
             ("c1", Some("street")),
         ],
     );
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
     let servers: Vec<Server> = ["district", "street", "c1"]
         .iter()
         .map(|id| Server::start(&tree.nodes[*id].config, &[]))

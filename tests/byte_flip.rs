@@ -14,10 +14,8 @@
 //! and `gridsync serve` must either report the damage (exit non-zero with a
 //! message, never a panic) or see exactly the original log.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use gridsync_suite::{
     copy_dir, get_json, gridsync_bin, post_events, provision, restore_dir, sample_event, Server,
@@ -60,50 +58,6 @@ fn audit(data: &Path, topology: &Path) -> (i32, Value, String) {
         report,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-enum Served {
-    Refused { code: i32, stderr: String },
-    Listening(String, std::process::Child),
-}
-
-fn serve(config: &Path) -> Served {
-    let mut child = Command::new(gridsync_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("gridsync: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(url) = rx.try_recv() {
-            return Served::Listening(url, child);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut stderr = String::new();
-            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
-            return Served::Refused {
-                code: status.code().unwrap_or(-1),
-                stderr,
-            };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve neither listened nor exited"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,8 +174,8 @@ async fn a_flipped_byte_is_reported_or_harmless_never_a_shorter_log() {
         // serve: refuses with a message, or serves exactly the original.
         restore_dir(&backup, &c1.data_dir);
         std::fs::write(&target, &bytes).unwrap();
-        match serve(&c1.config) {
-            Served::Refused { code, stderr } => {
+        match Server::try_start(&c1.config, &["--listen", "127.0.0.1:0"]) {
+            Err((code, stderr)) => {
                 assert!(
                     code != 101,
                     "{what}: serve crashed instead of refusing: {stderr}"
@@ -232,10 +186,9 @@ async fn a_flipped_byte_is_reported_or_harmless_never_a_shorter_log() {
                 );
                 *kinds.entry("serve:refused".into()).or_default() += 1;
             }
-            Served::Listening(url, mut child) => {
-                let st = get_json(&format!("{url}/v1/status"), &c1.tokens.viewer).await;
-                let _ = child.kill();
-                let _ = child.wait();
+            Ok(mut node) => {
+                let st = get_json(&format!("{}/v1/status", node.url), &c1.tokens.viewer).await;
+                node.kill9();
                 assert_eq!(
                     st["heads"], heads,
                     "{what}: serve started with a log other than the original"

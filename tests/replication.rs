@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gridsync_suite::{provision, sample_event, set_sync, set_url, Server, FAST_SYNC};
+use gridsync_suite::{provision_fast, sample_event, set_url, Server};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -119,10 +119,7 @@ async fn tree_converges_through_cuts_partitions_and_kill_9() {
         ("s2-c1", Some("s2")),
         ("s2-c2", Some("s2")),
     ];
-    let tree = provision(dir.path(), &nodes);
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
+    let tree = provision_fast(dir.path(), &nodes);
     // Children reach each parent through a fault proxy.
     let mut proxies = Vec::new();
     for parent in ["district", "s1", "s2"] {

@@ -20,8 +20,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use gridsync_suite::{
-    copy_dir, get_json, gridsync_bin, post_events, provision, restore_dir, sample_event, set_sync,
-    wait_heads, wait_status, Server, FAST_SYNC,
+    copy_dir, get_json, gridsync_bin, post_events, provision_fast, restore_dir, sample_event,
+    wait_heads, wait_status, Server,
 };
 use serde_json::{json, Value};
 
@@ -56,13 +56,10 @@ fn audit_verify(data: &std::path::Path, topology: &std::path::Path, node: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_community_pulls_its_tail_back_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(
+    let tree = provision_fast(
         dir.path(),
         &[("d", None), ("s1", Some("d")), ("c1", Some("s1"))],
     );
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
     let (d, s1, c1) = (&tree.nodes["d"], &tree.nodes["s1"], &tree.nodes["c1"]);
     let _district = Server::start(&d.config, &[]);
     let mut street = Server::start(&s1.config, &[]);
@@ -155,13 +152,10 @@ async fn a_restored_community_pulls_its_tail_back_and_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_history_stays_stopped_with_one_evidence_record() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(
+    let tree = provision_fast(
         dir.path(),
         &[("d", None), ("s1", Some("d")), ("c1", Some("s1"))],
     );
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
     let (d, s1, c1) = (&tree.nodes["d"], &tree.nodes["s1"], &tree.nodes["c1"]);
     let district = Server::start(&d.config, &[]);
     let mut street = Server::start(&s1.config, &[]);
@@ -251,7 +245,7 @@ async fn a_second_history_stays_stopped_with_one_evidence_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_community_is_refused_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(
+    let tree = provision_fast(
         dir.path(),
         &[
             ("d", None),
@@ -261,9 +255,6 @@ async fn a_moved_community_is_refused_alone() {
             ("c2", Some("s1")),
         ],
     );
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
     let n = |id: &str| &tree.nodes[id];
     let mut district = Server::start(&n("d").config, &[]);
     let street = Server::start(&n("s1").config, &[]);
@@ -329,7 +320,7 @@ async fn a_moved_community_is_refused_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_street_is_refilled_by_its_children() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(
+    let tree = provision_fast(
         dir.path(),
         &[
             ("d", None),
@@ -338,9 +329,6 @@ async fn a_restored_street_is_refilled_by_its_children() {
             ("c2", Some("s1")),
         ],
     );
-    for n in tree.nodes.values() {
-        set_sync(&n.config, FAST_SYNC);
-    }
     let n = |id: &str| &tree.nodes[id];
     let district = Server::start(&n("d").config, &[]);
     let mut street = Server::start(&n("s1").config, &[]);

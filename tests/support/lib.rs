@@ -60,6 +60,15 @@ pub struct Tree {
     pub nodes: BTreeMap<String, NodeFiles>,
 }
 
+/// [`provision`] with the fast sync timers ([`FAST_SYNC`]) on every node.
+pub fn provision_fast(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
+    let tree = provision(dir, nodes);
+    for n in tree.nodes.values() {
+        set_sync(&n.config, FAST_SYNC);
+    }
+    tree
+}
+
 /// Provisions `(id, parent)` nodes on free loopback ports under `dir` by
 /// running `gridsync provision`.
 pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
@@ -125,6 +134,24 @@ impl Server {
     /// # Panics
     /// When the process exits or does not start listening in time.
     pub fn start(config: &Path, extra: &[&str]) -> Self {
+        Self::try_start(config, extra).unwrap_or_else(|(code, stderr)| {
+            panic!(
+                "gridsync serve {} did not start listening (exit {code}): {stderr}",
+                config.display()
+            )
+        })
+    }
+
+    /// Like [`Server::start`], but a node that refuses to start is an
+    /// answer: its exit code (-1: killed after 30 s without listening) and
+    /// what it wrote to stderr (which is also passed through).
+    ///
+    /// # Errors
+    /// The node exited (or hung) instead of listening.
+    ///
+    /// # Panics
+    /// When the binary cannot be run.
+    pub fn try_start(config: &Path, extra: &[&str]) -> Result<Self, (i32, String)> {
         let mut child = Command::new(gridsync_bin())
             .arg("serve")
             .arg("--config")
@@ -135,10 +162,11 @@ impl Server {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gridsync serve");
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -147,16 +175,34 @@ impl Server {
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => Server { child, url },
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                panic!(
-                    "gridsync serve {} did not start listening (exit: {status:?})",
-                    config.display()
-                );
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = captured.clone();
+        let err_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut s = sink.lock().unwrap();
+                if s.len() < 64 * 1024 {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
             }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(url) = rx.try_recv() {
+                return Ok(Server { child, url });
+            }
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                if exited.is_none() {
+                    let _ = child.kill();
+                }
+                let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+                let _ = err_thread.join();
+                let text = captured.lock().unwrap().clone();
+                return Err((code, text));
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

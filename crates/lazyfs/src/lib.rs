@@ -84,6 +84,11 @@ struct State {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
     fsyncs: u64,
+    /// The power is off: every write and fsync fails (nothing a dying
+    /// process does after the cut may become durable).
+    off: bool,
+    /// Power cuts so far (an fsync that spans one makes nothing durable).
+    epoch: u64,
 }
 
 /// Counters reported after a power cut.
@@ -102,6 +107,9 @@ pub struct CutReport {
 #[derive(Clone)]
 pub struct LazyFs {
     state: Arc<Mutex<State>>,
+    /// How long an fsync takes (a real disk's flush is milliseconds; a
+    /// power cut meanwhile loses what it was making durable).
+    fsync_delay: Duration,
 }
 
 impl Default for LazyFs {
@@ -111,6 +119,14 @@ impl Default for LazyFs {
 }
 
 impl LazyFs {
+    /// An empty file system whose fsyncs take `fsync_delay`.
+    pub fn with_fsync_delay(fsync_delay: Duration) -> Self {
+        Self {
+            fsync_delay,
+            ..Self::new()
+        }
+    }
+
     pub fn new() -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(
@@ -131,13 +147,26 @@ impl LazyFs {
                 nodes,
                 next_ino: 2,
                 fsyncs: 0,
+                off: false,
+                epoch: 0,
             })),
+            fsync_delay: Duration::ZERO,
         }
     }
 
-    /// The power fails: every file goes back to what was last fsynced.
+    /// The power comes back: writes and fsyncs work again.
+    pub fn power_on(&self) {
+        self.state.lock().expect("lock").off = false;
+    }
+
+    /// The power fails: every file goes back to what was last fsynced, and
+    /// until [`LazyFs::power_on`] every write and fsync fails, so nothing
+    /// the processes still running do reaches the disk (kill them, then
+    /// power on).
     pub fn power_cut(&self) -> CutReport {
         let mut st = self.state.lock().expect("lock");
+        st.off = true;
+        st.epoch += 1;
         let mut report = CutReport {
             fsyncs: std::mem::take(&mut st.fsyncs),
             ..CutReport::default()
@@ -245,6 +274,9 @@ impl Filesystem for LazyFs {
         reply: ReplyAttr,
     ) {
         let mut st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         let Some(node) = st.nodes.get_mut(&ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -280,6 +312,9 @@ impl Filesystem for LazyFs {
         reply: ReplyEntry,
     ) {
         let mut st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         let content = Content::Dir {
             children: BTreeMap::new(),
             parent: parent.0,
@@ -301,6 +336,9 @@ impl Filesystem for LazyFs {
         reply: ReplyCreate,
     ) {
         let mut st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         let content = Content::File {
             current: Vec::new(),
             durable: Vec::new(),
@@ -314,6 +352,9 @@ impl Filesystem for LazyFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         let ino = match st.child(parent.0, name) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
@@ -333,6 +374,9 @@ impl Filesystem for LazyFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         let ino = match st.child(parent.0, name) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
@@ -365,6 +409,9 @@ impl Filesystem for LazyFs {
         reply: ReplyEmpty,
     ) {
         let mut st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         let ino = match st.child(parent.0, name) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
@@ -416,6 +463,9 @@ impl Filesystem for LazyFs {
         reply: ReplyData,
     ) {
         let st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         match st.nodes.get(&ino.0).map(|n| &n.content) {
             Some(Content::File { current, .. }) => {
                 let start = usize::try_from(offset)
@@ -442,6 +492,9 @@ impl Filesystem for LazyFs {
         reply: ReplyWrite,
     ) {
         let mut st = self.state.lock().expect("lock");
+        if st.off {
+            return reply.error(Errno::EIO);
+        }
         let Some(node) = st.nodes.get_mut(&ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -481,7 +534,16 @@ impl Filesystem for LazyFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        // The disk takes its time; a power cut meanwhile makes nothing of
+        // it durable.
+        let epoch = self.state.lock().expect("lock").epoch;
+        if !self.fsync_delay.is_zero() {
+            std::thread::sleep(self.fsync_delay);
+        }
         let mut st = self.state.lock().expect("lock");
+        if st.off || st.epoch != epoch {
+            return reply.error(Errno::EIO);
+        }
         st.fsyncs += 1;
         if let Some(Node {
             content:
@@ -578,6 +640,19 @@ impl Mount {
     /// FUSE is not usable here (no `/dev/fuse`, not root, no mount
     /// permission): the message says which.
     pub fn start(bin: &std::path::Path, path: &std::path::Path) -> Result<Self, String> {
+        Self::start_with(bin, path, Duration::ZERO)
+    }
+
+    /// [`Mount::start`] with fsyncs that take `fsync_delay` (like a real
+    /// disk, which widens the moments a power cut can catch).
+    ///
+    /// # Errors
+    /// As [`Mount::start`].
+    pub fn start_with(
+        bin: &std::path::Path,
+        path: &std::path::Path,
+        fsync_delay: Duration,
+    ) -> Result<Self, String> {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         if !std::path::Path::new("/dev/fuse").exists() {
@@ -586,6 +661,7 @@ impl Mount {
         std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))?;
         let mut child = Command::new(bin)
             .arg(path)
+            .arg(format!("--fsync-delay-ms={}", fsync_delay.as_millis()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -652,8 +728,9 @@ impl Mount {
         &self.path
     }
 
-    /// Cuts the power: every write not fsynced is gone. Stop (kill -9) the
-    /// processes using the mount first, or they keep writing.
+    /// Cuts the power: every write not fsynced is gone, and writes and
+    /// fsyncs fail until [`Mount::power_on`] (kill the processes using the
+    /// mount in between, as a power cut would).
     ///
     /// # Panics
     /// When the file system process does not answer.
@@ -675,6 +752,21 @@ impl Mount {
             bytes: field("bytes"),
             fsyncs: field("fsyncs"),
         }
+    }
+
+    /// The power comes back.
+    ///
+    /// # Panics
+    /// When the file system process does not answer.
+    pub fn power_on(&mut self) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("running");
+        writeln!(stdin, "on").expect("lazyfs takes commands");
+        stdin.flush().expect("lazyfs takes commands");
+        let line = self
+            .next_line(Duration::from_secs(20))
+            .expect("lazyfs answers");
+        assert_eq!(line, "on", "lazyfs answered {line:?}");
     }
 }
 

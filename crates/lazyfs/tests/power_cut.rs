@@ -56,6 +56,9 @@ fn a_power_cut_forgets_exactly_what_was_not_fsynced() {
 
     let report = mount.cut();
     assert_eq!(report.files, 2, "{report:?}");
+    // While the power is off nothing is written.
+    assert!(std::fs::write(root.join("d/late"), b"x").is_err());
+    mount.power_on();
     assert!(report.bytes >= 13 + 14, "{report:?}");
     assert_eq!(read(&synced), b"hello world", "back to the fsynced bytes");
     assert_eq!(read(&unsynced), b"", "the name survives, the data does not");
@@ -71,6 +74,7 @@ fn a_power_cut_forgets_exactly_what_was_not_fsynced() {
     std::fs::rename(&synced, root.join("d/renamed")).unwrap();
     let report = mount.cut();
     assert_eq!(report.files, 0, "{report:?}");
+    mount.power_on();
     assert_eq!(read(&root.join("d/renamed")), b"hello");
     assert!(!synced.exists());
 }
