@@ -1,6 +1,9 @@
 //! Durable append throughput of the sled log at commit sizes 1, 10, 100 and
 //! 1,000 events, beside the raw limit of this disk measured in the same
 //! run: appending the same number of bytes to a plain file and fsyncing.
+//! Also the cost of the heads record kept beside the data directory: the
+//! default (written at most every 200 ms, off the acknowledgement path)
+//! and written inside every commit (`heads_interval_ms = 0`).
 //!
 //! `cargo bench --bench append`
 
@@ -38,18 +41,28 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::from_bytes(&[5; 32]);
-    let vk = key.verifying_key();
-    let store = Store::open(
-        Arc::new(SledKv::open(&dir.path().join("db"), 64 << 20).unwrap()),
-        StoreConfig::default(),
-        Some(OriginIdentity {
-            node_id: "c1".into(),
-            key,
-        }),
-        Arc::new(move |_: &str| Some(vk)),
-    )
-    .unwrap();
+    let open = |name: &str, heads: Option<u64>| {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let vk = key.verifying_key();
+        let data = dir.path().join(name);
+        Store::open(
+            Arc::new(SledKv::open(&data, 64 << 20).unwrap()),
+            StoreConfig {
+                heads_record: heads.map(|_| data.clone()),
+                heads_interval_ms: heads.unwrap_or(0),
+                ..StoreConfig::default()
+            },
+            Some(OriginIdentity {
+                node_id: "c1".into(),
+                key,
+            }),
+            Arc::new(move |_: &str| Some(vk)),
+        )
+        .unwrap()
+    };
+    let store = open("db", None);
+    let with_record = open("db-record", Some(200));
+    let record_every_commit = open("db-record-every", Some(0));
     let sample_bytes: usize = events(100)
         .iter()
         .map(PreparedEvent::stored_bytes_estimate)
@@ -72,6 +85,18 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        for (name, st) in [
+            ("heads_record_200ms", &with_record),
+            ("heads_record_every_commit", &record_every_commit),
+        ] {
+            group.bench_function(format!("{name}/commit_{n}"), |b| {
+                b.iter_batched(
+                    || events(n),
+                    |evs| rt.block_on(st.append(evs, 1)).unwrap(),
+                    BatchSize::PerIteration,
+                )
+            });
+        }
         let buf = vec![0x5au8; n * sample_bytes];
         group.bench_function(format!("raw_file_append_fsync/commit_{n}"), |b| {
             b.iter(|| {
