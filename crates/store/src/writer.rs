@@ -418,7 +418,11 @@ impl Writer {
 
     /// The next request; while the heads record is behind, waits at most
     /// until it is due and writes it.
-    fn next_request(&mut self, rx: &mut mpsc::Receiver<Request>) -> Option<Request> {
+    fn next_request(
+        &mut self,
+        rx: &mut mpsc::Receiver<Request>,
+        timer: &tokio::runtime::Runtime,
+    ) -> Option<Request> {
         loop {
             let due = match &self.heads_out {
                 Some(o) if o.dirty && self.shared.failure().is_none() => o.last.map(|t| {
@@ -427,14 +431,14 @@ impl Writer {
                 }),
                 _ => return rx.blocking_recv(),
             };
-            match rx.try_recv() {
-                Ok(r) => return Some(r),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
             match due {
+                // Wait for the next request, but no longer than the record
+                // is due (a request wakes the writer at once).
                 Some(d) if !d.is_zero() => {
-                    std::thread::sleep(d.min(std::time::Duration::from_millis(5)))
+                    let waited = timer.block_on(async { tokio::time::timeout(d, rx.recv()).await });
+                    if let Ok(r) = waited {
+                        return r;
+                    }
                 }
                 _ => {
                     let _ = self.write_heads(true);
@@ -444,8 +448,13 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        // A timer for waiting on the queue with a deadline (the heads record).
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread timer runtime");
         let _ = self.write_heads(true);
-        while let Some(first) = self.next_request(&mut rx) {
+        while let Some(first) = self.next_request(&mut rx, &timer) {
             let mut n_events = first.n_events();
             let mut batch = vec![first];
             while n_events < self.config.commit_events_max {
