@@ -533,3 +533,82 @@ async fn street_replay_is_the_union_of_its_communities() {
     }
     assert_eq!(by_origin.len(), 2);
 }
+
+/// Tampered data with extreme values — a head at seq u64::MAX, an origin id
+/// of 300 bytes, a chunk claiming more events than its seq — is reported,
+/// never a panic or a runaway allocation (review F18, F19).
+#[test]
+fn extreme_tampering_is_reported_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(dir.path(), &[("c1", None)]);
+    let topo = Topology::load(&tree.topology).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let chunk = |origin: &str, seq: u64| {
+        let env = gridsync_model::Envelope {
+            origin: origin.into(),
+            seq,
+            kind: "visit".into(),
+            schema: 1,
+            occurred_at: gridsync_model::OccurredAt {
+                unix_ms: 1_580_000_000_000,
+                offset_min: 480,
+            },
+            recorded_at_ms: 1_580_000_000_000,
+            grid: "g".into(),
+            recorded_by: "w".into(),
+            client_id: "x".into(),
+            prev: [7; 32],
+            data: json!({"household": "h", "method": "phone", "quarantine": "none"}),
+            personal_digest: None,
+        };
+        let bytes = env.encode();
+        let hash = gridsync_model::event::event_hash(&bytes);
+        Chunk {
+            origin: origin.into(),
+            events: vec![gridsync_model::EventRecord {
+                envelope: bytes,
+                personal: None,
+            }],
+            head: SignedHead::sign(&key, origin, seq, hash, 1),
+        }
+    };
+    let long = "x".repeat(300);
+    let mut entries = BTreeMap::new();
+    for (offset, c) in [
+        chunk("c1", u64::MAX),
+        chunk("c1", u64::MAX - 1),
+        chunk(&long, 5),
+        chunk("c1", 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut value = vec![0, 1];
+        value.extend_from_slice(&1i64.to_be_bytes());
+        value.extend_from_slice(&c.encode());
+        entries.insert(gridsync_store::layout::log_key(offset as u64, 0), value);
+    }
+    let started = std::time::Instant::now();
+    let report = audit::verify(&mem(&entries), &topo, None, None, &|_| {});
+    assert!(!report.ok());
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.origin.as_deref() == Some(long.as_str())),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.origin.as_deref() == Some("c1")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no runaway work"
+    );
+}

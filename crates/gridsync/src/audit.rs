@@ -235,11 +235,17 @@ pub fn run(command: AuditCommand) -> ExitCode {
                 }
             };
             if let (Some(url), Some(token)) = (&url, &token) {
+                if subtree.is_some() && topology.is_none() {
+                    return fail(UNREADABLE, "--subtree needs --topology");
+                }
                 let filter = RemoteFilter {
                     origin,
+                    subtree: subtree.clone(),
                     kind,
                     from_seq,
                     to_seq,
+                    from,
+                    to,
                     recorded_from: rfrom,
                     recorded_to: rto,
                     with_personal,
@@ -248,7 +254,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
                         Err(e) => return fail(UNREADABLE, e),
                     },
                 };
-                return replay_remote(url, token, from.as_ref(), to.as_ref(), &filter);
+                return replay_remote(url, token, &filter);
             }
             let (Some(data), Some(topology)) = (data, topology) else {
                 return fail(
@@ -361,15 +367,39 @@ pub fn run(command: AuditCommand) -> ExitCode {
 
 struct RemoteFilter {
     origin: Option<String>,
+    /// Only origins in this node's subtree (needs the topology).
+    subtree: Option<String>,
     kind: Option<String>,
     from_seq: Option<u64>,
     to_seq: Option<u64>,
+    /// `occurred_at` range.
+    from: Option<i64>,
+    to: Option<i64>,
     recorded_from: Option<i64>,
     recorded_to: Option<i64>,
     with_personal: bool,
     /// With the topology: check the node's signed heads and that the
     /// streamed chains end in them.
     topology: Option<Topology>,
+}
+
+impl RemoteFilter {
+    /// Whether a verified event is printed.
+    fn keep(&self, v: &gridsync_model::api::EventView) -> bool {
+        let ms = |t: &str| gridsync_model::time_fmt::parse_rfc3339_ms(t).map_or(0, |(ms, _)| ms);
+        let (occurred, recorded) = (ms(&v.occurred_at), ms(&v.recorded_at));
+        self.kind.as_ref().is_none_or(|k| *k == v.kind)
+            && self.from_seq.is_none_or(|s| v.seq >= s)
+            && self.to_seq.is_none_or(|s| v.seq <= s)
+            && self.from.is_none_or(|t| occurred >= t)
+            && self.to.is_none_or(|t| occurred < t)
+            && self.recorded_from.is_none_or(|t| recorded >= t)
+            && self.recorded_to.is_none_or(|t| recorded < t)
+            && match (&self.subtree, &self.topology) {
+                (Some(root), Some(topo)) => topo.subtree(root).contains(&v.origin),
+                _ => true,
+            }
+    }
 }
 
 /// Recomputes an event's hash from its JSON view: the canonical envelope
@@ -416,13 +446,148 @@ fn view_hash(v: &gridsync_model::api::EventView) -> Result<[u8; 32], String> {
     Ok(gridsync_model::event::event_hash(&bytes))
 }
 
-fn replay_remote(
+/// Per origin, the chain as streamed so far.
+#[derive(Clone, Debug, Default)]
+struct Streamed {
+    seq: u64,
+    hash: String,
+}
+
+/// The node's heads from its `/v1/status`: with the topology each must carry
+/// its origin's valid signature (a problem otherwise).
+fn status_heads(
+    status: &gridsync_model::api::StatusResponse,
+    topology: Option<&Topology>,
+    problems: &mut Vec<String>,
+) -> std::collections::BTreeMap<String, Streamed> {
+    let mut heads = std::collections::BTreeMap::new();
+    for (origin, h) in &status.heads {
+        if let Some(topo) = topology {
+            let head = (|| {
+                Some(gridsync_model::SignedHead {
+                    origin: origin.clone(),
+                    seq: h.seq,
+                    hash: hex::decode(&h.hash).ok()?.try_into().ok()?,
+                    signed_at_ms: h.signed_at_ms,
+                    signature: hex::decode(&h.signature).ok()?.try_into().ok()?,
+                })
+            })();
+            let ok = matches!((head, topo.key(origin)), (Some(head), Some(key)) if head.verify(&key).is_ok());
+            if !ok {
+                problems.push(format!(
+                    "origin {origin} seq {}: the node's signed head does not verify with the origin's key",
+                    h.seq
+                ));
+                continue;
+            }
+        }
+        heads.insert(
+            origin.clone(),
+            Streamed {
+                seq: h.seq,
+                hash: h.hash.clone(),
+            },
+        );
+    }
+    heads
+}
+
+/// Checks one streamed event against its origin's chain so far: its hash
+/// recomputed from its fields, seq `last + 1` (from 1), `prev` the last
+/// hash (zero for seq 1), and the head hash at the head's seq. Returns the
+/// problem, and resynchronises on the event either way.
+fn check_streamed(
+    v: &gridsync_model::api::EventView,
+    chain: &mut Streamed,
+    head: Option<&Streamed>,
+) -> Option<String> {
+    let (origin, seq) = (&v.origin, v.seq);
+    let problem = match view_hash(v) {
+        Err(e) => Some(format!("origin {origin} seq {seq}: {e}")),
+        Ok(h) if hex::encode(h) != v.hash => Some(format!(
+            "origin {origin} seq {seq}: its fields do not hash to its hash (altered)"
+        )),
+        Ok(_) if seq != chain.seq + 1 => Some(if seq > chain.seq + 1 {
+            format!(
+                "origin {origin} seq {}: missing — the node served seq {seq} after seq {} (a gap of {} events)",
+                chain.seq + 1,
+                chain.seq,
+                seq - chain.seq - 1
+            )
+        } else {
+            format!("origin {origin} seq {seq}: served again or out of order after seq {}", chain.seq)
+        }),
+        Ok(_) if chain.seq == 0 && v.prev != hex::encode(gridsync_model::ZERO_HASH) => Some(
+            format!("origin {origin} seq {seq}: the first event's prev is not zero"),
+        ),
+        Ok(_) if chain.seq > 0 && v.prev != chain.hash => Some(format!(
+            "origin {origin} seq {seq}: prev does not link to seq {}",
+            chain.seq
+        )),
+        Ok(_) => head.and_then(|h| {
+            (h.seq == seq && h.hash != v.hash).then(|| {
+                format!("origin {origin} seq {seq}: differs from the origin's signed head (a fabricated chain)")
+            })
+        }),
+    };
+    chain.seq = seq;
+    chain.hash.clone_from(&v.hash);
+    problem
+}
+
+/// What one page request asks for: everything, in log order (or one
+/// origin's chain); every filter is applied here, after verification, so a
+/// filter can never hide a gap.
+fn page_query(f: &RemoteFilter, cursor: Option<&str>) -> String {
+    let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+    q.push((
+        "personal",
+        if f.with_personal {
+            "include"
+        } else {
+            "withhold"
+        }
+        .into(),
+    ));
+    if let Some(o) = &f.origin {
+        q.push(("origin", o.clone()));
+    }
+    if let Some(c) = cursor {
+        q.push(("cursor", c.to_owned()));
+    }
+    // Values are ids and cursors: URL-safe.
+    q.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
     url: &str,
     token: &str,
-    from: Option<&i64>,
-    to: Option<&i64>,
-    f: &RemoteFilter,
-) -> ExitCode {
+) -> Result<T, String> {
+    let resp = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        return Err(format!("{url} answered {status}: {body}"));
+    }
+    resp.json()
+        .await
+        .map_err(|e| format!("unexpected answer from {url}: {e}"))
+}
+
+/// `audit replay --url`: streams a running node's log and proves every
+/// chain gap-free from seq 1, linked, with recomputed hashes, up to the
+/// origin's head — signed and verified with `--topology` — or exits 1
+/// naming origin and seq. Filters are applied on this side.
+fn replay_remote(url: &str, token: &str, f: &RemoteFilter) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -432,157 +597,47 @@ fn replay_remote(
     };
     rt.block_on(async move {
         let http = reqwest::Client::new();
-        // Signed heads first (events up to them are what the replay covers).
-        let mut signed: std::collections::HashMap<String, (u64, String)> =
-            std::collections::HashMap::new();
-        if let Some(topo) = &f.topology {
-            let status: gridsync_model::api::StatusResponse = match http
-                .get(format!("{url}/v1/status"))
-                .bearer_auth(token)
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => match r.json().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        return fail(UNREADABLE, format!("unexpected status from {url}: {e}"))
-                    }
-                },
-                Ok(r) => {
-                    return fail(
-                        UNREADABLE,
-                        format!("{url} answered {} to /v1/status", r.status()),
-                    )
-                }
-                Err(e) => return fail(UNREADABLE, format!("cannot reach {url}: {e}")),
+        let status: gridsync_model::api::StatusResponse =
+            match get_json(&http, &format!("{url}/v1/status"), token).await {
+                Ok(s) => s,
+                Err(e) => return fail(UNREADABLE, e),
             };
-            for (origin, h) in status.heads {
-                let head = (|| {
-                    Some(gridsync_model::SignedHead {
-                        origin: origin.clone(),
-                        seq: h.seq,
-                        hash: hex::decode(&h.hash).ok()?.try_into().ok()?,
-                        signed_at_ms: h.signed_at_ms,
-                        signature: hex::decode(&h.signature).ok()?.try_into().ok()?,
-                    })
-                })();
-                let ok = match (head, topo.key(&origin)) {
-                    (Some(head), Some(key)) => head.verify(&key).is_ok(),
-                    _ => false,
-                };
-                if !ok {
-                    return fail(
-                        PROBLEMS,
-                        format!(
-                            "origin {origin}: the signed head at seq {} does not verify",
-                            h.seq
-                        ),
-                    );
-                }
-                signed.insert(origin, (h.seq, h.hash));
-            }
-        }
+        let mut problems = Vec::new();
+        let heads = status_heads(&status, f.topology.as_ref(), &mut problems);
+        let mut chains: std::collections::BTreeMap<String, Streamed> = Default::default();
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let mut last: std::collections::HashMap<String, (u64, String)> =
-            std::collections::HashMap::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
-            q.push((
-                "personal",
-                if f.with_personal {
-                    "include"
-                } else {
-                    "withhold"
-                }
-                .into(),
-            ));
-            if let Some(o) = &f.origin {
-                q.push(("origin", o.clone()));
-            }
-            if let Some(k) = &f.kind {
-                q.push(("kind", k.clone()));
-            }
-            if let Some(t) = from {
-                q.push(("from", gridsync_model::time_fmt::format_rfc3339_ms(*t, 0)));
-            }
-            if let Some(t) = to {
-                q.push(("to", gridsync_model::time_fmt::format_rfc3339_ms(*t, 0)));
-            }
-            if let Some(c) = &cursor {
-                q.push(("cursor", c.clone()));
-            }
-            // Values are ids, kinds, cursors and UTC timestamps: URL-safe.
-            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let resp = match http
-                .get(format!("{url}/v1/events?{}", query.join("&")))
-                .bearer_auth(token)
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return fail(UNREADABLE, format!("cannot reach {url}: {e}")),
-            };
-            if !resp.status().is_success() {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
-                return fail(UNREADABLE, format!("{url} answered {status}: {body}"));
-            }
-            let page: gridsync_model::api::EventsPage = match resp.json().await {
-                Ok(p) => p,
-                Err(e) => return fail(UNREADABLE, format!("unexpected answer from {url}: {e}")),
-            };
+            let q = page_query(f, cursor.as_deref());
+            let page: gridsync_model::api::EventsPage =
+                match get_json(&http, &format!("{url}/v1/events?{q}"), token).await {
+                    Ok(p) => p,
+                    Err(e) => return fail(UNREADABLE, e),
+                };
             for v in &page.events {
-                match view_hash(v) {
-                    Ok(h) if hex::encode(h) == v.hash => {}
-                    Ok(_) => {
-                        return fail(
-                            PROBLEMS,
-                            format!(
-                                "origin {} seq {}: its fields do not hash to its hash (altered)",
-                                v.origin, v.seq
-                            ),
-                        )
+                let head = heads.get(&v.origin);
+                if f.topology.is_some() && head.is_none_or(|h| v.seq > h.seq) {
+                    // Past the signed head (it grew meanwhile), or an origin
+                    // without one: not covered by this replay.
+                    if head.is_none() && !chains.contains_key(&v.origin) {
+                        problems.push(format!(
+                            "origin {}: served, but the node's verified heads do not list it",
+                            v.origin
+                        ));
+                        chains.insert(v.origin.clone(), Streamed::default());
                     }
-                    Err(e) => {
-                        return fail(PROBLEMS, format!("origin {} seq {}: {e}", v.origin, v.seq))
-                    }
+                    continue;
                 }
-                if let Some((seq, hash)) = last.get(&v.origin) {
-                    if v.seq == seq + 1 && v.prev != *hash {
-                        return fail(
-                            PROBLEMS,
-                            format!(
-                                "origin {} seq {}: prev does not link to seq {seq}",
-                                v.origin, v.seq
-                            ),
-                        );
-                    }
+                let chain = chains.entry(v.origin.clone()).or_default();
+                if let Some(p) = check_streamed(v, chain, head) {
+                    problems.push(p);
                 }
-                if let Some((seq, hash)) = signed.get(&v.origin) {
-                    if v.seq == *seq && v.hash != *hash {
-                        return fail(
-                            PROBLEMS,
-                            format!(
-                                "origin {} seq {}: differs from the origin's signed head",
-                                v.origin, v.seq
-                            ),
-                        );
-                    }
-                }
-                last.insert(v.origin.clone(), (v.seq, v.hash.clone()));
-                let (ms, _) =
-                    gridsync_model::time_fmt::parse_rfc3339_ms(&v.recorded_at).unwrap_or((0, 0));
-                let keep = f.from_seq.is_none_or(|s| v.seq >= s)
-                    && f.to_seq.is_none_or(|s| v.seq <= s)
-                    && f.recorded_from.is_none_or(|t| ms >= t)
-                    && f.recorded_to.is_none_or(|t| ms < t);
-                if keep
+                if f.keep(v)
                     && (serde_json::to_writer(&mut out, v).is_err()
                         || out.write_all(b"\n").is_err())
                 {
-                    return ExitCode::SUCCESS;
+                    return ExitCode::SUCCESS; // the reader went away
                 }
             }
             match page.next {
@@ -591,6 +646,33 @@ fn replay_remote(
             }
         }
         let _ = out.flush();
-        ExitCode::SUCCESS
+        // Every chain must reach its head.
+        for (origin, h) in &heads {
+            if f.origin.as_ref().is_some_and(|o| o != origin) {
+                continue;
+            }
+            let got = chains.get(origin).map_or(0, |c| c.seq);
+            if got < h.seq {
+                problems.push(format!(
+                    "origin {origin} seq {}: missing — the chain stops at seq {got}, short of its head at seq {}",
+                    got + 1,
+                    h.seq
+                ));
+            }
+        }
+        if f.topology.is_none() {
+            eprintln!(
+                "gridsync audit: chains checked gap-free and linked from seq 1 to the node's heads, \
+                 but the heads are not verified: pass --topology to check the origins' signatures \
+                 (a node could serve a fabricated, self-consistent chain)"
+            );
+        }
+        if problems.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        for p in problems.iter().take(1000) {
+            eprintln!("gridsync audit: problem: {p}");
+        }
+        fail(PROBLEMS, format!("{} problems in the replayed log", problems.len()))
     })
 }

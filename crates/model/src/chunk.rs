@@ -192,7 +192,11 @@ pub enum ChunkError {
 
 impl Chunk {
     pub fn first_seq(&self) -> u64 {
-        self.head.seq + 1 - self.events.len() as u64
+        // `decode` guarantees 1 ≤ events ≤ head.seq; written so that no
+        // input (head.seq = u64::MAX included) can overflow.
+        self.head
+            .seq
+            .saturating_sub((self.events.len() as u64).saturating_sub(1))
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -330,8 +334,11 @@ impl Chunk {
     pub fn check_links(&self, first_seq: u64, prev: &Hash32) -> Result<Vec<Hash32>, ChunkError> {
         let mut out = Vec::with_capacity(self.events.len());
         let mut expected_prev = *prev;
-        let mut expected_seq = first_seq;
+        // Wrapping, so that no seq (u64::MAX included) can overflow: a wrap
+        // shows as a gap below.
+        let mut last_seq = first_seq.wrapping_sub(1);
         for rec in &self.events {
+            let expected_seq = last_seq.wrapping_add(1);
             let links =
                 crate::event::read_links(&rec.envelope).map_err(|source| ChunkError::Envelope {
                     origin: self.origin.clone(),
@@ -367,10 +374,9 @@ impl Chunk {
                 }
             }
             expected_prev = event_hash(&rec.envelope);
-            expected_seq += 1;
+            last_seq = expected_seq;
             out.push(expected_prev);
         }
-        let last_seq = expected_seq - 1;
         if self.head.origin != self.origin
             || self.head.seq != last_seq
             || self.head.hash != expected_prev

@@ -354,7 +354,7 @@ pub fn answer(
     let to = parse("to", &q.to)?;
     let from = match (&q.from, q.days) {
         (Some(_), _) => parse("from", &q.from)?,
-        (None, Some(n)) if n >= 1 => to - (n - 1),
+        (None, Some(n)) if n >= 1 => to.saturating_sub(n - 1),
         (None, Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
@@ -363,7 +363,7 @@ pub fn answer(
         }
         (None, None) => to,
     };
-    if from > to || to - from >= days_max {
+    if from > to || to.saturating_sub(from) >= days_max {
         return Err(ApiError::bad_request(
             "invalid_query",
             format!("from must not be after to, and the range may span at most {days_max} days"),

@@ -95,6 +95,9 @@ pub struct ReferenceHead {
 /// `origin → head`: the `heads` object of `/v1/status` works as is.
 pub type Reference = BTreeMap<String, ReferenceHead>;
 
+/// Largest gap in an origin's seqs the audit pads to keep indexing by seq.
+const GAP_FILL_MAX: u64 = 1 << 20;
+
 struct Chain {
     seq: u64,
     hash: Hash32,
@@ -442,7 +445,7 @@ fn check_reference(
             Some(c) if c.seq < r.seq => report.problem(
                 "truncated",
                 Some(origin),
-                Some(c.seq + 1),
+                Some(c.seq.saturating_add(1)),
                 None,
                 format!(
                     "the log stops at seq {} short of seq {} in {source} (events cut off)",
@@ -610,13 +613,17 @@ fn check_entry(
         if chunk.last_seq() <= chain.seq {
             return;
         }
-    } else if first > chain.seq + 1 {
+    } else if first > chain.seq.saturating_add(1) {
         report.problem(
             "gap",
             Some(&origin),
-            Some(chain.seq + 1),
+            Some(chain.seq.saturating_add(1)),
             Some(offset),
-            format!("seqs {}..{} are missing", chain.seq + 1, first - 1),
+            format!(
+                "seqs {}..{} are missing",
+                chain.seq.saturating_add(1),
+                first - 1
+            ),
         );
     } else if prev != chain.hash {
         report.problem(
@@ -631,6 +638,13 @@ fn check_entry(
     for (i, h) in hashes.iter().enumerate() {
         let seq = first + i as u64;
         if seq > chain.seq {
+            // A tampered seq far ahead (up to u64::MAX) must not make the
+            // audit fill billions of placeholders: such a jump is reported
+            // (as a gap) and its hashes are not kept.
+            let gap = seq - 1 - (chain.hashes.len() as u64).min(seq - 1);
+            if gap > GAP_FILL_MAX {
+                continue;
+            }
             while chain.hashes.len() as u64 + 1 < seq {
                 chain.hashes.push(ZERO_HASH);
             }

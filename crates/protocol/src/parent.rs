@@ -459,10 +459,10 @@ impl ParentSession {
                 };
                 Refusal::new(code, first, e.to_string())
             })?;
-        if first > tip_seq + 1 {
+        if first > tip_seq.saturating_add(1) {
             let m = format!(
                 "origin {origin}: expected seq {}, got {first} (gap)",
-                tip_seq + 1
+                tip_seq.saturating_add(1)
             );
             return Err(Refusal::new(RejectCode::Gap, first, m));
         }

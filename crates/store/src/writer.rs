@@ -147,7 +147,7 @@ pub(crate) fn recover(kv: &dyn Kv, keys: &KeyLookup) -> Result<Recovered, StoreE
             let (seq, prev) = heads
                 .get(&origin)
                 .map_or((0, ZERO_HASH), |h| (h.seq, h.hash));
-            if e.chunk.first_seq() != seq + 1 {
+            if e.chunk.first_seq() != seq.saturating_add(1) {
                 return Err(corrupt(format!(
                     "log entry {}: origin {origin} resumes at seq {} but the log holds up to seq {seq}",
                     e.offset,
@@ -155,7 +155,7 @@ pub(crate) fn recover(kv: &dyn Kv, keys: &KeyLookup) -> Result<Recovered, StoreE
                 )));
             }
             e.chunk
-                .check_links(seq + 1, &prev)
+                .check_links(seq.saturating_add(1), &prev)
                 .and_then(|_| e.chunk.head.verify(&key))
                 .map_err(|err| corrupt(format!("log entry {}: {err}", e.offset)))?;
             index_expected.insert((
@@ -707,7 +707,7 @@ impl Writer {
                 }
                 continue;
             }
-            if first > head_seq + 1 {
+            if first > head_seq.saturating_add(1) {
                 return Err(StoreError::Refused(format!(
                     "origin {origin}: gap (holds {head_seq}, chunk starts at {first})"
                 )));
@@ -720,7 +720,7 @@ impl Writer {
                 });
             }
             suffix
-                .check_links(head_seq + 1, &head_hash)
+                .check_links(head_seq.saturating_add(1), &head_hash)
                 .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
             if own.as_deref() == Some(origin.as_str()) {
                 // This origin's own chain coming back from its parent: index
