@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 mod audit;
+mod load;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -42,6 +43,48 @@ enum Command {
         /// Overwrite an earlier provisioning in OUT (its keys are replaced).
         #[arg(long)]
         force: bool,
+    },
+    /// Post realistic field events to a community node (or to every
+    /// community of a provisioned tree) and report events/s, ack latency
+    /// (p50, p99, max) and errors by code.
+    ///
+    /// Each of N clients posts batches of B events (B = 1: one event per
+    /// request, like phones) as fast as the node acknowledges them, or at
+    /// `--rate` events/s across all clients. A live line on stderr shows
+    /// progress when it is a terminal. Exit 0 when events were
+    /// acknowledged, 1 when none was, 2 when the target cannot be used.
+    Load {
+        /// A community node's base URL, e.g. http://127.0.0.1:7402.
+        #[arg(long, conflicts_with = "tree", requires = "token")]
+        url: Option<String>,
+        /// Its reporter token (also from GRIDSYNC_TOKEN).
+        #[arg(long, env = "GRIDSYNC_TOKEN")]
+        token: Option<String>,
+        /// A provisioned directory (`gridsync provision --out DIR`): post to
+        /// every community in it, clients spread over them.
+        #[arg(long, required_unless_present = "url")]
+        tree: Option<PathBuf>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Events per request (1: single-event posts like phones).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Events per second across all clients (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Stop after this many events (default 100000 without --duration).
+        #[arg(long)]
+        events: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Seed of the event generator (default: random).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a whole simulated district on localhost, dashboard included.
     ///
@@ -240,6 +283,31 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Provision { tree, out, force } => provision(&tree, &out, force),
+        Command::Load {
+            url,
+            token,
+            tree,
+            clients,
+            batch,
+            rate,
+            events,
+            duration,
+            seed,
+            json,
+        } => {
+            return load::run(load::LoadOptions {
+                url,
+                token,
+                tree,
+                clients,
+                batch,
+                rate,
+                events,
+                duration_s: duration,
+                seed,
+                json,
+            })
+        }
         Command::Serve {
             config,
             listen,

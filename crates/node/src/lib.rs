@@ -12,3 +12,4 @@ pub mod node;
 pub mod provision;
 pub mod sync;
 pub mod topology;
+pub mod workload;
