@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::get;
 use axum::{Json, Router};
-use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
-use gridsync_model::{Envelope, EventRecord, VerifiedEvent, ZERO_HASH};
-use gridsync_suite::{get_json, gridsync_bin, post_events, provision, sample_event, Server};
+use gridsync_model::ZERO_HASH;
+use gridsync_suite::{
+    get_json, gridsync_bin, post_events, provision, sample_event, visit_chunk, Server,
+};
 use serde_json::{json, Value};
 
 /// A fake node answering `/v1/status` and `/v1/events` (one page) with
@@ -38,41 +39,17 @@ async fn fake_node(status: Value, events: Arc<Mutex<Vec<Value>>>) -> String {
 }
 
 /// A chain of `n` events of `origin` that links and hashes correctly but
-/// was never signed by the origin.
+/// was never signed by the origin (signed by some other key).
 fn fabricated(origin: &str, n: u64) -> Vec<Value> {
-    let mut prev = ZERO_HASH;
-    (1..=n)
-        .map(|seq| {
-            let data = gridsync_model::canonical::to_canonical(
-                &json!({"household": format!("forged{seq}"), "method": "phone", "quarantine": "none"}),
-            );
-            let bytes = EnvelopeHeader {
-                origin,
-                seq,
-                kind: "visit",
-                schema: 1,
-                occurred_at: OccurredAt {
-                    unix_ms: 1_580_175_000_000,
-                    offset_min: 480,
-                },
-                recorded_at_ms: 1_580_175_000_000,
-                grid: "g",
-                recorded_by: "w",
-                client_id: &format!("forged-{seq}"),
-                prev: &prev,
-                personal_digest: None,
-            }
-            .encode_with_data(&data);
-            prev = event_hash(&bytes);
-            let event = VerifiedEvent {
-                envelope: Envelope::decode(&bytes).unwrap(),
-                hash: prev,
-            };
-            let record = EventRecord {
-                envelope: bytes,
-                personal: None,
-            };
-            serde_json::to_value(gridsync_model::api::event_view(&event, &record, false)).unwrap()
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[66; 32]);
+    let chunk = visit_chunk(origin, &forger, 1, n, ZERO_HASH, "-forged");
+    chunk
+        .decode_events()
+        .unwrap()
+        .iter()
+        .zip(&chunk.events)
+        .map(|(ev, rec)| {
+            serde_json::to_value(gridsync_model::api::event_view(ev, rec, false)).unwrap()
         })
         .collect()
 }

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
-use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
-use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
+use gridsync_model::{Chunk, ZERO_HASH};
 use gridsync_protocol::auth;
 use gridsync_protocol::{Frame, PROTOCOL_VERSION};
-use gridsync_suite::{provision, Server};
+use gridsync_suite::{provision, visit_chunk, Server};
 use serde_bytes::ByteBuf;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -28,52 +27,6 @@ fn key_of(dir: &std::path::Path, id: &str) -> SigningKey {
         &std::fs::read_to_string(dir.join(id).join("node.key")).unwrap(),
     )
     .unwrap()
-}
-
-/// Events `first..=last` of `origin` chained from `prev`, signed by `key`;
-/// `variant` changes their content (for equivocation).
-fn chunk(
-    origin: &str,
-    key: &SigningKey,
-    first: u64,
-    last: u64,
-    prev: Hash32,
-    variant: &str,
-) -> Chunk {
-    let mut prev = prev;
-    let mut events = Vec::new();
-    for seq in first..=last {
-        let data = gridsync_model::canonical::to_canonical(
-            &serde_json::json!({"household": format!("h{seq}{variant}"), "method": "phone", "quarantine": "none"}),
-        );
-        let bytes = EnvelopeHeader {
-            origin,
-            seq,
-            kind: "visit",
-            schema: 1,
-            occurred_at: OccurredAt {
-                unix_ms: 1_580_175_000_000,
-                offset_min: 480,
-            },
-            recorded_at_ms: 1_580_175_000_000,
-            grid: "g",
-            recorded_by: "w",
-            client_id: &format!("k{seq}{variant}"),
-            prev: &prev,
-            personal_digest: None,
-        }
-        .encode_with_data(&data);
-        prev = event_hash(&bytes);
-        events.push(EventRecord {
-            envelope: bytes,
-            personal: None,
-        });
-    }
-    Chunk {
-        origin: origin.into(),
-        events,
-        head: SignedHead::sign(key, origin, last, prev, 1),
-    }
 }
 
 async fn connect(base: &str) -> Ws {
@@ -254,7 +207,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
     );
 
     // The one honest chunk.
-    let honest = chunk("s1-c1", &c1, 1, 3, ZERO_HASH, "");
+    let honest = visit_chunk("s1-c1", &c1, 1, 3, ZERO_HASH, "");
     batch(&base, "s1-c1", &c1, vec![honest.clone()])
         .await
         .unwrap();
@@ -264,7 +217,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
         .unwrap();
 
     // Content.
-    let mut forged = chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
+    let mut forged = visit_chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
     forged.head.signature[10] ^= 1;
     assert_eq!(
         batch(&base, "s1-c1", &c1, vec![forged])
@@ -274,7 +227,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
         Some("bad_signature")
     );
     let other_key = SigningKey::from_bytes(&[42; 32]);
-    let wrong_signer = chunk("s1-c1", &other_key, 4, 5, honest.head.hash, "");
+    let wrong_signer = visit_chunk("s1-c1", &other_key, 4, 5, honest.head.hash, "");
     assert_eq!(
         batch(&base, "s1-c1", &c1, vec![wrong_signer])
             .await
@@ -282,7 +235,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
             .as_deref(),
         Some("bad_signature")
     );
-    let foreign = chunk("s2-c1", &keys("s2-c1"), 1, 2, ZERO_HASH, "");
+    let foreign = visit_chunk("s2-c1", &keys("s2-c1"), 1, 2, ZERO_HASH, "");
     assert_eq!(
         batch(&base, "s1-c1", &c1, vec![foreign])
             .await
@@ -290,16 +243,16 @@ async fn hostile_children_are_refused_and_change_nothing() {
             .as_deref(),
         Some("foreign_origin")
     );
-    let gap = chunk("s1-c1", &c1, 7, 8, [9; 32], "");
+    let gap = visit_chunk("s1-c1", &c1, 7, 8, [9; 32], "");
     assert_eq!(
         batch(&base, "s1-c1", &c1, vec![gap]).await.err().as_deref(),
         Some("gap")
     );
-    let mut tampered = chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
+    let mut tampered = visit_chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
     let n = tampered.events[0].envelope.len();
     tampered.events[0].envelope[n - 3] ^= 1;
     assert!(batch(&base, "s1-c1", &c1, vec![tampered]).await.is_err());
-    let fork = chunk("s1-c1", &c1, 1, 3, ZERO_HASH, "-other");
+    let fork = visit_chunk("s1-c1", &c1, 1, 3, ZERO_HASH, "-other");
     for _ in 0..3 {
         // Offered again and again (a child retrying): one evidence record.
         assert_eq!(
@@ -378,7 +331,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
     let district = Server::start(&tree.nodes["d"].config, &[]);
     let s1 = keys("s1");
     let (mut ws, _) = handshake_with(&district.url, "s1", "d", &s1).await.unwrap();
-    let foreign = chunk("s2-c1", &keys("s2-c1"), 1, 2, ZERO_HASH, "");
+    let foreign = visit_chunk("s2-c1", &keys("s2-c1"), 1, 2, ZERO_HASH, "");
     let f = Frame::Batch {
         id: 1,
         chunks: vec![
@@ -404,7 +357,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let more = chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
+    let more = visit_chunk("s1-c1", &c1, 4, 5, honest.head.hash, "");
     let f = Frame::Batch {
         id: 2,
         chunks: vec![

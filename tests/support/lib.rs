@@ -616,3 +616,51 @@ pub fn set_data_dir(config: &Path, dir: &Path) {
     );
     std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
 }
+
+/// Events `first..=last` of `origin` (visits) chained from `prev`, closed by
+/// a head signed with `key`; `variant` changes their content (for
+/// equivocations and fabricated chains).
+pub fn visit_chunk(
+    origin: &str,
+    key: &ed25519_dalek::SigningKey,
+    first: u64,
+    last: u64,
+    prev: gridsync_model::Hash32,
+    variant: &str,
+) -> gridsync_model::Chunk {
+    use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
+    let mut prev = prev;
+    let mut events = Vec::new();
+    for seq in first..=last {
+        let data = gridsync_model::canonical::to_canonical(&json!({
+            "household": format!("h{seq}{variant}"), "method": "phone", "quarantine": "none"
+        }));
+        let bytes = EnvelopeHeader {
+            origin,
+            seq,
+            kind: "visit",
+            schema: 1,
+            occurred_at: OccurredAt {
+                unix_ms: 1_580_175_000_000,
+                offset_min: 480,
+            },
+            recorded_at_ms: 1_580_175_000_000,
+            grid: "g",
+            recorded_by: "w",
+            client_id: &format!("k{seq}{variant}"),
+            prev: &prev,
+            personal_digest: None,
+        }
+        .encode_with_data(&data);
+        prev = event_hash(&bytes);
+        events.push(gridsync_model::EventRecord {
+            envelope: bytes,
+            personal: None,
+        });
+    }
+    gridsync_model::Chunk {
+        origin: origin.into(),
+        events,
+        head: gridsync_model::SignedHead::sign(key, origin, last, prev, 1),
+    }
+}
