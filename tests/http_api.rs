@@ -319,6 +319,28 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         );
     }
 
+    // Without a valid token the body is never read: the answer comes from
+    // the headers while the client is still "uploading" a large body.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = n.url.trim_start_matches("http://").to_owned();
+        for auth in ["", "Authorization: Bearer gs-reporter-wrong\r\n"] {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"events\": [",
+                4 * 1024 * 1024
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("answered without waiting for the body")
+                .unwrap();
+            let text = String::from_utf8_lossy(&buf[..got]);
+            assert!(text.starts_with("HTTP/1.1 401"), "{auth:?}: {text}");
+        }
+    }
+
     // The mixed batch names the bad event's index.
     let (_, v) = n
         .post_json(&json!({"events": [valid.clone(), with(&["data", "celsius"], json!(99))]}))

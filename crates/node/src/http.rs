@@ -79,6 +79,17 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         )
         .into_response();
     }
+    // A body is read only for a client that may post one: an unknown token
+    // is answered from the headers, before a permit is taken or a byte of
+    // the body read (a stranger cannot make the node buffer megabytes).
+    if req.method() == axum::http::Method::POST && route == "/v1/events" {
+        if let Err(e) = authorize(&state, req.headers(), &[Role::Reporter]) {
+            let resp = e.into_response();
+            metrics::counter!("gridsync_http_requests_total", "node" => state.config.id.clone(), "route" => route, "status" => resp.status().as_u16().to_string())
+                .increment(1);
+            return resp;
+        }
+    }
     let Ok(_permit) = state.http_permits.acquire().await else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
