@@ -387,3 +387,64 @@ async fn hostile_children_are_refused_and_change_nothing() {
     assert_eq!(st["heads"]["s1-c1"]["seq"], 5, "{st}");
     assert!(st["heads"].get("s2-c1").is_none(), "{st}");
 }
+
+/// Sockets that never authenticate hold no connection slot and are dropped
+/// after the handshake deadline (review F8): with one connection slot and
+/// 40 idle unauthenticated sockets open, the real child still connects and
+/// its events arrive; more sockets than `handshakes_max` are refused at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_unauthenticated_sockets_hold_no_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = gridsync_suite::provision_fast(dir.path(), &[("s1", None), ("c1", Some("s1"))]);
+    gridsync_suite::set_sync(
+        &tree.nodes["s1"].config,
+        &[
+            ("connections_max", 1),
+            ("handshakes_max", 50),
+            ("handshake_timeout_ms", 1500),
+        ],
+    );
+    let street = Server::start(&tree.nodes["s1"].config, &[]);
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(connect(&street.url).await);
+    }
+    // Past handshakes_max: refused at the upgrade.
+    let url = format!("{}/v1/sync", street.url.replacen("http://", "ws://", 1));
+    let mut refused = 0;
+    let mut extra = Vec::new();
+    for _ in 0..20 {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((ws, _)) => extra.push(ws),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        refused >= 10,
+        "only {refused} of 20 sockets past the limit were refused"
+    );
+    // The real child connects through all that and replicates.
+    let community = Server::start(&tree.nodes["c1"].config, &[]);
+    let events: Vec<serde_json::Value> = (0..3)
+        .map(|i| gridsync_suite::sample_event(i, &format!("k{i}")))
+        .collect();
+    let (code, body) = gridsync_suite::post_events(
+        &community.url,
+        &tree.nodes["c1"].tokens.reporter,
+        &serde_json::json!({ "events": events }),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    gridsync_suite::wait_heads(&street.url, &tree.nodes["s1"].tokens.viewer, &[("c1", 3)]).await;
+    // The idle sockets are dropped once their handshake time is up.
+    let started = std::time::Instant::now();
+    assert!(
+        recv(&mut idle[0]).await.is_none(),
+        "an idle socket is closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after the handshake deadline, not later"
+    );
+}

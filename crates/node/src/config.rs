@@ -144,6 +144,9 @@ impl NodeConfig {
                 path.display()
             )));
         }
+        c.sync
+            .check()
+            .map_err(|m| ConfigError(format!("config {}: [sync] {m}", path.display())))?;
         Ok(c)
     }
 }

@@ -191,7 +191,7 @@ fn open_node_with(
         future_skew_ms: l.future_skew_s.saturating_mul(1000),
     };
     let http_permits = tokio::sync::Semaphore::new(l.http_concurrency_max);
-    let sync = crate::sync::SyncState::new(&config.sync);
+    let sync = crate::sync::SyncState::new(&config.sync, topology.children(&config.id).len());
     let mut pcfg = gridsync_projections::ProjectionConfig::new(&topology.timezone)
         .map_err(|e| StartError(format!("topology timezone: {e}")))?;
     pcfg.fever_celsius = config.projections.fever_celsius;

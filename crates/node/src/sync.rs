@@ -50,8 +50,14 @@ pub struct SyncSettings {
     pub ack_timeout_ms: i64,
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
-    /// Concurrent sync connections this node accepts.
+    /// Authenticated sync connections this node keeps at once (at least
+    /// the number of its children in the topology, whatever is set here).
     pub connections_max: usize,
+    /// Sockets still in the handshake at once; they hold no connection
+    /// slot, and are dropped after `handshake_timeout_ms`.
+    pub handshakes_max: usize,
+    /// How long an unauthenticated socket may take to prove its key.
+    pub handshake_timeout_ms: i64,
 }
 
 impl Default for SyncSettings {
@@ -67,7 +73,46 @@ impl Default for SyncSettings {
             reconnect_min_ms: 200,
             reconnect_max_ms: 30_000,
             connections_max: 64,
+            handshakes_max: 256,
+            handshake_timeout_ms: 5_000,
         }
+    }
+}
+
+impl SyncSettings {
+    /// Settings that would make links fail for ever are refused at start
+    /// (review F24).
+    ///
+    /// # Errors
+    /// What is wrong and how to fix it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.window_batches == 0 || self.connections_max == 0 || self.handshakes_max == 0 {
+            return Err(
+                "window_batches, connections_max and handshakes_max must be at least 1".into(),
+            );
+        }
+        if self.batch_bytes_max + 64 * 1024 > self.frame_bytes_max {
+            return Err(format!(
+                "batch_bytes_max ({}) must leave 64 KiB of room below frame_bytes_max ({}), or every batch is refused",
+                self.batch_bytes_max, self.frame_bytes_max
+            ));
+        }
+        if self.heartbeat_ms <= 0 || self.heartbeat_ms >= self.idle_timeout_ms {
+            return Err(format!(
+                "heartbeat_ms ({}) must be positive and below idle_timeout_ms ({}), or links flap",
+                self.heartbeat_ms, self.idle_timeout_ms
+            ));
+        }
+        if self.handshake_timeout_ms <= 0
+            || self.ack_timeout_ms <= 0
+            || self.reconnect_min_ms == 0
+            || self.reconnect_min_ms > self.reconnect_max_ms
+        {
+            return Err(
+                "timeouts must be positive and reconnect_min_ms at most reconnect_max_ms".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -103,7 +148,10 @@ pub struct BlockedOrigin {
 pub struct SyncState {
     pub children: Mutex<BTreeMap<String, ChildLink>>,
     pub parent: Mutex<ParentLink>,
+    /// Authenticated connections.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// Sockets in the handshake (unauthenticated).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
     next_session: std::sync::atomic::AtomicU64,
     /// Set to true when the node shuts down: every sync session ends.
     pub stop: watch::Sender<bool>,
@@ -113,11 +161,16 @@ pub struct SyncState {
 }
 
 impl SyncState {
-    pub fn new(settings: &SyncSettings) -> Self {
+    /// `children`: how many children the topology gives this node (each
+    /// always has a connection slot).
+    pub fn new(settings: &SyncSettings, children: usize) -> Self {
         Self {
             children: Mutex::new(BTreeMap::new()),
             parent: Mutex::new(ParentLink::default()),
-            permits: Arc::new(tokio::sync::Semaphore::new(settings.connections_max)),
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                settings.connections_max.max(children),
+            )),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(settings.handshakes_max)),
             next_session: std::sync::atomic::AtomicU64::new(1),
             stop: watch::channel(false).0,
             paused: watch::channel(false).0,
@@ -214,11 +267,14 @@ fn random_nonce() -> [u8; 32] {
 
 /// `GET /v1/sync`: a child's replication connection.
 pub async fn sync_endpoint(State(state): State<Arc<NodeState>>, ws: WebSocketUpgrade) -> Response {
-    let Ok(permit) = state.sync.permits.clone().try_acquire_owned() else {
+    // An unauthenticated socket holds only a handshake slot, for at most
+    // handshake_timeout_ms; a connection slot is taken once the child has
+    // proved its key.
+    let Ok(permit) = state.sync.handshakes.clone().try_acquire_owned() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "this node has as many sync connections as it accepts; retry later",
+            "too_many_handshakes",
+            "this node has as many sync handshakes in progress as it accepts; retry later",
         )
         .into_response();
     };
@@ -227,10 +283,7 @@ pub async fn sync_endpoint(State(state): State<Arc<NodeState>>, ws: WebSocketUpg
         .max_frame_size(s.frame_bytes_max)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(s.write_buffer_bytes_max)
-        .on_upgrade(move |socket| async move {
-            parent_session(state, socket).await;
-            drop(permit);
-        })
+        .on_upgrade(move |socket| parent_session(state, socket, permit))
 }
 
 fn parent_cfg(state: &NodeState) -> ParentConfig {
@@ -246,7 +299,13 @@ fn parent_cfg(state: &NodeState) -> ParentConfig {
 
 type PendingImport = (u64, oneshot::Receiver<Result<u64, StoreError>>);
 
-async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
+async fn parent_session(
+    state: Arc<NodeState>,
+    mut socket: WebSocket,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut handshake = Some(handshake);
+    let mut connection: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let node = state.config.id.clone();
     let session_id = state
         .sync
@@ -258,7 +317,7 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let opened = tokio::time::Instant::now();
     let handshake_deadline =
-        Duration::from_millis(state.config.sync.ack_timeout_ms.max(1000) as u64);
+        Duration::from_millis(state.config.sync.handshake_timeout_ms.max(100) as u64);
     let mut child: Option<String> = None;
     let mut stop = state.sync.stop.subscribe();
     let reason: String = 'session: loop {
@@ -310,6 +369,24 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
         };
         if child.is_none() {
             if let Some(c) = session.child() {
+                // Authenticated: trade the handshake slot for a connection
+                // slot (before the welcome goes out).
+                match state.sync.permits.clone().try_acquire_owned() {
+                    Ok(p) => {
+                        connection = Some(p);
+                        drop(handshake.take());
+                    }
+                    Err(_) => {
+                        let f = Frame::Refused {
+                            code: "too_many_connections".into(),
+                            message:
+                                "this node has as many sync connections as it accepts; retry later"
+                                    .into(),
+                        };
+                        let _ = socket.send(Message::Binary(f.encode().into())).await;
+                        break 'session "no connection slot left".into();
+                    }
+                }
                 child = Some(c.to_owned());
                 let mut children = state.sync.children.lock().expect("lock");
                 let link = children.entry(c.to_owned()).or_default();
@@ -375,6 +452,7 @@ async fn parent_session(state: Arc<NodeState>, mut socket: WebSocket) {
         }
     };
     let _ = socket.send(Message::Close(None)).await;
+    drop((handshake, connection));
     if let Some(c) = &child {
         let mut children = state.sync.children.lock().expect("lock");
         if let Some(link) = children.get_mut(c) {
