@@ -86,6 +86,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate or revoke a node's access tokens.
+    ///
+    /// Edits the node's config.toml (which holds only hashes) and records
+    /// the new plaintext token (or the revocation) in tokens.toml beside it.
+    /// The node reads its tokens at start: restart it to apply.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Run a whole simulated district on localhost, dashboard included.
     ///
     /// Laoshan (崂山区) with its five streets (金家岭, 中韩, 沙子口, 王哥庄,
@@ -174,6 +183,34 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Give a role a new token; its older tokens stop working.
+    Rotate {
+        /// The node's config.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// reporter, viewer, auditor or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: gridsync_node::auth::Role,
+    },
+    /// Remove every token of a role.
+    Revoke {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_parser = parse_role)]
+        role: gridsync_node::auth::Role,
+    },
+}
+
+fn parse_role(s: &str) -> Result<gridsync_node::auth::Role, String> {
+    use gridsync_node::auth::Role;
+    Role::ALL
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is not a role: use reporter, viewer, auditor or admin"))
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Verify every chain, signature, the heads table and the index of a
     /// node's data, reporting every problem with its origin and seq.
@@ -214,8 +251,9 @@ enum AuditCommand {
         /// A running node's base URL, e.g. http://127.0.0.1:7401.
         #[arg(long, conflicts_with = "data", requires = "token")]
         url: Option<String>,
-        /// Auditor token for `--url`.
-        #[arg(long)]
+        /// Auditor token for `--url` (also from GRIDSYNC_TOKEN, which keeps
+        /// it out of the process list).
+        #[arg(long, env = "GRIDSYNC_TOKEN")]
         token: Option<String>,
         /// Only this origin.
         #[arg(long)]
@@ -283,6 +321,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Provision { tree, out, force } => provision(&tree, &out, force),
+        Command::Token { command } => token(command),
         Command::Load {
             url,
             token,
@@ -404,6 +443,29 @@ fn serve(
         tracing::info!("stopped cleanly");
         Ok(())
     })
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Rotate { config, role } => {
+            let t = gridsync_node::provision::rotate_token(&config, role)?;
+            println!("{t}");
+            eprintln!(
+                "new {} token written to {} (hash) and tokens.toml; restart the node to apply",
+                role.as_str(),
+                config.display()
+            );
+        }
+        TokenCommand::Revoke { config, role } => {
+            let n = gridsync_node::provision::revoke_tokens(&config, role)?;
+            eprintln!(
+                "revoked {n} {} token(s) in {}; restart the node to apply",
+                role.as_str(),
+                config.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn rebuild(

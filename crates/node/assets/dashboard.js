@@ -27,6 +27,12 @@
   const $ = (id) => document.getElementById(id);
   const fmt = (n) => (n === undefined || n === null ? "–" : String(n));
   let token = params.get("token") || sessionStorage.getItem("gridsync-token") || "";
+  if (params.has("token")) {
+    // Keep the token for this tab, and out of the address bar and history.
+    sessionStorage.setItem("gridsync-token", token);
+    params.delete("token");
+    history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params.toString() : ""));
+  }
   let node = params.get("node") || "";
   let days = Number(params.get("days") || 14);
   let charts = [];

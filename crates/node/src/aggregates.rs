@@ -179,7 +179,8 @@ pub struct AggregatesQuery {
     pub depth: Option<u8>,
     /// Without `from`: the last `days` days up to `to` (default 1).
     pub days: Option<i32>,
-    /// Accepted here so links and EventSource can carry the viewer token.
+    /// Only `/v1/aggregates/stream` takes it (EventSource cannot set a
+    /// header); elsewhere it is refused.
     pub token: Option<String>,
 }
 
@@ -407,12 +408,15 @@ pub async fn get_aggregates(
     query: Result<Query<AggregatesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AggregatesResponse>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    crate::http::authorize_with(
-        &state,
-        &headers,
-        q.token.as_deref(),
-        &[Role::Viewer, Role::Auditor],
-    )?;
+    if q.token.is_some() {
+        // A token in a URL lands in histories, proxies and logs: only the
+        // stream takes one (EventSource cannot set a header).
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "send the token as `Authorization: Bearer <token>`; only /v1/aggregates/stream (for EventSource) takes ?token=",
+        ));
+    }
+    crate::http::authorize_with(&state, &headers, None, &[Role::Viewer, Role::Auditor])?;
     Ok(Json(aggregates(&state, &q)?))
 }
 

@@ -53,9 +53,20 @@ pub fn generate_token(role: Role, rng: &mut impl rand::RngCore) -> String {
     format!("gs-{}-{}", role.as_str(), hex::encode(b))
 }
 
-/// Looks up the role of a presented token (constant-time comparison of
-/// digests is unnecessary: the digest of a guess reveals nothing useful).
+/// Looks up the role of a presented token. Digests are compared as
+/// `blake3::Hash` values, whose equality is constant-time, and every entry
+/// is compared (no early exit that would time which one matched).
 pub fn role_of(tokens: &[TokenEntry], presented: &str) -> Option<Role> {
-    let h = hash_token(presented);
-    tokens.iter().find(|t| t.hash == h).map(|t| t.role)
+    let h = blake3::hash(presented.as_bytes());
+    let mut found = None;
+    for t in tokens {
+        let stored = t
+            .hash
+            .strip_prefix("blake3:")
+            .and_then(|hex| blake3::Hash::from_hex(hex).ok());
+        if stored.is_some_and(|s| s == h) && found.is_none() {
+            found = Some(t.role);
+        }
+    }
+    found
 }

@@ -281,6 +281,90 @@ pub fn provision_nodes(
     Topology::from_file(file).map_err(|e| ProvisionError(e.0))
 }
 
+/// Replaces a config file atomically (write beside it, fsync, rename).
+fn replace_file(path: &Path, contents: &str) -> Result<(), ProvisionError> {
+    let tmp = path.with_extension("toml.new");
+    write_file(&tmp, contents, true)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| ProvisionError(format!("cannot replace {}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Edits the `[[token]]` entries of a node config: drops every token of
+/// `role` and, with `new_token`, adds it; records the plaintext (or the
+/// revocation) in `tokens.toml` beside the config. The node reads its
+/// tokens at start: restart it to apply. Returns how many were dropped.
+fn edit_tokens(
+    config: &Path,
+    role: Role,
+    new_token: Option<&str>,
+) -> Result<usize, ProvisionError> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| ProvisionError(format!("cannot read {}: {e}", config.display())))?;
+    let mut table: toml::Table = toml::from_str(&text)
+        .map_err(|e| ProvisionError(format!("{} is not a node config: {e}", config.display())))?;
+    let entries: Vec<TokenEntry> = table
+        .get("token")
+        .cloned()
+        .map(|v| v.try_into())
+        .transpose()
+        .map_err(|e| ProvisionError(format!("{}: [[token]]: {e}", config.display())))?
+        .unwrap_or_default();
+    let before = entries.len();
+    let mut kept: Vec<TokenEntry> = entries.into_iter().filter(|t| t.role != role).collect();
+    let dropped = before - kept.len();
+    if let Some(t) = new_token {
+        kept.push(TokenEntry {
+            role,
+            hash: hash_token(t),
+        });
+    }
+    table.insert(
+        "token".into(),
+        toml::Value::try_from(&kept).map_err(|e| ProvisionError(e.to_string()))?,
+    );
+    let out = toml::to_string(&table).map_err(|e| ProvisionError(e.to_string()))?;
+    replace_file(config, &out)?;
+    let tokens_path = config.with_file_name("tokens.toml");
+    if let Ok(text) = std::fs::read_to_string(&tokens_path) {
+        if let Ok(mut tokens) = toml::from_str::<toml::Table>(&text) {
+            let value =
+                new_token.map_or_else(|| "(revoked)".to_owned(), std::borrow::ToOwned::to_owned);
+            tokens.insert(role.as_str().into(), toml::Value::String(value));
+            let body = toml::to_string(&tokens).map_err(|e| ProvisionError(e.to_string()))?;
+            replace_file(
+                &tokens_path,
+                &format!("# Plaintext tokens of this node; the node stores only hashes.\n{body}"),
+            )?;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Gives `role` a new token (every older token of that role stops working
+/// once the node restarts). Returns the new token.
+///
+/// # Errors
+/// The config cannot be read or written.
+pub fn rotate_token(config: &Path, role: Role) -> Result<String, ProvisionError> {
+    let token = generate_token(role, &mut rand::rngs::OsRng);
+    edit_tokens(config, role, Some(&token))?;
+    Ok(token)
+}
+
+/// Removes every token of `role`. Returns how many there were.
+///
+/// # Errors
+/// The config cannot be read or written.
+pub fn revoke_tokens(config: &Path, role: Role) -> Result<usize, ProvisionError> {
+    edit_tokens(config, role, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
