@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
         name: "c1".into(),
         parent: None,
         listen: "127.0.0.1:1".into(),
+        public_key: None,
     }];
     provision_nodes("Asia/Shanghai", &nodes, dir.path(), false).unwrap();
     let config =

@@ -91,6 +91,7 @@ fn main() {
         name: (*id).into(),
         parent: p.map(Into::into),
         listen: format!("127.0.0.1:{}", free_port()),
+        public_key: None,
     })
     .collect();
     provision_nodes("Asia/Shanghai", &plan, dir.path(), false).unwrap();

@@ -86,6 +86,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this machine's node key, so no other machine ever holds it.
+    ///
+    /// Writes `DIR/node.key` (mode 0600) and prints the line to put under
+    /// the node's `[[node]]` in the tree file (`public_key = "…"`); then
+    /// `gridsync provision` writes no private key for that node. Put the
+    /// node's provisioned `config.toml` and `tokens.toml` into DIR, and
+    /// `topology.toml` into DIR's parent.
+    Init {
+        /// The node's id, as in the tree file.
+        #[arg(long)]
+        id: String,
+        /// Where the key goes (default: the current directory).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Replace an existing key (only for a node that never served).
+        #[arg(long)]
+        force: bool,
+    },
     /// Rotate or revoke a node's access tokens.
     ///
     /// Edits the node's config.toml (which holds only hashes) and records
@@ -322,6 +340,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Provision { tree, out, force } => provision(&tree, &out, force),
         Command::Token { command } => token(command),
+        Command::Init { id, out, force } => gridsync_node::provision::init_key(&id, &out, force)
+            .map(|public_key| {
+                eprintln!(
+                    "wrote {}; put this line under node {id:?} in the tree file:",
+                    out.join("node.key").display()
+                );
+                println!("public_key = \"{public_key}\"");
+            })
+            .map_err(anyhow::Error::from),
         Command::Load {
             url,
             token,

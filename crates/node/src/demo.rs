@@ -115,6 +115,7 @@ pub async fn run_demo(
             name: name.clone(),
             parent: parent.clone(),
             listen: local.to_string(),
+            public_key: None,
         });
         listeners.insert(id.clone(), l);
     }

@@ -27,6 +27,10 @@ struct TreeNode {
     #[serde(default)]
     parent: Option<Spanned<String>>,
     listen: Spanned<String>,
+    /// The node's public key, from `gridsync init` on its own machine:
+    /// then no private key is made here.
+    #[serde(default)]
+    public_key: Option<Spanned<String>>,
 }
 
 /// Plaintext tokens of one node, written to `<id>/tokens.toml`.
@@ -57,6 +61,9 @@ pub struct PlannedNode {
     pub name: String,
     pub parent: Option<String>,
     pub listen: String,
+    /// Born on the node's own machine (`gridsync init`): provision writes no
+    /// private key for it.
+    pub public_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 /// Parses and validates a tree file's text. Errors name the line at fault.
@@ -95,6 +102,14 @@ pub fn parse_tree(text: &str, file: &str) -> Result<(String, Vec<PlannedNode>), 
                 "{}: listen address {listen:?} is used twice",
                 at(n.listen.span())
             )));
+        }
+        if let Some(k) = &n.public_key {
+            gridsync_model::keys::verifying_key_from_hex(k.get_ref()).map_err(|e| {
+                ProvisionError(format!(
+                    "{}: public_key of {id:?}: {e} (copy the line `gridsync init` printed)",
+                    at(k.span())
+                ))
+            })?;
         }
     }
     let parent_of: BTreeMap<&str, Option<&Spanned<String>>> = tree
@@ -145,6 +160,9 @@ pub fn parse_tree(text: &str, file: &str) -> Result<(String, Vec<PlannedNode>), 
             name: n.name,
             parent: n.parent.map(Spanned::into_inner),
             listen: n.listen.into_inner(),
+            public_key: n
+                .public_key
+                .and_then(|k| gridsync_model::keys::verifying_key_from_hex(k.get_ref()).ok()),
         })
         .collect();
     Ok((tree.timezone, nodes))
@@ -205,12 +223,34 @@ pub fn provision_nodes(
         let dir = out.join(&n.id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ProvisionError(format!("cannot create {}: {e}", dir.display())))?;
-        let key = gridsync_model::keys::generate(&mut rng);
-        write_file(
-            &dir.join("node.key"),
-            &(gridsync_model::keys::signing_key_to_hex(&key) + "\n"),
-            true,
-        )?;
+        let public_key = match n.public_key {
+            // Born on its own machine: no private key is made (or kept) here.
+            Some(k) => {
+                // A key already here (init run into this directory) must be
+                // the one the tree names.
+                let existing = std::fs::read_to_string(dir.join("node.key"))
+                    .ok()
+                    .and_then(|t| gridsync_model::keys::signing_key_from_hex(&t).ok());
+                if existing.is_some_and(|e| e.verifying_key() != k) {
+                    return Err(ProvisionError(format!(
+                        "{}/node.key does not match the public_key the tree gives {:?}; \
+                         fix the tree (copy what `gridsync init` printed) or move that key away",
+                        dir.display(),
+                        n.id
+                    )));
+                }
+                k
+            }
+            None => {
+                let key = gridsync_model::keys::generate(&mut rng);
+                write_file(
+                    &dir.join("node.key"),
+                    &(gridsync_model::keys::signing_key_to_hex(&key) + "\n"),
+                    true,
+                )?;
+                key.verifying_key()
+            }
+        };
         let tokens = TokensFile {
             reporter: generate_token(Role::Reporter, &mut rng),
             viewer: generate_token(Role::Viewer, &mut rng),
@@ -266,7 +306,7 @@ pub fn provision_nodes(
             name: n.name.clone(),
             parent: n.parent.clone(),
             url: format!("http://{}", n.listen),
-            public_key: gridsync_model::keys::verifying_key_to_hex(&key.verifying_key()),
+            public_key: gridsync_model::keys::verifying_key_to_hex(&public_key),
         });
     }
     let file = TopologyFile {
@@ -363,6 +403,39 @@ pub fn rotate_token(config: &Path, role: Role) -> Result<String, ProvisionError>
 /// The config cannot be read or written.
 pub fn revoke_tokens(config: &Path, role: Role) -> Result<usize, ProvisionError> {
     edit_tokens(config, role, None)
+}
+
+/// `gridsync init`: makes this machine's node key in `dir/node.key` (mode
+/// 0600) and returns the public key, to be put in the tree file. Refuses to
+/// replace an existing key unless `force` (its log would no longer verify).
+///
+/// # Errors
+/// An existing key without `force`, or I/O problems.
+pub fn init_key(id: &str, dir: &Path, force: bool) -> Result<String, ProvisionError> {
+    gridsync_model::ids::check_node_id(id).map_err(|e| ProvisionError(format!("--id: {e}")))?;
+    let path = dir.join("node.key");
+    if path.exists() && !force {
+        return Err(ProvisionError(format!(
+            "{} already exists; a new key would make this node's log unverifiable. \
+             Keep it, or pass --force if the node has never served",
+            path.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ProvisionError(format!("cannot create {}: {e}", dir.display())))?;
+    if path.exists() {
+        std::fs::remove_file(&path)
+            .map_err(|e| ProvisionError(format!("cannot replace {}: {e}", path.display())))?;
+    }
+    let key = gridsync_model::keys::generate(&mut rand::rngs::OsRng);
+    write_file(
+        &path,
+        &(gridsync_model::keys::signing_key_to_hex(&key) + "\n"),
+        true,
+    )?;
+    Ok(gridsync_model::keys::verifying_key_to_hex(
+        &key.verifying_key(),
+    ))
 }
 
 #[cfg(test)]
