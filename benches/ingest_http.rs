@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
         parent: None,
         listen: "127.0.0.1:1".into(),
         public_key: None,
+        forward_personal: false,
     }];
     provision_nodes("Asia/Shanghai", &nodes, dir.path(), false).unwrap();
     let config =

@@ -92,6 +92,7 @@ fn main() {
         parent: p.map(Into::into),
         listen: format!("127.0.0.1:{}", free_port()),
         public_key: None,
+        forward_personal: false,
     })
     .collect();
     provision_nodes("Asia/Shanghai", &plan, dir.path(), false).unwrap();

@@ -115,6 +115,10 @@ pub enum PersonalState {
     /// The event has personal fields, not shown (withheld by this node or
     /// not held by it); `personal_digest` still lets the event verify.
     Withheld,
+    /// Asked for with `personal=include`, but this node does not hold them:
+    /// they stay at the community that recorded the event (its parent and
+    /// above get only the digest).
+    HeldAtOrigin,
 }
 
 /// One stored event as served by `GET /v1/events`.
@@ -301,6 +305,7 @@ pub fn event_view(
             }
             Err(_) => PersonalState::Withheld,
         },
+        (Some(_), None) if include_personal => PersonalState::HeldAtOrigin,
         (Some(_), _) => PersonalState::Withheld,
     };
     EventView {

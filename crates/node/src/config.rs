@@ -33,6 +33,20 @@ pub struct NodeConfig {
     pub sync: crate::sync::SyncSettings,
     #[serde(default)]
     pub projections: ProjectionSettings,
+    #[serde(default)]
+    pub privacy: PrivacySettings,
+}
+
+/// What personal data (names, ID numbers, phones, plates, notes) leaves
+/// this node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySettings {
+    /// Send events' personal parts to the parent. Off by default: they stay
+    /// at the community that recorded them; the parent stores and forwards
+    /// each event with the salted digest of its personal part, so chains
+    /// and signatures still verify at every level.
+    pub forward_personal: bool,
 }
 
 /// What the metrics count as a fever and as a flagged region.

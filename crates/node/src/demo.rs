@@ -116,6 +116,7 @@ pub async fn run_demo(
             parent: parent.clone(),
             listen: local.to_string(),
             public_key: None,
+            forward_personal: false,
         });
         listeners.insert(id.clone(), l);
     }

@@ -31,6 +31,10 @@ struct TreeNode {
     /// then no private key is made here.
     #[serde(default)]
     public_key: Option<Spanned<String>>,
+    /// Send personal parts of events up to this node's parent (default:
+    /// they stay at the community).
+    #[serde(default)]
+    forward_personal: bool,
 }
 
 /// Plaintext tokens of one node, written to `<id>/tokens.toml`.
@@ -64,6 +68,8 @@ pub struct PlannedNode {
     /// Born on the node's own machine (`gridsync init`): provision writes no
     /// private key for it.
     pub public_key: Option<ed25519_dalek::VerifyingKey>,
+    /// `privacy.forward_personal` of its config.
+    pub forward_personal: bool,
 }
 
 /// Parses and validates a tree file's text. Errors name the line at fault.
@@ -163,6 +169,7 @@ pub fn parse_tree(text: &str, file: &str) -> Result<(String, Vec<PlannedNode>), 
             public_key: n
                 .public_key
                 .and_then(|k| gridsync_model::keys::verifying_key_from_hex(k.get_ref()).ok()),
+            forward_personal: n.forward_personal,
         })
         .collect();
     Ok((tree.timezone, nodes))
@@ -293,6 +300,9 @@ pub fn provision_nodes(
             store: StoreSettings::default(),
             sync: crate::sync::SyncSettings::default(),
             projections: crate::config::ProjectionSettings::default(),
+            privacy: crate::config::PrivacySettings {
+                forward_personal: n.forward_personal,
+            },
         };
         let config_text = format!(
             "# gridsync node {:?} ({}). Relative paths are relative to this file.\n{}",

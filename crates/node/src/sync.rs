@@ -516,6 +516,7 @@ fn child_cfg(state: &NodeState, parent: &str, parent_key: VerifyingKey) -> Child
         heartbeat_ms: s.heartbeat_ms,
         idle_timeout_ms: s.idle_timeout_ms,
         ack_timeout_ms: s.ack_timeout_ms,
+        forward_personal: state.config.privacy.forward_personal,
         bug_resume_from_memory: false,
     }
 }

@@ -44,6 +44,10 @@ pub struct ChildConfig {
     /// waited this long for its answer (a lost frame would otherwise stall
     /// the window while heartbeats keep the link looking alive).
     pub ack_timeout_ms: i64,
+    /// Send events' personal parts to the parent (otherwise each event goes
+    /// with the salted digest of its personal part only, which still
+    /// verifies).
+    pub forward_personal: bool,
     /// Planted bug for the simulator's negative control: resume from what
     /// this child remembers having sent instead of the parent's heads.
     pub bug_resume_from_memory: bool,
@@ -660,6 +664,12 @@ impl ChildSession {
                     };
                     if c.first_seq() != last + 1 || c.last_seq() > *head {
                         break; // a hole in the local log, or past the head
+                    }
+                    let mut c = c;
+                    if !self.cfg.forward_personal {
+                        for e in &mut c.events {
+                            e.personal = None;
+                        }
                     }
                     let enc = c.encode();
                     bytes += enc.len();

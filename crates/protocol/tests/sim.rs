@@ -469,6 +469,7 @@ impl<'t> Sim<'t> {
             heartbeat_ms: 200,
             idle_timeout_ms: 1_000,
             ack_timeout_ms: 600,
+            forward_personal: false,
             bug_resume_from_memory: self.bugs.resume_from_memory,
         }
     }

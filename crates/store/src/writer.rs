@@ -765,7 +765,7 @@ impl Writer {
                 },
             };
             if let Some((s, h, fp)) = existing {
-                if fp != ev.fingerprint {
+                if fp != ev.fingerprint && fp != UNKNOWN_FINGERPRINT {
                     return Err(AppendError::ClientIdReused {
                         index,
                         client_id: ev.client_id,
@@ -862,11 +862,21 @@ impl Writer {
     }
 }
 
+/// The fingerprint recorded for an event whose personal part this node got
+/// back without (a retry with its client id is taken as a duplicate).
+const UNKNOWN_FINGERPRINT: Hash32 = [0xff; 32];
+
 /// The client-id index entry of a stored event of this origin:
 /// `(client_id, seq ‖ hash ‖ content fingerprint)`.
 fn client_entry(rec: &EventRecord) -> Result<(String, [u8; 72]), String> {
     let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
-    let fp = gridsync_model::ingest::stored_fingerprint(&env, rec.personal.as_ref());
+    let fp = if env.personal_digest.is_some() && rec.personal.is_none() {
+        // Pulled back from a parent that never held the personal part: the
+        // content cannot be compared, only the client id.
+        UNKNOWN_FINGERPRINT
+    } else {
+        gridsync_model::ingest::stored_fingerprint(&env, rec.personal.as_ref())
+    };
     let mut v = [0u8; 72];
     v[..8].copy_from_slice(&env.seq.to_be_bytes());
     v[8..40].copy_from_slice(&event_hash(&rec.envelope));
