@@ -63,7 +63,9 @@ async fn run(cycles: usize, unsafe_ack: bool, seed: u64) -> usize {
                 a.remove(l.split(' ').next().unwrap());
             }
         }
-        if cycle == cycles {
+        if cycle == cycles || (unsafe_ack && lost_total > 0) {
+            // The control stops at its first loss: a kill lands between the
+            // early ack and the write with some probability per cycle.
             break;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -87,9 +89,9 @@ async fn run(cycles: usize, unsafe_ack: bool, seed: u64) -> usize {
         }
     }
     let n_acked = acked.lock().unwrap().len();
-    eprintln!("crash run (unsafe_ack={unsafe_ack}, seed {seed}): {cycles} kills, {n_acked} events acknowledged, {lost_total} lost");
+    eprintln!("crash run (unsafe_ack={unsafe_ack}, seed {seed}): up to {cycles} kills, {n_acked} events acknowledged, {lost_total} lost");
     assert!(
-        n_acked > cycles,
+        unsafe_ack || n_acked > cycles,
         "the load produced too few acknowledged events to mean anything"
     );
     lost_total
@@ -118,7 +120,7 @@ async fn acknowledged_events_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_ack_before_durable_loses_events() {
     let seed = seed();
-    let lost = run(12, true, seed).await;
+    let lost = run(60, true, seed).await;
     assert!(
         lost > 0,
         "seed {seed}: acking before durability lost nothing; the crash test would not detect it"

@@ -88,6 +88,14 @@ pub struct Limits {
     pub page_events_max: usize,
     /// Seconds a request may take before it is answered 408.
     pub request_timeout_s: u64,
+    /// Seconds a client may take to send a request's headers (and an idle
+    /// kept-alive connection may wait for the next request) before the
+    /// connection is closed: slow-header clients hold nothing for long.
+    pub header_read_timeout_s: u64,
+    /// HTTP connections open at once (more are closed on accept).
+    pub connections_max: usize,
+    /// HTTP connections open at once from one IP address.
+    pub connections_per_ip_max: usize,
 }
 
 impl Default for Limits {
@@ -100,6 +108,9 @@ impl Default for Limits {
             http_concurrency_max: 512,
             page_events_max: 1000,
             request_timeout_s: 60,
+            header_read_timeout_s: 10,
+            connections_max: 4096,
+            connections_per_ip_max: 512,
         }
     }
 }
@@ -152,6 +163,9 @@ impl NodeConfig {
         if c.limits.batch_events_max == 0
             || c.limits.page_events_max == 0
             || c.limits.http_concurrency_max == 0
+            || c.limits.header_read_timeout_s == 0
+            || c.limits.connections_max == 0
+            || c.limits.connections_per_ip_max == 0
         {
             return Err(ConfigError(format!(
                 "config {}: limits must be at least 1",

@@ -1,7 +1,6 @@
 //! A running node: its state, and `serve` (open, bind, serve, shut down).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use gridsync_model::ingest::IngestLimits;
@@ -220,6 +219,106 @@ fn open_node_with(
     Ok((state, rebuild_time))
 }
 
+/// Connections from one IP address, released when a connection ends.
+struct IpSlot {
+    ip: std::net::IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.open.lock().expect("lock");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The HTTP accept loop (instead of `axum::serve`, which sets no
+/// header-read timeout): caps connections in all and per IP, closes a
+/// connection whose client is slow to send headers (or idles between
+/// requests) after `header_read_timeout_s`, and on `shutdown` stops the
+/// sync sessions, then lets in-flight requests finish.
+async fn serve_http(
+    state: &Arc<NodeState>,
+    app: axum::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop_sync: &tokio::sync::watch::Sender<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let l = &state.config.limits;
+    let header_timeout = std::time::Duration::from_secs(l.header_read_timeout_s);
+    let conns = Arc::new(tokio::sync::Semaphore::new(l.connections_max));
+    let per_ip_max = l.connections_per_ip_max;
+    let open = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let node = state.config.id.clone();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            metrics::counter!("gridsync_http_connections_refused_total", "node" => node.clone(), "why" => "total").increment(1);
+            continue;
+        };
+        let slot = {
+            let mut m = open.lock().expect("lock");
+            let n = m.entry(addr.ip()).or_insert(0);
+            if *n >= per_ip_max {
+                drop(m);
+                metrics::counter!("gridsync_http_connections_refused_total", "node" => node.clone(), "why" => "per_ip").increment(1);
+                continue;
+            }
+            *n += 1;
+            IpSlot {
+                ip: addr.ip(),
+                open: open.clone(),
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closing = closing_rx.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = closing.changed() => conn.as_mut().graceful_shutdown(),
+                }
+            }
+            drop((permit, slot, done));
+        });
+    }
+    // Stop replicating first, so websocket sessions end, then let the
+    // requests in flight finish.
+    let _ = stop_sync.send(true);
+    let _ = closing_tx.send(true);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves, then finishes
 /// in-flight requests (and so in-flight commits) and closes the store.
 ///
@@ -240,19 +339,7 @@ pub async fn serve(
         state.sync.stop.subscribe(),
     ));
     let stop_tx = state.sync.stop.clone();
-    let stop_sync = stop_tx.clone();
-    let shutdown = async move {
-        shutdown.await;
-        // Stop replicating first, so websocket sessions end and the HTTP
-        // server's graceful shutdown is not held open by them.
-        let _ = stop_sync.send(true);
-    };
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    serve_http(&state, app, listener, shutdown, &stop_tx).await;
     let _ = stop_tx.send(true);
     let _ = upstream.await;
     let _ = projector.await;
