@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
                 node_id: "c1".into(),
                 key,
             }),
-            Arc::new(move |_: &str| Some(vk)),
+            Arc::new(move |_: &str, _: u64| Some(vk)),
         )
         .unwrap()
     };

@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
         public_key: None,
         forward_personal: false,
     }];
-    provision_nodes("Asia/Shanghai", &nodes, dir.path(), false).unwrap();
+    provision_nodes("Asia/Shanghai", &nodes, dir.path(), Default::default()).unwrap();
     let config =
         gridsync_node::config::NodeConfig::load(&dir.path().join("c1/config.toml")).unwrap();
     let tokens: toml::Table =
@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
                             let url = url.clone();
                             let token = token.clone();
                             tasks.push(tokio::spawn(async move {
-                                let http = reqwest::Client::new();
+                                let http = gridsync_suite::http_client();
                                 for b in mine {
                                     let r = http
                                         .post(&url)

@@ -41,7 +41,7 @@ fn main() {
         kv.clone(),
         StoreConfig::default(),
         None,
-        Arc::new(move |o: &str| origins.iter().position(|x| *x == o).map(|i| vks[i])),
+        Arc::new(move |o: &str, _: u64| origins.iter().position(|x| *x == o).map(|i| vks[i])),
     )
     .unwrap();
     // 1,000 distinct realistic payloads, reused cyclically.
@@ -167,6 +167,7 @@ fn main() {
     // table, index), and replay (decode + JSON view + serialisation).
     let topo_file = gridsync_node::topology::TopologyFile {
         timezone: "Asia/Shanghai".into(),
+        ca_file: None,
         node: origins
             .iter()
             .enumerate()
@@ -176,6 +177,9 @@ fn main() {
                 parent: None,
                 url: format!("http://127.0.0.1:{}", 9000 + i),
                 public_key: hex::encode(keys[i].verifying_key().to_bytes()),
+                previous_keys: Vec::new(),
+                retired: false,
+                former_parents: Vec::new(),
             })
             .collect(),
     };

@@ -95,7 +95,7 @@ fn main() {
         forward_personal: false,
     })
     .collect();
-    provision_nodes("Asia/Shanghai", &plan, dir.path(), false).unwrap();
+    provision_nodes("Asia/Shanghai", &plan, dir.path(), Default::default()).unwrap();
     let communities = ["s1-c1", "s1-c2", "s2-c1", "s2-c2"];
     let per_community = n_events / communities.len() as u64;
 

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 async fn post(url: &str, token: &str, events: Vec<Value>) -> Value {
-    let r = reqwest::Client::new()
+    let r = gridsync_suite::http_client()
         .post(format!("{url}/v1/events"))
         .bearer_auth(token)
         .json(&json!({"events": events}))
@@ -93,7 +93,7 @@ async fn every_tampering_is_detected() {
     )
     .await;
     // The street's status (signed heads) is a reference an auditor can keep.
-    let status_text = reqwest::Client::new()
+    let status_text = gridsync_suite::http_client()
         .get(format!("{}/v1/status", servers[0].url))
         .bearer_auth(&tree.nodes["s"].tokens.viewer)
         .send()

@@ -92,7 +92,7 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
     let (district, c1) = (servers[0].url.clone(), servers[2].url.clone());
     let viewer = tree.nodes["district"].tokens.viewer.clone();
     let reporter = tree.nodes["c1"].tokens.reporter.clone();
-    let http = reqwest::Client::new();
+    let http = gridsync_suite::http_client();
     post(
         &http,
         &c1,

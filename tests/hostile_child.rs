@@ -84,7 +84,7 @@ async fn handshake_with(
         Some(Frame::Refused { code, .. }) => return Err(code),
         other => panic!("unexpected {other:?}"),
     };
-    let proof = auth::prove(key, "child", node, parent, &nonce);
+    let proof = auth::prove(key, "child", node, parent, &nonce, &[]);
     let auth_frame = Frame::Auth {
         proof: ByteBuf::from(proof.to_vec()),
     };
@@ -193,7 +193,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
         panic!("challenge")
     };
     let old_auth = Frame::Auth {
-        proof: ByteBuf::from(auth::prove(&c1, "child", "s1-c1", "s1", &nonce).to_vec()),
+        proof: ByteBuf::from(auth::prove(&c1, "child", "s1-c1", "s1", &nonce, &[]).to_vec()),
     };
     send(&mut ws, &old_auth).await;
     assert!(matches!(recv(&mut ws).await, Some(Frame::Welcome { .. })));
@@ -296,7 +296,7 @@ async fn hostile_children_are_refused_and_change_nothing() {
     );
 
     // Still up; the log holds only the honest chunk; the fork is recorded.
-    let http = reqwest::Client::new();
+    let http = gridsync_suite::http_client();
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert!(health.status().is_success());
     let st: serde_json::Value = http

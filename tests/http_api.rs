@@ -76,7 +76,7 @@ impl Node {
 
 fn node(server: &Server, files: &gridsync_suite::NodeFiles) -> Node {
     Node {
-        http: Client::new(),
+        http: gridsync_suite::http_client(),
         url: server.url.clone(),
         reporter: files.tokens.reporter.clone(),
         auditor: files.tokens.auditor.clone(),

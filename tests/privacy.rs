@@ -23,10 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A proxy that records every byte the client (a child) sends.
-async fn recording_proxy(upstream: String) -> (String, Arc<Mutex<Vec<u8>>>) {
+async fn recording_proxy(upstream: String) -> (String, Recorded) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Recorded::default();
     let rec = seen.clone();
     tokio::spawn(async move {
         loop {
@@ -36,24 +36,29 @@ async fn recording_proxy(upstream: String) -> (String, Arc<Mutex<Vec<u8>>>) {
             let Ok(outbound) = TcpStream::connect(&upstream).await else {
                 continue;
             };
+            // Each connection's client bytes are recorded as they pass (not
+            // when the connection ends: the other direction may end first).
+            let slot = {
+                let mut all = rec.0.lock().unwrap();
+                all.push(Vec::new());
+                all.len() - 1
+            };
             let rec = rec.clone();
             tokio::spawn(async move {
                 let (mut ri, mut wi) = inbound.into_split();
                 let (mut ro, mut wo) = outbound.into_split();
                 let up = async {
                     let mut buf = vec![0u8; 64 * 1024];
-                    let mut conn = Vec::new();
                     loop {
                         let n = match ri.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
-                        conn.extend_from_slice(&buf[..n]);
+                        rec.0.lock().unwrap()[slot].extend_from_slice(&buf[..n]);
                         if wo.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
                     }
-                    rec.lock().unwrap().extend(unmask_client_stream(&conn));
                 };
                 let down = tokio::io::copy(&mut ro, &mut wi);
                 tokio::select! { () = up => {}, _ = down => {} }
@@ -61,6 +66,22 @@ async fn recording_proxy(upstream: String) -> (String, Arc<Mutex<Vec<u8>>>) {
         }
     });
     (url, seen)
+}
+
+/// The client-side bytes of every connection through a recording proxy.
+#[derive(Clone, Default)]
+struct Recorded(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Recorded {
+    /// The websocket payloads clients sent, unmasked, all connections.
+    fn payloads(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|c| unmask_client_stream(c))
+            .collect()
+    }
 }
 
 /// The payloads of the websocket frames a client sent on one connection
@@ -228,11 +249,7 @@ async fn personal_data_stays_at_the_community() {
     let mut upper = Vec::new();
     all_bytes(&node_dir("s1"), &mut upper);
     all_bytes(&node_dir("d"), &mut upper);
-    let wire = [
-        above_c1.lock().unwrap().clone(),
-        above_s1.lock().unwrap().clone(),
-    ]
-    .concat();
+    let wire = [above_c1.payloads(), above_s1.payloads()].concat();
     for s in &secrets {
         assert!(
             !contains(&upper, s),
@@ -314,7 +331,7 @@ async fn forwarding_personal_data_is_seen_by_the_same_searches() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut upper = Vec::new();
     all_bytes(n("d").config.parent().unwrap(), &mut upper);
-    let wire = above_c1.lock().unwrap().clone();
+    let wire = above_c1.payloads();
     for s in &secrets {
         assert!(contains(&upper, s), "{s:?} forwarded to the district");
         assert!(contains(&wire, s), "{s:?} on the wire");

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 const RANGE: &str = "from=2020-01-19&to=2020-01-29";
 
 async fn aggregates(url: &str, token: &str) -> Value {
-    reqwest::Client::new()
+    gridsync_suite::http_client()
         .get(format!("{url}/v1/aggregates?{RANGE}"))
         .bearer_auth(token)
         .send()
@@ -69,7 +69,7 @@ async fn projections_after_kill_9_equal_an_offline_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let tree = provision(dir.path(), &[("c1", None)]);
     let files = &tree.nodes["c1"];
-    let http = reqwest::Client::new();
+    let http = gridsync_suite::http_client();
     let mut n = 0u64;
     for cycle in 0..6 {
         let mut server = Server::start(&files.config, &[]);
@@ -77,7 +77,7 @@ async fn projections_after_kill_9_equal_an_offline_rebuild() {
         let token = files.tokens.reporter.clone();
         let base = n;
         let poster = tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = gridsync_suite::http_client();
             let mut i = base;
             loop {
                 let mut events: Vec<Value> = (0..15)

@@ -139,7 +139,7 @@ async fn tree_converges_through_cuts_partitions_and_kill_9() {
         let token = tree.nodes[c].tokens.reporter.clone();
         let stop = stop.clone();
         posters.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = gridsync_suite::http_client();
             let mut acked = 0u64;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -199,7 +199,7 @@ async fn tree_converges_through_cuts_partitions_and_kill_9() {
     assert!(kills > 0);
 
     // Heal: wait until the district's heads equal every community's.
-    let http = reqwest::Client::new();
+    let http = gridsync_suite::http_client();
     let district = &tree.nodes["district"];
     let mut community_heads = BTreeMap::new();
     for c in communities {

@@ -125,7 +125,7 @@ async fn a_restored_community_pulls_its_tail_back_and_goes_on() {
     let new = post_n(&community.url, &c1.tokens.reporter, 200, 2, "new").await;
     assert_eq!(seqs(&new), vec![9, 10]);
     wait_heads(&_district.url, &d.tokens.viewer, &[("c1", 10)]).await;
-    let metrics = reqwest::Client::new()
+    let metrics = gridsync_suite::http_client()
         .get(format!("{}/metrics", community.url))
         .bearer_auth(&c1.tokens.viewer)
         .send()

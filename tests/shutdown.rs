@@ -19,7 +19,7 @@ async fn sigterm_finishes_in_flight_commits_and_exits_cleanly() {
     for t in 0..4 {
         let (url, token) = (url.clone(), token.clone());
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = gridsync_suite::http_client();
             let mut acked: HashMap<String, u64> = HashMap::new();
             for n in 0..10_000u64 {
                 let ids: Vec<String> = (0..20).map(|i| format!("t{t}-{n}-{i}")).collect();

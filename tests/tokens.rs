@@ -27,7 +27,7 @@ async fn tokens_stay_out_of_urls_and_can_be_rotated_and_revoked() {
     let tree = provision(dir.path(), &[("c1", None)]);
     let c1 = &tree.nodes["c1"];
     let mut node = Server::start(&c1.config, &[]);
-    let http = reqwest::Client::new();
+    let http = gridsync_suite::http_client();
 
     // ?token= on a plain request is refused and says what to do ...
     let r = http

@@ -26,6 +26,36 @@ pub fn gridsync_bin() -> PathBuf {
     bin
 }
 
+/// CA certificates the test helpers' HTTP clients trust (each TLS test
+/// adds its deployment's; reqwest's own root stores are never used).
+static TRUSTED_CAS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes [`http_client`] (and so every helper) trust `ca_pem` too.
+pub fn trust_ca(ca_pem: &[u8]) {
+    let mut cas = TRUSTED_CAS.lock().unwrap();
+    cas.extend_from_slice(ca_pem);
+    cas.push(b'\n');
+}
+
+/// An HTTP client for the tests: HTTPS trusting only the CAs given to
+/// [`trust_ca`] (none: plain HTTP only).
+///
+/// # Panics
+/// A CA that is not PEM certificates.
+pub fn http_client() -> reqwest::Client {
+    let cas = TRUSTED_CAS.lock().unwrap().clone();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            gridsync_node::tls::tool_client_config(
+                (!cas.is_empty()).then_some(&cas[..]),
+                "test CA",
+            )
+            .expect("CA"),
+        )
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A free loopback port (bound and released; a small race is accepted).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -72,6 +102,11 @@ pub fn provision_fast(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
 /// Provisions `(id, parent)` nodes on free loopback ports under `dir` by
 /// running `gridsync provision`.
 pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
+    provision_with(dir, nodes, &[])
+}
+
+/// [`provision`] with extra `gridsync provision` flags (`--tls`).
+pub fn provision_with(dir: &Path, nodes: &[(&str, Option<&str>)], flags: &[&str]) -> Tree {
     let mut text = String::from("timezone = \"Asia/Shanghai\"\n");
     for (id, parent) in nodes {
         text.push_str(&format!(
@@ -90,6 +125,7 @@ pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
         .arg(&tree)
         .arg("--out")
         .arg(&out)
+        .args(flags)
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -315,7 +351,7 @@ pub const FAST_SYNC: &[(&str, i64)] = &[
 /// # Panics
 /// When the request fails or the answer is not JSON.
 pub async fn get_json(url: &str, token: &str) -> Value {
-    reqwest::Client::new()
+    http_client()
         .get(url)
         .bearer_auth(token)
         .send()
@@ -385,7 +421,7 @@ pub async fn wait_heads(url: &str, viewer: &str, want: &[(&str, u64)]) {
 /// # Panics
 /// When the request cannot be sent or the answer is not JSON.
 pub async fn post_events(url: &str, token: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = http_client()
         .post(format!("{url}/v1/events"))
         .bearer_auth(token)
         .json(body)
@@ -466,10 +502,7 @@ pub async fn post_load(
     batch_max: u64,
 ) {
     use rand::{Rng, SeedableRng};
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = http_client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -485,6 +518,7 @@ pub async fn post_load(
             .post(format!("{url}/v1/events"))
             .bearer_auth(&token)
             .json(&json!({ "events": events }))
+            .timeout(Duration::from_secs(10))
             .send()
             .await;
         let Ok(resp) = resp else { return };

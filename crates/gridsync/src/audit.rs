@@ -49,7 +49,7 @@ fn open_verified(
         Arc::new(kv),
         StoreConfig::default(),
         None,
-        Arc::new(move |o: &str| keys_topo.key(o)),
+        Arc::new(move |o: &str, seq: u64| keys_topo.key_at(o, seq)),
     )
     .map_err(|e| fail(PROBLEMS, format!("the log does not verify: {e}")))?;
     Ok((topo, tmp, store))
@@ -204,6 +204,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
             topology,
             url,
             token,
+            ca,
             origin,
             subtree,
             kind,
@@ -254,7 +255,23 @@ pub fn run(command: AuditCommand) -> ExitCode {
                         Err(e) => return fail(UNREADABLE, e),
                     },
                 };
-                return replay_remote(url, token, &filter);
+                let ca_pem = match &ca {
+                    Some(p) => match std::fs::read(p) {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            return fail(
+                                UNREADABLE,
+                                format!("cannot read --ca {}: {e}", p.display()),
+                            )
+                        }
+                    },
+                    None => filter.topology.as_ref().and_then(|t| t.ca_pem.clone()),
+                };
+                let tls = match gridsync_node::tls::tool_client_config(ca_pem.as_deref(), "--ca") {
+                    Ok(t) => t,
+                    Err(e) => return fail(UNREADABLE, e),
+                };
+                return replay_remote(url, token, &filter, tls);
             }
             let (Some(data), Some(topology)) = (data, topology) else {
                 return fail(
@@ -472,7 +489,7 @@ fn status_heads(
                     signature: hex::decode(&h.signature).ok()?.try_into().ok()?,
                 })
             })();
-            let ok = matches!((head, topo.key(origin)), (Some(head), Some(key)) if head.verify(&key).is_ok());
+            let ok = matches!((head, topo.key_at(origin, h.seq)), (Some(head), Some(key)) if head.verify(&key).is_ok());
             if !ok {
                 problems.push(format!(
                     "origin {origin} seq {}: the node's signed head does not verify with the origin's key",
@@ -587,7 +604,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 /// chain gap-free from seq 1, linked, with recomputed hashes, up to the
 /// origin's head — signed and verified with `--topology` — or exits 1
 /// naming origin and seq. Filters are applied on this side.
-fn replay_remote(url: &str, token: &str, f: &RemoteFilter) -> ExitCode {
+fn replay_remote(url: &str, token: &str, f: &RemoteFilter, tls: rustls::ClientConfig) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -595,8 +612,14 @@ fn replay_remote(url: &str, token: &str, f: &RemoteFilter) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(UNREADABLE, e),
     };
+    let http = match reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => return fail(UNREADABLE, e),
+    };
     rt.block_on(async move {
-        let http = reqwest::Client::new();
         let status: gridsync_model::api::StatusResponse =
             match get_json(&http, &format!("{url}/v1/status"), token).await {
                 Ok(s) => s,

@@ -20,6 +20,9 @@ use serde_json::{json, Value};
 pub struct LoadOptions {
     pub url: Option<String>,
     pub token: Option<String>,
+    /// CA certificate to verify an https `url` (with `tree`: the
+    /// topology's ca_file).
+    pub ca: Option<PathBuf>,
     pub tree: Option<PathBuf>,
     pub clients: usize,
     pub batch: usize,
@@ -42,6 +45,8 @@ struct Target {
 /// Shared by the clients.
 struct Run {
     targets: Vec<Target>,
+    /// TLS for every client (trusting only the deployment's CA).
+    tls: rustls::ClientConfig,
     batch: usize,
     rate: f64,
     /// Events handed out to clients so far (the stop condition and the
@@ -150,6 +155,7 @@ async fn targets(opts: &LoadOptions, http: &reqwest::Client) -> anyhow::Result<V
 /// One client: posts until the run is over.
 async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
     let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(run.tls.clone())
         .timeout(Duration::from_secs(60))
         .build()
         .expect("an HTTP client");
@@ -239,6 +245,23 @@ fn report(run: &Run, seconds: f64, clients: usize) -> Value {
     })
 }
 
+/// TLS trusting `--ca`, or the tree's CA, or nothing (plain HTTP only).
+fn load_tls(opts: &LoadOptions) -> anyhow::Result<rustls::ClientConfig> {
+    let pem = match (&opts.ca, &opts.tree) {
+        (Some(p), _) => {
+            Some(std::fs::read(p).with_context(|| format!("cannot read --ca {}", p.display()))?)
+        }
+        (None, Some(dir)) => {
+            gridsync_node::topology::Topology::load(&dir.join("topology.toml"))
+                .map_err(|e| anyhow::anyhow!(e.0))?
+                .ca_pem
+        }
+        (None, None) => None,
+    };
+    gridsync_node::tls::tool_client_config(pem.as_deref(), "the CA certificate")
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
 /// Runs the load; exit 0 when events were acknowledged, 1 when none was,
 /// 2 when the targets cannot be resolved.
 pub fn run(opts: LoadOptions) -> ExitCode {
@@ -256,8 +279,24 @@ pub fn run(opts: LoadOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match load_tls(&opts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gridsync load: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     runtime.block_on(async move {
-        let http = reqwest::Client::new();
+        let http = match reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.clone())
+            .build()
+        {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("gridsync load: cannot make an HTTP client: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let targets = match targets(&opts, &http).await {
             Ok(t) => t,
             Err(e) => {
@@ -275,6 +314,7 @@ pub fn run(opts: LoadOptions) -> ExitCode {
         let started = Instant::now();
         let run = Arc::new(Run {
             targets,
+            tls,
             batch: opts.batch,
             rate: opts.rate,
             reserved: AtomicU64::new(0),

@@ -43,6 +43,13 @@ enum Command {
         /// Overwrite an earlier provisioning in OUT (its keys are replaced).
         #[arg(long)]
         force: bool,
+        /// Serve every node on HTTPS: make a private CA in OUT (ca.crt;
+        /// ca.key stays with you, off the nodes; an existing one is kept)
+        /// and a certificate per node, and give every node an https URL.
+        /// Without it every node serves and connects over plain HTTP
+        /// (`plain_http = true` in its config).
+        #[arg(long)]
+        tls: bool,
     },
     /// Post realistic field events to a community node (or to every
     /// community of a provisioned tree) and report events/s, ack latency
@@ -60,6 +67,10 @@ enum Command {
         /// Its reporter token (also from GRIDSYNC_TOKEN).
         #[arg(long, env = "GRIDSYNC_TOKEN")]
         token: Option<String>,
+        /// CA certificate (PEM) to verify an https URL against (with
+        /// --tree: the topology's ca_file).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// A provisioned directory (`gridsync provision --out DIR`): post to
         /// every community in it, clients spread over them.
         #[arg(long, required_unless_present = "url")]
@@ -103,6 +114,13 @@ enum Command {
         /// Replace an existing key (only for a node that never served).
         #[arg(long)]
         force: bool,
+        /// Also make this node's TLS key (DIR/tls/node.key) and a
+        /// certificate request for HOST (its listen IP or DNS name;
+        /// repeatable) in DIR/tls/node.csr: copy that to the provisioning
+        /// machine as OUT/<id>/tls/node.csr before `provision --tls`, and
+        /// the certificate it writes back here as DIR/tls/node.crt.
+        #[arg(long = "tls-host")]
+        tls_host: Vec<String>,
     },
     /// Rotate or revoke a node's access tokens.
     ///
@@ -112,6 +130,16 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Change a deployed tree without invalidating history: rotate a
+    /// node's key, retire a node, move a node to another parent.
+    ///
+    /// Each edits topology.toml atomically (validated first); copy the
+    /// file to the edited node's ancestors and restart them (parent first,
+    /// then up), then the node itself.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
     },
     /// Run a whole simulated district on localhost, dashboard included.
     ///
@@ -197,6 +225,10 @@ enum Command {
         /// fsync. Loses acknowledged events on a power cut.
         #[arg(long, hide = true)]
         unsafe_skip_fsync: bool,
+        /// Test-only negative control: sync proofs sign no TLS channel
+        /// binding, so a relay in the middle goes unnoticed.
+        #[arg(long, hide = true)]
+        unsafe_no_channel_binding: bool,
     },
 }
 
@@ -218,6 +250,82 @@ enum TokenCommand {
         #[arg(long, value_parser = parse_role)]
         role: gridsync_node::auth::Role,
     },
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Give the node of CONFIG a new key (the node must be stopped). Its
+    /// chunks up to its current head keep verifying with the old key
+    /// (kept as previous_keys in the topology); later ones, and its sync
+    /// handshakes, need the new key.
+    RotateKey {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Retire NODE: its history stays verifiable, its parent refuses it,
+    /// it does not start. Move or retire its children first.
+    Retire {
+        #[arg(long)]
+        topology: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+    /// Move NODE under PARENT; the old parent stays in former_parents (its
+    /// copy of NODE's history still audits clean). With --config (NODE's
+    /// config.toml), that is updated too.
+    Move {
+        #[arg(long)]
+        topology: PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        parent: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn topology(command: TopologyCommand) -> anyhow::Result<()> {
+    use gridsync_node::lifecycle;
+    match command {
+        TopologyCommand::RotateKey { config } => {
+            let r = lifecycle::rotate_key(&config)?;
+            println!("public_key = \"{}\"", r.public_key);
+            eprintln!(
+                "node {}: new key in place; its chunks up to seq {} verify with the old one \
+                 (kept in {}). Copy the topology to its ancestors and restart them, then this node.",
+                r.id,
+                r.until_seq,
+                r.old_key_file.display()
+            );
+        }
+        TopologyCommand::Retire { topology, node } => {
+            lifecycle::retire(&topology, &node)?;
+            eprintln!(
+                "node {node} retired in {}: copy it to every node and restart its ancestors",
+                topology.display()
+            );
+        }
+        TopologyCommand::Move {
+            topology,
+            node,
+            parent,
+            config,
+        } => {
+            lifecycle::move_node(&topology, &node, &parent, config.as_deref())?;
+            eprintln!(
+                "node {node} now under {parent} in {}: copy it to every node, restart {parent} \
+                 and its ancestors, the old parent, then {node}{}",
+                topology.display(),
+                if config.is_some() {
+                    ""
+                } else {
+                    " (set parent in its config.toml too, or pass --config)"
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_role(s: &str) -> Result<gridsync_node::auth::Role, String> {
@@ -273,6 +381,10 @@ enum AuditCommand {
         /// it out of the process list).
         #[arg(long, env = "GRIDSYNC_TOKEN")]
         token: Option<String>,
+        /// CA certificate (PEM) to verify an https `--url` against
+        /// (default: the `--topology`'s ca_file).
+        #[arg(long, requires = "url")]
+        ca: Option<PathBuf>,
         /// Only this origin.
         #[arg(long)]
         origin: Option<String>,
@@ -338,20 +450,28 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Provision { tree, out, force } => provision(&tree, &out, force),
+        Command::Provision {
+            tree,
+            out,
+            force,
+            tls,
+        } => provision(
+            &tree,
+            &out,
+            gridsync_node::provision::ProvisionOptions { force, tls },
+        ),
         Command::Token { command } => token(command),
-        Command::Init { id, out, force } => gridsync_node::provision::init_key(&id, &out, force)
-            .map(|public_key| {
-                eprintln!(
-                    "wrote {}; put this line under node {id:?} in the tree file:",
-                    out.join("node.key").display()
-                );
-                println!("public_key = \"{public_key}\"");
-            })
-            .map_err(anyhow::Error::from),
+        Command::Topology { command } => topology(command),
+        Command::Init {
+            id,
+            out,
+            force,
+            tls_host,
+        } => init(&id, &out, force, &tls_host),
         Command::Load {
             url,
             token,
+            ca,
             tree,
             clients,
             batch,
@@ -364,6 +484,7 @@ fn main() -> ExitCode {
             return load::run(load::LoadOptions {
                 url,
                 token,
+                ca,
                 tree,
                 clients,
                 batch,
@@ -381,6 +502,7 @@ fn main() -> ExitCode {
             unsafe_ack_before_durable,
             unsafe_read_uncommitted,
             unsafe_skip_fsync,
+            unsafe_no_channel_binding,
         } => serve(
             config,
             listen,
@@ -389,6 +511,7 @@ fn main() -> ExitCode {
                 ack_before_durable: unsafe_ack_before_durable,
                 read_uncommitted: unsafe_read_uncommitted,
                 skip_fsync: unsafe_skip_fsync,
+                no_channel_binding: unsafe_no_channel_binding,
             },
         ),
         Command::Rebuild {
@@ -421,8 +544,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn provision(tree: &std::path::Path, out: &std::path::Path, force: bool) -> anyhow::Result<()> {
-    let topo = gridsync_node::provision::provision(tree, out, force)?;
+fn init(id: &str, out: &std::path::Path, force: bool, tls_hosts: &[String]) -> anyhow::Result<()> {
+    let public_key = gridsync_node::provision::init_key(id, out, force)?;
+    if !tls_hosts.is_empty() {
+        let csr = gridsync_node::provision::init_tls(id, out, tls_hosts, force)?;
+        eprintln!(
+            "wrote {} and {}: copy the request to the provisioning machine as <out>/{id}/tls/node.csr",
+            out.join("tls/node.key").display(),
+            csr.display()
+        );
+    }
+    eprintln!(
+        "wrote {}; put this line under node {id:?} in the tree file:",
+        out.join("node.key").display()
+    );
+    println!("public_key = \"{public_key}\"");
+    Ok(())
+}
+
+fn provision(
+    tree: &std::path::Path,
+    out: &std::path::Path,
+    opts: gridsync_node::provision::ProvisionOptions,
+) -> anyhow::Result<()> {
+    let topo = gridsync_node::provision::provision(tree, out, opts)?;
     let n = topo.nodes().count();
     let communities = topo.nodes().filter(|x| topo.is_origin(&x.id)).count();
     println!(
@@ -453,6 +598,11 @@ fn serve(
         if opts.skip_fsync {
             tracing::warn!("UNSAFE: committing without fsync (test negative control)");
         }
+        if opts.no_channel_binding {
+            tracing::warn!(
+                "UNSAFE: sync proofs are not bound to the TLS channel (test negative control)"
+            );
+        }
         if opts.read_uncommitted {
             tracing::warn!(
                 "UNSAFE: readers see commits before they are durable (test planted bug)"
@@ -465,7 +615,12 @@ fn serve(
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(node = %state.config.id, %addr, origin = state.is_origin, "serving");
-        println!("gridsync: listening on http://{addr}");
+        let scheme = if state.tls_server.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("gridsync: listening on {scheme}://{addr}");
         gridsync_node::node::serve(state, listener, shutdown_signal()).await?;
         tracing::info!("stopped cleanly");
         Ok(())

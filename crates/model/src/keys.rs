@@ -40,3 +40,32 @@ pub fn signing_key_to_hex(key: &SigningKey) -> String {
 pub fn verifying_key_to_hex(key: &VerifyingKey) -> String {
     hex::encode(key.to_bytes())
 }
+
+/// A node's public keys over time. A chunk whose signed head is at seq
+/// `s` verifies with the first `previous` key whose `until_seq >= s`, else
+/// with `current`; the node proves itself (sync handshakes) with `current`
+/// only. So a rotated-out key keeps its old chunks verifiable but can
+/// neither extend the chain nor open a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyHistory {
+    pub current: VerifyingKey,
+    /// `(until_seq, key)`, `until_seq` strictly increasing.
+    pub previous: Vec<(u64, VerifyingKey)>,
+}
+
+impl KeyHistory {
+    pub fn single(current: VerifyingKey) -> Self {
+        Self {
+            current,
+            previous: Vec::new(),
+        }
+    }
+
+    /// The key that signs a chunk whose head is at `head_seq`.
+    pub fn at(&self, head_seq: u64) -> VerifyingKey {
+        self.previous
+            .iter()
+            .find(|(until, _)| head_seq <= *until)
+            .map_or(self.current, |(_, k)| *k)
+    }
+}

@@ -140,7 +140,10 @@ pub fn verify_with(
     let mut report = AuditReport::default();
     let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
     let mut index_expected: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
-    let subtree: Option<BTreeSet<String>> = node.map(|n| topology.subtree(n).into_iter().collect());
+    // Origins ever below the node (a moved community's earlier history
+    // stays in its former street's log).
+    let subtree: Option<BTreeSet<String>> =
+        node.map(|n| topology.historic_subtree(n).into_iter().collect());
 
     // The log, entry by entry, tolerating damage.
     let mut start = vec![layout::LOG];
@@ -402,7 +405,7 @@ fn check_reference(
             continue;
         }
         if let (Some(at), Some(sig)) = (r.signed_at_ms, &r.signature) {
-            let ok = topology.key(origin).is_some_and(|key| {
+            let ok = topology.key_at(origin, r.seq).is_some_and(|key| {
                 let (Ok(hash), Ok(sig)) = (hex::decode(&r.hash), hex::decode(sig)) else {
                     return false;
                 };
@@ -521,7 +524,7 @@ fn check_entry(
             );
         }
     }
-    let Some(key) = topology.key(&origin) else {
+    let Some(key) = topology.key_at(&origin, chunk.last_seq()) else {
         report.problem(
             "unknown_origin",
             Some(&origin),

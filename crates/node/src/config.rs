@@ -22,6 +22,15 @@ pub struct NodeConfig {
     /// File holding this node's ed25519 private key (hex).
     pub key_file: PathBuf,
     pub topology_file: PathBuf,
+    /// Serve HTTPS (and `wss` sync) with this certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+    /// Allow unencrypted HTTP: serving it when `[tls]` is absent, and
+    /// connecting to an `http://` parent. Must be said explicitly; tokens and
+    /// events then cross the network readable by anyone on the path (fine on
+    /// loopback, as in the demo).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
     /// Accepted tokens (hashed).
     #[serde(default)]
     pub token: Vec<TokenEntry>,
@@ -35,6 +44,16 @@ pub struct NodeConfig {
     pub projections: ProjectionSettings,
     #[serde(default)]
     pub privacy: PrivacySettings,
+}
+
+/// This node's TLS identity (PEM files; relative to the config file).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
 }
 
 /// What personal data (names, ID numbers, phones, plates, notes) leaves
@@ -155,10 +174,24 @@ impl NodeConfig {
         let mut c: NodeConfig = toml::from_str(&text)
             .map_err(|e| ConfigError(format!("config {} is not valid: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.data_dir, &mut c.key_file, &mut c.topology_file] {
+        let mut paths = vec![&mut c.data_dir, &mut c.key_file, &mut c.topology_file];
+        if let Some(t) = c.tls.as_mut() {
+            paths.push(&mut t.cert_file);
+            paths.push(&mut t.key_file);
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if c.tls.is_none() && !c.plain_http {
+            return Err(ConfigError(format!(
+                "config {}: no [tls] section: give this node a certificate \
+                 ([tls] cert_file and key_file; `gridsync provision --tls` makes them), \
+                 or set plain_http = true to serve unencrypted HTTP (only on a trusted network \
+                 such as loopback)",
+                path.display()
+            )));
         }
         if c.limits.batch_events_max == 0
             || c.limits.page_events_max == 0

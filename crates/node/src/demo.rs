@@ -120,7 +120,13 @@ pub async fn run_demo(
         });
         listeners.insert(id.clone(), l);
     }
-    provision_nodes("Asia/Shanghai", &planned, &dir, false).map_err(|e| e.0)?;
+    provision_nodes(
+        "Asia/Shanghai",
+        &planned,
+        &dir,
+        crate::provision::ProvisionOptions::default(),
+    )
+    .map_err(|e| e.0)?;
     let mut states: BTreeMap<String, Arc<NodeState>> = BTreeMap::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();

@@ -26,6 +26,12 @@ pub struct NodeState {
     pub key: ed25519_dalek::SigningKey,
     pub sync: crate::sync::SyncState,
     pub projector: crate::aggregates::Projector,
+    /// Serve HTTPS with this (from `[tls]`); plain HTTP when `None`.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Connect to an `https` parent trusting only the topology's CA.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// Test-only negative control (see [`OpenOptions::no_channel_binding`]).
+    pub unsafe_no_channel_binding: bool,
 }
 
 impl NodeState {
@@ -78,6 +84,9 @@ pub struct OpenOptions {
     pub read_uncommitted: bool,
     /// Test-only negative control: skip the fsync after sled's flush.
     pub skip_fsync: bool,
+    /// Test-only negative control: sign sync proofs without the TLS
+    /// channel binding (a relayed handshake then succeeds).
+    pub no_channel_binding: bool,
 }
 
 /// Everything `open_node` does except building the projection, which the
@@ -117,6 +126,14 @@ fn open_node_with(
             config.topology_file.display()
         )));
     };
+    if me.retired {
+        return Err(StartError(format!(
+            "node {} is retired in the topology {}: it may no longer serve or connect \
+             (its history stays verifiable at its ancestors)",
+            config.id,
+            config.topology_file.display()
+        )));
+    }
     if me.parent != config.parent {
         return Err(StartError(format!(
             "config says parent {:?} but the topology says {:?}; re-provision or fix one of them",
@@ -139,6 +156,7 @@ fn open_node_with(
             config.id
         )));
     }
+    let (tls_server, tls_client) = tls_setup(&config, &topology)?;
     let is_origin = topology.is_origin(&config.id);
     let mut kv = SledKv::open(&config.data_dir, config.store.cache_bytes)
         .map_err(|e| StartError(e.to_string()))?;
@@ -175,7 +193,7 @@ fn open_node_with(
         Arc::new(kv),
         store_config,
         origin,
-        Arc::new(move |o: &str| topo_for_keys.key(o)),
+        Arc::new(move |o: &str, seq: u64| topo_for_keys.key_at(o, seq)),
     )
     .map_err(|e| {
         StartError(format!(
@@ -215,8 +233,49 @@ fn open_node_with(
         metrics: metrics_handle(),
         http_permits,
         clock: system_now_ms,
+        tls_server,
+        tls_client,
+        unsafe_no_channel_binding: unsafe_opts.no_channel_binding,
     });
     Ok((state, rebuild_time))
+}
+
+type TlsConfigs = (
+    Option<Arc<rustls::ServerConfig>>,
+    Option<Arc<rustls::ClientConfig>>,
+);
+
+/// The TLS identity this node serves with, and how it verifies its parent:
+/// plain HTTP either way only where the config says `plain_http = true`.
+fn tls_setup(config: &NodeConfig, topology: &Topology) -> Result<TlsConfigs, StartError> {
+    let server = match &config.tls {
+        Some(t) => Some(crate::tls::server_config(&t.cert_file, &t.key_file).map_err(StartError)?),
+        None => None,
+    };
+    let Some(parent) = config.parent.as_deref().and_then(|p| topology.node(p)) else {
+        return Ok((server, None));
+    };
+    let client = if parent.url.starts_with("https://") {
+        let Some(ca) = &topology.ca_pem else {
+            return Err(StartError(format!(
+                "the parent {} is at {}, but the topology names no ca_file to verify its \
+                 certificate against; add ca_file (the deployment's ca.crt) to {}",
+                parent.id,
+                parent.url,
+                config.topology_file.display()
+            )));
+        };
+        Some(crate::tls::client_config(ca, "the topology's ca_file").map_err(StartError)?)
+    } else if config.plain_http {
+        None
+    } else {
+        return Err(StartError(format!(
+            "the parent {} is at {}, unencrypted: give it an https URL (provision with --tls), \
+             or set plain_http = true in this node's config to send events and proofs in the clear",
+            parent.id, parent.url
+        )));
+    };
+    Ok((server, client))
 }
 
 /// Connections from one IP address, released when a connection ends.
@@ -249,7 +308,6 @@ async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
     stop_sync: &tokio::sync::watch::Sender<bool>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     let l = &state.config.limits;
     let header_timeout = std::time::Duration::from_secs(l.header_read_timeout_s);
     let conns = Arc::new(tokio::sync::Semaphore::new(l.connections_max));
@@ -290,22 +348,34 @@ async fn serve_http(
                 open: open.clone(),
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut closing = closing_rx.clone();
+        let app = app.clone();
+        let tls = state
+            .tls_server
+            .clone()
+            .map(tokio_rustls::TlsAcceptor::from);
+        let closing = closing_rx.clone();
         let done = done_tx.clone();
+        let node = node.clone();
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            loop {
-                tokio::select! {
-                    _ = conn.as_mut() => break,
-                    _ = closing.changed() => conn.as_mut().graceful_shutdown(),
+            match tls {
+                None => serve_connection(stream, None, app, header_timeout, closing).await,
+                Some(acceptor) => {
+                    // The TLS handshake is bounded like the headers are.
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let binding = crate::tls::exporter(tls.get_ref().1);
+                            serve_connection(tls, binding, app, header_timeout, closing).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                            metrics::counter!("gridsync_http_tls_failures_total", "node" => node)
+                                .increment(1);
+                        }
+                        Err(_) => {
+                            metrics::counter!("gridsync_http_tls_failures_total", "node" => node)
+                                .increment(1);
+                        }
+                    }
                 }
             }
             drop((permit, slot, done));
@@ -317,6 +387,42 @@ async fn serve_http(
     let _ = closing_tx.send(true);
     drop(done_tx);
     let _ = done_rx.recv().await;
+}
+
+/// Serves HTTP/1 on one accepted connection (plain or TLS), each request
+/// carrying the connection's [`crate::tls::ChannelBinding`], until it ends
+/// or `closing` asks for a graceful shutdown.
+async fn serve_connection<IO>(
+    io: IO,
+    binding: Option<[u8; 32]>,
+    app: axum::Router,
+    header_timeout: std::time::Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let app = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(crate::tls::ChannelBinding(binding));
+        req
+    });
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = closing.changed() => conn.as_mut().graceful_shutdown(),
+        }
+    }
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then finishes

@@ -175,7 +175,7 @@ pub fn parse_tree(text: &str, file: &str) -> Result<(String, Vec<PlannedNode>), 
     Ok((tree.timezone, nodes))
 }
 
-fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), ProvisionError> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), ProvisionError> {
     let err = |e: std::io::Error| ProvisionError(format!("cannot write {}: {e}", path.display()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -192,17 +192,97 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Provisio
     Ok(())
 }
 
+/// How to provision.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProvisionOptions {
+    /// Overwrite an earlier provisioning (its keys are replaced).
+    pub force: bool,
+    /// Make a private CA (`ca.crt`, `ca.key`; an existing one in `out` is
+    /// kept) and a certificate per node, and give every node an `https`
+    /// URL. Without it every config says `plain_http = true`.
+    pub tls: bool,
+}
+
 /// Writes topology, configs, keys and tokens for every node of the tree in
 /// `tree_path` into `out`. Refuses to overwrite an earlier provisioning
 /// (its keys would be lost) unless `force`.
 ///
 /// # Errors
 /// Invalid tree (with the line at fault) or I/O problems.
-pub fn provision(tree_path: &Path, out: &Path, force: bool) -> Result<Topology, ProvisionError> {
+pub fn provision(
+    tree_path: &Path,
+    out: &Path,
+    opts: ProvisionOptions,
+) -> Result<Topology, ProvisionError> {
     let text = std::fs::read_to_string(tree_path)
         .map_err(|e| ProvisionError(format!("cannot read {}: {e}", tree_path.display())))?;
     let (timezone, nodes) = parse_tree(&text, &tree_path.display().to_string())?;
-    provision_nodes(&timezone, &nodes, out, force)
+    provision_nodes(&timezone, &nodes, out, opts)
+}
+
+/// The deployment's CA in `out`: the one already there, or a new one.
+fn deployment_ca(out: &Path) -> Result<crate::tls::Ca, ProvisionError> {
+    let (cert, key) = (out.join("ca.crt"), out.join("ca.key"));
+    if cert.exists() || key.exists() {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| ProvisionError(format!("cannot read {}: {e}", p.display())))
+        };
+        return crate::tls::Ca::load(&read(&cert)?, &read(&key)?).map_err(|e| {
+            ProvisionError(format!(
+                "{} / {}: {e}; move them away to make a new CA",
+                cert.display(),
+                key.display()
+            ))
+        });
+    }
+    let ca = crate::tls::Ca::generate(&out.display().to_string()).map_err(ProvisionError)?;
+    write_file(&cert, &ca.cert_pem, false)?;
+    write_file(&key, &ca.key_pem, true)?;
+    Ok(ca)
+}
+
+/// The node's certificate (and key, unless its key is born on its own
+/// machine: then its request `tls/node.csr` is signed).
+fn node_tls(
+    ca: &crate::tls::Ca,
+    n: &PlannedNode,
+    dir: &Path,
+) -> Result<crate::config::TlsSettings, ProvisionError> {
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)
+        .map_err(|e| ProvisionError(format!("cannot create {}: {e}", tls_dir.display())))?;
+    let host = n
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .map_err(|e| ProvisionError(format!("{}: listen {:?}: {e}", n.id, n.listen)))?;
+    let hosts = vec![host];
+    if n.public_key.is_some() {
+        let csr_path = tls_dir.join("node.csr");
+        let csr = std::fs::read_to_string(&csr_path).map_err(|e| {
+            ProvisionError(format!(
+                "node {:?} has its key born on its own machine, so its TLS key must be too: \
+                 run `gridsync init --id {} --tls-host <its address>` there and copy the \
+                 tls/node.csr it writes to {} ({e})",
+                n.id,
+                n.id,
+                csr_path.display()
+            ))
+        })?;
+        let cert = ca
+            .sign_csr(&n.id, &csr, &hosts)
+            .map_err(|e| ProvisionError(format!("{}: {e}", csr_path.display())))?;
+        write_file(&tls_dir.join("node.crt"), &cert, false)?;
+    } else {
+        let (cert, key) = ca.node_cert(&n.id, &hosts).map_err(ProvisionError)?;
+        write_file(&tls_dir.join("node.crt"), &cert, false)?;
+        write_file(&tls_dir.join("node.key"), &key, true)?;
+    }
+    Ok(crate::config::TlsSettings {
+        cert_file: "tls/node.crt".into(),
+        key_file: "tls/node.key".into(),
+    })
 }
 
 /// [`provision`] from an already parsed tree (used by `gridsync demo`).
@@ -213,9 +293,9 @@ pub fn provision_nodes(
     timezone: &str,
     nodes: &[PlannedNode],
     out: &Path,
-    force: bool,
+    opts: ProvisionOptions,
 ) -> Result<Topology, ProvisionError> {
-    if out.join("topology.toml").exists() && !force {
+    if out.join("topology.toml").exists() && !opts.force {
         return Err(ProvisionError(format!(
             "{} already holds a provisioned tree; re-provisioning would replace every node's key. \
              Choose another --out directory, or pass --force",
@@ -225,6 +305,11 @@ pub fn provision_nodes(
     std::fs::create_dir_all(out)
         .map_err(|e| ProvisionError(format!("cannot create {}: {e}", out.display())))?;
     let mut rng = rand::rngs::OsRng;
+    let ca = if opts.tls {
+        Some(deployment_ca(out)?)
+    } else {
+        None
+    };
     let mut topo_nodes = Vec::new();
     for n in nodes {
         let dir = out.join(&n.id);
@@ -288,6 +373,10 @@ pub fn provision_nodes(
             toml::to_string(&tokens).map_err(|e| ProvisionError(e.to_string()))?
         );
         write_file(&dir.join("tokens.toml"), &tokens_text, true)?;
+        let tls = match &ca {
+            Some(ca) => Some(node_tls(ca, n, &dir)?),
+            None => None,
+        };
         let config = NodeConfig {
             id: n.id.clone(),
             listen: n.listen.clone(),
@@ -295,6 +384,8 @@ pub fn provision_nodes(
             parent: n.parent.clone(),
             key_file: "node.key".into(),
             topology_file: "../topology.toml".into(),
+            plain_http: tls.is_none(),
+            tls,
             token: token_entries,
             limits: Limits::default(),
             store: StoreSettings::default(),
@@ -315,12 +406,20 @@ pub fn provision_nodes(
             id: n.id.clone(),
             name: n.name.clone(),
             parent: n.parent.clone(),
-            url: format!("http://{}", n.listen),
+            url: format!(
+                "{}://{}",
+                if ca.is_some() { "https" } else { "http" },
+                n.listen
+            ),
             public_key: gridsync_model::keys::verifying_key_to_hex(&public_key),
+            previous_keys: Vec::new(),
+            retired: false,
+            former_parents: Vec::new(),
         });
     }
     let file = TopologyFile {
         timezone: timezone.to_owned(),
+        ca_file: ca.as_ref().map(|_| "ca.crt".to_owned()),
         node: topo_nodes,
     };
     let text = format!(
@@ -332,7 +431,7 @@ pub fn provision_nodes(
 }
 
 /// Replaces a config file atomically (write beside it, fsync, rename).
-fn replace_file(path: &Path, contents: &str) -> Result<(), ProvisionError> {
+pub(crate) fn replace_file(path: &Path, contents: &str) -> Result<(), ProvisionError> {
     let tmp = path.with_extension("toml.new");
     write_file(&tmp, contents, true)?;
     std::fs::rename(&tmp, path)
@@ -448,6 +547,39 @@ pub fn init_key(id: &str, dir: &Path, force: bool) -> Result<String, ProvisionEr
     ))
 }
 
+/// `gridsync init --tls-host`: makes this node's TLS key in `dir/tls/` and
+/// a certificate request for it (`tls/node.csr`) that `provision --tls`
+/// signs; the key never leaves this machine. Returns the request's path.
+///
+/// # Errors
+/// An existing TLS key without `force`, a bad host, or I/O problems.
+pub fn init_tls(
+    id: &str,
+    dir: &Path,
+    hosts: &[String],
+    force: bool,
+) -> Result<std::path::PathBuf, ProvisionError> {
+    let tls_dir = dir.join("tls");
+    let key_path = tls_dir.join("node.key");
+    if key_path.exists() && !force {
+        return Err(ProvisionError(format!(
+            "{} already exists; keep it (its certificate would stop matching), or pass --force",
+            key_path.display()
+        )));
+    }
+    std::fs::create_dir_all(&tls_dir)
+        .map_err(|e| ProvisionError(format!("cannot create {}: {e}", tls_dir.display())))?;
+    if key_path.exists() {
+        std::fs::remove_file(&key_path)
+            .map_err(|e| ProvisionError(format!("cannot replace {}: {e}", key_path.display())))?;
+    }
+    let (csr, key) = crate::tls::node_request(id, hosts).map_err(ProvisionError)?;
+    write_file(&key_path, &key, true)?;
+    let csr_path = tls_dir.join("node.csr");
+    write_file(&csr_path, &csr, false)?;
+    Ok(csr_path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,7 +607,7 @@ listen = "127.0.0.1:7402"
         let tree = dir.path().join("tree.toml");
         std::fs::write(&tree, TREE).unwrap();
         let out = dir.path().join("out");
-        let topo = provision(&tree, &out, false).unwrap();
+        let topo = provision(&tree, &out, ProvisionOptions::default()).unwrap();
         assert!(topo.is_origin("shazikou-c01"));
         assert!(!topo.is_origin("shazikou"));
         assert_eq!(topo.subtree("laoshan").len(), 3);
@@ -493,7 +625,7 @@ listen = "127.0.0.1:7402"
             assert_eq!(mode & 0o777, 0o600);
         }
         // A second run without --force refuses to clobber the keys.
-        assert!(provision(&tree, &out, false)
+        assert!(provision(&tree, &out, ProvisionOptions::default())
             .unwrap_err()
             .0
             .contains("--force"));

@@ -187,6 +187,12 @@ impl TopologyView for TopoView<'_> {
     fn key(&self, id: &str) -> Option<VerifyingKey> {
         self.0.key(id)
     }
+    fn key_at(&self, origin: &str, head_seq: u64) -> Option<VerifyingKey> {
+        self.0.key_at(origin, head_seq)
+    }
+    fn is_retired(&self, id: &str) -> bool {
+        self.0.is_retired(id)
+    }
     fn in_subtree(&self, root: &str, node: &str) -> bool {
         let mut at = node.to_owned();
         for _ in 0..1024 {
@@ -203,6 +209,32 @@ impl TopologyView for TopoView<'_> {
 }
 
 struct StoreView<'a>(&'a Store);
+
+/// What a child sends up: its log, less origins no longer in its subtree
+/// (a community moved to another street: its new street forwards it, and
+/// this node keeps its history without offering it upward).
+struct UpwardView<'a> {
+    log: StoreView<'a>,
+    topology: &'a Topology,
+    me: &'a str,
+}
+
+impl LocalLog for UpwardView<'_> {
+    fn heads(&self) -> Vec<(String, u64)> {
+        let mut heads = LocalLog::heads(&self.log);
+        heads.retain(|(o, _)| TopoView(self.topology).in_subtree(self.me, o));
+        heads
+    }
+    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+        LocalLog::chunks_after(&self.log, origin, after_seq, bytes_max)
+    }
+    fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
+        self.log.received_at(origin, seq)
+    }
+    fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
+        LocalLog::hash_at(&self.log, origin, seq)
+    }
+}
 
 impl StoreView<'_> {
     /// Durable chunks of `origin` after `after_seq`, about `bytes_max` bytes.
@@ -266,7 +298,16 @@ fn random_nonce() -> [u8; 32] {
 }
 
 /// `GET /v1/sync`: a child's replication connection.
-pub async fn sync_endpoint(State(state): State<Arc<NodeState>>, ws: WebSocketUpgrade) -> Response {
+pub async fn sync_endpoint(
+    State(state): State<Arc<NodeState>>,
+    channel: Option<axum::Extension<crate::tls::ChannelBinding>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let binding = channel
+        .and_then(|c| c.0 .0)
+        .filter(|_| !state.unsafe_no_channel_binding)
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
     // An unauthenticated socket holds only a handshake slot, for at most
     // handshake_timeout_ms; a connection slot is taken once the child has
     // proved its key.
@@ -283,11 +324,12 @@ pub async fn sync_endpoint(State(state): State<Arc<NodeState>>, ws: WebSocketUpg
         .max_frame_size(s.frame_bytes_max)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(s.write_buffer_bytes_max)
-        .on_upgrade(move |socket| parent_session(state, socket, permit))
+        .on_upgrade(move |socket| parent_session(state, socket, permit, binding))
 }
 
-fn parent_cfg(state: &NodeState) -> ParentConfig {
+fn parent_cfg(state: &NodeState, channel_binding: Vec<u8>) -> ParentConfig {
     ParentConfig {
+        channel_binding,
         node_id: state.config.id.clone(),
         key: state.key.clone(),
         heartbeat_ms: state.config.sync.heartbeat_ms,
@@ -303,6 +345,7 @@ async fn parent_session(
     state: Arc<NodeState>,
     mut socket: WebSocket,
     handshake: tokio::sync::OwnedSemaphorePermit,
+    channel_binding: Vec<u8>,
 ) {
     let mut handshake = Some(handshake);
     let mut connection: Option<tokio::sync::OwnedSemaphorePermit> = None;
@@ -312,7 +355,11 @@ async fn parent_session(
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let cancel = Arc::new(Notify::new());
-    let mut session = ParentSession::new(parent_cfg(&state), random_nonce(), system_now_ms());
+    let mut session = ParentSession::new(
+        parent_cfg(&state, channel_binding),
+        random_nonce(),
+        system_now_ms(),
+    );
     let mut pending: VecDeque<PendingImport> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let opened = tokio::time::Instant::now();
@@ -504,9 +551,22 @@ async fn record_equivocation(
     }
 }
 
+fn upward_view(state: &NodeState) -> UpwardView<'_> {
+    UpwardView {
+        log: StoreView(&state.store),
+        topology: &state.topology,
+        me: &state.config.id,
+    }
+}
+
 fn child_cfg(state: &NodeState, parent: &str, parent_key: VerifyingKey) -> ChildConfig {
     let s = &state.config.sync;
     ChildConfig {
+        own_previous_keys: state
+            .topology
+            .keys(&state.config.id)
+            .map(|k| k.previous.clone())
+            .unwrap_or_default(),
         node_id: state.config.id.clone(),
         parent_id: parent.to_owned(),
         parent_key,
@@ -561,8 +621,16 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
             .max_message_size(Some(s.frame_bytes_max))
             .max_frame_size(Some(s.frame_bytes_max))
             .max_write_buffer_size(s.write_buffer_bytes_max);
-        let connect =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), false);
+        let connector = state
+            .tls_client
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            url.as_str(),
+            Some(ws_config),
+            false,
+            connector,
+        );
         let result = tokio::select! {
             r = tokio::time::timeout(Duration::from_millis(s.ack_timeout_ms.max(1000) as u64), connect) => r,
             _ = shutdown.changed() => return,
@@ -573,6 +641,11 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
                 metrics::counter!("gridsync_sync_connects_total", "node" => state.config.id.clone()).increment(1);
                 child_session(&state, &parent, parent_key, ws, &mut shutdown).await
             }
+            Ok(Err(e)) if is_tls_failure(&e) => Err(SessionEnd::Early(format!(
+                "TLS with {url} failed: {}; the parent's certificate must be issued by the \
+                 deployment CA (the topology's ca_file) for the address in its URL",
+                tls_cause(&e)
+            ))),
             Ok(Err(e)) => Err(SessionEnd::Early(format!("cannot connect to {url}: {e}"))),
             Err(_) => Err(SessionEnd::Early(format!("connecting to {url} timed out"))),
         };
@@ -601,6 +674,27 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
             _ = shutdown.changed() => return,
         }
         backoff_ms = (backoff_ms * 2).min(s.reconnect_max_ms);
+    }
+}
+
+/// Whether connecting failed in TLS (tungstenite reports rustls errors as
+/// I/O errors wrapping them).
+fn is_tls_failure(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Tls(_) => true,
+        Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+        _ => false,
+    }
+}
+
+fn tls_cause(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Io(io) => io
+            .get_ref()
+            .map_or_else(|| io.to_string(), ToString::to_string),
+        other => other.to_string(),
     }
 }
 
@@ -642,7 +736,17 @@ async fn child_session(
     let mut appended = state.store.subscribe();
     let mut paused = state.sync.paused.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut outs = session.on_open(random_nonce(), system_now_ms());
+    // Both proofs sign the TLS session's exported keying material: relayed
+    // through a man in the middle (two sessions), they fail.
+    let binding = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => {
+            crate::tls::exporter(tls.get_ref().1).map(|b| b.to_vec())
+        }
+        _ => None,
+    }
+    .filter(|_| !state.unsafe_no_channel_binding)
+    .unwrap_or_default();
+    let mut outs = session.on_open(random_nonce(), &binding, system_now_ms());
     let mut acked_before: HashMap<String, u64> = HashMap::new();
     loop {
         let mut queue: VecDeque<Output> = std::mem::take(&mut outs).into();
@@ -663,7 +767,7 @@ async fn child_session(
                         Ok(_) => {
                             metrics::counter!("gridsync_own_chain_repaired_events_total", "node" => node.clone())
                                 .increment(n);
-                            let view = StoreView(&state.store);
+                            let view = upward_view(state);
                             queue.extend(session.on_repaired(&view, system_now_ms()));
                         }
                         Err(StoreError::Diverged { seq, .. }) => {
@@ -729,7 +833,7 @@ async fn child_session(
                 link.acked = acked.clone();
             }
         }
-        let view = StoreView(&state.store);
+        let view = upward_view(state);
         outs = tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(WsMessage::Binary(bytes))) => match Frame::decode(&bytes, state.config.sync.frame_bytes_max) {

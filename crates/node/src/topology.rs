@@ -6,6 +6,7 @@ use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
 use gridsync_model::ids::check_node_id;
+use gridsync_model::keys::KeyHistory;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -17,8 +18,30 @@ pub struct TopologyNode {
     pub parent: Option<String>,
     /// Base URL where the node serves HTTP, e.g. `http://127.0.0.1:7401`.
     pub url: String,
-    /// ed25519 public key, hex.
+    /// ed25519 public key, hex: the node's current key.
     pub public_key: String,
+    /// Keys rotated out, oldest first: each verifies this origin's chunks
+    /// up to `until_seq` (and after the one before it); `public_key` the
+    /// later ones and the node's sync handshakes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousKey>,
+    /// A retired node: its history stays verifiable everywhere, but its
+    /// parent refuses its connections and it does not start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retired: bool,
+    /// Parents this node had before it was moved (oldest first): their
+    /// logs keep its earlier history legitimately.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_parents: Vec<String>,
+}
+
+/// A rotated-out key of a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKey {
+    pub public_key: String,
+    /// The last seq of this node's chain it signed.
+    pub until_seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,6 +50,10 @@ pub struct TopologyFile {
     /// IANA zone that local days are counted in.
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// The deployment's CA certificate (PEM file, relative to this file):
+    /// children verify their parent's `https` certificate against it only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     pub node: Vec<TopologyNode>,
 }
 
@@ -38,8 +65,10 @@ pub fn default_timezone() -> String {
 #[derive(Clone, Debug)]
 pub struct Topology {
     pub timezone: String,
+    /// The CA certificate(s) of `ca_file`, PEM.
+    pub ca_pem: Option<Vec<u8>>,
     nodes: BTreeMap<String, TopologyNode>,
-    keys: BTreeMap<String, VerifyingKey>,
+    keys: BTreeMap<String, KeyHistory>,
     children: BTreeMap<String, Vec<String>>,
 }
 
@@ -57,8 +86,23 @@ impl Topology {
             .map_err(|e| TopologyError(format!("cannot read topology {}: {e}", path.display())))?;
         let file: TopologyFile = toml::from_str(&text)
             .map_err(|e| TopologyError(format!("topology {} is not valid: {e}", path.display())))?;
-        Self::from_file(file)
-            .map_err(|e| TopologyError(format!("topology {}: {}", path.display(), e.0)))
+        let ca_pem = match &file.ca_file {
+            None => None,
+            Some(f) => {
+                let p = path.parent().unwrap_or(Path::new(".")).join(f);
+                Some(std::fs::read(&p).map_err(|e| {
+                    TopologyError(format!(
+                        "topology {}: cannot read its CA certificate {}: {e}",
+                        path.display(),
+                        p.display()
+                    ))
+                })?)
+            }
+        };
+        let mut t = Self::from_file(file)
+            .map_err(|e| TopologyError(format!("topology {}: {}", path.display(), e.0)))?;
+        t.ca_pem = ca_pem;
+        Ok(t)
     }
 
     /// Validates ids, parents (known, acyclic), keys and uniqueness.
@@ -82,7 +126,31 @@ impl Topology {
             }
             let key = gridsync_model::keys::verifying_key_from_hex(&n.public_key)
                 .map_err(|e| TopologyError(format!("node {:?}: {e}", n.id)))?;
-            keys.insert(n.id.clone(), key);
+            let mut history = KeyHistory::single(key);
+            for p in &n.previous_keys {
+                let k = gridsync_model::keys::verifying_key_from_hex(&p.public_key)
+                    .map_err(|e| TopologyError(format!("node {:?}: previous key: {e}", n.id)))?;
+                if history
+                    .previous
+                    .last()
+                    .is_some_and(|(u, _)| *u >= p.until_seq)
+                {
+                    return Err(TopologyError(format!(
+                        "node {:?}: previous_keys must be listed oldest first, until_seq increasing",
+                        n.id
+                    )));
+                }
+                history.previous.push((p.until_seq, k));
+            }
+            keys.insert(n.id.clone(), history);
+        }
+        for n in &file.node {
+            if let Some(f) = n.former_parents.iter().find(|f| !nodes.contains_key(*f)) {
+                return Err(TopologyError(format!(
+                    "node {:?} names unknown former parent {f:?}",
+                    n.id
+                )));
+            }
         }
         let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for n in &file.node {
@@ -111,6 +179,7 @@ impl Topology {
         }
         Ok(Self {
             timezone: file.timezone,
+            ca_pem: None,
             nodes,
             keys,
             children,
@@ -125,8 +194,24 @@ impl Topology {
         self.nodes.values()
     }
 
+    /// The node's current key (its sync proofs, its newest chunks).
     pub fn key(&self, id: &str) -> Option<VerifyingKey> {
-        self.keys.get(id).copied()
+        self.keys.get(id).map(|k| k.current)
+    }
+
+    /// The key that signs `origin`'s chunk whose head is at `head_seq`.
+    pub fn key_at(&self, origin: &str, head_seq: u64) -> Option<VerifyingKey> {
+        self.keys.get(origin).map(|k| k.at(head_seq))
+    }
+
+    /// Every key of the node, over time.
+    pub fn keys(&self, id: &str) -> Option<&KeyHistory> {
+        self.keys.get(id)
+    }
+
+    /// A retired node may not connect or start; its history stays.
+    pub fn is_retired(&self, id: &str) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.retired)
     }
 
     pub fn children(&self, id: &str) -> &[String] {
@@ -136,6 +221,30 @@ impl Topology {
     /// A node without children creates events (a community).
     pub fn is_origin(&self, id: &str) -> bool {
         self.nodes.contains_key(id) && self.children(id).is_empty()
+    }
+
+    /// `id` and every node that is or ever was below it (through
+    /// `former_parents`): whose history `id`'s log may rightly hold.
+    pub fn historic_subtree(&self, id: &str) -> Vec<String> {
+        let mut out = vec![id.to_owned()];
+        let mut i = 0;
+        while i < out.len() {
+            let at = out[i].clone();
+            let mut next: Vec<String> = self.children(&at).to_vec();
+            next.extend(
+                self.nodes
+                    .values()
+                    .filter(|n| n.former_parents.contains(&at))
+                    .map(|n| n.id.clone()),
+            );
+            for n in next {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            i += 1;
+        }
+        out
     }
 
     /// `id` and every node below it.

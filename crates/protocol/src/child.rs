@@ -48,6 +48,9 @@ pub struct ChildConfig {
     /// with the salted digest of its personal part only, which still
     /// verifies).
     pub forward_personal: bool,
+    /// This node's rotated-out keys, `(until_seq, key)` as in the topology:
+    /// its own chunks fetched back from the parent verify with them.
+    pub own_previous_keys: Vec<(u64, VerifyingKey)>,
     /// Planted bug for the simulator's negative control: resume from what
     /// this child remembers having sent instead of the parent's heads.
     pub bug_resume_from_memory: bool,
@@ -115,6 +118,8 @@ pub struct ChildSession {
     cfg: ChildConfig,
     state: State,
     nonce: Vec<u8>,
+    /// This connection's TLS keying material (see [`Self::on_open`]).
+    channel_binding: Vec<u8>,
     /// Parent's durable heads as last reported.
     acked: BTreeMap<String, u64>,
     /// Highest seq sent per origin in this session.
@@ -138,6 +143,7 @@ impl ChildSession {
             cfg,
             state: State::Idle,
             nonce: Vec::new(),
+            channel_binding: Vec::new(),
             acked: BTreeMap::new(),
             sent: BTreeMap::new(),
             blocked: BTreeMap::new(),
@@ -199,8 +205,12 @@ impl ChildSession {
         out.push(Output::Close { reason });
     }
 
-    /// The connection is open; `nonce` is 32 fresh random bytes.
-    pub fn on_open(&mut self, nonce: [u8; 32], now_ms: i64) -> Vec<Output> {
+    /// The connection is open; `nonce` is 32 fresh random bytes,
+    /// `channel_binding` keying material exported from the connection's TLS
+    /// session (empty on a plain connection): both proofs sign it, so a
+    /// handshake relayed between two TLS sessions fails (see [`crate::auth`]).
+    pub fn on_open(&mut self, nonce: [u8; 32], channel_binding: &[u8], now_ms: i64) -> Vec<Output> {
+        self.channel_binding = channel_binding.to_vec();
         let mut out = Vec::new();
         self.nonce = nonce.to_vec();
         self.last_rx_ms = now_ms;
@@ -355,11 +365,25 @@ impl ChildSession {
             &node,
             &self.cfg.node_id,
             &self.nonce,
+            &self.channel_binding,
             proof,
         ) {
-            return self.fail(out, format!("parent {node} failed to prove its key"));
+            return self.fail(
+                out,
+                format!(
+                    "parent {node} failed to prove its key over this connection \
+                     (a wrong key, or a relay in the middle of the TLS channel)"
+                ),
+            );
         }
-        let proof = auth::prove(&self.cfg.key, "child", &self.cfg.node_id, &node, nonce);
+        let proof = auth::prove(
+            &self.cfg.key,
+            "child",
+            &self.cfg.node_id,
+            &node,
+            nonce,
+            &self.channel_binding,
+        );
         self.state = State::AwaitWelcome;
         let mut out = out;
         self.send(
@@ -451,7 +475,10 @@ impl ChildSession {
         now_ms: i64,
     ) -> Vec<Output> {
         let own = self.cfg.node_id.clone();
-        let key = self.cfg.key.verifying_key();
+        let keys = gridsync_model::keys::KeyHistory {
+            current: self.cfg.key.verifying_key(),
+            previous: self.cfg.own_previous_keys.clone(),
+        };
         let Some(r) = self.repair.as_mut() else {
             return self.fail(out, "fetched frame without a fetch".into());
         };
@@ -500,7 +527,7 @@ impl ChildSession {
             }
             let last = match chunk
                 .check_links(at.0 + 1, &at.1)
-                .and_then(|h| chunk.head.verify(&key).map(|()| h))
+                .and_then(|h| chunk.head.verify(&keys.at(chunk.last_seq())).map(|()| h))
             {
                 Ok(h) => *h.last().expect("chunks are non-empty"),
                 Err(e) => return self.fail(out, format!("fetched chunk does not verify: {e}")),

@@ -17,7 +17,15 @@ use crate::{auth, Output, RejectCode};
 pub trait TopologyView {
     /// The parent of `id`, or `None` for the root or an unknown node.
     fn parent_of(&self, id: &str) -> Option<String>;
+    /// The key `id` proves itself with now (its current key).
     fn key(&self, id: &str) -> Option<VerifyingKey>;
+    /// The key that signs `origin`'s chunk whose head is at `head_seq`
+    /// (keys rotate from a seq onward).
+    fn key_at(&self, origin: &str, head_seq: u64) -> Option<VerifyingKey>;
+    /// A retired node: its history stays verifiable, it may not connect.
+    fn is_retired(&self, _id: &str) -> bool {
+        false
+    }
     /// Whether `node` is `root` or below it.
     fn in_subtree(&self, root: &str, node: &str) -> bool;
 }
@@ -40,6 +48,9 @@ pub struct ParentConfig {
     pub idle_timeout_ms: i64,
     /// Chunk bytes per `fetched` answer.
     pub fetch_bytes_max: usize,
+    /// Keying material exported from this connection's TLS session (empty
+    /// on plain connections): both proofs sign it (see [`crate::auth`]).
+    pub channel_binding: Vec<u8>,
     /// Planted bug for the simulator's negative control: acknowledge a
     /// batch as soon as it verifies, before it is durable.
     pub bug_ack_before_durable: bool,
@@ -202,6 +213,13 @@ impl ParentSession {
                     let m = format!("node {node:?} is not in this node's topology");
                     return self.refuse(out, RejectCode::UnknownNode, m, now_ms);
                 }
+                if topo.is_retired(&node) {
+                    let m = format!(
+                        "node {node} is retired in this node's topology; its history stays, \
+                         it may no longer connect"
+                    );
+                    return self.refuse(out, RejectCode::Retired, m, now_ms);
+                }
                 if topo.parent_of(&node).as_deref() != Some(self.cfg.node_id.as_str()) {
                     let m = format!("node {node} is not a child of {}", self.cfg.node_id);
                     return self.refuse(out, RejectCode::NotAChild, m, now_ms);
@@ -214,7 +232,14 @@ impl ParentSession {
                         now_ms,
                     );
                 }
-                let proof = auth::prove(&self.cfg.key, "parent", &self.cfg.node_id, &node, &nonce);
+                let proof = auth::prove(
+                    &self.cfg.key,
+                    "parent",
+                    &self.cfg.node_id,
+                    &node,
+                    &nonce,
+                    &self.cfg.channel_binding,
+                );
                 let challenge = Frame::Challenge {
                     version: PROTOCOL_VERSION,
                     node: self.cfg.node_id.clone(),
@@ -234,10 +259,12 @@ impl ParentSession {
                     &child,
                     &self.cfg.node_id,
                     &self.nonce,
+                    &self.cfg.channel_binding,
                     &proof,
                 ) {
                     let m = format!(
-                        "node {child} failed to prove its key (wrong key, or a replayed session)"
+                        "node {child} failed to prove its key over this connection \
+                         (wrong key, a replayed session, or a relay in the middle of the TLS channel)"
                     );
                     return self.refuse(out, RejectCode::BadProof, m, now_ms);
                 }
@@ -439,7 +466,7 @@ impl ParentSession {
             let m = format!("origin {origin} is not in the subtree of {child}");
             return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
         }
-        let Some(key) = topo.key(origin) else {
+        let Some(key) = topo.key_at(origin, last) else {
             let m = format!("origin {origin} is unknown");
             return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
         };

@@ -127,6 +127,9 @@ impl TopologyView for Tree {
     fn key(&self, id: &str) -> Option<VerifyingKey> {
         self.index(id).map(|i| self.keys[i].verifying_key())
     }
+    fn key_at(&self, id: &str, _head_seq: u64) -> Option<VerifyingKey> {
+        self.key(id)
+    }
     fn in_subtree(&self, root: &str, node: &str) -> bool {
         let (Some(r), Some(mut n)) = (self.index(root), self.index(node)) else {
             return false;
@@ -470,17 +473,19 @@ impl<'t> Sim<'t> {
             idle_timeout_ms: 1_000,
             ack_timeout_ms: 600,
             forward_personal: false,
+            own_previous_keys: Vec::new(),
             bug_resume_from_memory: self.bugs.resume_from_memory,
         }
     }
 
-    fn parent_cfg(&self, n: usize) -> ParentConfig {
+    fn parent_cfg(&self, n: usize, channel_binding: &[u8]) -> ParentConfig {
         ParentConfig {
             node_id: self.tree.ids[n].clone(),
             key: self.tree.keys[n].clone(),
             heartbeat_ms: 200,
             idle_timeout_ms: 1_000,
             fetch_bytes_max: 2_000,
+            channel_binding: channel_binding.to_vec(),
             bug_ack_before_durable: self.bugs.ack_before_durable,
         }
     }
@@ -779,14 +784,16 @@ impl<'t> Sim<'t> {
                 self.next_conn += 1;
                 self.conns.insert(conn, (node, p, true));
                 let pn = self.nonce();
-                let session = ParentSession::new(self.parent_cfg(p), pn, self.now);
+                // Each connection is its own (simulated) TLS session.
+                let channel = self.nonce();
+                let session = ParentSession::new(self.parent_cfg(p, &channel), pn, self.now);
                 self.nodes[p].down.insert(conn, session);
                 let mut child = match self.nodes[node].old_child.take() {
                     Some(old) => old.reconnect(),
                     None => ChildSession::new(self.child_cfg(node)),
                 };
                 let cn = self.nonce();
-                let outs = child.on_open(cn, self.now);
+                let outs = child.on_open(cn, &channel, self.now);
                 self.nodes[node].up_link = Some((conn, child));
                 self.child_outputs(node, conn, outs);
             }

@@ -186,7 +186,7 @@ pub struct OriginIdentity {
 }
 
 /// Answers the public key of an origin (from the topology).
-pub type KeyLookup = Arc<dyn Fn(&str) -> Option<VerifyingKey> + Send + Sync>;
+pub type KeyLookup = Arc<dyn Fn(&str, u64) -> Option<VerifyingKey> + Send + Sync>;
 
 pub(crate) struct Shared {
     pub kv: Arc<dyn Kv>,

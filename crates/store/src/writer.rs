@@ -138,7 +138,7 @@ pub(crate) fn recover(kv: &dyn Kv, keys: &KeyLookup) -> Result<Recovered, StoreE
         }
         for e in entries {
             let origin = e.chunk.origin.clone();
-            let key = keys(&origin).ok_or_else(|| {
+            let key = keys(&origin, e.chunk.last_seq()).ok_or_else(|| {
                 corrupt(format!(
                     "log entry {} holds events of origin {origin:?}, which the topology does not list, so they cannot be verified",
                     e.offset

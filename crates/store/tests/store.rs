@@ -22,7 +22,7 @@ fn key() -> SigningKey {
 
 fn keys() -> KeyLookup {
     let vk = key().verifying_key();
-    Arc::new(move |o: &str| (o == ORIGIN).then_some(vk))
+    Arc::new(move |o: &str, _seq: u64| (o == ORIGIN).then_some(vk))
 }
 
 fn event(client_id: &str, note_len: usize) -> PreparedEvent {
