@@ -448,3 +448,100 @@ async fn idle_unauthenticated_sockets_hold_no_slot() {
         "closed after the handshake deadline, not later"
     );
 }
+
+/// Rewrites node `id` of a topology file with `edit`.
+fn edit_topology(path: &std::path::Path, id: &str, edit: impl FnOnce(&mut toml::Table)) {
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let node = table["node"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|n| n["id"].as_str() == Some(id))
+        .unwrap();
+    edit(node.as_table_mut().unwrap());
+    std::fs::write(path, toml::to_string(&table).unwrap()).unwrap();
+}
+
+fn hex_pub(k: &SigningKey) -> String {
+    gridsync_model::keys::verifying_key_to_hex(&k.verifying_key())
+}
+
+/// A rotated-out key keeps its chunks verifying but can neither open a
+/// session nor extend the chain; a retired node cannot connect. Negative
+/// control: a rotation that drops the old key (no `previous_keys`) makes the
+/// parent's own log unverifiable, so the record is what keeps history valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_out_keys_and_retired_nodes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(
+        dir.path(),
+        &[("s1", None), ("s1-c1", Some("s1")), ("s1-c2", Some("s1"))],
+    );
+    let old = key_of(&tree.dir, "s1-c1");
+    let new = SigningKey::from_bytes(&[7; 32]);
+    let mut server = Server::start(&tree.nodes["s1"].config, &[]);
+    let base = server.url.clone();
+    let first = visit_chunk("s1-c1", &old, 1, 3, ZERO_HASH, "");
+    batch(&base, "s1-c1", &old, vec![first.clone()])
+        .await
+        .unwrap();
+    assert!(server.terminate());
+    let listen = tree.nodes["s1"].listen.clone();
+
+    // Negative control: the new key replaces the old without a record.
+    edit_topology(&tree.topology, "s1-c1", |n| {
+        n.insert("public_key".into(), hex_pub(&new).into());
+    });
+    let Err((_, stderr)) = Server::try_start(&tree.nodes["s1"].config, &["--listen", &listen])
+    else {
+        panic!("a log signed with a dropped key opened");
+    };
+    assert!(stderr.contains("s1-c1"), "{stderr}");
+
+    // The rotation as recorded: the old key up to seq 3.
+    edit_topology(&tree.topology, "s1-c1", |n| {
+        let mut prev = toml::Table::new();
+        prev.insert("public_key".into(), hex_pub(&old).into());
+        prev.insert("until_seq".into(), 3.into());
+        n.insert(
+            "previous_keys".into(),
+            toml::Value::Array(vec![toml::Value::Table(prev)]),
+        );
+    });
+    edit_topology(&tree.topology, "s1-c2", |n| {
+        n.insert("retired".into(), true.into());
+    });
+    let server = Server::start(&tree.nodes["s1"].config, &["--listen", &listen]);
+    let base = server.url.clone();
+    assert_eq!(
+        handshake(&base, "s1-c1", &old).await.err().as_deref(),
+        Some("bad_proof"),
+        "the old key opened a session"
+    );
+    let extended_by_old = visit_chunk("s1-c1", &old, 4, 5, first.head.hash, "");
+    assert_eq!(
+        batch(&base, "s1-c1", &new, vec![extended_by_old])
+            .await
+            .err()
+            .as_deref(),
+        Some("bad_signature"),
+        "the old key extended the chain"
+    );
+    let extended_by_new = visit_chunk("s1-c1", &new, 4, 5, first.head.hash, "");
+    batch(&base, "s1-c1", &new, vec![extended_by_new])
+        .await
+        .unwrap();
+    assert_eq!(
+        handshake(&base, "s1-c2", &key_of(&tree.dir, "s1-c2"))
+            .await
+            .err()
+            .as_deref(),
+        Some("retired")
+    );
+    let st: serde_json::Value = gridsync_suite::get_json(
+        &format!("{base}/v1/status"),
+        &tree.nodes["s1"].tokens.viewer,
+    )
+    .await;
+    assert_eq!(st["heads"]["s1-c1"]["seq"], 5, "{st}");
+}

@@ -572,8 +572,16 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
     };
     let parent_link = node.and_then(|n| n.parent.clone()).map(|parent| {
         let link = state.sync.parent.lock().expect("lock").clone();
+        // Origins no longer below this node (moved away) are not owed
+        // upward: their new parent forwards them.
+        let mine: std::collections::BTreeSet<String> = state
+            .topology
+            .subtree(&state.config.id)
+            .into_iter()
+            .collect();
         let lag_events = ours
             .iter()
+            .filter(|(o, _)| mine.contains(o.as_str()))
             .map(|(o, h)| {
                 h.seq
                     .saturating_sub(link.acked.get(o).copied().unwrap_or(0))

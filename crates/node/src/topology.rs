@@ -259,3 +259,88 @@ impl Topology {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, parent: Option<&str>, key: u8) -> TopologyNode {
+        TopologyNode {
+            id: id.into(),
+            name: id.into(),
+            parent: parent.map(Into::into),
+            url: format!("http://127.0.0.1:{}", 7000 + u16::from(key)),
+            public_key: hex_key(key),
+            previous_keys: Vec::new(),
+            retired: false,
+            former_parents: Vec::new(),
+        }
+    }
+
+    fn hex_key(seed: u8) -> String {
+        gridsync_model::keys::verifying_key_to_hex(
+            &ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key(),
+        )
+    }
+
+    fn file(nodes: Vec<TopologyNode>) -> TopologyFile {
+        TopologyFile {
+            timezone: default_timezone(),
+            ca_file: None,
+            node: nodes,
+        }
+    }
+
+    #[test]
+    fn keys_over_time_and_history_of_parents() {
+        let mut c = node("c", Some("s2"), 3);
+        c.previous_keys = vec![
+            PreviousKey {
+                public_key: hex_key(10),
+                until_seq: 5,
+            },
+            PreviousKey {
+                public_key: hex_key(11),
+                until_seq: 9,
+            },
+        ];
+        c.former_parents = vec!["s1".into()];
+        let t = Topology::from_file(file(vec![
+            node("d", None, 1),
+            node("s1", Some("d"), 2),
+            node("s2", Some("d"), 4),
+            c.clone(),
+        ]))
+        .unwrap();
+        let k = |seed: u8| ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+        assert_eq!(t.key_at("c", 1), Some(k(10)));
+        assert_eq!(t.key_at("c", 5), Some(k(10)));
+        assert_eq!(t.key_at("c", 6), Some(k(11)));
+        assert_eq!(t.key_at("c", 9), Some(k(11)));
+        assert_eq!(t.key_at("c", 10), Some(k(3)));
+        assert_eq!(t.key("c"), Some(k(3)));
+        assert!(!t.subtree("s1").contains(&"c".to_owned()));
+        assert!(t.historic_subtree("s1").contains(&"c".to_owned()));
+        assert!(t.historic_subtree("d").contains(&"c".to_owned()));
+
+        // Out of order previous keys, an unknown former parent: refused.
+        let mut bad = c.clone();
+        bad.previous_keys.reverse();
+        let e = Topology::from_file(file(vec![
+            node("d", None, 1),
+            node("s2", Some("d"), 4),
+            bad,
+        ]))
+        .unwrap_err();
+        assert!(e.0.contains("oldest first"), "{}", e.0);
+        let mut bad = c;
+        bad.former_parents = vec!["nowhere".into()];
+        let e = Topology::from_file(file(vec![
+            node("d", None, 1),
+            node("s2", Some("d"), 4),
+            bad,
+        ]))
+        .unwrap_err();
+        assert!(e.0.contains("nowhere"), "{}", e.0);
+    }
+}
