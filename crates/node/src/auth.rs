@@ -57,16 +57,62 @@ pub fn generate_token(role: Role, rng: &mut impl rand::RngCore) -> String {
 /// `blake3::Hash` values, whose equality is constant-time, and every entry
 /// is compared (no early exit that would time which one matched).
 pub fn role_of(tokens: &[TokenEntry], presented: &str) -> Option<Role> {
+    token_of(tokens, presented).map(|(role, _)| role)
+}
+
+/// Like [`role_of`], with the index of the matching entry (which token it
+/// is, for per-token limits).
+pub fn token_of(tokens: &[TokenEntry], presented: &str) -> Option<(Role, usize)> {
     let h = blake3::hash(presented.as_bytes());
     let mut found = None;
-    for t in tokens {
+    for (i, t) in tokens.iter().enumerate() {
         let stored = t
             .hash
             .strip_prefix("blake3:")
             .and_then(|hex| blake3::Hash::from_hex(hex).ok());
         if stored.is_some_and(|s| s == h) && found.is_none() {
-            found = Some(t.role);
+            found = Some((t.role, i));
         }
     }
     found
+}
+
+/// Requests in flight per token (by its entry in the config), capped at
+/// `limits.requests_per_token_max`: one leaked or misbehaving token cannot
+/// take every request slot from the others.
+#[derive(Debug, Default)]
+pub struct TokenSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, usize>>>);
+
+/// One request's slot; released on drop.
+pub struct TokenSlot {
+    slots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, usize>>>,
+    token: usize,
+}
+
+impl TokenSlots {
+    /// A slot for token `token`, unless it already has `max` in flight.
+    pub fn try_take(&self, token: usize, max: usize) -> Option<TokenSlot> {
+        let mut m = self.0.lock().expect("lock");
+        let n = m.entry(token).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(TokenSlot {
+            slots: self.0.clone(),
+            token,
+        })
+    }
+}
+
+impl Drop for TokenSlot {
+    fn drop(&mut self) {
+        let mut m = self.slots.lock().expect("lock");
+        if let Some(n) = m.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.token);
+            }
+        }
+    }
 }

@@ -103,6 +103,10 @@ pub struct Limits {
     pub future_skew_s: i64,
     /// HTTP requests served at once; more wait.
     pub http_concurrency_max: usize,
+    /// Requests in flight with one token (more are answered 429): a
+    /// community's reporter token is shared by its phones, so this is
+    /// generous, but below `http_concurrency_max`.
+    pub requests_per_token_max: usize,
     /// Most events in one page of `GET /v1/events`.
     pub page_events_max: usize,
     /// Seconds a request may take before it is answered 408.
@@ -125,6 +129,7 @@ impl Default for Limits {
             event_bytes_max: 64 * 1024,
             future_skew_s: 600,
             http_concurrency_max: 512,
+            requests_per_token_max: 256,
             page_events_max: 1000,
             request_timeout_s: 60,
             header_read_timeout_s: 10,
@@ -196,6 +201,7 @@ impl NodeConfig {
         if c.limits.batch_events_max == 0
             || c.limits.page_events_max == 0
             || c.limits.http_concurrency_max == 0
+            || c.limits.requests_per_token_max == 0
             || c.limits.header_read_timeout_s == 0
             || c.limits.connections_max == 0
             || c.limits.connections_per_ip_max == 0

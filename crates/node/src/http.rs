@@ -90,6 +90,33 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
             return resp;
         }
     }
+    // One token may not hold every request slot.
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let _token_slot = match bearer.and_then(|t| crate::auth::token_of(&state.config.token, t)) {
+        Some((_, token)) => {
+            let max = state.config.limits.requests_per_token_max;
+            let Some(slot) = state.token_slots.try_take(token, max) else {
+                metrics::counter!("gridsync_http_requests_total", "node" => state.config.id.clone(), "route" => route, "status" => "429")
+                    .increment(1);
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    format!(
+                        "this token already has {max} requests in flight \
+                         (limits.requests_per_token_max); retry when they are answered"
+                    ),
+                )
+                .into_response();
+            };
+            Some(slot)
+        }
+        None => None,
+    };
     let Ok(_permit) = state.http_permits.acquire().await else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -20,6 +20,8 @@ pub struct NodeState {
     pub ingest_limits: IngestLimits,
     pub metrics: PrometheusHandle,
     pub http_permits: tokio::sync::Semaphore,
+    /// Requests in flight per token (`limits.requests_per_token_max`).
+    pub token_slots: crate::auth::TokenSlots,
     /// The node's clock, unix ms (replaceable in tests).
     pub clock: fn() -> i64,
     /// This node's key (signs its events if an origin, and its sync proofs).
@@ -232,6 +234,7 @@ fn open_node_with(
         ingest_limits,
         metrics: metrics_handle(),
         http_permits,
+        token_slots: crate::auth::TokenSlots::default(),
         clock: system_now_ms,
         tls_server,
         tls_client,

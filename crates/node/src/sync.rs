@@ -50,6 +50,12 @@ pub struct SyncSettings {
     pub ack_timeout_ms: i64,
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// While the parent's host refuses connections (its node is not
+    /// listening: restarting, or stopped), retry within this long (full
+    /// jitter from `reconnect_min_ms`) instead of backing off further: a
+    /// refused connect costs both ends next to nothing, and a restarted
+    /// parent is reached within this delay, not after `reconnect_max_ms`.
+    pub reconnect_refused_max_ms: u64,
     /// Authenticated sync connections this node keeps at once (at least
     /// the number of its children in the topology, whatever is set here).
     pub connections_max: usize,
@@ -72,6 +78,7 @@ impl Default for SyncSettings {
             ack_timeout_ms: 30_000,
             reconnect_min_ms: 200,
             reconnect_max_ms: 30_000,
+            reconnect_refused_max_ms: 1_000,
             connections_max: 64,
             handshakes_max: 256,
             handshake_timeout_ms: 5_000,
@@ -107,9 +114,12 @@ impl SyncSettings {
             || self.ack_timeout_ms <= 0
             || self.reconnect_min_ms == 0
             || self.reconnect_min_ms > self.reconnect_max_ms
+            || self.reconnect_min_ms > self.reconnect_refused_max_ms
         {
             return Err(
-                "timeouts must be positive and reconnect_min_ms at most reconnect_max_ms".into(),
+                "timeouts must be positive, and reconnect_min_ms at most reconnect_max_ms and \
+                 reconnect_refused_max_ms"
+                    .into(),
             );
         }
         Ok(())
@@ -322,6 +332,7 @@ pub async fn sync_endpoint(
     let s = &state.config.sync;
     ws.max_message_size(s.frame_bytes_max)
         .max_frame_size(s.frame_bytes_max)
+        .read_buffer_size(16 * 1024)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(s.write_buffer_bytes_max)
         .on_upgrade(move |socket| parent_session(state, socket, permit, binding))
@@ -646,6 +657,13 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
                  deployment CA (the topology's ca_file) for the address in its URL",
                 tls_cause(&e)
             ))),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                Err(SessionEnd::Refused(format!(
+                    "cannot connect to {url}: {e} (the parent is not listening)"
+                )))
+            }
             Ok(Err(e)) => Err(SessionEnd::Early(format!("cannot connect to {url}: {e}"))),
             Err(_) => Err(SessionEnd::Early(format!("connecting to {url} timed out"))),
         };
@@ -667,8 +685,16 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
             return;
         }
         // Full jitter between the minimum and the current backoff, so the
-        // children of a restarted parent do not all come back at once.
-        let delay = rand::rngs::OsRng.gen_range(s.reconnect_min_ms.min(backoff_ms)..=backoff_ms);
+        // children of a restarted parent do not all come back at once; while
+        // the parent refuses connections, never longer than
+        // reconnect_refused_max_ms (it is restarting, or down: probing is
+        // nearly free, and its return is noticed at once).
+        let cap = if matches!(outcome, Err(SessionEnd::Refused(_))) {
+            backoff_ms.min(s.reconnect_refused_max_ms)
+        } else {
+            backoff_ms
+        };
+        let delay = rand::rngs::OsRng.gen_range(s.reconnect_min_ms.min(cap)..=cap);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(delay)) => {}
             _ = shutdown.changed() => return,
@@ -703,13 +729,17 @@ fn tls_cause(e: &tokio_tungstenite::tungstenite::Error) -> String {
 enum SessionEnd {
     /// It had reached streaming (the link worked): reconnect quickly.
     Streamed(String),
+    /// The parent's host refused the connection (nothing listening).
+    Refused(String),
     Early(String),
 }
 
 impl std::fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SessionEnd::Streamed(s) | SessionEnd::Early(s) => f.write_str(s),
+            SessionEnd::Streamed(s) | SessionEnd::Refused(s) | SessionEnd::Early(s) => {
+                f.write_str(s)
+            }
         }
     }
 }

@@ -1,0 +1,139 @@
+//! Tree catch-up with real processes: 4 communities → 2 streets → a
+//! district, each a `gridsync serve` process with the default sync timers.
+//! The communities take N events (`gridsync load --tree`) while the streets
+//! and the district are down, and stay up for an outage of at least 20 s
+//! (their links back off meanwhile); then the upper tier starts, and we time
+//! until the district holds all N — from the first upper node's start
+//! (process start and store open included) and from the moment all three
+//! are listening.
+//!
+//! Two variants in the same run: the default (`reconnect_refused_max_ms` =
+//! 1000: while the parent refuses connections, children retry within a
+//! second) and the baseline without it (= `reconnect_max_ms`, 30 s: only
+//! the exponential backoff with full jitter).
+//!
+//! `cargo build --release -p gridsync && cargo bench --bench tree_catchup`
+//! (`GRIDSYNC_BENCH_EVENTS`, default 200000; `GRIDSYNC_BENCH_RUNS`, default
+//! 3; `GRIDSYNC_BENCH_OUTAGE_S`, default 20).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gridsync_suite::{get_json, gridsync_bin, provision, set_sync, Server};
+
+const NODES: &[(&str, Option<&str>)] = &[
+    ("d", None),
+    ("s1", Some("d")),
+    ("s2", Some("d")),
+    ("c1", Some("s1")),
+    ("c2", Some("s1")),
+    ("c3", Some("s2")),
+    ("c4", Some("s2")),
+];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Run {
+    from_start: Duration,
+    from_listening: Duration,
+}
+
+async fn one_run(events: u64, outage: Duration, refused_max_ms: i64) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(dir.path(), NODES);
+    for n in tree.nodes.values() {
+        set_sync(&n.config, &[("reconnect_refused_max_ms", refused_max_ms)]);
+    }
+    let started = Instant::now();
+    let _communities: Vec<Server> = ["c1", "c2", "c3", "c4"]
+        .iter()
+        .map(|id| Server::start(&tree.nodes[*id].config, &[]))
+        .collect();
+    let out = Command::new(gridsync_bin())
+        .args(["load", "--tree"])
+        .arg(&tree.dir)
+        .args(["--clients", "4", "--batch", "250", "--events"])
+        .arg(events.to_string())
+        .args(["--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(rest) = outage.checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let t0 = Instant::now();
+    let d = Server::start(&tree.nodes["d"].config, &[]);
+    let _s1 = Server::start(&tree.nodes["s1"].config, &[]);
+    let _s2 = Server::start(&tree.nodes["s2"].config, &[]);
+    let listening = Instant::now();
+    let viewer = &tree.nodes["d"].tokens.viewer;
+    loop {
+        let st = get_json(&format!("{}/v1/status", d.url), viewer).await;
+        let held: u64 = ["c1", "c2", "c3", "c4"]
+            .iter()
+            .map(|o| st["heads"][*o]["seq"].as_u64().unwrap_or(0))
+            .sum();
+        if held >= events {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "no catch-up: {st}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Run {
+        from_start: t0.elapsed(),
+        from_listening: listening.elapsed(),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        // `cargo test --benches` / listing: nothing to run.
+        return;
+    }
+    let events = env_u64("GRIDSYNC_BENCH_EVENTS", 200_000);
+    let runs = env_u64("GRIDSYNC_BENCH_RUNS", 3);
+    let outage = Duration::from_secs(env_u64("GRIDSYNC_BENCH_OUTAGE_S", 20));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    println!("tree catch-up: {events} events held by 4 communities, outage >= {outage:?}");
+    println!(
+        "| variant | run | from first start | from all listening | events/s (from listening) |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, refused_max) in [
+        ("refused → retry within 1 s", 1_000),
+        ("baseline: backoff only", 30_000),
+    ] {
+        let mut rates = Vec::new();
+        let mut starts = Vec::new();
+        for i in 1..=runs {
+            let r = rt.block_on(one_run(events, outage, refused_max));
+            let rate = events as f64 / r.from_listening.as_secs_f64();
+            println!(
+                "| {name} | {i} | {:.2} s | {:.2} s | {rate:.0} |",
+                r.from_start.as_secs_f64(),
+                r.from_listening.as_secs_f64()
+            );
+            rates.push(rate);
+            starts.push(r.from_start.as_secs_f64());
+        }
+        println!(
+            "| **{name}** | median | {:.2} s | | **{:.0}** |",
+            median(starts),
+            median(rates)
+        );
+    }
+}
