@@ -13,7 +13,17 @@ fn help_lists_every_command() {
     let out = gridsync().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for cmd in ["provision", "serve", "demo", "rebuild", "audit"] {
+    for cmd in [
+        "init",
+        "provision",
+        "serve",
+        "demo",
+        "load",
+        "token",
+        "topology",
+        "rebuild",
+        "audit",
+    ] {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
     let out = gridsync().args(["audit", "--help"]).output().unwrap();
