@@ -213,6 +213,12 @@ enum Command {
         /// parent has confirmed its chain or given back what it lacks.
         #[arg(long)]
         after_restore: bool,
+        /// Verify every chunk's signature at start. By default every
+        /// event's chain link is recomputed and each origin's newest signed
+        /// head verified, which authenticates its whole chain; this also
+        /// checks each older head's own signature (as `audit verify` does).
+        #[arg(long)]
+        verify_all: bool,
         /// Test-only negative control: acknowledge before the commit is
         /// durable. Loses acknowledged events on a crash.
         #[arg(long, hide = true)]
@@ -499,6 +505,7 @@ fn main() -> ExitCode {
             config,
             listen,
             after_restore,
+            verify_all,
             unsafe_ack_before_durable,
             unsafe_read_uncommitted,
             unsafe_skip_fsync,
@@ -508,6 +515,7 @@ fn main() -> ExitCode {
             listen,
             gridsync_node::node::OpenOptions {
                 after_restore,
+                verify_all,
                 ack_before_durable: unsafe_ack_before_durable,
                 read_uncommitted: unsafe_read_uncommitted,
                 skip_fsync: unsafe_skip_fsync,
@@ -545,9 +553,9 @@ fn main() -> ExitCode {
 }
 
 fn init(id: &str, out: &std::path::Path, force: bool, tls_hosts: &[String]) -> anyhow::Result<()> {
-    let public_key = gridsync_node::provision::init_key(id, out, force)?;
+    let public_key = gridsync_node::init::init_key(id, out, force)?;
     if !tls_hosts.is_empty() {
-        let csr = gridsync_node::provision::init_tls(id, out, tls_hosts, force)?;
+        let csr = gridsync_node::init::init_tls(id, out, tls_hosts, force)?;
         eprintln!(
             "wrote {} and {}: copy the request to the provisioning machine as <out>/{id}/tls/node.csr",
             out.join("tls/node.key").display(),
@@ -630,7 +638,7 @@ fn serve(
 fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Rotate { config, role } => {
-            let t = gridsync_node::provision::rotate_token(&config, role)?;
+            let t = gridsync_node::init::rotate_token(&config, role)?;
             println!("{t}");
             eprintln!(
                 "new {} token written to {} (hash) and tokens.toml; restart the node to apply",
@@ -639,7 +647,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             );
         }
         TokenCommand::Revoke { config, role } => {
-            let n = gridsync_node::provision::revoke_tokens(&config, role)?;
+            let n = gridsync_node::init::revoke_tokens(&config, role)?;
             eprintln!(
                 "revoked {n} {} token(s) in {}; restart the node to apply",
                 role.as_str(),

@@ -1,157 +1,25 @@
-//! The node's projection (kept in memory, rebuilt from the log on start and
-//! advanced after every commit) and the aggregates API.
-//!
-//! Keeping projection state only in memory makes "consistent with the log
-//! across crashes" hold by construction: after any crash the projection is a
-//! fresh fold of the durable log, so nothing can be counted twice or missed.
-//! The price is the rebuild at start (see BENCHMARKS.md for its speed).
+//! The aggregates API (`/v1/aggregates` and its SSE stream) and the task
+//! that keeps the node's projection (`projector.rs`) up to date.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
-use gridsync_model::kinds::EventRef;
-use gridsync_projections::{
-    format_day, parse_day, Counts, Day, Projection, ProjectionConfig, METRICS,
-};
-use gridsync_store::{Store, StoreError};
+use gridsync_projections::{format_day, parse_day, Counts, Day, Projection, METRICS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::auth::Role;
 use crate::error::ApiError;
-use crate::node::NodeState;
+use crate::state::NodeState;
 use crate::topology::Topology;
 
-/// The projection and how far into the log it has been applied.
-pub struct Projector {
-    pub projection: RwLock<Projection>,
-    /// Log offset applied up to (next entry to apply); changes wake streams.
-    pub applied: watch::Sender<u64>,
-}
-
-impl Projector {
-    /// Folds the whole log into a fresh projection.
-    ///
-    /// # Errors
-    /// Storage errors, or a log whose events are out of order.
-    pub fn rebuild(
-        store: &Store,
-        cfg: ProjectionConfig,
-        progress: &dyn Fn(u64),
-    ) -> Result<Self, StoreError> {
-        let mut p = Projection::new(cfg);
-        let offset = apply_from(store, &mut p, 0, progress)?;
-        Ok(Self {
-            projection: RwLock::new(p),
-            applied: watch::channel(offset).0,
-        })
-    }
-
-    /// Applies entries committed since the last call.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
-        let from = *self.applied.borrow();
-        let mut p = self.projection.write().expect("lock");
-        let to = apply_from(store, &mut p, from, &|_| {})?;
-        drop(p);
-        if to != from {
-            self.applied.send_replace(to);
-        }
-        Ok(())
-    }
-}
-
-/// Finds a correction's target in the store (its envelope bytes).
-fn target_lookup(store: &Store) -> impl Fn(&str, u64) -> Option<Vec<u8>> + '_ {
-    move |origin: &str, seq: u64| {
-        store
-            .find_event(&EventRef {
-                origin: origin.to_owned(),
-                seq,
-            })
-            .ok()
-            .flatten()
-            .map(|(_, rec)| rec.envelope)
-    }
-}
-
-/// A projection of the log as it was at `as_of_ms`: by event time (only
-/// events that occurred by then, and corrections made by then), or with
-/// `known_at`, only log entries this node had committed by then.
-///
-/// # Errors
-/// Storage errors or a log out of order.
-pub fn fold_as_of(
-    store: &Store,
-    cfg: ProjectionConfig,
-    as_of_ms: i64,
-    known_at: bool,
-) -> Result<Projection, String> {
-    let mut p = Projection::new(cfg);
-    let lookup = target_lookup(store);
-    let mut offset = 0;
-    loop {
-        let entries = store.read_log(offset, 256).map_err(|e| e.to_string())?;
-        if entries.is_empty() {
-            return Ok(p);
-        }
-        for e in &entries {
-            if known_at && e.received_at_ms > as_of_ms {
-                continue;
-            }
-            for rec in &e.chunk.events {
-                if !known_at {
-                    let occurred = gridsync_model::Envelope::decode(&rec.envelope)
-                        .map(|env| env.occurred_at.unix_ms)
-                        .unwrap_or(i64::MAX);
-                    if occurred > as_of_ms {
-                        // Later seqs of the origin may have occurred earlier
-                        // (late events): skip this one but keep the order.
-                        p.skip(&rec.envelope).map_err(|e| e.to_string())?;
-                        continue;
-                    }
-                }
-                p.apply(&rec.envelope, &lookup)
-                    .map_err(|err| format!("log entry {}: {err}", e.offset))?;
-            }
-        }
-        offset = entries.last().expect("non-empty").offset + 1;
-    }
-}
-
-/// Applies log entries from `offset` to the end; returns the next offset.
-fn apply_from(
-    store: &Store,
-    p: &mut Projection,
-    mut offset: u64,
-    progress: &dyn Fn(u64),
-) -> Result<u64, StoreError> {
-    let lookup = target_lookup(store);
-    let mut n = 0u64;
-    loop {
-        let entries = store.read_log(offset, 256)?;
-        if entries.is_empty() {
-            return Ok(offset);
-        }
-        for e in entries {
-            for rec in &e.chunk.events {
-                p.apply(&rec.envelope, &lookup)
-                    .map_err(|err| StoreError::Corrupt(format!("log entry {}: {err}", e.offset)))?;
-                n += 1;
-            }
-            offset = e.offset + 1;
-        }
-        progress(n);
-    }
-}
+pub use crate::projector::{fold_as_of, Projector};
 
 /// Keeps the projection up to date with the log: woken by every commit.
 pub async fn run_projector(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
@@ -416,7 +284,12 @@ pub async fn get_aggregates(
             "send the token as `Authorization: Bearer <token>`; only /v1/aggregates/stream (for EventSource) takes ?token=",
         ));
     }
-    crate::http::authorize_with(&state, &headers, None, &[Role::Viewer, Role::Auditor])?;
+    crate::auth::authorize_with(
+        &state.config.token,
+        &headers,
+        None,
+        &[Role::Viewer, Role::Auditor],
+    )?;
     Ok(Json(aggregates(&state, &q)?))
 }
 
@@ -428,8 +301,8 @@ pub async fn stream_aggregates(
     query: Result<Query<AggregatesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    crate::http::authorize_with(
-        &state,
+    crate::auth::authorize_with(
+        &state.config.token,
         &headers,
         q.token.as_deref(),
         &[Role::Viewer, Role::Auditor],

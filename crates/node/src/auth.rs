@@ -116,3 +116,34 @@ impl Drop for TokenSlot {
         }
     }
 }
+
+/// The role of the request's bearer token (or, for read-only endpoints
+/// browsers open directly such as `EventSource`, a `token=` query
+/// parameter), if it is one of `allowed` (admin always is).
+///
+/// # Errors
+/// 401 without a known token, 403 for a role not allowed here.
+pub fn authorize_with(
+    tokens: &[TokenEntry],
+    headers: &axum::http::HeaderMap,
+    query_token: Option<&str>,
+    allowed: &[Role],
+) -> Result<Role, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or(query_token)
+        .ok_or_else(ApiError::unauthorized)?;
+    let role = role_of(tokens, token).ok_or_else(ApiError::unauthorized)?;
+    if role == Role::Admin || allowed.contains(&role) {
+        return Ok(role);
+    }
+    let needs: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+    Err(ApiError::forbidden(
+        role.as_str(),
+        &format!("one of: {}, admin", needs.join(", ")),
+    ))
+}

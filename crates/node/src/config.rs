@@ -39,7 +39,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub store: StoreSettings,
     #[serde(default)]
-    pub sync: crate::sync::SyncSettings,
+    pub sync: SyncSettings,
     #[serde(default)]
     pub projections: ProjectionSettings,
     #[serde(default)]
@@ -215,5 +215,99 @@ impl NodeConfig {
             .check()
             .map_err(|m| ConfigError(format!("config {}: [sync] {m}", path.display())))?;
         Ok(c)
+    }
+}
+
+/// Replication limits and timers. Names end in their unit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Largest websocket message (and frame) accepted.
+    pub frame_bytes_max: usize,
+    /// Bytes of chunks per batch.
+    pub batch_bytes_max: usize,
+    /// Unacknowledged batches in flight per connection.
+    pub window_batches: usize,
+    /// Bytes buffered for writing to one peer before sends wait.
+    pub write_buffer_bytes_max: usize,
+    pub heartbeat_ms: i64,
+    pub idle_timeout_ms: i64,
+    /// Handshake and oldest-batch answer deadline.
+    pub ack_timeout_ms: i64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// While the parent's host refuses connections (its node is not
+    /// listening: restarting, or stopped), retry within this long (full
+    /// jitter from `reconnect_min_ms`) instead of backing off further: a
+    /// refused connect costs both ends next to nothing, and a restarted
+    /// parent is reached within this delay, not after `reconnect_max_ms`.
+    pub reconnect_refused_max_ms: u64,
+    /// Authenticated sync connections this node keeps at once (at least
+    /// the number of its children in the topology, whatever is set here).
+    pub connections_max: usize,
+    /// Sockets still in the handshake at once; they hold no connection
+    /// slot, and are dropped after `handshake_timeout_ms`.
+    pub handshakes_max: usize,
+    /// How long an unauthenticated socket may take to prove its key.
+    pub handshake_timeout_ms: i64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            frame_bytes_max: 1024 * 1024,
+            batch_bytes_max: 256 * 1024,
+            window_batches: 4,
+            write_buffer_bytes_max: 4 * 1024 * 1024,
+            heartbeat_ms: 5_000,
+            idle_timeout_ms: 20_000,
+            ack_timeout_ms: 30_000,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 30_000,
+            reconnect_refused_max_ms: 1_000,
+            connections_max: 64,
+            handshakes_max: 256,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl SyncSettings {
+    /// Settings that would make links fail for ever are refused at start
+    /// (review F24).
+    ///
+    /// # Errors
+    /// What is wrong and how to fix it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.window_batches == 0 || self.connections_max == 0 || self.handshakes_max == 0 {
+            return Err(
+                "window_batches, connections_max and handshakes_max must be at least 1".into(),
+            );
+        }
+        if self.batch_bytes_max + 64 * 1024 > self.frame_bytes_max {
+            return Err(format!(
+                "batch_bytes_max ({}) must leave 64 KiB of room below frame_bytes_max ({}), or every batch is refused",
+                self.batch_bytes_max, self.frame_bytes_max
+            ));
+        }
+        if self.heartbeat_ms <= 0 || self.heartbeat_ms >= self.idle_timeout_ms {
+            return Err(format!(
+                "heartbeat_ms ({}) must be positive and below idle_timeout_ms ({}), or links flap",
+                self.heartbeat_ms, self.idle_timeout_ms
+            ));
+        }
+        if self.handshake_timeout_ms <= 0
+            || self.ack_timeout_ms <= 0
+            || self.reconnect_min_ms == 0
+            || self.reconnect_min_ms > self.reconnect_max_ms
+            || self.reconnect_min_ms > self.reconnect_refused_max_ms
+        {
+            return Err(
+                "timeouts must be positive, and reconnect_min_ms at most reconnect_max_ms and \
+                 reconnect_refused_max_ms"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }

@@ -1,70 +1,15 @@
 //! A running node: its state, and `serve` (open, bind, serve, shut down).
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use gridsync_model::ingest::IngestLimits;
 use gridsync_store::{OriginIdentity, PostingHold, SledKv, Store, StoreConfig};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::NodeConfig;
 use crate::topology::Topology;
 
-/// Shared by every request handler.
-pub struct NodeState {
-    pub config: NodeConfig,
-    pub topology: Topology,
-    pub store: Store,
-    /// True for a community (no children): it creates events.
-    pub is_origin: bool,
-    pub ingest_limits: IngestLimits,
-    pub metrics: PrometheusHandle,
-    pub http_permits: tokio::sync::Semaphore,
-    /// Requests in flight per token (`limits.requests_per_token_max`).
-    pub token_slots: crate::auth::TokenSlots,
-    /// The node's clock, unix ms (replaceable in tests).
-    pub clock: fn() -> i64,
-    /// This node's key (signs its events if an origin, and its sync proofs).
-    pub key: ed25519_dalek::SigningKey,
-    pub sync: crate::sync::SyncState,
-    pub projector: crate::aggregates::Projector,
-    /// Serve HTTPS with this (from `[tls]`); plain HTTP when `None`.
-    pub tls_server: Option<Arc<rustls::ServerConfig>>,
-    /// Connect to an `https` parent trusting only the topology's CA.
-    pub tls_client: Option<Arc<rustls::ClientConfig>>,
-    /// Test-only negative control (see [`OpenOptions::no_channel_binding`]).
-    pub unsafe_no_channel_binding: bool,
-}
-
-impl NodeState {
-    pub fn now_ms(&self) -> i64 {
-        (self.clock)()
-    }
-}
-
-pub fn system_now_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The process-wide Prometheus recorder (installed once; every metric
-/// carries a `node` label so several nodes in one process stay apart).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .install_recorder()
-                .unwrap_or_else(|_| {
-                    // Another recorder is installed (embedding program): render
-                    // from a private one so /metrics still answers.
-                    PrometheusBuilder::new().build_recorder().handle()
-                })
-        })
-        .clone()
-}
+pub use crate::state::{metrics_handle, system_now_ms, NodeState};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -78,6 +23,9 @@ pub struct OpenOptions {
     /// a tail its parent holds): take no posts until the parent has
     /// confirmed this community's chain or given back what it lacks.
     pub after_restore: bool,
+    /// Verify every chunk's signature at open, not only each origin's
+    /// newest head (which covers its whole chain through the hash links).
+    pub verify_all: bool,
     /// Test-only: acknowledge appends before they are durable (the crash
     /// test's negative control).
     pub ack_before_durable: bool,
@@ -175,6 +123,7 @@ fn open_node_with(
         heads_record: Some(config.data_dir.clone()),
         heads_interval_ms: config.store.heads_interval_ms,
         accept_shorter_log: unsafe_opts.after_restore,
+        verify_all_signatures: unsafe_opts.verify_all,
         hold_on_open: (unsafe_opts.after_restore && is_origin && config.parent.is_some()).then(
             || PostingHold {
                 code: "awaiting_parent_check".into(),
@@ -210,13 +159,13 @@ fn open_node_with(
         future_skew_ms: l.future_skew_s.saturating_mul(1000),
     };
     let http_permits = tokio::sync::Semaphore::new(l.http_concurrency_max);
-    let sync = crate::sync::SyncState::new(&config.sync, topology.children(&config.id).len());
+    let sync = crate::sync_state::SyncState::new(&config.sync, topology.children(&config.id).len());
     let mut pcfg = gridsync_projections::ProjectionConfig::new(&topology.timezone)
         .map_err(|e| StartError(format!("topology timezone: {e}")))?;
     pcfg.fever_celsius = config.projections.fever_celsius;
     pcfg.flagged_region_prefixes = config.projections.flagged_region_prefixes.clone();
     let started = std::time::Instant::now();
-    let projector = crate::aggregates::Projector::rebuild(&store, pcfg, progress)
+    let projector = crate::projector::Projector::rebuild(&store, pcfg, progress)
         .map_err(|e| StartError(format!("cannot build the projection: {e}")))?;
     let rebuild_time = started.elapsed();
     tracing::info!(

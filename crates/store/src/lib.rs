@@ -160,6 +160,14 @@ pub struct StoreConfig {
     /// Open a log that holds less than its heads record says (a restored
     /// backup): report what is missing, then take the log as it is.
     pub accept_shorter_log: bool,
+    /// Verify every chunk's head signature at open (`serve --verify-all`).
+    /// By default the chain links of every event are recomputed and only
+    /// each origin's newest head signature is verified: that signature
+    /// covers the whole chain through the hash links, so it authenticates
+    /// every event as well; what the full pass adds is a check of the
+    /// older heads' own signature bytes (damage there is found by `audit
+    /// verify`, or refused by the parent if such a chunk is forwarded).
+    pub verify_all_signatures: bool,
 }
 
 impl Default for StoreConfig {
@@ -175,6 +183,7 @@ impl Default for StoreConfig {
             heads_record: None,
             heads_interval_ms: 200,
             accept_shorter_log: false,
+            verify_all_signatures: false,
         }
     }
 }
@@ -309,7 +318,7 @@ impl Store {
                 )))
             }
         }
-        let recovered = writer::recover(kv.as_ref(), &keys)?;
+        let recovered = writer::recover(kv.as_ref(), &keys, config.verify_all_signatures)?;
         let heads_writer = match &config.heads_record {
             None => None,
             Some(dir) => Some(writer::check_heads_record(

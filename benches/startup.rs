@@ -1,0 +1,113 @@
+//! Opening a large log: the store's open-time verification over N
+//! one-event chunks (phones posting one event at a time: the worst case,
+//! one signed head per event), 4 origins, sled on disk. Two ways in the
+//! same run, alternating: the default (every event's chain link
+//! recomputed, each origin's newest head signature verified, the chunk
+//! index compared a page at a time) and `--verify-all` (every chunk's
+//! signature too, as before).
+//!
+//! `cargo bench --bench startup` (`GRIDSYNC_BENCH_CHUNKS`, default 400000;
+//! `GRIDSYNC_BENCH_RUNS`, default 3).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ed25519_dalek::SigningKey;
+use gridsync_model::ZERO_HASH;
+use gridsync_store::{SledKv, Store, StoreConfig};
+
+const ORIGINS: [&str; 4] = ["c1", "c2", "c3", "c4"];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn key(i: usize) -> SigningKey {
+    SigningKey::from_bytes(&[u8::try_from(i + 1).unwrap(); 32])
+}
+
+fn open(dir: &std::path::Path, verify_all: bool) -> Store {
+    let vks: Vec<_> = (0..ORIGINS.len()).map(|i| key(i).verifying_key()).collect();
+    Store::open(
+        Arc::new(SledKv::open(dir, 64 << 20).unwrap()),
+        StoreConfig {
+            verify_all_signatures: verify_all,
+            ..StoreConfig::default()
+        },
+        None,
+        Arc::new(move |o: &str, _: u64| ORIGINS.iter().position(|x| *x == o).map(|i| vks[i])),
+    )
+    .unwrap()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let chunks = env_u64("GRIDSYNC_BENCH_CHUNKS", 400_000);
+    let runs = env_u64("GRIDSYNC_BENCH_RUNS", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    {
+        let store = open(&data, false);
+        let per_origin = chunks / ORIGINS.len() as u64;
+        let mut prev = [ZERO_HASH; 4];
+        let started = Instant::now();
+        let mut seq = 1;
+        while seq <= per_origin {
+            let mut batch = Vec::new();
+            for _ in 0..250 {
+                if seq > per_origin {
+                    break;
+                }
+                for (i, o) in ORIGINS.iter().enumerate() {
+                    let c = gridsync_suite::visit_chunk(o, &key(i), seq, seq, prev[i], "");
+                    prev[i] = c.head.hash;
+                    batch.push(c);
+                }
+                seq += 1;
+            }
+            rt.block_on(store.import(batch, 0)).unwrap();
+        }
+        store.close();
+        eprintln!(
+            "wrote {chunks} one-event chunks in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("open of {chunks} one-event chunks (4 origins), sled on disk");
+    println!("| mode | run | open | chunks/s |");
+    println!("| --- | --- | --- | --- |");
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for run in 1..=runs {
+        for (m, verify_all) in [false, true].into_iter().enumerate() {
+            let started = Instant::now();
+            let store = open(&data, verify_all);
+            let t = started.elapsed().as_secs_f64();
+            assert_eq!(store.counts().chunks, chunks);
+            store.close();
+            println!(
+                "| {} | {run} | {t:.2} s | {:.0} |",
+                if verify_all {
+                    "--verify-all"
+                } else {
+                    "default"
+                },
+                chunks as f64 / t
+            );
+            times[m].push(t);
+        }
+    }
+    for t in &mut times {
+        t.sort_by(f64::total_cmp);
+    }
+    let (d, a) = (times[0][times[0].len() / 2], times[1][times[1].len() / 2]);
+    println!(
+        "median: default {d:.2} s, --verify-all {a:.2} s ({:.1}× faster)",
+        a / d
+    );
+}

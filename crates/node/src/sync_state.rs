@@ -1,0 +1,73 @@
+//! What the replication links share with the rest of the node (status,
+//! metrics, shutdown): a leaf, so the node's state can hold it without
+//! importing the sync transport.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use gridsync_protocol::LagReport;
+use tokio::sync::{watch, Notify};
+
+use crate::config::SyncSettings;
+
+#[derive(Clone, Debug, Default)]
+pub struct ChildLink {
+    pub connected: bool,
+    pub last_contact_ms: Option<i64>,
+    pub lag: Vec<LagReport>,
+    pub(crate) session: u64,
+    pub(crate) cancel: Option<Arc<Notify>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ParentLink {
+    pub connected: bool,
+    pub last_ack_ms: Option<i64>,
+    pub acked: BTreeMap<String, u64>,
+    pub connects: u64,
+    pub last_error: Option<String>,
+    /// Origins the parent refuses (kept across reconnects until the parent
+    /// acknowledges that origin again).
+    pub blocked: BTreeMap<String, BlockedOrigin>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BlockedOrigin {
+    pub code: String,
+    pub message: String,
+    pub since_ms: i64,
+}
+
+/// Replication state shown by `/v1/status`.
+pub struct SyncState {
+    pub children: Mutex<BTreeMap<String, ChildLink>>,
+    pub parent: Mutex<ParentLink>,
+    /// Authenticated connections.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// Sockets in the handshake (unauthenticated).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+    pub(crate) next_session: std::sync::atomic::AtomicU64,
+    /// Set to true when the node shuts down: every sync session ends.
+    pub stop: watch::Sender<bool>,
+    /// While true the upward link stays down (the demo's `--chaos` uses it
+    /// to take a community offline).
+    pub paused: watch::Sender<bool>,
+}
+
+impl SyncState {
+    /// `children`: how many children the topology gives this node (each
+    /// always has a connection slot).
+    pub fn new(settings: &SyncSettings, children: usize) -> Self {
+        Self {
+            children: Mutex::new(BTreeMap::new()),
+            parent: Mutex::new(ParentLink::default()),
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                settings.connections_max.max(children),
+            )),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(settings.handshakes_max)),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+            stop: watch::channel(false).0,
+            paused: watch::channel(false).0,
+        }
+    }
+}

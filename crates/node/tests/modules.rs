@@ -1,0 +1,160 @@
+//! The module graph inside the runtime crate (ARCHITECTURE.md, "Code
+//! map"): read from the sources' `crate::` paths, it must have no cycle,
+//! and the shared leaves (state, settings, auth, errors…) must not import
+//! the HTTP, sync or serving code that uses them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Modules that everything may use and that use none of the runtime's
+/// active parts.
+const LEAVES: &[&str] = &[
+    "auth",
+    "config",
+    "error",
+    "projector",
+    "state",
+    "sync_state",
+    "tls",
+    "topology",
+];
+/// The active parts a leaf may never import.
+const ACTIVE: &[&str] = &[
+    "aggregates",
+    "http",
+    "node",
+    "sync",
+    "demo",
+    "provision",
+    "lifecycle",
+];
+
+/// `crate::x` references of one source file (use lines and paths, brace
+/// groups included).
+fn imports(src: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let name: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut g = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        // A module is a file `x.rs` or a directory `x/` (all its files).
+        let (name, files) = if path.is_dir() {
+            let files: Vec<_> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("rs"))
+                .collect();
+            (
+                path.file_name().unwrap().to_str().unwrap().to_owned(),
+                files,
+            )
+        } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
+            (
+                path.file_stem().unwrap().to_str().unwrap().to_owned(),
+                vec![path],
+            )
+        } else {
+            continue;
+        };
+        if name == "lib" {
+            continue;
+        }
+        let mut deps = BTreeSet::new();
+        for f in files {
+            deps.extend(imports(&std::fs::read_to_string(&f).unwrap()));
+        }
+        deps.remove(&name);
+        g.insert(name, deps);
+    }
+    g
+}
+
+#[test]
+fn the_module_graph_has_no_cycle_and_leaves_stay_leaves() {
+    let g = graph();
+    for leaf in LEAVES {
+        let deps = g.get(*leaf).unwrap_or_else(|| panic!("no module {leaf}"));
+        for active in ACTIVE {
+            assert!(
+                !deps.contains(*active),
+                "{leaf}.rs imports {active}: the shared leaves must not know their users"
+            );
+        }
+    }
+    // Depth-first search for a cycle.
+    fn visit<'a>(
+        n: &'a str,
+        g: &'a BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) {
+        if done.contains(n) {
+            return;
+        }
+        if let Some(i) = path.iter().position(|p| *p == n) {
+            panic!("import cycle: {} -> {n}", path[i..].join(" -> "));
+        }
+        path.push(n);
+        for d in g.get(n).into_iter().flatten() {
+            if g.contains_key(d) {
+                visit(d, g, path, done);
+            }
+        }
+        path.pop();
+        done.insert(n);
+    }
+    let mut done = BTreeSet::new();
+    for n in g.keys() {
+        visit(n, &g, &mut Vec::new(), &mut done);
+    }
+}
+
+#[test]
+fn the_reader_sees_imports() {
+    // Negative control: the reader finds real edges, including brace
+    // groups, so an empty graph cannot pass the test above.
+    let g = graph();
+    assert!(g["node"].contains("state") && g["node"].contains("http"));
+    assert!(g["sync"].contains("state"));
+    let found = imports("use crate::{alpha, beta::Gamma};\nlet x = crate::delta::f();");
+    assert_eq!(
+        found,
+        ["alpha", "beta", "delta"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    );
+}
