@@ -77,46 +77,6 @@ pub fn token_of(tokens: &[TokenEntry], presented: &str) -> Option<(Role, usize)>
     found
 }
 
-/// Requests in flight per token (by its entry in the config), capped at
-/// `limits.requests_per_token_max`: one leaked or misbehaving token cannot
-/// take every request slot from the others.
-#[derive(Debug, Default)]
-pub struct TokenSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, usize>>>);
-
-/// One request's slot; released on drop.
-pub struct TokenSlot {
-    slots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, usize>>>,
-    token: usize,
-}
-
-impl TokenSlots {
-    /// A slot for token `token`, unless it already has `max` in flight.
-    pub fn try_take(&self, token: usize, max: usize) -> Option<TokenSlot> {
-        let mut m = self.0.lock().expect("lock");
-        let n = m.entry(token).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(TokenSlot {
-            slots: self.0.clone(),
-            token,
-        })
-    }
-}
-
-impl Drop for TokenSlot {
-    fn drop(&mut self) {
-        let mut m = self.slots.lock().expect("lock");
-        if let Some(n) = m.get_mut(&self.token) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.token);
-            }
-        }
-    }
-}
-
 /// The role of the request's bearer token (or, for read-only endpoints
 /// browsers open directly such as `EventSource`, a `token=` query
 /// parameter), if it is one of `allowed` (admin always is).

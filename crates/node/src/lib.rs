@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod node;
 pub mod projector;
 pub mod provision;
+pub mod slots;
 pub mod state;
 pub mod status;
 pub mod sync;

@@ -183,7 +183,7 @@ fn open_node_with(
         ingest_limits,
         metrics: metrics_handle(),
         http_permits,
-        token_slots: crate::auth::TokenSlots::default(),
+        token_slots: crate::slots::Slots::default(),
         clock: system_now_ms,
         tls_server,
         tls_client,
@@ -230,24 +230,6 @@ fn tls_setup(config: &NodeConfig, topology: &Topology) -> Result<TlsConfigs, Sta
     Ok((server, client))
 }
 
-/// Connections from one IP address, released when a connection ends.
-struct IpSlot {
-    ip: std::net::IpAddr,
-    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut m = self.open.lock().expect("lock");
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// The HTTP accept loop (instead of `axum::serve`, which sets no
 /// header-read timeout): caps connections in all and per IP, closes a
 /// connection whose client is slow to send headers (or idles between
@@ -264,7 +246,7 @@ async fn serve_http(
     let header_timeout = std::time::Duration::from_secs(l.header_read_timeout_s);
     let conns = Arc::new(tokio::sync::Semaphore::new(l.connections_max));
     let per_ip_max = l.connections_per_ip_max;
-    let open = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let per_ip: crate::slots::Slots<std::net::IpAddr> = crate::slots::Slots::default();
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let node = state.config.id.clone();
@@ -286,19 +268,9 @@ async fn serve_http(
             metrics::counter!("gridsync_http_connections_refused_total", "node" => node.clone(), "why" => "total").increment(1);
             continue;
         };
-        let slot = {
-            let mut m = open.lock().expect("lock");
-            let n = m.entry(addr.ip()).or_insert(0);
-            if *n >= per_ip_max {
-                drop(m);
-                metrics::counter!("gridsync_http_connections_refused_total", "node" => node.clone(), "why" => "per_ip").increment(1);
-                continue;
-            }
-            *n += 1;
-            IpSlot {
-                ip: addr.ip(),
-                open: open.clone(),
-            }
+        let Some(slot) = per_ip.try_take(addr.ip(), per_ip_max) else {
+            metrics::counter!("gridsync_http_connections_refused_total", "node" => node.clone(), "why" => "per_ip").increment(1);
+            continue;
         };
         let app = app.clone();
         let tls = state

@@ -23,7 +23,8 @@ pub struct NodeState {
     pub metrics: PrometheusHandle,
     pub http_permits: tokio::sync::Semaphore,
     /// Requests in flight per token (`limits.requests_per_token_max`).
-    pub token_slots: crate::auth::TokenSlots,
+    /// (by the token's entry in the config)
+    pub token_slots: crate::slots::Slots<usize>,
     /// The node's clock, unix ms (replaceable in tests).
     pub clock: fn() -> i64,
     /// This node's key (signs its events if an origin, and its sync proofs).

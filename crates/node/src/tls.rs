@@ -118,18 +118,27 @@ pub fn exporter<D>(conn: &rustls::ConnectionCommon<D>) -> Option<[u8; 32]> {
     ok.then_some(out)
 }
 
-/// A TLS key made on the node's own machine and a request for a
-/// certificate for it: `(request PEM, key PEM)`.
-///
-/// # Errors
-/// Key generation failed or a bad host.
-pub fn node_request(node: &str, hosts: &[String]) -> Result<(String, String), String> {
+/// A fresh key and the certificate parameters of node `node` for `hosts`.
+fn node_key_and_params(
+    node: &str,
+    hosts: &[String],
+) -> Result<(rcgen::KeyPair, rcgen::CertificateParams), String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params =
         rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| format!("{node}: {e}"))?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, format!("gridsync node {node}"));
+    Ok((key, params))
+}
+
+/// A TLS key made on the node's own machine and a request for a
+/// certificate for it: `(request PEM, key PEM)`.
+///
+/// # Errors
+/// Key generation failed or a bad host.
+pub fn node_request(node: &str, hosts: &[String]) -> Result<(String, String), String> {
+    let (key, params) = node_key_and_params(node, hosts)?;
     let csr = params
         .serialize_request(&key)
         .map_err(|e| format!("{node}: {e}"))?;
@@ -216,12 +225,7 @@ impl Ca {
     /// # Errors
     /// A host that is neither, or signing failed.
     pub fn node_cert(&self, node: &str, hosts: &[String]) -> Result<(String, String), String> {
-        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut params =
-            rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| format!("{node}: {e}"))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("gridsync node {node}"));
+        let (key, params) = node_key_and_params(node, hosts)?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| format!("{node}: {e}"))?;
