@@ -290,7 +290,12 @@ pub async fn get_aggregates(
         None,
         &[Role::Viewer, Role::Auditor],
     )?;
-    Ok(Json(aggregates(&state, &q)?))
+    // Rolling up many origins over many days is CPU work: off the async
+    // workers.
+    let answer = tokio::task::spawn_blocking(move || aggregates(&state, &q))
+        .await
+        .map_err(|e| ApiError::internal("aggregates task failed", &e))??;
+    Ok(Json(answer))
 }
 
 /// `GET /v1/aggregates/stream`: server-sent events, one `aggregates` event

@@ -18,7 +18,11 @@ pub(crate) async fn status(
     headers: HeaderMap,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let role = state.authorize(&headers, &Role::ALL)?;
-    Ok(Json(status_view(&state, role)?))
+    // A scan of every origin's head and link: off the async workers.
+    let view = tokio::task::spawn_blocking(move || status_view(&state, role))
+        .await
+        .map_err(|e| ApiError::internal("status task failed", &e))??;
+    Ok(Json(view))
 }
 
 /// The body of `GET /v1/status` (also pushed by the aggregates stream).

@@ -94,8 +94,14 @@ async fn parent_session(
         let outs = tokio::select! {
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
-                    match Frame::decode(&bytes, state.config.sync.frame_bytes_max) {
-                        Ok(frame) => session.on_frame(frame, &TopoView(&state.topology), &StoreView(&state.store), system_now_ms()),
+                    // Decoding and verifying a batch (hashes, signatures)
+                    // is CPU work: done in place of this worker, so the
+                    // runtime hands other tasks to another one meanwhile.
+                    let decoded = cpu_work(bytes.len(), || Frame::decode(&bytes, state.config.sync.frame_bytes_max).map(|frame| {
+                        session.on_frame(frame, &TopoView(&state.topology), &StoreView(&state.store), system_now_ms())
+                    }));
+                    match decoded {
+                        Ok(outs) => outs,
                         Err(e) => {
                             metrics::counter!("gridsync_sync_rejections_total", "node" => node.clone(), "code" => "malformed").increment(1);
                             let f = Frame::Refused { code: "malformed".into(), message: e.to_string() };
@@ -234,6 +240,20 @@ async fn parent_session(
         tracing::debug!(child = c, %reason, "child disconnected");
     } else {
         tracing::debug!(%reason, "sync connection closed before authentication");
+    }
+}
+
+/// Runs `f` (CPU-heavy: `bytes` of input) so that it does not stall the
+/// other tasks of this async worker: on a multi-threaded runtime the
+/// worker is handed over (`block_in_place`) for inputs over 16 KiB; small
+/// inputs and single-threaded runtimes (tests) run it inline.
+fn cpu_work<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi && bytes > 16 * 1024 {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
