@@ -108,10 +108,17 @@ pub fn provision(dir: &Path, nodes: &[(&str, Option<&str>)]) -> Tree {
 /// [`provision`] with extra `gridsync provision` flags (`--tls`).
 pub fn provision_with(dir: &Path, nodes: &[(&str, Option<&str>)], flags: &[&str]) -> Tree {
     let mut text = String::from("timezone = \"Asia/Shanghai\"\n");
+    // A released port may be handed out again: never give two nodes one.
+    let mut used = std::collections::BTreeSet::new();
     for (id, parent) in nodes {
+        let port = loop {
+            let p = free_port();
+            if used.insert(p) {
+                break p;
+            }
+        };
         text.push_str(&format!(
-            "[[node]]\nid = \"{id}\"\nname = \"{id} 名\"\nlisten = \"127.0.0.1:{}\"\n",
-            free_port()
+            "[[node]]\nid = \"{id}\"\nname = \"{id} 名\"\nlisten = \"127.0.0.1:{port}\"\n"
         ));
         if let Some(p) = parent {
             text.push_str(&format!("parent = \"{p}\"\n"));
