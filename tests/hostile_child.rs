@@ -449,18 +449,7 @@ async fn idle_unauthenticated_sockets_hold_no_slot() {
     );
 }
 
-/// Rewrites node `id` of a topology file with `edit`.
-fn edit_topology(path: &std::path::Path, id: &str, edit: impl FnOnce(&mut toml::Table)) {
-    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let node = table["node"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|n| n["id"].as_str() == Some(id))
-        .unwrap();
-    edit(node.as_table_mut().unwrap());
-    std::fs::write(path, toml::to_string(&table).unwrap()).unwrap();
-}
+use gridsync_suite::edit_topology_node as edit_topology;
 
 fn hex_pub(k: &SigningKey) -> String {
     gridsync_model::keys::verifying_key_to_hex(&k.verifying_key())

@@ -4,21 +4,11 @@
 //! and a community set up this way replicate.
 
 use std::path::Path;
-use std::process::Command;
 
-use gridsync_suite::{
-    copy_dir, free_port, gridsync_bin, post_events, sample_event, wait_heads, Server,
-};
+use gridsync_suite::{copy_dir, free_port, post_events, sample_event, wait_heads, Server};
 use serde_json::json;
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(gridsync_bin()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use gridsync_suite::run_gridsync as run;
 
 fn tokens(dir: &Path) -> toml::Table {
     toml::from_str(&std::fs::read_to_string(dir.join("tokens.toml")).unwrap()).unwrap()

@@ -9,21 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use gridsync_suite::{
-    get_json, gridsync_bin, http_client, post_events, provision_fast, sample_event, wait_heads,
-    wait_status, Server, Tree,
+    get_json, gridsync_bin, http_client, post_events, provision_fast, run_gridsync, sample_event,
+    wait_heads, wait_link_error, wait_status, Server, Tree,
 };
 use serde_json::{json, Value};
 
 fn gridsync(args: &[&str]) -> (bool, String) {
-    let out = Command::new(gridsync_bin()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (ok, out, err) = run_gridsync(args);
+    (ok, format!("{out}{err}"))
 }
 
 async fn post(tree: &Tree, srv: &Server, id: &str, from: u64, n: u64) {
@@ -75,21 +68,6 @@ fn audit_verify(tree: &Tree, id: &str) {
     );
 }
 
-async fn link_error(url: &str, token: &str, needle: &str) {
-    for _ in 0..200 {
-        let st = get_json(&format!("{url}/v1/status"), token).await;
-        if st["parent_link"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains(needle))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let st = get_json(&format!("{url}/v1/status"), token).await;
-    panic!("{url}: the parent link never failed with {needle:?}: {st}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_nodes_retire_and_move_without_bricking_ancestors() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,7 +108,7 @@ async fn keys_rotate_nodes_retire_and_move_without_bricking_ancestors() {
     let c1_cfg = tree.nodes["c1"].config.clone();
     let mut c1 = Server::start(&c1_cfg, &[]);
     post(&tree, &c1, "c1", 10, 5).await;
-    link_error(&c1.url, &viewer("c1"), "failed to prove its key").await;
+    wait_link_error(&c1.url, &viewer("c1"), "failed to prove its key").await;
     post(&tree, &c3, "c3", 10, 2).await;
     wait_heads(&d.url, &viewer("d"), &[("c3", 12)]).await;
     for srv in [&d, &s1, &s2] {
@@ -153,7 +131,7 @@ async fn keys_rotate_nodes_retire_and_move_without_bricking_ancestors() {
     s1 = restart(&tree, &mut s1, "s1");
     d = restart(&tree, &mut d, "d");
     post(&tree, &c3, "c3", 12, 1).await;
-    link_error(&c3.url, &viewer("c3"), "retired").await;
+    wait_link_error(&c3.url, &viewer("c3"), "retired").await;
     assert!(c3.terminate());
     let Err((_, stderr)) = Server::try_start(&tree.nodes["c3"].config, &[]) else {
         panic!("a retired node started");

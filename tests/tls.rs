@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gridsync_suite::{
     copy_dir, free_port, get_json, gridsync_bin, http_client, post_events, provision_with,
-    sample_event, set_sync, set_url, trust_ca, wait_heads, wait_status, Server, Tree, FAST_SYNC,
+    run_gridsync, sample_event, set_sync, set_url, trust_ca, wait_heads, wait_link_error,
+    wait_status, Server, Tree, FAST_SYNC,
 };
 use serde_json::{json, Value};
 
@@ -33,24 +34,6 @@ async fn post_n(url: &str, token: &str, prefix: &str, n: u64) {
         .collect();
     let (code, body) = post_events(url, token, &json!({ "events": events })).await;
     assert_eq!(code, 200, "{body}");
-}
-
-/// The parent link's last error at `url`, once it contains `needle`.
-async fn wait_link_error(url: &str, token: &str, needle: &str) -> String {
-    let mut last = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let st = get_json(&format!("{url}/v1/status"), token).await;
-        last = st["parent_link"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        if last.contains(needle) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url}: parent link error never mentioned {needle:?}; last: {last:?}");
 }
 
 fn origin_head(st: &Value, origin: &str) -> u64 {
@@ -335,14 +318,7 @@ async fn a_relayed_sync_handshake_is_refused() {
 async fn tls_keys_are_born_on_their_node_too() {
     let dir = tempfile::tempdir().unwrap();
     let deploy = dir.path().join("deploy");
-    let run = |args: &[&str]| {
-        let out = Command::new(gridsync_bin()).args(args).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = run_gridsync;
     let ports = [free_port(), free_port()];
     let mut lines = Vec::new();
     for id in ["s1", "c1"] {

@@ -330,18 +330,64 @@ pub fn set_sync(config: &Path, settings: &[(&str, i64)]) {
     std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
 }
 
+/// Rewrites node `id`'s entry in a topology file with `edit`.
+///
+/// # Panics
+/// An unreadable topology or no such node.
+pub fn edit_topology_node(topology: &Path, id: &str, edit: impl FnOnce(&mut toml::Table)) {
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(topology).unwrap()).unwrap();
+    let node = table["node"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|n| n["id"].as_str() == Some(id))
+        .unwrap_or_else(|| panic!("no node {id} in {}", topology.display()));
+    edit(node.as_table_mut().unwrap());
+    std::fs::write(topology, toml::to_string(&table).unwrap()).unwrap();
+}
+
 /// Points `node`'s URL in the topology at another address (a proxy).
 pub fn set_url(topology: &Path, node: &str, url: &str) {
-    let text = std::fs::read_to_string(topology).unwrap();
-    let mut table: toml::Table = toml::from_str(&text).unwrap();
-    for n in table["node"].as_array_mut().unwrap() {
-        if n["id"].as_str() == Some(node) {
-            n.as_table_mut()
-                .unwrap()
-                .insert("url".into(), toml::Value::String(url.to_owned()));
+    edit_topology_node(topology, node, |n| {
+        n.insert("url".into(), toml::Value::String(url.to_owned()));
+    });
+}
+
+/// Runs the `gridsync` binary to completion: (success, stdout trimmed,
+/// stderr).
+///
+/// # Panics
+/// When the binary cannot be run.
+pub fn run_gridsync(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(gridsync_bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits (at most 20 s) until the node's parent link reports an error
+/// containing `needle`; returns it.
+///
+/// # Panics
+/// When it does not in time (with the last error).
+pub async fn wait_link_error(url: &str, token: &str, needle: &str) -> String {
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let st = get_json(&format!("{url}/v1/status"), token).await;
+        last = st["parent_link"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if last.contains(needle) {
+            return last;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    std::fs::write(topology, toml::to_string(&table).unwrap()).unwrap();
+    panic!("{url}: parent link error never mentioned {needle:?}; last: {last:?}");
 }
 
 /// Fast timers so tests see failures and recoveries in seconds.

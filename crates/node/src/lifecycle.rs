@@ -35,10 +35,7 @@ fn read_topology(path: &Path) -> Result<TopologyFile, ProvisionError> {
 /// Validates `file` as a whole and replaces `path` with it atomically.
 fn write_topology(path: &Path, file: &TopologyFile) -> Result<Topology, ProvisionError> {
     let topo = Topology::from_file(file.clone()).map_err(|e| err(e.0))?;
-    let text = format!(
-        "# gridsync topology: every node, its parent, URL and public key. Same file on every node.\n{}",
-        toml::to_string(file).map_err(|e| err(e.to_string()))?
-    );
+    let text = file.to_text().map_err(|e| err(e.0))?;
     replace_file(path, &text)?;
     Ok(topo)
 }

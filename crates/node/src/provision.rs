@@ -422,10 +422,7 @@ pub fn provision_nodes(
         ca_file: ca.as_ref().map(|_| "ca.crt".to_owned()),
         node: topo_nodes,
     };
-    let text = format!(
-        "# gridsync topology: every node, its parent, URL and public key. Same file on every node.\n{}",
-        toml::to_string(&file).map_err(|e| ProvisionError(e.to_string()))?
-    );
+    let text = file.to_text().map_err(|e| ProvisionError(e.0))?;
     write_file(&out.join("topology.toml"), &text, false)?;
     Topology::from_file(file).map_err(|e| ProvisionError(e.0))
 }

@@ -57,6 +57,19 @@ pub struct TopologyFile {
     pub node: Vec<TopologyNode>,
 }
 
+impl TopologyFile {
+    /// The file's text, with the header every node's copy carries.
+    ///
+    /// # Errors
+    /// Serialisation failed.
+    pub fn to_text(&self) -> Result<String, TopologyError> {
+        Ok(format!(
+            "# gridsync topology: every node, its parent, URL and public key. Same file on every node.\n{}",
+            toml::to_string(self).map_err(|e| TopologyError(e.to_string()))?
+        ))
+    }
+}
+
 pub fn default_timezone() -> String {
     "Asia/Shanghai".to_owned()
 }

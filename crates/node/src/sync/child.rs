@@ -100,19 +100,7 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
                 metrics::counter!("gridsync_sync_connects_total", "node" => state.config.id.clone()).increment(1);
                 child_session(&state, &parent, parent_key, ws, &mut shutdown).await
             }
-            Ok(Err(e)) if is_tls_failure(&e) => Err(SessionEnd::Early(format!(
-                "TLS with {url} failed: {}; the parent's certificate must be issued by the \
-                 deployment CA (the topology's ca_file) for the address in its URL",
-                tls_cause(&e)
-            ))),
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(e)))
-                if e.kind() == std::io::ErrorKind::ConnectionRefused =>
-            {
-                Err(SessionEnd::Refused(format!(
-                    "cannot connect to {url}: {e} (the parent is not listening)"
-                )))
-            }
-            Ok(Err(e)) => Err(SessionEnd::Early(format!("cannot connect to {url}: {e}"))),
+            Ok(Err(e)) => Err(connect_failed(&url, &e)),
             Err(_) => Err(SessionEnd::Early(format!("connecting to {url} timed out"))),
         };
         {
@@ -151,24 +139,30 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
     }
 }
 
-/// Whether connecting failed in TLS (tungstenite reports rustls errors as
-/// I/O errors wrapping them).
-fn is_tls_failure(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+/// Why connecting to the parent failed: TLS (tungstenite reports rustls
+/// errors as I/O errors wrapping them), nothing listening (retried
+/// quickly), or anything else.
+fn connect_failed(url: &str, e: &tokio_tungstenite::tungstenite::Error) -> SessionEnd {
     use tokio_tungstenite::tungstenite::Error;
-    match e {
-        Error::Tls(_) => true,
-        Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
-        _ => false,
-    }
-}
-
-fn tls_cause(e: &tokio_tungstenite::tungstenite::Error) -> String {
-    use tokio_tungstenite::tungstenite::Error;
-    match e {
+    let tls = match e {
+        Error::Tls(t) => Some(t.to_string()),
         Error::Io(io) => io
             .get_ref()
-            .map_or_else(|| io.to_string(), ToString::to_string),
-        other => other.to_string(),
+            .filter(|i| i.is::<rustls::Error>())
+            .map(ToString::to_string),
+        _ => None,
+    };
+    match (tls, e) {
+        (Some(cause), _) => SessionEnd::Early(format!(
+            "TLS with {url} failed: {cause}; the parent's certificate must be issued by the \
+             deployment CA (the topology's ca_file) for the address in its URL"
+        )),
+        (None, Error::Io(io)) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            SessionEnd::Refused(format!(
+                "cannot connect to {url}: {io} (the parent is not listening)"
+            ))
+        }
+        (None, _) => SessionEnd::Early(format!("cannot connect to {url}: {e}")),
     }
 }
 
