@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gridsync_node::provision::{provision_nodes, PlannedNode};
+use gridsync_ops::provision::{provision_nodes, PlannedNode};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
     }];
     provision_nodes("Asia/Shanghai", &nodes, dir.path(), Default::default()).unwrap();
     let config =
-        gridsync_node::config::NodeConfig::load(&dir.path().join("c1/config.toml")).unwrap();
+        gridsync_deploy::config::NodeConfig::load(&dir.path().join("c1/config.toml")).unwrap();
     let tokens: toml::Table =
         toml::from_str(&std::fs::read_to_string(dir.path().join("c1/tokens.toml")).unwrap())
             .unwrap();

@@ -165,13 +165,13 @@ fn main() {
     // Auditor passes over the same log: full verification (every chain
     // link, every chunk signature, canonical form of every envelope, heads
     // table, index), and replay (decode + JSON view + serialisation).
-    let topo_file = gridsync_node::topology::TopologyFile {
+    let topo_file = gridsync_deploy::topology::TopologyFile {
         timezone: "Asia/Shanghai".into(),
         ca_file: None,
         node: origins
             .iter()
             .enumerate()
-            .map(|(i, o)| gridsync_node::topology::TopologyNode {
+            .map(|(i, o)| gridsync_deploy::topology::TopologyNode {
                 id: (*o).into(),
                 name: (*o).into(),
                 parent: None,
@@ -183,9 +183,9 @@ fn main() {
             })
             .collect(),
     };
-    let topo = gridsync_node::topology::Topology::from_file(topo_file).unwrap();
+    let topo = gridsync_deploy::topology::Topology::from_file(topo_file).unwrap();
     let t = Instant::now();
-    let report = gridsync_node::audit::verify(kv.as_ref(), &topo, None, None, &|_| {});
+    let report = gridsync_audit::verify::verify(kv.as_ref(), &topo, None, None, &|_| {});
     let s = t.elapsed().as_secs_f64();
     assert!(
         report.ok(),

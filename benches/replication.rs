@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use gridsync_model::ingest::{prepare, IngestContext, IngestLimits, PreparedEvent};
 use gridsync_model::kinds::EventRef;
 use gridsync_node::node::{open_node, serve, system_now_ms, NodeState, OpenOptions};
-use gridsync_node::provision::{provision_nodes, PlannedNode};
+use gridsync_ops::provision::{provision_nodes, PlannedNode};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -46,7 +46,7 @@ fn prepared(origin: &str, from: u64, n: u64) -> Vec<PreparedEvent> {
 
 async fn start(dir: &std::path::Path, id: &str) -> Arc<NodeState> {
     let mut config =
-        gridsync_node::config::NodeConfig::load(&dir.join(id).join("config.toml")).unwrap();
+        gridsync_deploy::config::NodeConfig::load(&dir.join(id).join("config.toml")).unwrap();
     config.sync.reconnect_min_ms = 20;
     config.sync.reconnect_max_ms = 200;
     config.store.cache_bytes = 128 << 20;
@@ -104,7 +104,7 @@ fn main() {
     let load_started = Instant::now();
     for c in communities {
         let config =
-            gridsync_node::config::NodeConfig::load(&dir.path().join(c).join("config.toml"))
+            gridsync_deploy::config::NodeConfig::load(&dir.path().join(c).join("config.toml"))
                 .unwrap();
         let state = open_node(config, &OpenOptions::default()).unwrap();
         let mut i = 0;

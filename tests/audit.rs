@@ -17,9 +17,9 @@ use std::process::Command;
 
 use std::time::Duration;
 
+use gridsync_audit::{data, reference, verify as audit};
+use gridsync_deploy::topology::Topology;
 use gridsync_model::{Chunk, SignedHead};
-use gridsync_node::audit;
-use gridsync_node::topology::Topology;
 use gridsync_store::kv::Kv;
 use gridsync_store::{MemKv, SledKv};
 use gridsync_suite::{gridsync_bin, provision, provision_fast, sample_event, Server};
@@ -40,7 +40,7 @@ async fn post(url: &str, token: &str, events: Vec<Value>) -> Value {
 
 fn dump(dir: &std::path::Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let tmp = tempfile::tempdir().unwrap();
-    audit::copy_dir(dir, tmp.path()).unwrap();
+    data::copy_dir(dir, tmp.path()).unwrap();
     let kv = SledKv::open(tmp.path(), 8 << 20).unwrap();
     kv.scan(b"", b"", usize::MAX).unwrap().into_iter().collect()
 }
@@ -226,14 +226,14 @@ async fn every_tampering_is_detected() {
                 names_event = false;
             }
         }
-        let reference: Option<audit::Reference> = (what == "cut").then(|| {
+        let reference: Option<reference::Reference> = (what == "cut").then(|| {
             clean
                 .origins
                 .iter()
                 .map(|(o, r)| {
                     (
                         o.clone(),
-                        audit::ReferenceHead {
+                        reference::ReferenceHead {
                             seq: r.last_seq,
                             hash: r.head_hash.clone(),
                             signed_at_ms: None,

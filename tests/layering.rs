@@ -13,9 +13,12 @@ const RULES: &[(&str, &[&str])] = &[
         "gridsync-model",
         &[
             "gridsync-protocol",
+            "gridsync-deploy",
             "gridsync-store",
             "gridsync-projections",
+            "gridsync-audit",
             "gridsync-node",
+            "gridsync-ops",
             "gridsync",
             "tokio",
             "sled",
@@ -31,9 +34,12 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "gridsync-protocol",
         &[
+            "gridsync-deploy",
             "gridsync-store",
             "gridsync-projections",
+            "gridsync-audit",
             "gridsync-node",
+            "gridsync-ops",
             "gridsync",
             "tokio",
             "mio",
@@ -46,12 +52,16 @@ const RULES: &[(&str, &[&str])] = &[
             "anyhow",
         ],
     ),
+    // The deployment's files: parsing and validation, nothing running.
     (
-        "gridsync-projections",
+        "gridsync-deploy",
         &[
             "gridsync-protocol",
             "gridsync-store",
+            "gridsync-projections",
+            "gridsync-audit",
             "gridsync-node",
+            "gridsync-ops",
             "gridsync",
             "tokio",
             "sled",
@@ -59,6 +69,8 @@ const RULES: &[(&str, &[&str])] = &[
             "hyper",
             "tungstenite",
             "reqwest",
+            "rustls",
+            "rcgen",
             "anyhow",
         ],
     ),
@@ -67,8 +79,11 @@ const RULES: &[(&str, &[&str])] = &[
         "gridsync-store",
         &[
             "gridsync-protocol",
+            "gridsync-deploy",
             "gridsync-projections",
+            "gridsync-audit",
             "gridsync-node",
+            "gridsync-ops",
             "gridsync",
             "axum",
             "hyper",
@@ -78,10 +93,63 @@ const RULES: &[(&str, &[&str])] = &[
             "anyhow",
         ],
     ),
-    // The runtime: never the CLI, never an HTTP client library, no anyhow.
+    // Folds of the log rolled up through the tree: no network, no protocol.
+    (
+        "gridsync-projections",
+        &[
+            "gridsync-protocol",
+            "gridsync-audit",
+            "gridsync-node",
+            "gridsync-ops",
+            "gridsync",
+            "axum",
+            "hyper",
+            "tungstenite",
+            "reqwest",
+            "rustls",
+            "anyhow",
+        ],
+    ),
+    // The offline audit trusts nothing of the node it audits: never the
+    // runtime, the tooling or the sync protocol (an HTTP client for
+    // `replay --url` only).
+    (
+        "gridsync-audit",
+        &[
+            "gridsync-protocol",
+            "gridsync-node",
+            "gridsync-ops",
+            "gridsync",
+            "axum",
+            "tungstenite",
+            "rcgen",
+            "anyhow",
+        ],
+    ),
+    // The runtime: never the CLI, the tooling or the audit, never an HTTP
+    // client library or a certificate generator, no anyhow.
     (
         "gridsync-node",
-        &["gridsync", "reqwest", "anyhow", "gridsync-lazyfs"],
+        &[
+            "gridsync",
+            "gridsync-ops",
+            "gridsync-audit",
+            "gridsync-lazyfs",
+            "reqwest",
+            "rcgen",
+            "anyhow",
+        ],
+    ),
+    // Tooling sits above the runtime, below the CLI.
+    (
+        "gridsync-ops",
+        &[
+            "gridsync",
+            "gridsync-audit",
+            "gridsync-lazyfs",
+            "reqwest",
+            "anyhow",
+        ],
     ),
     // Test tool only: nothing of gridsync.
     (
@@ -89,9 +157,12 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "gridsync-model",
             "gridsync-protocol",
+            "gridsync-deploy",
             "gridsync-store",
             "gridsync-projections",
+            "gridsync-audit",
             "gridsync-node",
+            "gridsync-ops",
             "gridsync",
         ],
     ),
@@ -164,5 +235,7 @@ fn the_checker_sees_real_dependencies() {
         assert!(node.contains(d), "gridsync-node should list {d}: {node:?}");
     }
     assert!(normal_deps("gridsync").contains("gridsync-node"));
+    assert!(normal_deps("gridsync-audit").contains("gridsync-store"));
+    assert!(normal_deps("gridsync-ops").contains("rcgen"));
     assert!(normal_deps("gridsync").contains("anyhow"));
 }

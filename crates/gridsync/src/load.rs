@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use gridsync_node::workload::Workload;
+use gridsync_ops::workload::Workload;
 use serde_json::{json, Value};
 
 /// What `gridsync load` was asked to do.
@@ -128,7 +128,7 @@ async fn targets(opts: &LoadOptions, http: &reqwest::Client) -> anyhow::Result<V
         .tree
         .as_ref()
         .context("give --url and --token, or --tree")?;
-    let topo = gridsync_node::topology::Topology::load(&dir.join("topology.toml"))
+    let topo = gridsync_deploy::topology::Topology::load(&dir.join("topology.toml"))
         .map_err(|e| anyhow::anyhow!(e.0))?;
     let mut out = Vec::new();
     let ids: Vec<String> = topo.nodes().map(|n| n.id.clone()).collect();
@@ -252,7 +252,7 @@ fn load_tls(opts: &LoadOptions) -> anyhow::Result<rustls::ClientConfig> {
             Some(std::fs::read(p).with_context(|| format!("cannot read --ca {}", p.display()))?)
         }
         (None, Some(dir)) => {
-            gridsync_node::topology::Topology::load(&dir.join("topology.toml"))
+            gridsync_deploy::topology::Topology::load(&dir.join("topology.toml"))
                 .map_err(|e| anyhow::anyhow!(e.0))?
                 .ca_pem
         }

@@ -247,14 +247,14 @@ enum TokenCommand {
         config: PathBuf,
         /// reporter, viewer, auditor or admin.
         #[arg(long, value_parser = parse_role)]
-        role: gridsync_node::auth::Role,
+        role: gridsync_deploy::tokens::Role,
     },
     /// Remove every token of a role.
     Revoke {
         #[arg(long)]
         config: PathBuf,
         #[arg(long, value_parser = parse_role)]
-        role: gridsync_node::auth::Role,
+        role: gridsync_deploy::tokens::Role,
     },
 }
 
@@ -292,7 +292,7 @@ enum TopologyCommand {
 }
 
 fn topology(command: TopologyCommand) -> anyhow::Result<()> {
-    use gridsync_node::lifecycle;
+    use gridsync_ops::lifecycle;
     match command {
         TopologyCommand::RotateKey { config } => {
             let r = lifecycle::rotate_key(&config)?;
@@ -334,8 +334,8 @@ fn topology(command: TopologyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_role(s: &str) -> Result<gridsync_node::auth::Role, String> {
-    use gridsync_node::auth::Role;
+fn parse_role(s: &str) -> Result<gridsync_deploy::tokens::Role, String> {
+    use gridsync_deploy::tokens::Role;
     Role::ALL
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -464,7 +464,7 @@ fn main() -> ExitCode {
         } => provision(
             &tree,
             &out,
-            gridsync_node::provision::ProvisionOptions { force, tls },
+            gridsync_ops::provision::ProvisionOptions { force, tls },
         ),
         Command::Token { command } => token(command),
         Command::Topology { command } => topology(command),
@@ -535,7 +535,7 @@ fn main() -> ExitCode {
             rate,
             chaos,
             small,
-        } => demo(gridsync_node::demo::DemoOptions {
+        } => demo(gridsync_ops::demo::DemoOptions {
             listen,
             data,
             rate,
@@ -553,9 +553,9 @@ fn main() -> ExitCode {
 }
 
 fn init(id: &str, out: &std::path::Path, force: bool, tls_hosts: &[String]) -> anyhow::Result<()> {
-    let public_key = gridsync_node::init::init_key(id, out, force)?;
+    let public_key = gridsync_ops::init::init_key(id, out, force)?;
     if !tls_hosts.is_empty() {
-        let csr = gridsync_node::init::init_tls(id, out, tls_hosts, force)?;
+        let csr = gridsync_ops::init::init_tls(id, out, tls_hosts, force)?;
         eprintln!(
             "wrote {} and {}: copy the request to the provisioning machine as <out>/{id}/tls/node.csr",
             out.join("tls/node.key").display(),
@@ -573,9 +573,9 @@ fn init(id: &str, out: &std::path::Path, force: bool, tls_hosts: &[String]) -> a
 fn provision(
     tree: &std::path::Path,
     out: &std::path::Path,
-    opts: gridsync_node::provision::ProvisionOptions,
+    opts: gridsync_ops::provision::ProvisionOptions,
 ) -> anyhow::Result<()> {
-    let topo = gridsync_node::provision::provision(tree, out, opts)?;
+    let topo = gridsync_ops::provision::provision(tree, out, opts)?;
     let n = topo.nodes().count();
     let communities = topo.nodes().filter(|x| topo.is_origin(&x.id)).count();
     println!(
@@ -591,7 +591,7 @@ fn serve(
     listen: Option<String>,
     opts: gridsync_node::node::OpenOptions,
 ) -> anyhow::Result<()> {
-    let config = gridsync_node::config::NodeConfig::load(&config_path)?;
+    let config = gridsync_deploy::config::NodeConfig::load(&config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gridsync")
@@ -638,7 +638,7 @@ fn serve(
 fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Rotate { config, role } => {
-            let t = gridsync_node::init::rotate_token(&config, role)?;
+            let t = gridsync_ops::init::rotate_token(&config, role)?;
             println!("{t}");
             eprintln!(
                 "new {} token written to {} (hash) and tokens.toml; restart the node to apply",
@@ -647,7 +647,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             );
         }
         TokenCommand::Revoke { config, role } => {
-            let n = gridsync_node::init::revoke_tokens(&config, role)?;
+            let n = gridsync_ops::init::revoke_tokens(&config, role)?;
             eprintln!(
                 "revoked {n} {} token(s) in {}; restart the node to apply",
                 role.as_str(),
@@ -664,7 +664,7 @@ fn rebuild(
     from: Option<String>,
     to: Option<String>,
 ) -> anyhow::Result<()> {
-    let config = gridsync_node::config::NodeConfig::load(config_path)?;
+    let config = gridsync_deploy::config::NodeConfig::load(config_path)?;
     let bar = indicatif::ProgressBar::new_spinner();
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -698,7 +698,7 @@ fn rebuild(
     Ok(())
 }
 
-fn demo(opts: gridsync_node::demo::DemoOptions) -> anyhow::Result<()> {
+fn demo(opts: gridsync_ops::demo::DemoOptions) -> anyhow::Result<()> {
     if !(opts.rate > 0.0 && opts.rate <= 100_000.0) {
         anyhow::bail!("--rate must be between 0 and 100000 events per second");
     }
@@ -708,7 +708,7 @@ fn demo(opts: gridsync_node::demo::DemoOptions) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime
-        .block_on(gridsync_node::demo::run_demo(opts, shutdown_signal()))
+        .block_on(gridsync_ops::demo::run_demo(opts, shutdown_signal()))
         .map_err(|e| anyhow::anyhow!(e))
 }
 

@@ -1,7 +1,6 @@
 //! The aggregates API (`/v1/aggregates` and its SSE stream) and the task
 //! that keeps the node's projection (`projector.rs`) up to date.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,16 +9,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
-use gridsync_projections::{format_day, parse_day, Counts, Day, Projection, METRICS};
-use serde::{Deserialize, Serialize};
+use gridsync_deploy::tokens::Role;
+use gridsync_projections::rollup::{self, AggregatesResponse, RangeQuery, RollupError};
+use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::auth::Role;
 use crate::error::ApiError;
 use crate::state::NodeState;
-use crate::topology::Topology;
-
-pub use crate::projector::{fold_as_of, Projector};
 
 /// Keeps the projection up to date with the log: woken by every commit.
 pub async fn run_projector(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
@@ -52,115 +48,26 @@ pub struct AggregatesQuery {
     pub token: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DayMetrics {
-    pub date: String,
-    pub metrics: BTreeMap<String, i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NodeAggregates {
-    pub node: String,
-    pub name: String,
-    pub days: Vec<DayMetrics>,
-    /// Flow metrics summed over the range; `households_quarantined` (a
-    /// state) as of the last day; `households_visited` summed per day.
-    pub totals: BTreeMap<String, i64>,
-    /// With `depth` > 1: this node's children, the same way.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub children: Vec<NodeAggregates>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Coverage {
-    pub origin: String,
-    pub name: String,
-    /// Highest seq of the origin the numbers include.
-    pub seq: u64,
-    /// Seconds since the newest included event was recorded at its origin.
-    pub newest_event_age_s: Option<f64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AggregatesResponse {
-    pub node: String,
-    pub name: String,
-    pub timezone: String,
-    pub from: String,
-    pub to: String,
-    pub days: Vec<DayMetrics>,
-    pub totals: BTreeMap<String, i64>,
-    pub children: Vec<NodeAggregates>,
-    pub coverage: Vec<Coverage>,
-    /// Digest of every number above for this node (see `audit project`).
-    pub state_hash: String,
-}
-
-fn to_map(c: &Counts) -> BTreeMap<String, i64> {
-    METRICS
-        .iter()
-        .zip(c)
-        .map(|(k, v)| ((*k).to_owned(), *v))
-        .collect()
-}
-
-fn node_aggregates(
-    topo: &Topology,
-    p: &Projection,
-    node: &str,
-    from: Day,
-    to: Day,
-) -> (NodeAggregates, Vec<String>) {
-    let origins: Vec<String> = topo
-        .subtree(node)
-        .into_iter()
-        .filter(|o| topo.is_origin(o))
-        .collect();
-    let rows = p.query(&origins, from, to);
-    let mut totals: Counts = [0; 16];
-    for (_, c) in &rows {
-        for (i, v) in c.iter().enumerate() {
-            totals[i] += v;
+impl AggregatesQuery {
+    /// The question without the token.
+    pub fn range(&self) -> RangeQuery {
+        RangeQuery {
+            node: self.node.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            depth: self.depth,
+            days: self.days,
         }
     }
-    if let Some((_, last)) = rows.last() {
-        totals[gridsync_projections::HOUSEHOLDS_QUARANTINED] =
-            last[gridsync_projections::HOUSEHOLDS_QUARANTINED];
-    }
-    let agg = NodeAggregates {
-        node: node.to_owned(),
-        name: topo.node(node).map(|n| n.name.clone()).unwrap_or_default(),
-        days: rows
-            .iter()
-            .map(|(d, c)| DayMetrics {
-                date: format_day(*d),
-                metrics: to_map(c),
-            })
-            .collect(),
-        totals: to_map(&totals),
-        children: Vec::new(),
-    };
-    (agg, origins)
 }
 
-fn children_of(
-    topo: &Topology,
-    p: &Projection,
-    node: &str,
-    from: Day,
-    to: Day,
-    depth: u8,
-) -> Vec<NodeAggregates> {
-    topo.children(node)
-        .iter()
-        .map(|c| {
-            let mut a = node_aggregates(topo, p, c, from, to).0;
-            if depth > 1 {
-                a.children = children_of(topo, p, c, from, to, depth - 1);
-            }
-            a
-        })
-        .collect()
+impl From<RollupError> for ApiError {
+    fn from(e: RollupError) -> Self {
+        match e {
+            RollupError::UnknownNode(m) => ApiError::new(StatusCode::NOT_FOUND, "unknown_node", m),
+            RollupError::Invalid { code, message } => ApiError::bad_request(code, message),
+        }
+    }
 }
 
 /// Computes the aggregates answer.
@@ -169,105 +76,14 @@ fn children_of(
 /// Unknown node, a node outside this node's subtree, bad dates.
 pub fn aggregates(state: &NodeState, q: &AggregatesQuery) -> Result<AggregatesResponse, ApiError> {
     let p = state.projector.projection.read().expect("lock");
-    answer(
+    Ok(rollup::answer(
         &state.topology,
         &state.config.id,
         &p,
-        q,
+        &q.range(),
         state.now_ms(),
         state.config.projections.query_days_max,
-    )
-}
-
-/// The aggregates answer from any projection (a node's live one, or one an
-/// auditor folded as of some moment): `root` is the node asking, `now_ms`
-/// what "today" and ages are measured against.
-///
-/// # Errors
-/// Unknown node, a node outside `root`'s subtree, bad dates.
-pub fn answer(
-    topo: &Topology,
-    root: &str,
-    p: &Projection,
-    q: &AggregatesQuery,
-    now_ms: i64,
-    days_max: i32,
-) -> Result<AggregatesResponse, ApiError> {
-    let node = q.node.clone().unwrap_or_else(|| root.to_owned());
-    if topo.node(&node).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_node",
-            format!("node {node:?} is not in the topology"),
-        ));
-    }
-    if !topo.subtree(root).contains(&node) {
-        return Err(ApiError::bad_request(
-            "outside_subtree",
-            format!(
-                "node {node} is not in the subtree of {}; ask a node above it",
-                root
-            ),
-        ));
-    }
-    let today = p.config().day_of(now_ms);
-    let parse = |name: &str, v: &Option<String>| -> Result<Day, ApiError> {
-        v.as_deref()
-            .map(|s| {
-                parse_day(s)
-                    .map_err(|m| ApiError::bad_request("invalid_query", format!("{name}: {m}")))
-            })
-            .transpose()
-            .map(|d| d.unwrap_or(today))
-    };
-    let to = parse("to", &q.to)?;
-    let from = match (&q.from, q.days) {
-        (Some(_), _) => parse("from", &q.from)?,
-        (None, Some(n)) if n >= 1 => to.saturating_sub(n - 1),
-        (None, Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "days must be at least 1",
-            ))
-        }
-        (None, None) => to,
-    };
-    if from > to || to.saturating_sub(from) >= days_max {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("from must not be after to, and the range may span at most {days_max} days"),
-        ));
-    }
-    let (me, origins) = node_aggregates(topo, p, &node, from, to);
-    let depth = q.depth.unwrap_or(1).clamp(1, 3);
-    let children = children_of(topo, p, &node, from, to, depth);
-    let now = now_ms;
-    let cov = p.coverage();
-    let coverage = origins
-        .iter()
-        .map(|o| {
-            let (seq, newest) = cov.get(o).copied().unwrap_or((0, 0));
-            Coverage {
-                origin: o.clone(),
-                name: topo.node(o).map(|n| n.name.clone()).unwrap_or_default(),
-                seq,
-                newest_event_age_s: (seq > 0).then(|| (now - newest).max(0) as f64 / 1000.0),
-            }
-        })
-        .collect();
-    let state_hash = p.state_hash(&origins, from, to);
-    Ok(AggregatesResponse {
-        name: me.name.clone(),
-        node: me.node,
-        timezone: topo.timezone.clone(),
-        from: format_day(from),
-        to: format_day(to),
-        days: me.days,
-        totals: me.totals,
-        children,
-        coverage,
-        state_hash,
-    })
+    )?)
 }
 
 pub async fn get_aggregates(

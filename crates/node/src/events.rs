@@ -12,10 +12,10 @@ use gridsync_model::ingest::{self, IngestContext, TargetInfo};
 use gridsync_model::kinds::EventRef;
 use serde::Deserialize;
 
-use crate::auth::Role;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::state::NodeState;
+use gridsync_deploy::tokens::Role;
 
 pub(crate) async fn post_events(
     State(state): State<AppState>,

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::auth::Role;
 use crate::error::ApiError;
+use gridsync_deploy::tokens::Role;
 
 pub use crate::state::AppState;
 
@@ -92,7 +92,9 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let _token_slot = match bearer.and_then(|t| crate::auth::token_of(&state.config.token, t)) {
+    let _token_slot = match bearer
+        .and_then(|t| gridsync_deploy::tokens::token_of(&state.config.token, t))
+    {
         Some((_, token)) => {
             let max = state.config.limits.requests_per_token_max;
             let Some(slot) = state.token_slots.try_take(token, max) else {

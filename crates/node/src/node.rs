@@ -6,8 +6,8 @@ use std::sync::Arc;
 use gridsync_model::ingest::IngestLimits;
 use gridsync_store::{OriginIdentity, PostingHold, SledKv, Store, StoreConfig};
 
-use crate::config::NodeConfig;
-use crate::topology::Topology;
+use gridsync_deploy::config::NodeConfig;
+use gridsync_deploy::topology::Topology;
 
 pub use crate::state::{metrics_handle, system_now_ms, NodeState};
 

@@ -9,8 +9,8 @@ use gridsync_model::ingest::IngestLimits;
 use gridsync_store::Store;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::config::NodeConfig;
-use crate::topology::Topology;
+use gridsync_deploy::config::NodeConfig;
+use gridsync_deploy::topology::Topology;
 
 /// Shared by every request handler.
 pub struct NodeState {
@@ -50,8 +50,8 @@ impl NodeState {
     pub fn authorize(
         &self,
         headers: &axum::http::HeaderMap,
-        allowed: &[crate::auth::Role],
-    ) -> Result<crate::auth::Role, crate::error::ApiError> {
+        allowed: &[gridsync_deploy::tokens::Role],
+    ) -> Result<gridsync_deploy::tokens::Role, crate::error::ApiError> {
         crate::auth::authorize_with(&self.config.token, headers, None, allowed)
     }
 

@@ -5,10 +5,10 @@ use axum::http::HeaderMap;
 use axum::Json;
 use gridsync_model::api::{HeadView, LogStats, StatusResponse};
 
-use crate::auth::Role;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::state::NodeState;
+use gridsync_deploy::tokens::Role;
 
 /// Equivocation records listed by `/v1/status` at most.
 const EVIDENCE_LISTED_MAX: usize = 1000;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use gridsync_protocol::LagReport;
 use tokio::sync::{watch, Notify};
 
-use crate::config::SyncSettings;
+use gridsync_deploy::config::SyncSettings;
 
 #[derive(Clone, Debug, Default)]
 pub struct ChildLink {

@@ -9,24 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 /// active parts.
 const LEAVES: &[&str] = &[
     "auth",
-    "config",
     "error",
     "projector",
+    "slots",
     "state",
     "sync_state",
     "tls",
-    "topology",
 ];
 /// The active parts a leaf may never import.
-const ACTIVE: &[&str] = &[
-    "aggregates",
-    "http",
-    "node",
-    "sync",
-    "demo",
-    "provision",
-    "lifecycle",
-];
+const ACTIVE: &[&str] = &["aggregates", "http", "node", "sync", "events", "status"];
 
 /// `crate::x` references of one source file (use lines and paths, brace
 /// groups included).

@@ -14,6 +14,9 @@
 //! Decoding reads only what the metrics need, borrowing from the stored
 //! bytes (no `serde_json::Value`), which is what makes rebuilds fast.
 
+pub mod fold;
+pub mod rollup;
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;

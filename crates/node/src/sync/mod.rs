@@ -12,9 +12,9 @@ mod child;
 mod parent;
 mod views;
 
-pub use crate::config::SyncSettings;
 pub use crate::sync_state::{BlockedOrigin, ChildLink, ParentLink, SyncState};
 pub use child::run_upstream;
+pub use gridsync_deploy::config::SyncSettings;
 pub use parent::sync_endpoint;
 
 pub(crate) fn random_nonce() -> [u8; 32] {

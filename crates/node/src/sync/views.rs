@@ -7,7 +7,7 @@ use gridsync_protocol::{LocalLog, StoredLog, TopologyView};
 use gridsync_store::Store;
 
 use crate::state::NodeState;
-use crate::topology::Topology;
+use gridsync_deploy::topology::Topology;
 
 pub(super) struct TopoView<'a>(pub(super) &'a Topology);
 

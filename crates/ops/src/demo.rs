@@ -14,9 +14,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::node::{open_node, serve, system_now_ms, NodeState, OpenOptions};
 use crate::provision::{provision_nodes, PlannedNode, TokensFile};
 use crate::workload::Workload;
+use gridsync_node::node::{open_node, serve, system_now_ms, NodeState, OpenOptions};
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -131,8 +131,9 @@ pub async fn run_demo(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for p in &planned {
-        let mut config = crate::config::NodeConfig::load(&dir.join(&p.id).join("config.toml"))
-            .map_err(|e| e.0)?;
+        let mut config =
+            gridsync_deploy::config::NodeConfig::load(&dir.join(&p.id).join("config.toml"))
+                .map_err(|e| e.0)?;
         config.store.cache_bytes = 4 << 20;
         config.sync.reconnect_min_ms = 100;
         config.sync.reconnect_max_ms = 2_000;

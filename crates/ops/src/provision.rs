@@ -7,9 +7,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::auth::{generate_token, hash_token, Role, TokenEntry};
-use crate::config::{Limits, NodeConfig, StoreSettings};
-use crate::topology::{default_timezone, Topology, TopologyFile, TopologyNode};
+use gridsync_deploy::config::{Limits, NodeConfig, StoreSettings};
+use gridsync_deploy::tokens::{generate_token, hash_token, Role, TokenEntry};
+use gridsync_deploy::topology::{default_timezone, Topology, TopologyFile, TopologyNode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,14 +221,14 @@ pub fn provision(
 }
 
 /// The deployment's CA in `out`: the one already there, or a new one.
-fn deployment_ca(out: &Path) -> Result<crate::tls::Ca, ProvisionError> {
+fn deployment_ca(out: &Path) -> Result<crate::certs::Ca, ProvisionError> {
     let (cert, key) = (out.join("ca.crt"), out.join("ca.key"));
     if cert.exists() || key.exists() {
         let read = |p: &Path| {
             std::fs::read_to_string(p)
                 .map_err(|e| ProvisionError(format!("cannot read {}: {e}", p.display())))
         };
-        return crate::tls::Ca::load(&read(&cert)?, &read(&key)?).map_err(|e| {
+        return crate::certs::Ca::load(&read(&cert)?, &read(&key)?).map_err(|e| {
             ProvisionError(format!(
                 "{} / {}: {e}; move them away to make a new CA",
                 cert.display(),
@@ -236,7 +236,7 @@ fn deployment_ca(out: &Path) -> Result<crate::tls::Ca, ProvisionError> {
             ))
         });
     }
-    let ca = crate::tls::Ca::generate(&out.display().to_string()).map_err(ProvisionError)?;
+    let ca = crate::certs::Ca::generate(&out.display().to_string()).map_err(ProvisionError)?;
     write_file(&cert, &ca.cert_pem, false)?;
     write_file(&key, &ca.key_pem, true)?;
     Ok(ca)
@@ -245,10 +245,10 @@ fn deployment_ca(out: &Path) -> Result<crate::tls::Ca, ProvisionError> {
 /// The node's certificate (and key, unless its key is born on its own
 /// machine: then its request `tls/node.csr` is signed).
 fn node_tls(
-    ca: &crate::tls::Ca,
+    ca: &crate::certs::Ca,
     n: &PlannedNode,
     dir: &Path,
-) -> Result<crate::config::TlsSettings, ProvisionError> {
+) -> Result<gridsync_deploy::config::TlsSettings, ProvisionError> {
     let tls_dir = dir.join("tls");
     std::fs::create_dir_all(&tls_dir)
         .map_err(|e| ProvisionError(format!("cannot create {}: {e}", tls_dir.display())))?;
@@ -279,7 +279,7 @@ fn node_tls(
         write_file(&tls_dir.join("node.crt"), &cert, false)?;
         write_file(&tls_dir.join("node.key"), &key, true)?;
     }
-    Ok(crate::config::TlsSettings {
+    Ok(gridsync_deploy::config::TlsSettings {
         cert_file: "tls/node.crt".into(),
         key_file: "tls/node.key".into(),
     })
@@ -389,9 +389,9 @@ pub fn provision_nodes(
             token: token_entries,
             limits: Limits::default(),
             store: StoreSettings::default(),
-            sync: crate::config::SyncSettings::default(),
-            projections: crate::config::ProjectionSettings::default(),
-            privacy: crate::config::PrivacySettings {
+            sync: gridsync_deploy::config::SyncSettings::default(),
+            projections: gridsync_deploy::config::ProjectionSettings::default(),
+            privacy: gridsync_deploy::config::PrivacySettings {
                 forward_personal: n.forward_personal,
             },
         };

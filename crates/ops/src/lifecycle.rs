@@ -18,9 +18,9 @@
 
 use std::path::Path;
 
-use crate::config::NodeConfig;
 use crate::provision::{replace_file, write_file, ProvisionError};
-use crate::topology::{PreviousKey, Topology, TopologyFile};
+use gridsync_deploy::config::NodeConfig;
+use gridsync_deploy::topology::{PreviousKey, Topology, TopologyFile};
 
 fn err(m: impl Into<String>) -> ProvisionError {
     ProvisionError(m.into())
@@ -44,7 +44,7 @@ fn node_mut<'a>(
     file: &'a mut TopologyFile,
     id: &str,
     path: &Path,
-) -> Result<&'a mut crate::topology::TopologyNode, ProvisionError> {
+) -> Result<&'a mut gridsync_deploy::topology::TopologyNode, ProvisionError> {
     file.node.iter_mut().find(|n| n.id == id).ok_or_else(|| {
         err(format!(
             "node {id:?} is not in the topology {}",

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use crate::auth::{generate_token, hash_token, Role, TokenEntry};
 use crate::provision::{replace_file, write_file, ProvisionError};
+use gridsync_deploy::tokens::{generate_token, hash_token, Role, TokenEntry};
 
 /// Edits the `[[token]]` entries of a node config: drops every token of
 /// `role` and, with `new_token`, adds it; records the plaintext (or the
@@ -136,7 +136,7 @@ pub fn init_tls(
         std::fs::remove_file(&key_path)
             .map_err(|e| ProvisionError(format!("cannot replace {}: {e}", key_path.display())))?;
     }
-    let (csr, key) = crate::tls::node_request(id, hosts).map_err(ProvisionError)?;
+    let (csr, key) = crate::certs::node_request(id, hosts).map_err(ProvisionError)?;
     write_file(&key_path, &key, true)?;
     let csr_path = tls_dir.join("node.csr");
     write_file(&csr_path, &csr, false)?;

@@ -1,0 +1,75 @@
+//! The audited data directory, never touched: every audit reads a copy.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use gridsync_deploy::topology::Topology;
+use gridsync_store::{SledKv, Store, StoreConfig};
+
+use crate::AuditError;
+
+/// sled's page cache for an audited copy.
+const CACHE_BYTES: u64 = 256 << 20;
+
+/// Copies a data directory (so the audited files are never touched).
+///
+/// # Errors
+/// I/O errors.
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies `data` into a temporary directory and opens the copy's database
+/// raw (nothing checked yet: `verify` reports every problem itself).
+///
+/// # Errors
+/// Not a gridsync data directory, or the copy failed.
+pub fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledKv), AuditError> {
+    let unreadable = |m: String| AuditError::Unreadable(m);
+    if !data.join("db").exists() {
+        return Err(unreadable(format!(
+            "{} is not a gridsync data directory (no sled database in it)",
+            data.display()
+        )));
+    }
+    let tmp = tempfile::tempdir().map_err(|e| unreadable(e.to_string()))?;
+    copy_dir(data, tmp.path())
+        .map_err(|e| unreadable(format!("cannot copy {}: {e}", data.display())))?;
+    let kv = SledKv::open(tmp.path(), CACHE_BYTES).map_err(|e| unreadable(e.to_string()))?;
+    Ok((tmp, kv))
+}
+
+/// Opens a copy of `data` as a store: opening checks the whole log (chains,
+/// signatures of every chunk, heads table, index) and stops at the first
+/// problem. Replay and as-of projection read only a log that passed it.
+///
+/// # Errors
+/// As [`open_copy`], or the log does not verify.
+pub fn open_verified(
+    data: &Path,
+    topology: &Topology,
+) -> Result<(tempfile::TempDir, Store), AuditError> {
+    let (tmp, kv) = open_copy(data)?;
+    let keys = topology.clone();
+    let store = Store::open(
+        Arc::new(kv),
+        StoreConfig {
+            verify_all_signatures: true,
+            ..StoreConfig::default()
+        },
+        None,
+        Arc::new(move |o: &str, seq: u64| keys.key_at(o, seq)),
+    )
+    .map_err(|e| AuditError::Problems(format!("the log does not verify: {e}")))?;
+    Ok((tmp, store))
+}

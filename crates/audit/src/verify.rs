@@ -1,0 +1,640 @@
+//! `audit verify`: a node's data checked without trusting the node.
+//!
+//! Everything here reads a [`Kv`] directly — never through `Store::open`,
+//! which stops at the first problem — so one run reports every problem it
+//! finds, with the origin and seq at fault. It runs on a copy of the data
+//! directory ([`crate::data::open_copy`]), so the audited node's files are
+//! never modified.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use gridsync_model::{Chunk, Hash32, SignedHead, ZERO_HASH};
+use gridsync_store::kv::Kv;
+use gridsync_store::{heads_file, layout};
+use serde::{Deserialize, Serialize};
+
+use gridsync_deploy::topology::Topology;
+
+use crate::reference::Reference;
+
+/// One problem found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `gap`, `broken_chain`, `bad_signature`, `not_canonical`, `undecodable`,
+    /// `foreign_origin`, `unknown_origin`, `duplicate`, `fork`, `heads_mismatch`,
+    /// `index_mismatch`, `truncated`, `equivocation_evidence`, `missing_entry`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginReport {
+    pub events: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: u64,
+    pub head_hash: String,
+    pub problems: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub entries: u64,
+    pub events: u64,
+    pub origins: BTreeMap<String, OriginReport>,
+    pub problems: Vec<Problem>,
+}
+
+impl AuditReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(
+        &mut self,
+        kind: &str,
+        origin: Option<&str>,
+        seq: Option<u64>,
+        offset: Option<u64>,
+        message: String,
+    ) {
+        if let Some(o) = origin {
+            if let Some(r) = self.origins.get_mut(o) {
+                r.problems += 1;
+            }
+        }
+        self.problems.push(Problem {
+            kind: kind.to_owned(),
+            origin: origin.map(str::to_owned),
+            seq,
+            offset,
+            message,
+        });
+    }
+}
+
+/// Largest gap in an origin's seqs the audit pads to keep indexing by seq.
+const GAP_FILL_MAX: u64 = 1 << 20;
+
+struct Chain {
+    seq: u64,
+    hash: Hash32,
+    /// Hash of every event seen, for checking references and overlaps.
+    hashes: Vec<Hash32>,
+    events: u64,
+    first: Option<u64>,
+}
+
+/// Verifies everything in `kv` as the log of `node` (when given: origins
+/// must be in its subtree), against `reference` heads when given.
+pub fn verify(
+    kv: &dyn Kv,
+    topology: &Topology,
+    node: Option<&str>,
+    reference: Option<&Reference>,
+    progress: &dyn Fn(u64),
+) -> AuditReport {
+    let refs: Vec<(&str, &Reference)> = reference
+        .map(|r| ("the reference", r))
+        .into_iter()
+        .collect();
+    verify_with(kv, topology, node, &refs, None, progress)
+}
+
+/// [`verify`] for a data directory's database (`kv`, a copy of
+/// `data_dir/db`): also held against the node's own heads record beside it
+/// — the log must reach every head in it and hold as many entries (sled
+/// may recover a damaged log to an earlier point without a word). A
+/// damaged record is itself a problem (`heads_record_damaged`).
+pub fn verify_data_dir(
+    kv: &dyn Kv,
+    data_dir: &Path,
+    topology: &Topology,
+    node: Option<&str>,
+    reference: Option<&Reference>,
+    progress: &dyn Fn(u64),
+) -> AuditReport {
+    let (record, damaged) = match heads_file::load(data_dir) {
+        heads_file::Loaded::Absent => (None, None),
+        heads_file::Loaded::Valid(r) => (Some(r), None),
+        heads_file::Loaded::Damaged(m) => (None, Some(m)),
+    };
+    let record_ref = record.as_ref().map(crate::reference::from_heads_record);
+    let mut refs: Vec<(&str, &Reference)> = Vec::new();
+    if let Some(r) = reference {
+        refs.push(("the reference", r));
+    }
+    if let Some(r) = &record_ref {
+        refs.push(("the node's heads record", r));
+    }
+    let entries = record.as_ref().map(|r| r.next_offset);
+    let mut report = verify_with(kv, topology, node, &refs, entries, progress);
+    if let Some(m) = damaged {
+        report.problem("heads_record_damaged", None, None, None, m);
+    }
+    report
+}
+
+/// What a log is held against: heads kept outside it (`(source, heads)`:
+/// a parent's status, the node's own heads record, an auditor's checkpoint)
+/// and, from the heads record, how many log entries it had.
+///
+/// Reference origins outside `node`'s subtree are not the audited node's
+/// business and are skipped (a parent's status lists its whole subtree).
+pub fn verify_with(
+    kv: &dyn Kv,
+    topology: &Topology,
+    node: Option<&str>,
+    references: &[(&str, &Reference)],
+    entries_expected: Option<u64>,
+    progress: &dyn Fn(u64),
+) -> AuditReport {
+    let mut a = Auditor {
+        topology,
+        // Origins ever below the node (a moved community's earlier history
+        // stays in its former street's log).
+        subtree: node.map(|n| topology.historic_subtree(n).into_iter().collect()),
+        report: AuditReport::default(),
+        chains: BTreeMap::new(),
+        index_expected: BTreeSet::new(),
+    };
+    a.read_log(kv, progress);
+    a.summarise_origins();
+    a.check_heads_table(kv);
+    a.check_index(kv);
+    a.check_evidence(kv);
+    for (source, refs) in references {
+        a.check_reference(source, refs);
+    }
+    if let Some(n) = entries_expected {
+        a.check_entry_count(n);
+    }
+    a.report
+}
+
+/// One audit in progress.
+struct Auditor<'a> {
+    topology: &'a Topology,
+    subtree: Option<BTreeSet<String>>,
+    report: AuditReport,
+    chains: BTreeMap<String, Chain>,
+    /// The chunk index the log implies: `(key, value)`.
+    index_expected: BTreeSet<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A log entry being reassembled from its fragments.
+struct Pending {
+    offset: u64,
+    bytes: Vec<u8>,
+    parts: u16,
+}
+
+impl Auditor<'_> {
+    /// The log, entry by entry (reassembled from its fragments), tolerating
+    /// damage: missing entries and stray fragments are problems, not stops.
+    fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
+        let mut start = vec![layout::LOG];
+        let mut expected_offset = 0u64;
+        let mut current: Option<Pending> = None;
+        loop {
+            let page = match kv.scan(&start, &[layout::LOG], 4096) {
+                Ok(p) => p,
+                Err(e) => {
+                    let m = format!("cannot read the log: {e}");
+                    self.report.problem("undecodable", None, None, None, m);
+                    break;
+                }
+            };
+            let Some((last, _)) = page.last() else { break };
+            start.clone_from(last);
+            start.push(0);
+            for (k, v) in &page {
+                let Some((offset, part)) = layout::parse_log_key(k) else {
+                    let m = "malformed log key".into();
+                    self.report.problem("undecodable", None, None, None, m);
+                    continue;
+                };
+                if part > 0 {
+                    match current.as_mut() {
+                        Some(p) if p.offset == offset => p.bytes.extend_from_slice(v),
+                        _ => self.report.problem(
+                            "missing_entry",
+                            None,
+                            None,
+                            Some(offset),
+                            format!("fragment {part} without its entry"),
+                        ),
+                    }
+                    continue;
+                }
+                if let Some(p) = current.take() {
+                    self.finish_entry(p);
+                }
+                if offset != expected_offset {
+                    self.report.problem(
+                        "missing_entry",
+                        None,
+                        None,
+                        Some(expected_offset),
+                        format!("log entries {expected_offset}..{offset} are missing"),
+                    );
+                }
+                expected_offset = offset + 1;
+                let parts = if v.len() >= 2 {
+                    u16::from_be_bytes([v[0], v[1]])
+                } else {
+                    0
+                };
+                current = Some(Pending {
+                    offset,
+                    bytes: v.clone(),
+                    parts,
+                });
+            }
+            progress(self.report.events);
+        }
+        if let Some(p) = current.take() {
+            self.finish_entry(p);
+        }
+    }
+
+    fn finish_entry(&mut self, p: Pending) {
+        if p.parts > 1 && p.bytes.is_empty() {
+            let m = "fragments missing".into();
+            self.report
+                .problem("missing_entry", None, None, Some(p.offset), m);
+            return;
+        }
+        self.report.entries += 1;
+        self.check_entry(p.offset, &p.bytes);
+    }
+
+    /// Per origin: events, seqs and head as the log has them.
+    fn summarise_origins(&mut self) {
+        let mut problems: HashMap<&str, u64> = HashMap::new();
+        for o in self
+            .report
+            .problems
+            .iter()
+            .filter_map(|p| p.origin.as_deref())
+        {
+            *problems.entry(o).or_insert(0) += 1;
+        }
+        let origins = self.chains.iter().map(|(origin, c)| {
+            let r = OriginReport {
+                events: c.events,
+                first_seq: c.first,
+                last_seq: c.seq,
+                head_hash: hex::encode(c.hash),
+                problems: problems.get(origin.as_str()).copied().unwrap_or(0),
+            };
+            (origin.clone(), r)
+        });
+        self.report.origins = origins.collect();
+    }
+
+    /// The heads table must say what the log says.
+    fn check_heads_table(&mut self, kv: &dyn Kv) {
+        let entries = match kv.scan(&[layout::HEAD], &[layout::HEAD], usize::MAX) {
+            Ok(e) => e,
+            Err(e) => {
+                let m = format!("cannot read the heads table: {e}");
+                return self.report.problem("undecodable", None, None, None, m);
+            }
+        };
+        let mut seen = BTreeSet::new();
+        for (k, v) in entries {
+            let origin = String::from_utf8_lossy(&k[1..]).into_owned();
+            seen.insert(origin.clone());
+            let parsed = (v.len() >= 40).then(|| {
+                (
+                    u64::from_be_bytes(v[..8].try_into().expect("8")),
+                    <[u8; 32]>::try_from(&v[8..40]).expect("32"),
+                    SignedHead::decode(&v[40..]).is_ok(),
+                )
+            });
+            let message = match (parsed, self.chains.get(&origin)) {
+                (Some((seq, hash, true)), Some(c)) if seq == c.seq && hash == c.hash => continue,
+                (Some((seq, _, _)), Some(c)) => format!("the heads table says seq {seq} but the log's chain ends at seq {} (cut, altered or reordered)", c.seq),
+                (Some((seq, _, _)), None) => format!("the heads table lists seq {seq} but the log holds no events of {origin}"),
+                (None, _) => "malformed heads entry".into(),
+            };
+            let seq = parsed.map(|(seq, _, _)| seq);
+            self.report
+                .problem("heads_mismatch", Some(&origin), seq, None, message);
+        }
+        let missing: Vec<(String, u64)> = self
+            .chains
+            .iter()
+            .filter(|(o, _)| !seen.contains(*o))
+            .map(|(o, c)| (o.clone(), c.seq))
+            .collect();
+        for (origin, seq) in missing {
+            let m = "the heads table lacks this origin".into();
+            self.report
+                .problem("heads_mismatch", Some(&origin), Some(seq), None, m);
+        }
+    }
+
+    /// The chunk index must match the chunks.
+    fn check_index(&mut self, kv: &dyn Kv) {
+        let Ok(entries) = kv.scan(&[layout::INDEX], &[layout::INDEX], usize::MAX) else {
+            return;
+        };
+        let found: BTreeSet<(Vec<u8>, Vec<u8>)> = entries.into_iter().collect();
+        let extra = found.difference(&self.index_expected).map(|(k, _)| (k.clone(), "the chunk index points at a log entry that does not hold this chunk (entries moved or altered)"));
+        let lacking = self
+            .index_expected
+            .difference(&found)
+            .map(|(k, _)| (k.clone(), "the chunk index lacks this chunk"));
+        let wrong: Vec<(Vec<u8>, &str)> = extra.chain(lacking).collect();
+        for (k, message) in wrong {
+            let (origin, seq) = origin_seq(&k);
+            self.report.problem(
+                "index_mismatch",
+                origin.as_deref(),
+                seq,
+                None,
+                message.into(),
+            );
+        }
+    }
+
+    /// Equivocation evidence the node recorded.
+    fn check_evidence(&mut self, kv: &dyn Kv) {
+        let summary = [layout::EVIDENCE_SUMMARY];
+        let Ok(entries) = kv.scan(&summary, &summary, 10_000) else {
+            return;
+        };
+        for (k, _) in entries {
+            let (origin, seq) = origin_seq(&k);
+            let m =
+                "the node holds evidence that this origin signed two different events at this seq"
+                    .into();
+            self.report
+                .problem("equivocation_evidence", origin.as_deref(), seq, None, m);
+        }
+    }
+
+    /// The log must reach every head held elsewhere, with the same hash.
+    fn check_reference(&mut self, source: &str, refs: &Reference) {
+        for (origin, r) in refs {
+            if self.subtree.as_ref().is_some_and(|s| !s.contains(origin)) {
+                continue;
+            }
+            if r.signed_by_origin(origin, self.topology) == Some(false) {
+                let m = format!("{source}: the head's signature does not verify");
+                self.report
+                    .problem("bad_signature", Some(origin), Some(r.seq), None, m);
+                continue;
+            }
+            let (kind, seq, message) = match self.chains.get(origin) {
+                None => (
+                    "truncated",
+                    r.seq,
+                    format!(
+                        "{source} says {origin} reached seq {} but the log holds none of it",
+                        r.seq
+                    ),
+                ),
+                Some(c) if c.seq < r.seq => (
+                    "truncated",
+                    c.seq.saturating_add(1),
+                    format!(
+                        "the log stops at seq {} short of seq {} in {source} (events cut off)",
+                        c.seq, r.seq
+                    ),
+                ),
+                Some(c) => {
+                    let at = usize::try_from(r.seq).unwrap_or(usize::MAX).wrapping_sub(1);
+                    if c.hashes.get(at).map(hex::encode).as_deref() == Some(r.hash.as_str()) {
+                        continue;
+                    }
+                    (
+                        "fork",
+                        r.seq,
+                        format!("the event at seq {} differs from {source}", r.seq),
+                    )
+                }
+            };
+            self.report
+                .problem(kind, Some(origin), Some(seq), None, message);
+        }
+    }
+
+    fn check_entry_count(&mut self, n: u64) {
+        if self.report.entries < n {
+            let m = format!(
+                "the log has {} entries but the heads record says {n} (entries cut off)",
+                self.report.entries
+            );
+            let at = Some(self.report.entries);
+            self.report.problem("truncated", None, None, at, m);
+        }
+    }
+
+    /// One log entry: decoded, in the subtree, verified on its own (links,
+    /// canonical envelopes, signature), then linked onto its origin's chain.
+    fn check_entry(&mut self, offset: u64, bytes: &[u8]) {
+        let chunk = match bytes.get(10..).map(Chunk::decode) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                let m = format!("log entry {offset}: {e}");
+                return self
+                    .report
+                    .problem("undecodable", None, None, Some(offset), m);
+            }
+            None => {
+                let m = "entry header truncated".into();
+                return self
+                    .report
+                    .problem("undecodable", None, None, Some(offset), m);
+            }
+        };
+        let origin = chunk.origin.clone();
+        let (first, last) = (chunk.first_seq(), chunk.last_seq());
+        self.index_expected.insert((
+            layout::index_key(&origin, last),
+            layout::index_value(offset, first),
+        ));
+        self.report.events += chunk.events.len() as u64;
+        if self.subtree.as_ref().is_some_and(|s| !s.contains(&origin)) {
+            let m = format!("origin {origin} is not in the audited node's subtree");
+            self.report.problem(
+                "foreign_origin",
+                Some(&origin),
+                Some(first),
+                Some(offset),
+                m,
+            );
+        }
+        let Some((prev, hashes)) = self.verify_chunk(&chunk, offset) else {
+            return;
+        };
+        for (i, rec) in chunk.events.iter().enumerate() {
+            if gridsync_model::Envelope::decode(&rec.envelope).is_err() {
+                let m = "envelope is not in canonical form".into();
+                let seq = Some(first + i as u64);
+                self.report
+                    .problem("not_canonical", Some(&origin), seq, Some(offset), m);
+            }
+        }
+        self.link(&origin, first, last, prev, &hashes, offset);
+    }
+
+    /// The chunk verified on its own: its first `prev` and every event's hash.
+    fn verify_chunk(&mut self, chunk: &Chunk, offset: u64) -> Option<(Hash32, Vec<Hash32>)> {
+        use gridsync_model::ChunkError as E;
+        let (origin, first) = (chunk.origin.as_str(), chunk.first_seq());
+        let Some(key) = self.topology.key_at(origin, chunk.last_seq()) else {
+            let m =
+                format!("origin {origin} is not in the topology; its events cannot be verified");
+            self.report
+                .problem("unknown_origin", Some(origin), Some(first), Some(offset), m);
+            return None;
+        };
+        // A verifiable origin is reported even if none of its chunks verify.
+        self.chains
+            .entry(origin.to_owned())
+            .or_insert_with(Chain::empty);
+        let prev = match chunk.first_prev() {
+            Ok(p) => p,
+            Err(e) => {
+                let m = e.to_string();
+                self.report
+                    .problem("undecodable", Some(origin), Some(first), Some(offset), m);
+                return None;
+            }
+        };
+        let checked = chunk
+            .check_links(first, &prev)
+            .and_then(|h| chunk.head.verify(&key).map(|()| h));
+        match checked {
+            Ok(hashes) => Some((prev, hashes)),
+            Err(e) => {
+                let kind = match e {
+                    E::BadSignature { .. } => "bad_signature",
+                    E::Gap { .. } => "gap",
+                    E::Envelope { .. } => "undecodable",
+                    _ => "broken_chain",
+                };
+                let seq = match &e {
+                    E::Gap { expected, .. } => *expected,
+                    E::BrokenChain { seq, .. }
+                    | E::PersonalDigest { seq, .. }
+                    | E::Envelope { seq, .. }
+                    | E::BadSignature { seq, .. } => *seq,
+                    _ => chunk.last_seq(),
+                };
+                let m = format!("log entry {offset}: {e}");
+                self.report
+                    .problem(kind, Some(origin), Some(seq), Some(offset), m);
+                None
+            }
+        }
+    }
+
+    /// Links a verified chunk (seqs `first..=last`) onto its origin's chain:
+    /// an overlap is a `duplicate` or a `fork`, a jump a `gap`, a wrong
+    /// `prev` a `broken_chain`. The chain resynchronises on the chunk
+    /// either way, so later damage is reported separately.
+    fn link(
+        &mut self,
+        origin: &str,
+        first: u64,
+        last: u64,
+        prev: Hash32,
+        hashes: &[Hash32],
+        offset: u64,
+    ) {
+        let chain = self
+            .chains
+            .entry(origin.to_owned())
+            .or_insert_with(Chain::empty);
+        let problem = if first <= chain.seq {
+            let overlap_last = last.min(chain.seq);
+            let ours = chain.hashes.get(overlap_last as usize - 1).copied();
+            let theirs = hashes.get((overlap_last - first) as usize).copied();
+            let kind = if ours == theirs { "duplicate" } else { "fork" };
+            let m = format!(
+                "log entry {offset} holds seqs {first}..{last} again (the chain was already at {})",
+                chain.seq
+            );
+            Some((kind, first, m))
+        } else if first > chain.seq.saturating_add(1) {
+            let from = chain.seq.saturating_add(1);
+            Some((
+                "gap",
+                from,
+                format!("seqs {from}..{} are missing", first - 1),
+            ))
+        } else if prev != chain.hash {
+            Some((
+                "broken_chain",
+                first,
+                format!("seq {first} does not link to seq {}", chain.seq),
+            ))
+        } else {
+            None
+        };
+        let stale = last <= chain.seq;
+        if !stale {
+            chain.extend(first, hashes);
+        }
+        if let Some((kind, seq, m)) = problem {
+            self.report
+                .problem(kind, Some(origin), Some(seq), Some(offset), m);
+        }
+    }
+}
+
+impl Chain {
+    fn empty() -> Self {
+        Self {
+            seq: 0,
+            hash: ZERO_HASH,
+            hashes: Vec::new(),
+            events: 0,
+            first: None,
+        }
+    }
+
+    /// Takes the seqs of a chunk starting at `first` beyond the chain's end.
+    fn extend(&mut self, first: u64, hashes: &[Hash32]) {
+        for (i, h) in hashes.iter().enumerate() {
+            let seq = first + i as u64;
+            if seq > self.seq {
+                // A tampered seq far ahead (up to u64::MAX) must not make the
+                // audit fill billions of placeholders: such a jump is
+                // reported (as a gap) and its hashes are not kept.
+                let gap = seq - 1 - (self.hashes.len() as u64).min(seq - 1);
+                if gap > GAP_FILL_MAX {
+                    continue;
+                }
+                while (self.hashes.len() as u64) + 1 < seq {
+                    self.hashes.push(ZERO_HASH);
+                }
+                self.hashes.push(*h);
+                self.events += 1;
+            }
+        }
+        let last = first + hashes.len() as u64 - 1;
+        self.first = Some(self.first.map_or(first, |f| f.min(first)));
+        self.seq = self.seq.max(last);
+        self.hash = *hashes.last().expect("non-empty");
+    }
+}
+
+/// The origin and seq an index or evidence key names.
+fn origin_seq(key: &[u8]) -> (Option<String>, Option<u64>) {
+    match layout::parse_origin_seq_key(key) {
+        Some((origin, seq, _)) => (Some(origin), Some(seq)),
+        None => (None, None),
+    }
+}

@@ -1,0 +1,108 @@
+//! The log folded into a projection: the one fold both the running node
+//! (its live projection, rebuilt at start and advanced after every commit)
+//! and the auditor (`audit project`, a projection as of a past moment) use,
+//! so an as-of answer is recomputed by exactly the code that served it.
+
+use gridsync_model::kinds::EventRef;
+use gridsync_store::{Store, StoreError};
+
+use crate::{Projection, ProjectionConfig};
+
+/// Which events a fold takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Every committed event.
+    Everything,
+    /// Events that occurred by this moment (and corrections made by then);
+    /// later seqs of an origin may have occurred earlier (late events), so
+    /// skipped events keep their place in the origin's order.
+    OccurredBy(i64),
+    /// Only log entries this node had committed by this moment.
+    KnownBy(i64),
+}
+
+/// Log entries read per storage call.
+const PAGE: usize = 256;
+
+/// Applies log entries from `offset` to the end of the log (those `cut`
+/// takes); returns the next offset to apply. `progress` gets the number of
+/// events applied so far after each page.
+///
+/// # Errors
+/// Storage errors, or a log whose events are out of order
+/// ([`StoreError::Corrupt`] naming the entry).
+pub fn fold_log(
+    store: &Store,
+    p: &mut Projection,
+    mut offset: u64,
+    cut: Cut,
+    progress: &dyn Fn(u64),
+) -> Result<u64, StoreError> {
+    let lookup = target_lookup(store);
+    let mut n = 0u64;
+    loop {
+        let entries = store.read_log(offset, PAGE)?;
+        if entries.is_empty() {
+            return Ok(offset);
+        }
+        for e in entries {
+            offset = e.offset + 1;
+            if matches!(cut, Cut::KnownBy(t) if e.received_at_ms > t) {
+                continue;
+            }
+            for rec in &e.chunk.events {
+                let applied = match cut {
+                    Cut::OccurredBy(t) if occurred_ms(&rec.envelope) > t => p.skip(&rec.envelope),
+                    _ => {
+                        n += 1;
+                        p.apply(&rec.envelope, &lookup)
+                    }
+                };
+                applied
+                    .map_err(|err| StoreError::Corrupt(format!("log entry {}: {err}", e.offset)))?;
+            }
+        }
+        progress(n);
+    }
+}
+
+/// A projection of the whole log as it was at `as_of_ms`: by event time,
+/// or with `known_at` by what this node had committed then.
+///
+/// # Errors
+/// As [`fold_log`].
+pub fn fold_as_of(
+    store: &Store,
+    cfg: ProjectionConfig,
+    as_of_ms: i64,
+    known_at: bool,
+) -> Result<Projection, StoreError> {
+    let mut p = Projection::new(cfg);
+    let cut = if known_at {
+        Cut::KnownBy(as_of_ms)
+    } else {
+        Cut::OccurredBy(as_of_ms)
+    };
+    fold_log(store, &mut p, 0, cut, &|_| {})?;
+    Ok(p)
+}
+
+/// When an event occurred (an undecodable envelope: never, so a cut by
+/// event time skips it and `apply` is not asked to read it).
+fn occurred_ms(envelope: &[u8]) -> i64 {
+    gridsync_model::Envelope::decode(envelope).map_or(i64::MAX, |env| env.occurred_at.unix_ms)
+}
+
+/// Finds a correction's target in the store (its envelope bytes).
+fn target_lookup(store: &Store) -> impl Fn(&str, u64) -> Option<Vec<u8>> + '_ {
+    move |origin: &str, seq: u64| {
+        store
+            .find_event(&EventRef {
+                origin: origin.to_owned(),
+                seq,
+            })
+            .ok()
+            .flatten()
+            .map(|(_, rec)| rec.envelope)
+    }
+}
