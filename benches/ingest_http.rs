@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/events", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gridsync_node::node::serve(state, listener, async {
+        tokio::spawn(gridsync_server::serve(state, listener, async {
             let _ = rx.await;
         }));
         (url, tx)

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use gridsync_model::ingest::{prepare, IngestContext, IngestLimits, PreparedEvent};
 use gridsync_model::kinds::EventRef;
-use gridsync_node::node::{open_node, serve, system_now_ms, NodeState, OpenOptions};
+use gridsync_node::node::{open_node, system_now_ms, NodeState, OpenOptions};
 use gridsync_ops::provision::{provision_nodes, PlannedNode};
+use gridsync_server::serve;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -629,7 +629,7 @@ fn serve(
             "http"
         };
         println!("gridsync: listening on {scheme}://{addr}");
-        gridsync_node::node::serve(state, listener, shutdown_signal()).await?;
+        gridsync_server::serve(state, listener, shutdown_signal()).await?;
         tracing::info!("stopped cleanly");
         Ok(())
     })
@@ -681,7 +681,7 @@ fn rebuild(
         took.as_secs_f64(),
         events as f64 / took.as_secs_f64().max(1e-9)
     );
-    let q = gridsync_node::aggregates::AggregatesQuery {
+    let q = gridsync_server::aggregates::AggregatesQuery {
         node,
         from,
         to,
@@ -689,7 +689,7 @@ fn rebuild(
         days: None,
         token: None,
     };
-    let answer = gridsync_node::aggregates::aggregates(&state, &q)
+    let answer = gridsync_server::aggregates::aggregates(&state, &q)
         .map_err(|e| anyhow::anyhow!(e.body.message))?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     let store = state.store.clone();

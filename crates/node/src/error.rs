@@ -129,3 +129,16 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+impl From<gridsync_projections::rollup::RollupError> for ApiError {
+    fn from(e: gridsync_projections::rollup::RollupError) -> Self {
+        match e {
+            gridsync_projections::rollup::RollupError::UnknownNode(m) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_node", m)
+            }
+            gridsync_projections::rollup::RollupError::Invalid { code, message } => {
+                ApiError::bad_request(code, message)
+            }
+        }
+    }
+}

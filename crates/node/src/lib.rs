@@ -1,19 +1,16 @@
-//! The running gridsync node (`gridsync serve`): its shared state, the
-//! `/v1` HTTP API, the sync transport up and down the tree, the projector,
-//! TLS and metrics. The files it reads are in `gridsync-deploy`, the tooling
-//! that writes them in `gridsync-ops`, verification in `gridsync-audit`.
-//! See ARCHITECTURE.md for the map.
+//! The core of a running gridsync node (`gridsync serve`): its shared
+//! state, opening it (`node`), the sync transport up and down the tree
+//! (`sync`), the live projection, TLS, auth and the API's error type. The
+//! HTTP routes and the accept loop are in `gridsync-server`; the files the
+//! node reads in `gridsync-deploy`; the tooling that writes them in
+//! `gridsync-ops`; verification in `gridsync-audit`. See ARCHITECTURE.md.
 
-pub mod aggregates;
 pub mod auth;
 pub mod error;
-pub mod events;
-pub mod http;
 pub mod node;
 pub mod projector;
 pub mod slots;
 pub mod state;
-pub mod status;
 pub mod sync;
 pub mod sync_state;
 pub mod tls;

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use crate::provision::{provision_nodes, PlannedNode, TokensFile};
 use crate::workload::Workload;
-use gridsync_node::node::{open_node, serve, system_now_ms, NodeState, OpenOptions};
+use gridsync_node::node::{open_node, system_now_ms, NodeState, OpenOptions};
+use gridsync_server::serve;
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {

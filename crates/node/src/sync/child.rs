@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use futures_util::{SinkExt, StreamExt};
+use gridsync_deploy::config::SyncSettings;
+use gridsync_model::Chunk;
 use gridsync_protocol::{ChildConfig, ChildSession, Frame, Output, OwnChain};
 use gridsync_store::{PostingHold, StoreError};
 use rand::Rng;
@@ -67,75 +69,82 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
     let mut backoff_ms = s.reconnect_min_ms;
     let mut paused = state.sync.paused.subscribe();
     loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        while *paused.borrow_and_update() {
+        while *paused.borrow_and_update() && !*shutdown.borrow() {
             tokio::select! {
                 c = paused.changed() => if c.is_err() { return },
                 _ = shutdown.changed() => return,
             }
         }
-        let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(s.frame_bytes_max))
-            .max_frame_size(Some(s.frame_bytes_max))
-            .max_write_buffer_size(s.write_buffer_bytes_max);
-        let connector = state
-            .tls_client
-            .clone()
-            .map(tokio_tungstenite::Connector::Rustls);
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            url.as_str(),
-            Some(ws_config),
-            false,
-            connector,
-        );
-        let result = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(s.ack_timeout_ms.max(1000) as u64), connect) => r,
+        if *shutdown.borrow() {
+            return;
+        }
+        let outcome = tokio::select! {
+            ws = connect(&state, &url) => match ws {
+                Ok(ws) => {
+                    state.sync.parent.lock().expect("lock").connects += 1;
+                    metrics::counter!("gridsync_sync_connects_total", "node" => state.config.id.clone()).increment(1);
+                    child_session(&state, &parent, parent_key, ws, &mut shutdown).await
+                }
+                Err(e) => Err(e),
+            },
             _ = shutdown.changed() => return,
         };
-        let outcome = match result {
-            Ok(Ok((ws, _))) => {
-                state.sync.parent.lock().expect("lock").connects += 1;
-                metrics::counter!("gridsync_sync_connects_total", "node" => state.config.id.clone()).increment(1);
-                child_session(&state, &parent, parent_key, ws, &mut shutdown).await
-            }
-            Ok(Err(e)) => Err(connect_failed(&url, &e)),
-            Err(_) => Err(SessionEnd::Early(format!("connecting to {url} timed out"))),
-        };
+        if matches!(outcome, Ok(()) | Err(SessionEnd::Streamed(_))) {
+            backoff_ms = s.reconnect_min_ms;
+        }
         {
             let mut link = state.sync.parent.lock().expect("lock");
             link.connected = false;
-            match &outcome {
-                Ok(()) | Err(SessionEnd::Streamed(_)) => backoff_ms = s.reconnect_min_ms,
-                Err(_) => {}
-            }
             if let Err(e) = &outcome {
                 link.last_error = Some(e.to_string());
+                tracing::info!(parent, reason = %e, retry_in_ms = backoff_ms, "parent link down");
             }
-        }
-        if let Err(e) = &outcome {
-            tracing::info!(parent, reason = %e, retry_in_ms = backoff_ms, "parent link down");
         }
         if *shutdown.borrow() {
             return;
         }
-        // Full jitter between the minimum and the current backoff, so the
-        // children of a restarted parent do not all come back at once; while
-        // the parent refuses connections, never longer than
-        // reconnect_refused_max_ms (it is restarting, or down: probing is
-        // nearly free, and its return is noticed at once).
-        let cap = if matches!(outcome, Err(SessionEnd::Refused(_))) {
-            backoff_ms.min(s.reconnect_refused_max_ms)
-        } else {
-            backoff_ms
-        };
-        let delay = rand::rngs::OsRng.gen_range(s.reconnect_min_ms.min(cap)..=cap);
+        let delay = reconnect_delay(&s, backoff_ms, &outcome);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(delay)) => {}
             _ = shutdown.changed() => return,
         }
         backoff_ms = (backoff_ms * 2).min(s.reconnect_max_ms);
+    }
+}
+
+/// Full jitter between the minimum and the current backoff, so the
+/// children of a restarted parent do not all come back at once; while the
+/// parent refuses connections, never longer than reconnect_refused_max_ms
+/// (it is restarting, or down: probing is nearly free, and its return is
+/// noticed at once).
+fn reconnect_delay(s: &SyncSettings, backoff_ms: u64, outcome: &Result<(), SessionEnd>) -> u64 {
+    let cap = if matches!(outcome, Err(SessionEnd::Refused(_))) {
+        backoff_ms.min(s.reconnect_refused_max_ms)
+    } else {
+        backoff_ms
+    };
+    rand::rngs::OsRng.gen_range(s.reconnect_min_ms.min(cap)..=cap)
+}
+
+/// Opens the websocket to the parent (TLS with the deployment CA when the
+/// URL is `wss`), within the ack timeout (at least a second).
+async fn connect(state: &NodeState, url: &str) -> Result<ClientWs, SessionEnd> {
+    let s = &state.config.sync;
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(s.frame_bytes_max))
+        .max_frame_size(Some(s.frame_bytes_max))
+        .max_write_buffer_size(s.write_buffer_bytes_max);
+    let connector = state
+        .tls_client
+        .clone()
+        .map(tokio_tungstenite::Connector::Rustls);
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(ws_config), false, connector);
+    let limit = Duration::from_millis(s.ack_timeout_ms.max(1000) as u64);
+    match tokio::time::timeout(limit, connect).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(connect_failed(url, &e)),
+        Err(_) => Err(SessionEnd::Early(format!("connecting to {url} timed out"))),
     }
 }
 
@@ -199,142 +208,196 @@ async fn child_session(
     state: &Arc<NodeState>,
     parent: &str,
     parent_key: VerifyingKey,
-    mut ws: ClientWs,
+    ws: ClientWs,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionEnd> {
-    use tokio_tungstenite::tungstenite::Message as WsMessage;
-    let node = state.config.id.clone();
-    let mut session = ChildSession::new(child_cfg(state, parent, parent_key));
-    let mut appended = state.store.subscribe();
-    let mut paused = state.sync.paused.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    // Both proofs sign the TLS session's exported keying material: relayed
-    // through a man in the middle (two sessions), they fail.
-    let binding = match ws.get_ref() {
-        tokio_tungstenite::MaybeTlsStream::Rustls(tls) => {
-            crate::tls::exporter(tls.get_ref().1).map(|b| b.to_vec())
+    let mut c = ParentConnection {
+        state,
+        parent,
+        session: ChildSession::new(child_cfg(state, parent, parent_key)),
+        ws,
+        acked_before: HashMap::new(),
+    };
+    c.run(shutdown).await
+}
+
+/// The connection to the parent: the sans-IO session and its socket.
+struct ParentConnection<'a> {
+    state: &'a Arc<NodeState>,
+    parent: &'a str,
+    session: ChildSession,
+    ws: ClientWs,
+    /// What the parent had acknowledged at the last status update.
+    acked_before: HashMap<String, u64>,
+}
+
+impl ParentConnection<'_> {
+    /// Runs the session until it ends: `Ok` when this node shuts down or
+    /// its log closes.
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionEnd> {
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        let state = self.state;
+        let mut appended = state.store.subscribe();
+        let mut paused = state.sync.paused.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // Both proofs sign the TLS session's exported keying material:
+        // relayed through a man in the middle (two sessions), they fail.
+        let binding = match self.ws.get_ref() {
+            tokio_tungstenite::MaybeTlsStream::Rustls(tls) => {
+                crate::tls::exporter(tls.get_ref().1).map(|b| b.to_vec())
+            }
+            _ => None,
         }
-        _ => None,
+        .filter(|_| !state.unsafe_no_channel_binding)
+        .unwrap_or_default();
+        let mut outs = self
+            .session
+            .on_open(random_nonce(), &binding, system_now_ms());
+        loop {
+            self.perform(outs).await?;
+            self.update_link();
+            let view = upward_view(state);
+            let session = &mut self.session;
+            outs = tokio::select! {
+                msg = self.ws.next() => match msg {
+                    Some(Ok(WsMessage::Binary(bytes))) => match Frame::decode(&bytes, state.config.sync.frame_bytes_max) {
+                        Ok(frame) => session.on_frame(frame, &view, system_now_ms()),
+                        Err(e) => return Err(self.end(format!("malformed frame from the parent: {e}"))),
+                    },
+                    Some(Ok(WsMessage::Close(_))) | None => return Err(self.end("connection closed by the parent".into())),
+                    Some(Ok(_)) => Vec::new(),
+                    Some(Err(e)) => return Err(self.end(format!("websocket error: {e}"))),
+                },
+                changed = appended.changed() => match changed {
+                    Ok(()) => session.on_local_append(&view, system_now_ms()),
+                    Err(_) => return Ok(()),
+                },
+                _ = tick.tick() => session.on_tick(&view, system_now_ms()),
+                _ = shutdown.changed() => {
+                    let _ = self.ws.close(None).await;
+                    return Ok(());
+                }
+                _ = paused.changed() => {
+                    let now_paused = *paused.borrow();
+                    if now_paused {
+                        return Err(self.close("link paused".into()).await);
+                    }
+                    Vec::new()
+                }
+            };
+        }
     }
-    .filter(|_| !state.unsafe_no_channel_binding)
-    .unwrap_or_default();
-    let mut outs = session.on_open(random_nonce(), &binding, system_now_ms());
-    let mut acked_before: HashMap<String, u64> = HashMap::new();
-    loop {
-        let mut queue: VecDeque<Output> = std::mem::take(&mut outs).into();
+
+    /// Closes the socket and ends the session.
+    async fn close(&mut self, reason: String) -> SessionEnd {
+        let _ = self.ws.close(None).await;
+        self.end(reason)
+    }
+
+    /// How the session ended, by whether it got anywhere.
+    fn end(&self, reason: String) -> SessionEnd {
+        if self.session.made_progress() {
+            SessionEnd::Streamed(reason)
+        } else {
+            SessionEnd::Early(reason)
+        }
+    }
+
+    /// Carries out what the session asked for (and what that leads to).
+    async fn perform(&mut self, outs: Vec<Output>) -> Result<(), SessionEnd> {
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        let mut queue: VecDeque<Output> = outs.into();
         while let Some(o) = queue.pop_front() {
             match o {
                 Output::Send(f) => {
-                    if let Err(e) = ws.send(WsMessage::Binary(f.encode().into())).await {
-                        return Err(end(&session, format!("send failed: {e}")));
-                    }
+                    let sent = self.ws.send(WsMessage::Binary(f.encode().into())).await;
+                    sent.map_err(|e| self.end(format!("send failed: {e}")))?;
                 }
-                Output::Close { reason } => {
-                    let _ = ws.close(None).await;
-                    return Err(end(&session, reason));
-                }
-                Output::Import { chunks } => {
-                    let n = chunks.iter().map(|c| c.events.len() as u64).sum::<u64>();
-                    match state.store.import(chunks, system_now_ms()).await {
-                        Ok(_) => {
-                            metrics::counter!("gridsync_own_chain_repaired_events_total", "node" => node.clone())
-                                .increment(n);
-                            let view = upward_view(state);
-                            queue.extend(session.on_repaired(&view, system_now_ms()));
-                        }
-                        Err(StoreError::Diverged { seq, .. }) => {
-                            let found = OwnChain::Diverged {
-                                seq,
-                                ours: [0; 32],
-                                theirs: [0; 32],
-                                evidence: None,
-                            };
-                            own_chain(state, found).await;
-                            let _ = ws.close(None).await;
-                            return Err(end(
-                                &session,
-                                format!("own chain differs from the parent's at seq {seq}"),
-                            ));
-                        }
-                        Err(e) => {
-                            let _ = ws.close(None).await;
-                            return Err(end(
-                                &session,
-                                format!("cannot import own chain pulled back from the parent: {e}"),
-                            ));
-                        }
-                    }
-                }
-                Output::OwnChain(c) => own_chain(state, c).await,
+                Output::Close { reason } => return Err(self.close(reason).await),
+                Output::Import { chunks } => queue.extend(self.import_own(chunks).await?),
+                Output::OwnChain(c) => own_chain(self.state, c).await,
                 Output::OriginBlocked {
                     origin,
                     code,
                     message,
-                } => {
-                    tracing::warn!(parent, origin, code, %message, "the parent refuses this origin; the others keep flowing");
-                    let mut link = state.sync.parent.lock().expect("lock");
-                    link.blocked.entry(origin).or_insert(BlockedOrigin {
-                        code,
-                        message,
-                        since_ms: system_now_ms(),
-                    });
-                    metrics::gauge!("gridsync_sync_blocked_origins", "node" => node.clone())
-                        .set(link.blocked.len() as f64);
-                }
+                } => self.origin_blocked(origin, code, message),
                 Output::Persist { .. } | Output::Equivocation { .. } | Output::Rejected { .. } => {}
             }
         }
+        Ok(())
+    }
+
+    /// Stores this community's own events pulled back from the parent.
+    async fn import_own(&mut self, chunks: Vec<Chunk>) -> Result<Vec<Output>, SessionEnd> {
+        let state = self.state;
+        let n = chunks.iter().map(|c| c.events.len() as u64).sum::<u64>();
+        match state.store.import(chunks, system_now_ms()).await {
+            Ok(_) => {
+                metrics::counter!("gridsync_own_chain_repaired_events_total", "node" => state.config.id.clone())
+                    .increment(n);
+                let view = upward_view(state);
+                Ok(self.session.on_repaired(&view, system_now_ms()))
+            }
+            Err(StoreError::Diverged { seq, .. }) => {
+                let found = OwnChain::Diverged {
+                    seq,
+                    ours: [0; 32],
+                    theirs: [0; 32],
+                    evidence: None,
+                };
+                own_chain(state, found).await;
+                Err(self
+                    .close(format!("own chain differs from the parent's at seq {seq}"))
+                    .await)
+            }
+            Err(e) => Err(self
+                .close(format!(
+                    "cannot import own chain pulled back from the parent: {e}"
+                ))
+                .await),
+        }
+    }
+
+    fn origin_blocked(&self, origin: String, code: String, message: String) {
+        let parent = self.parent;
+        tracing::warn!(parent, origin, code, %message, "the parent refuses this origin; the others keep flowing");
+        let mut link = self.state.sync.parent.lock().expect("lock");
+        link.blocked.entry(origin).or_insert(BlockedOrigin {
+            code,
+            message,
+            since_ms: system_now_ms(),
+        });
+        metrics::gauge!("gridsync_sync_blocked_origins", "node" => self.state.config.id.clone())
+            .set(link.blocked.len() as f64);
+    }
+
+    /// The parent link as `/v1/status` shows it: streaming, acknowledged
+    /// heads, origins no longer blocked once the parent acknowledges them.
+    fn update_link(&mut self) {
+        let node = self.state.config.id.clone();
+        let mut link = self.state.sync.parent.lock().expect("lock");
+        link.connected = self.session.is_streaming();
+        let acked = self.session.acked();
+        if !acked
+            .iter()
+            .any(|(o, s)| self.acked_before.get(o) != Some(s))
         {
-            let mut link = state.sync.parent.lock().expect("lock");
-            link.connected = session.is_streaming();
-            let acked = session.acked();
-            if acked.iter().any(|(o, s)| acked_before.get(o) != Some(s)) {
-                let mut forwarded = 0;
-                for (o, s) in acked {
-                    let before = acked_before.insert(o.clone(), *s).unwrap_or(*s);
-                    forwarded += s.saturating_sub(before);
-                    if *s > before && !session.blocked().contains_key(o) {
-                        link.blocked.remove(o);
-                    }
-                }
-                metrics::counter!("gridsync_sync_events_forwarded_total", "node" => node.clone())
-                    .increment(forwarded);
-                metrics::gauge!("gridsync_sync_blocked_origins", "node" => node.clone())
-                    .set(link.blocked.len() as f64);
-                link.last_ack_ms = Some(system_now_ms());
-                link.acked = acked.clone();
+            return;
+        }
+        let mut forwarded = 0;
+        for (o, s) in acked {
+            let before = self.acked_before.insert(o.clone(), *s).unwrap_or(*s);
+            forwarded += s.saturating_sub(before);
+            if *s > before && !self.session.blocked().contains_key(o) {
+                link.blocked.remove(o);
             }
         }
-        let view = upward_view(state);
-        outs = tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(WsMessage::Binary(bytes))) => match Frame::decode(&bytes, state.config.sync.frame_bytes_max) {
-                    Ok(frame) => session.on_frame(frame, &view, system_now_ms()),
-                    Err(e) => return Err(end(&session, format!("malformed frame from the parent: {e}"))),
-                },
-                Some(Ok(WsMessage::Close(_))) | None => return Err(end(&session, "connection closed by the parent".into())),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(end(&session, format!("websocket error: {e}"))),
-            },
-            changed = appended.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                session.on_local_append(&view, system_now_ms())
-            }
-            _ = tick.tick() => session.on_tick(&view, system_now_ms()),
-            _ = shutdown.changed() => {
-                let _ = ws.close(None).await;
-                return Ok(());
-            }
-            _ = paused.changed() => {
-                if *paused.borrow() {
-                    let _ = ws.close(None).await;
-                    return Err(end(&session, "link paused".into()));
-                }
-                continue;
-            }
-        };
+        metrics::counter!("gridsync_sync_events_forwarded_total", "node" => node.clone())
+            .increment(forwarded);
+        metrics::gauge!("gridsync_sync_blocked_origins", "node" => node)
+            .set(link.blocked.len() as f64);
+        link.last_ack_ms = Some(system_now_ms());
+        link.acked = acked.clone();
     }
 }
 
@@ -415,13 +478,5 @@ async fn own_chain(state: &NodeState, found: OwnChain) {
     });
     if let Err(e) = state.store.set_posting_hold(hold).await {
         tracing::error!(error = %e, "cannot record the posting hold");
-    }
-}
-
-fn end(session: &ChildSession, reason: String) -> SessionEnd {
-    if session.made_progress() {
-        SessionEnd::Streamed(reason)
-    } else {
-        SessionEnd::Early(reason)
     }
 }

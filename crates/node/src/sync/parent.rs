@@ -64,182 +64,283 @@ fn parent_cfg(state: &NodeState, channel_binding: Vec<u8>) -> ParentConfig {
 
 type PendingImport = (u64, oneshot::Receiver<Result<u64, StoreError>>);
 
+/// What woke a parent session.
+enum Wake {
+    Socket(Option<Result<Message, axum::Error>>),
+    Persisted(
+        u64,
+        Result<Result<u64, StoreError>, oneshot::error::RecvError>,
+    ),
+    Tick,
+}
+
+/// One child's connection: the sans-IO session and what it holds.
+struct ChildConnection {
+    state: Arc<NodeState>,
+    socket: WebSocket,
+    session: ParentSession,
+    session_id: u64,
+    /// Held until the child proves its key, then traded for `connection`.
+    handshake: Option<tokio::sync::OwnedSemaphorePermit>,
+    connection: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Notified when a newer session of the same child replaces this one.
+    cancel: Arc<Notify>,
+    /// Imports submitted to the store, oldest first.
+    pending: VecDeque<PendingImport>,
+    /// Once authenticated.
+    child: Option<String>,
+}
+
 async fn parent_session(
     state: Arc<NodeState>,
-    mut socket: WebSocket,
+    socket: WebSocket,
     handshake: tokio::sync::OwnedSemaphorePermit,
     channel_binding: Vec<u8>,
 ) {
-    let mut handshake = Some(handshake);
-    let mut connection: Option<tokio::sync::OwnedSemaphorePermit> = None;
-    let node = state.config.id.clone();
     let session_id = state
         .sync
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let cancel = Arc::new(Notify::new());
-    let mut session = ParentSession::new(
+    let session = ParentSession::new(
         parent_cfg(&state, channel_binding),
         random_nonce(),
         system_now_ms(),
     );
-    let mut pending: VecDeque<PendingImport> = VecDeque::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let opened = tokio::time::Instant::now();
-    let handshake_deadline =
-        Duration::from_millis(state.config.sync.handshake_timeout_ms.max(100) as u64);
-    let mut child: Option<String> = None;
-    let mut stop = state.sync.stop.subscribe();
-    let reason: String = 'session: loop {
-        let outs = tokio::select! {
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(bytes))) => {
-                    // Decoding and verifying a batch (hashes, signatures)
-                    // is CPU work: done in place of this worker, so the
-                    // runtime hands other tasks to another one meanwhile.
-                    let decoded = cpu_work(bytes.len(), || Frame::decode(&bytes, state.config.sync.frame_bytes_max).map(|frame| {
-                        session.on_frame(frame, &TopoView(&state.topology), &StoreView(&state.store), system_now_ms())
-                    }));
-                    match decoded {
-                        Ok(outs) => outs,
-                        Err(e) => {
-                            metrics::counter!("gridsync_sync_rejections_total", "node" => node.clone(), "code" => "malformed").increment(1);
-                            let f = Frame::Refused { code: "malformed".into(), message: e.to_string() };
-                            let _ = socket.send(Message::Binary(f.encode().into())).await;
-                            break 'session format!("malformed frame: {e}");
-                        }
-                    }
+    let mut c = ChildConnection {
+        state,
+        socket,
+        session,
+        session_id,
+        handshake: Some(handshake),
+        connection: None,
+        cancel: Arc::new(Notify::new()),
+        pending: VecDeque::new(),
+        child: None,
+    };
+    let reason = c.run().await;
+    c.close(&reason).await;
+}
+
+impl ChildConnection {
+    /// Runs the session until it ends; returns why.
+    async fn run(&mut self) -> String {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let opened = tokio::time::Instant::now();
+        let sync = &self.state.config.sync;
+        let handshake_deadline = Duration::from_millis(sync.handshake_timeout_ms.max(100) as u64);
+        let mut stop = self.state.sync.stop.subscribe();
+        loop {
+            let Self {
+                socket,
+                pending,
+                cancel,
+                ..
+            } = self;
+            let wake = tokio::select! {
+                msg = socket.recv() => Wake::Socket(msg),
+                done = async { (&mut pending.front_mut().expect("guarded").1).await }, if !pending.is_empty() => {
+                    Wake::Persisted(pending.pop_front().expect("guarded").0, done)
                 }
-                Some(Ok(Message::Text(_))) => {
-                    let f = Frame::Refused { code: "malformed".into(), message: "text frames are not part of the protocol".into() };
-                    let _ = socket.send(Message::Binary(f.encode().into())).await;
-                    break 'session "text frame".into();
+                _ = tick.tick() => Wake::Tick,
+                () = cancel.notified() => return "replaced by a newer session of the same child".into(),
+                _ = stop.changed() => return "this node is shutting down".into(),
+            };
+            let outs = match wake {
+                Wake::Socket(msg) => match self.on_message(msg).await {
+                    Ok(outs) => outs,
+                    Err(reason) => return reason,
+                },
+                Wake::Persisted(batch, done) => self.on_persisted(batch, done),
+                Wake::Tick if self.child.is_none() && opened.elapsed() > handshake_deadline => {
+                    return "handshake timed out".into()
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => break 'session format!("websocket error: {e}"),
-                None => break 'session "connection closed by the child".into(),
-            },
-            done = async { (&mut pending.front_mut().expect("guarded").1).await }, if !pending.is_empty() => {
-                let (batch, _) = pending.pop_front().expect("guarded");
-                match done {
-                    Ok(Ok(n_new)) => {
-                        if n_new == 0 {
-                            metrics::counter!("gridsync_sync_duplicate_batches_total", "node" => node.clone()).increment(1);
-                        }
-                        metrics::counter!("gridsync_sync_events_received_total", "node" => node.clone()).increment(n_new);
-                        metrics::counter!("gridsync_sync_batches_received_total", "node" => node.clone()).increment(1);
-                        session.on_persisted(batch, &StoreView(&state.store), system_now_ms())
-                    }
-                    Ok(Err(e)) => session.on_persist_failed(&e.to_string()),
-                    Err(_) => session.on_persist_failed("store closed"),
-                }
+                Wake::Tick => self.session.on_tick(system_now_ms()),
+            };
+            if let Err(reason) = self.on_authenticated().await {
+                return reason;
             }
-            _ = tick.tick() => {
-                if child.is_none() && opened.elapsed() > handshake_deadline {
-                    break 'session "handshake timed out".into();
-                }
-                session.on_tick(system_now_ms())
+            self.update_link();
+            if let Err(reason) = self.perform(outs).await {
+                return reason;
             }
-            () = cancel.notified() => break 'session "replaced by a newer session of the same child".into(),
-            _ = stop.changed() => break 'session "this node is shutting down".into(),
+        }
+    }
+
+    async fn refuse(&mut self, code: &str, message: String) {
+        let f = Frame::Refused {
+            code: code.into(),
+            message,
         };
-        if child.is_none() {
-            if let Some(c) = session.child() {
-                // Authenticated: trade the handshake slot for a connection
-                // slot (before the welcome goes out).
-                match state.sync.permits.clone().try_acquire_owned() {
-                    Ok(p) => {
-                        connection = Some(p);
-                        drop(handshake.take());
-                    }
-                    Err(_) => {
-                        let f = Frame::Refused {
-                            code: "too_many_connections".into(),
-                            message:
-                                "this node has as many sync connections as it accepts; retry later"
-                                    .into(),
-                        };
-                        let _ = socket.send(Message::Binary(f.encode().into())).await;
-                        break 'session "no connection slot left".into();
-                    }
-                }
-                child = Some(c.to_owned());
-                let mut children = state.sync.children.lock().expect("lock");
-                let link = children.entry(c.to_owned()).or_default();
-                if let Some(old) = link.cancel.replace(cancel.clone()) {
-                    old.notify_one();
-                }
-                link.session = session_id;
-                link.connected = true;
-                tracing::debug!(child = c, "child connected");
+        let _ = self.socket.send(Message::Binary(f.encode().into())).await;
+    }
+
+    /// A message from the child: a frame for the session, or the end.
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, axum::Error>>,
+    ) -> Result<Vec<Output>, String> {
+        let bytes = match msg {
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Text(_))) => {
+                let m = "text frames are not part of the protocol";
+                self.refuse("malformed", m.into()).await;
+                return Err("text frame".into());
+            }
+            Some(Ok(_)) => return Ok(Vec::new()),
+            Some(Err(e)) => return Err(format!("websocket error: {e}")),
+            None => return Err("connection closed by the child".into()),
+        };
+        // Decoding and verifying a batch (hashes, signatures) is CPU work:
+        // done in place of this worker, so the runtime hands other tasks to
+        // another one meanwhile.
+        let (state, session) = (&self.state, &mut self.session);
+        let decoded = cpu_work(bytes.len(), || {
+            let frame = Frame::decode(&bytes, state.config.sync.frame_bytes_max)?;
+            let (topo, store) = (TopoView(&state.topology), StoreView(&state.store));
+            Ok::<_, gridsync_protocol::FrameError>(session.on_frame(
+                frame,
+                &topo,
+                &store,
+                system_now_ms(),
+            ))
+        });
+        match decoded {
+            Ok(outs) => Ok(outs),
+            Err(e) => {
+                metrics::counter!("gridsync_sync_rejections_total", "node" => self.state.config.id.clone(), "code" => "malformed").increment(1);
+                self.refuse("malformed", e.to_string()).await;
+                Err(format!("malformed frame: {e}"))
             }
         }
-        if let Some(c) = &child {
-            let mut children = state.sync.children.lock().expect("lock");
-            if let Some(link) = children.get_mut(c) {
-                if link.session == session_id {
-                    link.last_contact_ms = Some(session.last_rx_ms());
-                    if link.lag.as_slice() != session.lag() {
-                        link.lag = session.lag().to_vec();
-                        let lag: u64 = link
-                            .lag
-                            .iter()
-                            .map(|l| {
-                                l.seq.saturating_sub(
-                                    state.store.head(&l.origin).map_or(0, |h| h.seq),
-                                )
-                            })
-                            .sum();
-                        metrics::gauge!("gridsync_sync_child_lag_events", "node" => node.clone(), "child" => c.clone())
-                            .set(lag as f64);
-                    }
+    }
+
+    /// An import finished in the store (or failed).
+    fn on_persisted(
+        &mut self,
+        batch: u64,
+        done: Result<Result<u64, StoreError>, oneshot::error::RecvError>,
+    ) -> Vec<Output> {
+        let node = self.state.config.id.clone();
+        match done {
+            Ok(Ok(n_new)) => {
+                if n_new == 0 {
+                    metrics::counter!("gridsync_sync_duplicate_batches_total", "node" => node.clone()).increment(1);
                 }
+                metrics::counter!("gridsync_sync_events_received_total", "node" => node.clone())
+                    .increment(n_new);
+                metrics::counter!("gridsync_sync_batches_received_total", "node" => node)
+                    .increment(1);
+                let store = StoreView(&self.state.store);
+                self.session.on_persisted(batch, &store, system_now_ms())
+            }
+            Ok(Err(e)) => self.session.on_persist_failed(&e.to_string()),
+            Err(_) => self.session.on_persist_failed("store closed"),
+        }
+    }
+
+    /// Once the child has proved its key: trade the handshake slot for a
+    /// connection slot (before the welcome goes out) and take over the
+    /// child's link from any older session.
+    async fn on_authenticated(&mut self) -> Result<(), String> {
+        let c = match (&self.child, self.session.child()) {
+            (None, Some(c)) => c.to_owned(),
+            _ => return Ok(()),
+        };
+        match self.state.sync.permits.clone().try_acquire_owned() {
+            Ok(p) => {
+                self.connection = Some(p);
+                drop(self.handshake.take());
+            }
+            Err(_) => {
+                let m = "this node has as many sync connections as it accepts; retry later";
+                self.refuse("too_many_connections", m.into()).await;
+                return Err("no connection slot left".into());
             }
         }
+        let mut children = self.state.sync.children.lock().expect("lock");
+        let link = children.entry(c.clone()).or_default();
+        if let Some(old) = link.cancel.replace(self.cancel.clone()) {
+            old.notify_one();
+        }
+        link.session = self.session_id;
+        link.connected = true;
+        tracing::debug!(child = c, "child connected");
+        self.child = Some(c);
+        Ok(())
+    }
+
+    /// The child's link as `/v1/status` shows it: last contact and lag.
+    fn update_link(&self) {
+        let Some(c) = &self.child else { return };
+        let mut children = self.state.sync.children.lock().expect("lock");
+        let Some(link) = children.get_mut(c).filter(|l| l.session == self.session_id) else {
+            return;
+        };
+        link.last_contact_ms = Some(self.session.last_rx_ms());
+        if link.lag.as_slice() != self.session.lag() {
+            link.lag = self.session.lag().to_vec();
+            let store = &self.state.store;
+            let lag: u64 = link
+                .lag
+                .iter()
+                .map(|l| {
+                    l.seq
+                        .saturating_sub(store.head(&l.origin).map_or(0, |h| h.seq))
+                })
+                .sum();
+            metrics::gauge!("gridsync_sync_child_lag_events", "node" => self.state.config.id.clone(), "child" => c.clone())
+                .set(lag as f64);
+        }
+    }
+
+    /// Carries out what the session asked for.
+    async fn perform(&mut self, outs: Vec<Output>) -> Result<(), String> {
+        let state = self.state.clone();
         for o in outs {
             match o {
                 Output::Send(f) => {
-                    if let Err(e) = socket.send(Message::Binary(f.encode().into())).await {
-                        break 'session format!("send failed: {e}");
-                    }
+                    let sent = self.socket.send(Message::Binary(f.encode().into())).await;
+                    sent.map_err(|e| format!("send failed: {e}"))?;
                 }
                 Output::Persist { batch, chunks } => {
-                    match state.store.submit_import(chunks, system_now_ms()).await {
-                        Ok(rx) => pending.push_back((batch, rx)),
-                        Err(e) => break 'session format!("store: {e}"),
-                    }
+                    let rx = state.store.submit_import(chunks, system_now_ms()).await;
+                    self.pending
+                        .push_back((batch, rx.map_err(|e| format!("store: {e}"))?));
                 }
                 Output::Equivocation {
                     origin,
                     seq,
                     ours,
                     theirs,
-                } => {
-                    record_equivocation(&state, &origin, seq, ours, &theirs).await;
-                }
+                } => record_equivocation(&state, &origin, seq, ours, &theirs).await,
                 Output::Rejected { code, message } => {
-                    metrics::counter!("gridsync_sync_rejections_total", "node" => node.clone(), "code" => code.as_str())
+                    metrics::counter!("gridsync_sync_rejections_total", "node" => state.config.id.clone(), "code" => code.as_str())
                         .increment(1);
-                    tracing::warn!(child = child.as_deref().unwrap_or("?"), code = code.as_str(), %message, "refused");
+                    tracing::warn!(child = self.child.as_deref().unwrap_or("?"), code = code.as_str(), %message, "refused");
                 }
-                Output::Close { reason } => break 'session reason,
+                Output::Close { reason } => return Err(reason),
                 Output::Import { .. } | Output::OriginBlocked { .. } | Output::OwnChain(_) => {}
             }
         }
-    };
-    let _ = socket.send(Message::Close(None)).await;
-    drop((handshake, connection));
-    if let Some(c) = &child {
-        let mut children = state.sync.children.lock().expect("lock");
+        Ok(())
+    }
+
+    /// Closes the socket, frees the slots, marks the link disconnected.
+    async fn close(mut self, reason: &str) {
+        let _ = self.socket.send(Message::Close(None)).await;
+        drop((self.handshake.take(), self.connection.take()));
+        let Some(c) = &self.child else {
+            tracing::debug!(%reason, "sync connection closed before authentication");
+            return;
+        };
+        let mut children = self.state.sync.children.lock().expect("lock");
         if let Some(link) = children.get_mut(c) {
-            if link.session == session_id {
+            if link.session == self.session_id {
                 link.connected = false;
                 link.cancel = None;
             }
         }
         tracing::debug!(child = c, %reason, "child disconnected");
-    } else {
-        tracing::debug!(%reason, "sync connection closed before authentication");
     }
 }
 

@@ -13,10 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::error::ApiError;
-use gridsync_deploy::tokens::Role;
+use gridsync_deploy::tokens::{token_of, Role};
+use gridsync_node::error::ApiError;
 
-pub use crate::state::AppState;
+use gridsync_node::slots::Slot;
+
+pub use gridsync_node::state::AppState;
 
 /// The whole HTTP surface of a node.
 pub fn router(state: AppState) -> Router {
@@ -27,7 +29,7 @@ pub fn router(state: AppState) -> Router {
             post(crate::events::post_events).get(crate::events::get_events),
         )
         .route("/v1/status", get(crate::status::status))
-        .route("/v1/sync", get(crate::sync::sync_endpoint))
+        .route("/v1/sync", get(gridsync_node::sync::sync_endpoint))
         .route("/v1/aggregates", get(crate::aggregates::get_aggregates))
         .route(
             "/v1/aggregates/stream",
@@ -57,62 +59,21 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         "/metrics" => "/metrics",
         _ => "other",
     };
-    // A body announced as too large is refused before a byte of it is read.
-    let limit = state.config.limits.body_bytes_max;
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
-        metrics::counter!("gridsync_http_requests_total", "node" => state.config.id.clone(), "route" => route, "status" => "413")
-            .increment(1);
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is over {limit} bytes; send fewer events per request"),
-        )
-        .into_response();
-    }
-    // A body is read only for a client that may post one: an unknown token
-    // is answered from the headers, before a permit is taken or a byte of
-    // the body read (a stranger cannot make the node buffer megabytes).
-    if req.method() == axum::http::Method::POST && route == "/v1/events" {
-        if let Err(e) = state.authorize(req.headers(), &[Role::Reporter]) {
+    let count = |resp: &Response| {
+        let labels = [
+            ("node", state.config.id.clone()),
+            ("route", route.to_owned()),
+            ("status", resp.status().as_u16().to_string()),
+        ];
+        metrics::counter!("gridsync_http_requests_total", &labels).increment(1);
+    };
+    let _token_slot = match screen(&state, &req, route) {
+        Ok(slot) => slot,
+        Err(e) => {
             let resp = e.into_response();
-            metrics::counter!("gridsync_http_requests_total", "node" => state.config.id.clone(), "route" => route, "status" => resp.status().as_u16().to_string())
-                .increment(1);
+            count(&resp);
             return resp;
         }
-    }
-    // One token may not hold every request slot.
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let _token_slot = match bearer
-        .and_then(|t| gridsync_deploy::tokens::token_of(&state.config.token, t))
-    {
-        Some((_, token)) => {
-            let max = state.config.limits.requests_per_token_max;
-            let Some(slot) = state.token_slots.try_take(token, max) else {
-                metrics::counter!("gridsync_http_requests_total", "node" => state.config.id.clone(), "route" => route, "status" => "429")
-                    .increment(1);
-                return ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
-                    format!(
-                        "this token already has {max} requests in flight \
-                         (limits.requests_per_token_max); retry when they are answered"
-                    ),
-                )
-                .into_response();
-            };
-            Some(slot)
-        }
-        None => None,
     };
     let Ok(_permit) = state.http_permits.acquire().await else {
         return ApiError::new(
@@ -132,15 +93,56 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         )
         .into_response(),
     };
-    let labels = [
-        ("node", state.config.id.clone()),
-        ("route", route.to_owned()),
-        ("status", resp.status().as_u16().to_string()),
-    ];
-    metrics::counter!("gridsync_http_requests_total", &labels).increment(1);
+    count(&resp);
     metrics::histogram!("gridsync_http_request_seconds", "node" => state.config.id.clone(), "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// What is refused from the headers alone, before a permit is taken or a
+/// byte of the body read; otherwise the request's per-token slot.
+fn screen(state: &AppState, req: &Request, route: &str) -> Result<Option<Slot<usize>>, ApiError> {
+    // A body announced as too large is refused before a byte of it is read.
+    let limit = state.config.limits.body_bytes_max;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is over {limit} bytes; send fewer events per request"),
+        ));
+    }
+    // A body is read only for a client that may post one: a stranger
+    // cannot make the node buffer megabytes.
+    if req.method() == axum::http::Method::POST && route == "/v1/events" {
+        state.authorize(req.headers(), &[Role::Reporter])?;
+    }
+    // One token may not hold every request slot.
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some((_, token)) = bearer.and_then(|t| token_of(&state.config.token, t)) else {
+        return Ok(None);
+    };
+    let max = state.config.limits.requests_per_token_max;
+    match state.token_slots.try_take(token, max) {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "this token already has {max} requests in flight \
+                 (limits.requests_per_token_max); retry when they are answered"
+            ),
+        )),
+    }
 }
 
 async fn not_found() -> ApiError {

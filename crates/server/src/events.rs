@@ -12,10 +12,10 @@ use gridsync_model::ingest::{self, IngestContext, TargetInfo};
 use gridsync_model::kinds::EventRef;
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::state::AppState;
-use crate::state::NodeState;
 use gridsync_deploy::tokens::Role;
+use gridsync_node::error::ApiError;
+use gridsync_node::state::AppState;
+use gridsync_node::state::NodeState;
 
 pub(crate) async fn post_events(
     State(state): State<AppState>,
@@ -166,20 +166,72 @@ pub(crate) async fn get_events(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers, &[Role::Auditor])?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let (filter, start, limit) = parse_events_query(&q, state.config.limits.page_events_max)?;
+    let jsonl = match q.format.as_deref() {
+        None | Some("json") => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/x-ndjson")),
+        Some("jsonl") => true,
+        Some(f) => {
+            let m = format!("format={f:?}: use json or jsonl");
+            return Err(ApiError::bad_request("invalid_query", m));
+        }
+    };
+    let st = state.clone();
+    let origin = q.origin.clone();
+    let (events, next) = tokio::task::spawn_blocking(move || {
+        let mut page = Page {
+            out: Vec::new(),
+            scanned: 0,
+            limit,
+            filter: &filter,
+        };
+        let next = match (origin.as_deref(), start) {
+            (Some(origin), Cursor::Seq(after)) => page.read_origin(&st, origin, after)?,
+            (None, Cursor::Log { offset, index }) => page.read_log(&st, offset, index)?,
+            _ => unreachable!("start cursor matches the query kind"),
+        };
+        Ok::<_, ApiError>((page.out, next))
+    })
+    .await
+    .map_err(|e| ApiError::internal("read task failed", &e))??;
+    if !jsonl {
+        return Ok(Json(EventsPage { events, next }).into_response());
+    }
+    let mut body = Vec::with_capacity(events.len() * 400);
+    for e in &events {
+        serde_json::to_writer(&mut body, e).map_err(|e| ApiError::internal("encode", &e))?;
+        body.push(b'\n');
+    }
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    if let Some(v) = next.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+        h.insert("x-next-cursor", v);
+    }
+    Ok(resp)
+}
+
+/// The filter, where to start and how many events, from the query.
+fn parse_events_query(
+    q: &EventsQuery,
+    page_max: usize,
+) -> Result<(EventFilter, Cursor, usize), ApiError> {
+    let invalid = |m: String| ApiError::bad_request("invalid_query", m);
     let limit = q.limit.unwrap_or(100);
-    let page_max = state.config.limits.page_events_max;
     if limit == 0 || limit > page_max {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be 1 to {page_max}"),
-        ));
+        return Err(invalid(format!("limit must be 1 to {page_max}")));
     }
     let parse_time = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
         v.as_deref()
             .map(|s| {
                 gridsync_model::time_fmt::parse_rfc3339_ms(s)
                     .map(|(ms, _)| ms)
-                    .map_err(|m| ApiError::bad_request("invalid_query", format!("{name}: {m}")))
+                    .map_err(|m| invalid(format!("{name}: {m}")))
             })
             .transpose()
     };
@@ -187,10 +239,9 @@ pub(crate) async fn get_events(
         None | Some("withhold") => false,
         Some("include") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("personal={other:?}: use include or withhold"),
-            ))
+            return Err(invalid(format!(
+                "personal={other:?}: use include or withhold"
+            )))
         }
     };
     let filter = EventFilter {
@@ -201,18 +252,15 @@ pub(crate) async fn get_events(
     };
     let cursor = match q.cursor.as_deref() {
         None => None,
-        Some(c) => Some(Cursor::parse(c).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("cursor {c:?} is not one this node issued"),
-            )
-        })?),
+        Some(c) => Some(
+            Cursor::parse(c)
+                .ok_or_else(|| invalid(format!("cursor {c:?} is not one this node issued")))?,
+        ),
     };
     let start = match (&q.origin, q.after_seq, cursor) {
         (None, Some(_), _) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "after_seq needs origin (seqs are per origin)",
+            return Err(invalid(
+                "after_seq needs origin (seqs are per origin)".into(),
             ))
         }
         (Some(_), after, Some(Cursor::Seq(s))) => Cursor::Seq(s.max(after.unwrap_or(0))),
@@ -223,134 +271,110 @@ pub(crate) async fn get_events(
             index: 0,
         },
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "cursor does not fit this query; repeat the query that issued it",
+            return Err(invalid(
+                "cursor does not fit this query; repeat the query that issued it".into(),
             ))
         }
     };
-    let jsonl = q.format.as_deref() == Some("jsonl")
-        || headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("application/x-ndjson"));
-    if let Some(f) = q.format.as_deref() {
-        if f != "jsonl" && f != "json" {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("format={f:?}: use json or jsonl"),
-            ));
-        }
-    }
-    let st = state.clone();
-    let origin = q.origin.clone();
-    let (events, next) = tokio::task::spawn_blocking(move || {
-        read_events(&st, origin.as_deref(), start, limit, &filter)
-    })
-    .await
-    .map_err(|e| ApiError::internal("read task failed", &e))??;
-    if jsonl {
-        let mut body = Vec::with_capacity(events.len() * 400);
-        for e in &events {
-            serde_json::to_writer(&mut body, e).map_err(|e| ApiError::internal("encode", &e))?;
-            body.push(b'\n');
-        }
-        let mut resp = (StatusCode::OK, body).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
-        );
-        if let Some(n) = &next {
-            if let Ok(v) = HeaderValue::from_str(n) {
-                resp.headers_mut().insert("x-next-cursor", v);
-            }
-        }
-        return Ok(resp);
-    }
-    Ok(Json(EventsPage { events, next }).into_response())
+    Ok((filter, start, limit))
 }
 
-fn read_events(
-    state: &NodeState,
-    origin: Option<&str>,
-    start: Cursor,
+/// A page of events being filled, by either cursor.
+struct Page<'a> {
+    out: Vec<EventView>,
+    scanned: usize,
     limit: usize,
-    filter: &EventFilter,
-) -> Result<(Vec<EventView>, Option<String>), ApiError> {
-    let mut out = Vec::new();
-    let mut scanned = 0usize;
-    match (origin, start) {
-        (Some(origin), Cursor::Seq(after)) => {
-            let mut after = after;
-            let head = state.store.head(origin).map_or(0, |h| h.seq);
-            loop {
-                let chunks = state.store.read_origin(origin, after, 64)?;
-                if chunks.is_empty() {
-                    return Ok((out, None));
-                }
-                for sc in chunks {
-                    let verified = sc
-                        .chunk
-                        .decode_events()
-                        .map_err(|e| ApiError::internal("decode", &e))?;
-                    for (ev, rec) in verified.iter().zip(&sc.chunk.events) {
-                        if ev.envelope.seq <= after {
-                            continue;
-                        }
-                        scanned += 1;
-                        after = ev.envelope.seq;
-                        if filter.keep(&ev.envelope) {
-                            out.push(api::event_view(ev, rec, filter.include_personal));
-                        }
-                        if out.len() >= limit || scanned >= EVENTS_SCANNED_MAX {
-                            let next = (after < head).then(|| Cursor::Seq(after).render());
-                            return Ok((out, next));
-                        }
-                    }
-                }
-            }
+    filter: &'a EventFilter,
+}
+
+impl Page<'_> {
+    /// Looks at one event; `true` once the page is full (or has looked at
+    /// as many events as one request may).
+    fn take(
+        &mut self,
+        ev: &gridsync_model::VerifiedEvent,
+        rec: &gridsync_model::EventRecord,
+    ) -> bool {
+        self.scanned += 1;
+        if self.filter.keep(&ev.envelope) {
+            self.out
+                .push(api::event_view(ev, rec, self.filter.include_personal));
         }
-        (None, Cursor::Log { mut offset, index }) => {
-            let mut skip = index;
-            loop {
-                let chunks = state.store.read_log(offset, 64)?;
-                if chunks.is_empty() {
-                    return Ok((out, None));
-                }
-                for sc in chunks {
-                    let verified = sc
-                        .chunk
-                        .decode_events()
-                        .map_err(|e| ApiError::internal("decode", &e))?;
-                    let n = verified.len();
-                    for (i, (ev, rec)) in
-                        verified.iter().zip(&sc.chunk.events).enumerate().skip(skip)
-                    {
-                        scanned += 1;
-                        if filter.keep(&ev.envelope) {
-                            out.push(api::event_view(ev, rec, filter.include_personal));
-                        }
-                        if out.len() >= limit || scanned >= EVENTS_SCANNED_MAX {
-                            let next = if i + 1 < n {
-                                Cursor::Log {
-                                    offset: sc.offset,
-                                    index: i + 1,
-                                }
-                            } else {
-                                Cursor::Log {
-                                    offset: sc.offset + 1,
-                                    index: 0,
-                                }
-                            };
-                            let more = i + 1 < n || sc.offset + 1 < state.store.counts().chunks;
-                            return Ok((out, more.then(|| next.render())));
-                        }
-                    }
-                    skip = 0;
-                    offset = sc.offset + 1;
-                }
-            }
-        }
-        _ => unreachable!("start cursor matches the query kind"),
+        self.out.len() >= self.limit || self.scanned >= EVENTS_SCANNED_MAX
     }
+
+    /// One origin's events after seq `after`; returns the next cursor.
+    fn read_origin(
+        &mut self,
+        state: &NodeState,
+        origin: &str,
+        mut after: u64,
+    ) -> Result<Option<String>, ApiError> {
+        let head = state.store.head(origin).map_or(0, |h| h.seq);
+        loop {
+            let chunks = state.store.read_origin(origin, after, 64)?;
+            if chunks.is_empty() {
+                return Ok(None);
+            }
+            for sc in chunks {
+                let verified = decode(&sc.chunk)?;
+                for (ev, rec) in verified.iter().zip(&sc.chunk.events) {
+                    if ev.envelope.seq <= after {
+                        continue;
+                    }
+                    after = ev.envelope.seq;
+                    if self.take(ev, rec) {
+                        return Ok((after < head).then(|| Cursor::Seq(after).render()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The log from entry `offset`, event `index` of it; returns the next
+    /// cursor.
+    fn read_log(
+        &mut self,
+        state: &NodeState,
+        mut offset: u64,
+        mut skip: usize,
+    ) -> Result<Option<String>, ApiError> {
+        loop {
+            let chunks = state.store.read_log(offset, 64)?;
+            if chunks.is_empty() {
+                return Ok(None);
+            }
+            for sc in chunks {
+                let verified = decode(&sc.chunk)?;
+                let n = verified.len();
+                let events = verified.iter().zip(&sc.chunk.events).enumerate();
+                for (i, (ev, rec)) in events.skip(skip) {
+                    if !self.take(ev, rec) {
+                        continue;
+                    }
+                    let next = if i + 1 < n {
+                        Cursor::Log {
+                            offset: sc.offset,
+                            index: i + 1,
+                        }
+                    } else {
+                        Cursor::Log {
+                            offset: sc.offset + 1,
+                            index: 0,
+                        }
+                    };
+                    let more = i + 1 < n || sc.offset + 1 < state.store.counts().chunks;
+                    return Ok(more.then(|| next.render()));
+                }
+                skip = 0;
+                offset = sc.offset + 1;
+            }
+        }
+    }
+}
+
+fn decode(chunk: &gridsync_model::Chunk) -> Result<Vec<gridsync_model::VerifiedEvent>, ApiError> {
+    chunk
+        .decode_events()
+        .map_err(|e| ApiError::internal("decode", &e))
 }

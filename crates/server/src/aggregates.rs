@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use gridsync_deploy::tokens::Role;
-use gridsync_projections::rollup::{self, AggregatesResponse, RangeQuery, RollupError};
+use gridsync_projections::rollup::{self, AggregatesResponse, RangeQuery};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::error::ApiError;
-use crate::state::NodeState;
+use gridsync_node::error::ApiError;
+use gridsync_node::state::NodeState;
 
 /// Keeps the projection up to date with the log: woken by every commit.
 pub async fn run_projector(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
@@ -61,15 +61,6 @@ impl AggregatesQuery {
     }
 }
 
-impl From<RollupError> for ApiError {
-    fn from(e: RollupError) -> Self {
-        match e {
-            RollupError::UnknownNode(m) => ApiError::new(StatusCode::NOT_FOUND, "unknown_node", m),
-            RollupError::Invalid { code, message } => ApiError::bad_request(code, message),
-        }
-    }
-}
-
 /// Computes the aggregates answer.
 ///
 /// # Errors
@@ -100,7 +91,7 @@ pub async fn get_aggregates(
             "send the token as `Authorization: Bearer <token>`; only /v1/aggregates/stream (for EventSource) takes ?token=",
         ));
     }
-    crate::auth::authorize_with(
+    gridsync_node::auth::authorize_with(
         &state.config.token,
         &headers,
         None,
@@ -122,7 +113,7 @@ pub async fn stream_aggregates(
     query: Result<Query<AggregatesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    crate::auth::authorize_with(
+    gridsync_node::auth::authorize_with(
         &state.config.token,
         &headers,
         q.token.as_deref(),
