@@ -18,6 +18,7 @@ const RULES: &[(&str, &[&str])] = &[
             "gridsync-projections",
             "gridsync-audit",
             "gridsync-node",
+            "gridsync-server",
             "gridsync-ops",
             "gridsync",
             "tokio",
@@ -39,6 +40,7 @@ const RULES: &[(&str, &[&str])] = &[
             "gridsync-projections",
             "gridsync-audit",
             "gridsync-node",
+            "gridsync-server",
             "gridsync-ops",
             "gridsync",
             "tokio",
@@ -61,6 +63,7 @@ const RULES: &[(&str, &[&str])] = &[
             "gridsync-projections",
             "gridsync-audit",
             "gridsync-node",
+            "gridsync-server",
             "gridsync-ops",
             "gridsync",
             "tokio",
@@ -83,6 +86,7 @@ const RULES: &[(&str, &[&str])] = &[
             "gridsync-projections",
             "gridsync-audit",
             "gridsync-node",
+            "gridsync-server",
             "gridsync-ops",
             "gridsync",
             "axum",
@@ -100,6 +104,7 @@ const RULES: &[(&str, &[&str])] = &[
             "gridsync-protocol",
             "gridsync-audit",
             "gridsync-node",
+            "gridsync-server",
             "gridsync-ops",
             "gridsync",
             "axum",
@@ -118,6 +123,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "gridsync-protocol",
             "gridsync-node",
+            "gridsync-server",
             "gridsync-ops",
             "gridsync",
             "axum",
@@ -126,10 +132,24 @@ const RULES: &[(&str, &[&str])] = &[
             "anyhow",
         ],
     ),
-    // The runtime: never the CLI, the tooling or the audit, never an HTTP
-    // client library or a certificate generator, no anyhow.
+    // The node core: never the HTTP front above it, the CLI, the tooling or
+    // the audit, never an HTTP client library or a certificate generator.
     (
         "gridsync-node",
+        &[
+            "gridsync",
+            "gridsync-server",
+            "gridsync-ops",
+            "gridsync-audit",
+            "gridsync-lazyfs",
+            "reqwest",
+            "rcgen",
+            "anyhow",
+        ],
+    ),
+    // The HTTP front: above the node core, below the tooling and the CLI.
+    (
+        "gridsync-server",
         &[
             "gridsync",
             "gridsync-ops",
@@ -162,6 +182,7 @@ const RULES: &[(&str, &[&str])] = &[
             "gridsync-projections",
             "gridsync-audit",
             "gridsync-node",
+            "gridsync-server",
             "gridsync-ops",
             "gridsync",
         ],
@@ -228,6 +249,7 @@ fn the_checker_sees_real_dependencies() {
     for d in [
         "gridsync-store",
         "gridsync-protocol",
+        "gridsync-deploy",
         "tokio",
         "sled",
         "axum",
@@ -237,5 +259,6 @@ fn the_checker_sees_real_dependencies() {
     assert!(normal_deps("gridsync").contains("gridsync-node"));
     assert!(normal_deps("gridsync-audit").contains("gridsync-store"));
     assert!(normal_deps("gridsync-ops").contains("rcgen"));
+    assert!(normal_deps("gridsync-server").contains("gridsync-node"));
     assert!(normal_deps("gridsync").contains("anyhow"));
 }

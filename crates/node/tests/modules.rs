@@ -1,7 +1,8 @@
-//! The module graph inside the runtime crate (ARCHITECTURE.md, "Code
-//! map"): read from the sources' `crate::` paths, it must have no cycle,
-//! and the shared leaves (state, settings, auth, errors…) must not import
-//! the HTTP, sync or serving code that uses them.
+//! The module graphs inside the runtime crates (ARCHITECTURE.md, "Code
+//! map"): read from the sources' `crate::` paths, neither `gridsync-node`
+//! nor `gridsync-server` may have a cycle; the node's shared leaves (state,
+//! auth, errors…) must not import the sync or opening code that uses them;
+//! the server's handlers must not import the router or the accept loop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +18,10 @@ const LEAVES: &[&str] = &[
     "tls",
 ];
 /// The active parts a leaf may never import.
-const ACTIVE: &[&str] = &["aggregates", "http", "node", "sync", "events", "status"];
+const ACTIVE: &[&str] = &["node", "sync"];
+/// The server's handlers, and what composes them (which they never import).
+const HANDLERS: &[&str] = &["events", "status", "aggregates"];
+const COMPOSERS: &[&str] = &["http", "serve"];
 
 /// `crate::x` references of one source file (use lines and paths, brace
 /// groups included).
@@ -56,8 +60,12 @@ fn imports(src: &str) -> BTreeSet<String> {
     out
 }
 
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The module graph of the crate at `crates/<name>`.
+fn graph(name: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name)
+        .join("src");
     let mut g = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -94,8 +102,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 #[test]
-fn the_module_graph_has_no_cycle_and_leaves_stay_leaves() {
-    let g = graph();
+fn the_module_graphs_have_no_cycle_and_leaves_stay_leaves() {
+    let g = graph("node");
     for leaf in LEAVES {
         let deps = g.get(*leaf).unwrap_or_else(|| panic!("no module {leaf}"));
         for active in ACTIVE {
@@ -105,6 +113,23 @@ fn the_module_graph_has_no_cycle_and_leaves_stay_leaves() {
             );
         }
     }
+    let server = graph("server");
+    for handler in HANDLERS {
+        let deps = server
+            .get(*handler)
+            .unwrap_or_else(|| panic!("no module {handler}"));
+        for composer in COMPOSERS {
+            assert!(
+                !deps.contains(*composer),
+                "{handler}.rs imports {composer}: handlers must not know the router"
+            );
+        }
+    }
+    assert_acyclic(&g);
+    assert_acyclic(&server);
+}
+
+fn assert_acyclic(g: &BTreeMap<String, BTreeSet<String>>) {
     // Depth-first search for a cycle.
     fn visit<'a>(
         n: &'a str,
@@ -129,7 +154,7 @@ fn the_module_graph_has_no_cycle_and_leaves_stay_leaves() {
     }
     let mut done = BTreeSet::new();
     for n in g.keys() {
-        visit(n, &g, &mut Vec::new(), &mut done);
+        visit(n, g, &mut Vec::new(), &mut done);
     }
 }
 
@@ -137,9 +162,11 @@ fn the_module_graph_has_no_cycle_and_leaves_stay_leaves() {
 fn the_reader_sees_imports() {
     // Negative control: the reader finds real edges, including brace
     // groups, so an empty graph cannot pass the test above.
-    let g = graph();
-    assert!(g["node"].contains("state") && g["node"].contains("http"));
+    let g = graph("node");
+    assert!(g["node"].contains("state") && g["node"].contains("projector"));
     assert!(g["sync"].contains("state"));
+    let server = graph("server");
+    assert!(server["serve"].contains("http") && server["http"].contains("events"));
     let found = imports("use crate::{alpha, beta::Gamma};\nlet x = crate::delta::f();");
     assert_eq!(
         found,

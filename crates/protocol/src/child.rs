@@ -254,15 +254,7 @@ impl ChildSession {
                 return self.on_challenge(out, version, node, &nonce, &proof, &capabilities, now_ms)
             }
             (State::AwaitWelcome, Frame::Welcome { heads }) => {
-                self.welcomed = true;
-                self.acked = heads.iter().map(|h| (h.origin.clone(), h.seq)).collect();
-                if !self.cfg.bug_resume_from_memory || self.sent.is_empty() {
-                    self.sent = self.acked.clone();
-                }
-                self.check_own_chain(&mut out, &heads, log, now_ms);
-                if self.state == State::Streaming {
-                    self.fill(&mut out, log, now_ms);
-                }
+                self.on_welcome(&mut out, &heads, log, now_ms)
             }
             (
                 State::Repairing,
@@ -272,26 +264,13 @@ impl ChildSession {
                     head,
                 },
             ) => return self.on_fetched(out, &origin, chunks, head, now_ms),
-            (State::Streaming, Frame::Ack { id, heads }) => match self.inflight.front() {
-                Some(f) if f.id == id => {
-                    let f = self.inflight.pop_front().expect("front exists");
-                    for (origin, seq) in f.tips {
-                        let a = self.acked.entry(origin).or_insert(0);
-                        *a = (*a).max(seq);
-                    }
-                    for h in heads {
-                        let a = self.acked.entry(h.origin).or_insert(0);
-                        *a = (*a).max(h.seq);
-                    }
-                    self.fill(&mut out, log, now_ms);
+            (State::Streaming, Frame::Ack { id, heads }) => {
+                if self.inflight.front().is_none_or(|f| f.id != id) {
+                    let m = format!("ack for batch {id}, which is not the oldest in flight");
+                    return self.fail(out, m);
                 }
-                _ => {
-                    return self.fail(
-                        out,
-                        format!("ack for batch {id}, which is not the oldest in flight"),
-                    )
-                }
-            },
+                self.on_ack(&mut out, heads, log, now_ms);
+            }
             (
                 State::Streaming,
                 Frame::OriginRefused {
@@ -302,18 +281,8 @@ impl ChildSession {
                     message,
                 },
             ) => {
-                // Nothing of that origin sent in this session counts as
-                // acknowledged, and nothing more of it is sent.
-                for f in &mut self.inflight {
-                    f.tips.retain(|(o, _)| *o != origin);
-                }
                 let reason = format!("batch {id}, seq {seq}: {code}: {message}");
-                self.blocked.insert(origin.clone(), reason);
-                out.push(Output::OriginBlocked {
-                    origin,
-                    code,
-                    message,
-                });
+                out.push(self.on_origin_refused(origin, reason, code, message));
             }
             (_, Frame::Ping { .. }) => self.send(&mut out, Frame::Pong, now_ms),
             (_, Frame::Pong) => {}
@@ -325,6 +294,62 @@ impl ChildSession {
             }
         }
         out
+    }
+
+    /// Streaming starts: the parent's heads are what it holds durably.
+    fn on_welcome(
+        &mut self,
+        out: &mut Vec<Output>,
+        heads: &[WireHead],
+        log: &dyn LocalLog,
+        now_ms: i64,
+    ) {
+        self.welcomed = true;
+        self.acked = heads.iter().map(|h| (h.origin.clone(), h.seq)).collect();
+        if !self.cfg.bug_resume_from_memory || self.sent.is_empty() {
+            self.sent = self.acked.clone();
+        }
+        self.check_own_chain(out, heads, log, now_ms);
+        if self.state == State::Streaming {
+            self.fill(out, log, now_ms);
+        }
+    }
+
+    /// The oldest batch in flight is durable at the parent.
+    fn on_ack(
+        &mut self,
+        out: &mut Vec<Output>,
+        heads: Vec<WireHead>,
+        log: &dyn LocalLog,
+        now_ms: i64,
+    ) {
+        let f = self.inflight.pop_front().expect("checked by the caller");
+        let tips = f.tips.into_iter();
+        for (origin, seq) in tips.chain(heads.into_iter().map(|h| (h.origin, h.seq))) {
+            let a = self.acked.entry(origin).or_insert(0);
+            *a = (*a).max(seq);
+        }
+        self.fill(out, log, now_ms);
+    }
+
+    /// The parent refuses one origin: nothing of it sent in this session
+    /// counts as acknowledged, and nothing more of it is sent.
+    fn on_origin_refused(
+        &mut self,
+        origin: String,
+        reason: String,
+        code: String,
+        message: String,
+    ) -> Output {
+        for f in &mut self.inflight {
+            f.tips.retain(|(o, _)| *o != origin);
+        }
+        self.blocked.insert(origin.clone(), reason);
+        Output::OriginBlocked {
+            origin,
+            code,
+            message,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -490,22 +515,13 @@ impl ChildSession {
         let mut verified = Vec::new();
         let mut at = r.at;
         for bytes in chunks {
-            let chunk = match Chunk::decode(&bytes) {
-                Ok(c) if c.origin == own => c,
-                Ok(c) => return self.fail(out, format!("fetched a chunk of {}", c.origin)),
-                Err(e) => return self.fail(out, format!("fetched chunk: {e}")),
-            };
-            if chunk.first_seq() != at.0 + 1 {
-                let m = format!(
-                    "fetched chunk starts at seq {}, expected {}",
-                    chunk.first_seq(),
-                    at.0 + 1
-                );
-                return self.fail(out, m);
-            }
-            match chunk.first_prev() {
-                Ok(prev) if prev == at.1 => {}
-                Ok(prev) => {
+            match verify_fetched(&own, &keys, at, &bytes) {
+                Ok((chunk, last_hash)) => {
+                    at = (chunk.last_seq(), last_hash);
+                    verified.push(chunk);
+                }
+                Err(FetchError::Fail(m)) => return self.fail(out, m),
+                Err(FetchError::Diverged { theirs, chunk }) => {
                     // The parent's next event does not follow ours: the two
                     // copies differ at `at.0`. Nothing of ours goes up.
                     let (seq, ours) = at;
@@ -517,23 +533,13 @@ impl ChildSession {
                     out.push(Output::OwnChain(OwnChain::Diverged {
                         seq,
                         ours,
-                        theirs: prev,
-                        evidence: Some(Box::new(chunk)),
+                        theirs,
+                        evidence: Some(chunk),
                     }));
                     self.state = State::Streaming;
                     return out;
                 }
-                Err(e) => return self.fail(out, format!("fetched chunk: {e}")),
             }
-            let last = match chunk
-                .check_links(at.0 + 1, &at.1)
-                .and_then(|h| chunk.head.verify(&keys.at(chunk.last_seq())).map(|()| h))
-            {
-                Ok(h) => *h.last().expect("chunks are non-empty"),
-                Err(e) => return self.fail(out, format!("fetched chunk does not verify: {e}")),
-            };
-            at = (chunk.last_seq(), last);
-            verified.push(chunk);
         }
         let r = self.repair.as_mut().expect("checked above");
         if verified.is_empty() {
@@ -734,5 +740,60 @@ pub fn wire_head(origin: &str, seq: u64, hash: &[u8; 32]) -> WireHead {
         origin: origin.to_owned(),
         seq,
         hash: ByteBuf::from(hash.to_vec()),
+    }
+}
+
+/// Why a chunk of this node's own chain fetched back from the parent was
+/// not taken.
+enum FetchError {
+    /// It is not the next verified piece of this node's chain.
+    Fail(String),
+    /// It follows a different event than ours at the chain's end: the two
+    /// copies differ (`theirs`: the `prev` it carries).
+    Diverged { theirs: Hash32, chunk: Box<Chunk> },
+}
+
+/// Checks a fetched chunk: this node's, starting right after `at` (seq,
+/// hash), linked inside, signed with the key this node held at its head.
+/// Returns it with its last event's hash.
+fn verify_fetched(
+    own: &str,
+    keys: &gridsync_model::keys::KeyHistory,
+    at: (u64, Hash32),
+    bytes: &[u8],
+) -> Result<(Chunk, Hash32), FetchError> {
+    let fail = |m: String| Err(FetchError::Fail(m));
+    let chunk = match Chunk::decode(bytes) {
+        Ok(c) if c.origin == own => c,
+        Ok(c) => return fail(format!("fetched a chunk of {}", c.origin)),
+        Err(e) => return fail(format!("fetched chunk: {e}")),
+    };
+    if chunk.first_seq() != at.0 + 1 {
+        let m = format!(
+            "fetched chunk starts at seq {}, expected {}",
+            chunk.first_seq(),
+            at.0 + 1
+        );
+        return fail(m);
+    }
+    match chunk.first_prev() {
+        Ok(prev) if prev == at.1 => {}
+        Ok(theirs) => {
+            return Err(FetchError::Diverged {
+                theirs,
+                chunk: Box::new(chunk),
+            })
+        }
+        Err(e) => return fail(format!("fetched chunk: {e}")),
+    }
+    let checked = chunk
+        .check_links(at.0 + 1, &at.1)
+        .and_then(|h| chunk.head.verify(&keys.at(chunk.last_seq())).map(|()| h));
+    match checked {
+        Ok(h) => {
+            let last = *h.last().expect("chunks are non-empty");
+            Ok((chunk, last))
+        }
+        Err(e) => fail(format!("fetched chunk does not verify: {e}")),
     }
 }

@@ -187,7 +187,7 @@ impl ParentSession {
         log: &dyn StoredLog,
         now_ms: i64,
     ) -> Vec<Output> {
-        let mut out = Vec::new();
+        let out = Vec::new();
         self.last_rx_ms = now_ms;
         match (self.state.clone(), frame) {
             (State::Closed, _) => out,
@@ -200,112 +200,19 @@ impl ParentSession {
                     nonce,
                     ..
                 },
-            ) => {
-                if version != PROTOCOL_VERSION {
-                    let m = format!("protocol version {version} is not spoken here (this node speaks {PROTOCOL_VERSION})");
-                    return self.refuse(out, RejectCode::UnsupportedVersion, m, now_ms);
-                }
-                if parent != self.cfg.node_id {
-                    let m = format!("this is node {}, not {parent}", self.cfg.node_id);
-                    return self.refuse(out, RejectCode::WrongParent, m, now_ms);
-                }
-                if topo.key(&node).is_none() {
-                    let m = format!("node {node:?} is not in this node's topology");
-                    return self.refuse(out, RejectCode::UnknownNode, m, now_ms);
-                }
-                if topo.is_retired(&node) {
-                    let m = format!(
-                        "node {node} is retired in this node's topology; its history stays, \
-                         it may no longer connect"
-                    );
-                    return self.refuse(out, RejectCode::Retired, m, now_ms);
-                }
-                if topo.parent_of(&node).as_deref() != Some(self.cfg.node_id.as_str()) {
-                    let m = format!("node {node} is not a child of {}", self.cfg.node_id);
-                    return self.refuse(out, RejectCode::NotAChild, m, now_ms);
-                }
-                if nonce.len() != 32 {
-                    return self.refuse(
-                        out,
-                        RejectCode::Malformed,
-                        "hello nonce must be 32 bytes".into(),
-                        now_ms,
-                    );
-                }
-                let proof = auth::prove(
-                    &self.cfg.key,
-                    "parent",
-                    &self.cfg.node_id,
-                    &node,
-                    &nonce,
-                    &self.cfg.channel_binding,
-                );
-                let challenge = Frame::Challenge {
-                    version: PROTOCOL_VERSION,
-                    node: self.cfg.node_id.clone(),
-                    nonce: ByteBuf::from(self.nonce.clone()),
-                    proof: ByteBuf::from(proof.to_vec()),
-                    capabilities: vec![crate::CAPABILITY_CHUNKS_V1.to_owned()],
-                };
-                self.state = State::AwaitAuth { child: node };
-                self.send(&mut out, challenge, now_ms);
-                out
-            }
+            ) => self.on_hello(out, version, node, &parent, &nonce, topo, now_ms),
             (State::AwaitAuth { child }, Frame::Auth { proof }) => {
-                let key = topo.key(&child).expect("checked at hello");
-                if !auth::check(
-                    &key,
-                    "child",
-                    &child,
-                    &self.cfg.node_id,
-                    &self.nonce,
-                    &self.cfg.channel_binding,
-                    &proof,
-                ) {
-                    let m = format!(
-                        "node {child} failed to prove its key over this connection \
-                         (wrong key, a replayed session, or a relay in the middle of the TLS channel)"
-                    );
-                    return self.refuse(out, RejectCode::BadProof, m, now_ms);
-                }
-                let heads = log
-                    .heads()
-                    .into_iter()
-                    .filter(|(o, _, _)| topo.in_subtree(&child, o))
-                    .map(|(o, s, h)| wire_head(&o, s, &h))
-                    .collect();
-                self.state = State::Streaming { child };
-                self.send(&mut out, Frame::Welcome { heads }, now_ms);
-                out
+                self.on_auth(out, child, &proof, topo, log, now_ms)
             }
             (State::Streaming { child }, Frame::Batch { id, chunks, lag }) => {
                 self.lag = lag;
                 self.on_batch(out, &child, id, chunks, topo, log, now_ms)
             }
             (State::Streaming { child }, Frame::Fetch { origin, after_seq }) => {
-                if origin != child {
-                    let m = format!("node {child} may fetch only its own chain, not {origin}'s");
-                    return self.refuse(out, RejectCode::Protocol, m, now_ms);
-                }
-                let mut chunks = Vec::new();
-                for c in log.chunks_after(&origin, after_seq, self.cfg.fetch_bytes_max) {
-                    if let Some(c) = c.suffix_after(after_seq) {
-                        chunks.push(ByteBuf::from(c.encode()));
-                    }
-                }
-                let head = log.head(&origin).map_or(0, |(s, _)| s);
-                self.send(
-                    &mut out,
-                    Frame::Fetched {
-                        origin,
-                        chunks,
-                        head,
-                    },
-                    now_ms,
-                );
-                out
+                self.on_fetch(out, &child, origin, after_seq, log, now_ms)
             }
             (_, Frame::Ping { lag }) => {
+                let mut out = out;
                 if matches!(self.state, State::Streaming { .. }) {
                     self.lag = lag;
                 }
@@ -318,6 +225,131 @@ impl ParentSession {
                 self.refuse(out, RejectCode::Protocol, m, now_ms)
             }
         }
+    }
+
+    /// A child says who it is: it must speak this version, be a known,
+    /// live child of this node, and send a fresh nonce; the parent answers
+    /// with its own proof and a nonce for the child's.
+    #[allow(clippy::too_many_arguments)]
+    fn on_hello(
+        &mut self,
+        mut out: Vec<Output>,
+        version: u32,
+        node: String,
+        parent: &str,
+        nonce: &[u8],
+        topo: &dyn TopologyView,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        let refused = if version != PROTOCOL_VERSION {
+            Some((RejectCode::UnsupportedVersion, format!("protocol version {version} is not spoken here (this node speaks {PROTOCOL_VERSION})")))
+        } else if parent != self.cfg.node_id {
+            Some((
+                RejectCode::WrongParent,
+                format!("this is node {}, not {parent}", self.cfg.node_id),
+            ))
+        } else if topo.key(&node).is_none() {
+            Some((
+                RejectCode::UnknownNode,
+                format!("node {node:?} is not in this node's topology"),
+            ))
+        } else if topo.is_retired(&node) {
+            Some((
+                RejectCode::Retired,
+                format!("node {node} is retired in this node's topology; its history stays, it may no longer connect"),
+            ))
+        } else if topo.parent_of(&node).as_deref() != Some(self.cfg.node_id.as_str()) {
+            Some((
+                RejectCode::NotAChild,
+                format!("node {node} is not a child of {}", self.cfg.node_id),
+            ))
+        } else if nonce.len() != 32 {
+            Some((RejectCode::Malformed, "hello nonce must be 32 bytes".into()))
+        } else {
+            None
+        };
+        if let Some((code, m)) = refused {
+            return self.refuse(out, code, m, now_ms);
+        }
+        let proof = auth::prove(
+            &self.cfg.key,
+            "parent",
+            &self.cfg.node_id,
+            &node,
+            nonce,
+            &self.cfg.channel_binding,
+        );
+        let challenge = Frame::Challenge {
+            version: PROTOCOL_VERSION,
+            node: self.cfg.node_id.clone(),
+            nonce: ByteBuf::from(self.nonce.clone()),
+            proof: ByteBuf::from(proof.to_vec()),
+            capabilities: vec![crate::CAPABILITY_CHUNKS_V1.to_owned()],
+        };
+        self.state = State::AwaitAuth { child: node };
+        self.send(&mut out, challenge, now_ms);
+        out
+    }
+
+    /// The child's proof of its key over this connection: streaming starts
+    /// with the heads this node holds of the child's subtree.
+    fn on_auth(
+        &mut self,
+        mut out: Vec<Output>,
+        child: String,
+        proof: &[u8],
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        let key = topo.key(&child).expect("checked at hello");
+        let (me, binding) = (&self.cfg.node_id, &self.cfg.channel_binding);
+        if !auth::check(&key, "child", &child, me, &self.nonce, binding, proof) {
+            let m = format!(
+                "node {child} failed to prove its key over this connection \
+                 (wrong key, a replayed session, or a relay in the middle of the TLS channel)"
+            );
+            return self.refuse(out, RejectCode::BadProof, m, now_ms);
+        }
+        let heads = log
+            .heads()
+            .into_iter()
+            .filter(|(o, _, _)| topo.in_subtree(&child, o))
+            .map(|(o, s, h)| wire_head(&o, s, &h))
+            .collect();
+        self.state = State::Streaming { child };
+        self.send(&mut out, Frame::Welcome { heads }, now_ms);
+        out
+    }
+
+    /// A community pulls back its own chain (after a restore): only its own.
+    fn on_fetch(
+        &mut self,
+        mut out: Vec<Output>,
+        child: &str,
+        origin: String,
+        after_seq: u64,
+        log: &dyn StoredLog,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        if origin != child {
+            let m = format!("node {child} may fetch only its own chain, not {origin}'s");
+            return self.refuse(out, RejectCode::Protocol, m, now_ms);
+        }
+        let chunks = log
+            .chunks_after(&origin, after_seq, self.cfg.fetch_bytes_max)
+            .iter()
+            .filter_map(|c| c.suffix_after(after_seq))
+            .map(|c| ByteBuf::from(c.encode()))
+            .collect();
+        let head = log.head(&origin).map_or(0, |(s, _)| s);
+        let fetched = Frame::Fetched {
+            origin,
+            chunks,
+            head,
+        };
+        self.send(&mut out, fetched, now_ms);
+        out
     }
 
     fn known_hash(&self, log: &dyn StoredLog, origin: &str, seq: u64) -> Option<Hash32> {
@@ -338,6 +370,7 @@ impl ParentSession {
     /// (`origin_refused`, with evidence for an equivocation) and the other
     /// origins' chunks go on.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn on_batch(
         &mut self,
         mut out: Vec<Output>,
@@ -348,92 +381,32 @@ impl ParentSession {
         log: &dyn StoredLog,
         now_ms: i64,
     ) -> Vec<Output> {
-        let mut accepted: Vec<Chunk> = Vec::new();
-        let mut touched: Vec<(String, u64, Hash32)> = Vec::new();
-        let mut hashes: Vec<(String, u64)> = Vec::new();
-        // Tips as they will be if this batch is accepted; committed to
-        // `self` only when the whole batch is read.
-        let mut tips: HashMap<String, (u64, Hash32)> = HashMap::new();
-        let mut new_pending: Vec<((String, u64), Hash32)> = Vec::new();
-        let mut refusals: Vec<(String, u64, RejectCode, String)> = Vec::new();
-        for bytes in chunks {
-            let chunk = match Chunk::decode(&bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    return self.reject(out, id, RejectCode::Malformed, e.to_string(), now_ms)
-                }
+        let read = match self.read_batch(&mut out, child, chunks, topo, log) {
+            Ok(r) => r,
+            Err((code, m)) => return self.reject(out, id, code, m, now_ms),
+        };
+        for (origin, seq, code, message) in read.refusals {
+            let refused = Frame::OriginRefused {
+                id,
+                origin: origin.clone(),
+                seq,
+                code: code.as_str().into(),
+                message: message.clone(),
             };
-            let origin = chunk.origin.clone();
-            if self.refused.contains_key(&origin) || refusals.iter().any(|r| r.0 == origin) {
-                continue;
-            }
-            let tip = tips
-                .get(&origin)
-                .or_else(|| self.tips.get(&origin))
-                .copied()
-                .or_else(|| log.head(&origin))
-                .unwrap_or((0, ZERO_HASH));
-            let checked = self.check_chunk(&chunk, child, tip, topo, log);
-            if let Err(r) = &checked {
-                if r.code == RejectCode::Gap {
-                    // A gap is the session's fault (a lost frame), not the
-                    // origin's: end it; the next one resumes from our heads.
-                    let m = r.message.clone();
-                    return self.reject(out, id, RejectCode::Gap, m, now_ms);
-                }
-            }
-            match checked {
-                Ok(None) => {}
-                Ok(Some((after, hashes_in))) => {
-                    let (first, last) = (chunk.first_seq(), chunk.last_seq());
-                    for (seq, h) in (first..=last).zip(&hashes_in).filter(|(s, _)| *s > after) {
-                        new_pending.push(((origin.clone(), seq), *h));
-                        hashes.push((origin.clone(), seq));
-                    }
-                    let last_hash = *hashes_in.last().expect("non-empty");
-                    tips.insert(origin.clone(), (last, last_hash));
-                    touched.retain(|(o, _, _)| *o != origin);
-                    touched.push((origin.clone(), last, last_hash));
-                    accepted.push(chunk.suffix_after(after).expect("last > after"));
-                }
-                Err(refusal) => {
-                    if let Some((seq, ours)) = refusal.fork {
-                        out.push(Output::Equivocation {
-                            origin: origin.clone(),
-                            seq,
-                            ours,
-                            theirs: chunk.clone(),
-                        });
-                    }
-                    refusals.push((origin, refusal.seq, refusal.code, refusal.message));
-                }
-            }
-        }
-        for (origin, seq, code, message) in refusals {
-            self.send(
-                &mut out,
-                Frame::OriginRefused {
-                    id,
-                    origin: origin.clone(),
-                    seq,
-                    code: code.as_str().into(),
-                    message: message.clone(),
-                },
-                now_ms,
-            );
+            self.send(&mut out, refused, now_ms);
             out.push(Output::Rejected { code, message });
             self.refused.insert(origin, code);
         }
-        self.tips.extend(tips);
-        self.pending.extend(new_pending);
+        self.tips.extend(read.tips);
+        self.pending.extend(read.new_pending);
         let ack_now = self.cfg.bug_ack_before_durable;
         self.awaiting.push_back(Awaiting {
             id,
-            touched,
-            hashes,
+            touched: read.touched,
+            hashes: read.hashes,
             acked_early: ack_now,
         });
-        if accepted.is_empty() {
+        if read.accepted.is_empty() {
             // Nothing new: acknowledge in order once earlier batches are.
             self.flush_acks(&mut out, log, now_ms, None);
         } else {
@@ -442,10 +415,60 @@ impl ParentSession {
             }
             out.push(Output::Persist {
                 batch: id,
-                chunks: accepted,
+                chunks: read.accepted,
             });
         }
         out
+    }
+
+    /// Reads a batch chunk by chunk against the tips it moves (committed
+    /// to `self` only once the whole batch is read). A malformed chunk or a
+    /// gap (the session's fault — a lost frame — not the origin's) ends the
+    /// session; other refusals stop only that origin.
+    fn read_batch(
+        &self,
+        out: &mut Vec<Output>,
+        child: &str,
+        chunks: Vec<ByteBuf>,
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+    ) -> Result<BatchRead, (RejectCode, String)> {
+        let mut r = BatchRead::default();
+        for bytes in chunks {
+            let chunk =
+                Chunk::decode(&bytes).map_err(|e| (RejectCode::Malformed, e.to_string()))?;
+            let origin = chunk.origin.clone();
+            if self.refused.contains_key(&origin) || r.refusals.iter().any(|x| x.0 == origin) {
+                continue;
+            }
+            let tip = r
+                .tips
+                .get(&origin)
+                .or_else(|| self.tips.get(&origin))
+                .copied()
+                .or_else(|| log.head(&origin))
+                .unwrap_or((0, ZERO_HASH));
+            match self.check_chunk(&chunk, child, tip, topo, log) {
+                Ok(None) => {}
+                Ok(Some((after, hashes_in))) => r.accept(chunk, after, &hashes_in),
+                Err(refusal) if refusal.code == RejectCode::Gap => {
+                    return Err((RejectCode::Gap, refusal.message))
+                }
+                Err(refusal) => {
+                    if let Some((seq, ours)) = refusal.fork {
+                        out.push(Output::Equivocation {
+                            origin: origin.clone(),
+                            seq,
+                            ours,
+                            theirs: chunk,
+                        });
+                    }
+                    r.refusals
+                        .push((origin, refusal.seq, refusal.code, refusal.message));
+                }
+            }
+        }
+        Ok(r)
     }
 
     /// Checks one chunk against the topology, its signature and the held
@@ -462,30 +485,7 @@ impl ParentSession {
     ) -> Result<Option<(u64, Vec<Hash32>)>, Refusal> {
         let origin = chunk.origin.as_str();
         let (first, last) = (chunk.first_seq(), chunk.last_seq());
-        if !topo.in_subtree(child, origin) {
-            let m = format!("origin {origin} is not in the subtree of {child}");
-            return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
-        }
-        let Some(key) = topo.key_at(origin, last) else {
-            let m = format!("origin {origin} is unknown");
-            return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
-        };
-        // Authenticity: the chain links inside the chunk and the origin's
-        // signature on its head. (Content is decoded where it is used.)
-        let (first_prev, hashes_in) = chunk
-            .first_prev()
-            .and_then(|prev| {
-                let hashes = chunk.check_links(first, &prev)?;
-                chunk.head.verify(&key)?;
-                Ok((prev, hashes))
-            })
-            .map_err(|e| {
-                let code = match e {
-                    gridsync_model::ChunkError::BadSignature { .. } => RejectCode::BadSignature,
-                    _ => RejectCode::BrokenChain,
-                };
-                Refusal::new(code, first, e.to_string())
-            })?;
+        let (first_prev, hashes_in) = authenticate(chunk, child, topo)?;
         if first > tip_seq.saturating_add(1) {
             let m = format!(
                 "origin {origin}: expected seq {}, got {first} (gap)",
@@ -638,4 +638,74 @@ impl ParentSession {
         let reason = format!("batch {id} rejected: {message}");
         self.end(out, frame, code, message, reason, now_ms)
     }
+}
+
+/// What reading one batch found, before any of it is committed.
+#[derive(Default)]
+struct BatchRead {
+    /// New chunks (trimmed to what is new), to persist.
+    accepted: Vec<Chunk>,
+    /// Per origin touched: its last seq and hash in this batch.
+    touched: Vec<(String, u64, Hash32)>,
+    /// Every new event `(origin, seq)`.
+    hashes: Vec<(String, u64)>,
+    /// Tips as they will be if this batch is accepted.
+    tips: HashMap<String, (u64, Hash32)>,
+    new_pending: Vec<((String, u64), Hash32)>,
+    /// `(origin, seq, code, message)` of origins refused in this batch.
+    refusals: Vec<(String, u64, RejectCode, String)>,
+}
+
+impl BatchRead {
+    /// Takes a verified chunk's events after seq `after`.
+    fn accept(&mut self, chunk: Chunk, after: u64, hashes_in: &[Hash32]) {
+        let origin = chunk.origin.clone();
+        let (first, last) = (chunk.first_seq(), chunk.last_seq());
+        for (seq, h) in (first..=last).zip(hashes_in).filter(|(s, _)| *s > after) {
+            self.new_pending.push(((origin.clone(), seq), *h));
+            self.hashes.push((origin.clone(), seq));
+        }
+        let last_hash = *hashes_in.last().expect("non-empty");
+        self.tips.insert(origin.clone(), (last, last_hash));
+        self.touched.retain(|(o, _, _)| *o != origin);
+        self.touched.push((origin, last, last_hash));
+        self.accepted
+            .push(chunk.suffix_after(after).expect("last > after"));
+    }
+}
+
+/// Whether `chunk` may come from `child` and is authentic: its origin is
+/// in the child's subtree and known, its chain links hold inside it and
+/// the origin's signature on its head verifies. Returns the first event's
+/// `prev` and every event's hash.
+fn authenticate(
+    chunk: &Chunk,
+    child: &str,
+    topo: &dyn TopologyView,
+) -> Result<(Hash32, Vec<Hash32>), Refusal> {
+    let origin = chunk.origin.as_str();
+    let (first, last) = (chunk.first_seq(), chunk.last_seq());
+    if !topo.in_subtree(child, origin) {
+        let m = format!("origin {origin} is not in the subtree of {child}");
+        return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
+    }
+    let Some(key) = topo.key_at(origin, last) else {
+        let m = format!("origin {origin} is unknown");
+        return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
+    };
+    // (Content is decoded where it is used.)
+    chunk
+        .first_prev()
+        .and_then(|prev| {
+            let hashes = chunk.check_links(first, &prev)?;
+            chunk.head.verify(&key)?;
+            Ok((prev, hashes))
+        })
+        .map_err(|e| {
+            let code = match e {
+                gridsync_model::ChunkError::BadSignature { .. } => RejectCode::BadSignature,
+                _ => RejectCode::BrokenChain,
+            };
+            Refusal::new(code, first, e.to_string())
+        })
 }
