@@ -203,7 +203,69 @@ pub fn prepare(
             format!("event does not match event-input.json: {e}"),
         )
     })?;
+    let occurred_at = check_envelope(&input, ctx)?;
+    let mut data = Value::Object(input.data);
+    if let Some(v) = schema::validate_data(&input.kind, input.schema, &data, "data")
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+    {
+        return Err(IngestError::violation(v));
+    }
+    data = normalize(&input.kind, input.schema, data, "data")?;
+    if input.kind == "correction" {
+        data = check_correction(data, ctx, lookup_target)?;
+    }
+    let Value::Object(mut data_map) = data else {
+        unreachable!("normalize keeps objects")
+    };
+    let personal_map = split_personal(&mut data_map);
+    let data_bytes = canonical::to_canonical(&Value::Object(data_map));
+    let personal = (!personal_map.is_empty()).then(|| {
+        let mut salt = [0u8; 16];
+        rng.fill_bytes(&mut salt);
+        Personal {
+            salt,
+            bytes: canonical::to_canonical(&Value::Object(personal_map)),
+        }
+    });
+    let fingerprint = fingerprint(
+        &input.kind,
+        input.schema,
+        occurred_at,
+        &input.grid,
+        &input.recorded_by,
+        &data_bytes,
+        personal.as_ref(),
+    );
+    let event = PreparedEvent {
+        kind: input.kind,
+        schema: input.schema,
+        occurred_at,
+        grid: input.grid,
+        recorded_by: input.recorded_by,
+        client_id: input.client_id,
+        data: data_bytes,
+        personal,
+        fingerprint,
+    };
+    if event.stored_bytes_estimate() > ctx.limits.event_bytes_max {
+        return Err(IngestError::new(
+            "event_too_large",
+            format!(
+                "event is about {} bytes encoded; the limit is {} bytes: shorten its text fields",
+                event.stored_bytes_estimate(),
+                ctx.limits.event_bytes_max
+            ),
+        ));
+    }
+    Ok(event)
+}
 
+/// The envelope fields of a posted event: its origin (if named) is this
+/// node, its kind and schema version are known, and it did not occur in
+/// the future (beyond the allowed skew). Returns when it occurred.
+fn check_envelope(input: &EventInput, ctx: &IngestContext<'_>) -> Result<OccurredAt, IngestError> {
     if let Some(origin) = &input.origin {
         if origin != ctx.node_id {
             return Err(IngestError::new(
@@ -250,70 +312,10 @@ pub fn prepare(
         )
         .at("occurred_at"));
     }
-
-    let mut data = Value::Object(input.data);
-    if let Some(v) = schema::validate_data(&input.kind, input.schema, &data, "data")
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-    {
-        return Err(IngestError::violation(v));
-    }
-    data = normalize(&input.kind, input.schema, data, "data")?;
-    if input.kind == "correction" {
-        data = check_correction(data, ctx, lookup_target)?;
-    }
-
-    let Value::Object(mut data_map) = data else {
-        unreachable!("normalize keeps objects")
-    };
-    let personal_map = split_personal(&mut data_map);
-    let data_bytes = canonical::to_canonical(&Value::Object(data_map));
-    let personal = if personal_map.is_empty() {
-        None
-    } else {
-        let mut salt = [0u8; 16];
-        rng.fill_bytes(&mut salt);
-        Some(Personal {
-            salt,
-            bytes: canonical::to_canonical(&Value::Object(personal_map)),
-        })
-    };
-    let occurred_at = OccurredAt {
+    Ok(OccurredAt {
         unix_ms,
         offset_min,
-    };
-    let fingerprint = fingerprint(
-        &input.kind,
-        input.schema,
-        occurred_at,
-        &input.grid,
-        &input.recorded_by,
-        &data_bytes,
-        personal.as_ref(),
-    );
-    let event = PreparedEvent {
-        kind: input.kind,
-        schema: input.schema,
-        occurred_at,
-        grid: input.grid,
-        recorded_by: input.recorded_by,
-        client_id: input.client_id,
-        data: data_bytes,
-        personal,
-        fingerprint,
-    };
-    if event.stored_bytes_estimate() > ctx.limits.event_bytes_max {
-        return Err(IngestError::new(
-            "event_too_large",
-            format!(
-                "event is about {} bytes encoded; the limit is {} bytes: shorten its text fields",
-                event.stored_bytes_estimate(),
-                ctx.limits.event_bytes_max
-            ),
-        ));
-    }
-    Ok(event)
+    })
 }
 
 /// The content fingerprint of a stored event (what `client_id` idempotency

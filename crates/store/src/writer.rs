@@ -1,4 +1,5 @@
-//! The single log writer (group commit) and log recovery on open.
+//! The single log writer (group commit): requests staged into one sled
+//! batch, made durable, published, then answered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -10,425 +11,35 @@ use gridsync_model::event::{event_hash, EnvelopeHeader};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::kv::{Kv, KvEntry, KvWrite};
-use crate::layout::{self, FRAGMENT_BYTES_MAX};
+use crate::kv::KvWrite;
+use crate::layout;
+use crate::recover::{
+    corrupt, encode_head_value, entry_writes, event_in_chunk, hash_in_log, Recovered,
+};
 use crate::{
-    AppendError, Appended, HeadState, KeyLookup, LogCounts, OriginIdentity, PostingHold, Request,
-    Shared, StoreConfig, StoreError, StoredChunk,
+    AppendError, Appended, HeadState, OriginIdentity, PostingHold, Request, Shared, StoreConfig,
+    StoreError,
 };
 
-/// Bytes before the chunk in fragment 0: parts:u16be received_at_ms:i64be.
-const ENTRY_HEADER_BYTES: usize = 10;
-
-/// Encodes one log entry into its fragments' key/value writes.
-pub(crate) fn entry_writes(offset: u64, received_at_ms: i64, chunk_bytes: &[u8]) -> Vec<KvWrite> {
-    let total = ENTRY_HEADER_BYTES + chunk_bytes.len();
-    let parts = total.div_ceil(FRAGMENT_BYTES_MAX);
-    let parts_u16 = u16::try_from(parts).expect("events are limited far below 65535 fragments");
-    let mut whole = Vec::with_capacity(total);
-    whole.extend_from_slice(&parts_u16.to_be_bytes());
-    whole.extend_from_slice(&received_at_ms.to_be_bytes());
-    whole.extend_from_slice(chunk_bytes);
-    whole
-        .chunks(FRAGMENT_BYTES_MAX)
-        .enumerate()
-        .map(|(i, part)| (layout::log_key(offset, i as u16), Some(part.to_vec())))
-        .collect()
-}
-
-fn corrupt(msg: impl Into<String>) -> StoreError {
-    StoreError::Corrupt(msg.into())
-}
-
-fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
-    let mut bytes = Vec::with_capacity(frags.iter().map(|f| f.1.len()).sum());
-    for (i, (k, v)) in frags.iter().enumerate() {
-        match layout::parse_log_key(k) {
-            Some((o, p)) if o == offset && usize::from(p) == i => bytes.extend_from_slice(v),
-            _ => {
-                return Err(corrupt(format!(
-                    "log entry {offset}: fragment {i} missing or out of place"
-                )))
-            }
-        }
-    }
-    if bytes.len() < ENTRY_HEADER_BYTES {
-        return Err(corrupt(format!("log entry {offset}: truncated header")));
-    }
-    let received_at_ms = i64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
-    let chunk = Chunk::decode(&bytes[ENTRY_HEADER_BYTES..])
-        .map_err(|e| corrupt(format!("log entry {offset}: {e}")))?;
-    Ok(StoredChunk {
-        offset,
-        received_at_ms,
-        chunk,
-    })
-}
-
-/// Reads up to `max_entries` consecutive log entries from `offset`.
-pub(crate) fn read_entries(
-    kv: &dyn Kv,
-    offset: u64,
-    max_entries: usize,
-) -> Result<Vec<StoredChunk>, StoreError> {
-    let mut out = Vec::new();
-    let mut next = offset;
-    while out.len() < max_entries {
-        let want = max_entries - out.len();
-        // One fragment per entry is the common case; an entry with more
-        // fragments than the page holds is fetched whole below.
-        let page = kv.scan(&layout::log_key(next, 0), &[layout::LOG], want)?;
-        if page.is_empty() {
-            break;
-        }
-        let mut i = 0;
-        let mut progressed = false;
-        while i < page.len() && out.len() < max_entries {
-            let (off, part) =
-                layout::parse_log_key(&page[i].0).ok_or_else(|| corrupt("malformed log key"))?;
-            if off != next {
-                return Err(corrupt(format!(
-                    "log entry {next} is missing (found {off} after it)"
-                )));
-            }
-            if part != 0 || page[i].1.len() < 2 {
-                return Err(corrupt(format!("log entry {off}: first fragment missing")));
-            }
-            let parts = usize::from(u16::from_be_bytes([page[i].1[0], page[i].1[1]]));
-            if parts == 0 {
-                return Err(corrupt(format!("log entry {off}: zero fragments")));
-            }
-            if i + parts > page.len() {
-                break;
-            }
-            out.push(assemble(off, &page[i..i + parts])?);
-            next = off + 1;
-            i += parts;
-            progressed = true;
-        }
-        if !progressed {
-            // One entry with more fragments than the page held.
-            let prefix = layout::log_prefix(next);
-            let frags = kv.scan(&prefix, &prefix, usize::from(u16::MAX))?;
-            out.push(assemble(next, &frags)?);
-            next += 1;
-        }
-    }
-    Ok(out)
-}
-
-pub(crate) struct Recovered {
-    pub next_offset: u64,
-    pub heads: BTreeMap<String, HeadState>,
-    pub counts: LogCounts,
-}
-
-/// Index entries of one origin, read in key (= seq) order a page at a
-/// time: the open-time index check compares them with the log entries of
-/// that origin as they come, holding a page per origin, not the index.
-struct IndexCursor {
-    prefix: Vec<u8>,
-    next_start: Vec<u8>,
-    page: std::collections::VecDeque<crate::kv::KvEntry>,
-    done: bool,
-}
-
-const INDEX_PAGE: usize = 64;
-
-impl IndexCursor {
-    fn new(origin: &str) -> Self {
-        let prefix = layout::index_prefix(origin);
-        Self {
-            next_start: prefix.clone(),
-            prefix,
-            page: std::collections::VecDeque::new(),
-            done: false,
-        }
-    }
-
-    fn next(&mut self, kv: &dyn Kv) -> Result<Option<crate::kv::KvEntry>, StoreError> {
-        if self.page.is_empty() && !self.done {
-            let got = kv.scan(&self.next_start, &self.prefix, INDEX_PAGE)?;
-            self.done = got.len() < INDEX_PAGE;
-            if let Some((k, _)) = got.last() {
-                self.next_start = k.clone();
-                self.next_start.push(0);
-            }
-            self.page.extend(got);
-        }
-        Ok(self.page.pop_front())
-    }
-}
-
-/// Counts the keys under `prefix`, a page at a time.
-fn count_keys(kv: &dyn Kv, prefix: &[u8]) -> Result<u64, StoreError> {
-    let mut start = prefix.to_vec();
-    let mut n = 0u64;
-    loop {
-        let got = kv.scan(&start, prefix, 4096)?;
-        n += got.len() as u64;
-        match got.last() {
-            Some((k, _)) if got.len() == 4096 => {
-                start = k.clone();
-                start.push(0);
-            }
-            _ => return Ok(n),
-        }
-    }
-}
-
-/// Reads the whole log back, recomputing every event's chain link, and
-/// checks the heads table and the chunk index against it. Signatures: each
-/// origin's newest head (which authenticates its whole chain through the
-/// links), or every chunk's with `verify_all`. Memory holds per-origin
-/// state and a page of index entries per origin, never the log or index.
-pub(crate) fn recover(
-    kv: &dyn Kv,
-    keys: &KeyLookup,
-    verify_all: bool,
-) -> Result<Recovered, StoreError> {
-    let started = Instant::now();
-    let mut heads: BTreeMap<String, HeadState> = BTreeMap::new();
-    let mut cursors: HashMap<String, IndexCursor> = HashMap::new();
-    let mut counts = LogCounts::default();
-    let mut next = 0u64;
-    loop {
-        let entries = read_entries(kv, next, 512)?;
-        if entries.is_empty() {
-            break;
-        }
-        for e in entries {
-            let origin = e.chunk.origin.clone();
-            let key = keys(&origin, e.chunk.last_seq()).ok_or_else(|| {
-                corrupt(format!(
-                    "log entry {} holds events of origin {origin:?}, which the topology does not list, so they cannot be verified",
-                    e.offset
-                ))
-            })?;
-            let (seq, prev) = heads
-                .get(&origin)
-                .map_or((0, ZERO_HASH), |h| (h.seq, h.hash));
-            if e.chunk.first_seq() != seq.saturating_add(1) {
-                return Err(corrupt(format!(
-                    "log entry {}: origin {origin} resumes at seq {} but the log holds up to seq {seq}",
-                    e.offset,
-                    e.chunk.first_seq()
-                )));
-            }
-            e.chunk
-                .check_links(seq.saturating_add(1), &prev)
-                .and_then(|_| {
-                    if verify_all {
-                        e.chunk.head.verify(&key)
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map_err(|err| corrupt(format!("log entry {}: {err}", e.offset)))?;
-            let expected = (
-                layout::index_key(&origin, e.chunk.last_seq()),
-                layout::index_value(e.offset, e.chunk.first_seq()),
-            );
-            let found = cursors
-                .entry(origin.clone())
-                .or_insert_with(|| IndexCursor::new(&origin))
-                .next(kv)?;
-            if found.as_ref() != Some(&expected) {
-                return Err(corrupt(format!(
-                    "chunk index does not match the log at entry {} (origin {origin}, seq {})",
-                    e.offset,
-                    e.chunk.last_seq()
-                )));
-            }
-            counts.chunks += 1;
-            counts.events += e.chunk.events.len() as u64;
-            heads.insert(
-                origin,
-                HeadState {
-                    seq: e.chunk.head.seq,
-                    hash: e.chunk.head.hash,
-                    signed: e.chunk.head.clone(),
-                },
-            );
-            next = e.offset + 1;
-        }
-    }
-    // Each origin's newest signed head vouches for its whole chain.
-    if !verify_all {
-        for (origin, h) in &heads {
-            let key = keys(origin, h.seq)
-                .ok_or_else(|| corrupt(format!("origin {origin:?} is not in the topology")))?;
-            h.signed
-                .verify(&key)
-                .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))?;
-        }
-    }
-    // The heads table must say exactly what the log says.
-    let mut table: BTreeMap<String, HeadState> = BTreeMap::new();
-    for (k, v) in kv.scan(&[layout::HEAD], &[layout::HEAD], usize::MAX)? {
-        let origin =
-            String::from_utf8(k[1..].to_vec()).map_err(|_| corrupt("malformed heads key"))?;
-        table.insert(origin, decode_head_value(&v)?);
-    }
-    for (origin, h) in &heads {
-        match table.get(origin) {
-            Some(t) if t == h => {}
-            Some(t) => {
-                return Err(corrupt(format!(
-                    "heads table says origin {origin} is at seq {} but the log ends at seq {}; the log was cut or altered",
-                    t.seq, h.seq
-                )))
-            }
-            None => return Err(corrupt(format!("heads table lacks origin {origin}, which the log holds"))),
-        }
-    }
-    if let Some(extra) = table.keys().find(|o| !heads.contains_key(*o)) {
-        return Err(corrupt(format!(
-            "heads table lists origin {extra} at seq {} but the log holds none of its events; the log was cut or altered",
-            table[extra].seq
-        )));
-    }
-    // Every log entry matched its own index entry; equal counts leave no
-    // index entry without one.
-    let index_found = count_keys(kv, &[layout::INDEX])?;
-    if index_found != counts.chunks {
-        return Err(corrupt(format!(
-            "chunk index has {index_found} entries but the log has {} chunks",
-            counts.chunks
-        )));
-    }
-    tracing::info!(
-        chunks = counts.chunks,
-        events = counts.events,
-        origins = heads.len(),
-        all_signatures = verify_all,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "log verified on open"
-    );
-    Ok(Recovered {
-        next_offset: next,
-        heads,
-        counts,
-    })
-}
-
-/// Hash of event `seq` of `origin` as the log holds it (durably).
-pub(crate) fn hash_in_log(
-    kv: &dyn Kv,
-    origin: &str,
-    seq: u64,
-) -> Result<Option<Hash32>, StoreError> {
-    let start = layout::index_key(origin, seq);
-    let prefix = layout::index_prefix(origin);
-    let Some((_, v)) = kv.scan(&start, &prefix, 1)?.pop() else {
-        return Ok(None);
-    };
-    let (offset, _) =
-        layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
-    Ok(read_entries(kv, offset, 1)?
-        .pop()
-        .and_then(|e| event_in_chunk(&e.chunk, seq)))
-}
-
-fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
-    (c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
-        let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
-        event_hash(&c.events[i].envelope)
-    })
-}
-
-/// Compares the log with the heads record beside it: a log holding less
-/// than the record is refused (or, with `accept`, reported and taken).
-pub(crate) fn check_heads_record(
-    kv: &dyn Kv,
-    data_dir: &std::path::Path,
-    recovered: &Recovered,
-    accept: bool,
-) -> Result<HeadsOut, StoreError> {
-    use crate::heads_file::{self, Loaded};
-    let loaded = heads_file::load(data_dir);
-    let was_valid = matches!(loaded, Loaded::Valid(_));
-    let (generation, problems) = match loaded {
-        Loaded::Absent => (0, Vec::new()),
-        Loaded::Damaged(m) => (2, vec![m]),
-        Loaded::Valid(r) => {
-            let mut problems = Vec::new();
-            for (origin, h) in &r.heads {
-                let held = recovered.heads.get(origin).map_or(0, |s| s.seq);
-                if held < h.seq {
-                    problems.push(format!(
-                        "origin {origin}: the log holds up to seq {held}, the record up to seq {} (seqs {}–{} missing)",
-                        h.seq,
-                        held + 1,
-                        h.seq
-                    ));
-                } else if hash_in_log(kv, origin, h.seq)? != Some(h.hash) {
-                    problems.push(format!(
-                        "origin {origin}: the log's event at seq {} differs from the recorded one",
-                        h.seq
-                    ));
-                }
-            }
-            if problems.is_empty() && recovered.next_offset < r.next_offset {
-                problems.push(format!(
-                    "the log has {} entries, the record {}",
-                    recovered.next_offset, r.next_offset
-                ));
-            }
-            (r.generation, problems)
-        }
-    };
-    if !problems.is_empty() {
-        let what = problems.join("; ");
-        if !accept {
-            return Err(StoreError::Truncated(what));
-        }
-        tracing::error!(
-            missing = %what,
-            "taking a log shorter than its heads record (--after-restore): the missing events come back from the parent or the children"
-        );
-    }
-    let mut out = HeadsOut::new(data_dir, generation);
-    // Record what this log holds now (a new node, an older store, or an
-    // accepted shorter log).
-    out.dirty = !was_valid || !problems.is_empty();
-    Ok(out)
-}
-
 /// The heads record writer and when it last wrote.
+mod originate;
+
+use originate::{client_entry, decode_client_value};
+
 pub(crate) struct HeadsOut {
     writer: crate::heads_file::HeadsWriter,
     last: Option<Instant>,
-    dirty: bool,
+    pub(crate) dirty: bool,
 }
 
 impl HeadsOut {
-    fn new(data_dir: &std::path::Path, generation: u64) -> Self {
+    pub(crate) fn new(data_dir: &std::path::Path, generation: u64) -> Self {
         Self {
             writer: crate::heads_file::HeadsWriter::new(data_dir, generation),
             last: None,
             dirty: false,
         }
     }
-}
-
-fn encode_head_value(h: &HeadState) -> Vec<u8> {
-    let mut v = Vec::with_capacity(180);
-    v.extend_from_slice(&h.seq.to_be_bytes());
-    v.extend_from_slice(&h.hash);
-    v.extend_from_slice(&h.signed.encode());
-    v
-}
-
-fn decode_head_value(v: &[u8]) -> Result<HeadState, StoreError> {
-    if v.len() < 40 {
-        return Err(corrupt("malformed heads entry"));
-    }
-    Ok(HeadState {
-        seq: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-        hash: v[8..40].try_into().expect("32 bytes"),
-        signed: SignedHead::decode(&v[40..]).map_err(|e| corrupt(format!("heads entry: {e}")))?,
-    })
 }
 
 type Reply = oneshot::Sender<Result<Vec<Appended>, AppendError>>;
@@ -573,6 +184,51 @@ impl Writer {
             }
             return;
         }
+        let (mut work, mut pending) = self.stage(batch);
+        if work.writes.is_empty() {
+            for p in pending {
+                p.succeed();
+            }
+            return;
+        }
+        for (origin, head) in &work.heads {
+            work.writes
+                .push((layout::head_key(origin), Some(encode_head_value(head))));
+        }
+        if self.config.unsafe_ack_before_durable {
+            // Negative control for the crash test only: acknowledge first.
+            for p in pending.drain(..) {
+                p.succeed();
+            }
+        }
+        let t0 = Instant::now();
+        let writes = std::mem::take(&mut work.writes);
+        match self.shared.kv.commit(writes) {
+            Ok(t) => {
+                let node = self.config.node_label.clone();
+                metrics::histogram!("gridsync_commit_seconds", "node" => node.clone())
+                    .record(t0.elapsed().as_secs_f64());
+                metrics::histogram!("gridsync_fsync_seconds", "node" => node.clone())
+                    .record(t.fsync_s + t.flush_s);
+                metrics::counter!("gridsync_commits_total", "node" => node.clone()).increment(1);
+                metrics::counter!("gridsync_events_appended_total", "node" => node)
+                    .increment(work.events);
+                self.publish(work, pending);
+            }
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(error = %why, "commit failed; the log writer stops acknowledging");
+                self.shared.fail(why.clone());
+                for p in pending {
+                    p.fail(StoreError::Failed(why.clone()));
+                }
+            }
+        }
+    }
+
+    /// Turns a batch of requests into the writes of one commit; requests
+    /// refused outright are answered here, the others wait for the commit.
+    fn stage(&mut self, batch: Vec<Request>) -> (Work, Vec<PendingReply>) {
         let mut work = Work {
             offset: self.next_offset,
             ..Work::default()
@@ -627,80 +283,49 @@ impl Writer {
                 }
             }
         }
-        if work.writes.is_empty() {
-            for p in pending {
-                p.succeed();
+        (work, pending)
+    }
+
+    /// After a durable commit: heads, counts and hold take its values, the
+    /// heads record is written (within the commit when its interval is 0),
+    /// readers see it, and only then are the requests answered.
+    fn publish(&mut self, mut work: Work, pending: Vec<PendingReply>) {
+        self.next_offset = work.offset;
+        {
+            let mut shared_heads = self.shared.heads.write().expect("lock");
+            for (origin, head) in work.heads {
+                self.heads.insert(origin.clone(), head.clone());
+                shared_heads.insert(origin, head);
             }
-            return;
         }
-        for (origin, head) in &work.heads {
-            work.writes
-                .push((layout::head_key(origin), Some(encode_head_value(head))));
+        {
+            let mut s = self.shared.stats.write().expect("lock");
+            s.chunks += work.chunks;
+            s.events += work.events;
         }
-        if self.config.unsafe_ack_before_durable {
-            // Negative control for the crash test only: acknowledge first.
-            for p in pending.drain(..) {
-                p.succeed();
-            }
+        if let Some(hold) = work.hold.take() {
+            *self.shared.hold.write().expect("lock") = hold;
         }
-        let t0 = Instant::now();
-        let writes = std::mem::take(&mut work.writes);
-        match self.shared.kv.commit(writes) {
-            Ok(t) => {
-                let node = self.config.node_label.clone();
-                metrics::histogram!("gridsync_commit_seconds", "node" => node.clone())
-                    .record(t0.elapsed().as_secs_f64());
-                metrics::histogram!("gridsync_fsync_seconds", "node" => node.clone())
-                    .record(t.fsync_s + t.flush_s);
-                metrics::counter!("gridsync_commits_total", "node" => node.clone()).increment(1);
-                metrics::counter!("gridsync_events_appended_total", "node" => node)
-                    .increment(work.events);
-                self.next_offset = work.offset;
-                {
-                    let mut shared_heads = self.shared.heads.write().expect("lock");
-                    for (origin, head) in work.heads {
-                        self.heads.insert(origin.clone(), head.clone());
-                        shared_heads.insert(origin, head);
-                    }
-                }
-                {
-                    let mut s = self.shared.stats.write().expect("lock");
-                    s.chunks += work.chunks;
-                    s.events += work.events;
-                }
-                if let Some(hold) = work.hold.take() {
-                    *self.shared.hold.write().expect("lock") = hold;
-                }
-                if let Some(out) = self.heads_out.as_mut() {
-                    out.dirty = true;
-                }
-                if self.config.heads_interval_ms == 0 {
-                    // The record is part of the commit: written before
-                    // anyone hears of it.
-                    if let Err(e) = self.write_heads(true) {
-                        for p in pending {
-                            p.fail(e.clone());
-                        }
-                        return;
-                    }
-                }
-                // Readers see the commit (durable now) before anyone hears
-                // of it: a client reads its own acknowledged writes.
-                self.shared.committed.send_replace(self.next_offset);
+        if let Some(out) = self.heads_out.as_mut() {
+            out.dirty = true;
+        }
+        if self.config.heads_interval_ms == 0 {
+            // The record is part of the commit: written before anyone
+            // hears of it.
+            if let Err(e) = self.write_heads(true) {
                 for p in pending {
-                    p.succeed();
+                    p.fail(e.clone());
                 }
-                let _ = self.write_heads(false);
-            }
-            Err(e) => {
-                let why = e.to_string();
-                tracing::error!(error = %why, "commit failed; the log writer stops acknowledging");
-                self.shared.fail(why.clone());
-                for p in pending {
-                    p.fail(StoreError::Failed(why.clone()));
-                }
+                return;
             }
         }
+        // Readers see the commit (durable now) before anyone hears of it: a
+        // client reads its own acknowledged writes.
+        self.shared.committed.send_replace(self.next_offset);
+        for p in pending {
+            p.succeed();
+        }
+        let _ = self.write_heads(false);
     }
 
     /// Adds one chunk to the work as the next log entry.
@@ -823,159 +448,6 @@ impl Writer {
         }
         Ok(n_new)
     }
-
-    fn originate(
-        &mut self,
-        work: &mut Work,
-        events: Vec<PreparedEvent>,
-        now_ms: i64,
-    ) -> Result<Vec<Appended>, AppendError> {
-        let Some(origin) = self.origin.as_ref() else {
-            return Err(AppendError::NotAnOrigin);
-        };
-        let origin_id = origin.node_id.clone();
-        let start = self.head_of(work, &origin_id);
-        let (mut seq, mut hash) = start;
-        let mut records: Vec<EventRecord> = Vec::new();
-        let mut added: Vec<(String, (u64, Hash32, Hash32))> = Vec::new();
-        let mut results = Vec::with_capacity(events.len());
-        for (index, ev) in events.into_iter().enumerate() {
-            let existing = match work.clients.get(&ev.client_id) {
-                Some(p) => Some(*p),
-                None => match added.iter().find(|(c, _)| *c == ev.client_id) {
-                    Some((_, p)) => Some(*p),
-                    None => self.lookup_client(&origin_id, &ev.client_id)?,
-                },
-            };
-            if let Some((s, h, fp)) = existing {
-                if fp != ev.fingerprint && fp != UNKNOWN_FINGERPRINT {
-                    return Err(AppendError::ClientIdReused {
-                        index,
-                        client_id: ev.client_id,
-                        seq: s,
-                    });
-                }
-                results.push(Appended {
-                    origin: origin_id.clone(),
-                    seq: s,
-                    hash: h,
-                    duplicate: true,
-                });
-                continue;
-            }
-            seq += 1;
-            let digest = ev.personal.as_ref().map(|p| p.digest());
-            let envelope = EnvelopeHeader {
-                origin: &origin_id,
-                seq,
-                kind: &ev.kind,
-                schema: ev.schema,
-                occurred_at: ev.occurred_at,
-                recorded_at_ms: now_ms,
-                grid: &ev.grid,
-                recorded_by: &ev.recorded_by,
-                client_id: &ev.client_id,
-                prev: &hash,
-                personal_digest: digest.as_ref(),
-            }
-            .encode_with_data(&ev.data);
-            hash = event_hash(&envelope);
-            records.push(EventRecord {
-                envelope,
-                personal: ev.personal,
-            });
-            added.push((ev.client_id, (seq, hash, ev.fingerprint)));
-            results.push(Appended {
-                origin: origin_id.clone(),
-                seq,
-                hash,
-                duplicate: false,
-            });
-        }
-        if records.is_empty() {
-            return Ok(results);
-        }
-        // Cut the new events into chunks of about chunk_bytes_target, each
-        // closed by a signed head.
-        let key = &origin.key;
-        let mut current: Vec<EventRecord> = Vec::new();
-        let mut current_bytes = 0usize;
-        let mut chunk_seq = start.0;
-        let mut chunk_hash = start.1;
-        let n_records = records.len();
-        for (i, rec) in records.into_iter().enumerate() {
-            chunk_seq += 1;
-            chunk_hash = event_hash(&rec.envelope);
-            current_bytes +=
-                rec.envelope.len() + rec.personal.as_ref().map_or(0, |p| p.bytes.len() + 24) + 8;
-            current.push(rec);
-            if current_bytes >= self.config.chunk_bytes_target || i + 1 == n_records {
-                let head = SignedHead::sign(key, &origin_id, chunk_seq, chunk_hash, now_ms);
-                let chunk = Chunk {
-                    origin: origin_id.clone(),
-                    events: std::mem::take(&mut current),
-                    head,
-                };
-                Self::push_chunk(work, chunk, now_ms);
-                current_bytes = 0;
-            }
-        }
-        debug_assert_eq!((chunk_seq, chunk_hash), (seq, hash));
-        for (client_id, (s, h, fp)) in added {
-            let mut v = Vec::with_capacity(72);
-            v.extend_from_slice(&s.to_be_bytes());
-            v.extend_from_slice(&h);
-            v.extend_from_slice(&fp);
-            work.writes
-                .push((layout::client_key(&origin_id, &client_id), Some(v)));
-            work.clients.insert(client_id, (s, h, fp));
-        }
-        Ok(results)
-    }
-
-    fn lookup_client(
-        &self,
-        origin: &str,
-        client_id: &str,
-    ) -> Result<Option<(u64, Hash32, Hash32)>, StoreError> {
-        match self.shared.kv.get(&layout::client_key(origin, client_id))? {
-            None => Ok(None),
-            Some(v) => decode_client_value(&v).map(Some),
-        }
-    }
-}
-
-/// The fingerprint recorded for an event whose personal part this node got
-/// back without (a retry with its client id is taken as a duplicate).
-const UNKNOWN_FINGERPRINT: Hash32 = [0xff; 32];
-
-/// The client-id index entry of a stored event of this origin:
-/// `(client_id, seq ‖ hash ‖ content fingerprint)`.
-fn client_entry(rec: &EventRecord) -> Result<(String, [u8; 72]), String> {
-    let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
-    let fp = if env.personal_digest.is_some() && rec.personal.is_none() {
-        // Pulled back from a parent that never held the personal part: the
-        // content cannot be compared, only the client id.
-        UNKNOWN_FINGERPRINT
-    } else {
-        gridsync_model::ingest::stored_fingerprint(&env, rec.personal.as_ref())
-    };
-    let mut v = [0u8; 72];
-    v[..8].copy_from_slice(&env.seq.to_be_bytes());
-    v[8..40].copy_from_slice(&event_hash(&rec.envelope));
-    v[40..].copy_from_slice(&fp);
-    Ok((env.client_id, v))
-}
-
-fn decode_client_value(v: &[u8]) -> Result<(u64, Hash32, Hash32), StoreError> {
-    if v.len() != 72 {
-        return Err(corrupt("malformed client_id index entry"));
-    }
-    Ok((
-        u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-        v[8..40].try_into().expect("32 bytes"),
-        v[40..72].try_into().expect("32 bytes"),
-    ))
 }
 
 impl Request {

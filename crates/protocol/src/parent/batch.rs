@@ -1,0 +1,251 @@
+//! A child's batch: each chunk authenticated (subtree, chain links,
+//! signature), linked to the origin's tip, and the new part persisted; an
+//! origin whose chunk fails is refused alone, a gap ends the session.
+
+use super::*;
+
+impl super::ParentSession {
+    /// Verifies a batch chunk by chunk. A chunk that cannot be read, or a
+    /// gap (a lost batch), ends the session (`rejected`; the next session
+    /// resumes from our heads); a chunk that fails a check of its origin —
+    /// not in the child's subtree, unknown, bad signature, broken chain,
+    /// equivocation — refuses only that origin for the rest of the session
+    /// (`origin_refused`, with evidence for an equivocation) and the other
+    /// origins' chunks go on.
+    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_batch(
+        &mut self,
+        mut out: Vec<Output>,
+        child: &str,
+        id: u64,
+        chunks: Vec<ByteBuf>,
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+        now_ms: i64,
+    ) -> Vec<Output> {
+        let read = match self.read_batch(&mut out, child, chunks, topo, log) {
+            Ok(r) => r,
+            Err((code, m)) => return self.reject(out, id, code, m, now_ms),
+        };
+        for (origin, seq, code, message) in read.refusals {
+            let refused = Frame::OriginRefused {
+                id,
+                origin: origin.clone(),
+                seq,
+                code: code.as_str().into(),
+                message: message.clone(),
+            };
+            self.send(&mut out, refused, now_ms);
+            out.push(Output::Rejected { code, message });
+            self.refused.insert(origin, code);
+        }
+        self.tips.extend(read.tips);
+        self.pending.extend(read.new_pending);
+        let ack_now = self.cfg.bug_ack_before_durable;
+        self.awaiting.push_back(Awaiting {
+            id,
+            touched: read.touched,
+            hashes: read.hashes,
+            acked_early: ack_now,
+        });
+        if read.accepted.is_empty() {
+            // Nothing new: acknowledge in order once earlier batches are.
+            self.flush_acks(&mut out, log, now_ms, None);
+        } else {
+            if ack_now {
+                self.send_ack(&mut out, id, now_ms);
+            }
+            out.push(Output::Persist {
+                batch: id,
+                chunks: read.accepted,
+            });
+        }
+        out
+    }
+
+    /// Reads a batch chunk by chunk against the tips it moves (committed
+    /// to `self` only once the whole batch is read). A malformed chunk or a
+    /// gap (the session's fault — a lost frame — not the origin's) ends the
+    /// session; other refusals stop only that origin.
+    fn read_batch(
+        &self,
+        out: &mut Vec<Output>,
+        child: &str,
+        chunks: Vec<ByteBuf>,
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+    ) -> Result<BatchRead, (RejectCode, String)> {
+        let mut r = BatchRead::default();
+        for bytes in chunks {
+            let chunk =
+                Chunk::decode(&bytes).map_err(|e| (RejectCode::Malformed, e.to_string()))?;
+            let origin = chunk.origin.clone();
+            if self.refused.contains_key(&origin) || r.refusals.iter().any(|x| x.0 == origin) {
+                continue;
+            }
+            let tip = r
+                .tips
+                .get(&origin)
+                .or_else(|| self.tips.get(&origin))
+                .copied()
+                .or_else(|| log.head(&origin))
+                .unwrap_or((0, ZERO_HASH));
+            match self.check_chunk(&chunk, child, tip, topo, log) {
+                Ok(None) => {}
+                Ok(Some((after, hashes_in))) => r.accept(chunk, after, &hashes_in),
+                Err(refusal) if refusal.code == RejectCode::Gap => {
+                    return Err((RejectCode::Gap, refusal.message))
+                }
+                Err(refusal) => {
+                    if let Some((seq, ours)) = refusal.fork {
+                        out.push(Output::Equivocation {
+                            origin: origin.clone(),
+                            seq,
+                            ours,
+                            theirs: chunk,
+                        });
+                    }
+                    r.refusals
+                        .push((origin, refusal.seq, refusal.code, refusal.message));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Checks one chunk against the topology, its signature and the held
+    /// chain (`tip`: the head including accepted, not yet durable batches).
+    /// `Ok(None)`: wholly held already (identical); `Ok(Some((after,
+    /// hashes)))`: new after seq `after`, with every event's hash.
+    fn check_chunk(
+        &self,
+        chunk: &Chunk,
+        child: &str,
+        (tip_seq, tip_hash): (u64, Hash32),
+        topo: &dyn TopologyView,
+        log: &dyn StoredLog,
+    ) -> Result<Option<(u64, Vec<Hash32>)>, Refusal> {
+        let origin = chunk.origin.as_str();
+        let (first, last) = (chunk.first_seq(), chunk.last_seq());
+        let (first_prev, hashes_in) = authenticate(chunk, child, topo)?;
+        if first > tip_seq.saturating_add(1) {
+            let m = format!(
+                "origin {origin}: expected seq {}, got {first} (gap)",
+                tip_seq.saturating_add(1)
+            );
+            return Err(Refusal::new(RejectCode::Gap, first, m));
+        }
+        let fork = |seq: u64, ours: Hash32, m: String| Refusal {
+            code: RejectCode::Equivocation,
+            seq,
+            message: m,
+            fork: Some((seq, ours)),
+        };
+        if last <= tip_seq {
+            // Entirely known: a duplicate if identical.
+            let theirs = *hashes_in.last().expect("chunks are non-empty");
+            let Some(ours) = self.known_hash(log, origin, last) else {
+                let m = format!("cannot read {origin}/{last}");
+                return Err(Refusal::new(RejectCode::Protocol, last, m));
+            };
+            if ours != theirs {
+                let m = format!(
+                    "origin {origin} seq {last}: a different event than the one held (equivocation)"
+                );
+                return Err(fork(last, ours, m));
+            }
+            return Ok(None);
+        }
+        if first <= tip_seq {
+            let idx = usize::try_from(tip_seq - first).expect("fits");
+            if hashes_in[idx] != tip_hash {
+                let m = format!(
+                    "origin {origin} seq {tip_seq}: a different event than the one held (equivocation)"
+                );
+                return Err(fork(tip_seq, tip_hash, m));
+            }
+        } else if first_prev != tip_hash {
+            // first == tip_seq + 1
+            if tip_seq == 0 {
+                let m = format!("origin {origin} seq 1 has a non-zero prev");
+                return Err(Refusal::new(RejectCode::BrokenChain, first, m));
+            }
+            let m = format!(
+                "origin {origin}: seq {first} does not follow the held seq {tip_seq} (equivocation)"
+            );
+            return Err(fork(tip_seq, tip_hash, m));
+        }
+        Ok(Some((tip_seq, hashes_in)))
+    }
+}
+
+/// What reading one batch found, before any of it is committed.
+#[derive(Default)]
+struct BatchRead {
+    /// New chunks (trimmed to what is new), to persist.
+    accepted: Vec<Chunk>,
+    /// Per origin touched: its last seq and hash in this batch.
+    touched: Vec<(String, u64, Hash32)>,
+    /// Every new event `(origin, seq)`.
+    hashes: Vec<(String, u64)>,
+    /// Tips as they will be if this batch is accepted.
+    tips: HashMap<String, (u64, Hash32)>,
+    new_pending: Vec<((String, u64), Hash32)>,
+    /// `(origin, seq, code, message)` of origins refused in this batch.
+    refusals: Vec<(String, u64, RejectCode, String)>,
+}
+
+impl BatchRead {
+    /// Takes a verified chunk's events after seq `after`.
+    fn accept(&mut self, chunk: Chunk, after: u64, hashes_in: &[Hash32]) {
+        let origin = chunk.origin.clone();
+        let (first, last) = (chunk.first_seq(), chunk.last_seq());
+        for (seq, h) in (first..=last).zip(hashes_in).filter(|(s, _)| *s > after) {
+            self.new_pending.push(((origin.clone(), seq), *h));
+            self.hashes.push((origin.clone(), seq));
+        }
+        let last_hash = *hashes_in.last().expect("non-empty");
+        self.tips.insert(origin.clone(), (last, last_hash));
+        self.touched.retain(|(o, _, _)| *o != origin);
+        self.touched.push((origin, last, last_hash));
+        self.accepted
+            .push(chunk.suffix_after(after).expect("last > after"));
+    }
+}
+
+/// Whether `chunk` may come from `child` and is authentic: its origin is
+/// in the child's subtree and known, its chain links hold inside it and
+/// the origin's signature on its head verifies. Returns the first event's
+/// `prev` and every event's hash.
+fn authenticate(
+    chunk: &Chunk,
+    child: &str,
+    topo: &dyn TopologyView,
+) -> Result<(Hash32, Vec<Hash32>), Refusal> {
+    let origin = chunk.origin.as_str();
+    let (first, last) = (chunk.first_seq(), chunk.last_seq());
+    if !topo.in_subtree(child, origin) {
+        let m = format!("origin {origin} is not in the subtree of {child}");
+        return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
+    }
+    let Some(key) = topo.key_at(origin, last) else {
+        let m = format!("origin {origin} is unknown");
+        return Err(Refusal::new(RejectCode::ForeignOrigin, first, m));
+    };
+    // (Content is decoded where it is used.)
+    chunk
+        .first_prev()
+        .and_then(|prev| {
+            let hashes = chunk.check_links(first, &prev)?;
+            chunk.head.verify(&key)?;
+            Ok((prev, hashes))
+        })
+        .map_err(|e| {
+            let code = match e {
+                gridsync_model::ChunkError::BadSignature { .. } => RejectCode::BadSignature,
+                _ => RejectCode::BrokenChain,
+            };
+            Refusal::new(code, first, e.to_string())
+        })
+}

@@ -1,0 +1,429 @@
+//! Reading the log back: entries reassembled from their fragments, the
+//! open-time verification of the whole log (chains, signatures, heads
+//! table, chunk index) and the check against the heads record beside it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use gridsync_model::event::event_hash;
+use gridsync_model::{Chunk, Hash32, SignedHead, ZERO_HASH};
+
+use crate::kv::{Kv, KvEntry, KvWrite};
+use crate::layout::{self, FRAGMENT_BYTES_MAX};
+use crate::writer::HeadsOut;
+use crate::{HeadState, KeyLookup, LogCounts, StoreError, StoredChunk};
+
+/// Bytes before the chunk in fragment 0: parts:u16be received_at_ms:i64be.
+const ENTRY_HEADER_BYTES: usize = 10;
+
+/// Encodes one log entry into its fragments' key/value writes.
+pub(crate) fn entry_writes(offset: u64, received_at_ms: i64, chunk_bytes: &[u8]) -> Vec<KvWrite> {
+    let total = ENTRY_HEADER_BYTES + chunk_bytes.len();
+    let parts = total.div_ceil(FRAGMENT_BYTES_MAX);
+    let parts_u16 = u16::try_from(parts).expect("events are limited far below 65535 fragments");
+    let mut whole = Vec::with_capacity(total);
+    whole.extend_from_slice(&parts_u16.to_be_bytes());
+    whole.extend_from_slice(&received_at_ms.to_be_bytes());
+    whole.extend_from_slice(chunk_bytes);
+    whole
+        .chunks(FRAGMENT_BYTES_MAX)
+        .enumerate()
+        .map(|(i, part)| (layout::log_key(offset, i as u16), Some(part.to_vec())))
+        .collect()
+}
+
+pub(crate) fn corrupt(msg: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(msg.into())
+}
+
+fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
+    let mut bytes = Vec::with_capacity(frags.iter().map(|f| f.1.len()).sum());
+    for (i, (k, v)) in frags.iter().enumerate() {
+        match layout::parse_log_key(k) {
+            Some((o, p)) if o == offset && usize::from(p) == i => bytes.extend_from_slice(v),
+            _ => {
+                return Err(corrupt(format!(
+                    "log entry {offset}: fragment {i} missing or out of place"
+                )))
+            }
+        }
+    }
+    if bytes.len() < ENTRY_HEADER_BYTES {
+        return Err(corrupt(format!("log entry {offset}: truncated header")));
+    }
+    let received_at_ms = i64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let chunk = Chunk::decode(&bytes[ENTRY_HEADER_BYTES..])
+        .map_err(|e| corrupt(format!("log entry {offset}: {e}")))?;
+    Ok(StoredChunk {
+        offset,
+        received_at_ms,
+        chunk,
+    })
+}
+
+/// Reads up to `max_entries` consecutive log entries from `offset`.
+pub(crate) fn read_entries(
+    kv: &dyn Kv,
+    offset: u64,
+    max_entries: usize,
+) -> Result<Vec<StoredChunk>, StoreError> {
+    let mut out = Vec::new();
+    let mut next = offset;
+    while out.len() < max_entries {
+        let want = max_entries - out.len();
+        // One fragment per entry is the common case; an entry with more
+        // fragments than the page holds is fetched whole below.
+        let page = kv.scan(&layout::log_key(next, 0), &[layout::LOG], want)?;
+        if page.is_empty() {
+            break;
+        }
+        let mut i = 0;
+        let mut progressed = false;
+        while i < page.len() && out.len() < max_entries {
+            let (off, part) =
+                layout::parse_log_key(&page[i].0).ok_or_else(|| corrupt("malformed log key"))?;
+            if off != next {
+                return Err(corrupt(format!(
+                    "log entry {next} is missing (found {off} after it)"
+                )));
+            }
+            if part != 0 || page[i].1.len() < 2 {
+                return Err(corrupt(format!("log entry {off}: first fragment missing")));
+            }
+            let parts = usize::from(u16::from_be_bytes([page[i].1[0], page[i].1[1]]));
+            if parts == 0 {
+                return Err(corrupt(format!("log entry {off}: zero fragments")));
+            }
+            if i + parts > page.len() {
+                break;
+            }
+            out.push(assemble(off, &page[i..i + parts])?);
+            next = off + 1;
+            i += parts;
+            progressed = true;
+        }
+        if !progressed {
+            // One entry with more fragments than the page held.
+            let prefix = layout::log_prefix(next);
+            let frags = kv.scan(&prefix, &prefix, usize::from(u16::MAX))?;
+            out.push(assemble(next, &frags)?);
+            next += 1;
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) struct Recovered {
+    pub next_offset: u64,
+    pub heads: BTreeMap<String, HeadState>,
+    pub counts: LogCounts,
+}
+
+/// Index entries of one origin, read in key (= seq) order a page at a
+/// time: the open-time index check compares them with the log entries of
+/// that origin as they come, holding a page per origin, not the index.
+struct IndexCursor {
+    prefix: Vec<u8>,
+    next_start: Vec<u8>,
+    page: std::collections::VecDeque<crate::kv::KvEntry>,
+    done: bool,
+}
+
+const INDEX_PAGE: usize = 64;
+
+impl IndexCursor {
+    fn new(origin: &str) -> Self {
+        let prefix = layout::index_prefix(origin);
+        Self {
+            next_start: prefix.clone(),
+            prefix,
+            page: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
+    fn next(&mut self, kv: &dyn Kv) -> Result<Option<crate::kv::KvEntry>, StoreError> {
+        if self.page.is_empty() && !self.done {
+            let got = kv.scan(&self.next_start, &self.prefix, INDEX_PAGE)?;
+            self.done = got.len() < INDEX_PAGE;
+            if let Some((k, _)) = got.last() {
+                self.next_start = k.clone();
+                self.next_start.push(0);
+            }
+            self.page.extend(got);
+        }
+        Ok(self.page.pop_front())
+    }
+}
+
+/// Counts the keys under `prefix`, a page at a time.
+fn count_keys(kv: &dyn Kv, prefix: &[u8]) -> Result<u64, StoreError> {
+    let mut start = prefix.to_vec();
+    let mut n = 0u64;
+    loop {
+        let got = kv.scan(&start, prefix, 4096)?;
+        n += got.len() as u64;
+        match got.last() {
+            Some((k, _)) if got.len() == 4096 => {
+                start = k.clone();
+                start.push(0);
+            }
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// Reads the whole log back, recomputing every event's chain link, and
+/// checks the heads table and the chunk index against it. Signatures: each
+/// origin's newest head (which authenticates its whole chain through the
+/// links), or every chunk's with `verify_all`. Memory holds per-origin
+/// state and a page of index entries per origin, never the log or index.
+pub(crate) fn recover(
+    kv: &dyn Kv,
+    keys: &KeyLookup,
+    verify_all: bool,
+) -> Result<Recovered, StoreError> {
+    let started = Instant::now();
+    let mut heads: BTreeMap<String, HeadState> = BTreeMap::new();
+    let mut cursors: HashMap<String, IndexCursor> = HashMap::new();
+    let mut counts = LogCounts::default();
+    let mut next = 0u64;
+    loop {
+        let entries = read_entries(kv, next, 512)?;
+        if entries.is_empty() {
+            break;
+        }
+        for e in entries {
+            let origin = e.chunk.origin.clone();
+            let prev = heads
+                .get(&origin)
+                .map_or((0, ZERO_HASH), |h| (h.seq, h.hash));
+            let key = keys(&origin, e.chunk.last_seq()).ok_or_else(|| {
+                corrupt(format!(
+                    "log entry {} holds events of origin {origin:?}, which the topology does not list, so they cannot be verified",
+                    e.offset
+                ))
+            })?;
+            check_recovered_entry(&e, prev, verify_all.then_some(&key))?;
+            let cursor = cursors
+                .entry(origin.clone())
+                .or_insert_with(|| IndexCursor::new(&origin));
+            check_index_entry(kv, cursor, &e)?;
+            counts.chunks += 1;
+            counts.events += e.chunk.events.len() as u64;
+            let head = HeadState {
+                seq: e.chunk.head.seq,
+                hash: e.chunk.head.hash,
+                signed: e.chunk.head.clone(),
+            };
+            heads.insert(origin, head);
+            next = e.offset + 1;
+        }
+    }
+    // Each origin's newest signed head vouches for its whole chain.
+    if !verify_all {
+        for (origin, h) in &heads {
+            let key = keys(origin, h.seq)
+                .ok_or_else(|| corrupt(format!("origin {origin:?} is not in the topology")))?;
+            h.signed
+                .verify(&key)
+                .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))?;
+        }
+    }
+    check_heads_table(kv, &heads)?;
+    // Every log entry matched its own index entry; equal counts leave no
+    // index entry without one.
+    let index_found = count_keys(kv, &[layout::INDEX])?;
+    if index_found != counts.chunks {
+        return Err(corrupt(format!(
+            "chunk index has {index_found} entries but the log has {} chunks",
+            counts.chunks
+        )));
+    }
+    tracing::info!(
+        chunks = counts.chunks,
+        events = counts.events,
+        origins = heads.len(),
+        all_signatures = verify_all,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "log verified on open"
+    );
+    Ok(Recovered {
+        next_offset: next,
+        heads,
+        counts,
+    })
+}
+
+/// One log entry at open: it continues its origin's chain from `(seq,
+/// hash)`, its links hold, and (with `key`) its signature verifies.
+fn check_recovered_entry(
+    e: &StoredChunk,
+    (seq, prev): (u64, Hash32),
+    key: Option<&ed25519_dalek::VerifyingKey>,
+) -> Result<(), StoreError> {
+    let origin = &e.chunk.origin;
+    if e.chunk.first_seq() != seq.saturating_add(1) {
+        return Err(corrupt(format!(
+            "log entry {}: origin {origin} resumes at seq {} but the log holds up to seq {seq}",
+            e.offset,
+            e.chunk.first_seq()
+        )));
+    }
+    e.chunk
+        .check_links(seq.saturating_add(1), &prev)
+        .and_then(|_| key.map_or(Ok(()), |k| e.chunk.head.verify(k)))
+        .map_err(|err| corrupt(format!("log entry {}: {err}", e.offset)))
+}
+
+/// The origin's next chunk-index entry must point at this log entry.
+fn check_index_entry(
+    kv: &dyn Kv,
+    cursor: &mut IndexCursor,
+    e: &StoredChunk,
+) -> Result<(), StoreError> {
+    let expected = (
+        layout::index_key(&e.chunk.origin, e.chunk.last_seq()),
+        layout::index_value(e.offset, e.chunk.first_seq()),
+    );
+    if cursor.next(kv)?.as_ref() != Some(&expected) {
+        return Err(corrupt(format!(
+            "chunk index does not match the log at entry {} (origin {}, seq {})",
+            e.offset,
+            e.chunk.origin,
+            e.chunk.last_seq()
+        )));
+    }
+    Ok(())
+}
+
+/// The heads table must say exactly what the log says.
+fn check_heads_table(kv: &dyn Kv, heads: &BTreeMap<String, HeadState>) -> Result<(), StoreError> {
+    let mut table: BTreeMap<String, HeadState> = BTreeMap::new();
+    for (k, v) in kv.scan(&[layout::HEAD], &[layout::HEAD], usize::MAX)? {
+        let origin =
+            String::from_utf8(k[1..].to_vec()).map_err(|_| corrupt("malformed heads key"))?;
+        table.insert(origin, decode_head_value(&v)?);
+    }
+    for (origin, h) in heads {
+        match table.get(origin) {
+            Some(t) if t == h => {}
+            Some(t) => {
+                return Err(corrupt(format!(
+                    "heads table says origin {origin} is at seq {} but the log ends at seq {}; the log was cut or altered",
+                    t.seq, h.seq
+                )))
+            }
+            None => return Err(corrupt(format!("heads table lacks origin {origin}, which the log holds"))),
+        }
+    }
+    if let Some(extra) = table.keys().find(|o| !heads.contains_key(*o)) {
+        return Err(corrupt(format!(
+            "heads table lists origin {extra} at seq {} but the log holds none of its events; the log was cut or altered",
+            table[extra].seq
+        )));
+    }
+    Ok(())
+}
+
+/// Hash of event `seq` of `origin` as the log holds it (durably).
+pub(crate) fn hash_in_log(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+) -> Result<Option<Hash32>, StoreError> {
+    let start = layout::index_key(origin, seq);
+    let prefix = layout::index_prefix(origin);
+    let Some((_, v)) = kv.scan(&start, &prefix, 1)?.pop() else {
+        return Ok(None);
+    };
+    let (offset, _) =
+        layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
+    Ok(read_entries(kv, offset, 1)?
+        .pop()
+        .and_then(|e| event_in_chunk(&e.chunk, seq)))
+}
+
+pub(crate) fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
+    (c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
+        let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
+        event_hash(&c.events[i].envelope)
+    })
+}
+
+/// Compares the log with the heads record beside it: a log holding less
+/// than the record is refused (or, with `accept`, reported and taken).
+pub(crate) fn check_heads_record(
+    kv: &dyn Kv,
+    data_dir: &std::path::Path,
+    recovered: &Recovered,
+    accept: bool,
+) -> Result<HeadsOut, StoreError> {
+    use crate::heads_file::{self, Loaded};
+    let loaded = heads_file::load(data_dir);
+    let was_valid = matches!(loaded, Loaded::Valid(_));
+    let (generation, problems) = match loaded {
+        Loaded::Absent => (0, Vec::new()),
+        Loaded::Damaged(m) => (2, vec![m]),
+        Loaded::Valid(r) => {
+            let mut problems = Vec::new();
+            for (origin, h) in &r.heads {
+                let held = recovered.heads.get(origin).map_or(0, |s| s.seq);
+                if held < h.seq {
+                    problems.push(format!(
+                        "origin {origin}: the log holds up to seq {held}, the record up to seq {} (seqs {}–{} missing)",
+                        h.seq,
+                        held + 1,
+                        h.seq
+                    ));
+                } else if hash_in_log(kv, origin, h.seq)? != Some(h.hash) {
+                    problems.push(format!(
+                        "origin {origin}: the log's event at seq {} differs from the recorded one",
+                        h.seq
+                    ));
+                }
+            }
+            if problems.is_empty() && recovered.next_offset < r.next_offset {
+                problems.push(format!(
+                    "the log has {} entries, the record {}",
+                    recovered.next_offset, r.next_offset
+                ));
+            }
+            (r.generation, problems)
+        }
+    };
+    if !problems.is_empty() {
+        let what = problems.join("; ");
+        if !accept {
+            return Err(StoreError::Truncated(what));
+        }
+        tracing::error!(
+            missing = %what,
+            "taking a log shorter than its heads record (--after-restore): the missing events come back from the parent or the children"
+        );
+    }
+    let mut out = HeadsOut::new(data_dir, generation);
+    // Record what this log holds now (a new node, an older store, or an
+    // accepted shorter log).
+    out.dirty = !was_valid || !problems.is_empty();
+    Ok(out)
+}
+
+pub(crate) fn encode_head_value(h: &HeadState) -> Vec<u8> {
+    let mut v = Vec::with_capacity(180);
+    v.extend_from_slice(&h.seq.to_be_bytes());
+    v.extend_from_slice(&h.hash);
+    v.extend_from_slice(&h.signed.encode());
+    v
+}
+
+pub(crate) fn decode_head_value(v: &[u8]) -> Result<HeadState, StoreError> {
+    if v.len() < 40 {
+        return Err(corrupt("malformed heads entry"));
+    }
+    Ok(HeadState {
+        seq: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+        hash: v[8..40].try_into().expect("32 bytes"),
+        signed: SignedHead::decode(&v[40..]).map_err(|e| corrupt(format!("heads entry: {e}")))?,
+    })
+}
