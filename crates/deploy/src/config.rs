@@ -77,6 +77,10 @@ pub struct ProjectionSettings {
     pub flagged_region_prefixes: Vec<String>,
     /// Longest day range one aggregates query may ask for.
     pub query_days_max: i32,
+    /// Save the projection beside the log at most this often (and at
+    /// shutdown), so a restart folds only what came after it; 0 = never
+    /// (every start folds the whole log).
+    pub snapshot_interval_s: u64,
 }
 
 impl Default for ProjectionSettings {
@@ -85,6 +89,7 @@ impl Default for ProjectionSettings {
             fever_celsius: 37.3,
             flagged_region_prefixes: vec!["湖北".to_owned()],
             query_days_max: 366,
+            snapshot_interval_s: 60,
         }
     }
 }

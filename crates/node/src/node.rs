@@ -50,7 +50,9 @@ pub fn open_for_rebuild(
     config: NodeConfig,
     progress: &dyn Fn(u64),
 ) -> Result<(Arc<NodeState>, std::time::Duration), StartError> {
-    open_node_with(config, &OpenOptions::default(), progress)
+    // A rebuild folds the whole log: never the saved projection (so it
+    // can check a running node's numbers independently).
+    open_node_with(config, &OpenOptions::default(), progress, false)
 }
 
 /// Loads topology and key, checks them against the config, opens and
@@ -62,13 +64,14 @@ pub fn open_node(
     config: NodeConfig,
     unsafe_opts: &OpenOptions,
 ) -> Result<Arc<NodeState>, StartError> {
-    open_node_with(config, unsafe_opts, &|_| {}).map(|(s, _)| s)
+    open_node_with(config, unsafe_opts, &|_| {}, true).map(|(s, _)| s)
 }
 
 fn open_node_with(
     config: NodeConfig,
     unsafe_opts: &OpenOptions,
     progress: &dyn Fn(u64),
+    use_snapshot: bool,
 ) -> Result<(Arc<NodeState>, std::time::Duration), StartError> {
     let (topology, key) = load_identity(&config)?;
     let (tls_server, tls_client) = tls_setup(&config, &topology)?;
@@ -87,7 +90,9 @@ fn open_node_with(
     pcfg.fever_celsius = config.projections.fever_celsius;
     pcfg.flagged_region_prefixes = config.projections.flagged_region_prefixes.clone();
     let started = std::time::Instant::now();
-    let projector = crate::projector::Projector::rebuild(&store, pcfg, progress)
+    let snapshot = (use_snapshot && config.projections.snapshot_interval_s > 0)
+        .then(|| gridsync_projections::snapshot::path(&config.data_dir));
+    let projector = crate::projector::Projector::open(&store, pcfg, snapshot, progress)
         .map_err(|e| StartError(format!("cannot build the projection: {e}")))?;
     let rebuild_time = started.elapsed();
     tracing::info!(
@@ -243,4 +248,42 @@ fn tls_setup(config: &NodeConfig, topology: &Topology) -> Result<TlsConfigs, Sta
         )));
     };
     Ok((server, client))
+}
+
+/// After an open at the log's checkpoint, reads the whole log back (chains,
+/// chunk index, each origin's newest signature) beside the running node.
+/// If it does not verify, the store stops taking events at once — posts
+/// and imports are refused with the reason — and the error is logged; the
+/// operator keeps the data directory for `gridsync audit verify`. Stops
+/// early (without a verdict) when the node shuts down.
+pub fn verify_log_after_open(state: &NodeState) {
+    let node = state.config.id.clone();
+    if !state.store.opened_at_checkpoint() {
+        metrics::gauge!("gridsync_log_verified", "node" => node).set(1.0);
+        return;
+    }
+    metrics::gauge!("gridsync_log_verified", "node" => node.clone()).set(0.0);
+    let started = std::time::Instant::now();
+    let stop = state.sync.stop.subscribe();
+    match state.store.verify_log(false, &|| *stop.borrow()) {
+        Ok(counts) => {
+            metrics::gauge!("gridsync_log_verified", "node" => node).set(1.0);
+            tracing::info!(
+                chunks = counts.chunks,
+                events = counts.events,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "whole log verified after the open"
+            );
+        }
+        Err(gridsync_store::StoreError::Closed) => {}
+        Err(e) => {
+            metrics::gauge!("gridsync_log_verified", "node" => node).set(-1.0);
+            let why = format!(
+                "the log does not verify: {e}. This node takes no more events; keep its data \
+                 directory and run `gridsync audit verify` on it"
+            );
+            tracing::error!("{why}");
+            state.store.fail(&why);
+        }
+    }
 }

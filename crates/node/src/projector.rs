@@ -1,15 +1,20 @@
-//! The node's projection, kept in memory, rebuilt from the log on start and
-//! advanced after every commit.
+//! The node's projection, kept in memory, advanced after every commit, and
+//! saved beside the log (`gridsync_projections::snapshot`) at most every
+//! `projections.snapshot_interval_s` and at shutdown.
 //!
-//! Keeping projection state only in memory makes "consistent with the log
-//! across crashes" hold by construction: after any crash the projection is a
-//! fresh fold of the durable log, so nothing can be counted twice or missed.
-//! The price is the rebuild at start (see BENCHMARKS.md for its speed).
+//! The projection is derived data: at start it is the saved one folded on
+//! with what was committed after it, when the snapshot belongs to this log
+//! and these settings; otherwise (none, damaged, another log, a fold after
+//! it that fails) a fresh fold of the whole durable log. Either way nothing
+//! is counted twice or missed: the snapshot records exactly the log entry
+//! its state stops before.
 
-use std::sync::RwLock;
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use gridsync_projections::fold::{fold_log, Cut};
-use gridsync_projections::{Projection, ProjectionConfig};
+use gridsync_projections::{snapshot, Projection, ProjectionConfig};
 use gridsync_store::{Store, StoreError};
 use tokio::sync::watch;
 
@@ -17,7 +22,15 @@ use tokio::sync::watch;
 pub struct Projector {
     pub projection: RwLock<Projection>,
     /// Log offset applied up to (next entry to apply); changes wake streams.
+    /// Moves only while the projection's write lock is held.
     pub applied: watch::Sender<u64>,
+    /// Where the projection is saved (none: never saved).
+    snapshot: Option<PathBuf>,
+    /// When it was last saved, and at which offset.
+    saved: Mutex<(Option<Instant>, u64)>,
+    /// The log entry the start folded from: the snapshot's, or 0 when the
+    /// whole log was folded (metric `gridsync_projection_resumed_from`).
+    pub resumed_from: u64,
 }
 
 impl Projector {
@@ -30,11 +43,57 @@ impl Projector {
         cfg: ProjectionConfig,
         progress: &dyn Fn(u64),
     ) -> Result<Self, StoreError> {
-        let mut p = Projection::new(cfg);
-        let offset = fold_log(store, &mut p, 0, Cut::Everything, progress)?;
+        Self::open(store, cfg, None, progress)
+    }
+
+    /// The projection from the snapshot in `snapshot` folded on to the end
+    /// of the log, or (without a snapshot that fits) from the whole log.
+    ///
+    /// # Errors
+    /// Storage errors, or a log whose events are out of order.
+    pub fn open(
+        store: &Store,
+        cfg: ProjectionConfig,
+        snapshot: Option<PathBuf>,
+        progress: &dyn Fn(u64),
+    ) -> Result<Self, StoreError> {
+        let loaded = match snapshot.as_deref() {
+            Some(file) if file.exists() => match snapshot::load(file, cfg.clone(), store) {
+                Ok(x) => Some(x),
+                Err(why) => {
+                    tracing::warn!(file = %file.display(), %why, "projection snapshot not used; folding the whole log");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let resumed = loaded.and_then(|(mut p, from)| {
+            match fold_log(store, &mut p, from, Cut::Everything, progress) {
+                Ok(to) => {
+                    tracing::info!(from, to, "projection resumed from its snapshot");
+                    Some((p, to, from))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "folding on from the projection snapshot failed; folding the whole log");
+                    None
+                }
+            }
+        });
+        let (p, offset, saved_at): (Projection, u64, u64) = match resumed {
+            Some(x) => x,
+            None => {
+                let mut p = Projection::new(cfg);
+                let to = fold_log(store, &mut p, 0, Cut::Everything, progress)?;
+                // A snapshot that did not fit is replaced at the next save.
+                (p, to, u64::MAX)
+            }
+        };
         Ok(Self {
             projection: RwLock::new(p),
             applied: watch::channel(offset).0,
+            snapshot,
+            saved: Mutex::new((None, saved_at)),
+            resumed_from: if saved_at == u64::MAX { 0 } else { saved_at },
         })
     }
 
@@ -43,13 +102,41 @@ impl Projector {
     /// # Errors
     /// Storage errors.
     pub fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
-        let from = *self.applied.borrow();
         let mut p = self.projection.write().expect("lock");
+        let from = *self.applied.borrow();
         let to = fold_log(store, &mut p, from, Cut::Everything, &|_| {})?;
-        drop(p);
         if to != from {
             self.applied.send_replace(to);
         }
         Ok(())
+    }
+
+    /// Saves the projection if it moved since the last save and `interval`
+    /// has passed (or `now`). Failures are logged: the snapshot is only a
+    /// shortcut for the next start.
+    pub fn save_if_due(&self, store: &Store, interval: Duration, now: bool) {
+        let Some(file) = &self.snapshot else { return };
+        let mut saved = self.saved.lock().expect("lock");
+        let due = now || saved.0.is_none_or(|t| t.elapsed() >= interval);
+        let p = self.projection.read().expect("lock");
+        // Read under the lock: the offset the state stops before.
+        let applied = *self.applied.borrow();
+        if !due || saved.1 == applied {
+            return;
+        }
+        let started = Instant::now();
+        match snapshot::save(&p, applied, store, file) {
+            Ok(()) => {
+                *saved = (Some(Instant::now()), applied);
+                tracing::debug!(
+                    offset = applied,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "projection saved"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot save the projection")
+            }
+        }
     }
 }

@@ -16,10 +16,11 @@
 
 pub mod fold;
 pub mod rollup;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Metric names, in the order of [`Counts`].
 pub const METRICS: [&str; 16] = [
@@ -210,7 +211,7 @@ const Q_ONGOING: u8 = 2;
 const Q_ENDED: u8 = 3;
 
 /// Up to four metric increments, without a heap allocation per event.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Deltas {
     items: [(usize, i64); 4],
     len: usize,
@@ -228,7 +229,7 @@ impl Deltas {
 }
 
 /// What one event adds to its origin's state.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Effect {
     day: Day,
     deltas: Deltas,
@@ -236,7 +237,7 @@ struct Effect {
     visit: Option<(String, u8, i64)>,
 }
 
-#[derive(Default, Clone, Debug)]
+#[derive(Default, Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct OriginState {
     applied_seq: u64,
     newest_recorded_ms: i64,
@@ -274,6 +275,13 @@ impl Projection {
 
     pub fn config(&self) -> &ProjectionConfig {
         &self.cfg
+    }
+
+    /// Whether two projections hold the same state (every origin's counts,
+    /// visit timelines, corrections and applied seq), whatever their
+    /// settings' identity.
+    pub fn same_state(&self, other: &Projection) -> bool {
+        self.origins == other.origins
     }
 
     /// Highest seq of `origin` applied.

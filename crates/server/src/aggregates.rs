@@ -18,19 +18,34 @@ use gridsync_node::error::ApiError;
 use gridsync_node::state::NodeState;
 
 /// Keeps the projection up to date with the log: woken by every commit.
+/// Saves it beside the log at most every `projections.snapshot_interval_s`,
+/// and once more when the node stops.
 pub async fn run_projector(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut committed = state.store.subscribe();
+    let interval = Duration::from_secs(state.config.projections.snapshot_interval_s);
     loop {
         let s = state.clone();
-        let r = tokio::task::spawn_blocking(move || s.projector.catch_up(&s.store)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            let r = s.projector.catch_up(&s.store);
+            s.projector.save_if_due(&s.store, interval, false);
+            r
+        })
+        .await;
         if let Ok(Err(e)) = r {
             tracing::error!(error = %e, "projection could not advance");
         }
         tokio::select! {
-            c = committed.changed() => if c.is_err() { return },
-            _ = stop.changed() => return,
+            c = committed.changed() => if c.is_err() { break },
+            _ = stop.changed() => break,
         }
     }
+    let s = state.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if s.projector.catch_up(&s.store).is_ok() {
+            s.projector.save_if_due(&s.store, interval, true);
+        }
+    })
+    .await;
 }
 
 #[derive(Debug, Deserialize)]

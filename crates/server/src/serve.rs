@@ -23,6 +23,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = crate::http::router(state.clone());
+    metrics::gauge!("gridsync_projection_resumed_from", "node" => state.config.id.clone())
+        .set(state.projector.resumed_from as f64);
     let upstream = tokio::spawn(gridsync_node::sync::run_upstream(
         state.clone(),
         state.sync.stop.subscribe(),
@@ -31,11 +33,15 @@ pub async fn serve(
         state.clone(),
         state.sync.stop.subscribe(),
     ));
+    let s = state.clone();
+    let verifier =
+        tokio::task::spawn_blocking(move || gridsync_node::node::verify_log_after_open(&s));
     let stop_tx = state.sync.stop.clone();
     serve_http(&state, app, listener, shutdown, &stop_tx).await;
     let _ = stop_tx.send(true);
     let _ = upstream.await;
     let _ = projector.await;
+    let _ = verifier.await;
     state.http_permits.close();
     let store = state.store.clone();
     drop(state);

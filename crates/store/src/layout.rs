@@ -27,6 +27,9 @@ pub const EVIDENCE: u8 = b'E';
 pub const EVIDENCE_SUMMARY: u8 = b'X';
 /// Why an origin refuses posts for now (absent when it takes them).
 pub const HOLD_KEY: &[u8] = b"Z";
+/// The checkpoint: where the log ends and what it holds, written in every
+/// commit's batch (`next_offset ‖ chunks ‖ events`, u64be each).
+pub const CHECKPOINT_KEY: &[u8] = b"K";
 
 /// Largest sled value the log writes. sled 0.34.7 moves a serialized tree
 /// node over ~128 KiB to a blob file it never fsyncs, and a node holds up to

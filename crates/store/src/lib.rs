@@ -116,6 +116,8 @@ pub struct Store {
     handle: Arc<WriterHandle>,
     origin: Option<String>,
     read_uncommitted: bool,
+    /// What the open found (for [`Store::verify_log`]) and the key lookup.
+    opened: Arc<(recover::Recovered, KeyLookup)>,
 }
 
 impl Store {
@@ -151,7 +153,13 @@ impl Store {
                 )))
             }
         }
-        let recovered = recover::recover(kv.as_ref(), &keys, config.verify_all_signatures)?;
+        let recovered = recover::recover(
+            kv.as_ref(),
+            &keys,
+            config.verify_all_signatures,
+            config.verify_whole_log,
+        )?;
+        let opened = Arc::new((recovered.clone(), keys));
         let heads_writer = match &config.heads_record {
             None => None,
             Some(dir) => Some(recover::check_heads_record(
@@ -200,7 +208,40 @@ impl Store {
             }),
             origin: origin_id,
             read_uncommitted: config_read_uncommitted,
+            opened,
         })
+    }
+
+    /// Reads back every entry the log held when it was opened — chains,
+    /// chunk index, each origin's newest signature (every chunk's with
+    /// `verify_all`) — and checks they reach exactly the heads and counts
+    /// the open found. An open at a checkpoint leaves this to be run after
+    /// the node listens; it reads only committed entries, beside the writer.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] naming the first problem, or a read error.
+    /// `stop` is asked between pages of the log: once it says so, the pass
+    /// ends with [`StoreError::Closed`].
+    pub fn verify_log(
+        &self,
+        verify_all: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<LogCounts, StoreError> {
+        let (opened, keys) = &*self.opened;
+        recover::verify_log(self.shared.kv.as_ref(), keys, verify_all, opened, stop)
+    }
+
+    /// Whether the open checked the log at its checkpoint only (the whole
+    /// log is then for [`Store::verify_log`]).
+    pub fn opened_at_checkpoint(&self) -> bool {
+        self.opened.0.at_checkpoint
+    }
+
+    /// Stops the store acknowledging anything more, for `why` (a log found
+    /// damaged after the open): every append and import is refused from
+    /// now on with [`StoreError::Failed`].
+    pub fn fail(&self, why: &str) {
+        self.shared.fail(why.to_owned());
     }
 
     /// Appends events created at this node (an origin), all or nothing.

@@ -113,7 +113,11 @@ pub(crate) fn read_entries(
     Ok(out)
 }
 
+#[derive(Clone)]
 pub(crate) struct Recovered {
+    /// Opened at a checkpoint: the entries before it are left to
+    /// [`verify_log`].
+    pub at_checkpoint: bool,
     pub next_offset: u64,
     pub heads: BTreeMap<String, HeadState>,
     pub counts: LogCounts,
@@ -173,27 +177,216 @@ fn count_keys(kv: &dyn Kv, prefix: &[u8]) -> Result<u64, StoreError> {
     }
 }
 
-/// Reads the whole log back, recomputing every event's chain link, and
-/// checks the heads table and the chunk index against it. Signatures: each
-/// origin's newest head (which authenticates its whole chain through the
-/// links), or every chunk's with `verify_all`. Memory holds per-origin
-/// state and a page of index entries per origin, never the log or index.
+/// Opens the log: with a checkpoint (and neither `whole_log` nor
+/// `verify_all`), checks what the checkpoint vouches for — every origin's
+/// signed head in the heads table, and that the log ends where the
+/// checkpoint says with the head the table lists — in time independent of
+/// the log's length; otherwise reads the whole log back ([`walk_log`]) and
+/// checks the heads table, the chunk index and the checkpoint against it.
 pub(crate) fn recover(
     kv: &dyn Kv,
     keys: &KeyLookup,
     verify_all: bool,
+    whole_log: bool,
 ) -> Result<Recovered, StoreError> {
     let started = Instant::now();
+    let checkpoint = read_checkpoint(kv)?;
+    let (recovered, how) = match checkpoint {
+        Some(cp) if !whole_log && !verify_all => (open_at_checkpoint(kv, keys, cp)?, "checkpoint"),
+        _ => {
+            let r = walk_log(kv, keys, verify_all, None, &|| false)?;
+            check_heads_table(kv, &r.heads)?;
+            // Every log entry matched its own index entry; equal counts
+            // leave no index entry without one.
+            let index_found = count_keys(kv, &[layout::INDEX])?;
+            if index_found != r.counts.chunks {
+                return Err(corrupt(format!(
+                    "chunk index has {index_found} entries but the log has {} chunks",
+                    r.counts.chunks
+                )));
+            }
+            if let Some(cp) = checkpoint {
+                if (cp.next_offset, cp.counts) != (r.next_offset, r.counts) {
+                    return Err(corrupt(format!(
+                        "the checkpoint says the log ends at entry {} with {} events, but it ends at {} with {}",
+                        cp.next_offset, cp.counts.events, r.next_offset, r.counts.events
+                    )));
+                }
+            }
+            (r, "whole log")
+        }
+    };
+    tracing::info!(
+        chunks = recovered.counts.chunks,
+        events = recovered.counts.events,
+        origins = recovered.heads.len(),
+        checked = how,
+        all_signatures = verify_all,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "log verified on open"
+    );
+    Ok(recovered)
+}
+
+/// Where the log ended at the last commit, and what it held.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Checkpoint {
+    next_offset: u64,
+    counts: LogCounts,
+}
+
+pub(crate) fn encode_checkpoint(next_offset: u64, counts: LogCounts) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&next_offset.to_be_bytes());
+    v.extend_from_slice(&counts.chunks.to_be_bytes());
+    v.extend_from_slice(&counts.events.to_be_bytes());
+    v
+}
+
+fn read_checkpoint(kv: &dyn Kv) -> Result<Option<Checkpoint>, StoreError> {
+    let Some(v) = kv.get(layout::CHECKPOINT_KEY)? else {
+        return Ok(None);
+    };
+    let n = |i: usize| {
+        v.get(i * 8..i * 8 + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+    };
+    match (n(0), n(1), n(2)) {
+        (Some(next_offset), Some(chunks), Some(events)) if v.len() == 24 => Ok(Some(Checkpoint {
+            next_offset,
+            counts: LogCounts { chunks, events },
+        })),
+        _ => Err(corrupt("malformed checkpoint record")),
+    }
+}
+
+/// The open at a checkpoint: every origin's head in the heads table carries
+/// its origin's valid signature (which covers its whole chain through the
+/// hash links), and the log's last entry is the checkpoint's and ends in
+/// the head the table lists for its origin. What lies before it is checked
+/// by [`verify_log`], after the node listens.
+fn open_at_checkpoint(
+    kv: &dyn Kv,
+    keys: &KeyLookup,
+    cp: Checkpoint,
+) -> Result<Recovered, StoreError> {
+    let mut heads = BTreeMap::new();
+    for (k, v) in kv.scan(&[layout::HEAD], &[layout::HEAD], usize::MAX)? {
+        let origin =
+            String::from_utf8(k[1..].to_vec()).map_err(|_| corrupt("malformed heads key"))?;
+        let h = decode_head_value(&v)?;
+        let key = keys(&origin, h.seq)
+            .ok_or_else(|| corrupt(format!("origin {origin:?} is not in the topology")))?;
+        let signed =
+            (h.signed.origin == origin, h.signed.seq, h.signed.hash) == (true, h.seq, h.hash);
+        if !signed {
+            return Err(corrupt(format!(
+                "heads table entry of {origin} is not its signed head"
+            )));
+        }
+        h.signed
+            .verify(&key)
+            .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))?;
+        heads.insert(origin, h);
+    }
+    let last = kv
+        .last_with_prefix(&[layout::LOG])?
+        .and_then(|(k, _)| layout::parse_log_key(&k))
+        .map(|(offset, _)| offset);
+    if last.map_or(0, |o| o + 1) != cp.next_offset {
+        return Err(corrupt(format!(
+            "the checkpoint says the log ends before entry {} but its last entry is {:?}; \
+             the log was cut or altered (serve --verify-all reads it all)",
+            cp.next_offset, last
+        )));
+    }
+    if let Some(offset) = last {
+        let e = read_entries(kv, offset, 1)?
+            .pop()
+            .ok_or_else(|| corrupt(format!("log entry {offset} cannot be read")))?;
+        let listed = heads.get(&e.chunk.origin);
+        if listed.is_none_or(|h| h.signed != e.chunk.head) {
+            return Err(corrupt(format!(
+                "the log's last entry ({offset}, origin {}) does not end in the head the heads table lists",
+                e.chunk.origin
+            )));
+        }
+    }
+    Ok(Recovered {
+        at_checkpoint: true,
+        next_offset: cp.next_offset,
+        heads,
+        counts: cp.counts,
+    })
+}
+
+/// The whole-log check of a store opened at its checkpoint: every entry
+/// before `opened.next_offset` is read back (chains, index, signatures as
+/// [`walk_log`]) and must reach exactly the heads and counts the open
+/// found. Reads only committed entries, so it runs beside the writer;
+/// `stop` is asked between pages ([`StoreError::Closed`] once it says so).
+pub(crate) fn verify_log(
+    kv: &dyn Kv,
+    keys: &KeyLookup,
+    verify_all: bool,
+    opened: &Recovered,
+    stop: &dyn Fn() -> bool,
+) -> Result<LogCounts, StoreError> {
+    let r = walk_log(kv, keys, verify_all, Some(opened.next_offset), stop)?;
+    if r.counts != opened.counts {
+        return Err(corrupt(format!(
+            "the log holds {} chunks and {} events before entry {} but its checkpoint said {} and {}",
+            r.counts.chunks, r.counts.events, r.next_offset, opened.counts.chunks, opened.counts.events
+        )));
+    }
+    if let Some((origin, h)) = opened
+        .heads
+        .iter()
+        .find(|(o, h)| r.heads.get(*o) != Some(*h))
+    {
+        let reached = r.heads.get(origin).map_or(0, |x| x.seq);
+        return Err(corrupt(format!(
+            "origin {origin}: the log's chain reaches seq {reached}, the heads table says seq {}",
+            h.seq
+        )));
+    }
+    if let Some(extra) = r.heads.keys().find(|o| !opened.heads.contains_key(*o)) {
+        return Err(corrupt(format!(
+            "the log holds events of {extra}, which the heads table does not list"
+        )));
+    }
+    Ok(r.counts)
+}
+
+/// Reads the log back (to its end, or up to entry `end`), recomputing every
+/// event's chain link and comparing each entry with its chunk-index entry.
+/// Signatures: each origin's newest head (which authenticates its whole
+/// chain through the links), or every chunk's with `verify_all`. Memory
+/// holds per-origin state and a page of index entries per origin, never
+/// the log or the index.
+fn walk_log(
+    kv: &dyn Kv,
+    keys: &KeyLookup,
+    verify_all: bool,
+    end: Option<u64>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Recovered, StoreError> {
     let mut heads: BTreeMap<String, HeadState> = BTreeMap::new();
     let mut cursors: HashMap<String, IndexCursor> = HashMap::new();
     let mut counts = LogCounts::default();
     let mut next = 0u64;
-    loop {
+    while end.is_none_or(|e| next < e) {
+        if stop() {
+            return Err(StoreError::Closed);
+        }
         let entries = read_entries(kv, next, 512)?;
         if entries.is_empty() {
             break;
         }
         for e in entries {
+            if end.is_some_and(|end| e.offset >= end) {
+                break;
+            }
             let origin = e.chunk.origin.clone();
             let prev = heads
                 .get(&origin)
@@ -230,25 +423,8 @@ pub(crate) fn recover(
                 .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))?;
         }
     }
-    check_heads_table(kv, &heads)?;
-    // Every log entry matched its own index entry; equal counts leave no
-    // index entry without one.
-    let index_found = count_keys(kv, &[layout::INDEX])?;
-    if index_found != counts.chunks {
-        return Err(corrupt(format!(
-            "chunk index has {index_found} entries but the log has {} chunks",
-            counts.chunks
-        )));
-    }
-    tracing::info!(
-        chunks = counts.chunks,
-        events = counts.events,
-        origins = heads.len(),
-        all_signatures = verify_all,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "log verified on open"
-    );
     Ok(Recovered {
+        at_checkpoint: false,
         next_offset: next,
         heads,
         counts,

@@ -143,6 +143,13 @@ pub struct StoreConfig {
     /// older heads' own signature bytes (damage there is found by `audit
     /// verify`, or refused by the parent if such a chunk is forwarded).
     pub verify_all_signatures: bool,
+    /// Read the whole log back at open (every chain link, the index, each
+    /// origin's newest signature) even when a checkpoint makes that
+    /// unnecessary. By default an open with a checkpoint checks only what
+    /// the checkpoint vouches for (O(origins)) and leaves the whole-log
+    /// pass to [`crate::Store::verify_log`], run after the node listens.
+    /// `verify_all_signatures` implies it.
+    pub verify_whole_log: bool,
 }
 
 impl Default for StoreConfig {
@@ -159,6 +166,7 @@ impl Default for StoreConfig {
             heads_interval_ms: 200,
             accept_shorter_log: false,
             verify_all_signatures: false,
+            verify_whole_log: false,
         }
     }
 }

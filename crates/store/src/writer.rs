@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::kv::KvWrite;
 use crate::layout;
 use crate::recover::{
-    corrupt, encode_head_value, entry_writes, event_in_chunk, hash_in_log, Recovered,
+    corrupt, encode_checkpoint, encode_head_value, entry_writes, event_in_chunk, hash_in_log,
+    Recovered,
 };
 use crate::{
     AppendError, Appended, HeadState, OriginIdentity, PostingHold, Request, Shared, StoreConfig,
@@ -195,6 +196,17 @@ impl Writer {
             work.writes
                 .push((layout::head_key(origin), Some(encode_head_value(head))));
         }
+        // Where the log ends after this commit: what the next open checks
+        // instead of reading the whole log back.
+        let before = *self.shared.stats.read().expect("lock");
+        let after = crate::LogCounts {
+            chunks: before.chunks + work.chunks,
+            events: before.events + work.events,
+        };
+        work.writes.push((
+            layout::CHECKPOINT_KEY.to_vec(),
+            Some(encode_checkpoint(work.offset, after)),
+        ));
         if self.config.unsafe_ack_before_durable {
             // Negative control for the crash test only: acknowledge first.
             for p in pending.drain(..) {

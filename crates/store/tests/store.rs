@@ -41,14 +41,23 @@ fn event(client_id: &str, note_len: usize) -> PreparedEvent {
 }
 
 fn open(kv: Arc<dyn Kv>) -> Result<Store, StoreError> {
-    open_verifying(kv, false)
+    open_with(kv, false, false)
 }
 
 fn open_verifying(kv: Arc<dyn Kv>, verify_all_signatures: bool) -> Result<Store, StoreError> {
+    open_with(kv, verify_all_signatures, false)
+}
+
+fn open_with(
+    kv: Arc<dyn Kv>,
+    verify_all_signatures: bool,
+    verify_whole_log: bool,
+) -> Result<Store, StoreError> {
     Store::open(
         kv,
         StoreConfig {
             verify_all_signatures,
+            verify_whole_log,
             ..StoreConfig::default()
         },
         Some(OriginIdentity {
@@ -237,23 +246,117 @@ fn altered_logs_are_refused_on_open() {
     kv.commit(vec![(log_keys.last().unwrap().clone(), None)])
         .unwrap();
     cases.push(("drop the last entry".into(), kv, false));
-    // The default open recomputes every chain link and verifies each
+    // The whole-log open recomputes every chain link and verifies each
     // origin's newest head; only an older head's own signature bytes are
     // left to the full pass (verify_all_signatures, `serve --verify-all`,
-    // `audit verify`), which refuses every case.
+    // `audit verify`), which refuses every case. The default open checks
+    // only what the checkpoint vouches for (the heads, and that the log
+    // ends in them); the rest is found by `verify_log`, which a node runs
+    // after it listens.
+    let mut opened_at_checkpoint = 0;
     for (what, kv, older_signature) in cases {
         match open_verifying(Arc::new(kv.clone()), true) {
             Err(StoreError::Corrupt(msg)) => assert!(!msg.is_empty()),
             Err(other) => panic!("{what}: unexpected error {other}"),
             Ok(_) => panic!("{what}: altered log opened without complaint (verify all)"),
         }
-        match open(Arc::new(kv)) {
+        match open_with(Arc::new(kv.clone()), false, true) {
             Err(StoreError::Corrupt(msg)) => assert!(!msg.is_empty()),
             Err(other) => panic!("{what}: unexpected error {other}"),
             Ok(_) if older_signature => {}
-            Ok(_) => panic!("{what}: altered log opened without complaint"),
+            Ok(_) => panic!("{what}: altered log opened without complaint (whole log)"),
+        }
+        match open(Arc::new(kv)) {
+            Err(StoreError::Corrupt(msg)) => assert!(!msg.is_empty()),
+            Err(other) => panic!("{what}: unexpected error {other}"),
+            Ok(store) => {
+                opened_at_checkpoint += 1;
+                assert!(
+                    matches!(
+                        store.verify_log(true, &|| false),
+                        Err(StoreError::Corrupt(_))
+                    ),
+                    "{what}: verify_log(all) let it through"
+                );
+                match store.verify_log(false, &|| false) {
+                    Err(StoreError::Corrupt(_)) => {}
+                    Ok(_) if older_signature => {}
+                    other => panic!("{what}: verify_log let it through: {other:?}"),
+                }
+            }
         }
     }
+    // Control: the default open really skipped the whole-log pass (some
+    // damage was left to verify_log), and an intact log verifies.
+    assert!(opened_at_checkpoint > 0);
+    let store = open(Arc::new(base.clone())).unwrap();
+    assert_eq!(store.verify_log(true, &|| false).unwrap().events, 5);
+}
+
+/// A log written before checkpoints existed (no checkpoint record) is read
+/// back whole at open, and gets a checkpoint with its next commit; a
+/// checkpoint that disagrees with the log refuses the open.
+#[test]
+fn the_checkpoint_is_written_with_commits_and_checked_against_the_log() {
+    let rt = rt();
+    let base = MemKv::new();
+    {
+        let store = open(Arc::new(base.clone())).unwrap();
+        for i in 0..3 {
+            rt.block_on(store.append(vec![event(&format!("k{i}"), 0)], i))
+                .unwrap();
+        }
+    }
+    let cp = base
+        .get(gridsync_store::layout::CHECKPOINT_KEY)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        u64::from_be_bytes(cp[..8].try_into().unwrap()),
+        3,
+        "next offset"
+    );
+    assert_eq!(
+        u64::from_be_bytes(cp[16..24].try_into().unwrap()),
+        3,
+        "events"
+    );
+    // Without the record: the whole log is read, and the next commit
+    // writes it again.
+    base.commit(vec![(
+        gridsync_store::layout::CHECKPOINT_KEY.to_vec(),
+        None,
+    )])
+    .unwrap();
+    {
+        let store = open(Arc::new(base.clone())).unwrap();
+        assert_eq!(store.counts().events, 3);
+        rt.block_on(store.append(vec![event("k9", 0)], 9)).unwrap();
+    }
+    assert!(base
+        .get(gridsync_store::layout::CHECKPOINT_KEY)
+        .unwrap()
+        .is_some());
+    // A checkpoint claiming more than the log holds (a cut log whose
+    // record survived) is refused by both opens.
+    let mut wrong = base
+        .get(gridsync_store::layout::CHECKPOINT_KEY)
+        .unwrap()
+        .unwrap();
+    wrong[..8].copy_from_slice(&9u64.to_be_bytes());
+    base.commit(vec![(
+        gridsync_store::layout::CHECKPOINT_KEY.to_vec(),
+        Some(wrong),
+    )])
+    .unwrap();
+    assert!(matches!(
+        open(Arc::new(base.clone())),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        open_with(Arc::new(base.clone()), false, true),
+        Err(StoreError::Corrupt(_))
+    ));
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,167 @@
+//! Opening at the log's checkpoint (real processes). A node opens in time
+//! independent of its history: it checks the heads and that the log ends
+//! where its checkpoint says, listens, and reads the whole log back beside
+//! the running node. Damage inside an older entry is then found within
+//! seconds and the node stops taking events, saying why; `serve
+//! --verify-all` refuses the same log before listening (the control that
+//! the damage is real); an intact log verifies and keeps taking events.
+
+use gridsync_store::{layout, Kv, SledKv};
+use gridsync_suite::{
+    copy_dir, get_json, http_client, post_events, provision_fast, restore_dir, sample_event,
+    wait_status, Server,
+};
+use serde_json::json;
+
+async fn metrics(url: &str, token: &str) -> String {
+    http_client()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Where the node's projection was resumed from at its start (0: the whole
+/// log was folded).
+async fn resumed_from(url: &str, token: &str) -> u64 {
+    let m = metrics(url, token).await;
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("gridsync_projection_resumed_from{"))
+        .unwrap_or_else(|| panic!("no gridsync_projection_resumed_from in {m}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+}
+
+async fn wait_verified(url: &str, token: &str) -> String {
+    for _ in 0..200 {
+        let m = metrics(url, token).await;
+        if let Some(line) = m.lines().find(|l| l.starts_with("gridsync_log_verified{")) {
+            if !line.ends_with(" 0") {
+                return line.to_owned();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the whole-log check did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_inside_the_log_is_found_after_an_open_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision_fast(dir.path(), &[("c1", None)]);
+    let c1 = &tree.nodes["c1"];
+    let t = &c1.tokens;
+    let mut node = Server::start(&c1.config, &[]);
+    // One event per post: one log entry each.
+    for i in 0..30 {
+        let body = json!({ "events": [sample_event(i, &format!("k{i}"))] });
+        let (status, answer) = post_events(&node.url, &t.reporter, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert!(node.terminate());
+    let backup = dir.path().join("backup");
+    copy_dir(&c1.data_dir, &backup);
+
+    // Control: the intact log verifies after the open and keeps taking
+    // events (none posted: the heads record beside the data directory
+    // would then hold more than the backup).
+    let mut node = Server::start(&c1.config, &[]);
+    assert!(wait_verified(&node.url, &t.viewer).await.ends_with(" 1"));
+    let st = get_json(&format!("{}/v1/status", node.url), &t.viewer).await;
+    assert_eq!(st["posting"]["accepting"], true, "{st}");
+    assert!(node.terminate());
+
+    // Damage one byte in the middle of log entry 3 (of 30).
+    restore_dir(&backup, &c1.data_dir);
+    {
+        let kv = SledKv::open(&c1.data_dir, 8 << 20).unwrap();
+        let key = layout::log_key(3, 0);
+        let mut v = kv.get(&key).unwrap().expect("entry 3");
+        let at = v.len() / 2;
+        v[at] ^= 0x20;
+        kv.commit(vec![(key, Some(v))]).unwrap();
+    }
+    let damaged = dir.path().join("damaged");
+    copy_dir(&c1.data_dir, &damaged);
+
+    // The full check before listening refuses it.
+    let Err((_, stderr)) = Server::try_start(&c1.config, &["--verify-all"]) else {
+        panic!("serve --verify-all opened a damaged log");
+    };
+    assert!(stderr.contains("log entry 3"), "{stderr}");
+
+    // The default open listens at once, then finds it and stops taking
+    // events, with the reason in the answer.
+    restore_dir(&damaged, &c1.data_dir);
+    let mut node = Server::start(&c1.config, &[]);
+    assert!(wait_verified(&node.url, &t.viewer).await.ends_with(" -1"));
+    wait_status(&node.url, &t.viewer, "posting stopped", |s| {
+        s["posting"]["accepting"] == false
+    })
+    .await;
+    let body = json!({ "events": [sample_event(31, "k31")] });
+    let (status, answer) = post_events(&node.url, &t.reporter, &body).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.to_string().contains("does not verify") && answer.to_string().contains("entry 3"),
+        "{answer}"
+    );
+    // Nothing was added to the damaged log.
+    let st = get_json(&format!("{}/v1/status", node.url), &t.viewer).await;
+    assert_eq!(st["heads"]["c1"]["seq"], 30);
+    node.kill9();
+}
+
+/// The projection is saved beside the log at shutdown and a restart folds
+/// on from it: the same aggregates as before; a damaged snapshot is not
+/// used (the whole log is folded) and gives the same numbers too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_the_projection_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision_fast(dir.path(), &[("c1", None)]);
+    let c1 = &tree.nodes["c1"];
+    let t = &c1.tokens;
+    let q = "/v1/aggregates?from=2020-01-20&to=2020-01-28";
+    let mut node = Server::start(&c1.config, &[]);
+    let events: Vec<_> = (0..200)
+        .map(|i| sample_event(i, &format!("k{i}")))
+        .collect();
+    let (status, answer) = post_events(&node.url, &t.reporter, &json!({ "events": events })).await;
+    assert_eq!(status, 200, "{answer}");
+    gridsync_suite::wait_projection_idle(&node.url, &t.viewer).await;
+    let before = get_json(&format!("{}{q}", node.url), &t.viewer).await;
+    assert!(node.terminate());
+    let file = gridsync_projections::snapshot::path(&c1.data_dir);
+    let saved = std::fs::read(&file).expect("a snapshot written at shutdown");
+
+    let mut node = Server::start(&c1.config, &[]);
+    let resumed = resumed_from(&node.url, &t.viewer).await;
+    assert!(
+        resumed > 0,
+        "the projection was not resumed from its snapshot"
+    );
+    let after = get_json(&format!("{}{q}", node.url), &t.viewer).await;
+    assert_eq!(after["state_hash"], before["state_hash"]);
+    assert_eq!(after["totals"], before["totals"]);
+    assert!(node.terminate());
+
+    // A damaged snapshot: not used, the same numbers from the whole log.
+    let mut bytes = saved;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let mut node = Server::start(&c1.config, &[]);
+    assert_eq!(
+        resumed_from(&node.url, &t.viewer).await,
+        0,
+        "a damaged snapshot was used"
+    );
+    let rebuilt = get_json(&format!("{}{q}", node.url), &t.viewer).await;
+    assert_eq!(rebuilt["state_hash"], before["state_hash"]);
+    assert_eq!(rebuilt["totals"], before["totals"]);
+    node.kill9();
+}
