@@ -250,6 +250,8 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
 
     let png = client.screenshot().await.unwrap();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-dashboard.png");
+    // (The target directory may be elsewhere: CARGO_TARGET_DIR.)
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, png).unwrap();
     eprintln!("screenshot: {}", out.display());
     client.close().await.unwrap();
