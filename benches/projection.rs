@@ -148,6 +148,16 @@ fn main() {
             std::hint::black_box(gridsync_model::Envelope::decode(&r.envelope).unwrap());
         }
     });
+    let rss_mb = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let rss_before = rss_mb();
     let mut projection = Projection::new(ProjectionConfig::new("Asia/Shanghai").unwrap());
     let lookup = |_: &str, _: u64| None;
     let rebuild = pass("rebuild (read + fold into the projection)", &mut |c| {
@@ -160,6 +170,10 @@ fn main() {
         rebuild / links,
         rebuild / full,
         projection.unprojected()
+    );
+    println!(
+        "process RSS before the rebuild {rss_before:.0} MB, after {:.0} MB (the projection of {total} events and what the reads left cached)",
+        rss_mb()
     );
 
     // The projection saved beside the log, and a start resuming from it
