@@ -172,7 +172,7 @@ fn main() {
         projection.unprojected()
     );
     println!(
-        "process RSS before the rebuild {rss_before:.0} MB, after {:.0} MB (the projection of {total} events and what the reads left cached)",
+        "process RSS before the rebuild {rss_before:.0} MB, after {:.0} MB (the projection of {total} events, and the storage cache the reads filled)",
         rss_mb()
     );
 
@@ -185,6 +185,21 @@ fn main() {
     gridsync_projections::snapshot::save(&projection, end, &store, &file).unwrap();
     let save_s = t.elapsed().as_secs_f64();
     let size = std::fs::metadata(&file).unwrap().len();
+    // The projection's own size in memory: the RSS a loaded copy adds
+    // (no log reads involved, so no storage cache in it).
+    let before_copy = rss_mb();
+    let copy = gridsync_projections::snapshot::load(
+        &file,
+        ProjectionConfig::new("Asia/Shanghai").unwrap(),
+        &store,
+    )
+    .unwrap();
+    println!(
+        "a loaded copy of the projection adds {:.1} MB of RSS ({} events)",
+        rss_mb() - before_copy,
+        total
+    );
+    drop(copy);
     let mut resumes = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
