@@ -97,7 +97,8 @@ fn open_node_with(
     let rebuild_time = started.elapsed();
     tracing::info!(
         elapsed_ms = rebuild_time.as_millis() as u64,
-        "projection rebuilt from the log"
+        resumed_from = projector.resumed_from,
+        "projection ready (folded on from its snapshot at log entry `resumed_from`; 0: the whole log)"
     );
     let state = Arc::new(NodeState {
         key,
