@@ -19,23 +19,10 @@ use std::time::{Duration, Instant};
 
 use gridsync_deploy::config::NodeConfig;
 use gridsync_deploy::topology::Topology;
-use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
-use gridsync_model::ingest::{prepare, IngestContext, IngestLimits};
-use gridsync_model::kinds::EventRef;
-use gridsync_model::{Chunk, EventRecord, SignedHead, ZERO_HASH};
 use gridsync_store::{SledKv, Store, StoreConfig};
 use gridsync_suite::{gridsync_bin, provision};
 
 const COMMUNITIES: [&str; 4] = ["c1", "c2", "c3", "c4"];
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Writes `n` events of the four communities into the street's store.
 fn write_log(tree: &gridsync_suite::Tree, n: u64) {
@@ -49,82 +36,39 @@ fn write_log(tree: &gridsync_suite::Tree, n: u64) {
             gridsync_model::keys::signing_key_from_hex(&hex).unwrap()
         })
         .collect();
-    let lookup = topo.clone();
     let store = Store::open(
         Arc::new(SledKv::open(&street.data_dir, 64 << 20).unwrap()),
         StoreConfig::default(),
         None,
-        Arc::new(move |o: &str, seq: u64| lookup.key_at(o, seq)),
+        Arc::new(move |o: &str, seq: u64| topo.key_at(o, seq)),
     )
     .unwrap();
-    let limits = IngestLimits::default();
-    let ctx = IngestContext {
-        node_id: "c1",
-        now_ms: 1_700_000_000_000,
-        limits: &limits,
-    };
-    let payloads: Vec<_> = (0..1000u64)
-        .map(|i| {
-            let v = gridsync_suite::sample_event(i, &format!("k{i}"));
-            prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).unwrap()
-        })
-        .collect();
+    let mut chains = gridsync_suite::SampleChains::new(
+        COMMUNITIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .zip(keys)
+            .collect(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let started = Instant::now();
     let per_origin = n / COMMUNITIES.len() as u64;
-    let mut prev = [ZERO_HASH; 4];
-    let mut seq = [0u64; 4];
-    let mut round = 0u64;
-    while seq.iter().any(|s| *s < per_origin) {
+    loop {
+        // Per origin: 30 one-event chunks, then one 30-event chunk.
         let mut chunks = Vec::new();
-        for (o, origin) in COMMUNITIES.iter().enumerate() {
-            // Per round and origin: 30 one-event chunks, one 30-event chunk.
-            for size in std::iter::repeat_n(1, 30).chain([30]) {
-                let mut events = Vec::new();
-                while events.len() < size && seq[o] < per_origin {
-                    seq[o] += 1;
-                    let p = &payloads[((seq[o] + round) % 1000) as usize];
-                    let digest = p.personal.as_ref().map(|x| x.digest());
-                    let bytes = EnvelopeHeader {
-                        origin,
-                        seq: seq[o],
-                        kind: &p.kind,
-                        schema: 1,
-                        occurred_at: OccurredAt {
-                            unix_ms: p.occurred_at.unix_ms,
-                            offset_min: 480,
-                        },
-                        recorded_at_ms: 1_700_000_000_000,
-                        grid: &p.grid,
-                        recorded_by: &p.recorded_by,
-                        client_id: &format!("{origin}-{}", seq[o]),
-                        prev: &prev[o],
-                        personal_digest: digest.as_ref(),
-                    }
-                    .encode_with_data(&p.data);
-                    prev[o] = event_hash(&bytes);
-                    events.push(EventRecord {
-                        envelope: bytes,
-                        personal: p.personal.clone(),
-                    });
-                }
-                if events.is_empty() {
-                    break;
-                }
-                let head = SignedHead::sign(&keys[o], origin, seq[o], prev[o], 1);
-                chunks.push(Chunk {
-                    origin: (*origin).to_owned(),
-                    events,
-                    head,
-                });
+        for o in 0..COMMUNITIES.len() {
+            for len in std::iter::repeat_n(1, 30).chain([30]) {
+                chunks.extend(chains.next_chunk(o, len, per_origin));
             }
+        }
+        if chunks.is_empty() {
+            break;
         }
         rt.block_on(store.import(chunks, 1_700_000_000_000))
             .unwrap();
-        round += 1;
     }
     let c = store.counts();
     store.close();
@@ -162,29 +106,18 @@ fn start(config: &std::path::Path, viewer: &str) -> Start {
     let listening = spawned.elapsed();
     assert!(!url.is_empty(), "the node did not start");
     std::thread::sleep(Duration::from_secs(3));
-    let rss_mb = rss_kb(child.id()) as f64 / 1024.0;
+    let rss_mb = gridsync_suite::rss_kib(child.id()) as f64 / 1024.0;
     // Until the whole-log check beside the node is done.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let verified = rt.block_on(async {
         loop {
-            let m = gridsync_suite::http_client()
-                .get(format!("{url}/metrics"))
-                .bearer_auth(viewer)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let done = m
-                .lines()
-                .find(|l| l.starts_with("gridsync_log_verified{"))
-                .is_some_and(|l| !l.ends_with(" 0"));
-            if done {
-                assert!(m.contains("gridsync_log_verified{node=\"s1\"} 1"), "{m}");
-                return spawned.elapsed();
+            match gridsync_suite::metric(&url, viewer, "gridsync_log_verified").await {
+                Some(v) if v != 0.0 => {
+                    assert_eq!(v, 1.0, "the whole-log check found damage");
+                    return spawned.elapsed();
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     // Stop (SIGTERM): the projection is saved at shutdown.
@@ -201,10 +134,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let n: u64 = std::env::var("GRIDSYNC_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+    let n: u64 = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 10_000_000);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = vec![("s1", None)];
     nodes.extend(COMMUNITIES.iter().map(|c| (*c, Some("s1"))));

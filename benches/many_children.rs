@@ -13,21 +13,9 @@ use std::time::{Duration, Instant};
 use gridsync_suite::{get_json, post_events, provision, sample_event, Server};
 use serde_json::json;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// (RSS KiB, CPU ticks user+system) of a process.
 fn usage(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let rss = gridsync_suite::rss_kib(pid);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name (which is in parentheses).
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -40,8 +28,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let n = usize::try_from(env_u64("GRIDSYNC_BENCH_CHILDREN", 200)).unwrap();
-    let idle = Duration::from_secs(env_u64("GRIDSYNC_BENCH_IDLE_S", 10));
+    let n = usize::try_from(gridsync_suite::env_u64("GRIDSYNC_BENCH_CHILDREN", 200)).unwrap();
+    let idle = Duration::from_secs(gridsync_suite::env_u64("GRIDSYNC_BENCH_IDLE_S", 10));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<String> = (0..n).map(|i| format!("c{i:04}")).collect();

@@ -14,18 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
-use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
-use gridsync_model::ingest::{prepare, IngestContext, IngestLimits};
-use gridsync_model::kinds::EventRef;
-use gridsync_model::{Chunk, EventRecord, SignedHead, ZERO_HASH};
+use gridsync_model::Chunk;
 use gridsync_projections::{Projection, ProjectionConfig};
 use gridsync_store::{SledKv, Store, StoreConfig};
 
 fn main() {
-    let n_events: u64 = std::env::var("GRIDSYNC_BENCH_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let n_events: u64 = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 1_000_000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -44,69 +38,22 @@ fn main() {
         Arc::new(move |o: &str, _: u64| origins.iter().position(|x| *x == o).map(|i| vks[i])),
     )
     .unwrap();
-    // 1,000 distinct realistic payloads, reused cyclically.
-    let limits = IngestLimits::default();
-    let ctx = IngestContext {
-        node_id: "c1",
-        now_ms: 1_700_000_000_000,
-        limits: &limits,
-    };
-    let payloads: Vec<_> = (0..1000u64)
-        .map(|i| {
-            prepare(
-                gridsync_suite::sample_event(i, &format!("k{i}")),
-                &ctx,
-                &|_: &EventRef| None,
-                &mut rand::thread_rng(),
-            )
-            .unwrap()
-        })
-        .collect();
+    let mut chains = gridsync_suite::SampleChains::new(
+        origins
+            .iter()
+            .zip(&keys)
+            .map(|(o, k)| ((*o).to_owned(), k.clone()))
+            .collect(),
+    );
     let per_origin = n_events / origins.len() as u64;
     let started = Instant::now();
-    for (o, origin) in origins.iter().enumerate() {
-        let mut prev = ZERO_HASH;
-        let mut seq = 0u64;
-        while seq < per_origin {
-            let mut chunks = Vec::new();
-            for _ in 0..64 {
-                let mut events = Vec::new();
-                while events.len() < 30 && seq < per_origin {
-                    seq += 1;
-                    let p = &payloads[(seq % 1000) as usize];
-                    let digest = p.personal.as_ref().map(|x| x.digest());
-                    let bytes = EnvelopeHeader {
-                        origin,
-                        seq,
-                        kind: &p.kind,
-                        schema: 1,
-                        occurred_at: OccurredAt {
-                            unix_ms: p.occurred_at.unix_ms,
-                            offset_min: 480,
-                        },
-                        recorded_at_ms: 1_700_000_000_000,
-                        grid: &p.grid,
-                        recorded_by: &p.recorded_by,
-                        client_id: &format!("{origin}-{seq}"),
-                        prev: &prev,
-                        personal_digest: digest.as_ref(),
-                    }
-                    .encode_with_data(&p.data);
-                    prev = event_hash(&bytes);
-                    events.push(EventRecord {
-                        envelope: bytes,
-                        personal: p.personal.clone(),
-                    });
-                }
-                if events.is_empty() {
-                    break;
-                }
-                let head = SignedHead::sign(&keys[o], origin, seq, prev, 1);
-                chunks.push(Chunk {
-                    origin: (*origin).to_owned(),
-                    events,
-                    head,
-                });
+    for o in 0..origins.len() {
+        loop {
+            let chunks: Vec<_> = (0..64)
+                .map_while(|_| chains.next_chunk(o, 30, per_origin))
+                .collect();
+            if chunks.is_empty() {
+                break;
             }
             rt.block_on(store.import(chunks, 1)).unwrap();
         }
@@ -148,15 +95,7 @@ fn main() {
             std::hint::black_box(gridsync_model::Envelope::decode(&r.envelope).unwrap());
         }
     });
-    let rss_mb = || {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
+    let rss_mb = || gridsync_suite::rss_kib(std::process::id()) as f64 / 1024.0;
     let rss_before = rss_mb();
     let mut projection = Projection::new(ProjectionConfig::new("Asia/Shanghai").unwrap());
     let lookup = |_: &str, _: u64| None;

@@ -63,14 +63,8 @@ fn total(state: &NodeState) -> u64 {
 }
 
 fn main() {
-    let n_events: u64 = std::env::var("GRIDSYNC_BENCH_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200_000);
-    let rate: u64 = std::env::var("GRIDSYNC_BENCH_RATE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
+    let n_events: u64 = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 200_000);
+    let rate: u64 = gridsync_suite::env_u64("GRIDSYNC_BENCH_RATE", 2_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

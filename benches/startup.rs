@@ -20,13 +20,6 @@ use gridsync_store::{SledKv, Store, StoreConfig};
 
 const ORIGINS: [&str; 4] = ["c1", "c2", "c3", "c4"];
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn key(i: usize) -> SigningKey {
     SigningKey::from_bytes(&[u8::try_from(i + 1).unwrap(); 32])
 }
@@ -50,8 +43,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let chunks = env_u64("GRIDSYNC_BENCH_CHUNKS", 400_000);
-    let runs = env_u64("GRIDSYNC_BENCH_RUNS", 3);
+    let chunks = gridsync_suite::env_u64("GRIDSYNC_BENCH_CHUNKS", 400_000);
+    let runs = gridsync_suite::env_u64("GRIDSYNC_BENCH_RUNS", 3);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let rt = tokio::runtime::Runtime::new().unwrap();

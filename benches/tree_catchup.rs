@@ -31,13 +31,6 @@ const NODES: &[(&str, Option<&str>)] = &[
     ("c4", Some("s2")),
 ];
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Run {
     from_start: Duration,
     from_listening: Duration,
@@ -104,9 +97,9 @@ fn main() {
         // `cargo test --benches` / listing: nothing to run.
         return;
     }
-    let events = env_u64("GRIDSYNC_BENCH_EVENTS", 200_000);
-    let runs = env_u64("GRIDSYNC_BENCH_RUNS", 3);
-    let outage = Duration::from_secs(env_u64("GRIDSYNC_BENCH_OUTAGE_S", 20));
+    let events = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 200_000);
+    let runs = gridsync_suite::env_u64("GRIDSYNC_BENCH_RUNS", 3);
+    let outage = Duration::from_secs(gridsync_suite::env_u64("GRIDSYNC_BENCH_OUTAGE_S", 20));
     let rt = tokio::runtime::Runtime::new().unwrap();
     println!("tree catch-up: {events} events held by 4 communities, outage >= {outage:?}");
     println!(

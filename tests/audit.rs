@@ -93,15 +93,11 @@ async fn every_tampering_is_detected() {
     )
     .await;
     // The street's status (signed heads) is a reference an auditor can keep.
-    let status_text = gridsync_suite::http_client()
-        .get(format!("{}/v1/status", servers[0].url))
-        .bearer_auth(&tree.nodes["s"].tokens.viewer)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status_text = gridsync_suite::get_text(
+        &format!("{}/v1/status", servers[0].url),
+        &tree.nodes["s"].tokens.viewer,
+    )
+    .await;
     drop(servers); // SIGKILL: the audit works on what is durable
     let topo = Topology::load(&tree.topology).unwrap();
     let entries = dump(&tree.nodes["s"].data_dir);

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use gridsync_suite::{provision, Server};
+use gridsync_suite::{provision, rss_kib, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,15 +22,6 @@ fn set_limits(config: &std::path::Path, limits: &[(&str, i64)]) {
         l.insert((*k).into(), toml::Value::Integer(*v));
     }
     std::fs::write(config, toml::to_string(&t).unwrap()).unwrap();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Whether the server has closed the socket (read returns end of stream

@@ -1,192 +1,120 @@
 //! The crate graph of ARCHITECTURE.md ("Boundaries"), checked: each crate's
-//! normal dependencies (transitive, from `cargo tree`) must not include
-//! what it is forbidden to know about. A new `use` of a forbidden crate
-//! fails here, not in review.
+//! normal dependencies (transitive, from `cargo tree`) may include only the
+//! workspace crates below it and none of the outside crates it must not
+//! know about. A new `use` of a forbidden crate fails here, not in review.
 
 use std::collections::BTreeSet;
 
-/// `(crate, forbidden dependencies)`: workspace crates it may not sit
-/// above, and runtime, storage or network crates it may not touch.
-const RULES: &[(&str, &[&str])] = &[
+/// No runtime or storage: the pure crates.
+const RUNTIME: &[&str] = &["tokio", "mio", "sled"];
+/// Servers, clients and TLS.
+const NETWORK: &[&str] = &["axum", "hyper", "tungstenite", "reqwest", "rustls"];
+/// Serving websockets (the audit may be an HTTP client, never a server).
+const SERVING: &[&str] = &["axum", "tungstenite"];
+const HTTP_CLIENT: &[&str] = &["reqwest"];
+const CERT_GENERATOR: &[&str] = &["rcgen"];
+/// Libraries have `thiserror` enums; `anyhow` is the CLI's.
+const ANYHOW: &[&str] = &["anyhow"];
+
+/// One crate's place: the workspace crates it may depend on (every other
+/// `gridsync*` crate is forbidden: those above it and those beside it),
+/// and the outside crates it may never reach, even transitively.
+struct Rule {
+    krate: &'static str,
+    may_use: &'static [&'static str],
+    never: &'static [&'static [&'static str]],
+}
+
+const RULES: &[Rule] = &[
     // Pure: no I/O, no runtime, no storage, no other workspace crate.
-    (
-        "gridsync-model",
-        &[
-            "gridsync-protocol",
-            "gridsync-deploy",
-            "gridsync-store",
-            "gridsync-projections",
-            "gridsync-audit",
-            "gridsync-node",
-            "gridsync-server",
-            "gridsync-ops",
-            "gridsync",
-            "tokio",
-            "sled",
-            "axum",
-            "hyper",
-            "tungstenite",
-            "reqwest",
-            "rustls",
-            "anyhow",
-        ],
-    ),
+    Rule {
+        krate: "gridsync-model",
+        may_use: &[],
+        never: &[RUNTIME, NETWORK, ANYHOW],
+    },
     // Sans IO: the state machines see no sockets, clock or storage.
-    (
-        "gridsync-protocol",
-        &[
-            "gridsync-deploy",
-            "gridsync-store",
-            "gridsync-projections",
-            "gridsync-audit",
-            "gridsync-node",
-            "gridsync-server",
-            "gridsync-ops",
-            "gridsync",
-            "tokio",
-            "mio",
-            "sled",
-            "axum",
-            "hyper",
-            "tungstenite",
-            "reqwest",
-            "rustls",
-            "anyhow",
-        ],
-    ),
+    Rule {
+        krate: "gridsync-protocol",
+        may_use: &["gridsync-model"],
+        never: &[RUNTIME, NETWORK, ANYHOW],
+    },
     // The deployment's files: parsing and validation, nothing running.
-    (
-        "gridsync-deploy",
-        &[
-            "gridsync-protocol",
-            "gridsync-store",
-            "gridsync-projections",
-            "gridsync-audit",
-            "gridsync-node",
-            "gridsync-server",
-            "gridsync-ops",
-            "gridsync",
-            "tokio",
-            "sled",
-            "axum",
-            "hyper",
-            "tungstenite",
-            "reqwest",
-            "rustls",
-            "rcgen",
-            "anyhow",
-        ],
-    ),
+    Rule {
+        krate: "gridsync-deploy",
+        may_use: &["gridsync-model"],
+        never: &[RUNTIME, NETWORK, CERT_GENERATOR, ANYHOW],
+    },
     // The log: storage, no HTTP, no topology, no protocol.
-    (
-        "gridsync-store",
-        &[
-            "gridsync-protocol",
-            "gridsync-deploy",
-            "gridsync-projections",
-            "gridsync-audit",
-            "gridsync-node",
-            "gridsync-server",
-            "gridsync-ops",
-            "gridsync",
-            "axum",
-            "hyper",
-            "tungstenite",
-            "reqwest",
-            "rustls",
-            "anyhow",
-        ],
-    ),
+    Rule {
+        krate: "gridsync-store",
+        may_use: &["gridsync-model"],
+        never: &[NETWORK, ANYHOW],
+    },
     // Folds of the log rolled up through the tree: no network, no protocol.
-    (
-        "gridsync-projections",
-        &[
-            "gridsync-protocol",
-            "gridsync-audit",
-            "gridsync-node",
-            "gridsync-server",
-            "gridsync-ops",
-            "gridsync",
-            "axum",
-            "hyper",
-            "tungstenite",
-            "reqwest",
-            "rustls",
-            "anyhow",
-        ],
-    ),
+    Rule {
+        krate: "gridsync-projections",
+        may_use: &["gridsync-model", "gridsync-store", "gridsync-deploy"],
+        never: &[NETWORK, ANYHOW],
+    },
     // The offline audit trusts nothing of the node it audits: never the
     // runtime, the tooling or the sync protocol (an HTTP client for
     // `replay --url` only).
-    (
-        "gridsync-audit",
-        &[
-            "gridsync-protocol",
-            "gridsync-node",
-            "gridsync-server",
-            "gridsync-ops",
-            "gridsync",
-            "axum",
-            "tungstenite",
-            "rcgen",
-            "anyhow",
+    Rule {
+        krate: "gridsync-audit",
+        may_use: &[
+            "gridsync-model",
+            "gridsync-store",
+            "gridsync-deploy",
+            "gridsync-projections",
         ],
-    ),
+        never: &[SERVING, CERT_GENERATOR, ANYHOW],
+    },
     // The node core: never the HTTP front above it, the CLI, the tooling or
     // the audit, never an HTTP client library or a certificate generator.
-    (
-        "gridsync-node",
-        &[
-            "gridsync",
-            "gridsync-server",
-            "gridsync-ops",
-            "gridsync-audit",
-            "gridsync-lazyfs",
-            "reqwest",
-            "rcgen",
-            "anyhow",
-        ],
-    ),
-    // The HTTP front: above the node core, below the tooling and the CLI.
-    (
-        "gridsync-server",
-        &[
-            "gridsync",
-            "gridsync-ops",
-            "gridsync-audit",
-            "gridsync-lazyfs",
-            "reqwest",
-            "rcgen",
-            "anyhow",
-        ],
-    ),
-    // Tooling sits above the runtime, below the CLI.
-    (
-        "gridsync-ops",
-        &[
-            "gridsync",
-            "gridsync-audit",
-            "gridsync-lazyfs",
-            "reqwest",
-            "anyhow",
-        ],
-    ),
-    // Test tool only: nothing of gridsync.
-    (
-        "gridsync-lazyfs",
-        &[
+    Rule {
+        krate: "gridsync-node",
+        may_use: &[
             "gridsync-model",
             "gridsync-protocol",
             "gridsync-deploy",
             "gridsync-store",
             "gridsync-projections",
-            "gridsync-audit",
+        ],
+        never: &[HTTP_CLIENT, CERT_GENERATOR, ANYHOW],
+    },
+    // The HTTP front: above the node core, below the tooling and the CLI.
+    Rule {
+        krate: "gridsync-server",
+        may_use: &[
+            "gridsync-model",
+            "gridsync-protocol",
+            "gridsync-deploy",
+            "gridsync-store",
+            "gridsync-projections",
+            "gridsync-node",
+        ],
+        never: &[HTTP_CLIENT, CERT_GENERATOR, ANYHOW],
+    },
+    // Tooling sits above the runtime, below the CLI.
+    Rule {
+        krate: "gridsync-ops",
+        may_use: &[
+            "gridsync-model",
+            "gridsync-protocol",
+            "gridsync-deploy",
+            "gridsync-store",
+            "gridsync-projections",
             "gridsync-node",
             "gridsync-server",
-            "gridsync-ops",
-            "gridsync",
         ],
-    ),
+        never: &[HTTP_CLIENT, ANYHOW],
+    },
+    // Test tool only: nothing of gridsync.
+    Rule {
+        krate: "gridsync-lazyfs",
+        may_use: &[],
+        never: &[],
+    },
 ];
 
 fn normal_deps(krate: &str) -> BTreeSet<String> {
@@ -219,19 +147,44 @@ fn normal_deps(krate: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// What of `deps` the rule forbids.
+fn violations(rule: &Rule, deps: &BTreeSet<String>) -> Vec<String> {
+    let workspace = deps
+        .iter()
+        .filter(|d| d.starts_with("gridsync") && !rule.may_use.contains(&d.as_str()))
+        .cloned();
+    let outside = rule
+        .never
+        .iter()
+        .flat_map(|group| group.iter())
+        .filter(|f| deps.contains(**f))
+        .map(|f| (*f).to_owned());
+    workspace.chain(outside).collect()
+}
+
 #[test]
 fn every_crate_keeps_to_its_layer() {
     let mut broken = Vec::new();
-    for (krate, forbidden) in RULES {
+    for rule in RULES {
+        let krate = rule.krate;
         let deps = normal_deps(krate);
         assert!(
-            !deps.is_empty() || *krate == "gridsync-lazyfs",
+            !deps.is_empty() || krate == "gridsync-lazyfs",
             "sanity: {krate} lists dependencies"
         );
-        for f in *forbidden {
-            if deps.contains(*f) {
-                broken.push(format!("{krate} depends on {f}"));
-            }
+        let forbidden_workspace = deps
+            .iter()
+            .filter(|d| d.starts_with("gridsync") && !rule.may_use.contains(&d.as_str()));
+        let forbidden_outside = rule
+            .never
+            .iter()
+            .flat_map(|group| group.iter())
+            .filter(|f| deps.contains(**f));
+        for f in forbidden_workspace
+            .map(String::as_str)
+            .chain(forbidden_outside.copied())
+        {
+            broken.push(format!("{krate} depends on {f}"));
         }
     }
     assert!(
@@ -261,4 +214,17 @@ fn the_checker_sees_real_dependencies() {
     assert!(normal_deps("gridsync-ops").contains("rcgen"));
     assert!(normal_deps("gridsync-server").contains("gridsync-node"));
     assert!(normal_deps("gridsync").contains("anyhow"));
+    // And the rules catch what they forbid: the CLI's dependencies break
+    // the node's rule on workspace crates and outside crates alike.
+    let node_rule = RULES.iter().find(|r| r.krate == "gridsync-node").unwrap();
+    let found = violations(node_rule, &normal_deps("gridsync"));
+    for f in [
+        "gridsync-server",
+        "gridsync-audit",
+        "gridsync-ops",
+        "anyhow",
+        "rcgen",
+    ] {
+        assert!(found.iter().any(|v| v == f), "{f} not caught: {found:?}");
+    }
 }

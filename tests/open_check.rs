@@ -8,43 +8,27 @@
 
 use gridsync_store::{layout, Kv, SledKv};
 use gridsync_suite::{
-    copy_dir, get_json, http_client, post_events, provision_fast, restore_dir, sample_event,
+    copy_dir, get_json, metric, post_events, provision_fast, restore_dir, sample_event,
     wait_status, Server,
 };
 use serde_json::json;
 
-async fn metrics(url: &str, token: &str) -> String {
-    http_client()
-        .get(format!("{url}/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Where the node's projection was resumed from at its start (0: the whole
 /// log was folded).
 async fn resumed_from(url: &str, token: &str) -> u64 {
-    let m = metrics(url, token).await;
-    let line = m
-        .lines()
-        .find(|l| l.starts_with("gridsync_projection_resumed_from{"))
-        .unwrap_or_else(|| panic!("no gridsync_projection_resumed_from in {m}"));
-    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    metric(url, token, "gridsync_projection_resumed_from")
+        .await
+        .expect("gridsync_projection_resumed_from in /metrics") as u64
 }
 
-async fn wait_verified(url: &str, token: &str) -> String {
+/// The outcome of the whole-log check after the start, once it has one:
+/// 1 verified, -1 damage found.
+async fn wait_verified(url: &str, token: &str) -> f64 {
     for _ in 0..200 {
-        let m = metrics(url, token).await;
-        if let Some(line) = m.lines().find(|l| l.starts_with("gridsync_log_verified{")) {
-            if !line.ends_with(" 0") {
-                return line.to_owned();
-            }
+        match metric(url, token, "gridsync_log_verified").await {
+            Some(v) if v != 0.0 => return v,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("the whole-log check did not finish");
 }
@@ -70,7 +54,7 @@ async fn damage_inside_the_log_is_found_after_an_open_at_the_checkpoint() {
     // events (none posted: the heads record beside the data directory
     // would then hold more than the backup).
     let mut node = Server::start(&c1.config, &[]);
-    assert!(wait_verified(&node.url, &t.viewer).await.ends_with(" 1"));
+    assert_eq!(wait_verified(&node.url, &t.viewer).await, 1.0);
     let st = get_json(&format!("{}/v1/status", node.url), &t.viewer).await;
     assert_eq!(st["posting"]["accepting"], true, "{st}");
     assert!(node.terminate());
@@ -98,7 +82,7 @@ async fn damage_inside_the_log_is_found_after_an_open_at_the_checkpoint() {
     // events, with the reason in the answer.
     restore_dir(&damaged, &c1.data_dir);
     let mut node = Server::start(&c1.config, &[]);
-    assert!(wait_verified(&node.url, &t.viewer).await.ends_with(" -1"));
+    assert_eq!(wait_verified(&node.url, &t.viewer).await, -1.0);
     wait_status(&node.url, &t.viewer, "posting stopped", |s| {
         s["posting"]["accepting"] == false
     })

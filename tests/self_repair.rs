@@ -125,15 +125,8 @@ async fn a_restored_community_pulls_its_tail_back_and_goes_on() {
     let new = post_n(&community.url, &c1.tokens.reporter, 200, 2, "new").await;
     assert_eq!(seqs(&new), vec![9, 10]);
     wait_heads(&_district.url, &d.tokens.viewer, &[("c1", 10)]).await;
-    let metrics = gridsync_suite::http_client()
-        .get(format!("{}/metrics", community.url))
-        .bearer_auth(&c1.tokens.viewer)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        gridsync_suite::get_text(&format!("{}/metrics", community.url), &c1.tokens.viewer).await;
     assert!(
         metrics.contains("gridsync_own_chain_repaired_events_total{node=\"c1\"} 3"),
         "{metrics}"

@@ -404,15 +404,133 @@ pub const FAST_SYNC: &[(&str, i64)] = &[
 /// # Panics
 /// When the request fails or the answer is not JSON.
 pub async fn get_json(url: &str, token: &str) -> Value {
+    let text = get_text(url, token).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"))
+}
+
+/// `GET url` with a bearer token, as text.
+///
+/// # Panics
+/// When the request fails.
+pub async fn get_text(url: &str, token: &str) -> String {
     http_client()
         .get(url)
         .bearer_auth(token)
         .send()
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap()
+}
+
+/// The value of the first sample of metric `name` in the node's
+/// `/metrics`, if it has one.
+pub async fn metric(url: &str, token: &str, name: &str) -> Option<f64> {
+    let text = get_text(&format!("{url}/metrics"), token).await;
+    let prefix = format!("{name}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A benchmark setting from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident memory of a process, KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Signed chains of sample events (the mix of [`sample_event`], 1,000
+/// distinct payloads reused) for benchmarks that write a log directly: one
+/// chain per origin, continued chunk by chunk.
+pub struct SampleChains {
+    payloads: Vec<gridsync_model::ingest::PreparedEvent>,
+    origins: Vec<(String, ed25519_dalek::SigningKey)>,
+    /// Per origin: last seq and hash.
+    heads: Vec<(u64, gridsync_model::Hash32)>,
+}
+
+impl SampleChains {
+    /// Chains of `origins`, each signed with its key.
+    ///
+    /// # Panics
+    /// Never for the sample events (they are valid).
+    pub fn new(origins: Vec<(String, ed25519_dalek::SigningKey)>) -> Self {
+        let limits = gridsync_model::ingest::IngestLimits::default();
+        let ctx = gridsync_model::ingest::IngestContext {
+            node_id: "c1",
+            now_ms: 1_700_000_000_000,
+            limits: &limits,
+        };
+        let payloads = (0..1000u64)
+            .map(|i| {
+                let v = sample_event(i, &format!("k{i}"));
+                let none = |_: &gridsync_model::kinds::EventRef| None;
+                gridsync_model::ingest::prepare(v, &ctx, &none, &mut rand::thread_rng()).unwrap()
+            })
+            .collect();
+        let heads = vec![(0, gridsync_model::ZERO_HASH); origins.len()];
+        Self {
+            payloads,
+            origins,
+            heads,
+        }
+    }
+
+    /// The next chunk of origin number `o`: up to `len` events, none past
+    /// seq `last` (`None` once the chain has reached it).
+    pub fn next_chunk(&mut self, o: usize, len: usize, last: u64) -> Option<gridsync_model::Chunk> {
+        use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
+        let (origin, key) = &self.origins[o];
+        let (mut seq, mut prev) = self.heads[o];
+        let mut events = Vec::new();
+        while events.len() < len && seq < last {
+            seq += 1;
+            let p = &self.payloads[(seq % 1000) as usize];
+            let digest = p.personal.as_ref().map(|x| x.digest());
+            let bytes = EnvelopeHeader {
+                origin,
+                seq,
+                kind: &p.kind,
+                schema: 1,
+                occurred_at: OccurredAt {
+                    unix_ms: p.occurred_at.unix_ms,
+                    offset_min: 480,
+                },
+                recorded_at_ms: 1_700_000_000_000,
+                grid: &p.grid,
+                recorded_by: &p.recorded_by,
+                client_id: &format!("{origin}-{seq}"),
+                prev: &prev,
+                personal_digest: digest.as_ref(),
+            }
+            .encode_with_data(&p.data);
+            prev = event_hash(&bytes);
+            events.push(gridsync_model::EventRecord {
+                envelope: bytes,
+                personal: p.personal.clone(),
+            });
+        }
+        self.heads[o] = (seq, prev);
+        (!events.is_empty()).then(|| gridsync_model::Chunk {
+            origin: origin.clone(),
+            events,
+            head: gridsync_model::SignedHead::sign(key, origin, seq, prev, 1),
+        })
+    }
 }
 
 /// Waits (at most 30 s) until the node at `url` has folded every event it

@@ -71,7 +71,7 @@ impl Projector {
             match fold_log(store, &mut p, from, Cut::Everything, progress) {
                 Ok(to) => {
                     tracing::info!(from, to, "projection resumed from its snapshot");
-                    Some((p, to, from))
+                    Some((p, to, Some(from)))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "folding on from the projection snapshot failed; folding the whole log");
@@ -79,21 +79,22 @@ impl Projector {
                 }
             }
         });
-        let (p, offset, saved_at): (Projection, u64, u64) = match resumed {
+        let (p, offset, resumed_from) = match resumed {
             Some(x) => x,
             None => {
                 let mut p = Projection::new(cfg);
                 let to = fold_log(store, &mut p, 0, Cut::Everything, progress)?;
-                // A snapshot that did not fit is replaced at the next save.
-                (p, to, u64::MAX)
+                (p, to, None)
             }
         };
         Ok(Self {
             projection: RwLock::new(p),
             applied: watch::channel(offset).0,
             snapshot,
-            saved: Mutex::new((None, saved_at)),
-            resumed_from: if saved_at == u64::MAX { 0 } else { saved_at },
+            // What is on disk: the snapshot resumed from, or nothing that
+            // fits (replaced at the first save).
+            saved: Mutex::new((None, resumed_from.unwrap_or(u64::MAX))),
+            resumed_from: resumed_from.unwrap_or(0),
         })
     }
 
@@ -117,11 +118,13 @@ impl Projector {
     pub fn save_if_due(&self, store: &Store, interval: Duration, now: bool) {
         let Some(file) = &self.snapshot else { return };
         let mut saved = self.saved.lock().expect("lock");
-        let due = now || saved.0.is_none_or(|t| t.elapsed() >= interval);
+        if !now && saved.0.is_some_and(|t| t.elapsed() < interval) {
+            return;
+        }
         let p = self.projection.read().expect("lock");
         // Read under the lock: the offset the state stops before.
         let applied = *self.applied.borrow();
-        if !due || saved.1 == applied {
+        if saved.1 == applied {
             return;
         }
         let started = Instant::now();

@@ -349,24 +349,17 @@ pub fn provision_nodes(
             auditor: generate_token(Role::Auditor, &mut rng),
             admin: generate_token(Role::Admin, &mut rng),
         };
-        let token_entries = vec![
-            TokenEntry {
-                role: Role::Reporter,
-                hash: hash_token(&tokens.reporter),
-            },
-            TokenEntry {
-                role: Role::Viewer,
-                hash: hash_token(&tokens.viewer),
-            },
-            TokenEntry {
-                role: Role::Auditor,
-                hash: hash_token(&tokens.auditor),
-            },
-            TokenEntry {
-                role: Role::Admin,
-                hash: hash_token(&tokens.admin),
-            },
-        ];
+        let token_entries = [
+            (Role::Reporter, &tokens.reporter),
+            (Role::Viewer, &tokens.viewer),
+            (Role::Auditor, &tokens.auditor),
+            (Role::Admin, &tokens.admin),
+        ]
+        .map(|(role, token)| TokenEntry {
+            role,
+            hash: hash_token(token),
+        })
+        .to_vec();
         let tokens_text = format!(
             "# Plaintext tokens of node {:?}. Hand each to the people of that role; the node stores only hashes.\n{}",
             n.id,

@@ -270,24 +270,9 @@ fn open_at_checkpoint(
     keys: &KeyLookup,
     cp: Checkpoint,
 ) -> Result<Recovered, StoreError> {
-    let mut heads = BTreeMap::new();
-    for (k, v) in kv.scan(&[layout::HEAD], &[layout::HEAD], usize::MAX)? {
-        let origin =
-            String::from_utf8(k[1..].to_vec()).map_err(|_| corrupt("malformed heads key"))?;
-        let h = decode_head_value(&v)?;
-        let key = keys(&origin, h.seq)
-            .ok_or_else(|| corrupt(format!("origin {origin:?} is not in the topology")))?;
-        let signed =
-            (h.signed.origin == origin, h.signed.seq, h.signed.hash) == (true, h.seq, h.hash);
-        if !signed {
-            return Err(corrupt(format!(
-                "heads table entry of {origin} is not its signed head"
-            )));
-        }
-        h.signed
-            .verify(&key)
-            .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))?;
-        heads.insert(origin, h);
+    let heads = read_heads_table(kv)?;
+    for (origin, h) in &heads {
+        check_signed_head(keys, origin, h)?;
     }
     let last = kv
         .last_with_prefix(&[layout::LOG])?
@@ -339,22 +324,8 @@ pub(crate) fn verify_log(
             r.counts.chunks, r.counts.events, r.next_offset, opened.counts.chunks, opened.counts.events
         )));
     }
-    if let Some((origin, h)) = opened
-        .heads
-        .iter()
-        .find(|(o, h)| r.heads.get(*o) != Some(*h))
-    {
-        let reached = r.heads.get(origin).map_or(0, |x| x.seq);
-        return Err(corrupt(format!(
-            "origin {origin}: the log's chain reaches seq {reached}, the heads table says seq {}",
-            h.seq
-        )));
-    }
-    if let Some(extra) = r.heads.keys().find(|o| !opened.heads.contains_key(*o)) {
-        return Err(corrupt(format!(
-            "the log holds events of {extra}, which the heads table does not list"
-        )));
-    }
+    // The heads the open took from the heads table.
+    compare_heads(&r.heads, &opened.heads)?;
     Ok(r.counts)
 }
 
@@ -416,11 +387,7 @@ fn walk_log(
     // Each origin's newest signed head vouches for its whole chain.
     if !verify_all {
         for (origin, h) in &heads {
-            let key = keys(origin, h.seq)
-                .ok_or_else(|| corrupt(format!("origin {origin:?} is not in the topology")))?;
-            h.signed
-                .verify(&key)
-                .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))?;
+            check_signed_head(keys, origin, h)?;
         }
     }
     Ok(Recovered {
@@ -475,13 +442,27 @@ fn check_index_entry(
 
 /// The heads table must say exactly what the log says.
 fn check_heads_table(kv: &dyn Kv, heads: &BTreeMap<String, HeadState>) -> Result<(), StoreError> {
-    let mut table: BTreeMap<String, HeadState> = BTreeMap::new();
+    compare_heads(heads, &read_heads_table(kv)?)
+}
+
+/// The heads table, origin by origin.
+fn read_heads_table(kv: &dyn Kv) -> Result<BTreeMap<String, HeadState>, StoreError> {
+    let mut table = BTreeMap::new();
     for (k, v) in kv.scan(&[layout::HEAD], &[layout::HEAD], usize::MAX)? {
         let origin =
             String::from_utf8(k[1..].to_vec()).map_err(|_| corrupt("malformed heads key"))?;
         table.insert(origin, decode_head_value(&v)?);
     }
-    for (origin, h) in heads {
+    Ok(table)
+}
+
+/// `log`: the heads the log's chains end in; `table`: what the heads table
+/// lists. They must be the same.
+fn compare_heads(
+    log: &BTreeMap<String, HeadState>,
+    table: &BTreeMap<String, HeadState>,
+) -> Result<(), StoreError> {
+    for (origin, h) in log {
         match table.get(origin) {
             Some(t) if t == h => {}
             Some(t) => {
@@ -493,13 +474,28 @@ fn check_heads_table(kv: &dyn Kv, heads: &BTreeMap<String, HeadState>) -> Result
             None => return Err(corrupt(format!("heads table lacks origin {origin}, which the log holds"))),
         }
     }
-    if let Some(extra) = table.keys().find(|o| !heads.contains_key(*o)) {
+    if let Some(extra) = table.keys().find(|o| !log.contains_key(*o)) {
         return Err(corrupt(format!(
             "heads table lists origin {extra} at seq {} but the log holds none of its events; the log was cut or altered",
             table[extra].seq
         )));
     }
     Ok(())
+}
+
+/// `h` is `origin`'s own signed head, and its signature verifies with the
+/// key the origin held at that seq.
+fn check_signed_head(keys: &KeyLookup, origin: &str, h: &HeadState) -> Result<(), StoreError> {
+    let key = keys(origin, h.seq)
+        .ok_or_else(|| corrupt(format!("origin {origin:?} is not in the topology")))?;
+    if (h.signed.origin.as_str(), h.signed.seq, h.signed.hash) != (origin, h.seq, h.hash) {
+        return Err(corrupt(format!(
+            "heads table entry of {origin} is not its signed head"
+        )));
+    }
+    h.signed
+        .verify(&key)
+        .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))
 }
 
 /// Hash of event `seq` of `origin` as the log holds it (durably).
