@@ -14,6 +14,7 @@
 pub mod heads_file;
 pub mod kv;
 pub mod layout;
+mod read;
 mod recover;
 pub mod sled_kv;
 mod types;
@@ -120,6 +121,33 @@ pub struct Store {
     opened: Arc<(recover::Recovered, KeyLookup)>,
 }
 
+/// The database is a gridsync store of the format this build reads (an
+/// empty one becomes one).
+fn check_format(kv: &dyn Kv) -> Result<(), StoreError> {
+    match kv.get(layout::FORMAT_KEY)? {
+        None => {
+            if !kv.scan(b"", b"", 1)?.is_empty() {
+                return Err(StoreError::Open(
+                    "data directory holds a database that is not a gridsync store".into(),
+                ));
+            }
+            kv.commit(vec![(
+                layout::FORMAT_KEY.to_vec(),
+                Some(layout::FORMAT_VALUE.to_vec()),
+            )])?;
+        }
+        Some(v) if v == layout::FORMAT_VALUE => {}
+        Some(v) => {
+            return Err(StoreError::Open(format!(
+                "store format {:?} is not supported by this build (it reads {:?})",
+                String::from_utf8_lossy(&v),
+                String::from_utf8_lossy(layout::FORMAT_VALUE)
+            )))
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the log over `kv`, verifies it, and starts the writer.
     ///
@@ -132,27 +160,7 @@ impl Store {
         origin: Option<OriginIdentity>,
         keys: KeyLookup,
     ) -> Result<Self, StoreError> {
-        match kv.get(layout::FORMAT_KEY)? {
-            None => {
-                if !kv.scan(b"", b"", 1)?.is_empty() {
-                    return Err(StoreError::Open(
-                        "data directory holds a database that is not a gridsync store".into(),
-                    ));
-                }
-                kv.commit(vec![(
-                    layout::FORMAT_KEY.to_vec(),
-                    Some(layout::FORMAT_VALUE.to_vec()),
-                )])?;
-            }
-            Some(v) if v == layout::FORMAT_VALUE => {}
-            Some(v) => {
-                return Err(StoreError::Open(format!(
-                    "store format {:?} is not supported by this build (it reads {:?})",
-                    String::from_utf8_lossy(&v),
-                    String::from_utf8_lossy(layout::FORMAT_VALUE)
-                )))
-            }
-        }
+        check_format(kv.as_ref())?;
         let recovered = recover::recover(
             kv.as_ref(),
             &keys,
@@ -449,36 +457,6 @@ impl Store {
         self.shared.heads.read().expect("lock").clone()
     }
 
-    /// Every origin's highest seq that readers may see: the durable heads
-    /// (with the planted bug `unsafe_read_uncommitted`, whatever the live
-    /// key/value store shows, applied or not — what the sender read before
-    /// the fix).
-    ///
-    /// # Errors
-    /// Storage errors (planted-bug mode only).
-    pub fn readable_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let durable = self.heads();
-        if !self.read_uncommitted {
-            return Ok(durable.into_iter().map(|(o, h)| (o, h.seq)).collect());
-        }
-        let mut origins: Vec<String> = durable.into_keys().collect();
-        if let Some(own) = &self.origin {
-            if !origins.contains(own) {
-                origins.push(own.clone());
-            }
-        }
-        let mut out = Vec::new();
-        for o in origins {
-            let last = self.shared.kv.last_with_prefix(&layout::index_prefix(&o))?;
-            if let Some((k, _)) = last {
-                if let Some((_, seq, _)) = layout::parse_origin_seq_key(&k) {
-                    out.push((o, seq));
-                }
-            }
-        }
-        Ok(out)
-    }
-
     pub fn head(&self, origin: &str) -> Option<HeadState> {
         self.shared.heads.read().expect("lock").get(origin).cloned()
     }
@@ -490,114 +468,6 @@ impl Store {
     /// Next log offset (= number of log entries). Changes after each commit.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.committed.subscribe()
-    }
-
-    /// The next log offset that is not durable yet: readers stop before it.
-    fn durable_end(&self) -> u64 {
-        if self.read_uncommitted {
-            return u64::MAX;
-        }
-        *self.shared.committed.borrow()
-    }
-
-    /// The highest seq of `origin` that is durable here (0 if none).
-    fn durable_seq(&self, origin: &str) -> u64 {
-        if self.read_uncommitted {
-            return u64::MAX;
-        }
-        self.head(origin).map_or(0, |h| h.seq)
-    }
-
-    /// Reads up to `max_entries` log entries starting at `offset`, in log
-    /// order, never past the last durable commit: sled shows an applied
-    /// batch to readers before its flush and fsync return, and nothing may
-    /// be forwarded, counted or served that a crash could still take back.
-    /// Does not verify signatures (the log was verified on open and every
-    /// entry was verified or created by this node).
-    ///
-    /// # Errors
-    /// Storage errors, or an entry that does not decode.
-    pub fn read_log(
-        &self,
-        offset: u64,
-        max_entries: usize,
-    ) -> Result<Vec<StoredChunk>, StoreError> {
-        let end = self.durable_end();
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let max = usize::try_from(end - offset).map_or(max_entries, |n| n.min(max_entries));
-        recover::read_entries(self.shared.kv.as_ref(), offset, max)
-    }
-
-    /// Reads the durable chunks of `origin` that hold seqs `> after_seq`,
-    /// in seq order, at most `max_chunks` (never past the origin's durable
-    /// head: see [`Store::read_log`]).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn read_origin(
-        &self,
-        origin: &str,
-        after_seq: u64,
-        max_chunks: usize,
-    ) -> Result<Vec<StoredChunk>, StoreError> {
-        let durable = self.durable_seq(origin);
-        if after_seq >= durable {
-            return Ok(Vec::new());
-        }
-        let prefix = layout::index_prefix(origin);
-        let start = layout::index_key(origin, after_seq.saturating_add(1));
-        let mut out = Vec::new();
-        for (k, v) in self.shared.kv.scan(&start, &prefix, max_chunks)? {
-            let last_seq = layout::parse_origin_seq_key(&k)
-                .map(|(_, seq, _)| seq)
-                .ok_or_else(|| StoreError::Corrupt("malformed index key".into()))?;
-            if last_seq > durable {
-                break;
-            }
-            let (offset, _) = layout::parse_index_value(&v)
-                .ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
-            let mut e = recover::read_entries(self.shared.kv.as_ref(), offset, 1)?;
-            match e.pop() {
-                Some(c) if c.offset == offset => out.push(c),
-                _ => {
-                    return Err(StoreError::Corrupt(format!(
-                        "index points at missing log entry {offset}"
-                    )))
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Finds one event and its personal part.
-    ///
-    /// # Errors
-    /// Storage errors or an entry that does not decode.
-    pub fn find_event(
-        &self,
-        r: &EventRef,
-    ) -> Result<Option<(VerifiedEvent, EventRecord)>, StoreError> {
-        let Some(head) = self.head(&r.origin) else {
-            return Ok(None);
-        };
-        if r.seq == 0 || r.seq > head.seq {
-            return Ok(None);
-        }
-        let Some(sc) = self.read_origin(&r.origin, r.seq - 1, 1)?.pop() else {
-            return Ok(None);
-        };
-        let first = sc.chunk.first_seq();
-        if r.seq < first {
-            return Ok(None);
-        }
-        let idx = usize::try_from(r.seq - first).expect("chunk index fits usize");
-        let rec = sc.chunk.events[idx].clone();
-        let envelope = gridsync_model::Envelope::decode(&rec.envelope)
-            .map_err(|e| StoreError::Corrupt(format!("event {}/{}: {e}", r.origin, r.seq)))?;
-        let hash = gridsync_model::event::event_hash(&rec.envelope);
-        Ok(Some((VerifiedEvent { envelope, hash }, rec)))
     }
 
     /// Drops this handle; when it is the last one, waits for the writer to
