@@ -37,6 +37,13 @@ pub trait Kv: Send + Sync + 'static {
     /// I/O or corruption in the backing store.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvEntry>, StoreError>;
 
+    /// The entry with the greatest key below `key` that begins with
+    /// `prefix`.
+    ///
+    /// # Errors
+    /// I/O or corruption in the backing store.
+    fn last_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<KvEntry>, StoreError>;
+
     /// Applies the batch atomically and makes it durable before returning.
     ///
     /// # Errors
@@ -93,6 +100,15 @@ impl Kv for MemKv {
             .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .last()
+            .map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    fn last_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<KvEntry>, StoreError> {
+        let map = self.map.lock().expect("memkv lock");
+        Ok(map
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(key)))
+            .next_back()
+            .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone())))
     }
 

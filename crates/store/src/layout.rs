@@ -7,7 +7,9 @@
 //! | `V` | store format, `gridsync-store-1` |
 //! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset` |
 //! | `I` len:u8 origin last_seq:u64be | offset:u64be first_seq:u64be — one per chunk |
-//! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — origins only |
+//! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — the client-id index before format 2 (migrated at open) |
+//! | `c` run:u64be h:u64be seq:u64be | a block of the client-id index: up to 448 sorted `h:u64be seq:u64be` pairs, the first being the key's — origins only |
+//! | `j` | the client-id index's state: runs, merges in progress, indexed_upto (see `client_index.rs`) |
 //! | `H` origin | seq:u64be hash:32 signed-head bytes |
 //! | `Z` | posting hold of an origin: since_ms:i64be code_len:u16be code message |
 //! | `X` len:u8 origin seq:u64be their_hash:32 | equivocation evidence summary: at_ms:i64be parts:u16be |
@@ -22,6 +24,9 @@ pub const FORMAT_VALUE: &[u8] = b"gridsync-store-1";
 pub const LOG: u8 = b'L';
 pub const INDEX: u8 = b'I';
 pub const CLIENT: u8 = b'C';
+pub const CLIENT_RUN: u8 = b'c';
+/// The client-id index's state (see `client_index.rs`).
+pub const CLIENT_META_KEY: &[u8] = b"j";
 pub const HEAD: u8 = b'H';
 pub const EVIDENCE: u8 = b'E';
 pub const EVIDENCE_SUMMARY: u8 = b'X';
@@ -131,6 +136,34 @@ pub fn client_key(origin: &str, client_id: &str) -> Vec<u8> {
     let mut k = origin_prefix(CLIENT, origin);
     k.extend_from_slice(client_id.as_bytes());
     k
+}
+
+/// Prefix of the blocks of client-index run `run`.
+pub fn client_run_prefix(run: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = CLIENT_RUN;
+    k[1..].copy_from_slice(&run.to_be_bytes());
+    k
+}
+
+/// Key of the client-index block of `run` whose first pair is `(h, seq)`.
+pub fn client_block_key(run: u64, h: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.extend_from_slice(&client_run_prefix(run));
+    k.extend_from_slice(&h.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The first pair `(h, seq)` of a client-index block key.
+pub fn parse_client_block_key(k: &[u8]) -> Option<(u64, u64)> {
+    if k.len() != 25 || k[0] != CLIENT_RUN {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(k[9..17].try_into().ok()?),
+        u64::from_be_bytes(k[17..25].try_into().ok()?),
+    ))
 }
 
 pub fn head_key(origin: &str) -> Vec<u8> {

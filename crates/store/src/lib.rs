@@ -11,6 +11,7 @@
 //! On open the whole log is read back and verified (chains, signatures,
 //! heads table); a log that does not verify is refused with a message.
 
+mod client_index;
 pub mod heads_file;
 pub mod kv;
 pub mod layout;
@@ -30,6 +31,7 @@ use gridsync_model::kinds::EventRef;
 use gridsync_model::{Chunk, EventRecord, Hash32, VerifiedEvent};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use client_index::ClientIndexConfig;
 pub use kv::{Kv, MemKv};
 pub use sled_kv::SledKv;
 pub use types::{

@@ -88,29 +88,13 @@ impl Store {
         if after_seq >= durable {
             return Ok(Vec::new());
         }
-        let prefix = layout::index_prefix(origin);
-        let start = layout::index_key(origin, after_seq.saturating_add(1));
-        let mut out = Vec::new();
-        for (k, v) in self.shared.kv.scan(&start, &prefix, max_chunks)? {
-            let last_seq = layout::parse_origin_seq_key(&k)
-                .map(|(_, seq, _)| seq)
-                .ok_or_else(|| StoreError::Corrupt("malformed index key".into()))?;
-            if last_seq > durable {
-                break;
-            }
-            let (offset, _) = layout::parse_index_value(&v)
-                .ok_or_else(|| StoreError::Corrupt("malformed index entry".into()))?;
-            let mut e = recover::read_entries(self.shared.kv.as_ref(), offset, 1)?;
-            match e.pop() {
-                Some(c) if c.offset == offset => out.push(c),
-                _ => {
-                    return Err(StoreError::Corrupt(format!(
-                        "index points at missing log entry {offset}"
-                    )))
-                }
-            }
-        }
-        Ok(out)
+        recover::origin_chunks(
+            self.shared.kv.as_ref(),
+            origin,
+            after_seq,
+            durable,
+            max_chunks,
+        )
     }
 
     /// Finds one event and its personal part.

@@ -164,6 +164,16 @@ impl Kv for SledKv {
         }
     }
 
+    fn last_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<KvEntry>, StoreError> {
+        match guard("reading", || self.db.range(..key).next_back())? {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(sled_err)?;
+                Ok(k.starts_with(prefix).then(|| (k.to_vec(), v.to_vec())))
+            }
+        }
+    }
+
     fn commit(&self, batch: Vec<KvWrite>) -> Result<CommitTimings, StoreError> {
         let t0 = Instant::now();
         let mut b = sled::Batch::default();

@@ -150,6 +150,8 @@ pub struct StoreConfig {
     /// pass to [`crate::Store::verify_log`], run after the node listens.
     /// `verify_all_signatures` implies it.
     pub verify_whole_log: bool,
+    /// Shape of the origin's client-id index (defaults suit every node).
+    pub client_index: crate::ClientIndexConfig,
 }
 
 impl Default for StoreConfig {
@@ -167,6 +169,7 @@ impl Default for StoreConfig {
             accept_shorter_log: false,
             verify_all_signatures: false,
             verify_whole_log: false,
+            client_index: crate::ClientIndexConfig::default(),
         }
     }
 }

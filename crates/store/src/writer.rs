@@ -14,8 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::kv::KvWrite;
 use crate::layout;
 use crate::recover::{
-    corrupt, encode_checkpoint, encode_head_value, entry_writes, event_in_chunk, hash_in_log,
-    Recovered,
+    encode_checkpoint, encode_head_value, entry_writes, event_in_chunk, hash_in_log, Recovered,
 };
 use crate::{
     AppendError, Appended, HeadState, OriginIdentity, PostingHold, Request, Shared, StoreConfig,
@@ -25,7 +24,7 @@ use crate::{
 /// The heads record writer and when it last wrote.
 mod originate;
 
-use originate::{client_entry, decode_client_value};
+use crate::client_index::{entry_of, ClientEntry, ClientIndex, UNKNOWN_FINGERPRINT};
 
 pub(crate) struct HeadsOut {
     writer: crate::heads_file::HeadsWriter,
@@ -52,6 +51,8 @@ pub(crate) struct Writer {
     heads: BTreeMap<String, HeadState>,
     next_offset: u64,
     heads_out: Option<HeadsOut>,
+    /// The origin's client-id index, loaded when the thread starts.
+    clients: Option<ClientIndex>,
 }
 
 impl Writer {
@@ -69,6 +70,7 @@ impl Writer {
             heads: recovered.heads,
             next_offset: recovered.next_offset,
             heads_out,
+            clients: None,
         }
     }
 
@@ -149,6 +151,7 @@ impl Writer {
             .build()
             .expect("a current-thread timer runtime");
         let _ = self.write_heads(true);
+        self.load_client_index();
         while let Some(first) = self.next_request(&mut rx, &timer) {
             let mut n_events = first.n_events();
             let mut batch = vec![first];
@@ -167,6 +170,41 @@ impl Writer {
             let _ = self.write_heads(true);
         }
         tracing::debug!("log writer stopped: every sender is gone and the queue is drained");
+    }
+
+    /// Loads the origin's client-id index (before the first commit, on
+    /// this thread, so the node listens meanwhile). A damaged index stops
+    /// the store like a failed commit.
+    fn load_client_index(&mut self) {
+        let Some(origin) = self.origin.as_ref() else {
+            return;
+        };
+        let t0 = Instant::now();
+        let own_head = self.heads.get(&origin.node_id).map_or(0, |h| h.seq);
+        match ClientIndex::open(
+            self.shared.kv.as_ref(),
+            &origin.node_id,
+            own_head,
+            self.config.client_index,
+        ) {
+            Ok((index, st)) => {
+                tracing::info!(
+                    runs = st.runs,
+                    indexed = st.indexed,
+                    recent = st.recent,
+                    filter_bytes = st.filter_bytes,
+                    migrated = st.migrated,
+                    seconds = t0.elapsed().as_secs_f64(),
+                    "client-id index loaded"
+                );
+                self.clients = Some(index);
+            }
+            Err(e) => {
+                let why = format!("loading the client-id index: {e}");
+                tracing::error!(error = %why, "the log writer stops acknowledging");
+                self.shared.fail(why);
+            }
+        }
     }
 
     fn head_of(&self, work: &Work, origin: &str) -> (u64, Hash32) {
@@ -189,6 +227,15 @@ impl Writer {
         if work.writes.is_empty() {
             for p in pending {
                 p.succeed();
+            }
+            return;
+        }
+        if let Err(e) = self.stage_client_index(&mut work) {
+            let why = format!("client-id index: {e}");
+            tracing::error!(error = %why, "the log writer stops acknowledging");
+            self.shared.fail(why.clone());
+            for p in pending {
+                p.fail(StoreError::Failed(why.clone()));
             }
             return;
         }
@@ -236,6 +283,29 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The client-id index's part of this commit (see `client_index.rs`).
+    fn stage_client_index(&mut self, work: &mut Work) -> Result<(), StoreError> {
+        let Some(origin) = self.origin.as_ref() else {
+            return Ok(());
+        };
+        let head = self.head_of(work, &origin.node_id).0;
+        let Some(index) = self.clients.as_mut() else {
+            return Ok(());
+        };
+        if work.clients.is_empty() && !index.busy() {
+            return Ok(());
+        }
+        index.stage(
+            self.shared.kv.as_ref(),
+            std::mem::take(&mut work.clients),
+            head,
+            &mut work.writes,
+        )?;
+        metrics::gauge!("gridsync_client_index_runs", "node" => self.config.node_label.clone())
+            .set(index.runs() as f64);
+        Ok(())
     }
 
     /// Turns a batch of requests into the writes of one commit; requests
@@ -446,13 +516,9 @@ impl Writer {
                 // This origin's own chain coming back from its parent: index
                 // its client ids so a phone's retry is still a duplicate.
                 for rec in &suffix.events {
-                    let (client_id, value) = client_entry(rec)
+                    let (client_id, entry) = entry_of(rec)
                         .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
-                    work.writes.push((
-                        layout::client_key(&origin, &client_id),
-                        Some(value.to_vec()),
-                    ));
-                    work.clients.insert(client_id, decode_client_value(&value)?);
+                    work.clients.insert(client_id, entry);
                 }
             }
             n_new += suffix.events.len() as u64;
@@ -500,7 +566,7 @@ struct Work {
     events: u64,
     heads: HashMap<String, HeadState>,
     /// Client ids originated (or re-imported) earlier in this commit.
-    clients: HashMap<String, (u64, Hash32, Hash32)>,
+    clients: HashMap<String, ClientEntry>,
     /// The chunks this commit appends, in log order.
     pushed: Vec<Chunk>,
     /// Evidence summary keys written by this commit.
@@ -516,7 +582,7 @@ struct WorkSnapshot {
     chunks: u64,
     events: u64,
     heads: HashMap<String, HeadState>,
-    clients: HashMap<String, (u64, Hash32, Hash32)>,
+    clients: HashMap<String, ClientEntry>,
     pushed: usize,
 }
 

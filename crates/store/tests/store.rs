@@ -68,6 +68,27 @@ fn open_with(
     )
 }
 
+/// A store whose client-id index flushes and merges after a few events.
+fn open_small_index(kv: Arc<dyn Kv>) -> Store {
+    Store::open(
+        kv,
+        StoreConfig {
+            client_index: gridsync_store::ClientIndexConfig {
+                flush_entries: 3,
+                fanout: 2,
+                slice_pairs: 4,
+            },
+            ..StoreConfig::default()
+        },
+        Some(OriginIdentity {
+            node_id: ORIGIN.into(),
+            key: key(),
+        }),
+        keys(),
+    )
+    .unwrap()
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -384,12 +405,12 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
         let mut model: BTreeMap<String, u64> = BTreeMap::new();
-        let mut store = open(Arc::new(SledKv::open(dir.path(), 8 << 20).unwrap())).unwrap();
+        let mut store = open_small_index(Arc::new(SledKv::open(dir.path(), 8 << 20).unwrap()));
         for op in ops {
             match op {
                 Op::Reboot => {
                     drop(store);
-                    store = open(Arc::new(SledKv::open(dir.path(), 8 << 20).unwrap())).unwrap();
+                    store = open_small_index(Arc::new(SledKv::open(dir.path(), 8 << 20).unwrap()));
                 }
                 Op::Append(ids) => {
                     let evs: Vec<_> = ids.iter().map(|i| event(&format!("k{i}"), 0)).collect();
@@ -446,6 +467,13 @@ impl Kv for GatedKv {
         prefix: &[u8],
     ) -> Result<Option<gridsync_store::kv::KvEntry>, StoreError> {
         self.inner.last_with_prefix(prefix)
+    }
+    fn last_before(
+        &self,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<Option<gridsync_store::kv::KvEntry>, StoreError> {
+        self.inner.last_before(prefix, key)
     }
     fn commit(
         &self,

@@ -18,21 +18,14 @@ impl Writer {
         let start = self.head_of(work, &origin_id);
         let (mut seq, mut hash) = start;
         let mut records: Vec<EventRecord> = Vec::new();
-        let mut added: Vec<(String, (u64, Hash32, Hash32))> = Vec::new();
+        let mut added: HashMap<String, ClientEntry> = HashMap::with_capacity(events.len());
         let mut results = Vec::with_capacity(events.len());
         for (index, ev) in events.into_iter().enumerate() {
             // Already taken: in this commit, earlier in this request, or
             // stored.
-            let existing = match work.clients.get(&ev.client_id) {
+            let existing = match work.clients.get(&ev.client_id).or(added.get(&ev.client_id)) {
                 Some(p) => Some(*p),
-                None => added
-                    .iter()
-                    .find(|(c, _)| *c == ev.client_id)
-                    .map(|(_, p)| *p)
-                    .map_or_else(
-                        || self.lookup_client(&origin_id, &ev.client_id),
-                        |p| Ok(Some(p)),
-                    )?,
+                None => self.lookup_client(&ev.client_id)?,
             };
             if let Some((s, h, fp)) = existing {
                 if fp != ev.fingerprint && fp != UNKNOWN_FINGERPRINT {
@@ -57,7 +50,7 @@ impl Writer {
                 envelope,
                 personal: ev.personal,
             });
-            added.push((ev.client_id, (seq, hash, ev.fingerprint)));
+            added.insert(ev.client_id, (seq, hash, ev.fingerprint));
             results.push(Appended {
                 origin: origin_id.clone(),
                 seq,
@@ -77,26 +70,20 @@ impl Writer {
             now_ms,
         );
         debug_assert_eq!(end, (seq, hash));
-        for (client_id, (s, h, fp)) in added {
-            let mut v = Vec::with_capacity(72);
-            v.extend_from_slice(&s.to_be_bytes());
-            v.extend_from_slice(&h);
-            v.extend_from_slice(&fp);
-            work.writes
-                .push((layout::client_key(&origin_id, &client_id), Some(v)));
-            work.clients.insert(client_id, (s, h, fp));
-        }
+        // Indexed at the commit (`ClientIndex::stage`): most commits write
+        // nothing for them, the log holds their client ids.
+        work.clients.extend(added);
         Ok(results)
     }
 
-    fn lookup_client(
-        &self,
-        origin: &str,
-        client_id: &str,
-    ) -> Result<Option<(u64, Hash32, Hash32)>, StoreError> {
-        match self.shared.kv.get(&layout::client_key(origin, client_id))? {
-            None => Ok(None),
-            Some(v) => decode_client_value(&v).map(Some),
+    /// The stored event of this origin with `client_id`. The index is
+    /// loaded by the writer thread before its first commit.
+    fn lookup_client(&self, client_id: &str) -> Result<Option<ClientEntry>, StoreError> {
+        match &self.clients {
+            Some(index) => index.lookup(self.shared.kv.as_ref(), client_id),
+            None => Err(StoreError::Failed(
+                "the client-id index is not loaded".into(),
+            )),
         }
     }
 }
@@ -154,37 +141,4 @@ fn cut_into_chunks(
         }
     }
     (chunk_seq, chunk_hash)
-}
-
-/// The fingerprint recorded for an event whose personal part this node got
-/// back without (a retry with its client id is taken as a duplicate).
-pub(super) const UNKNOWN_FINGERPRINT: Hash32 = [0xff; 32];
-
-/// The client-id index entry of a stored event of this origin:
-/// `(client_id, seq ‖ hash ‖ content fingerprint)`.
-pub(super) fn client_entry(rec: &EventRecord) -> Result<(String, [u8; 72]), String> {
-    let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
-    let fp = if env.personal_digest.is_some() && rec.personal.is_none() {
-        // Pulled back from a parent that never held the personal part: the
-        // content cannot be compared, only the client id.
-        UNKNOWN_FINGERPRINT
-    } else {
-        gridsync_model::ingest::stored_fingerprint(&env, rec.personal.as_ref())
-    };
-    let mut v = [0u8; 72];
-    v[..8].copy_from_slice(&env.seq.to_be_bytes());
-    v[8..40].copy_from_slice(&event_hash(&rec.envelope));
-    v[40..].copy_from_slice(&fp);
-    Ok((env.client_id, v))
-}
-
-pub(super) fn decode_client_value(v: &[u8]) -> Result<(u64, Hash32, Hash32), StoreError> {
-    if v.len() != 72 {
-        return Err(corrupt("malformed client_id index entry"));
-    }
-    Ok((
-        u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-        v[8..40].try_into().expect("32 bytes"),
-        v[40..72].try_into().expect("32 bytes"),
-    ))
 }
