@@ -48,40 +48,17 @@ pub(crate) async fn post_events(
         }
     })?;
     let now_ms = state.now_ms();
-    let st = state.clone();
-    // Validation is CPU work (JSON Schema, canonical encoding): keep it off
-    // the async workers.
-    let prepared = tokio::task::spawn_blocking(move || {
-        let values = ingest::parse_body(&body, &st.ingest_limits)?;
-        let ctx = IngestContext {
-            node_id: &st.config.id,
-            now_ms,
-            limits: &st.ingest_limits,
-        };
-        let lookup = |r: &EventRef| -> Option<TargetInfo> {
-            st.store
-                .find_event(r)
-                .ok()
-                .flatten()
-                .map(|(e, _)| TargetInfo {
-                    kind: e.envelope.kind,
-                    schema: e.envelope.schema,
-                })
-        };
-        let mut rng = rand::rngs::OsRng;
-        let mut out = Vec::with_capacity(values.len());
-        for (i, v) in values.into_iter().enumerate() {
-            out.push(
-                ingest::prepare(v, &ctx, &lookup, &mut rng).map_err(|mut e| {
-                    e.index = Some(i);
-                    e
-                })?,
-            );
-        }
-        Ok::<_, ingest::IngestError>(out)
-    })
-    .await
-    .map_err(|e| ApiError::internal("validation task failed", &e))??;
+    // Validation is CPU work (JSON Schema, canonical encoding): a batch
+    // goes to the blocking pool; a phone's single event (tens of µs) is
+    // prepared in place, where the hand-off would cost more than the work.
+    let prepared = if body.len() <= INLINE_BODY_BYTES_MAX {
+        prepare_body(&state, &body, now_ms)?
+    } else {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || prepare_body(&st, &body, now_ms))
+            .await
+            .map_err(|e| ApiError::internal("validation task failed", &e))??
+    };
     let results = state.store.append(prepared, now_ms).await?;
     Ok(Json(PostEventsResponse {
         results: results
@@ -94,6 +71,44 @@ pub(crate) async fn post_events(
             })
             .collect(),
     }))
+}
+
+/// Bodies up to this size are validated on the async worker.
+const INLINE_BODY_BYTES_MAX: usize = 4096;
+
+/// Parses and validates a posted body into events ready for the log.
+fn prepare_body(
+    st: &NodeState,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<Vec<ingest::PreparedEvent>, ingest::IngestError> {
+    let values = ingest::parse_body(body, &st.ingest_limits)?;
+    let ctx = IngestContext {
+        node_id: &st.config.id,
+        now_ms,
+        limits: &st.ingest_limits,
+    };
+    let lookup = |r: &EventRef| -> Option<TargetInfo> {
+        st.store
+            .find_event(r)
+            .ok()
+            .flatten()
+            .map(|(e, _)| TargetInfo {
+                kind: e.envelope.kind,
+                schema: e.envelope.schema,
+            })
+    };
+    let mut rng = rand::rngs::OsRng;
+    let mut out = Vec::with_capacity(values.len());
+    for (i, v) in values.into_iter().enumerate() {
+        out.push(
+            ingest::prepare(v, &ctx, &lookup, &mut rng).map_err(|mut e| {
+                e.index = Some(i);
+                e
+            })?,
+        );
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]

@@ -196,7 +196,7 @@ impl Meta {
 }
 
 fn decode_block(v: &[u8]) -> Result<impl Iterator<Item = (u64, u64)> + '_, StoreError> {
-    if v.is_empty() || v.len() % 16 != 0 || v.len() / 16 > BLOCK_PAIRS {
+    if v.is_empty() || !v.len().is_multiple_of(16) || v.len() / 16 > BLOCK_PAIRS {
         return Err(corrupt("malformed client-id index block"));
     }
     Ok(v.chunks_exact(16).map(|p| {

@@ -208,6 +208,11 @@ impl Writer {
     }
 
     fn head_of(&self, work: &Work, origin: &str) -> (u64, Hash32) {
+        if let (Some(own), Some(o)) = (&work.own, &self.origin) {
+            if o.node_id == origin {
+                return own.end;
+            }
+        }
         work.heads
             .get(origin)
             .or_else(|| self.heads.get(origin))
@@ -342,12 +347,16 @@ impl Writer {
                     chunks,
                     now_ms,
                     reply,
-                } => match self.import(&mut work, chunks, now_ms) {
-                    Ok(n) => pending.push(PendingReply::Import(reply, n)),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
+                } => {
+                    // The log keeps each origin's events in seq order.
+                    self.cut_own(&mut work);
+                    match self.import(&mut work, chunks, now_ms) {
+                        Ok(n) => pending.push(PendingReply::Import(reply, n)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
                     }
-                },
+                }
                 Request::Evidence {
                     summary,
                     writes,
@@ -365,6 +374,7 @@ impl Writer {
                 }
             }
         }
+        self.cut_own(&mut work);
         (work, pending)
     }
 
@@ -573,6 +583,17 @@ struct Work {
     evidence: HashSet<Vec<u8>>,
     /// A posting hold set (or lifted) by this commit.
     hold: Option<Option<PostingHold>>,
+    /// Events originated in this commit, not yet cut into chunks.
+    own: Option<OwnEvents>,
+}
+
+/// This origin's new events of a commit, after `start` (seq, hash) up to
+/// `end`, signed at `now_ms` once the commit is staged.
+struct OwnEvents {
+    start: (u64, Hash32),
+    end: (u64, Hash32),
+    records: Vec<EventRecord>,
+    now_ms: i64,
 }
 
 /// What a failed request rolls back to.

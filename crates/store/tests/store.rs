@@ -756,3 +756,67 @@ fn a_log_shorter_than_its_heads_record_is_refused() {
         Err(StoreError::Truncated(m)) if m.contains("damaged")
     ));
 }
+
+/// Phones post one event at a time; the posts gathered into one commit
+/// are cut into chunks together — one signature per ~6 KiB of the commit,
+/// not one per post — and every chunk's head still verifies.
+#[test]
+fn single_event_posts_of_one_commit_share_signed_chunks() {
+    let kv = Arc::new(GatedKv {
+        inner: MemKv::new(),
+        gate: std::sync::Mutex::new(None),
+        applied: std::sync::Mutex::new(None),
+    });
+    let store = Store::open(
+        kv.clone(),
+        StoreConfig::default(),
+        Some(OriginIdentity {
+            node_id: ORIGIN.into(),
+            key: key(),
+        }),
+        keys(),
+    )
+    .unwrap();
+    // Hold the writer inside a commit while 40 single-event posts queue.
+    let (release, gate) = std::sync::mpsc::channel();
+    let (applied_tx, applied) = std::sync::mpsc::channel();
+    *kv.gate.lock().unwrap() = Some(gate);
+    *kv.applied.lock().unwrap() = Some(applied_tx);
+    let s = store.clone();
+    let first = std::thread::spawn(move || rt().block_on(s.append(vec![event("first", 0)], 1)));
+    applied.recv().unwrap();
+    let s = store.clone();
+    let phones = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let posts: Vec<_> = (0..40)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move { s.append(vec![event(&format!("p{i}"), 0)], 2).await })
+                })
+                .collect();
+            // Let every post reach the writer's queue, then open the gate.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            release.send(()).unwrap();
+            let mut seqs = Vec::new();
+            for p in posts {
+                seqs.push(p.await.unwrap().unwrap()[0].seq);
+            }
+            seqs
+        })
+    });
+    first.join().unwrap().unwrap();
+    let mut seqs = phones.join().unwrap();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..=41).collect::<Vec<u64>>());
+    let log = store.read_log(0, 100).unwrap();
+    let vk = key().verifying_key();
+    for e in &log {
+        e.chunk.head.verify(&vk).unwrap();
+        e.chunk
+            .check_links(e.chunk.first_seq(), &e.chunk.first_prev().unwrap())
+            .unwrap();
+    }
+    // 40 posts of ~250 bytes: two chunks of ~6 KiB, not forty.
+    assert!(log.len() <= 4, "{} log entries for 41 posts", log.len());
+    assert_eq!(log.iter().map(|e| e.chunk.events.len()).sum::<usize>(), 41);
+}

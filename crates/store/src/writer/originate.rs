@@ -61,19 +61,39 @@ impl Writer {
         if records.is_empty() {
             return Ok(results);
         }
-        let end = cut_into_chunks(
-            work,
-            origin,
+        // Cut into chunks with the rest of the commit's own events
+        // ([`Writer::cut_own`]): one signature per ~6 KiB of the commit,
+        // however many phones' single-event posts it gathered.
+        let own = work.own.get_or_insert_with(|| OwnEvents {
             start,
-            records,
-            self.config.chunk_bytes_target,
+            end: start,
+            records: Vec::new(),
             now_ms,
-        );
-        debug_assert_eq!(end, (seq, hash));
+        });
+        own.records.extend(records);
+        own.end = (seq, hash);
+        own.now_ms = own.now_ms.max(now_ms);
         // Indexed at the commit (`ClientIndex::stage`): most commits write
         // nothing for them, the log holds their client ids.
         work.clients.extend(added);
         Ok(results)
+    }
+
+    /// Cuts the events originated so far in this commit into signed
+    /// chunks and adds them to the log entries of the commit.
+    pub(super) fn cut_own(&self, work: &mut Work) {
+        let (Some(own), Some(origin)) = (work.own.take(), self.origin.as_ref()) else {
+            return;
+        };
+        let end = cut_into_chunks(
+            work,
+            origin,
+            own.start,
+            own.records,
+            self.config.chunk_bytes_target,
+            own.now_ms,
+        );
+        debug_assert_eq!(end, own.end);
     }
 
     /// The stored event of this origin with `client_id`. The index is
