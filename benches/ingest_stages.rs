@@ -71,7 +71,11 @@ fn bench(c: &mut Criterion) {
     group.sample_size(30);
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("1_parse_json", |b| {
-        b.iter_batched(body, |body| parse_body(&body, &limits).unwrap(), BatchSize::PerIteration)
+        b.iter_batched(
+            body,
+            |body| parse_body(&body, &limits).unwrap(),
+            BatchSize::PerIteration,
+        )
     });
     group.bench_function("2_json_schema_only", |b| {
         b.iter_batched(

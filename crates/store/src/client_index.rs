@@ -29,6 +29,7 @@
 //! durable commit and a merge resumes at its next slice.
 
 mod filter;
+mod meta;
 
 use std::collections::HashMap;
 
@@ -39,6 +40,7 @@ use crate::layout;
 use crate::recover::{corrupt, origin_chunks, record_in_log};
 use crate::StoreError;
 use filter::Filter;
+use meta::{Merge, Meta, Run};
 
 /// seq, hash, content fingerprint of an event, by its client id.
 pub(crate) type ClientEntry = (u64, Hash32, Hash32);
@@ -73,126 +75,6 @@ impl Default for ClientIndexConfig {
 pub(crate) fn client_hash(client_id: &str) -> u64 {
     let d = blake3::hash(client_id.as_bytes());
     u64::from_be_bytes(d.as_bytes()[..8].try_into().expect("8 bytes"))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Run {
-    id: u64,
-    tier: u8,
-    pairs: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Merge {
-    inputs: Vec<u64>,
-    output: u64,
-    /// Tier of the output.
-    tier: u8,
-    slices: u64,
-    done: u64,
-    written: u64,
-}
-
-/// The durable state (`j`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Meta {
-    /// Every own event up to this seq is in a run.
-    indexed_upto: u64,
-    next_run: u64,
-    /// Runs lookups read (merge inputs stay here until the merge is done).
-    runs: Vec<Run>,
-    merges: Vec<Merge>,
-    /// Merged-away runs whose blocks are being deleted.
-    dead: Vec<u64>,
-}
-
-impl Meta {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = vec![1u8];
-        let mut put = |x: u64| v.extend_from_slice(&x.to_be_bytes());
-        put(self.indexed_upto);
-        put(self.next_run);
-        put(self.runs.len() as u64);
-        for r in &self.runs {
-            put(r.id);
-            put(u64::from(r.tier));
-            put(r.pairs);
-        }
-        put(self.merges.len() as u64);
-        for m in &self.merges {
-            put(m.inputs.len() as u64);
-            for i in &m.inputs {
-                put(*i);
-            }
-            put(m.output);
-            put(u64::from(m.tier));
-            put(m.slices);
-            put(m.done);
-            put(m.written);
-        }
-        put(self.dead.len() as u64);
-        for d in &self.dead {
-            put(*d);
-        }
-        v
-    }
-
-    fn decode(v: &[u8]) -> Result<Self, StoreError> {
-        let bad = || corrupt("malformed client-id index record");
-        if v.first() != Some(&1) {
-            return Err(bad());
-        }
-        let mut at = 1usize;
-        let mut get = || -> Result<u64, StoreError> {
-            let x = v.get(at..at + 8).ok_or_else(bad)?;
-            at += 8;
-            Ok(u64::from_be_bytes(x.try_into().expect("8 bytes")))
-        };
-        let small = |x: u64| {
-            usize::try_from(x)
-                .ok()
-                .filter(|n| *n <= 1 << 16)
-                .ok_or_else(bad)
-        };
-        let tier = |x: u64| u8::try_from(x).map_err(|_| bad());
-        let indexed_upto = get()?;
-        let next_run = get()?;
-        let mut runs = Vec::new();
-        for _ in 0..small(get()?)? {
-            runs.push(Run {
-                id: get()?,
-                tier: tier(get()?)?,
-                pairs: get()?,
-            });
-        }
-        let mut merges = Vec::new();
-        for _ in 0..small(get()?)? {
-            let inputs = (0..small(get()?)?)
-                .map(|_| get())
-                .collect::<Result<Vec<_>, _>>()?;
-            merges.push(Merge {
-                inputs,
-                output: get()?,
-                tier: tier(get()?)?,
-                slices: get()?,
-                done: get()?,
-                written: get()?,
-            });
-        }
-        let dead = (0..small(get()?)?)
-            .map(|_| get())
-            .collect::<Result<Vec<_>, _>>()?;
-        if at != v.len() {
-            return Err(bad());
-        }
-        Ok(Self {
-            indexed_upto,
-            next_run,
-            runs,
-            merges,
-            dead,
-        })
-    }
 }
 
 fn decode_block(v: &[u8]) -> Result<impl Iterator<Item = (u64, u64)> + '_, StoreError> {

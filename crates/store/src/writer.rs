@@ -21,11 +21,12 @@ use crate::{
     StoreError,
 };
 
-/// The heads record writer and when it last wrote.
+mod import;
 mod originate;
 
 use crate::client_index::{entry_of, ClientEntry, ClientIndex, UNKNOWN_FINGERPRINT};
 
+/// The heads record writer and when it last wrote.
 pub(crate) struct HeadsOut {
     writer: crate::heads_file::HeadsWriter,
     last: Option<Instant>,
@@ -419,123 +420,6 @@ impl Writer {
         }
         let _ = self.write_heads(false);
     }
-
-    /// Adds one chunk to the work as the next log entry.
-    fn push_chunk(work: &mut Work, chunk: Chunk, received_at_ms: i64) {
-        work.writes
-            .extend(entry_writes(work.offset, received_at_ms, &chunk.encode()));
-        work.writes.push((
-            layout::index_key(&chunk.origin, chunk.last_seq()),
-            Some(layout::index_value(work.offset, chunk.first_seq())),
-        ));
-        work.offset += 1;
-        work.chunks += 1;
-        work.events += chunk.events.len() as u64;
-        work.heads.insert(
-            chunk.origin.clone(),
-            HeadState {
-                seq: chunk.head.seq,
-                hash: chunk.head.hash,
-                signed: chunk.head.clone(),
-            },
-        );
-        work.pushed.push(chunk);
-    }
-
-    /// Hash of event `seq` of `origin` as this writer holds it: in this
-    /// commit's work, or durable in the log.
-    fn held_hash(&self, work: &Work, origin: &str, seq: u64) -> Result<Option<Hash32>, StoreError> {
-        if seq == 0 {
-            return Ok(Some(ZERO_HASH));
-        }
-        let (head_seq, head_hash) = self.head_of(work, origin);
-        if seq > head_seq {
-            return Ok(None);
-        }
-        if seq == head_seq {
-            return Ok(Some(head_hash));
-        }
-        if let Some(h) = work
-            .pushed
-            .iter()
-            .rev()
-            .filter(|c| c.origin == origin)
-            .find_map(|c| event_in_chunk(c, seq))
-        {
-            return Ok(Some(h));
-        }
-        hash_in_log(self.shared.kv.as_ref(), origin, seq)
-    }
-
-    /// Chunks received from a child (or, at an origin repairing itself,
-    /// its own chain pulled back from its parent), already verified by the
-    /// protocol. The writer re-checks them against its own heads (a second
-    /// session of the same child may have sent the same events): what is
-    /// held is skipped if its hash is the one held, a gap refuses the whole
-    /// request, and a different event at a held seq refuses it as
-    /// [`StoreError::Diverged`].
-    fn import(
-        &mut self,
-        work: &mut Work,
-        chunks: Vec<Chunk>,
-        now_ms: i64,
-    ) -> Result<u64, StoreError> {
-        let snapshot = work.snapshot();
-        let result = self.import_all(work, chunks, now_ms);
-        if result.is_err() {
-            work.restore(snapshot);
-        }
-        result
-    }
-
-    fn import_all(
-        &mut self,
-        work: &mut Work,
-        chunks: Vec<Chunk>,
-        now_ms: i64,
-    ) -> Result<u64, StoreError> {
-        let own = self.origin.as_ref().map(|o| o.node_id.clone());
-        let mut n_new = 0u64;
-        for chunk in chunks {
-            let origin = chunk.origin.clone();
-            let (head_seq, head_hash) = self.head_of(work, &origin);
-            let (first, last) = (chunk.first_seq(), chunk.last_seq());
-            if last <= head_seq {
-                let theirs = event_hash(&chunk.events.last().expect("non-empty").envelope);
-                if self.held_hash(work, &origin, last)? != Some(theirs) {
-                    return Err(StoreError::Diverged { origin, seq: last });
-                }
-                continue;
-            }
-            if first > head_seq.saturating_add(1) {
-                return Err(StoreError::Refused(format!(
-                    "origin {origin}: gap (holds {head_seq}, chunk starts at {first})"
-                )));
-            }
-            let suffix = chunk.suffix_after(head_seq).expect("last > head");
-            if suffix.first_prev().ok() != Some(head_hash) {
-                return Err(StoreError::Diverged {
-                    origin,
-                    seq: head_seq,
-                });
-            }
-            suffix
-                .check_links(head_seq.saturating_add(1), &head_hash)
-                .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
-            if own.as_deref() == Some(origin.as_str()) {
-                // This origin's own chain coming back from its parent: index
-                // its client ids so a phone's retry is still a duplicate.
-                for rec in &suffix.events {
-                    let (client_id, entry) = entry_of(rec)
-                        .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
-                    work.clients.insert(client_id, entry);
-                }
-            }
-            n_new += suffix.events.len() as u64;
-            Self::push_chunk(work, suffix, now_ms);
-        }
-        Ok(n_new)
-    }
 }
 
 impl Request {
@@ -585,6 +469,16 @@ struct Work {
     hold: Option<Option<PostingHold>>,
     /// Events originated in this commit, not yet cut into chunks.
     own: Option<OwnEvents>,
+    /// The entry the current import request added last (see
+    /// [`Writer::push_received`]).
+    last_received: Option<LastReceived>,
+}
+
+/// Where the last received entry's writes are, and its encoded size.
+struct LastReceived {
+    writes_start: usize,
+    writes_end: usize,
+    bytes: usize,
 }
 
 /// This origin's new events of a commit, after `start` (seq, hash) up to

@@ -820,3 +820,54 @@ fn single_event_posts_of_one_commit_share_signed_chunks() {
     assert!(log.len() <= 4, "{} log entries for 41 posts", log.len());
     assert_eq!(log.iter().map(|e| e.chunk.events.len()).sum::<usize>(), 41);
 }
+
+/// A child's batch of one-event chunks (phones posting one at a time) is
+/// stored as chunks near the size target, each closed by the last original
+/// head of its run: the stored events are byte-identical, every stored
+/// chunk verifies, and a merged chunk forwarded upward is accepted.
+#[test]
+fn an_aggregator_stores_a_batch_of_one_event_chunks_as_large_chunks() {
+    let rt = rt();
+    let ids: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let small = origin_chunks(&refs, 0);
+    assert_eq!(small.len(), 60, "one chunk per post at the origin");
+    let store = aggregator(Arc::new(MemKv::new()));
+    assert_eq!(
+        rt.block_on(store.import(small[..40].to_vec(), 1)).unwrap(),
+        40
+    );
+    let first = store.read_log(0, 100).unwrap().len();
+    assert!(
+        first <= 3,
+        "{first} entries for a batch of 40 one-event chunks"
+    );
+    // A later request is stored on its own, never folded into an entry of
+    // an earlier one.
+    assert_eq!(
+        rt.block_on(store.import(small[40..].to_vec(), 2)).unwrap(),
+        20
+    );
+    let log = store.read_log(0, 100).unwrap();
+    assert!(log.len() > first && log.len() <= first + 2);
+    let vk = key().verifying_key();
+    let mut next = 1;
+    for e in &log {
+        e.chunk.head.verify(&vk).unwrap();
+        e.chunk
+            .check_links(next, &e.chunk.first_prev().unwrap())
+            .unwrap();
+        next = e.chunk.last_seq() + 1;
+    }
+    assert_eq!(next, 61);
+    let stored: Vec<_> = log.iter().flat_map(|e| e.chunk.events.clone()).collect();
+    let original: Vec<_> = small.iter().flat_map(|c| c.events.clone()).collect();
+    assert!(stored == original, "the events are stored unchanged");
+    // The small chunks again: held, nothing new.
+    assert_eq!(rt.block_on(store.import(small.clone(), 3)).unwrap(), 0);
+    // Forwarded upward, the merged chunks are taken as they are.
+    let upper = aggregator(Arc::new(MemKv::new()));
+    let forwarded: Vec<_> = log.into_iter().map(|e| e.chunk).collect();
+    assert_eq!(rt.block_on(upper.import(forwarded, 4)).unwrap(), 60);
+    assert_eq!(upper.head(ORIGIN).unwrap().seq, 60);
+}

@@ -1,0 +1,179 @@
+//! Chunks received from children (and an origin's own chain pulled back
+//! from its parent): checked against what the writer holds, merged into
+//! large entries within a request, added to the commit.
+
+use super::*;
+
+impl Writer {
+    /// Adds a chunk received from a child. When the entry this request
+    /// added last holds the same origin's events just before it and the
+    /// two fit the chunk target together, they become one entry closed by
+    /// the later head: its signature covers both through the chain links,
+    /// the earlier head's signature adds nothing a verifier needs. So
+    /// children that forward phones' one-event commits in a batch are
+    /// stored (and forwarded, and verified) as large chunks.
+    fn push_received(&self, work: &mut Work, chunk: Chunk, received_at_ms: i64) {
+        let bytes = chunk.encode().len();
+        if let Some(last) = work.last_received.take() {
+            let follows = work.pushed.last().is_some_and(|p| {
+                p.origin == chunk.origin && p.last_seq().checked_add(1) == Some(chunk.first_seq())
+            });
+            if follows
+                && work.writes.len() == last.writes_end
+                && last.bytes + bytes <= self.config.chunk_bytes_target
+            {
+                let prev = work.pushed.pop().expect("checked");
+                work.writes.truncate(last.writes_start);
+                work.offset -= 1;
+                work.chunks -= 1;
+                work.events -= prev.events.len() as u64;
+                let mut events = prev.events;
+                events.extend(chunk.events);
+                let merged = Chunk {
+                    origin: chunk.origin,
+                    events,
+                    head: chunk.head,
+                };
+                let writes_start = work.writes.len();
+                let bytes = Self::push_chunk(work, merged, received_at_ms);
+                work.last_received = Some(LastReceived {
+                    writes_start,
+                    writes_end: work.writes.len(),
+                    bytes,
+                });
+                return;
+            }
+        }
+        let writes_start = work.writes.len();
+        let bytes = Self::push_chunk(work, chunk, received_at_ms);
+        work.last_received = Some(LastReceived {
+            writes_start,
+            writes_end: work.writes.len(),
+            bytes,
+        });
+    }
+
+    /// Adds one chunk to the work as the next log entry; returns its
+    /// encoded size.
+    pub(super) fn push_chunk(work: &mut Work, chunk: Chunk, received_at_ms: i64) -> usize {
+        work.last_received = None;
+        let encoded = chunk.encode();
+        work.writes
+            .extend(entry_writes(work.offset, received_at_ms, &encoded));
+        work.writes.push((
+            layout::index_key(&chunk.origin, chunk.last_seq()),
+            Some(layout::index_value(work.offset, chunk.first_seq())),
+        ));
+        work.offset += 1;
+        work.chunks += 1;
+        work.events += chunk.events.len() as u64;
+        work.heads.insert(
+            chunk.origin.clone(),
+            HeadState {
+                seq: chunk.head.seq,
+                hash: chunk.head.hash,
+                signed: chunk.head.clone(),
+            },
+        );
+        work.pushed.push(chunk);
+        encoded.len()
+    }
+
+    /// Hash of event `seq` of `origin` as this writer holds it: in this
+    /// commit's work, or durable in the log.
+    fn held_hash(&self, work: &Work, origin: &str, seq: u64) -> Result<Option<Hash32>, StoreError> {
+        if seq == 0 {
+            return Ok(Some(ZERO_HASH));
+        }
+        let (head_seq, head_hash) = self.head_of(work, origin);
+        if seq > head_seq {
+            return Ok(None);
+        }
+        if seq == head_seq {
+            return Ok(Some(head_hash));
+        }
+        if let Some(h) = work
+            .pushed
+            .iter()
+            .rev()
+            .filter(|c| c.origin == origin)
+            .find_map(|c| event_in_chunk(c, seq))
+        {
+            return Ok(Some(h));
+        }
+        hash_in_log(self.shared.kv.as_ref(), origin, seq)
+    }
+
+    /// Chunks received from a child (or, at an origin repairing itself,
+    /// its own chain pulled back from its parent), already verified by the
+    /// protocol. The writer re-checks them against its own heads (a second
+    /// session of the same child may have sent the same events): what is
+    /// held is skipped if its hash is the one held, a gap refuses the whole
+    /// request, and a different event at a held seq refuses it as
+    /// [`StoreError::Diverged`].
+    pub(super) fn import(
+        &mut self,
+        work: &mut Work,
+        chunks: Vec<Chunk>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        // Entries are merged only within one request: a later request's
+        // failure must not undo an entry an earlier one added.
+        work.last_received = None;
+        let snapshot = work.snapshot();
+        let result = self.import_all(work, chunks, now_ms);
+        if result.is_err() {
+            work.restore(snapshot);
+        }
+        result
+    }
+
+    fn import_all(
+        &mut self,
+        work: &mut Work,
+        chunks: Vec<Chunk>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let own = self.origin.as_ref().map(|o| o.node_id.clone());
+        let mut n_new = 0u64;
+        for chunk in chunks {
+            let origin = chunk.origin.clone();
+            let (head_seq, head_hash) = self.head_of(work, &origin);
+            let (first, last) = (chunk.first_seq(), chunk.last_seq());
+            if last <= head_seq {
+                let theirs = event_hash(&chunk.events.last().expect("non-empty").envelope);
+                if self.held_hash(work, &origin, last)? != Some(theirs) {
+                    return Err(StoreError::Diverged { origin, seq: last });
+                }
+                continue;
+            }
+            if first > head_seq.saturating_add(1) {
+                return Err(StoreError::Refused(format!(
+                    "origin {origin}: gap (holds {head_seq}, chunk starts at {first})"
+                )));
+            }
+            let suffix = chunk.suffix_after(head_seq).expect("last > head");
+            if suffix.first_prev().ok() != Some(head_hash) {
+                return Err(StoreError::Diverged {
+                    origin,
+                    seq: head_seq,
+                });
+            }
+            suffix
+                .check_links(head_seq.saturating_add(1), &head_hash)
+                .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
+            if own.as_deref() == Some(origin.as_str()) {
+                // This origin's own chain coming back from its parent: index
+                // its client ids so a phone's retry is still a duplicate.
+                for rec in &suffix.events {
+                    let (client_id, entry) = entry_of(rec)
+                        .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
+                    work.clients.insert(client_id, entry);
+                }
+            }
+            n_new += suffix.events.len() as u64;
+            self.push_received(work, suffix, now_ms);
+        }
+        Ok(n_new)
+    }
+}
