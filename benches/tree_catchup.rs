@@ -12,9 +12,18 @@
 //! second) and the baseline without it (= `reconnect_max_ms`, 30 s: only
 //! the exponential backoff with full jitter).
 //!
+//! Each run also reports the log entries (chunks) at each tier: an
+//! aggregator merges a batch's consecutive small chunks of one origin, so
+//! with phone-like posts (`GRIDSYNC_BENCH_BATCH=1`) the streets and the
+//! district hold far fewer, larger chunks than the communities.
+//!
 //! `cargo build --release -p gridsync && cargo bench --bench tree_catchup`
 //! (`GRIDSYNC_BENCH_EVENTS`, default 200000; `GRIDSYNC_BENCH_RUNS`, default
-//! 3; `GRIDSYNC_BENCH_OUTAGE_S`, default 20).
+//! 3; `GRIDSYNC_BENCH_OUTAGE_S`, default 20; `GRIDSYNC_BENCH_CLIENTS`,
+//! default 4, and `GRIDSYNC_BENCH_BATCH`, default 250, for the load;
+//! `GRIDSYNC_BENCH_REFUSED_MS`, default 1000, the children's
+//! `reconnect_refused_max_ms`; `GRIDSYNC_BENCH_BASELINE=0` skips the
+//! backoff-only variant).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,9 +43,32 @@ const NODES: &[(&str, Option<&str>)] = &[
 struct Run {
     from_start: Duration,
     from_listening: Duration,
+    /// Log entries at the communities (sum), the streets (sum), the district.
+    chunks: [u64; 3],
 }
 
-async fn one_run(events: u64, outage: Duration, refused_max_ms: i64) -> Run {
+/// The load's shape: clients and events per post.
+#[derive(Clone, Copy)]
+struct Load {
+    clients: u64,
+    batch: u64,
+}
+
+async fn chunks_of(tree: &gridsync_suite::Tree, ids: &[&str]) -> u64 {
+    let mut n = 0;
+    for id in ids {
+        let node = &tree.nodes[*id];
+        let st = get_json(
+            &format!("http://{}/v1/status", node.listen),
+            &node.tokens.viewer,
+        )
+        .await;
+        n += st["log"]["chunks"].as_u64().unwrap();
+    }
+    n
+}
+
+async fn one_run(events: u64, outage: Duration, refused_max_ms: i64, load: Load) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let tree = provision(dir.path(), NODES);
     for n in tree.nodes.values() {
@@ -50,7 +82,8 @@ async fn one_run(events: u64, outage: Duration, refused_max_ms: i64) -> Run {
     let out = Command::new(gridsync_bin())
         .args(["load", "--tree"])
         .arg(&tree.dir)
-        .args(["--clients", "4", "--batch", "250", "--events"])
+        .args(["--clients", &load.clients.to_string()])
+        .args(["--batch", &load.batch.to_string(), "--events"])
         .arg(events.to_string())
         .args(["--json"])
         .output()
@@ -81,9 +114,18 @@ async fn one_run(events: u64, outage: Duration, refused_max_ms: i64) -> Run {
         assert!(t0.elapsed() < Duration::from_secs(300), "no catch-up: {st}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (from_start, from_listening) = (t0.elapsed(), listening.elapsed());
+    // The streets acknowledged everything the district holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let chunks = [
+        chunks_of(&tree, &["c1", "c2", "c3", "c4"]).await,
+        chunks_of(&tree, &["s1", "s2"]).await,
+        chunks_of(&tree, &["d"]).await,
+    ];
     Run {
-        from_start: t0.elapsed(),
-        from_listening: listening.elapsed(),
+        from_start,
+        from_listening,
+        chunks,
     }
 }
 
@@ -100,31 +142,45 @@ fn main() {
     let events = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 200_000);
     let runs = gridsync_suite::env_u64("GRIDSYNC_BENCH_RUNS", 3);
     let outage = Duration::from_secs(gridsync_suite::env_u64("GRIDSYNC_BENCH_OUTAGE_S", 20));
+    let load = Load {
+        clients: gridsync_suite::env_u64("GRIDSYNC_BENCH_CLIENTS", 4),
+        batch: gridsync_suite::env_u64("GRIDSYNC_BENCH_BATCH", 250),
+    };
+    let baseline = gridsync_suite::env_u64("GRIDSYNC_BENCH_BASELINE", 1) != 0;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    println!("tree catch-up: {events} events held by 4 communities, outage >= {outage:?}");
     println!(
-        "| variant | run | from first start | from all listening | events/s (from listening) |"
+        "tree catch-up: {events} events held by 4 communities ({} clients × {}-event posts), outage >= {outage:?}",
+        load.clients, load.batch
     );
-    println!("| --- | --- | --- | --- | --- |");
-    for (name, refused_max) in [
-        ("refused → retry within 1 s", 1_000),
-        ("baseline: backoff only", 30_000),
-    ] {
+    println!(
+        "| variant | run | from first start | from all listening | events/s (from listening) | chunks: communities / streets / district |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let refused_ms = gridsync_suite::env_u64("GRIDSYNC_BENCH_REFUSED_MS", 1_000);
+    let name = format!("refused → retry within {refused_ms} ms");
+    let mut variants: Vec<(&str, i64)> = vec![(&name, refused_ms as i64)];
+    if baseline {
+        variants.push(("baseline: backoff only", 30_000));
+    }
+    for (name, refused_max) in variants {
         let mut rates = Vec::new();
         let mut starts = Vec::new();
         for i in 1..=runs {
-            let r = rt.block_on(one_run(events, outage, refused_max));
+            let r = rt.block_on(one_run(events, outage, refused_max, load));
             let rate = events as f64 / r.from_listening.as_secs_f64();
             println!(
-                "| {name} | {i} | {:.2} s | {:.2} s | {rate:.0} |",
+                "| {name} | {i} | {:.2} s | {:.2} s | {rate:.0} | {} / {} / {} |",
                 r.from_start.as_secs_f64(),
-                r.from_listening.as_secs_f64()
+                r.from_listening.as_secs_f64(),
+                r.chunks[0],
+                r.chunks[1],
+                r.chunks[2]
             );
             rates.push(rate);
             starts.push(r.from_start.as_secs_f64());
         }
         println!(
-            "| **{name}** | median | {:.2} s | | **{:.0}** |",
+            "| **{name}** | median | {:.2} s | | **{:.0}** | |",
             median(starts),
             median(rates)
         );
