@@ -520,6 +520,7 @@ fn main() -> ExitCode {
                 read_uncommitted: unsafe_read_uncommitted,
                 skip_fsync: unsafe_skip_fsync,
                 no_channel_binding: unsafe_no_channel_binding,
+                ..Default::default()
             },
         ),
         Command::Rebuild {

@@ -39,6 +39,11 @@ pub struct OpenOptions {
     /// Test-only negative control: sign sync proofs without the TLS
     /// channel binding (a relayed handshake then succeeds).
     pub no_channel_binding: bool,
+    /// Benchmarks only: keep the log in memory (nothing in `data_dir`,
+    /// everything lost when the process ends), so one process can host
+    /// hundreds of community nodes, each with its own sockets. Never
+    /// reachable from `gridsync serve`.
+    pub in_memory: bool,
 }
 
 /// Everything `open_node` does except building the projection, which the
@@ -90,8 +95,9 @@ fn open_node_with(
     pcfg.fever_celsius = config.projections.fever_celsius;
     pcfg.flagged_region_prefixes = config.projections.flagged_region_prefixes.clone();
     let started = std::time::Instant::now();
-    let snapshot = (use_snapshot && config.projections.snapshot_interval_s > 0)
-        .then(|| gridsync_projections::snapshot::path(&config.data_dir));
+    let snapshot =
+        (use_snapshot && config.projections.snapshot_interval_s > 0 && !unsafe_opts.in_memory)
+            .then(|| gridsync_projections::snapshot::path(&config.data_dir));
     let projector = crate::projector::Projector::open(&store, pcfg, snapshot, progress)
         .map_err(|e| StartError(format!("cannot build the projection: {e}")))?;
     let rebuild_time = started.elapsed();
@@ -168,11 +174,16 @@ fn open_store(
     is_origin: bool,
     unsafe_opts: &OpenOptions,
 ) -> Result<Store, StartError> {
-    let mut kv = SledKv::open(&config.data_dir, config.store.cache_bytes)
-        .map_err(|e| StartError(e.to_string()))?;
-    if unsafe_opts.skip_fsync {
-        kv = kv.unsafe_skip_fsync();
-    }
+    let kv: Arc<dyn gridsync_store::Kv> = if unsafe_opts.in_memory {
+        Arc::new(gridsync_store::MemKv::new())
+    } else {
+        let mut kv = SledKv::open(&config.data_dir, config.store.cache_bytes)
+            .map_err(|e| StartError(e.to_string()))?;
+        if unsafe_opts.skip_fsync {
+            kv = kv.unsafe_skip_fsync();
+        }
+        Arc::new(kv)
+    };
     let after_restore = unsafe_opts.after_restore;
     let store_config = StoreConfig {
         commit_events_max: config.store.commit_events_max,
@@ -180,7 +191,7 @@ fn open_store(
         unsafe_ack_before_durable: unsafe_opts.ack_before_durable,
         unsafe_read_uncommitted: unsafe_opts.read_uncommitted,
         node_label: config.id.clone(),
-        heads_record: Some(config.data_dir.clone()),
+        heads_record: (!unsafe_opts.in_memory).then(|| config.data_dir.clone()),
         heads_interval_ms: config.store.heads_interval_ms,
         accept_shorter_log: after_restore,
         verify_all_signatures: unsafe_opts.verify_all,
@@ -202,7 +213,7 @@ fn open_store(
     });
     let keys = topology.clone();
     Store::open(
-        Arc::new(kv),
+        kv,
         store_config,
         origin,
         Arc::new(move |o: &str, seq: u64| keys.key_at(o, seq)),

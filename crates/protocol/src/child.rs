@@ -437,6 +437,30 @@ impl ChildSession {
         out
     }
 
+    /// When [`ChildSession::on_tick`] next has something to do — the idle
+    /// timeout, an unanswered handshake, batch or fetch, a heartbeat — on
+    /// the clock of its `now_ms`; `None` when closed or not yet opened.
+    /// The node sleeps until then instead of polling.
+    pub fn next_tick_ms(&self) -> Option<i64> {
+        if matches!(self.state, State::Closed | State::Idle) {
+            return None;
+        }
+        let after = |since: i64, ms: i64| since.saturating_add(ms).saturating_add(1);
+        let mut t = after(self.last_rx_ms, self.cfg.idle_timeout_ms);
+        if !self.welcomed {
+            t = t.min(after(self.opened_at_ms, self.cfg.ack_timeout_ms));
+        }
+        let waiting = self
+            .inflight
+            .front()
+            .map(|f| f.sent_at_ms)
+            .or_else(|| self.repair.as_ref()?.fetch_sent_ms);
+        if let Some(since) = waiting {
+            t = t.min(after(since, self.cfg.ack_timeout_ms));
+        }
+        Some(t.min(self.last_tx_ms.saturating_add(self.cfg.heartbeat_ms)))
+    }
+
     /// Time passes: heartbeats and dead-link detection.
     pub fn on_tick(&mut self, log: &dyn LocalLog, now_ms: i64) -> Vec<Output> {
         let mut out = Vec::new();

@@ -427,6 +427,23 @@ impl ParentSession {
         }]
     }
 
+    /// When [`ParentSession::on_tick`] next has something to do — the idle
+    /// timeout, or a heartbeat while streaming — on the clock of its
+    /// `now_ms`; `None` once closed. The node sleeps until then instead of
+    /// polling every link.
+    pub fn next_tick_ms(&self) -> Option<i64> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let idle = self
+            .last_rx_ms
+            .saturating_add(self.cfg.idle_timeout_ms)
+            .saturating_add(1);
+        let beat = matches!(self.state, State::Streaming { .. })
+            .then(|| self.last_tx_ms.saturating_add(self.cfg.heartbeat_ms));
+        Some(beat.map_or(idle, |b| b.min(idle)))
+    }
+
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<Output> {
         let mut out = Vec::new();
         if self.state == State::Closed {

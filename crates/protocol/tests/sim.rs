@@ -689,15 +689,32 @@ impl<'t> Sim<'t> {
         match ev {
             Ev::Tick { node } => {
                 if self.nodes[node].up {
+                    // The node sleeps until `next_tick_ms`: a tick before
+                    // it must find nothing to do, or a timeout or heartbeat
+                    // would come late.
                     if let Some((conn, mut s)) = self.nodes[node].up_link.take() {
+                        let due = s.next_tick_ms();
                         let outs = s.on_tick(self.local_view(node), self.now);
+                        if due.is_none_or(|d| self.now < d) && !outs.is_empty() {
+                            self.fail(format!(
+                                "child session acted at {} before its next_tick_ms {due:?}",
+                                self.now
+                            ));
+                        }
                         self.nodes[node].up_link = Some((conn, s));
                         self.child_outputs(node, conn, outs);
                     }
                     let conns: Vec<u64> = self.nodes[node].down.keys().copied().collect();
                     for c in conns {
                         if let Some(s) = self.nodes[node].down.get_mut(&c) {
+                            let due = s.next_tick_ms();
                             let outs = s.on_tick(self.now);
+                            if due.is_none_or(|d| self.now < d) && !outs.is_empty() {
+                                self.fail(format!(
+                                    "parent session acted at {} before its next_tick_ms {due:?}",
+                                    self.now
+                                ));
+                            }
                             self.parent_outputs(node, c, outs);
                         }
                     }

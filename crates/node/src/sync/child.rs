@@ -116,9 +116,13 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
 /// children of a restarted parent do not all come back at once; while the
 /// parent refuses connections, never longer than reconnect_refused_max_ms
 /// (it is restarting, or down: probing is nearly free, and its return is
-/// noticed at once).
+/// noticed at once) — and likewise when it answers that it is busy with
+/// other children's handshakes (a restarted street with a thousand
+/// children: a 503 before any key work costs it nothing, and the backoff
+/// grown during the outage would otherwise keep children away for up to
+/// reconnect_max_ms).
 fn reconnect_delay(s: &SyncSettings, backoff_ms: u64, outcome: &Result<(), SessionEnd>) -> u64 {
-    let cap = if matches!(outcome, Err(SessionEnd::Refused(_))) {
+    let cap = if matches!(outcome, Err(SessionEnd::Refused(_) | SessionEnd::Busy(_))) {
         backoff_ms.min(s.reconnect_refused_max_ms)
     } else {
         backoff_ms
@@ -171,6 +175,14 @@ fn connect_failed(url: &str, e: &tokio_tungstenite::tungstenite::Error) -> Sessi
                 "cannot connect to {url}: {io} (the parent is not listening)"
             ))
         }
+        (None, Error::Http(resp))
+            if resp.status()
+                == tokio_tungstenite::tungstenite::http::StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            SessionEnd::Busy(format!(
+                "{url} answered 503: the parent is busy (e.g. other children's handshakes)"
+            ))
+        }
         (None, _) => SessionEnd::Early(format!("cannot connect to {url}: {e}")),
     }
 }
@@ -182,15 +194,18 @@ enum SessionEnd {
     Streamed(String),
     /// The parent's host refused the connection (nothing listening).
     Refused(String),
+    /// The parent answered 503 before the handshake (too many at once).
+    Busy(String),
     Early(String),
 }
 
 impl std::fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SessionEnd::Streamed(s) | SessionEnd::Refused(s) | SessionEnd::Early(s) => {
-                f.write_str(s)
-            }
+            SessionEnd::Streamed(s)
+            | SessionEnd::Refused(s)
+            | SessionEnd::Busy(s)
+            | SessionEnd::Early(s) => f.write_str(s),
         }
     }
 }
@@ -239,7 +254,6 @@ impl ParentConnection<'_> {
         let state = self.state;
         let mut appended = state.store.subscribe();
         let mut paused = state.sync.paused.subscribe();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
         // Both proofs sign the TLS session's exported keying material:
         // relayed through a man in the middle (two sessions), they fail.
         let binding = match self.ws.get_ref() {
@@ -257,6 +271,7 @@ impl ParentConnection<'_> {
             self.perform(outs).await?;
             self.update_link();
             let view = upward_view(state);
+            let wake_at = super::wake_at(self.session.next_tick_ms());
             let session = &mut self.session;
             outs = tokio::select! {
                 msg = self.ws.next() => match msg {
@@ -272,7 +287,7 @@ impl ParentConnection<'_> {
                     Ok(()) => session.on_local_append(&view, system_now_ms()),
                     Err(_) => return Ok(()),
                 },
-                _ = tick.tick() => session.on_tick(&view, system_now_ms()),
+                () = tokio::time::sleep_until(wake_at) => session.on_tick(&view, system_now_ms()),
                 _ = shutdown.changed() => {
                     let _ = self.ws.close(None).await;
                     return Ok(());
@@ -478,5 +493,33 @@ async fn own_chain(state: &NodeState, found: OwnChain) {
     });
     if let Err(e) = state.store.set_posting_hold(hold).await {
         tracing::error!(error = %e, "cannot record the posting hold");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parent that refuses connections or answers "busy" is retried
+    /// within `reconnect_refused_max_ms` however far the backoff has grown;
+    /// other failures wait up to the backoff (the control: the cap is not
+    /// applied to everything).
+    #[test]
+    fn refused_and_busy_parents_are_retried_soon() {
+        let s = SyncSettings::default();
+        let grown = s.reconnect_max_ms;
+        let max_of = |outcome: &Result<(), SessionEnd>| {
+            (0..500)
+                .map(|_| reconnect_delay(&s, grown, outcome))
+                .max()
+                .unwrap()
+        };
+        let refused = Err(SessionEnd::Refused("nothing listening".into()));
+        let busy = Err(SessionEnd::Busy("503".into()));
+        let other = Err(SessionEnd::Early("timed out".into()));
+        assert!(max_of(&refused) <= s.reconnect_refused_max_ms);
+        assert!(max_of(&busy) <= s.reconnect_refused_max_ms);
+        assert!(max_of(&other) > s.reconnect_refused_max_ms);
+        assert!((0..500).all(|_| reconnect_delay(&s, grown, &busy) >= s.reconnect_min_ms));
     }
 }

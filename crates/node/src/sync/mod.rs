@@ -21,3 +21,16 @@ pub(crate) fn random_nonce() -> [u8; 32] {
     use rand::Rng;
     rand::rngs::OsRng.gen()
 }
+
+/// When a session's next timer is due (`next_ms` on the wall clock of
+/// `system_now_ms`, from the session's `next_tick_ms`), as a tokio
+/// instant: links sleep until a heartbeat or timeout is due instead of
+/// waking every link twice a second. Never sooner than 20 ms (no spin if a
+/// tick finds nothing to do), at most an hour.
+pub(crate) fn wake_at(next_ms: Option<i64>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let wait_ms = next_ms.map_or(3_600_000, |t| {
+        (t - crate::state::system_now_ms()).clamp(20, 3_600_000)
+    });
+    now + std::time::Duration::from_millis(u64::try_from(wait_ms).unwrap_or(20))
+}

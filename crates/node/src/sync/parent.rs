@@ -124,12 +124,15 @@ async fn parent_session(
 impl ChildConnection {
     /// Runs the session until it ends; returns why.
     async fn run(&mut self) -> String {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
         let opened = tokio::time::Instant::now();
         let sync = &self.state.config.sync;
         let handshake_deadline = Duration::from_millis(sync.handshake_timeout_ms.max(100) as u64);
         let mut stop = self.state.sync.stop.subscribe();
         loop {
+            let mut wake_at = super::wake_at(self.session.next_tick_ms());
+            if self.child.is_none() {
+                wake_at = wake_at.min(opened + handshake_deadline);
+            }
             let Self {
                 socket,
                 pending,
@@ -141,7 +144,7 @@ impl ChildConnection {
                 done = async { (&mut pending.front_mut().expect("guarded").1).await }, if !pending.is_empty() => {
                     Wake::Persisted(pending.pop_front().expect("guarded").0, done)
                 }
-                _ = tick.tick() => Wake::Tick,
+                () = tokio::time::sleep_until(wake_at) => Wake::Tick,
                 () = cancel.notified() => return "replaced by a newer session of the same child".into(),
                 _ = stop.changed() => return "this node is shutting down".into(),
             };

@@ -1,0 +1,220 @@
+//! 1,000 communities on one street, a district above it. The street and
+//! the district are real `gridsync serve` processes; of the communities,
+//! `GRIDSYNC_BENCH_PROCESSES` are real processes too and the rest are
+//! in-process nodes hosted by this benchmark (each its own log — in memory
+//! —, HTTP listener on 127.0.0.1 and websocket link to the street: the
+//! street sees 1,000 separate peers). Measured at the street: RSS and CPU
+//! with every link idle; then the street is stopped, every community takes
+//! `GRIDSYNC_BENCH_EVENTS_PER_CHILD` events, the street restarts and we
+//! time its catch-up from the moment it listens; finally every event must
+//! be at the district exactly once (each origin's head equal to what was
+//! posted, the district's event count equal to their sum).
+//!
+//! `cargo build --release -p gridsync && cargo bench --bench thousand_communities`
+//! (`GRIDSYNC_BENCH_CHILDREN`, default 1000; `GRIDSYNC_BENCH_PROCESSES`,
+//! default 100; `GRIDSYNC_BENCH_EVENTS_PER_CHILD`, default 200;
+//! `GRIDSYNC_BENCH_IDLE_S`, default 10).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gridsync_suite::{get_json, post_events, provision, sample_event, Server};
+use serde_json::json;
+
+/// (RSS KiB, CPU ticks user+system) of a process.
+fn usage(pid: u32) -> (u64, u64) {
+    let rss = gridsync_suite::rss_kib(pid);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    (rss, ticks)
+}
+
+/// Polls `/v1/status` of `url` until `done` says so (at most `limit`).
+async fn wait_status(
+    url: &str,
+    token: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let st = get_json(&format!("{url}/v1/status"), token).await;
+        if done(&st) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "not reached in {limit:?}: {}",
+            st["log"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let n = usize::try_from(gridsync_suite::env_u64("GRIDSYNC_BENCH_CHILDREN", 1000)).unwrap();
+    let processes = usize::try_from(gridsync_suite::env_u64("GRIDSYNC_BENCH_PROCESSES", 100))
+        .unwrap()
+        .min(n);
+    let per_child = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS_PER_CHILD", 200);
+    let idle = Duration::from_secs(gridsync_suite::env_u64("GRIDSYNC_BENCH_IDLE_S", 10));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("c{i:04}")).collect();
+    let mut nodes: Vec<(&str, Option<&str>)> = vec![("d", None), ("s", Some("d"))];
+    nodes.extend(ids.iter().map(|id| (id.as_str(), Some("s"))));
+    let tree = provision(dir.path(), &nodes);
+    // Every child connects from 127.0.0.1.
+    let cfg = &tree.nodes["s"].config;
+    let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(cfg).unwrap()).unwrap();
+    let mut limits = toml::Table::new();
+    limits.insert(
+        "connections_per_ip_max".into(),
+        i64::try_from(n * 2 + 64).unwrap().into(),
+    );
+    t.insert("limits".into(), limits.into());
+    std::fs::write(cfg, toml::to_string(&t).unwrap()).unwrap();
+
+    let district = Server::start(&tree.nodes["d"].config, &[]);
+    let mut street = Server::start(cfg, &[]);
+    let (rss_alone, _) = usage(street.child.id());
+    let started = Instant::now();
+    let real: Vec<Server> = ids[..processes]
+        .iter()
+        .map(|id| Server::start(&tree.nodes[id].config, &[]))
+        .collect();
+    // The rest in this process, each with its own listener and link.
+    let hosted: Vec<tokio::sync::oneshot::Sender<()>> = rt.block_on(async {
+        let mut stops = Vec::new();
+        for id in &ids[processes..] {
+            let config = gridsync_deploy::config::NodeConfig::load(&tree.nodes[id].config).unwrap();
+            let listen = config.listen.clone();
+            let state = gridsync_node::node::open_node(
+                config,
+                &gridsync_node::node::OpenOptions {
+                    in_memory: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(gridsync_server::serve(state, listener, async {
+                let _ = rx.await;
+            }));
+            stops.push(tx);
+        }
+        stops
+    });
+    let url_of = |i: usize| -> String {
+        if i < processes {
+            real[i].url.clone()
+        } else {
+            format!("http://{}", tree.nodes[&ids[i]].listen)
+        }
+    };
+    let viewer = tree.nodes["s"].tokens.viewer.clone();
+    rt.block_on(wait_status(
+        &street.url,
+        &viewer,
+        Duration::from_secs(900),
+        |st| {
+            st["children_status"]
+                .as_array()
+                .is_some_and(|c| c.iter().filter(|c| c["connected"] == true).count() == n)
+        },
+    ));
+    let connected_after = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss_connected, ticks0) = usage(street.child.id());
+    std::thread::sleep(idle);
+    let (_, ticks1) = usage(street.child.id());
+    let idle_cpu = (ticks1 - ticks0) as f64 / 100.0 / idle.as_secs_f64() * 100.0;
+
+    // Outage: the street stops; every community takes its events.
+    assert!(street.terminate(), "the street stops cleanly");
+    let t_post = Instant::now();
+    rt.block_on(async {
+        let gate = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut posts = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let url = url_of(i);
+            let token = tree.nodes[id].tokens.reporter.clone();
+            let id = id.clone();
+            let gate = gate.clone();
+            posts.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                let events: Vec<_> = (0..per_child)
+                    .map(|k| sample_event(k, &format!("{id}-{k}")))
+                    .collect();
+                let (code, body) = post_events(&url, &token, &json!({ "events": events })).await;
+                assert_eq!(code, 200, "{id}: {body}");
+            }));
+        }
+        for p in posts {
+            p.await.unwrap();
+        }
+    });
+    let posted = t_post.elapsed();
+    let total = per_child * n as u64;
+    // The street comes back; its children find it within their
+    // refused-connection retry (1 s).
+    street = Server::start(cfg, &[]);
+    let t0 = Instant::now();
+    rt.block_on(wait_status(
+        &street.url,
+        &viewer,
+        Duration::from_secs(900),
+        |st| st["log"]["events"].as_u64() == Some(total),
+    ));
+    let catch_up = t0.elapsed();
+    let (rss_after, _) = usage(street.child.id());
+    // Exactly once at the district: every origin's head is what it
+    // posted, and the log holds their sum — no event twice, none missing.
+    let d_viewer = tree.nodes["d"].tokens.viewer.clone();
+    rt.block_on(wait_status(
+        &district.url,
+        &d_viewer,
+        Duration::from_secs(900),
+        |st| st["log"]["events"].as_u64() == Some(total),
+    ));
+    let st = rt.block_on(get_json(&format!("{}/v1/status", district.url), &d_viewer));
+    for id in &ids {
+        assert_eq!(
+            st["heads"][id]["seq"].as_u64(),
+            Some(per_child),
+            "{id} at the district"
+        );
+    }
+    let district_done = t0.elapsed();
+    println!("| children (real processes + in-process) | all connected after | street RSS alone | connected | idle CPU ({idle:?}) | events posted in the outage | catch-up from listening | events/s | street RSS after | at the district, exactly once |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {n} ({processes} + {}) | {:.1} s | {:.1} MB | {:.1} MB | {idle_cpu:.2} % of a core | {total} in {:.1} s | {:.2} s | {:.0} | {:.1} MB | all {total} after {:.2} s |",
+        n - processes,
+        connected_after.as_secs_f64(),
+        rss_alone as f64 / 1024.0,
+        rss_connected as f64 / 1024.0,
+        posted.as_secs_f64(),
+        catch_up.as_secs_f64(),
+        total as f64 / catch_up.as_secs_f64(),
+        rss_after as f64 / 1024.0,
+        district_done.as_secs_f64(),
+    );
+    for stop in hosted {
+        let _ = stop.send(());
+    }
+    drop(real);
+    drop(street);
+    drop(district);
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
