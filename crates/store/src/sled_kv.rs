@@ -47,8 +47,12 @@ impl SledKv {
                     .open()
             })?;
             match r {
+                // sled wraps the lock failure in an io::Error of its own
+                // kind, naming the cause only in the message.
                 Err(sled::Error::Io(ref e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && attempt < 300 =>
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && attempt < 300 =>
                 {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
