@@ -13,17 +13,6 @@ use std::time::{Duration, Instant};
 use gridsync_suite::{get_json, post_events, provision, sample_event, Server};
 use serde_json::json;
 
-/// (RSS KiB, CPU ticks user+system) of a process.
-fn usage(pid: u32) -> (u64, u64) {
-    let rss = gridsync_suite::rss_kib(pid);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which is in parentheses).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    (rss, ticks)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
@@ -38,18 +27,11 @@ fn main() {
     let tree = provision(dir.path(), &nodes);
     // Every child connects from 127.0.0.1.
     let cfg = &tree.nodes["s"].config;
-    let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(cfg).unwrap()).unwrap();
-    let mut limits = toml::Table::new();
-    limits.insert(
-        "connections_per_ip_max".into(),
-        i64::try_from(n * 2 + 64).unwrap().into(),
-    );
-    t.insert("limits".into(), limits.into());
-    std::fs::write(cfg, toml::to_string(&t).unwrap()).unwrap();
+    gridsync_suite::allow_children_from_one_ip(cfg, n);
 
     let street = Server::start(cfg, &[]);
     let pid = street.child.id();
-    let (rss_alone, _) = usage(pid);
+    let (rss_alone, _) = gridsync_suite::proc_usage(pid);
     let started = Instant::now();
     let children: Vec<Server> = ids
         .iter()
@@ -74,9 +56,9 @@ fn main() {
     });
     let connected_after = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let (rss_connected, ticks0) = usage(pid);
+    let (rss_connected, ticks0) = gridsync_suite::proc_usage(pid);
     std::thread::sleep(idle);
-    let (_, ticks1) = usage(pid);
+    let (_, ticks1) = gridsync_suite::proc_usage(pid);
     let hz = 100.0; // USER_HZ on Linux
     let idle_cpu = (ticks1 - ticks0) as f64 / hz / idle.as_secs_f64() * 100.0;
 
@@ -107,7 +89,7 @@ fn main() {
         }
     });
     let held = t0.elapsed();
-    let (rss_after, _) = usage(pid);
+    let (rss_after, _) = gridsync_suite::proc_usage(pid);
     println!("| children | all connected after | street RSS alone | connected | after 10 events each | idle CPU ({idle:?}) | posts done | street holds all |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(

@@ -21,16 +21,6 @@ use std::time::{Duration, Instant};
 use gridsync_suite::{get_json, post_events, provision, sample_event, Server};
 use serde_json::json;
 
-/// (RSS KiB, CPU ticks user+system) of a process.
-fn usage(pid: u32) -> (u64, u64) {
-    let rss = gridsync_suite::rss_kib(pid);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    (rss, ticks)
-}
-
 /// Polls `/v1/status` of `url` until `done` says so (at most `limit`).
 async fn wait_status(
     url: &str,
@@ -75,18 +65,11 @@ fn main() {
     let tree = provision(dir.path(), &nodes);
     // Every child connects from 127.0.0.1.
     let cfg = &tree.nodes["s"].config;
-    let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(cfg).unwrap()).unwrap();
-    let mut limits = toml::Table::new();
-    limits.insert(
-        "connections_per_ip_max".into(),
-        i64::try_from(n * 2 + 64).unwrap().into(),
-    );
-    t.insert("limits".into(), limits.into());
-    std::fs::write(cfg, toml::to_string(&t).unwrap()).unwrap();
+    gridsync_suite::allow_children_from_one_ip(cfg, n);
 
     let district = Server::start(&tree.nodes["d"].config, &[]);
     let mut street = Server::start(cfg, &[]);
-    let (rss_alone, _) = usage(street.child.id());
+    let (rss_alone, _) = gridsync_suite::proc_usage(street.child.id());
     let started = Instant::now();
     let real: Vec<Server> = ids[..processes]
         .iter()
@@ -135,9 +118,9 @@ fn main() {
     ));
     let connected_after = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let (rss_connected, ticks0) = usage(street.child.id());
+    let (rss_connected, ticks0) = gridsync_suite::proc_usage(street.child.id());
     std::thread::sleep(idle);
-    let (_, ticks1) = usage(street.child.id());
+    let (_, ticks1) = gridsync_suite::proc_usage(street.child.id());
     let idle_cpu = (ticks1 - ticks0) as f64 / 100.0 / idle.as_secs_f64() * 100.0;
 
     // Outage: the street stops; every community takes its events.
@@ -177,7 +160,7 @@ fn main() {
         |st| st["log"]["events"].as_u64() == Some(total),
     ));
     let catch_up = t0.elapsed();
-    let (rss_after, _) = usage(street.child.id());
+    let (rss_after, _) = gridsync_suite::proc_usage(street.child.id());
     // Exactly once at the district: every origin's head is what it
     // posted, and the log holds their sum — no event twice, none missing.
     let d_viewer = tree.nodes["d"].tokens.viewer.clone();

@@ -453,6 +453,31 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// (RSS KiB, CPU ticks user + system — USER_HZ, 100 per second on Linux)
+/// of a process.
+pub fn proc_usage(pid: u32) -> (u64, u64) {
+    let rss = rss_kib(pid);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (rss, tick(11) + tick(12))
+}
+
+/// Lets a node take `children` connections from one address (every child
+/// of a benchmark connects from 127.0.0.1).
+pub fn allow_children_from_one_ip(config: &Path, children: usize) {
+    let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let mut limits = toml::Table::new();
+    limits.insert(
+        "connections_per_ip_max".into(),
+        i64::try_from(children * 2 + 64).unwrap().into(),
+    );
+    t.insert("limits".into(), limits.into());
+    std::fs::write(config, toml::to_string(&t).unwrap()).unwrap();
+}
+
 /// Signed chains of sample events (the mix of [`sample_event`], 1,000
 /// distinct payloads reused) for benchmarks that write a log directly: one
 /// chain per origin, continued chunk by chunk.
