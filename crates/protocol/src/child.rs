@@ -138,6 +138,7 @@ pub struct ChildSession {
 }
 
 mod repair;
+mod timers;
 
 impl ChildSession {
     pub fn new(cfg: ChildConfig) -> Self {
@@ -433,71 +434,6 @@ impl ChildSession {
         let mut out = Vec::new();
         if self.state == State::Streaming {
             self.fill(&mut out, log, now_ms);
-        }
-        out
-    }
-
-    /// When [`ChildSession::on_tick`] next has something to do — the idle
-    /// timeout, an unanswered handshake, batch or fetch, a heartbeat — on
-    /// the clock of its `now_ms`; `None` when closed or not yet opened.
-    /// The node sleeps until then instead of polling.
-    pub fn next_tick_ms(&self) -> Option<i64> {
-        if matches!(self.state, State::Closed | State::Idle) {
-            return None;
-        }
-        let after = |since: i64, ms: i64| since.saturating_add(ms).saturating_add(1);
-        let mut t = after(self.last_rx_ms, self.cfg.idle_timeout_ms);
-        if !self.welcomed {
-            t = t.min(after(self.opened_at_ms, self.cfg.ack_timeout_ms));
-        }
-        let waiting = self
-            .inflight
-            .front()
-            .map(|f| f.sent_at_ms)
-            .or_else(|| self.repair.as_ref()?.fetch_sent_ms);
-        if let Some(since) = waiting {
-            t = t.min(after(since, self.cfg.ack_timeout_ms));
-        }
-        Some(t.min(self.last_tx_ms.saturating_add(self.cfg.heartbeat_ms)))
-    }
-
-    /// Time passes: heartbeats and dead-link detection.
-    pub fn on_tick(&mut self, log: &dyn LocalLog, now_ms: i64) -> Vec<Output> {
-        let mut out = Vec::new();
-        if matches!(self.state, State::Closed | State::Idle) {
-            return out;
-        }
-        if now_ms - self.last_rx_ms > self.cfg.idle_timeout_ms {
-            let reason = format!(
-                "no frame from the parent for {} ms",
-                now_ms - self.last_rx_ms
-            );
-            self.close(&mut out, reason);
-            return out;
-        }
-        if !self.welcomed && now_ms - self.opened_at_ms > self.cfg.ack_timeout_ms {
-            let reason = format!("handshake unanswered for {} ms", now_ms - self.opened_at_ms);
-            self.close(&mut out, reason);
-            return out;
-        }
-        let waiting = self
-            .inflight
-            .front()
-            .map(|f| (format!("batch {}", f.id), f.sent_at_ms))
-            .or_else(|| {
-                let sent = self.repair.as_ref()?.fetch_sent_ms?;
-                Some(("fetch".to_owned(), sent))
-            });
-        if let Some((what, since)) = waiting {
-            if now_ms - since > self.cfg.ack_timeout_ms {
-                let reason = format!("{what} unanswered for {} ms", now_ms - since);
-                self.close(&mut out, reason);
-                return out;
-            }
-        }
-        if now_ms - self.last_tx_ms >= self.cfg.heartbeat_ms {
-            let lag = self.lag(log);
-            self.send(&mut out, Frame::Ping { lag }, now_ms);
         }
         out
     }

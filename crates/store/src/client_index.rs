@@ -37,7 +37,8 @@ use gridsync_model::{EventRecord, Hash32};
 
 use crate::kv::{Kv, KvWrite};
 use crate::layout;
-use crate::recover::{corrupt, origin_chunks, record_in_log};
+use crate::read::{origin_chunks, record_in_log};
+use crate::recover::corrupt;
 use crate::StoreError;
 use filter::Filter;
 use meta::{Merge, Meta, Run};

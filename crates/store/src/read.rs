@@ -1,7 +1,12 @@
 //! Reading the log: what a reader may see (only durable commits), log
-//! entries in order, an origin's chunks from a seq, one event.
+//! entries in order, an origin's chunks from a seq, one event; and the
+//! same reads on the key/value store for the writer and the open checks.
 
 use super::*;
+use crate::kv::Kv;
+use crate::recover::{corrupt, read_entries};
+use gridsync_model::event::event_hash;
+use gridsync_model::{Chunk, Hash32};
 
 impl Store {
     /// Every origin's highest seq that readers may see: the durable heads
@@ -88,7 +93,7 @@ impl Store {
         if after_seq >= durable {
             return Ok(Vec::new());
         }
-        recover::origin_chunks(
+        origin_chunks(
             self.shared.kv.as_ref(),
             origin,
             after_seq,
@@ -125,4 +130,75 @@ impl Store {
         let hash = gridsync_model::event::event_hash(&rec.envelope);
         Ok(Some((VerifiedEvent { envelope, hash }, rec)))
     }
+}
+
+/// The chunks of `origin` holding seqs `> after_seq`, in seq order, at
+/// most `max_chunks`, none ending past `max_last_seq`.
+pub(crate) fn origin_chunks(
+    kv: &dyn Kv,
+    origin: &str,
+    after_seq: u64,
+    max_last_seq: u64,
+    max_chunks: usize,
+) -> Result<Vec<StoredChunk>, StoreError> {
+    let prefix = layout::index_prefix(origin);
+    let start = layout::index_key(origin, after_seq.saturating_add(1));
+    let mut out = Vec::new();
+    for (k, v) in kv.scan(&start, &prefix, max_chunks)? {
+        let last_seq = layout::parse_origin_seq_key(&k)
+            .map(|(_, seq, _)| seq)
+            .ok_or_else(|| corrupt("malformed index key"))?;
+        if last_seq > max_last_seq {
+            break;
+        }
+        let (offset, _) =
+            layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
+        match read_entries(kv, offset, 1)?.pop() {
+            Some(c) if c.offset == offset => out.push(c),
+            _ => {
+                return Err(corrupt(format!(
+                    "index points at missing log entry {offset}"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Event `seq` of `origin` (envelope and personal part) as the log holds
+/// it.
+pub(crate) fn record_in_log(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
+    let Some(sc) = origin_chunks(kv, origin, seq.saturating_sub(1), u64::MAX, 1)?.pop() else {
+        return Ok(None);
+    };
+    let c = sc.chunk;
+    if seq == 0 || seq < c.first_seq() || seq > c.last_seq() {
+        return Ok(None);
+    }
+    let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
+    Ok(c.events.into_iter().nth(i))
+}
+
+/// Hash of event `seq` of `origin` as the log holds it (durably).
+pub(crate) fn hash_in_log(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+) -> Result<Option<Hash32>, StoreError> {
+    Ok(
+        origin_chunks(kv, origin, seq.saturating_sub(1), u64::MAX, 1)?
+            .pop()
+            .and_then(|e| event_in_chunk(&e.chunk, seq)),
+    )
+}
+
+pub(crate) fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
+    (c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
+        let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
+        event_hash(&c.events[i].envelope)
+    })
 }

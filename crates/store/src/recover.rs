@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use gridsync_model::event::event_hash;
 use gridsync_model::{Chunk, Hash32, SignedHead, ZERO_HASH};
 
 use crate::kv::{Kv, KvEntry, KvWrite};
 use crate::layout::{self, FRAGMENT_BYTES_MAX};
+use crate::read::hash_in_log;
 use crate::writer::HeadsOut;
 use crate::{HeadState, KeyLookup, LogCounts, StoreError, StoredChunk};
 
@@ -496,77 +496,6 @@ fn check_signed_head(keys: &KeyLookup, origin: &str, h: &HeadState) -> Result<()
     h.signed
         .verify(&key)
         .map_err(|err| corrupt(format!("origin {origin}, head at seq {}: {err}", h.seq)))
-}
-
-/// The chunks of `origin` holding seqs `> after_seq`, in seq order, at
-/// most `max_chunks`, none ending past `max_last_seq`.
-pub(crate) fn origin_chunks(
-    kv: &dyn Kv,
-    origin: &str,
-    after_seq: u64,
-    max_last_seq: u64,
-    max_chunks: usize,
-) -> Result<Vec<StoredChunk>, StoreError> {
-    let prefix = layout::index_prefix(origin);
-    let start = layout::index_key(origin, after_seq.saturating_add(1));
-    let mut out = Vec::new();
-    for (k, v) in kv.scan(&start, &prefix, max_chunks)? {
-        let last_seq = layout::parse_origin_seq_key(&k)
-            .map(|(_, seq, _)| seq)
-            .ok_or_else(|| corrupt("malformed index key"))?;
-        if last_seq > max_last_seq {
-            break;
-        }
-        let (offset, _) =
-            layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
-        match read_entries(kv, offset, 1)?.pop() {
-            Some(c) if c.offset == offset => out.push(c),
-            _ => {
-                return Err(corrupt(format!(
-                    "index points at missing log entry {offset}"
-                )))
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Event `seq` of `origin` (envelope and personal part) as the log holds
-/// it.
-pub(crate) fn record_in_log(
-    kv: &dyn Kv,
-    origin: &str,
-    seq: u64,
-) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
-    let Some(sc) = origin_chunks(kv, origin, seq.saturating_sub(1), u64::MAX, 1)?.pop() else {
-        return Ok(None);
-    };
-    let c = sc.chunk;
-    if seq == 0 || seq < c.first_seq() || seq > c.last_seq() {
-        return Ok(None);
-    }
-    let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
-    Ok(c.events.into_iter().nth(i))
-}
-
-/// Hash of event `seq` of `origin` as the log holds it (durably).
-pub(crate) fn hash_in_log(
-    kv: &dyn Kv,
-    origin: &str,
-    seq: u64,
-) -> Result<Option<Hash32>, StoreError> {
-    Ok(
-        origin_chunks(kv, origin, seq.saturating_sub(1), u64::MAX, 1)?
-            .pop()
-            .and_then(|e| event_in_chunk(&e.chunk, seq)),
-    )
-}
-
-pub(crate) fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
-    (c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
-        let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
-        event_hash(&c.events[i].envelope)
-    })
 }
 
 /// Compares the log with the heads record beside it: a log holding less

@@ -13,9 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::kv::KvWrite;
 use crate::layout;
-use crate::recover::{
-    encode_checkpoint, encode_head_value, entry_writes, event_in_chunk, hash_in_log, Recovered,
-};
+use crate::read::{event_in_chunk, hash_in_log};
+use crate::recover::{encode_checkpoint, encode_head_value, entry_writes, Recovered};
 use crate::{
     AppendError, Appended, HeadState, OriginIdentity, PostingHold, Request, Shared, StoreConfig,
     StoreError,
