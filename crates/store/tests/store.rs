@@ -491,6 +491,26 @@ impl Kv for GatedKv {
     }
 }
 
+/// An origin store over a fresh [`GatedKv`] (no gate set yet).
+fn gated_store(config: StoreConfig) -> (Arc<GatedKv>, Store) {
+    let kv = Arc::new(GatedKv {
+        inner: MemKv::new(),
+        gate: std::sync::Mutex::new(None),
+        applied: std::sync::Mutex::new(None),
+    });
+    let store = Store::open(
+        kv.clone(),
+        config,
+        Some(OriginIdentity {
+            node_id: ORIGIN.into(),
+            key: key(),
+        }),
+        keys(),
+    )
+    .unwrap();
+    (kv, store)
+}
+
 /// Readers (replication, projections, `GET /v1/events`) see only durable
 /// commits, although the key/value store shows a commit to readers as soon
 /// as it is applied. The planted bug (`unsafe_read_uncommitted`) shows the
@@ -498,24 +518,10 @@ impl Kv for GatedKv {
 #[test]
 fn readers_never_see_a_commit_before_it_is_durable() {
     for planted_bug in [false, true] {
-        let kv = Arc::new(GatedKv {
-            inner: MemKv::new(),
-            gate: std::sync::Mutex::new(None),
-            applied: std::sync::Mutex::new(None),
+        let (kv, store) = gated_store(StoreConfig {
+            unsafe_read_uncommitted: planted_bug,
+            ..StoreConfig::default()
         });
-        let store = Store::open(
-            kv.clone(),
-            StoreConfig {
-                unsafe_read_uncommitted: planted_bug,
-                ..StoreConfig::default()
-            },
-            Some(OriginIdentity {
-                node_id: ORIGIN.into(),
-                key: key(),
-            }),
-            keys(),
-        )
-        .unwrap();
         rt().block_on(store.append(vec![event("a", 0), event("b", 0)], 1))
             .unwrap();
         // The next commit stops after it is applied, before it is durable.
@@ -762,21 +768,7 @@ fn a_log_shorter_than_its_heads_record_is_refused() {
 /// not one per post — and every chunk's head still verifies.
 #[test]
 fn single_event_posts_of_one_commit_share_signed_chunks() {
-    let kv = Arc::new(GatedKv {
-        inner: MemKv::new(),
-        gate: std::sync::Mutex::new(None),
-        applied: std::sync::Mutex::new(None),
-    });
-    let store = Store::open(
-        kv.clone(),
-        StoreConfig::default(),
-        Some(OriginIdentity {
-            node_id: ORIGIN.into(),
-            key: key(),
-        }),
-        keys(),
-    )
-    .unwrap();
+    let (kv, store) = gated_store(StoreConfig::default());
     // Hold the writer inside a commit while 40 single-event posts queue.
     let (release, gate) = std::sync::mpsc::channel();
     let (applied_tx, applied) = std::sync::mpsc::channel();

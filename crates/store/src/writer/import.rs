@@ -13,14 +13,15 @@ impl Writer {
     /// children that forward phones' one-event commits in a batch are
     /// stored (and forwarded, and verified) as large chunks.
     fn push_received(&self, work: &mut Work, chunk: Chunk, received_at_ms: i64) {
-        let bytes = chunk.encode().len();
+        let mut chunk = chunk;
         if let Some(last) = work.last_received.take() {
             let follows = work.pushed.last().is_some_and(|p| {
                 p.origin == chunk.origin && p.last_seq().checked_add(1) == Some(chunk.first_seq())
             });
+            // Encoded for its size only when it could join the last entry.
             if follows
                 && work.writes.len() == last.writes_end
-                && last.bytes + bytes <= self.config.chunk_bytes_target
+                && last.bytes + chunk.encode().len() <= self.config.chunk_bytes_target
             {
                 let prev = work.pushed.pop().expect("checked");
                 work.writes.truncate(last.writes_start);
@@ -29,19 +30,11 @@ impl Writer {
                 work.events -= prev.events.len() as u64;
                 let mut events = prev.events;
                 events.extend(chunk.events);
-                let merged = Chunk {
+                chunk = Chunk {
                     origin: chunk.origin,
                     events,
                     head: chunk.head,
                 };
-                let writes_start = work.writes.len();
-                let bytes = Self::push_chunk(work, merged, received_at_ms);
-                work.last_received = Some(LastReceived {
-                    writes_start,
-                    writes_end: work.writes.len(),
-                    bytes,
-                });
-                return;
             }
         }
         let writes_start = work.writes.len();
