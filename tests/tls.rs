@@ -266,10 +266,12 @@ async fn a_relayed_sync_handshake_is_refused() {
         &[("s", None), ("c1", Some("s")), ("c2", Some("s"))],
     );
     let ca_pem = std::fs::read(tree.dir.join("ca.crt")).unwrap();
-    let relay_port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", relay_port))
+    // Bound at once (port 0), not picked first and bound later: another
+    // test may take a picked port in between.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
     let relayed = Arc::new(AtomicU64::new(0));
     let upstream: SocketAddr = tree.nodes["s"].listen.parse().unwrap();
     // The relay holds c2's certificate and key (a stolen or compromised
