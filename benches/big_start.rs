@@ -9,6 +9,11 @@
 //! Measured: time from spawn to the "listening" line, RSS 3 s later, and
 //! how long the whole-log check the node runs beside itself takes.
 //!
+//! Then `gridsync audit verify` of the same data directory
+//! (`GRIDSYNC_BENCH_AUDITS` times, default 1; with
+//! `GRIDSYNC_BENCH_AUDIT_BASELINE=path/to/another/gridsync`, that build
+//! audits in turn with this one).
+//!
 //! `cargo build --release -p gridsync && cargo bench --bench big_start`
 //! (`GRIDSYNC_BENCH_EVENTS`, default 10000000).
 
@@ -57,10 +62,13 @@ fn write_log(tree: &gridsync_suite::Tree, n: u64) {
     let started = Instant::now();
     let per_origin = n / COMMUNITIES.len() as u64;
     loop {
-        // Per origin: 30 one-event chunks, then one 30-event chunk.
+        // Per origin: 30 one-event chunks, then one 30-event chunk; the
+        // origins take turns, so no two consecutive chunks of one origin
+        // are merged on arrival (the one-event chunks stay as phones made
+        // them, as when they arrive one per push).
         let mut chunks = Vec::new();
-        for o in 0..COMMUNITIES.len() {
-            for len in std::iter::repeat_n(1, 30).chain([30]) {
+        for len in std::iter::repeat_n(1, 30).chain([30]) {
+            for o in 0..COMMUNITIES.len() {
                 chunks.extend(chains.next_chunk(o, len, per_origin));
             }
         }
@@ -165,5 +173,43 @@ fn main() {
         listening[1],
         listening[2],
         listening[0] / listening[1].max(listening[2])
+    );
+    // A baseline build (`GRIDSYNC_BENCH_AUDIT_BASELINE`: another gridsync
+    // binary) audits the same log in turn with this one.
+    let baseline = std::env::var_os("GRIDSYNC_BENCH_AUDIT_BASELINE").map(std::path::PathBuf::from);
+    for _ in 0..gridsync_suite::env_u64("GRIDSYNC_BENCH_AUDITS", 1) {
+        audit(&tree, n, &gridsync_bin(), "this build");
+        if let Some(b) = &baseline {
+            audit(&tree, n, b, "baseline");
+        }
+    }
+}
+
+/// `gridsync audit verify` of the street's data directory, as an auditor
+/// runs it: the time of the pass (the CLI's "verified in") and the wall
+/// time with the copy of the data directory.
+fn audit(tree: &gridsync_suite::Tree, n: u64, bin: &std::path::Path, what: &str) {
+    let street = NodeConfig::load(&tree.nodes["s1"].config).unwrap();
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args(["audit", "verify", "--node", "s1", "--data"])
+        .arg(&street.data_dir)
+        .arg("--topology")
+        .arg(&tree.topology)
+        .output()
+        .unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "audit verify failed: {text}");
+    let pass: f64 = text
+        .split("verified in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .expect("the audit's time");
+    println!(
+        "audit verify ({what}): pass {pass:.2} s ({:.0} events/s), {wall:.2} s with the copy ({:.0} events/s)",
+        n as f64 / pass,
+        n as f64 / wall
     );
 }

@@ -5,7 +5,8 @@
 //!   on a fresh copy (flip a byte inside an event, delete an entry, reorder
 //!   two, change a seq, swap signatures, append a forged event, cut the tail
 //!   with its heads entry) — every one is reported, naming origin and seq
-//!   where the damage is in an event; untouched copies verify clean. Plus
+//!   where the damage is in an event, the same report with 1, 2 or 3
+//!   threads checking entries; untouched copies verify clean. Plus
 //!   the CLI on sled copies: exit codes 0 / 1 / 2.
 //! * As-of: `/v1/aggregates` recorded at T equals `audit project --known-at T`
 //!   after later events and corrections; `--as-of` by event time equals a
@@ -240,6 +241,15 @@ async fn every_tampering_is_detected() {
                 .collect()
         });
         let report = audit::verify(&mem(&m), &topo, Some("s"), reference.as_ref(), &|_| {});
+        // Entries are checked on worker threads: the report must not
+        // depend on how many.
+        let refs: Vec<(&str, &reference::Reference)> =
+            reference.iter().map(|r| ("the reference", r)).collect();
+        for threads in [1, 3] {
+            let other =
+                audit::verify_with(&mem(&m), &topo, Some("s"), &refs, None, threads, &|_| {});
+            assert_eq!(other, report, "round {round}: {what}: {threads} threads");
+        }
         assert!(
             !report.ok(),
             "round {round}: {what} of {pick:?} went unnoticed"

@@ -9,87 +9,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use gridsync_model::{Chunk, Hash32, SignedHead, ZERO_HASH};
+use gridsync_model::{Hash32, SignedHead};
 use gridsync_store::kv::Kv;
 use gridsync_store::{heads_file, layout};
-use serde::{Deserialize, Serialize};
 
 use gridsync_deploy::topology::Topology;
 
 use crate::reference::Reference;
 
-/// One problem found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// `gap`, `broken_chain`, `bad_signature`, `not_canonical`, `undecodable`,
-    /// `foreign_origin`, `unknown_origin`, `duplicate`, `fork`, `heads_mismatch`,
-    /// `index_mismatch`, `truncated`, `equivocation_evidence`, `missing_entry`.
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    pub message: String,
-}
+mod chain;
+mod entry;
+mod report;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OriginReport {
-    pub events: u64,
-    pub first_seq: Option<u64>,
-    pub last_seq: u64,
-    pub head_hash: String,
-    pub problems: u64,
-}
+pub use report::{AuditReport, OriginReport, Problem};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditReport {
-    pub entries: u64,
-    pub events: u64,
-    pub origins: BTreeMap<String, OriginReport>,
-    pub problems: Vec<Problem>,
-}
-
-impl AuditReport {
-    pub fn ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-
-    fn problem(
-        &mut self,
-        kind: &str,
-        origin: Option<&str>,
-        seq: Option<u64>,
-        offset: Option<u64>,
-        message: String,
-    ) {
-        if let Some(o) = origin {
-            if let Some(r) = self.origins.get_mut(o) {
-                r.problems += 1;
-            }
-        }
-        self.problems.push(Problem {
-            kind: kind.to_owned(),
-            origin: origin.map(str::to_owned),
-            seq,
-            offset,
-            message,
-        });
-    }
-}
-
-/// Largest gap in an origin's seqs the audit pads to keep indexing by seq.
-const GAP_FILL_MAX: u64 = 1 << 20;
-
-struct Chain {
-    seq: u64,
-    hash: Hash32,
-    /// Hash of every event seen, for checking references and overlaps.
-    hashes: Vec<Hash32>,
-    events: u64,
-    first: Option<u64>,
-}
+use chain::Chain;
 
 /// Verifies everything in `kv` as the log of `node` (when given: origins
 /// must be in its subtree), against `reference` heads when given.
@@ -104,7 +38,7 @@ pub fn verify(
         .map(|r| ("the reference", r))
         .into_iter()
         .collect();
-    verify_with(kv, topology, node, &refs, None, progress)
+    verify_with(kv, topology, node, &refs, None, threads(), progress)
 }
 
 /// [`verify`] for a data directory's database (`kv`, a copy of
@@ -134,7 +68,7 @@ pub fn verify_data_dir(
         refs.push(("the node's heads record", r));
     }
     let entries = record.as_ref().map(|r| r.next_offset);
-    let mut report = verify_with(kv, topology, node, &refs, entries, progress);
+    let mut report = verify_with(kv, topology, node, &refs, entries, threads(), progress);
     if let Some(m) = damaged {
         report.problem("heads_record_damaged", None, None, None, m);
     }
@@ -147,16 +81,20 @@ pub fn verify_data_dir(
 ///
 /// Reference origins outside `node`'s subtree are not the audited node's
 /// business and are skipped (a parent's status lists its whole subtree).
+/// `threads` check entries in parallel (the report is the same for any
+/// number).
 pub fn verify_with(
     kv: &dyn Kv,
     topology: &Topology,
     node: Option<&str>,
     references: &[(&str, &Reference)],
     entries_expected: Option<u64>,
+    threads: usize,
     progress: &dyn Fn(u64),
 ) -> AuditReport {
     let mut a = Auditor {
         topology,
+        threads,
         // Origins ever below the node (a moved community's earlier history
         // stays in its former street's log).
         subtree: node.map(|n| topology.historic_subtree(n).into_iter().collect()),
@@ -178,14 +116,28 @@ pub fn verify_with(
     a.report
 }
 
+/// Threads an audit uses: one per core.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// One audit in progress.
 struct Auditor<'a> {
     topology: &'a Topology,
+    /// Threads checking entries (the machine's cores).
+    threads: usize,
     subtree: Option<BTreeSet<String>>,
     report: AuditReport,
     chains: BTreeMap<String, Chain>,
     /// The chunk index the log implies: `(key, value)`.
     index_expected: BTreeSet<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What reading a page found, in log order: a whole entry or a problem
+/// (kind, offset, message) with the reading itself.
+enum Item {
+    Entry(Pending),
+    Problem(&'static str, Option<u64>, String),
 }
 
 /// A log entry being reassembled from its fragments.
@@ -198,16 +150,19 @@ struct Pending {
 impl Auditor<'_> {
     /// The log, entry by entry (reassembled from its fragments), tolerating
     /// damage: missing entries and stray fragments are problems, not stops.
+    /// Each page read is checked by the worker threads, then applied in
+    /// log order.
     fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
         let mut start = vec![layout::LOG];
         let mut expected_offset = 0u64;
         let mut current: Option<Pending> = None;
+        let mut items = Vec::new();
         loop {
             let page = match kv.scan(&start, &[layout::LOG], 4096) {
                 Ok(p) => p,
                 Err(e) => {
                     let m = format!("cannot read the log: {e}");
-                    self.report.problem("undecodable", None, None, None, m);
+                    items.push(Item::Problem("undecodable", None, m));
                     break;
                 }
             };
@@ -217,33 +172,29 @@ impl Auditor<'_> {
             for (k, v) in &page {
                 let Some((offset, part)) = layout::parse_log_key(k) else {
                     let m = "malformed log key".into();
-                    self.report.problem("undecodable", None, None, None, m);
+                    items.push(Item::Problem("undecodable", None, m));
                     continue;
                 };
                 if part > 0 {
                     match current.as_mut() {
                         Some(p) if p.offset == offset => p.bytes.extend_from_slice(v),
-                        _ => self.report.problem(
+                        _ => items.push(Item::Problem(
                             "missing_entry",
-                            None,
-                            None,
                             Some(offset),
                             format!("fragment {part} without its entry"),
-                        ),
+                        )),
                     }
                     continue;
                 }
                 if let Some(p) = current.take() {
-                    self.finish_entry(p);
+                    items.push(Item::Entry(p));
                 }
                 if offset != expected_offset {
-                    self.report.problem(
+                    items.push(Item::Problem(
                         "missing_entry",
-                        None,
-                        None,
                         Some(expected_offset),
                         format!("log entries {expected_offset}..{offset} are missing"),
-                    );
+                    ));
                 }
                 expected_offset = offset + 1;
                 let parts = if v.len() >= 2 {
@@ -257,22 +208,44 @@ impl Auditor<'_> {
                     parts,
                 });
             }
+            self.apply_items(std::mem::take(&mut items));
             progress(self.report.events);
         }
         if let Some(p) = current.take() {
-            self.finish_entry(p);
+            items.push(Item::Entry(p));
         }
+        self.apply_items(items);
     }
 
-    fn finish_entry(&mut self, p: Pending) {
-        if p.parts > 1 && p.bytes.is_empty() {
-            let m = "fragments missing".into();
-            self.report
-                .problem("missing_entry", None, None, Some(p.offset), m);
-            return;
+    /// A page's entries checked in parallel, then everything applied in
+    /// log order.
+    fn apply_items(&mut self, items: Vec<Item>) {
+        let whole = |p: &Pending| !(p.parts > 1 && p.bytes.is_empty());
+        let entries: Vec<(u64, &[u8])> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Entry(p) if whole(p) => Some((p.offset, &p.bytes[..])),
+                _ => None,
+            })
+            .collect();
+        let mut examined = entry::examine_all(&entries, self.topology, self.threads).into_iter();
+        for item in &items {
+            match item {
+                Item::Problem(kind, offset, m) => {
+                    self.report.problem(kind, None, None, *offset, m.clone());
+                }
+                Item::Entry(p) if !whole(p) => {
+                    let m = "fragments missing".into();
+                    self.report
+                        .problem("missing_entry", None, None, Some(p.offset), m);
+                }
+                Item::Entry(p) => {
+                    self.report.entries += 1;
+                    let e = examined.next().expect("one result per entry");
+                    self.apply_entry(p.offset, e);
+                }
+            }
         }
-        self.report.entries += 1;
-        self.check_entry(p.offset, &p.bytes);
     }
 
     /// Per origin: events, seqs and head as the log has them.
@@ -439,105 +412,83 @@ impl Auditor<'_> {
         }
     }
 
-    /// One log entry: decoded, in the subtree, verified on its own (links,
-    /// canonical envelopes, signature), then linked onto its origin's chain.
-    fn check_entry(&mut self, offset: u64, bytes: &[u8]) {
-        let chunk = match bytes.get(10..).map(Chunk::decode) {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
-                let m = format!("log entry {offset}: {e}");
+    /// One log entry as examined on its own ([`entry::examine`]): counted,
+    /// in the subtree, verified on its own (links, canonical envelopes,
+    /// signature), then linked onto its origin's chain.
+    fn apply_entry(&mut self, offset: u64, examined: entry::Examined) {
+        use gridsync_model::ChunkError as E;
+        let c = match examined {
+            entry::Examined::Undecodable(m) => {
                 return self
                     .report
                     .problem("undecodable", None, None, Some(offset), m);
             }
-            None => {
-                let m = "entry header truncated".into();
-                return self
-                    .report
-                    .problem("undecodable", None, None, Some(offset), m);
-            }
+            entry::Examined::Chunk(c) => c,
         };
-        let origin = chunk.origin.clone();
-        let (first, last) = (chunk.first_seq(), chunk.last_seq());
+        let (origin, first, last) = (c.origin.as_str(), c.first, c.last);
         self.index_expected.insert((
-            layout::index_key(&origin, last),
+            layout::index_key(origin, last),
             layout::index_value(offset, first),
         ));
-        self.report.events += chunk.events.len() as u64;
-        if self.subtree.as_ref().is_some_and(|s| !s.contains(&origin)) {
+        self.report.events += c.events;
+        if self.subtree.as_ref().is_some_and(|s| !s.contains(origin)) {
             let m = format!("origin {origin} is not in the audited node's subtree");
-            self.report.problem(
-                "foreign_origin",
-                Some(&origin),
+            self.report
+                .problem("foreign_origin", Some(origin), Some(first), Some(offset), m);
+        }
+        if !c.key_known {
+            let m =
+                format!("origin {origin} is not in the topology; its events cannot be verified");
+            return self.report.problem(
+                "unknown_origin",
+                Some(origin),
                 Some(first),
                 Some(offset),
                 m,
             );
         }
-        let Some((prev, hashes)) = self.verify_chunk(&chunk, offset) else {
-            return;
-        };
-        for (i, rec) in chunk.events.iter().enumerate() {
-            if gridsync_model::Envelope::decode(&rec.envelope).is_err() {
-                let m = "envelope is not in canonical form".into();
-                let seq = Some(first + i as u64);
-                self.report
-                    .problem("not_canonical", Some(&origin), seq, Some(offset), m);
-            }
-        }
-        self.link(&origin, first, last, prev, &hashes, offset);
-    }
-
-    /// The chunk verified on its own: its first `prev` and every event's hash.
-    fn verify_chunk(&mut self, chunk: &Chunk, offset: u64) -> Option<(Hash32, Vec<Hash32>)> {
-        use gridsync_model::ChunkError as E;
-        let (origin, first) = (chunk.origin.as_str(), chunk.first_seq());
-        let Some(key) = self.topology.key_at(origin, chunk.last_seq()) else {
-            let m =
-                format!("origin {origin} is not in the topology; its events cannot be verified");
-            self.report
-                .problem("unknown_origin", Some(origin), Some(first), Some(offset), m);
-            return None;
-        };
         // A verifiable origin is reported even if none of its chunks verify.
         self.chains
             .entry(origin.to_owned())
             .or_insert_with(Chain::empty);
-        let prev = match chunk.first_prev() {
-            Ok(p) => p,
-            Err(e) => {
-                let m = e.to_string();
-                self.report
-                    .problem("undecodable", Some(origin), Some(first), Some(offset), m);
-                return None;
+        let (prev, hashes) = match &c.checked {
+            Ok(v) => v,
+            Err(entry::Failure::FirstPrev(m)) => {
+                return self.report.problem(
+                    "undecodable",
+                    Some(origin),
+                    Some(first),
+                    Some(offset),
+                    m.clone(),
+                );
             }
-        };
-        let checked = chunk
-            .check_links(first, &prev)
-            .and_then(|h| chunk.head.verify(&key).map(|()| h));
-        match checked {
-            Ok(hashes) => Some((prev, hashes)),
-            Err(e) => {
+            Err(entry::Failure::Chunk(e)) => {
                 let kind = match e {
                     E::BadSignature { .. } => "bad_signature",
                     E::Gap { .. } => "gap",
                     E::Envelope { .. } => "undecodable",
                     _ => "broken_chain",
                 };
-                let seq = match &e {
+                let seq = match e {
                     E::Gap { expected, .. } => *expected,
                     E::BrokenChain { seq, .. }
                     | E::PersonalDigest { seq, .. }
                     | E::Envelope { seq, .. }
                     | E::BadSignature { seq, .. } => *seq,
-                    _ => chunk.last_seq(),
+                    _ => last,
                 };
                 let m = format!("log entry {offset}: {e}");
-                self.report
+                return self
+                    .report
                     .problem(kind, Some(origin), Some(seq), Some(offset), m);
-                None
             }
+        };
+        for seq in &c.not_canonical {
+            let m = "envelope is not in canonical form".into();
+            self.report
+                .problem("not_canonical", Some(origin), Some(*seq), Some(offset), m);
         }
+        self.link(origin, first, last, *prev, hashes, offset);
     }
 
     /// Links a verified chunk (seqs `first..=last`) onto its origin's chain:
@@ -591,43 +542,6 @@ impl Auditor<'_> {
             self.report
                 .problem(kind, Some(origin), Some(seq), Some(offset), m);
         }
-    }
-}
-
-impl Chain {
-    fn empty() -> Self {
-        Self {
-            seq: 0,
-            hash: ZERO_HASH,
-            hashes: Vec::new(),
-            events: 0,
-            first: None,
-        }
-    }
-
-    /// Takes the seqs of a chunk starting at `first` beyond the chain's end.
-    fn extend(&mut self, first: u64, hashes: &[Hash32]) {
-        for (i, h) in hashes.iter().enumerate() {
-            let seq = first + i as u64;
-            if seq > self.seq {
-                // A tampered seq far ahead (up to u64::MAX) must not make the
-                // audit fill billions of placeholders: such a jump is
-                // reported (as a gap) and its hashes are not kept.
-                let gap = seq - 1 - (self.hashes.len() as u64).min(seq - 1);
-                if gap > GAP_FILL_MAX {
-                    continue;
-                }
-                while (self.hashes.len() as u64) + 1 < seq {
-                    self.hashes.push(ZERO_HASH);
-                }
-                self.hashes.push(*h);
-                self.events += 1;
-            }
-        }
-        let last = first + hashes.len() as u64 - 1;
-        self.first = Some(self.first.map_or(first, |f| f.min(first)));
-        self.seq = self.seq.max(last);
-        self.hash = *hashes.last().expect("non-empty");
     }
 }
 

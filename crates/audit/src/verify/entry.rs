@@ -1,0 +1,108 @@
+//! One log entry checked on its own — decoded, its chain links, its
+//! signature, its envelopes' canonical form — on worker threads, in
+//! parallel: nothing here depends on other entries. The auditor then
+//! applies the results in log order ([`super::Auditor`]), so a report is
+//! the same whatever the number of threads.
+
+use gridsync_deploy::topology::Topology;
+use gridsync_model::{Chunk, ChunkError, Hash32};
+
+/// What one entry showed on its own.
+pub(super) enum Examined {
+    /// Not a chunk: the problem's message.
+    Undecodable(String),
+    Chunk(Box<ChunkFacts>),
+}
+
+pub(super) struct ChunkFacts {
+    pub origin: String,
+    pub first: u64,
+    pub last: u64,
+    pub events: u64,
+    /// The topology has a key for the chunk's head.
+    pub key_known: bool,
+    /// The chunk's first `prev` and every event's hash, after its links
+    /// and its own signature were checked; or why not.
+    pub checked: Result<(Hash32, Vec<Hash32>), Failure>,
+    /// Seqs whose envelopes are not in canonical form (checked only in a
+    /// chunk that verified).
+    pub not_canonical: Vec<u64>,
+}
+
+/// Why a chunk did not verify on its own.
+pub(super) enum Failure {
+    /// The first envelope does not parse.
+    FirstPrev(String),
+    Chunk(ChunkError),
+}
+
+/// Entries of one read page checked by `threads` threads; results in the
+/// entries' order.
+pub(super) fn examine_all(
+    entries: &[(u64, &[u8])],
+    topology: &Topology,
+    threads: usize,
+) -> Vec<Examined> {
+    if threads <= 1 || entries.len() < 2 {
+        return entries
+            .iter()
+            .map(|(o, b)| examine(*o, b, topology))
+            .collect();
+    }
+    let per = entries.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = entries
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(o, b)| examine(*o, b, topology))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("an audit worker panicked"))
+            .collect()
+    })
+}
+
+/// One entry (`bytes`: its header and chunk) at log `offset`.
+pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examined {
+    let chunk = match bytes.get(10..).map(Chunk::decode) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => return Examined::Undecodable(format!("log entry {offset}: {e}")),
+        None => return Examined::Undecodable("entry header truncated".into()),
+    };
+    let (first, last) = (chunk.first_seq(), chunk.last_seq());
+    let key = topology.key_at(&chunk.origin, last);
+    let checked = match (&key, chunk.first_prev()) {
+        (None, _) => Err(Failure::FirstPrev(String::new())),
+        (Some(_), Err(e)) => Err(Failure::FirstPrev(e.to_string())),
+        (Some(key), Ok(prev)) => chunk
+            .check_links(first, &prev)
+            .and_then(|h| chunk.head.verify(key).map(|()| (prev, h)))
+            .map_err(Failure::Chunk),
+    };
+    let not_canonical = if checked.is_ok() {
+        chunk
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, rec)| gridsync_model::Envelope::decode(&rec.envelope).is_err())
+            .map(|(i, _)| first + i as u64)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Examined::Chunk(Box::new(ChunkFacts {
+        origin: chunk.origin,
+        first,
+        last,
+        events: chunk.events.len() as u64,
+        key_known: key.is_some(),
+        checked,
+        not_canonical,
+    }))
+}
