@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use gridsync_ops::workload::Workload;
+use gridsync_ops::workload::{Workload, RECENT_KEPT};
 use serde_json::{json, Value};
 
 /// What `gridsync load` was asked to do.
@@ -167,17 +167,13 @@ async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
             tokio::time::sleep_until(due.into()).await;
         }
         let events: Vec<Value> = (0..n).map(|_| work.event(&target.id)).collect();
-        let body = if run.batch == 1 {
-            events[0].clone()
-        } else {
-            json!({ "events": events })
-        };
         let sent = Instant::now();
         run.requests.fetch_add(1, Ordering::Relaxed);
         let resp = http
             .post(format!("{}/v1/events", target.url))
             .bearer_auth(&target.token)
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body(&events, run.batch == 1))
             .send()
             .await;
         let resp = match resp {
@@ -189,8 +185,9 @@ async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
             }
         };
         let status = resp.status();
-        let answer: Value = resp.json().await.unwrap_or(Value::Null);
+        let bytes = resp.bytes().await.unwrap_or_default();
         if !status.is_success() {
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let code = answer["error"]["code"]
                 .as_str()
                 .map_or_else(|| status.as_u16().to_string(), str::to_owned);
@@ -202,17 +199,44 @@ async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
             .expect("lock")
             .push(sent.elapsed().as_secs_f64() * 1000.0);
         run.acked.fetch_add(n, Ordering::Relaxed);
-        for (r, e) in answer["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .zip(&events)
-        {
-            if let Some(seq) = r["seq"].as_u64() {
-                work.stored(&target.id, seq, e);
-            }
+        // Only the newest few are kept for corrections.
+        let acks: Acks = serde_json::from_slice(&bytes).unwrap_or_default();
+        let stored: Vec<_> = acks.results.iter().zip(&events).collect();
+        let newest = stored.len().saturating_sub(RECENT_KEPT);
+        for (r, e) in &stored[newest..] {
+            work.stored(&target.id, r.seq, e);
         }
     }
+}
+
+/// The part of a `POST /v1/events` answer the load generator reads.
+#[derive(Default, serde::Deserialize)]
+struct Acks {
+    results: Vec<Acked>,
+}
+
+#[derive(serde::Deserialize)]
+struct Acked {
+    seq: u64,
+}
+
+/// The request body: one event, or `{"events": [...]}`, written straight
+/// from the events (no intermediate JSON tree: the load generator shares
+/// the machine with the node it measures).
+fn body(events: &[Value], one: bool) -> Vec<u8> {
+    if one {
+        return serde_json::to_vec(&events[0]).expect("JSON values serialise");
+    }
+    let mut out = Vec::with_capacity(events.len() * 512);
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, e).expect("JSON values serialise");
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -21,6 +21,9 @@ const GIVEN: &[&str] = &[
 ];
 const ITEMS: &[&str] = &["面条", "牛奶", "熟食", "饼干", "蔬菜", "大米", "鸡蛋"];
 
+/// Recent events kept per community for corrections.
+pub const RECENT_KEPT: usize = 20;
+
 /// Makes events; remembers recent ones per community to correct them.
 pub struct Workload {
     rng: StdRng,
@@ -59,7 +62,7 @@ impl Workload {
                 event["data"].clone(),
             ));
         }
-        if q.len() > 20 {
+        if q.len() > RECENT_KEPT {
             q.pop_front();
         }
     }
