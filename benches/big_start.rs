@@ -6,8 +6,9 @@
 //! first with no saved projection (it folds the whole log, and saves the
 //! projection when stopped), then twice as it normally does — the log
 //! checked at its checkpoint, the projection resumed from its snapshot.
-//! Measured: time from spawn to the "listening" line, RSS 3 s later, and
-//! how long the whole-log check the node runs beside itself takes.
+//! Measured: time from spawn to the "listening" line, RSS 3 s later, how
+//! long the whole-log check the node runs beside itself takes, and RSS at
+//! rest (5 s after that check finished).
 //!
 //! Then `gridsync audit verify` of the same data directory
 //! (`GRIDSYNC_BENCH_AUDITS` times, default 1; with
@@ -92,6 +93,8 @@ struct Start {
     listening: Duration,
     rss_mb: f64,
     verified: Duration,
+    /// RSS 5 s after the whole-log check finished.
+    rest_mb: f64,
 }
 
 fn start(config: &std::path::Path, viewer: &str) -> Start {
@@ -128,6 +131,9 @@ fn start(config: &std::path::Path, viewer: &str) -> Start {
             }
         }
     });
+    // At rest: the whole-log check done, nothing posted, 5 s later.
+    std::thread::sleep(Duration::from_secs(5));
+    let rest_mb = gridsync_suite::rss_kib(child.id()) as f64 / 1024.0;
     // Stop (SIGTERM): the projection is saved at shutdown.
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     assert!(child.wait().unwrap().success());
@@ -135,6 +141,7 @@ fn start(config: &std::path::Path, viewer: &str) -> Start {
         listening,
         rss_mb,
         verified,
+        rest_mb,
     }
 }
 
@@ -149,8 +156,8 @@ fn main() {
     let tree = provision(dir.path(), &nodes);
     write_log(&tree, n);
     let s1 = &tree.nodes["s1"];
-    println!("| start | listening after | RSS 3 s later | whole-log check done after |");
-    println!("| --- | --- | --- | --- |");
+    println!("| start | listening after | RSS 3 s later | whole-log check done after | RSS 5 s after the check |");
+    println!("| --- | --- | --- | --- | --- |");
     let mut listening = Vec::new();
     for i in 0..3 {
         let s = start(&s1.config, &s1.tokens.viewer);
@@ -160,10 +167,11 @@ fn main() {
             "checkpoint + saved projection"
         };
         println!(
-            "| {what} | {:.2} s | {:.0} MB | {:.1} s |",
+            "| {what} | {:.2} s | {:.0} MB | {:.1} s | {:.0} MB |",
             s.listening.as_secs_f64(),
             s.rss_mb,
-            s.verified.as_secs_f64()
+            s.verified.as_secs_f64(),
+            s.rest_mb
         );
         listening.push(s.listening.as_secs_f64());
     }
