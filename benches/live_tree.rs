@@ -28,15 +28,8 @@ use serde_json::{json, Value};
 
 use gridsync_suite::{http_client, post_events, provision, sample_event, wait_heads, Server};
 
-const NODES: &[(&str, Option<&str>)] = &[
-    ("d", None),
-    ("s1", Some("d")),
-    ("s2", Some("d")),
-    ("c1", Some("s1")),
-    ("c2", Some("s1")),
-    ("c3", Some("s2")),
-    ("c4", Some("s2")),
-];
+/// 4 communities → 2 streets → a district.
+const NODES: &[(&str, Option<&str>)] = gridsync_suite::DISTRICT_OF_FOUR;
 const COMMUNITIES: [&str; 4] = ["c1", "c2", "c3", "c4"];
 const BATCH: u64 = 10;
 const POLL: Duration = Duration::from_millis(2);

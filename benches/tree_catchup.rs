@@ -30,15 +30,8 @@ use std::time::{Duration, Instant};
 
 use gridsync_suite::{get_json, gridsync_bin, provision, set_sync, Server};
 
-const NODES: &[(&str, Option<&str>)] = &[
-    ("d", None),
-    ("s1", Some("d")),
-    ("s2", Some("d")),
-    ("c1", Some("s1")),
-    ("c2", Some("s1")),
-    ("c3", Some("s2")),
-    ("c4", Some("s2")),
-];
+/// 4 communities → 2 streets → a district.
+const NODES: &[(&str, Option<&str>)] = gridsync_suite::DISTRICT_OF_FOUR;
 
 struct Run {
     from_start: Duration,

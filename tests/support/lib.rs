@@ -83,6 +83,18 @@ pub struct NodeFiles {
     pub data_dir: PathBuf,
 }
 
+/// The benchmarks' tree: 4 communities (`c1`..`c4`) under 2 streets
+/// (`s1`, `s2`) under a district (`d`).
+pub const DISTRICT_OF_FOUR: &[(&str, Option<&str>)] = &[
+    ("d", None),
+    ("s1", Some("d")),
+    ("s2", Some("d")),
+    ("c1", Some("s1")),
+    ("c2", Some("s1")),
+    ("c3", Some("s2")),
+    ("c4", Some("s2")),
+];
+
 /// A provisioned tree in a directory.
 pub struct Tree {
     pub dir: PathBuf,
