@@ -436,7 +436,7 @@ impl Auditor<'_> {
             self.report
                 .problem("foreign_origin", Some(origin), Some(first), Some(offset), m);
         }
-        if !c.key_known {
+        let Some(checked) = &c.checked else {
             let m =
                 format!("origin {origin} is not in the topology; its events cannot be verified");
             return self.report.problem(
@@ -446,12 +446,12 @@ impl Auditor<'_> {
                 Some(offset),
                 m,
             );
-        }
+        };
         // A verifiable origin is reported even if none of its chunks verify.
         self.chains
             .entry(origin.to_owned())
             .or_insert_with(Chain::empty);
-        let (prev, hashes) = match &c.checked {
+        let (prev, hashes) = match checked {
             Ok(v) => v,
             Err(entry::Failure::FirstPrev(m)) => {
                 return self.report.problem(

@@ -19,11 +19,10 @@ pub(super) struct ChunkFacts {
     pub first: u64,
     pub last: u64,
     pub events: u64,
-    /// The topology has a key for the chunk's head.
-    pub key_known: bool,
     /// The chunk's first `prev` and every event's hash, after its links
-    /// and its own signature were checked; or why not.
-    pub checked: Result<(Hash32, Vec<Hash32>), Failure>,
+    /// and its own signature were checked; or why not. `None`: the
+    /// topology has no key for the chunk's head, nothing was checked.
+    pub checked: Option<Result<(Hash32, Vec<Hash32>), Failure>>,
     /// Seqs whose envelopes are not in canonical form (checked only in a
     /// chunk that verified).
     pub not_canonical: Vec<u64>,
@@ -76,16 +75,16 @@ pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examine
         None => return Examined::Undecodable("entry header truncated".into()),
     };
     let (first, last) = (chunk.first_seq(), chunk.last_seq());
-    let key = topology.key_at(&chunk.origin, last);
-    let checked = match (&key, chunk.first_prev()) {
-        (None, _) => Err(Failure::FirstPrev(String::new())),
-        (Some(_), Err(e)) => Err(Failure::FirstPrev(e.to_string())),
-        (Some(key), Ok(prev)) => chunk
-            .check_links(first, &prev)
-            .and_then(|h| chunk.head.verify(key).map(|()| (prev, h)))
-            .map_err(Failure::Chunk),
-    };
-    let not_canonical = if checked.is_ok() {
+    let checked = topology
+        .key_at(&chunk.origin, last)
+        .map(|key| match chunk.first_prev() {
+            Err(e) => Err(Failure::FirstPrev(e.to_string())),
+            Ok(prev) => chunk
+                .check_links(first, &prev)
+                .and_then(|h| chunk.head.verify(&key).map(|()| (prev, h)))
+                .map_err(Failure::Chunk),
+        });
+    let not_canonical = if matches!(checked, Some(Ok(_))) {
         chunk
             .events
             .iter()
@@ -101,7 +100,6 @@ pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examine
         first,
         last,
         events: chunk.events.len() as u64,
-        key_known: key.is_some(),
         checked,
         not_canonical,
     }))
