@@ -3,7 +3,7 @@
 //! lost tail back), then stream what the parent lacks with a bounded window
 //! of unacknowledged batches.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridsync_model::{Chunk, Hash32, ZERO_HASH};
@@ -135,9 +135,18 @@ pub struct ChildSession {
     /// The handshake completed in this session (the link worked).
     welcomed: bool,
     repair: Option<Repair>,
+    /// Per origin: the oldest seq the parent lacks and when this node
+    /// received it, as last read for a lag report. A stored event's
+    /// receipt time never changes, so it is read again only when the
+    /// parent's ack moves; every batch carries a lag report for every
+    /// origin, and a street with 1,000 children read 1,000 log entries
+    /// per batch while catching up. One entry per origin of the heads.
+    oldest_missing: HashMap<String, (u64, i64)>,
 }
 
 mod repair;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 impl ChildSession {
@@ -158,6 +167,7 @@ impl ChildSession {
             rr_cursor: 0,
             welcomed: false,
             repair: None,
+            oldest_missing: HashMap::new(),
         }
     }
 
@@ -439,13 +449,13 @@ impl ChildSession {
     }
 
     /// What the parent lacks, per origin.
-    pub fn lag(&self, log: &dyn LocalLog) -> Vec<LagReport> {
+    pub fn lag(&mut self, log: &dyn LocalLog) -> Vec<LagReport> {
         log.heads()
             .into_iter()
             .map(|(origin, seq)| {
                 let acked = self.acked.get(&origin).copied().unwrap_or(0);
                 let oldest_missing_ms = (seq > acked)
-                    .then(|| log.received_at(&origin, acked + 1))
+                    .then(|| self.received_at(log, &origin, acked + 1))
                     .flatten();
                 LagReport {
                     origin,
@@ -454,6 +464,19 @@ impl ChildSession {
                 }
             })
             .collect()
+    }
+
+    /// When this node received `origin`'s event `seq` (remembered per
+    /// origin; an unreadable one is asked again next time).
+    fn received_at(&mut self, log: &dyn LocalLog, origin: &str, seq: u64) -> Option<i64> {
+        if let Some((s, at)) = self.oldest_missing.get(origin) {
+            if *s == seq {
+                return Some(*at);
+            }
+        }
+        let at = log.received_at(origin, seq)?;
+        self.oldest_missing.insert(origin.to_owned(), (seq, at));
+        Some(at)
     }
 
     /// Sends batches while the window has room and there is something new.

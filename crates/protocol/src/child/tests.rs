@@ -1,0 +1,103 @@
+//! The lag report: the same answers whether or not a receipt time was
+//! remembered, and the local log read only when the parent's ack moved.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+
+use ed25519_dalek::SigningKey;
+use gridsync_model::{Chunk, Hash32};
+
+use super::{ChildConfig, ChildSession, LocalLog};
+
+/// A log of `origins` origins, each at seq 100, event `seq` of origin `i`
+/// received at `i * 1_000_000 + seq`; origins in `unreadable` answer none.
+struct CountingLog {
+    origins: usize,
+    reads: Cell<usize>,
+    unreadable: RefCell<BTreeSet<String>>,
+}
+
+impl LocalLog for CountingLog {
+    fn heads(&self) -> Vec<(String, u64)> {
+        (0..self.origins).map(|i| (format!("o{i}"), 100)).collect()
+    }
+    fn chunks_after(&self, _origin: &str, _after_seq: u64, _bytes_max: usize) -> Vec<Chunk> {
+        Vec::new()
+    }
+    fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
+        self.reads.set(self.reads.get() + 1);
+        if self.unreadable.borrow().contains(origin) {
+            return None;
+        }
+        let i: i64 = origin[1..].parse().expect("o<number>");
+        Some(i * 1_000_000 + seq as i64)
+    }
+    fn hash_at(&self, _origin: &str, _seq: u64) -> Option<Hash32> {
+        None
+    }
+}
+
+fn session() -> ChildSession {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    ChildSession::new(ChildConfig {
+        node_id: "s".into(),
+        parent_id: "d".into(),
+        parent_key: key.verifying_key(),
+        key,
+        window_batches: 4,
+        batch_bytes_max: 256 * 1024,
+        heartbeat_ms: 15_000,
+        idle_timeout_ms: 45_000,
+        ack_timeout_ms: 30_000,
+        forward_personal: false,
+        own_previous_keys: Vec::new(),
+        bug_resume_from_memory: false,
+    })
+}
+
+/// What every report must say: origin `i` acked at `acked(i)` lacks
+/// `acked + 1`, received at `i * 1_000_000 + acked + 1`.
+fn expected(origins: usize, acked: impl Fn(usize) -> u64) -> Vec<Option<i64>> {
+    (0..origins)
+        .map(|i| Some(i as i64 * 1_000_000 + acked(i) as i64 + 1))
+        .collect()
+}
+
+#[test]
+fn lag_reads_each_origin_once_until_its_ack_moves() {
+    let log = CountingLog {
+        origins: 1000,
+        reads: Cell::new(0),
+        unreadable: RefCell::new(BTreeSet::new()),
+    };
+    let mut s = session();
+    let times = |s: &mut ChildSession| -> Vec<Option<i64>> {
+        s.lag(&log).iter().map(|r| r.oldest_missing_ms).collect()
+    };
+    assert_eq!(times(&mut s), expected(1000, |_| 0));
+    assert_eq!(log.reads.get(), 1000);
+    // A batch later: nothing acked, nothing read again.
+    assert_eq!(times(&mut s), expected(1000, |_| 0));
+    assert_eq!(
+        log.reads.get(),
+        1000,
+        "the log was read again for unchanged acks"
+    );
+    // The parent acks two origins: only those two are read.
+    s.acked.insert("o3".into(), 40);
+    s.acked.insert("o7".into(), 100);
+    let want = expected(1000, |i| if i == 3 { 40 } else { 0 });
+    let got = times(&mut s);
+    assert_eq!(got[3], want[3]);
+    assert_eq!(got[7], None, "an origin fully acked lacks nothing");
+    assert_eq!(log.reads.get(), 1001);
+    // Control: an origin whose receipt time cannot be read is not
+    // remembered as such: it is asked again each time.
+    s.acked.insert("o5".into(), 10);
+    log.unreadable.borrow_mut().insert("o5".into());
+    assert_eq!(times(&mut s)[5], None);
+    assert_eq!(times(&mut s)[5], None);
+    assert_eq!(log.reads.get(), 1003);
+    log.unreadable.borrow_mut().clear();
+    assert_eq!(times(&mut s)[5], Some(5_000_011));
+}
