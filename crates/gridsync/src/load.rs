@@ -201,9 +201,8 @@ async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
         run.acked.fetch_add(n, Ordering::Relaxed);
         // Only the newest few are kept for corrections.
         let acks: Acks = serde_json::from_slice(&bytes).unwrap_or_default();
-        let stored: Vec<_> = acks.results.iter().zip(&events).collect();
-        let newest = stored.len().saturating_sub(RECENT_KEPT);
-        for (r, e) in &stored[newest..] {
+        let newest = acks.results.len().saturating_sub(RECENT_KEPT);
+        for (r, e) in acks.results.iter().zip(&events).skip(newest) {
             work.stored(&target.id, r.seq, e);
         }
     }
