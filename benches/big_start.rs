@@ -16,7 +16,8 @@
 //! audits in turn with this one).
 //!
 //! `cargo build --release -p gridsync && cargo bench --bench big_start`
-//! (`GRIDSYNC_BENCH_EVENTS`, default 10000000).
+//! (`GRIDSYNC_BENCH_EVENTS`, default 10000000; `GRIDSYNC_BENCH_KEEP=1`
+//! only writes the log and leaves the tree's directory for a closer look).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -155,6 +156,11 @@ fn main() {
     nodes.extend(COMMUNITIES.iter().map(|c| (*c, Some("s1"))));
     let tree = provision(dir.path(), &nodes);
     write_log(&tree, n);
+    if std::env::var_os("GRIDSYNC_BENCH_KEEP").is_some() {
+        // Leave the tree for a closer look (heap profiles, other builds).
+        eprintln!("keeping the tree in {}", dir.keep().display());
+        return;
+    }
     let s1 = &tree.nodes["s1"];
     println!("| start | listening after | RSS 3 s later | whole-log check done after | RSS 5 s after the check |");
     println!("| --- | --- | --- | --- | --- |");

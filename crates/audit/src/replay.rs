@@ -65,8 +65,9 @@ impl EventFilter {
     }
 }
 
-/// Log entries read per storage call.
-const PAGE: usize = 256;
+/// Log entries read per storage call (chunks are cut near 32 KiB, so a
+/// page holds about 2 MiB at most).
+const PAGE: usize = 64;
 
 /// Hands every event of `store`'s log that `filter` keeps to `sink`, in log
 /// order; `sink` returns `false` to stop (its reader went away).

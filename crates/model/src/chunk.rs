@@ -135,6 +135,31 @@ struct RecordWire(serde_bytes::ByteBuf, Option<PersonalWire>);
 #[derive(Deserialize)]
 struct ChunkWire(u8, String, Vec<RecordWire>, HeadWire);
 
+/// A record borrowed from the chunk's bytes (no copy per event).
+#[derive(Deserialize)]
+struct RecordRef<'a>(
+    #[serde(borrow)] &'a serde_bytes::Bytes,
+    #[serde(borrow)] Option<PersonalRef<'a>>,
+);
+
+#[derive(Deserialize)]
+struct PersonalRef<'a>(
+    #[serde(borrow)] &'a serde_bytes::Bytes,
+    #[serde(borrow)] &'a serde_bytes::Bytes,
+);
+
+#[derive(Deserialize)]
+struct ChunkRef<'a>(u8, &'a str, #[serde(borrow)] Vec<RecordRef<'a>>, HeadWire);
+
+fn personal_of(salt: &[u8], bytes: &[u8]) -> Result<Personal, ChunkError> {
+    Ok(Personal {
+        salt: salt
+            .try_into()
+            .map_err(|_| ChunkError::Decode("salt is not 16 bytes".into()))?,
+        bytes: bytes.to_vec(),
+    })
+}
+
 /// A run of consecutive events of one origin and the signed head that closes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
@@ -257,14 +282,7 @@ impl Chunk {
         for r in w.2 {
             let personal = match r.1 {
                 None => None,
-                Some(p) => Some(Personal {
-                    salt: p
-                        .0
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| ChunkError::Decode("salt is not 16 bytes".into()))?,
-                    bytes: p.1.into_vec(),
-                }),
+                Some(p) => Some(personal_of(&p.0, &p.1)?),
             };
             events.push(EventRecord {
                 envelope: r.0.into_vec(),
@@ -276,6 +294,45 @@ impl Chunk {
             events,
             head,
         })
+    }
+
+    /// Event `seq` of an encoded chunk, copying only that event: what
+    /// [`Chunk::decode`] would give as `events[seq - first_seq]`, with the
+    /// same checks of the container's shape (`None` when the chunk does
+    /// not hold `seq`). A correction's target or a retried post's stored
+    /// event is one event of a chunk that may hold hundreds.
+    ///
+    /// # Errors
+    /// When the bytes are not a format-1 chunk.
+    pub fn record_at(bytes: &[u8], seq: u64) -> Result<Option<EventRecord>, ChunkError> {
+        let w: ChunkRef<'_> =
+            rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
+        if w.0 != CHUNK_FORMAT {
+            return Err(ChunkError::Format(w.0));
+        }
+        if w.2.is_empty() {
+            return Err(ChunkError::Empty(w.1.to_owned()));
+        }
+        let head = w.3.into_head()?;
+        let n = w.2.len() as u64;
+        if head.seq < n {
+            return Err(ChunkError::Decode(
+                "head seq is lower than the number of events".into(),
+            ));
+        }
+        let first = head.seq - (n - 1);
+        if seq < first || seq > head.seq {
+            return Ok(None);
+        }
+        let r = &w.2[usize::try_from(seq - first).expect("below the event count")];
+        let personal = match &r.1 {
+            None => None,
+            Some(p) => Some(personal_of(p.0, p.1)?),
+        };
+        Ok(Some(EventRecord {
+            envelope: r.0.to_vec(),
+            personal,
+        }))
     }
 
     /// Decodes every envelope and checks the chain: origin, consecutive seqs
@@ -322,6 +379,18 @@ impl Chunk {
             events: self.events[skip..].to_vec(),
             head: self.head.clone(),
         })
+    }
+
+    /// [`Chunk::suffix_after`] without copying the events it keeps.
+    pub fn into_suffix_after(mut self, seq: u64) -> Option<Chunk> {
+        if seq >= self.last_seq() {
+            return None;
+        }
+        if seq >= self.first_seq() {
+            let skip = usize::try_from(seq + 1 - self.first_seq()).expect("fits usize");
+            self.events.drain(..skip);
+        }
+        Some(self)
     }
 
     /// Checks the chain like [`Chunk::check_chain`] but reads only each
@@ -444,97 +513,4 @@ impl Chunk {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{EnvelopeHeader, OccurredAt, ZERO_HASH};
-
-    fn build(key: &SigningKey, n: u64) -> Chunk {
-        let mut prev = ZERO_HASH;
-        let mut events = Vec::new();
-        for seq in 1..=n {
-            let header = EnvelopeHeader {
-                origin: "c1",
-                seq,
-                kind: "visit",
-                schema: 1,
-                occurred_at: OccurredAt {
-                    unix_ms: 1_000 * seq as i64,
-                    offset_min: 480,
-                },
-                recorded_at_ms: 2_000,
-                grid: "g",
-                recorded_by: "w",
-                client_id: &format!("k{seq}"),
-                prev: &prev,
-                personal_digest: None,
-            };
-            let bytes = header.encode_with_data(&crate::canonical::to_canonical(
-                &serde_json::json!({"household": "h", "method": "phone", "quarantine": "none"}),
-            ));
-            prev = event_hash(&bytes);
-            events.push(EventRecord {
-                envelope: bytes,
-                personal: None,
-            });
-        }
-        Chunk {
-            origin: "c1".into(),
-            events,
-            head: SignedHead::sign(key, "c1", n, prev, 5),
-        }
-    }
-
-    #[test]
-    fn verifies_and_round_trips() {
-        let key = SigningKey::from_bytes(&[3; 32]);
-        let c = build(&key, 5);
-        let back = Chunk::decode(&c.encode()).unwrap();
-        assert_eq!(back, c);
-        assert_eq!(
-            back.verify(1, &ZERO_HASH, &key.verifying_key())
-                .unwrap()
-                .len(),
-            5
-        );
-        // A suffix verifies against the hash of the event before it.
-        let suffix = Chunk {
-            origin: c.origin.clone(),
-            events: c.events[2..].to_vec(),
-            head: c.head.clone(),
-        };
-        let prev = event_hash(&c.events[1].envelope);
-        assert_eq!(
-            suffix.verify(3, &prev, &key.verifying_key()).unwrap().len(),
-            3
-        );
-        // The wrong key, the wrong start or a missing event fail.
-        let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
-        assert!(matches!(
-            c.verify(1, &ZERO_HASH, &other),
-            Err(ChunkError::BadSignature { .. })
-        ));
-        assert!(matches!(
-            suffix.verify(3, &ZERO_HASH, &key.verifying_key()),
-            Err(ChunkError::BrokenChain { .. })
-        ));
-        let mut gap = c.clone();
-        gap.events.remove(2);
-        assert!(gap.verify(1, &ZERO_HASH, &key.verifying_key()).is_err());
-    }
-
-    #[test]
-    fn any_flipped_byte_fails_verification() {
-        let key = SigningKey::from_bytes(&[3; 32]);
-        let bytes = build(&key, 3).encode();
-        for i in 0..bytes.len() {
-            let mut m = bytes.clone();
-            m[i] ^= 0x01;
-            if let Ok(c) = Chunk::decode(&m) {
-                assert!(
-                    c.verify(1, &ZERO_HASH, &key.verifying_key()).is_err(),
-                    "flip at byte {i} passed"
-                );
-            }
-        }
-    }
-}
+mod tests;

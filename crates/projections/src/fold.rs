@@ -4,7 +4,7 @@
 //! so an as-of answer is recomputed by exactly the code that served it.
 
 use gridsync_model::kinds::EventRef;
-use gridsync_store::{Store, StoreError};
+use gridsync_store::{Store, StoreError, StoredChunk};
 
 use crate::{Projection, ProjectionConfig};
 
@@ -21,8 +21,9 @@ pub enum Cut {
     KnownBy(i64),
 }
 
-/// Log entries read per storage call.
-const PAGE: usize = 256;
+/// Log entries read per storage call (chunks are cut near 32 KiB, so a
+/// page holds about 2 MiB at most).
+const PAGE: usize = 64;
 
 /// Applies log entries from `offset` to the end of the log (those `cut`
 /// takes); returns the next offset to apply. `progress` gets the number of
@@ -38,14 +39,23 @@ pub fn fold_log(
     cut: Cut,
     progress: &dyn Fn(u64),
 ) -> Result<u64, StoreError> {
-    let lookup = target_lookup(store);
+    let from_store = target_lookup(store);
     let mut n = 0u64;
+    let mut previous: Vec<StoredChunk> = Vec::new();
     loop {
         let entries = store.read_log(offset, PAGE)?;
         if entries.is_empty() {
             return Ok(offset);
         }
-        for e in entries {
+        // A correction's target is almost always a recent event: found in
+        // this page or the one before (decoded already) rather than read
+        // from the store again — the same stored bytes either way.
+        let lookup = |origin: &str, seq: u64| {
+            in_entries(&entries, origin, seq)
+                .or_else(|| in_entries(&previous, origin, seq))
+                .or_else(|| from_store(origin, seq))
+        };
+        for e in &entries {
             offset = e.offset + 1;
             if matches!(cut, Cut::KnownBy(t) if e.received_at_ms > t) {
                 continue;
@@ -63,7 +73,22 @@ pub fn fold_log(
             }
         }
         progress(n);
+        previous = entries;
     }
+}
+
+/// The envelope of event `seq` of `origin` if one of these entries holds it.
+fn in_entries(entries: &[StoredChunk], origin: &str, seq: u64) -> Option<Vec<u8>> {
+    entries
+        .iter()
+        .rev()
+        .find(|e| {
+            e.chunk.origin == origin && e.chunk.first_seq() <= seq && seq <= e.chunk.last_seq()
+        })
+        .map(|e| {
+            let i = usize::try_from(seq - e.chunk.first_seq()).expect("within the chunk");
+            e.chunk.events[i].envelope.clone()
+        })
 }
 
 /// A projection of the whole log as it was at `as_of_ms`: by event time,

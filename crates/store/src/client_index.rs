@@ -186,7 +186,7 @@ impl ClientIndex {
         let mut recent = HashMap::new();
         let mut after = meta.indexed_upto;
         while after < own_head {
-            let chunks = origin_chunks(kv, origin, after, own_head, 64)?;
+            let chunks = origin_chunks(kv, origin, after, own_head, 64, usize::MAX)?;
             if chunks.is_empty() {
                 return Err(corrupt(format!(
                     "the log of {origin} has no event after seq {after} (head {own_head})"

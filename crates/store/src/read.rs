@@ -99,6 +99,33 @@ impl Store {
             after_seq,
             durable,
             max_chunks,
+            usize::MAX,
+        )
+    }
+
+    /// Like [`Store::read_origin`], but stops once the chunks read hold
+    /// `bytes_max` bytes of events (at least one chunk if any): what a
+    /// sender needs for one batch, however large the stored chunks are.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn read_origin_bytes(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
+        let durable = self.durable_seq(origin);
+        if after_seq >= durable {
+            return Ok(Vec::new());
+        }
+        origin_chunks(
+            self.shared.kv.as_ref(),
+            origin,
+            after_seq,
+            durable,
+            bytes_max / 1024 + 1,
+            bytes_max,
         )
     }
 
@@ -116,15 +143,10 @@ impl Store {
         if r.seq == 0 || r.seq > head.seq {
             return Ok(None);
         }
-        let Some(sc) = self.read_origin(&r.origin, r.seq - 1, 1)?.pop() else {
+        let bound = self.durable_seq(&r.origin);
+        let Some(rec) = record_at(self.shared.kv.as_ref(), &r.origin, r.seq, bound)? else {
             return Ok(None);
         };
-        let first = sc.chunk.first_seq();
-        if r.seq < first {
-            return Ok(None);
-        }
-        let idx = usize::try_from(r.seq - first).expect("chunk index fits usize");
-        let rec = sc.chunk.events[idx].clone();
         let envelope = gridsync_model::Envelope::decode(&rec.envelope)
             .map_err(|e| StoreError::Corrupt(format!("event {}/{}: {e}", r.origin, r.seq)))?;
         let hash = gridsync_model::event::event_hash(&rec.envelope);
@@ -133,18 +155,24 @@ impl Store {
 }
 
 /// The chunks of `origin` holding seqs `> after_seq`, in seq order, at
-/// most `max_chunks`, none ending past `max_last_seq`.
+/// most `max_chunks`, none ending past `max_last_seq`, and no more once
+/// those read hold `bytes_max` bytes of events.
 pub(crate) fn origin_chunks(
     kv: &dyn Kv,
     origin: &str,
     after_seq: u64,
     max_last_seq: u64,
     max_chunks: usize,
+    bytes_max: usize,
 ) -> Result<Vec<StoredChunk>, StoreError> {
     let prefix = layout::index_prefix(origin);
     let start = layout::index_key(origin, after_seq.saturating_add(1));
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for (k, v) in kv.scan(&start, &prefix, max_chunks)? {
+        if bytes >= bytes_max {
+            break;
+        }
         let last_seq = layout::parse_origin_seq_key(&k)
             .map(|(_, seq, _)| seq)
             .ok_or_else(|| corrupt("malformed index key"))?;
@@ -154,7 +182,15 @@ pub(crate) fn origin_chunks(
         let (offset, _) =
             layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
         match read_entries(kv, offset, 1)?.pop() {
-            Some(c) if c.offset == offset => out.push(c),
+            Some(c) if c.offset == offset => {
+                bytes += c
+                    .chunk
+                    .events
+                    .iter()
+                    .map(|e| e.envelope.len())
+                    .sum::<usize>();
+                out.push(c);
+            }
             _ => {
                 return Err(corrupt(format!(
                     "index points at missing log entry {offset}"
@@ -165,6 +201,37 @@ pub(crate) fn origin_chunks(
     Ok(out)
 }
 
+/// Event `seq` of `origin` (envelope and personal part) in the chunk the
+/// index names for it, if that chunk ends at or before `max_last_seq`;
+/// only that event is decoded (a chunk may hold hundreds).
+fn record_at(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+    max_last_seq: u64,
+) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
+    if seq == 0 {
+        return Ok(None);
+    }
+    let prefix = layout::index_prefix(origin);
+    let Some((k, v)) = kv
+        .scan(&layout::index_key(origin, seq), &prefix, 1)?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let last_seq = layout::parse_origin_seq_key(&k)
+        .map(|(_, seq, _)| seq)
+        .ok_or_else(|| corrupt("malformed index key"))?;
+    if last_seq > max_last_seq {
+        return Ok(None);
+    }
+    let (offset, _) =
+        layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
+    recover::record_in_entry(kv, offset, seq)
+}
+
 /// Event `seq` of `origin` (envelope and personal part) as the log holds
 /// it.
 pub(crate) fn record_in_log(
@@ -172,15 +239,7 @@ pub(crate) fn record_in_log(
     origin: &str,
     seq: u64,
 ) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
-    let Some(sc) = origin_chunks(kv, origin, seq.saturating_sub(1), u64::MAX, 1)?.pop() else {
-        return Ok(None);
-    };
-    let c = sc.chunk;
-    if seq == 0 || seq < c.first_seq() || seq > c.last_seq() {
-        return Ok(None);
-    }
-    let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
-    Ok(c.events.into_iter().nth(i))
+    record_at(kv, origin, seq, u64::MAX)
 }
 
 /// Hash of event `seq` of `origin` as the log holds it (durably).
@@ -189,11 +248,7 @@ pub(crate) fn hash_in_log(
     origin: &str,
     seq: u64,
 ) -> Result<Option<Hash32>, StoreError> {
-    Ok(
-        origin_chunks(kv, origin, seq.saturating_sub(1), u64::MAX, 1)?
-            .pop()
-            .and_then(|e| event_in_chunk(&e.chunk, seq)),
-    )
+    Ok(record_at(kv, origin, seq, u64::MAX)?.map(|r| event_hash(&r.envelope)))
 }
 
 pub(crate) fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {

@@ -159,7 +159,7 @@ impl Default for StoreConfig {
         Self {
             commit_events_max: 4096,
             queue_requests_max: 256,
-            chunk_bytes_target: 6 * 1024,
+            chunk_bytes_target: 32 * 1024,
             unsafe_ack_before_durable: false,
             unsafe_read_uncommitted: false,
             node_label: String::new(),

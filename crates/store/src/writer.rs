@@ -468,16 +468,6 @@ struct Work {
     hold: Option<Option<PostingHold>>,
     /// Events originated in this commit, not yet cut into chunks.
     own: Option<OwnEvents>,
-    /// The entry the current import request added last (see
-    /// [`Writer::push_received`]).
-    last_received: Option<LastReceived>,
-}
-
-/// Where the last received entry's writes are, and its encoded size.
-struct LastReceived {
-    writes_start: usize,
-    writes_end: usize,
-    bytes: usize,
 }
 
 /// This origin's new events of a commit, after `start` (seq, hash) up to

@@ -208,9 +208,10 @@ fn many_events_make_many_chunks_and_read_back_in_order() {
     let batch: Vec<_> = (0..1000).map(|i| event(&format!("k{i}"), 10)).collect();
     rt.block_on(store.append(batch, 1)).unwrap();
     let chunks = store.read_log(0, 10_000).unwrap();
+    // ~250 KB of events, cut near the 32 KiB target.
     assert!(
-        chunks.len() > 10,
-        "expected several chunks, got {}",
+        (6..=12).contains(&chunks.len()),
+        "expected about 8 chunks, got {}",
         chunks.len()
     );
     let seqs: Vec<u64> = chunks
@@ -221,6 +222,22 @@ fn many_events_make_many_chunks_and_read_back_in_order() {
     // read_origin from the middle starts at the chunk holding the next seq.
     let from = store.read_origin(ORIGIN, 500, 1).unwrap();
     assert!(from[0].chunk.first_seq() <= 501 && from[0].chunk.last_seq() >= 501);
+    // Read by bytes: at least one chunk, and chunks only until the budget
+    // is reached — the same chunks as by count.
+    let by_count = store.read_origin(ORIGIN, 500, 100).unwrap();
+    for budget in [1, 40_000, 70_000, 10_000_000] {
+        let by_bytes = store.read_origin_bytes(ORIGIN, 500, budget).unwrap();
+        let bytes: Vec<usize> = by_bytes
+            .iter()
+            .map(|c| c.chunk.events.iter().map(|e| e.envelope.len()).sum())
+            .collect();
+        assert!(!by_bytes.is_empty());
+        assert!(bytes[..bytes.len() - 1].iter().sum::<usize>() < budget);
+        assert!(bytes.iter().sum::<usize>() >= budget || by_bytes.len() == by_count.len());
+        for (a, b) in by_bytes.iter().zip(&by_count) {
+            assert_eq!(a.offset, b.offset);
+        }
+    }
 }
 
 #[test]
@@ -764,7 +781,7 @@ fn a_log_shorter_than_its_heads_record_is_refused() {
 }
 
 /// Phones post one event at a time; the posts gathered into one commit
-/// are cut into chunks together — one signature per ~6 KiB of the commit,
+/// are cut into chunks together — one signature per ~32 KiB of the commit,
 /// not one per post — and every chunk's head still verifies.
 #[test]
 fn single_event_posts_of_one_commit_share_signed_chunks() {
@@ -808,7 +825,7 @@ fn single_event_posts_of_one_commit_share_signed_chunks() {
             .check_links(e.chunk.first_seq(), &e.chunk.first_prev().unwrap())
             .unwrap();
     }
-    // 40 posts of ~250 bytes: two chunks of ~6 KiB, not forty.
+    // 40 posts of ~250 bytes: one chunk of ~10 KiB, not forty.
     assert!(log.len() <= 4, "{} log entries for 41 posts", log.len());
     assert_eq!(log.iter().map(|e| e.chunk.events.len()).sum::<usize>(), 41);
 }
@@ -862,4 +879,52 @@ fn an_aggregator_stores_a_batch_of_one_event_chunks_as_large_chunks() {
     let forwarded: Vec<_> = log.into_iter().map(|e| e.chunk).collect();
     assert_eq!(rt.block_on(upper.import(forwarded, 4)).unwrap(), 60);
     assert_eq!(upper.head(ORIGIN).unwrap().seq, 60);
+}
+
+/// The entry a request is still joining chunks into is held like any
+/// other: a repeated chunk inside it is recognised (not a divergence), a
+/// different event at one of its seqs is a divergence, and a request
+/// refused half-way leaves nothing of its joined entry behind.
+#[test]
+fn an_entry_being_joined_is_checked_and_rolled_back_like_the_rest() {
+    let rt = rt();
+    let ids: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let small = origin_chunks(&refs, 0);
+    let store = aggregator(Arc::new(MemKv::new()));
+    // Seqs 1..=8, then seq 5 again (inside the entry being joined).
+    let mut batch = small[..8].to_vec();
+    batch.push(small[4].clone());
+    assert_eq!(rt.block_on(store.import(batch, 1)).unwrap(), 8);
+    assert_eq!(store.read_log(0, 100).unwrap().len(), 1, "one joined entry");
+    // Seqs 9..=10 joined, then seq 9 from another chain: the whole request
+    // is refused and nothing of it is stored.
+    let other: Vec<String> = (0..9).map(|i| format!("o{i}")).collect();
+    let forged = origin_chunks(&other.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+    let mut batch = small[8..10].to_vec();
+    batch.push(forged[8].clone());
+    assert!(rt.block_on(store.import(batch, 2)).is_err());
+    // A gap after a joined run refuses the request too.
+    let mut batch = small[8..10].to_vec();
+    batch.push(small[11].clone());
+    assert!(rt.block_on(store.import(batch, 3)).is_err());
+    assert_eq!(store.head(ORIGIN).unwrap().seq, 8);
+    assert_eq!(store.counts().events, 8);
+    // What follows is taken as usual.
+    assert_eq!(
+        rt.block_on(store.import(small[8..].to_vec(), 4)).unwrap(),
+        4
+    );
+    let log = store.read_log(0, 100).unwrap();
+    let stored: Vec<_> = log.iter().flat_map(|e| e.chunk.events.clone()).collect();
+    let original: Vec<_> = small.iter().flat_map(|c| c.events.clone()).collect();
+    assert!(stored == original);
+    for seq in 1..=12 {
+        let r = EventRef {
+            origin: ORIGIN.into(),
+            seq,
+        };
+        let (_, rec) = store.find_event(&r).unwrap().unwrap();
+        assert!(rec == original[seq as usize - 1], "seq {seq}");
+    }
 }

@@ -70,8 +70,7 @@ impl LocalLog for UpwardView<'_> {
 impl StoreView<'_> {
     /// Durable chunks of `origin` after `after_seq`, about `bytes_max` bytes.
     fn read_chunks(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
-        let max_chunks = bytes_max / 4096 + 1;
-        match self.0.read_origin(origin, after_seq, max_chunks) {
+        match self.0.read_origin_bytes(origin, after_seq, bytes_max) {
             Ok(v) => v.into_iter().map(|c| c.chunk).collect(),
             Err(e) => {
                 tracing::error!(error = %e, origin, "cannot read the log to forward it");

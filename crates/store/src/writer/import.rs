@@ -4,6 +4,26 @@
 
 use super::*;
 
+/// The log entry an import request added last, while it may still grow:
+/// it is `work.pushed`'s last chunk, counted in the work, but its writes
+/// (encoding, fragments, index key) wait until it is closed, so that
+/// joining many small chunks encodes the result once, not once per join.
+pub(super) struct OpenEntry {
+    offset: u64,
+    received_at_ms: i64,
+    /// Estimated encoded size ([`records_bytes`]).
+    bytes: usize,
+}
+
+/// About the encoded size of these events in a chunk (what chunks are cut
+/// and joined by).
+pub(super) fn records_bytes(records: &[EventRecord]) -> usize {
+    records
+        .iter()
+        .map(|r| r.envelope.len() + r.personal.as_ref().map_or(0, |p| p.bytes.len() + 24) + 8)
+        .sum()
+}
+
 impl Writer {
     /// Adds a chunk received from a child. When the entry this request
     /// added last holds the same origin's events just before it and the
@@ -12,51 +32,72 @@ impl Writer {
     /// the earlier head's signature adds nothing a verifier needs. So
     /// children that forward phones' one-event commits in a batch are
     /// stored (and forwarded, and verified) as large chunks.
-    fn push_received(&self, work: &mut Work, chunk: Chunk, received_at_ms: i64) {
-        let mut chunk = chunk;
-        if let Some(last) = work.last_received.take() {
-            let follows = work.pushed.last().is_some_and(|p| {
-                p.origin == chunk.origin && p.last_seq().checked_add(1) == Some(chunk.first_seq())
-            });
-            // Encoded for its size only when it could join the last entry.
-            if follows
-                && work.writes.len() == last.writes_end
-                && last.bytes + chunk.encode().len() <= self.config.chunk_bytes_target
+    fn push_received(
+        &self,
+        work: &mut Work,
+        chunk: Chunk,
+        received_at_ms: i64,
+        open: &mut Option<OpenEntry>,
+    ) {
+        let bytes = records_bytes(&chunk.events);
+        if let Some(o) = open.as_mut() {
+            let last = work.pushed.last_mut().expect("an open entry is pushed");
+            if last.origin == chunk.origin
+                && last.last_seq().checked_add(1) == Some(chunk.first_seq())
+                && o.bytes + bytes <= self.config.chunk_bytes_target
             {
-                let prev = work.pushed.pop().expect("checked");
-                work.writes.truncate(last.writes_start);
-                work.offset -= 1;
-                work.chunks -= 1;
-                work.events -= prev.events.len() as u64;
-                let mut events = prev.events;
-                events.extend(chunk.events);
-                chunk = Chunk {
-                    origin: chunk.origin,
-                    events,
-                    head: chunk.head,
-                };
+                o.bytes += bytes;
+                work.events += chunk.events.len() as u64;
+                last.events.extend(chunk.events);
+                last.head = chunk.head;
+                work.heads.insert(
+                    last.origin.clone(),
+                    HeadState {
+                        seq: last.head.seq,
+                        hash: last.head.hash,
+                        signed: last.head.clone(),
+                    },
+                );
+                return;
             }
         }
-        let writes_start = work.writes.len();
-        let bytes = Self::push_chunk(work, chunk, received_at_ms);
-        work.last_received = Some(LastReceived {
-            writes_start,
-            writes_end: work.writes.len(),
+        Self::close_entry(work, open);
+        *open = Some(OpenEntry {
+            offset: work.offset,
+            received_at_ms,
             bytes,
         });
+        Self::count_chunk(work, chunk);
     }
 
-    /// Adds one chunk to the work as the next log entry; returns its
-    /// encoded size.
-    pub(super) fn push_chunk(work: &mut Work, chunk: Chunk, received_at_ms: i64) -> usize {
-        work.last_received = None;
-        let encoded = chunk.encode();
-        work.writes
-            .extend(entry_writes(work.offset, received_at_ms, &encoded));
-        work.writes.push((
+    /// Writes the open entry (if any): it takes no more chunks.
+    fn close_entry(work: &mut Work, open: &mut Option<OpenEntry>) {
+        if let Some(o) = open.take() {
+            let chunk = work.pushed.last().expect("an open entry is pushed");
+            let writes = Self::chunk_writes(chunk, o.offset, o.received_at_ms);
+            work.writes.extend(writes);
+        }
+    }
+
+    /// Adds one chunk to the work as the next log entry.
+    pub(super) fn push_chunk(work: &mut Work, chunk: Chunk, received_at_ms: i64) {
+        let writes = Self::chunk_writes(&chunk, work.offset, received_at_ms);
+        work.writes.extend(writes);
+        Self::count_chunk(work, chunk);
+    }
+
+    /// The key/value writes of `chunk` as log entry `offset`.
+    fn chunk_writes(chunk: &Chunk, offset: u64, received_at_ms: i64) -> Vec<KvWrite> {
+        let mut writes = entry_writes(offset, received_at_ms, &chunk.encode());
+        writes.push((
             layout::index_key(&chunk.origin, chunk.last_seq()),
-            Some(layout::index_value(work.offset, chunk.first_seq())),
+            Some(layout::index_value(offset, chunk.first_seq())),
         ));
+        writes
+    }
+
+    /// Counts `chunk` in the work as its next log entry.
+    fn count_chunk(work: &mut Work, chunk: Chunk) {
         work.offset += 1;
         work.chunks += 1;
         work.events += chunk.events.len() as u64;
@@ -69,7 +110,6 @@ impl Writer {
             },
         );
         work.pushed.push(chunk);
-        encoded.len()
     }
 
     /// Hash of event `seq` of `origin` as this writer holds it: in this
@@ -112,7 +152,6 @@ impl Writer {
     ) -> Result<u64, StoreError> {
         // Entries are merged only within one request: a later request's
         // failure must not undo an entry an earlier one added.
-        work.last_received = None;
         let snapshot = work.snapshot();
         let result = self.import_all(work, chunks, now_ms);
         if result.is_err() {
@@ -129,6 +168,7 @@ impl Writer {
     ) -> Result<u64, StoreError> {
         let own = self.origin.as_ref().map(|o| o.node_id.clone());
         let mut n_new = 0u64;
+        let mut open = None;
         for chunk in chunks {
             let origin = chunk.origin.clone();
             let (head_seq, head_hash) = self.head_of(work, &origin);
@@ -145,7 +185,7 @@ impl Writer {
                     "origin {origin}: gap (holds {head_seq}, chunk starts at {first})"
                 )));
             }
-            let suffix = chunk.suffix_after(head_seq).expect("last > head");
+            let suffix = chunk.into_suffix_after(head_seq).expect("last > head");
             if suffix.first_prev().ok() != Some(head_hash) {
                 return Err(StoreError::Diverged {
                     origin,
@@ -165,8 +205,9 @@ impl Writer {
                 }
             }
             n_new += suffix.events.len() as u64;
-            self.push_received(work, suffix, now_ms);
+            self.push_received(work, suffix, now_ms, &mut open);
         }
+        Self::close_entry(work, &mut open);
         Ok(n_new)
     }
 }

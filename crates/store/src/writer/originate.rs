@@ -62,7 +62,7 @@ impl Writer {
             return Ok(results);
         }
         // Cut into chunks with the rest of the commit's own events
-        // ([`Writer::cut_own`]): one signature per ~6 KiB of the commit,
+        // ([`Writer::cut_own`]): one signature per ~32 KiB of the commit,
         // however many phones' single-event posts it gathered.
         let own = work.own.get_or_insert_with(|| OwnEvents {
             start,
@@ -145,8 +145,7 @@ fn cut_into_chunks(
     for (i, rec) in records.into_iter().enumerate() {
         chunk_seq += 1;
         chunk_hash = event_hash(&rec.envelope);
-        current_bytes +=
-            rec.envelope.len() + rec.personal.as_ref().map_or(0, |p| p.bytes.len() + 24) + 8;
+        current_bytes += super::import::records_bytes(std::slice::from_ref(&rec));
         current.push(rec);
         if current_bytes >= bytes_target || i + 1 == n_records {
             let head =

@@ -1,0 +1,149 @@
+//! Chunk encoding, verification and single-event reads.
+
+use super::*;
+use crate::event::{EnvelopeHeader, OccurredAt, ZERO_HASH};
+
+fn build(key: &SigningKey, n: u64) -> Chunk {
+    let mut prev = ZERO_HASH;
+    let mut events = Vec::new();
+    for seq in 1..=n {
+        let header = EnvelopeHeader {
+            origin: "c1",
+            seq,
+            kind: "visit",
+            schema: 1,
+            occurred_at: OccurredAt {
+                unix_ms: 1_000 * seq as i64,
+                offset_min: 480,
+            },
+            recorded_at_ms: 2_000,
+            grid: "g",
+            recorded_by: "w",
+            client_id: &format!("k{seq}"),
+            prev: &prev,
+            personal_digest: None,
+        };
+        let bytes = header.encode_with_data(&crate::canonical::to_canonical(
+            &serde_json::json!({"household": "h", "method": "phone", "quarantine": "none"}),
+        ));
+        prev = event_hash(&bytes);
+        events.push(EventRecord {
+            envelope: bytes,
+            personal: None,
+        });
+    }
+    Chunk {
+        origin: "c1".into(),
+        events,
+        head: SignedHead::sign(key, "c1", n, prev, 5),
+    }
+}
+
+#[test]
+fn verifies_and_round_trips() {
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let c = build(&key, 5);
+    let back = Chunk::decode(&c.encode()).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(
+        back.verify(1, &ZERO_HASH, &key.verifying_key())
+            .unwrap()
+            .len(),
+        5
+    );
+    // A suffix verifies against the hash of the event before it.
+    let suffix = Chunk {
+        origin: c.origin.clone(),
+        events: c.events[2..].to_vec(),
+        head: c.head.clone(),
+    };
+    let prev = event_hash(&c.events[1].envelope);
+    assert_eq!(
+        suffix.verify(3, &prev, &key.verifying_key()).unwrap().len(),
+        3
+    );
+    // The wrong key, the wrong start or a missing event fail.
+    let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
+    assert!(matches!(
+        c.verify(1, &ZERO_HASH, &other),
+        Err(ChunkError::BadSignature { .. })
+    ));
+    assert!(matches!(
+        suffix.verify(3, &ZERO_HASH, &key.verifying_key()),
+        Err(ChunkError::BrokenChain { .. })
+    ));
+    let mut gap = c.clone();
+    gap.events.remove(2);
+    assert!(gap.verify(1, &ZERO_HASH, &key.verifying_key()).is_err());
+}
+
+#[test]
+fn any_flipped_byte_fails_verification() {
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let bytes = build(&key, 3).encode();
+    for i in 0..bytes.len() {
+        let mut m = bytes.clone();
+        m[i] ^= 0x01;
+        if let Ok(c) = Chunk::decode(&m) {
+            assert!(
+                c.verify(1, &ZERO_HASH, &key.verifying_key()).is_err(),
+                "flip at byte {i} passed"
+            );
+        }
+    }
+}
+
+/// A chunk whose events alternate with and without personal parts.
+fn with_personal(key: &SigningKey, n: u64) -> Chunk {
+    let mut c = build(key, n);
+    for (i, e) in c.events.iter_mut().enumerate() {
+        if i % 2 == 1 {
+            e.personal = Some(Personal {
+                salt: [i as u8; 16],
+                bytes: vec![0x90 + i as u8; 3 + i],
+            });
+        }
+    }
+    c
+}
+
+#[test]
+fn record_at_is_the_decoded_event() {
+    let key = SigningKey::from_bytes(&[3; 32]);
+    // A chunk holding seqs 5..=9 (a suffix, as stored after a merge).
+    let full = with_personal(&key, 9);
+    let c = Chunk {
+        origin: full.origin.clone(),
+        events: full.events[4..].to_vec(),
+        head: full.head.clone(),
+    };
+    let bytes = c.encode();
+    for seq in 0..=11 {
+        let want = (5..=9)
+            .contains(&seq)
+            .then(|| c.events[seq as usize - 5].clone());
+        assert_eq!(Chunk::record_at(&bytes, seq).unwrap(), want, "seq {seq}");
+    }
+    // Whatever `decode` refuses, `record_at` refuses; what it takes, they
+    // read alike (every truncation and every flipped bit of one byte).
+    let mut variants: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+    for i in 0..bytes.len() {
+        for bit in [0x01, 0x80] {
+            let mut m = bytes.clone();
+            m[i] ^= bit;
+            variants.push(m);
+        }
+    }
+    for m in &variants {
+        match Chunk::decode(m) {
+            Err(_) => assert!((0..=11).all(|s| Chunk::record_at(m, s).is_err())),
+            Ok(d) => {
+                for seq in 0..=11 {
+                    let want = (d.first_seq() <= seq && seq <= d.last_seq())
+                        .then(|| d.events[(seq - d.first_seq()) as usize].clone());
+                    assert_eq!(Chunk::record_at(m, seq).unwrap(), want);
+                }
+            }
+        }
+    }
+}
