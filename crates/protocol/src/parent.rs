@@ -68,8 +68,47 @@ struct Awaiting {
     id: u64,
     /// Per origin touched: the head this batch leaves (what its ack reports).
     touched: Vec<(String, u64, Hash32)>,
-    hashes: Vec<(String, u64)>,
+    /// Per accepted chunk: its origin and how many new events it holds
+    /// (released from `pending` once durable).
+    released: Vec<(String, usize)>,
     acked_early: bool,
+}
+
+/// One origin's accepted, not yet durable events: seqs `first ..` and
+/// their hashes. Batches are accepted at the origin's tip and become
+/// durable in order, so the run only grows at its end and shrinks at its
+/// start.
+#[derive(Default)]
+struct PendingRun {
+    first: u64,
+    hashes: VecDeque<Hash32>,
+}
+
+impl PendingRun {
+    fn push(&mut self, first: u64, hashes: Vec<Hash32>) {
+        if self.hashes.is_empty() {
+            self.first = first;
+        } else if self.first + self.hashes.len() as u64 != first {
+            // Not at the end of the run (cannot happen: acceptance is at the
+            // tip). Keep the newer events; older seqs are then read from the
+            // log, as once durable.
+            debug_assert!(false, "pending events not consecutive");
+            self.hashes.clear();
+            self.first = first;
+        }
+        self.hashes.extend(hashes);
+    }
+
+    fn release(&mut self, n: usize) {
+        let n = n.min(self.hashes.len());
+        self.hashes.drain(..n);
+        self.first += n as u64;
+    }
+
+    fn get(&self, seq: u64) -> Option<Hash32> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.hashes.get(i).copied()
+    }
 }
 
 /// Why one origin's chunk was refused.
@@ -99,8 +138,10 @@ pub struct ParentSession {
     nonce: Vec<u8>,
     /// Per origin: the head including batches accepted but not yet durable.
     tips: HashMap<String, (u64, Hash32)>,
-    /// Hashes of accepted, not yet durable events (for duplicate checks).
-    pending: HashMap<(String, u64), Hash32>,
+    /// Hashes of accepted, not yet durable events (for duplicate checks),
+    /// per origin: one run of consecutive seqs, released oldest first as
+    /// batches become durable (in order).
+    pending: HashMap<String, PendingRun>,
     awaiting: VecDeque<Awaiting>,
     /// Origins refused in this session: their later chunks are skipped.
     refused: HashMap<String, RejectCode>,
@@ -359,8 +400,8 @@ impl ParentSession {
             return Some(ZERO_HASH);
         }
         self.pending
-            .get(&(origin.to_owned(), seq))
-            .copied()
+            .get(origin)
+            .and_then(|run| run.get(seq))
             .or_else(|| log.hash_at(origin, seq))
     }
 
@@ -399,8 +440,13 @@ impl ParentSession {
                 self.send_ack(out, id, now_ms);
             }
             let a = self.awaiting.pop_front().expect("front exists");
-            for k in a.hashes {
-                self.pending.remove(&k);
+            for (origin, n) in a.released {
+                if let Some(run) = self.pending.get_mut(&origin) {
+                    run.release(n);
+                    if run.hashes.is_empty() {
+                        self.pending.remove(&origin);
+                    }
+                }
             }
             durable = None;
         }

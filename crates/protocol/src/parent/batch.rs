@@ -41,12 +41,14 @@ impl super::ParentSession {
             self.refused.insert(origin, code);
         }
         self.tips.extend(read.tips);
-        self.pending.extend(read.new_pending);
+        for (origin, first, hashes) in read.new_pending {
+            self.pending.entry(origin).or_default().push(first, hashes);
+        }
         let ack_now = self.cfg.bug_ack_before_durable;
         self.awaiting.push_back(Awaiting {
             id,
             touched: read.touched,
-            hashes: read.hashes,
+            released: read.released,
             acked_early: ack_now,
         });
         if read.accepted.is_empty() {
@@ -187,11 +189,12 @@ struct BatchRead {
     accepted: Vec<Chunk>,
     /// Per origin touched: its last seq and hash in this batch.
     touched: Vec<(String, u64, Hash32)>,
-    /// Every new event `(origin, seq)`.
-    hashes: Vec<(String, u64)>,
+    /// Per accepted chunk: its origin and how many new events it holds.
+    released: Vec<(String, usize)>,
     /// Tips as they will be if this batch is accepted.
     tips: HashMap<String, (u64, Hash32)>,
-    new_pending: Vec<((String, u64), Hash32)>,
+    /// Per accepted chunk: origin, first new seq, the new events' hashes.
+    new_pending: Vec<(String, u64, Vec<Hash32>)>,
     /// `(origin, seq, code, message)` of origins refused in this batch.
     refusals: Vec<(String, u64, RejectCode, String)>,
 }
@@ -201,16 +204,17 @@ impl BatchRead {
     fn accept(&mut self, chunk: Chunk, after: u64, hashes_in: &[Hash32]) {
         let origin = chunk.origin.clone();
         let (first, last) = (chunk.first_seq(), chunk.last_seq());
-        for (seq, h) in (first..=last).zip(hashes_in).filter(|(s, _)| *s > after) {
-            self.new_pending.push(((origin.clone(), seq), *h));
-            self.hashes.push((origin.clone(), seq));
-        }
+        let new_from = first.max(after.saturating_add(1));
+        let skip = usize::try_from(new_from - first).expect("within the chunk");
+        let new = hashes_in[skip..].to_vec();
+        self.released.push((origin.clone(), new.len()));
+        self.new_pending.push((origin.clone(), new_from, new));
         let last_hash = *hashes_in.last().expect("non-empty");
         self.tips.insert(origin.clone(), (last, last_hash));
         self.touched.retain(|(o, _, _)| *o != origin);
         self.touched.push((origin, last, last_hash));
         self.accepted
-            .push(chunk.suffix_after(after).expect("last > after"));
+            .push(chunk.into_suffix_after(after).expect("last > after"));
     }
 }
 
