@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::kv::Kv;
-use crate::recover::{corrupt, read_entries};
+use crate::recover::{corrupt, entry_bytes, read_entries, ENTRY_HEADER_BYTES};
 use gridsync_model::event::event_hash;
 use gridsync_model::{Chunk, Hash32};
 
@@ -89,18 +89,7 @@ impl Store {
         after_seq: u64,
         max_chunks: usize,
     ) -> Result<Vec<StoredChunk>, StoreError> {
-        let durable = self.durable_seq(origin);
-        if after_seq >= durable {
-            return Ok(Vec::new());
-        }
-        origin_chunks(
-            self.shared.kv.as_ref(),
-            origin,
-            after_seq,
-            durable,
-            max_chunks,
-            usize::MAX,
-        )
+        self.read_durable_chunks(origin, after_seq, max_chunks, usize::MAX)
     }
 
     /// Like [`Store::read_origin`], but stops once the chunks read hold
@@ -115,18 +104,22 @@ impl Store {
         after_seq: u64,
         bytes_max: usize,
     ) -> Result<Vec<StoredChunk>, StoreError> {
+        self.read_durable_chunks(origin, after_seq, bytes_max / 1024 + 1, bytes_max)
+    }
+
+    fn read_durable_chunks(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        max_chunks: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
         let durable = self.durable_seq(origin);
         if after_seq >= durable {
             return Ok(Vec::new());
         }
-        origin_chunks(
-            self.shared.kv.as_ref(),
-            origin,
-            after_seq,
-            durable,
-            bytes_max / 1024 + 1,
-            bytes_max,
-        )
+        let kv = self.shared.kv.as_ref();
+        origin_chunks(kv, origin, after_seq, durable, max_chunks, bytes_max)
     }
 
     /// Finds one event and its personal part.
@@ -229,7 +222,7 @@ fn record_at(
     }
     let (offset, _) =
         layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
-    recover::record_in_entry(kv, offset, seq)
+    record_in_entry(kv, offset, seq)
 }
 
 /// Event `seq` of `origin` (envelope and personal part) as the log holds
@@ -256,4 +249,23 @@ pub(crate) fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
         let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
         event_hash(&c.events[i].envelope)
     })
+}
+
+/// Event `seq` from log entry `offset`, decoding only that event of the
+/// chunk (`None` if the entry does not hold it).
+fn record_in_entry(
+    kv: &dyn Kv,
+    offset: u64,
+    seq: u64,
+) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
+    let prefix = layout::log_prefix(offset);
+    let frags = kv.scan(&prefix, &prefix, usize::from(u16::MAX))?;
+    if frags.is_empty() {
+        return Err(corrupt(format!(
+            "index points at missing log entry {offset}"
+        )));
+    }
+    let (_, bytes) = entry_bytes(offset, &frags)?;
+    Chunk::record_at(&bytes[ENTRY_HEADER_BYTES..], seq)
+        .map_err(|e| corrupt(format!("log entry {offset}: {e}")))
 }

@@ -14,7 +14,7 @@ use crate::writer::HeadsOut;
 use crate::{HeadState, KeyLookup, LogCounts, StoreError, StoredChunk};
 
 /// Bytes before the chunk in fragment 0: parts:u16be received_at_ms:i64be.
-const ENTRY_HEADER_BYTES: usize = 10;
+pub(crate) const ENTRY_HEADER_BYTES: usize = 10;
 
 /// Encodes one log entry into its fragments' key/value writes.
 pub(crate) fn entry_writes(offset: u64, received_at_ms: i64, chunk_bytes: &[u8]) -> Vec<KvWrite> {
@@ -49,7 +49,7 @@ fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
 
 /// Log entry `offset` put together from its fragments: its receipt time
 /// and its bytes (the chunk from [`ENTRY_HEADER_BYTES`] on).
-fn entry_bytes(offset: u64, frags: &[KvEntry]) -> Result<(i64, Vec<u8>), StoreError> {
+pub(crate) fn entry_bytes(offset: u64, frags: &[KvEntry]) -> Result<(i64, Vec<u8>), StoreError> {
     let mut bytes = Vec::with_capacity(frags.iter().map(|f| f.1.len()).sum());
     for (i, (k, v)) in frags.iter().enumerate() {
         match layout::parse_log_key(k) {
@@ -66,25 +66,6 @@ fn entry_bytes(offset: u64, frags: &[KvEntry]) -> Result<(i64, Vec<u8>), StoreEr
     }
     let received_at_ms = i64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
     Ok((received_at_ms, bytes))
-}
-
-/// Event `seq` from log entry `offset`, decoding only that event of the
-/// chunk (`None` if the entry does not hold it).
-pub(crate) fn record_in_entry(
-    kv: &dyn Kv,
-    offset: u64,
-    seq: u64,
-) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
-    let prefix = layout::log_prefix(offset);
-    let frags = kv.scan(&prefix, &prefix, usize::from(u16::MAX))?;
-    if frags.is_empty() {
-        return Err(corrupt(format!(
-            "index points at missing log entry {offset}"
-        )));
-    }
-    let (_, bytes) = entry_bytes(offset, &frags)?;
-    Chunk::record_at(&bytes[ENTRY_HEADER_BYTES..], seq)
-        .map_err(|e| corrupt(format!("log entry {offset}: {e}")))
 }
 
 /// Reads up to `max_entries` consecutive log entries from `offset`.
