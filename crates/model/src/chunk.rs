@@ -151,6 +151,29 @@ struct PersonalRef<'a>(
 #[derive(Deserialize)]
 struct ChunkRef<'a>(u8, &'a str, #[serde(borrow)] Vec<RecordRef<'a>>, HeadWire);
 
+/// The head of a decoded container once its shape is checked: format 1,
+/// at least one event, a head seq that leaves room for all of them.
+fn checked_head(
+    format: u8,
+    origin: &str,
+    n_events: usize,
+    head: HeadWire,
+) -> Result<SignedHead, ChunkError> {
+    if format != CHUNK_FORMAT {
+        return Err(ChunkError::Format(format));
+    }
+    if n_events == 0 {
+        return Err(ChunkError::Empty(origin.to_owned()));
+    }
+    let head = head.into_head()?;
+    if head.seq < n_events as u64 {
+        return Err(ChunkError::Decode(
+            "head seq is lower than the number of events".into(),
+        ));
+    }
+    Ok(head)
+}
+
 fn personal_of(salt: &[u8], bytes: &[u8]) -> Result<Personal, ChunkError> {
     Ok(Personal {
         salt: salt
@@ -266,18 +289,7 @@ impl Chunk {
     pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
         let w: ChunkWire =
             rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
-        if w.0 != CHUNK_FORMAT {
-            return Err(ChunkError::Format(w.0));
-        }
-        if w.2.is_empty() {
-            return Err(ChunkError::Empty(w.1));
-        }
-        let head = w.3.into_head()?;
-        if head.seq < w.2.len() as u64 {
-            return Err(ChunkError::Decode(
-                "head seq is lower than the number of events".into(),
-            ));
-        }
+        let head = checked_head(w.0, &w.1, w.2.len(), w.3)?;
         let mut events = Vec::with_capacity(w.2.len());
         for r in w.2 {
             let personal = match r.1 {
@@ -307,20 +319,8 @@ impl Chunk {
     pub fn record_at(bytes: &[u8], seq: u64) -> Result<Option<EventRecord>, ChunkError> {
         let w: ChunkRef<'_> =
             rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
-        if w.0 != CHUNK_FORMAT {
-            return Err(ChunkError::Format(w.0));
-        }
-        if w.2.is_empty() {
-            return Err(ChunkError::Empty(w.1.to_owned()));
-        }
-        let head = w.3.into_head()?;
-        let n = w.2.len() as u64;
-        if head.seq < n {
-            return Err(ChunkError::Decode(
-                "head seq is lower than the number of events".into(),
-            ));
-        }
-        let first = head.seq - (n - 1);
+        let head = checked_head(w.0, w.1, w.2.len(), w.3)?;
+        let first = head.seq - (w.2.len() as u64 - 1);
         if seq < first || seq > head.seq {
             return Ok(None);
         }
@@ -364,19 +364,27 @@ impl Chunk {
             .collect()
     }
 
+    /// Event `seq` of this chunk, if it holds it.
+    pub fn event(&self, seq: u64) -> Option<&EventRecord> {
+        let i = usize::try_from(seq.checked_sub(self.first_seq())?).ok()?;
+        self.events.get(i)
+    }
+
+    /// How many of this chunk's events are at or before `seq` (which is
+    /// below the last seq).
+    fn events_through(&self, seq: u64) -> usize {
+        usize::try_from((seq + 1).saturating_sub(self.first_seq())).expect("fits usize")
+    }
+
     /// The events after `seq` with the same head (`None` if none are left).
     /// Verifiable given the hash of event `seq`.
     pub fn suffix_after(&self, seq: u64) -> Option<Chunk> {
         if seq >= self.last_seq() {
             return None;
         }
-        if seq < self.first_seq() {
-            return Some(self.clone());
-        }
-        let skip = usize::try_from(seq + 1 - self.first_seq()).expect("fits usize");
         Some(Chunk {
             origin: self.origin.clone(),
-            events: self.events[skip..].to_vec(),
+            events: self.events[self.events_through(seq)..].to_vec(),
             head: self.head.clone(),
         })
     }
@@ -386,10 +394,8 @@ impl Chunk {
         if seq >= self.last_seq() {
             return None;
         }
-        if seq >= self.first_seq() {
-            let skip = usize::try_from(seq + 1 - self.first_seq()).expect("fits usize");
-            self.events.drain(..skip);
-        }
+        let skip = self.events_through(seq);
+        self.events.drain(..skip);
         Some(self)
     }
 

@@ -82,13 +82,9 @@ fn in_entries(entries: &[StoredChunk], origin: &str, seq: u64) -> Option<Vec<u8>
     entries
         .iter()
         .rev()
-        .find(|e| {
-            e.chunk.origin == origin && e.chunk.first_seq() <= seq && seq <= e.chunk.last_seq()
-        })
-        .map(|e| {
-            let i = usize::try_from(seq - e.chunk.first_seq()).expect("within the chunk");
-            e.chunk.events[i].envelope.clone()
-        })
+        .filter(|e| e.chunk.origin == origin)
+        .find_map(|e| e.chunk.event(seq))
+        .map(|rec| rec.envelope.clone())
 }
 
 /// A projection of the whole log as it was at `as_of_ms`: by event time,

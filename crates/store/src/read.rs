@@ -245,10 +245,7 @@ pub(crate) fn hash_in_log(
 }
 
 pub(crate) fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
-    (c.first_seq() <= seq && seq <= c.last_seq()).then(|| {
-        let i = usize::try_from(seq - c.first_seq()).expect("within the chunk");
-        event_hash(&c.events[i].envelope)
-    })
+    c.event(seq).map(|rec| event_hash(&rec.envelope))
 }
 
 /// Event `seq` from log entry `offset`, decoding only that event of the
@@ -258,8 +255,7 @@ fn record_in_entry(
     offset: u64,
     seq: u64,
 ) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
-    let prefix = layout::log_prefix(offset);
-    let frags = kv.scan(&prefix, &prefix, usize::from(u16::MAX))?;
+    let frags = recover::entry_fragments(kv, offset)?;
     if frags.is_empty() {
         return Err(corrupt(format!(
             "index points at missing log entry {offset}"

@@ -47,6 +47,12 @@ fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
     })
 }
 
+/// Every fragment of log entry `offset` (none if it is absent).
+pub(crate) fn entry_fragments(kv: &dyn Kv, offset: u64) -> Result<Vec<KvEntry>, StoreError> {
+    let prefix = layout::log_prefix(offset);
+    kv.scan(&prefix, &prefix, usize::from(u16::MAX))
+}
+
 /// Log entry `offset` put together from its fragments: its receipt time
 /// and its bytes (the chunk from [`ENTRY_HEADER_BYTES`] on).
 pub(crate) fn entry_bytes(offset: u64, frags: &[KvEntry]) -> Result<(i64, Vec<u8>), StoreError> {
@@ -111,9 +117,7 @@ pub(crate) fn read_entries(
         }
         if !progressed {
             // One entry with more fragments than the page held.
-            let prefix = layout::log_prefix(next);
-            let frags = kv.scan(&prefix, &prefix, usize::from(u16::MAX))?;
-            out.push(assemble(next, &frags)?);
+            out.push(assemble(next, &entry_fragments(kv, next)?)?);
             next += 1;
         }
     }
@@ -382,12 +386,7 @@ fn walk_log(
             check_index_entry(kv, cursor, &e)?;
             counts.chunks += 1;
             counts.events += e.chunk.events.len() as u64;
-            let head = HeadState {
-                seq: e.chunk.head.seq,
-                hash: e.chunk.head.hash,
-                signed: e.chunk.head.clone(),
-            };
-            heads.insert(origin, head);
+            heads.insert(origin, HeadState::of(&e.chunk.head));
             next = e.offset + 1;
         }
     }

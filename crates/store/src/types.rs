@@ -97,6 +97,17 @@ pub struct HeadState {
     pub signed: SignedHead,
 }
 
+impl HeadState {
+    /// The head a chunk closed by `signed` leaves.
+    pub fn of(signed: &SignedHead) -> Self {
+        Self {
+            seq: signed.seq,
+            hash: signed.hash,
+            signed: signed.clone(),
+        }
+    }
+}
+
 /// One log entry read back.
 #[derive(Clone, Debug)]
 pub struct StoredChunk {

@@ -375,7 +375,7 @@ pub(super) async fn record_equivocation(
         .read_origin(origin, seq.saturating_sub(1), 1)
         .ok()
         .and_then(|mut v| v.pop())
-        .filter(|sc| sc.chunk.first_seq() <= seq && seq <= sc.chunk.last_seq())
+        .filter(|sc| sc.chunk.event(seq).is_some())
         .map(|sc| sc.chunk.encode())
         .unwrap_or_else(|| ours.to_vec());
     match state

@@ -50,14 +50,8 @@ impl Writer {
                 work.events += chunk.events.len() as u64;
                 last.events.extend(chunk.events);
                 last.head = chunk.head;
-                work.heads.insert(
-                    last.origin.clone(),
-                    HeadState {
-                        seq: last.head.seq,
-                        hash: last.head.hash,
-                        signed: last.head.clone(),
-                    },
-                );
+                work.heads
+                    .insert(last.origin.clone(), HeadState::of(&last.head));
                 return;
             }
         }
@@ -101,14 +95,8 @@ impl Writer {
         work.offset += 1;
         work.chunks += 1;
         work.events += chunk.events.len() as u64;
-        work.heads.insert(
-            chunk.origin.clone(),
-            HeadState {
-                seq: chunk.head.seq,
-                hash: chunk.head.hash,
-                signed: chunk.head.clone(),
-            },
-        );
+        work.heads
+            .insert(chunk.origin.clone(), HeadState::of(&chunk.head));
         work.pushed.push(chunk);
     }
 
