@@ -1,7 +1,9 @@
 //! What one batched post costs, stage by stage, for a batch of 250 sample
 //! events (the realistic mix of `gridsync_suite::sample_event`): parsing
 //! the JSON body, JSON-Schema validation alone, the whole preparation
-//! (validation, normalisation, canonical encoding, fingerprint), the log
+//! (validation, normalisation, canonical encoding, fingerprint) — the
+//! general way (a JSON value tree, then the schemas) and the body as the
+//! server prepares it (`ingest::prepare_body`: the typed way), the log
 //! writer without storage (numbering, chaining, hashing, signing, client-id
 //! index — over an in-memory store), the same over sled without the final
 //! `fsync`, with it (a durable commit), and the JSON reply.
@@ -14,7 +16,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use gridsync_model::api::{AppendedEvent, PostEventsResponse};
-use gridsync_model::ingest::{parse_body, prepare, IngestContext, IngestLimits, PreparedEvent};
+use gridsync_model::ingest::{
+    parse_body, prepare, prepare_body, IngestContext, IngestLimits, PreparedEvent,
+};
 use gridsync_model::kinds::EventRef;
 use gridsync_model::schema;
 use gridsync_store::{Kv, MemKv, OriginIdentity, SledKv, Store, StoreConfig};
@@ -108,6 +112,29 @@ fn bench(c: &mut Criterion) {
                     .map(|v| prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()))
                     .collect::<Result<Vec<_>, _>>()
                     .unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("3a_parse_and_prepare_general_way", |b| {
+        b.iter_batched(
+            body,
+            |body| {
+                parse_body(&body, &limits)
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("3b_parse_and_prepare_body_typed_way", |b| {
+        b.iter_batched(
+            body,
+            |body| {
+                prepare_body(&body, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).unwrap()
             },
             BatchSize::PerIteration,
         )

@@ -88,6 +88,12 @@ impl IngestError {
         self
     }
 
+    /// The same error, said of event `index` of the body.
+    fn for_event(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
+    }
+
     fn violation(v: schema::Violation) -> Self {
         let field = v.field.clone();
         let message = if field.is_empty() {
@@ -175,7 +181,7 @@ pub struct IngestContext<'a> {
     pub limits: &'a IngestLimits,
 }
 
-/// Validates and normalises one posted event.
+/// Validates and normalises one posted event (given as a JSON value).
 ///
 /// `lookup_target` answers what the event `(origin, seq)` is, or `None` if
 /// the store does not hold it.
@@ -187,6 +193,64 @@ pub fn prepare(
     ctx: &IngestContext<'_>,
     lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
     rng: &mut dyn RngCore,
+) -> Result<PreparedEvent, IngestError> {
+    let mut event = prepare_value(value, ctx, lookup_target)?;
+    salt(std::slice::from_mut(&mut event), rng);
+    Ok(event)
+}
+
+/// Validates and normalises a whole `POST /v1/events` body: what
+/// [`parse_body`] and [`prepare`] on each event give, with each error's
+/// `index` naming the event.
+///
+/// Most bodies are read straight into the kind types ([`typed`]); a body
+/// that path does not accept outright is read again the general way, which
+/// is what decides — and words — every refusal.
+///
+/// # Errors
+/// As [`parse_body`] and [`prepare`].
+pub fn prepare_body(
+    body: &[u8],
+    ctx: &IngestContext<'_>,
+    lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
+    rng: &mut dyn RngCore,
+) -> Result<Vec<PreparedEvent>, IngestError> {
+    let mut events = match typed::prepare_body(body, ctx, lookup_target) {
+        Some(result) => result?,
+        None => prepare_body_values(body, ctx, lookup_target)?,
+    };
+    salt(&mut events, rng);
+    Ok(events)
+}
+
+/// [`prepare_body`] the general way: the body as JSON values, each event
+/// checked against the JSON Schemas before it is read into its type.
+fn prepare_body_values(
+    body: &[u8],
+    ctx: &IngestContext<'_>,
+    lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
+) -> Result<Vec<PreparedEvent>, IngestError> {
+    let values = parse_body(body, ctx.limits)?;
+    let mut out = Vec::with_capacity(values.len());
+    for (i, v) in values.into_iter().enumerate() {
+        out.push(prepare_value(v, ctx, lookup_target).map_err(|e| e.for_event(i))?);
+    }
+    Ok(out)
+}
+
+/// Gives every event's personal part its random salt, in order. Salts are
+/// drawn last so that both ways of preparing a body draw the same ones.
+fn salt(events: &mut [PreparedEvent], rng: &mut dyn RngCore) {
+    for p in events.iter_mut().filter_map(|e| e.personal.as_mut()) {
+        rng.fill_bytes(&mut p.salt);
+    }
+}
+
+/// [`prepare`] without the salt.
+fn prepare_value(
+    value: Value,
+    ctx: &IngestContext<'_>,
+    lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
 ) -> Result<PreparedEvent, IngestError> {
     if !value.is_object() {
         return Err(IngestError::new(
@@ -203,8 +267,14 @@ pub fn prepare(
             format!("event does not match event-input.json: {e}"),
         )
     })?;
-    let occurred_at = check_envelope(&input, ctx)?;
-    let mut data = Value::Object(input.data);
+    let occurred_at = check_envelope(
+        input.origin.as_deref(),
+        &input.kind,
+        input.schema,
+        &input.occurred_at,
+        ctx,
+    )?;
+    let data = Value::Object(input.data);
     if let Some(v) = schema::validate_data(&input.kind, input.schema, &data, "data")
         .unwrap_or_default()
         .into_iter()
@@ -212,39 +282,72 @@ pub fn prepare(
     {
         return Err(IngestError::violation(v));
     }
-    data = normalize(&input.kind, input.schema, data, "data")?;
-    if input.kind == "correction" {
-        data = check_correction(data, ctx, lookup_target)?;
-    }
-    let Value::Object(mut data_map) = data else {
-        unreachable!("normalize keeps objects")
-    };
-    let personal_map = split_personal(&mut data_map);
-    let data_bytes = canonical::to_canonical(&Value::Object(data_map));
-    let personal = (!personal_map.is_empty()).then(|| {
-        let mut salt = [0u8; 16];
-        rng.fill_bytes(&mut salt);
-        Personal {
-            salt,
-            bytes: canonical::to_canonical(&Value::Object(personal_map)),
-        }
-    });
-    let fingerprint = fingerprint(
-        &input.kind,
-        input.schema,
-        occurred_at,
-        &input.grid,
-        &input.recorded_by,
-        &data_bytes,
-        personal.as_ref(),
-    );
-    let event = PreparedEvent {
+    let typed = Data::read(&input.kind, input.schema, data)
+        .unwrap_or_else(|| Err(format!("no type for {} v{}", input.kind, input.schema)))
+        .map_err(|m| IngestError::new("schema_violation", format!("data: {m}")).at("data"))?;
+    let normalized = typed.to_value();
+    let head = Head {
         kind: input.kind,
         schema: input.schema,
         occurred_at,
         grid: input.grid,
         recorded_by: input.recorded_by,
         client_id: input.client_id,
+    };
+    finish(head, typed, normalized, ctx, lookup_target)
+}
+
+/// A posted event's envelope fields, checked.
+struct Head {
+    kind: String,
+    schema: u32,
+    occurred_at: OccurredAt,
+    grid: String,
+    recorded_by: String,
+    client_id: String,
+}
+
+/// The part of preparing an event shared by both ways of reading it: from
+/// its checked envelope and its `data` read into its type (and that data
+/// as a JSON value again, `normalized`), the event ready for the log —
+/// correction checked, personal fields split off, canonical bytes,
+/// fingerprint, size limit. The personal part is not salted yet.
+fn finish(
+    head: Head,
+    data: Data,
+    normalized: Value,
+    ctx: &IngestContext<'_>,
+    lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
+) -> Result<PreparedEvent, IngestError> {
+    let data = match data {
+        Data::Correction(c) => check_correction(c, ctx, lookup_target)?,
+        _ => normalized,
+    };
+    let Value::Object(mut data_map) = data else {
+        unreachable!("the kind types are structs")
+    };
+    let personal_map = split_personal(&mut data_map);
+    let data_bytes = canonical::to_canonical(&Value::Object(data_map));
+    let personal = (!personal_map.is_empty()).then(|| Personal {
+        salt: [0; 16],
+        bytes: canonical::to_canonical(&Value::Object(personal_map)),
+    });
+    let fingerprint = fingerprint(
+        &head.kind,
+        head.schema,
+        head.occurred_at,
+        &head.grid,
+        &head.recorded_by,
+        &data_bytes,
+        personal.as_ref(),
+    );
+    let event = PreparedEvent {
+        kind: head.kind,
+        schema: head.schema,
+        occurred_at: head.occurred_at,
+        grid: head.grid,
+        recorded_by: head.recorded_by,
+        client_id: head.client_id,
         data: data_bytes,
         personal,
         fingerprint,
@@ -265,8 +368,14 @@ pub fn prepare(
 /// The envelope fields of a posted event: its origin (if named) is this
 /// node, its kind and schema version are known, and it did not occur in
 /// the future (beyond the allowed skew). Returns when it occurred.
-fn check_envelope(input: &EventInput, ctx: &IngestContext<'_>) -> Result<OccurredAt, IngestError> {
-    if let Some(origin) = &input.origin {
+fn check_envelope(
+    origin: Option<&str>,
+    kind: &str,
+    schema: u32,
+    occurred_at: &str,
+    ctx: &IngestContext<'_>,
+) -> Result<OccurredAt, IngestError> {
+    if let Some(origin) = origin {
         if origin != ctx.node_id {
             return Err(IngestError::new(
                 "origin_mismatch",
@@ -275,38 +384,34 @@ fn check_envelope(input: &EventInput, ctx: &IngestContext<'_>) -> Result<Occurre
             .at("origin"));
         }
     }
-    let Some((_, versions)) = kinds::KINDS.iter().find(|(k, _)| *k == input.kind) else {
+    let Some((_, versions)) = kinds::KINDS.iter().find(|(k, _)| *k == kind) else {
         let known: Vec<&str> = kinds::KINDS.iter().map(|(k, _)| *k).collect();
         return Err(IngestError::new(
             "unknown_kind",
             format!(
-                "kind {:?} is not known; expected one of {}",
-                input.kind,
+                "kind {kind:?} is not known; expected one of {}",
                 known.join(", ")
             ),
         )
         .at("kind"));
     };
-    if !versions.contains(&input.schema) {
+    if !versions.contains(&schema) {
         return Err(IngestError::new(
             "unsupported_schema",
             format!(
-                "{} schema version {} is not supported; this node reads {versions:?}",
-                input.kind, input.schema
+                "{kind} schema version {schema} is not supported; this node reads {versions:?}"
             ),
         )
         .at("schema"));
     }
-    let (unix_ms, offset_min) =
-        crate::time_fmt::parse_rfc3339_ms(&input.occurred_at).map_err(|m| {
-            IngestError::new("invalid_timestamp", format!("occurred_at: {m}")).at("occurred_at")
-        })?;
+    let (unix_ms, offset_min) = crate::time_fmt::parse_rfc3339_ms(occurred_at).map_err(|m| {
+        IngestError::new("invalid_timestamp", format!("occurred_at: {m}")).at("occurred_at")
+    })?;
     if unix_ms > ctx.now_ms.saturating_add(ctx.limits.future_skew_ms) {
         return Err(IngestError::new(
             "future_timestamp",
             format!(
-                "occurred_at {} is more than {} s ahead of this node's clock; check the device's clock",
-                input.occurred_at,
+                "occurred_at {occurred_at} is more than {} s ahead of this node's clock; check the device's clock",
                 ctx.limits.future_skew_ms / 1000
             ),
         )
@@ -362,33 +467,64 @@ fn fingerprint(
     *h.finalize().as_bytes()
 }
 
-/// Round-trips `data` through its Rust type so equal content always has the
-/// same canonical form (e.g. `37` and `37.0` both become the float 37.0).
-fn normalize(kind: &str, schema: u32, data: Value, field: &str) -> Result<Value, IngestError> {
-    fn via<T: serde::de::DeserializeOwned + serde::Serialize>(
-        data: Value,
-    ) -> Result<Value, String> {
-        let typed: T = serde_json::from_value(data).map_err(|e| e.to_string())?;
-        serde_json::to_value(typed).map_err(|e| e.to_string())
-    }
-    let result = match (kind, schema) {
-        ("entry", 1) => via::<kinds::EntryV1>(data),
-        ("temperature", 1) => via::<kinds::TemperatureV1>(data),
-        ("visit", 1) => via::<kinds::VisitV1>(data),
-        ("delivery", 1) => via::<kinds::DeliveryV1>(data),
-        ("correction", 1) => via::<CorrectionV1>(data),
-        _ => Err(format!("no type for {kind} v{schema}")),
-    };
-    result.map_err(|m| IngestError::new("schema_violation", format!("{field}: {m}")).at(field))
+/// A posted event's `data` read into the Rust type of its kind and schema
+/// version. Written back out ([`Data::to_value`]) equal content always has
+/// the same form (e.g. `37` and `37.0` both become the float 37.0), so the
+/// canonical bytes and the fingerprint depend on the content only.
+enum Data {
+    Entry(kinds::EntryV1),
+    Temperature(kinds::TemperatureV1),
+    Visit(kinds::VisitV1),
+    Delivery(kinds::DeliveryV1),
+    Correction(CorrectionV1),
 }
 
+/// Where `data` is read from: a JSON value (after the schema check) or the
+/// posted text itself ([`typed`]).
+trait DataSource {
+    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+}
+
+impl DataSource for Value {
+    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        serde_json::from_value(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Data {
+    /// `None` when this build has no type for `kind` v`schema`.
+    fn read(kind: &str, schema: u32, source: impl DataSource) -> Option<Result<Self, String>> {
+        Some(match (kind, schema) {
+            ("entry", 1) => source.read().map(Data::Entry),
+            ("temperature", 1) => source.read().map(Data::Temperature),
+            ("visit", 1) => source.read().map(Data::Visit),
+            ("delivery", 1) => source.read().map(Data::Delivery),
+            ("correction", 1) => source.read().map(Data::Correction),
+            _ => return None,
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        let written = match self {
+            Data::Entry(d) => serde_json::to_value(d),
+            Data::Temperature(d) => serde_json::to_value(d),
+            Data::Visit(d) => serde_json::to_value(d),
+            Data::Delivery(d) => serde_json::to_value(d),
+            Data::Correction(d) => serde_json::to_value(d),
+        };
+        written.expect("the kind types serialize to JSON")
+    }
+}
+
+/// A correction's target exists, is of this origin and is not itself a
+/// correction; a replacement is present exactly when the action needs one
+/// and is valid data of the target's kind. Returns the correction's data
+/// with the replacement normalised.
 fn check_correction(
-    data: Value,
+    mut c: CorrectionV1,
     ctx: &IngestContext<'_>,
     lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
 ) -> Result<Value, IngestError> {
-    let mut c: CorrectionV1 = serde_json::from_value(data)
-        .map_err(|e| IngestError::new("schema_violation", format!("data: {e}")).at("data"))?;
     if c.target.origin != ctx.node_id {
         return Err(IngestError::new(
             "invalid_target",
@@ -442,140 +578,24 @@ fn check_correction(
             {
                 return Err(IngestError::violation(v));
             }
-            let Value::Object(r) = normalize(&target.kind, target.schema, r, "data.replacement")?
-            else {
-                unreachable!("normalize keeps objects")
+            let field = "data.replacement";
+            let typed = Data::read(&target.kind, target.schema, r)
+                .unwrap_or_else(|| Err(format!("no type for {} v{}", target.kind, target.schema)))
+                .map_err(|m| {
+                    IngestError::new("schema_violation", format!("{field}: {m}")).at(field)
+                })?;
+            let Value::Object(r) = typed.to_value() else {
+                unreachable!("the kind types are structs")
             };
             c.replacement = Some(r);
         }
     }
-    serde_json::to_value(c).map_err(|e| IngestError::new("schema_violation", e.to_string()))
+    Ok(Data::Correction(c).to_value())
 }
+
+mod typed;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn ctx() -> IngestContext<'static> {
-        static LIMITS: std::sync::OnceLock<IngestLimits> = std::sync::OnceLock::new();
-        IngestContext {
-            node_id: "c1",
-            now_ms: 1_580_200_000_000,
-            limits: LIMITS.get_or_init(IngestLimits::default),
-        }
-    }
-
-    fn temp(celsius: Value) -> Value {
-        json!({
-            "kind": "temperature", "occurred_at": "2020-01-28T09:30:00+08:00",
-            "grid": "g1", "recorded_by": "w1", "client_id": "k1",
-            "data": {"person": {"name": "张三"}, "celsius": celsius, "site": "checkpoint"}
-        })
-    }
-
-    fn run(v: Value) -> Result<PreparedEvent, IngestError> {
-        let lookup = |r: &EventRef| {
-            (r.seq == 1).then(|| TargetInfo {
-                kind: "temperature".into(),
-                schema: 1,
-            })
-        };
-        prepare(
-            v,
-            &ctx(),
-            &lookup,
-            &mut rand::rngs::mock::StepRng::new(1, 1),
-        )
-    }
-
-    #[test]
-    fn integer_and_float_normalise_equal() {
-        let a = run(temp(json!(37))).unwrap();
-        let b = run(temp(json!(37.0))).unwrap();
-        assert_eq!(a.data, b.data);
-        assert_eq!(a.fingerprint, b.fingerprint);
-        assert!(a.personal.is_some());
-    }
-
-    #[test]
-    fn errors_are_precise() {
-        let e = run(temp(json!(45.5))).unwrap_err();
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            ("schema_violation", Some("data.celsius"))
-        );
-        let mut v = temp(json!(36.6));
-        v["kind"] = json!("weather");
-        assert_eq!(run(v).unwrap_err().code, "unknown_kind");
-        let mut v = temp(json!(36.6));
-        v["occurred_at"] = json!("2031-01-01T00:00:00+08:00");
-        assert_eq!(run(v).unwrap_err().code, "future_timestamp");
-        let mut v = temp(json!(36.6));
-        v["origin"] = json!("c2");
-        assert_eq!(run(v).unwrap_err().code, "origin_mismatch");
-        let mut v = temp(json!(36.6));
-        v.as_object_mut().unwrap().remove("client_id");
-        let e = run(v).unwrap_err();
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            ("schema_violation", Some("client_id"))
-        );
-    }
-
-    #[test]
-    fn corrections_check_target_and_replacement() {
-        let corr = |target_seq: u64, data_extra: Value| {
-            let mut d = json!({"target": {"origin": "c1", "seq": target_seq}, "action": "replace", "reason": "typo"});
-            d.as_object_mut()
-                .unwrap()
-                .extend(data_extra.as_object().unwrap().clone());
-            json!({"kind": "correction", "occurred_at": "2020-01-28T09:30:00+08:00",
-                   "grid": "g1", "recorded_by": "w1", "client_id": "k2", "data": d})
-        };
-        let ok = corr(
-            1,
-            json!({"replacement": {"person": {"name": "李四"}, "celsius": 36.6, "site": "home"}}),
-        );
-        let p = run(ok).unwrap();
-        // The replacement's person is personal data too.
-        assert!(p
-            .personal
-            .unwrap()
-            .fields()
-            .unwrap()
-            .contains_key("replacement.person"));
-        assert_eq!(run(corr(9, json!({}))).unwrap_err().code, "unknown_target");
-        let bad = corr(1, json!({"replacement": {"celsius": 36.6, "site": "home"}}));
-        assert_eq!(
-            run(bad).unwrap_err().field.as_deref(),
-            Some("data.replacement.person")
-        );
-        assert_eq!(
-            run(corr(1, json!({}))).unwrap_err().field.as_deref(),
-            Some("data.replacement")
-        );
-    }
-
-    #[test]
-    fn body_shapes() {
-        let l = IngestLimits {
-            batch_events_max: 2,
-            ..IngestLimits::default()
-        };
-        assert_eq!(parse_body(b"{", &l).unwrap_err().code, "malformed_json");
-        assert_eq!(parse_body(b"[1]", &l).unwrap_err().code, "invalid_body");
-        assert_eq!(
-            parse_body(br#"{"events": []}"#, &l).unwrap_err().code,
-            "empty_batch"
-        );
-        assert_eq!(
-            parse_body(br#"{"events": [{}, {}, {}]}"#, &l)
-                .unwrap_err()
-                .code,
-            "batch_too_large"
-        );
-        assert_eq!(parse_body(br#"{"events": [{}, {}]}"#, &l).unwrap().len(), 2);
-        assert_eq!(parse_body(br#"{"kind": "x"}"#, &l).unwrap().len(), 1);
-    }
-}
+mod agreement;
+#[cfg(test)]
+mod tests;

@@ -64,6 +64,7 @@ pub struct EntryV1 {
     pub checkpoint: String,
     pub direction: Direction,
     pub subject: Subject,
+    #[serde(deserialize_with = "crate::strict::object")]
     pub person: Person,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16))]
@@ -102,6 +103,7 @@ pub enum TemperatureAction {
 #[serde(deny_unknown_fields)]
 #[schemars(title = "temperature.v1")]
 pub struct TemperatureV1 {
+    #[serde(deserialize_with = "crate::strict::object")]
     pub person: Person,
     #[schemars(range(min = 30.0, max = 45.0))]
     pub celsius: f64,
@@ -166,6 +168,7 @@ pub struct DeliveryV1 {
     #[schemars(length(min = 1, max = 64))]
     pub household: String,
     #[schemars(length(min = 1, max = 64))]
+    #[serde(deserialize_with = "crate::strict::objects")]
     pub items: Vec<Item>,
     pub quarantined: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,6 +200,7 @@ pub enum CorrectionAction {
 #[serde(deny_unknown_fields)]
 #[schemars(title = "correction.v1")]
 pub struct CorrectionV1 {
+    #[serde(deserialize_with = "crate::strict::object")]
     pub target: EventRef,
     pub action: CorrectionAction,
     #[serde(default, skip_serializing_if = "Option::is_none")]

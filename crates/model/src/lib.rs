@@ -23,6 +23,7 @@ pub mod ingest;
 pub mod keys;
 pub mod kinds;
 pub mod schema;
+pub mod strict;
 pub mod time_fmt;
 
 pub use chunk::{Chunk, ChunkError, EventRecord, SignedHead, VerifiedEvent};

@@ -82,7 +82,6 @@ fn prepare_body(
     body: &[u8],
     now_ms: i64,
 ) -> Result<Vec<ingest::PreparedEvent>, ingest::IngestError> {
-    let values = ingest::parse_body(body, &st.ingest_limits)?;
     let ctx = IngestContext {
         node_id: &st.config.id,
         now_ms,
@@ -98,17 +97,7 @@ fn prepare_body(
                 schema: e.envelope.schema,
             })
     };
-    let mut rng = rand::rngs::OsRng;
-    let mut out = Vec::with_capacity(values.len());
-    for (i, v) in values.into_iter().enumerate() {
-        out.push(
-            ingest::prepare(v, &ctx, &lookup, &mut rng).map_err(|mut e| {
-                e.index = Some(i);
-                e
-            })?,
-        );
-    }
-    Ok(out)
+    ingest::prepare_body(body, &ctx, &lookup, &mut rand::rngs::OsRng)
 }
 
 #[derive(Debug, Deserialize)]

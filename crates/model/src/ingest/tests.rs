@@ -1,0 +1,124 @@
+use super::*;
+use serde_json::json;
+
+fn ctx() -> IngestContext<'static> {
+    static LIMITS: std::sync::OnceLock<IngestLimits> = std::sync::OnceLock::new();
+    IngestContext {
+        node_id: "c1",
+        now_ms: 1_580_200_000_000,
+        limits: LIMITS.get_or_init(IngestLimits::default),
+    }
+}
+
+fn temp(celsius: Value) -> Value {
+    json!({
+        "kind": "temperature", "occurred_at": "2020-01-28T09:30:00+08:00",
+        "grid": "g1", "recorded_by": "w1", "client_id": "k1",
+        "data": {"person": {"name": "张三"}, "celsius": celsius, "site": "checkpoint"}
+    })
+}
+
+fn run(v: Value) -> Result<PreparedEvent, IngestError> {
+    let lookup = |r: &EventRef| {
+        (r.seq == 1).then(|| TargetInfo {
+            kind: "temperature".into(),
+            schema: 1,
+        })
+    };
+    prepare(
+        v,
+        &ctx(),
+        &lookup,
+        &mut rand::rngs::mock::StepRng::new(1, 1),
+    )
+}
+
+#[test]
+fn integer_and_float_normalise_equal() {
+    let a = run(temp(json!(37))).unwrap();
+    let b = run(temp(json!(37.0))).unwrap();
+    assert_eq!(a.data, b.data);
+    assert_eq!(a.fingerprint, b.fingerprint);
+    assert!(a.personal.is_some());
+}
+
+#[test]
+fn errors_are_precise() {
+    let e = run(temp(json!(45.5))).unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        ("schema_violation", Some("data.celsius"))
+    );
+    let mut v = temp(json!(36.6));
+    v["kind"] = json!("weather");
+    assert_eq!(run(v).unwrap_err().code, "unknown_kind");
+    let mut v = temp(json!(36.6));
+    v["occurred_at"] = json!("2031-01-01T00:00:00+08:00");
+    assert_eq!(run(v).unwrap_err().code, "future_timestamp");
+    let mut v = temp(json!(36.6));
+    v["origin"] = json!("c2");
+    assert_eq!(run(v).unwrap_err().code, "origin_mismatch");
+    let mut v = temp(json!(36.6));
+    v.as_object_mut().unwrap().remove("client_id");
+    let e = run(v).unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        ("schema_violation", Some("client_id"))
+    );
+}
+
+#[test]
+fn corrections_check_target_and_replacement() {
+    let corr = |target_seq: u64, data_extra: Value| {
+        let mut d = json!({"target": {"origin": "c1", "seq": target_seq}, "action": "replace", "reason": "typo"});
+        d.as_object_mut()
+            .unwrap()
+            .extend(data_extra.as_object().unwrap().clone());
+        json!({"kind": "correction", "occurred_at": "2020-01-28T09:30:00+08:00",
+               "grid": "g1", "recorded_by": "w1", "client_id": "k2", "data": d})
+    };
+    let ok = corr(
+        1,
+        json!({"replacement": {"person": {"name": "李四"}, "celsius": 36.6, "site": "home"}}),
+    );
+    let p = run(ok).unwrap();
+    // The replacement's person is personal data too.
+    assert!(p
+        .personal
+        .unwrap()
+        .fields()
+        .unwrap()
+        .contains_key("replacement.person"));
+    assert_eq!(run(corr(9, json!({}))).unwrap_err().code, "unknown_target");
+    let bad = corr(1, json!({"replacement": {"celsius": 36.6, "site": "home"}}));
+    assert_eq!(
+        run(bad).unwrap_err().field.as_deref(),
+        Some("data.replacement.person")
+    );
+    assert_eq!(
+        run(corr(1, json!({}))).unwrap_err().field.as_deref(),
+        Some("data.replacement")
+    );
+}
+
+#[test]
+fn body_shapes() {
+    let l = IngestLimits {
+        batch_events_max: 2,
+        ..IngestLimits::default()
+    };
+    assert_eq!(parse_body(b"{", &l).unwrap_err().code, "malformed_json");
+    assert_eq!(parse_body(b"[1]", &l).unwrap_err().code, "invalid_body");
+    assert_eq!(
+        parse_body(br#"{"events": []}"#, &l).unwrap_err().code,
+        "empty_batch"
+    );
+    assert_eq!(
+        parse_body(br#"{"events": [{}, {}, {}]}"#, &l)
+            .unwrap_err()
+            .code,
+        "batch_too_large"
+    );
+    assert_eq!(parse_body(br#"{"events": [{}, {}]}"#, &l).unwrap().len(), 2);
+    assert_eq!(parse_body(br#"{"kind": "x"}"#, &l).unwrap().len(), 1);
+}

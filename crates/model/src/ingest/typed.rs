@@ -1,0 +1,172 @@
+//! The typed way of reading a posted body: straight from the JSON text into
+//! the envelope and kind types, with no JSON value tree for the body and no
+//! JSON Schema pass over the envelope.
+//!
+//! It only ever *accepts*. Anything it is not sure of — malformed JSON, an
+//! unknown field, a duplicated key, a number where a string belongs, a
+//! length out of bounds, an array where an object belongs, a value the
+//! kind's JSON Schema refuses — makes it answer `None`, and the caller reads
+//! the body the general way ([`super::prepare_body_values`]), which decides
+//! and words the refusal. When it accepts, the result is the one the general
+//! way gives (same events, same errors for the checks that follow the
+//! schema: origin, timestamp, correction target, size), which
+//! `ingest/tests.rs` checks against mutated bodies.
+//!
+//! Why it agrees with the schemas:
+//! * the envelope: `Posted` has the fields of [`crate::api::EventInput`]
+//!   (unknown fields refused, `schema` defaulting to 1) and `fits` checks the
+//!   lengths and bounds `event-input.json` states;
+//! * `data`: read into its kind type through [`crate::strict`] (objects
+//!   only, unknown and duplicated fields refused, like the schema's
+//!   `additionalProperties: false` and types), then *that value written
+//!   back* is checked against the kind's JSON Schema: written back, a value
+//!   differs from the posted one only by optional fields given as `null`
+//!   (dropped; the schemas allow `null` there) and integers in float fields
+//!   (written as floats; the schemas say `number`), neither of which changes
+//!   what the schema says.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{
+    check_envelope, finish, Data, DataSource, Head, IngestContext, IngestError, PreparedEvent,
+    TargetInfo,
+};
+use crate::kinds::EventRef;
+use crate::{schema, strict};
+
+/// `{"events": [...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch<'a> {
+    #[serde(borrow, deserialize_with = "strict::objects")]
+    events: Vec<Posted<'a>>,
+}
+
+/// One posted event: the fields of [`crate::api::EventInput`], with `data`
+/// left as text until the kind is known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Posted<'a> {
+    #[serde(default)]
+    origin: Option<String>,
+    kind: String,
+    #[serde(default = "schema_one")]
+    schema: u32,
+    #[serde(borrow)]
+    occurred_at: Cow<'a, str>,
+    grid: String,
+    recorded_by: String,
+    client_id: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn schema_one() -> u32 {
+    1
+}
+
+/// Characters (not bytes: JSON Schema counts code points) within bounds.
+fn chars_within(s: &str, min: usize, max: usize) -> bool {
+    // A char is 1–4 bytes, so chars <= bytes <= 4 * chars: most strings
+    // are decided without counting.
+    if s.len() < min {
+        return false;
+    }
+    if s.len() <= max && s.len() >= 4 * min {
+        return true;
+    }
+    (min..=max).contains(&s.chars().count())
+}
+
+impl Posted<'_> {
+    /// The bounds of `event-input.json` (the `schemars` attributes of
+    /// [`crate::api::EventInput`]), and `data` is an object — checked here,
+    /// not left to the read of its kind type, because the envelope checks
+    /// that come first must only be reached when the schema holds.
+    fn fits(&self) -> bool {
+        self.origin
+            .as_deref()
+            .is_none_or(|o| chars_within(o, 1, 64))
+            && chars_within(&self.kind, 1, 32)
+            && self.schema >= 1
+            && chars_within(&self.occurred_at, 20, 40)
+            && chars_within(&self.grid, 1, 64)
+            && chars_within(&self.recorded_by, 1, 64)
+            && chars_within(&self.client_id, 1, 128)
+            && self.data.get().starts_with('{')
+    }
+}
+
+/// The posted text of `data`, read strictly.
+struct Text<'a>(&'a str);
+
+impl DataSource for Text<'_> {
+    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        strict::from_str(self.0).map_err(|e| e.to_string())
+    }
+}
+
+/// A whole body the typed way; `None` to read it the general way.
+pub(super) fn prepare_body(
+    body: &[u8],
+    ctx: &IngestContext<'_>,
+    lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
+) -> Option<Result<Vec<PreparedEvent>, IngestError>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let events = match strict::from_str::<Batch<'_>>(text) {
+        Ok(batch) => batch.events,
+        // Not a batch of events it can read: one event, or a body for the
+        // general way.
+        Err(_) => vec![strict::from_str::<Posted<'_>>(text).ok()?],
+    };
+    if events.is_empty() || events.len() > ctx.limits.batch_events_max {
+        return None;
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for (i, posted) in events.into_iter().enumerate() {
+        match prepare(posted, ctx, lookup_target)? {
+            Ok(event) => out.push(event),
+            Err(e) => return Some(Err(e.for_event(i))),
+        }
+    }
+    Some(Ok(out))
+}
+
+/// One event the typed way: `None` to read it the general way, else what
+/// the general way gives (without the salt).
+fn prepare(
+    posted: Posted<'_>,
+    ctx: &IngestContext<'_>,
+    lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
+) -> Option<Result<PreparedEvent, IngestError>> {
+    if !posted.fits() {
+        return None;
+    }
+    let occurred_at = match check_envelope(
+        posted.origin.as_deref(),
+        &posted.kind,
+        posted.schema,
+        &posted.occurred_at,
+        ctx,
+    ) {
+        Ok(at) => at,
+        Err(e) => return Some(Err(e)),
+    };
+    let data = Data::read(&posted.kind, posted.schema, Text(posted.data.get()))?.ok()?;
+    let normalized = data.to_value();
+    if !schema::validate_data(&posted.kind, posted.schema, &normalized, "data")?.is_empty() {
+        return None;
+    }
+    let head = Head {
+        kind: posted.kind,
+        schema: posted.schema,
+        occurred_at,
+        grid: posted.grid,
+        recorded_by: posted.recorded_by,
+        client_id: posted.client_id,
+    };
+    Some(finish(head, data, normalized, ctx, lookup_target))
+}
