@@ -398,6 +398,8 @@ pub(crate) mod tests {
 pub struct EnvelopeLinks<'a> {
     pub origin: &'a str,
     pub seq: u64,
+    pub kind: &'a str,
+    pub schema: u32,
     pub prev: Hash32,
     pub personal_digest: Option<Hash32>,
 }
@@ -495,8 +497,8 @@ mod light {
     }
 }
 
-/// Reads origin, seq, prev and the personal digest of envelope bytes
-/// without decoding `data`. Checks the shape (14 items, format 1) only.
+/// Reads origin, seq, kind, schema, prev and the personal digest of
+/// envelope bytes without decoding `data`. Checks the shape (14 items, format 1) only.
 ///
 /// # Errors
 /// [`EnvelopeError::Decode`] when the bytes are not a format-1 envelope.
@@ -510,8 +512,10 @@ pub fn read_links(bytes: &[u8]) -> Result<EnvelopeLinks<'_>, EnvelopeError> {
         }
         let origin = light::str(&mut rd)?;
         let seq = light::uint(&mut rd)?;
-        for _ in 0..8 {
-            light::skip(&mut rd, 0)?; // kind … client_id
+        let kind = light::str(&mut rd)?;
+        let schema = u32::try_from(light::uint(&mut rd)?).ok()?;
+        for _ in 0..6 {
+            light::skip(&mut rd, 0)?; // occurred_at (2 items) … client_id
         }
         let prev = light::bin32(&mut rd)??;
         light::skip(&mut rd, 0)?; // data
@@ -519,6 +523,8 @@ pub fn read_links(bytes: &[u8]) -> Result<EnvelopeLinks<'_>, EnvelopeError> {
         rd.is_empty().then_some(EnvelopeLinks {
             origin,
             seq,
+            kind,
+            schema,
             prev,
             personal_digest,
         })
@@ -536,8 +542,15 @@ mod light_tests {
         let bytes = env.encode();
         let l = read_links(&bytes).unwrap();
         assert_eq!(
-            (l.origin, l.seq, l.prev, l.personal_digest),
-            (env.origin.as_str(), env.seq, env.prev, env.personal_digest)
+            (l.origin, l.seq, l.kind, l.schema, l.prev, l.personal_digest),
+            (
+                env.origin.as_str(),
+                env.seq,
+                env.kind.as_str(),
+                env.schema,
+                env.prev,
+                env.personal_digest
+            )
         );
         for cut in 0..bytes.len() {
             assert!(read_links(&bytes[..cut]).is_err(), "truncated at {cut}");

@@ -89,13 +89,10 @@ fn prepare_body(
     };
     let lookup = |r: &EventRef| -> Option<TargetInfo> {
         st.store
-            .find_event(r)
+            .kind_of(r)
             .ok()
             .flatten()
-            .map(|(e, _)| TargetInfo {
-                kind: e.envelope.kind,
-                schema: e.envelope.schema,
-            })
+            .map(|(kind, schema)| TargetInfo { kind, schema })
     };
     ingest::prepare_body(body, &ctx, &lookup, &mut rand::rngs::OsRng)
 }

@@ -16,6 +16,7 @@ pub mod heads_file;
 pub mod kv;
 pub mod layout;
 mod read;
+mod recent;
 mod recover;
 pub mod sled_kv;
 mod types;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub committed: watch::Sender<u64>,
     /// Posts are refused while set (durable before it takes effect).
     pub hold: RwLock<Option<PostingHold>>,
+    /// Kinds of this origin's newest durable events.
+    pub recent: RwLock<recent::RecentKinds>,
 }
 
 impl Shared {
@@ -201,6 +204,10 @@ impl Store {
             failure: RwLock::new(None),
             committed,
             hold: RwLock::new(hold),
+            recent: RwLock::new(recent::RecentKinds::new(
+                origin.as_ref().map(|o| o.node_id.clone()),
+                config.recent_kinds_max,
+            )),
         });
         let (tx, rx) = mpsc::channel(config.queue_requests_max.max(1));
         let origin_id = origin.as_ref().map(|o| o.node_id.clone());

@@ -122,6 +122,27 @@ impl Store {
         origin_chunks(kv, origin, after_seq, durable, max_chunks, bytes_max)
     }
 
+    /// Kind and schema version of the event `r`, if the store holds it:
+    /// from memory for this origin's recent events, else from the log (as
+    /// [`Store::find_event`]).
+    ///
+    /// # Errors
+    /// As [`Store::find_event`].
+    pub fn kind_of(&self, r: &EventRef) -> Result<Option<(String, u32)>, StoreError> {
+        if let Some((kind, schema)) = self
+            .shared
+            .recent
+            .read()
+            .expect("lock")
+            .get(&r.origin, r.seq)
+        {
+            return Ok(Some((kind.to_owned(), schema)));
+        }
+        Ok(self
+            .find_event(r)?
+            .map(|(e, _)| (e.envelope.kind, e.envelope.schema)))
+    }
+
     /// Finds one event and its personal part.
     ///
     /// # Errors

@@ -163,6 +163,10 @@ pub struct StoreConfig {
     pub verify_whole_log: bool,
     /// Shape of the origin's client-id index (defaults suit every node).
     pub client_index: crate::ClientIndexConfig,
+    /// How many of this origin's newest events have their kind and schema
+    /// version kept in memory (~8 bytes each), so that a posted
+    /// correction's target is known without reading its log entry.
+    pub recent_kinds_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -181,6 +185,7 @@ impl Default for StoreConfig {
             verify_all_signatures: false,
             verify_whole_log: false,
             client_index: crate::ClientIndexConfig::default(),
+            recent_kinds_max: 65_536,
         }
     }
 }

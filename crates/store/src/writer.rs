@@ -398,6 +398,12 @@ impl Writer {
         if let Some(hold) = work.hold.take() {
             *self.shared.hold.write().expect("lock") = hold;
         }
+        if self.origin.is_some() {
+            let mut recent = self.shared.recent.write().expect("lock");
+            for chunk in &work.pushed {
+                recent.learn(chunk);
+            }
+        }
         if let Some(out) = self.heads_out.as_mut() {
             out.dirty = true;
         }

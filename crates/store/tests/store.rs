@@ -928,3 +928,96 @@ fn an_entry_being_joined_is_checked_and_rolled_back_like_the_rest() {
         assert!(rec == original[seq as usize - 1], "seq {seq}");
     }
 }
+
+/// Event `i` of a run of two kinds: a visit every third, else a temperature.
+fn kinded(i: usize) -> PreparedEvent {
+    if i.is_multiple_of(3) {
+        return event(&format!("v{i}"), 10);
+    }
+    let limits = IngestLimits::default();
+    let ctx = IngestContext {
+        node_id: ORIGIN,
+        now_ms: 1_580_200_000_000,
+        limits: &limits,
+    };
+    let v = json!({
+        "kind": "temperature", "occurred_at": "2020-01-28T09:30:00+08:00",
+        "grid": "g1", "recorded_by": "w1", "client_id": format!("t{i}"),
+        "data": {"person": {"name": "张三"}, "celsius": 36.5, "site": "home"}
+    });
+    prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).expect("valid event")
+}
+
+#[test]
+fn the_kinds_of_recent_events_are_known_without_reading_the_log() {
+    let rt = rt();
+    let kv = Arc::new(MemKv::new());
+    let open_small = |kv: Arc<MemKv>| {
+        Store::open(
+            kv,
+            StoreConfig {
+                recent_kinds_max: 10,
+                chunk_bytes_target: 600,
+                ..StoreConfig::default()
+            },
+            Some(OriginIdentity {
+                node_id: ORIGIN.into(),
+                key: key(),
+            }),
+            keys(),
+        )
+        .unwrap()
+    };
+    let at = |seq: u64| EventRef {
+        origin: ORIGIN.into(),
+        seq,
+    };
+    let from_log = |store: &Store, seq: u64| {
+        store
+            .find_event(&at(seq))
+            .unwrap()
+            .map(|(e, _)| (e.envelope.kind, e.envelope.schema))
+    };
+    let store = open_small(kv.clone());
+    for batch in [0..4, 4..5, 5..17] {
+        rt.block_on(store.append(batch.map(kinded).collect(), 1))
+            .unwrap();
+    }
+    // After a reopen nothing is remembered: older seqs come from the log.
+    drop(store);
+    let store = open_small(kv.clone());
+    rt.block_on(store.append((17..29).map(kinded).collect(), 2))
+        .unwrap();
+    assert!(store.read_log(0, 100).unwrap().len() > 5, "several chunks");
+    let expected: Vec<_> = (0..=31).map(|seq| from_log(&store, seq)).collect();
+    assert_eq!(expected[30], None);
+    assert_eq!(expected[1].as_ref().unwrap().0, "visit");
+    assert_eq!(expected[2].as_ref().unwrap().0, "temperature");
+    for (seq, want) in expected.iter().enumerate() {
+        assert_eq!(&store.kind_of(&at(seq as u64)).unwrap(), want, "seq {seq}");
+    }
+    // With the log's entries gone, the newest 10 events (20..=29; 18 and
+    // 19, learnt since the reopen too, are past the bound) are still
+    // known — from memory — and older ones are not.
+    let deletes: Vec<_> = (0..100u64)
+        .flat_map(|offset| {
+            kv.scan(
+                &gridsync_store::layout::log_prefix(offset),
+                &gridsync_store::layout::log_prefix(offset),
+                100,
+            )
+            .unwrap()
+        })
+        .map(|(k, _)| (k, None))
+        .collect();
+    assert!(!deletes.is_empty());
+    kv.commit(deletes).unwrap();
+    for seq in 1..=29u64 {
+        let got = store.kind_of(&at(seq));
+        if seq >= 20 {
+            assert_eq!(got.unwrap(), expected[seq as usize], "seq {seq}");
+        } else {
+            assert!(got.is_err(), "seq {seq} was read from the log: {got:?}");
+        }
+    }
+}
