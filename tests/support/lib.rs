@@ -342,6 +342,19 @@ pub fn set_sync(config: &Path, settings: &[(&str, i64)]) {
     std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
 }
 
+/// Sets a boolean key of a node config's `[sync]` table.
+pub fn set_sync_flag(config: &Path, key: &str, on: bool) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    let sync = table
+        .entry("sync")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    sync.as_table_mut()
+        .unwrap()
+        .insert(key.to_owned(), toml::Value::Boolean(on));
+    std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
+}
+
 /// Rewrites node `id`'s entry in a topology file with `edit`.
 ///
 /// # Panics

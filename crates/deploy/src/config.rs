@@ -255,6 +255,11 @@ pub struct SyncSettings {
     pub handshakes_max: usize,
     /// How long an unauthenticated socket may take to prove its key.
     pub handshake_timeout_ms: i64,
+    /// When this node starts listening, tell each child in the topology
+    /// (`POST /v1/sync/nudge`, signed with this node's key) to retry its
+    /// connection now instead of at the end of its retry delay; a child
+    /// that cannot be reached still comes back within its own delay.
+    pub nudge_children: bool,
 }
 
 impl Default for SyncSettings {
@@ -273,6 +278,7 @@ impl Default for SyncSettings {
             connections_max: 64,
             handshakes_max: 256,
             handshake_timeout_ms: 5_000,
+            nudge_children: true,
         }
     }
 }

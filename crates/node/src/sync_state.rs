@@ -52,6 +52,9 @@ pub struct SyncState {
     /// While true the upward link stays down (the demo's `--chaos` uses it
     /// to take a community offline).
     pub paused: watch::Sender<bool>,
+    /// Woken by the parent's nudge (`POST /v1/sync/nudge`): the upward link,
+    /// if it is waiting to retry, retries now.
+    pub nudge: Notify,
 }
 
 impl SyncState {
@@ -68,6 +71,7 @@ impl SyncState {
             next_session: std::sync::atomic::AtomicU64::new(1),
             stop: watch::channel(false).0,
             paused: watch::channel(false).0,
+            nudge: Notify::new(),
         }
     }
 }

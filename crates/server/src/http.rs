@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/status", get(crate::status::status))
         .route("/v1/sync", get(gridsync_node::sync::sync_endpoint))
+        .route("/v1/sync/nudge", post(gridsync_node::sync::nudge_endpoint))
         .route("/v1/aggregates", get(crate::aggregates::get_aggregates))
         .route(
             "/v1/aggregates/stream",
@@ -53,6 +54,7 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         "/v1/events" => "/v1/events",
         "/v1/status" => "/v1/status",
         "/v1/sync" => "/v1/sync",
+        "/v1/sync/nudge" => "/v1/sync/nudge",
         "/v1/aggregates" => "/v1/aggregates",
         "/v1/aggregates/stream" => "/v1/aggregates/stream",
         "/healthz" => "/healthz",

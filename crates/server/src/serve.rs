@@ -33,12 +33,16 @@ pub async fn serve(
         state.clone(),
         state.sync.stop.subscribe(),
     ));
+    // Children waiting to retry come back now rather than at the end of
+    // their delay (the listener is bound: they queue until accepted).
+    let nudger = tokio::spawn(gridsync_node::sync::nudge_children(state.clone()));
     let s = state.clone();
     let verifier =
         tokio::task::spawn_blocking(move || gridsync_node::node::verify_log_after_open(&s));
     let stop_tx = state.sync.stop.clone();
     serve_http(&state, app, listener, shutdown, &stop_tx).await;
     let _ = stop_tx.send(true);
+    nudger.abort();
     let _ = upstream.await;
     let _ = projector.await;
     let _ = verifier.await;

@@ -78,6 +78,7 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
         if *shutdown.borrow() {
             return;
         }
+        let attempt = tokio::time::Instant::now();
         let outcome = tokio::select! {
             ws = connect(&state, &url) => match ws {
                 Ok(ws) => {
@@ -106,11 +107,26 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
         let delay = reconnect_delay(&s, backoff_ms, &outcome);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(delay)) => {}
+            () = state.sync.nudge.notified() => {
+                // The parent is back (it says so, signed): retry now, but
+                // not sooner than NUDGE_GAP_MS (or reconnect_min_ms, if
+                // smaller) after the last try, however many nudges come.
+                tracing::info!(parent, "nudged by the parent; retrying now");
+                let gap = s.reconnect_min_ms.min(NUDGE_GAP_MS);
+                let earliest = attempt + Duration::from_millis(gap);
+                tokio::select! {
+                    () = tokio::time::sleep_until(earliest) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
             _ = shutdown.changed() => return,
         }
         backoff_ms = (backoff_ms * 2).min(s.reconnect_max_ms);
     }
 }
+
+/// The least time between two attempts when the second is a nudge's.
+const NUDGE_GAP_MS: u64 = 250;
 
 /// Full jitter between the minimum and the current backoff, so the
 /// children of a restarted parent do not all come back at once; while the

@@ -7,14 +7,19 @@
 //! * Child side: [`run_upstream`] keeps one connection to the parent,
 //!   reconnecting with exponential backoff and jitter, and streams what the
 //!   parent lacks, woken by the store's commit notifications (no polling).
+//! * A parent that starts nudges its children (`POST /v1/sync/nudge`,
+//!   signed): a child waiting to retry retries at once ([`nudge_children`],
+//!   [`nudge_endpoint`]).
 
 mod child;
+mod nudge;
 mod parent;
 mod views;
 
 pub use crate::sync_state::{BlockedOrigin, ChildLink, ParentLink, SyncState};
 pub use child::run_upstream;
 pub use gridsync_deploy::config::SyncSettings;
+pub use nudge::{nudge_children, nudge_endpoint};
 pub use parent::sync_endpoint;
 
 pub(crate) fn random_nonce() -> [u8; 32] {

@@ -1,0 +1,186 @@
+//! A parent that has just started tells its children to retry now.
+//!
+//! While a parent is down its children wait between attempts: up to
+//! `reconnect_refused_max_ms` while its host refuses connections, up to
+//! the full backoff (`reconnect_max_ms`) after other failures (a host that
+//! does not answer at all, a timeout). When the parent is back it knows
+//! its children from the topology, so it sends each one a nudge —
+//! `POST /v1/sync/nudge?parent=…&at_ms=…&signature=…`, no body, signed with
+//! its key over (parent, child, time) — and a child waiting to retry
+//! retries at once (never sooner than `reconnect_min_ms` after its last
+//! attempt). A child the parent cannot reach (behind NAT, offline) still
+//! comes back on its own delay: the nudge only moves a retry earlier.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::http::Uri;
+
+use crate::error::ApiError;
+use crate::state::{system_now_ms, AppState, NodeState};
+
+/// How far a nudge's time may lie from the child's clock.
+const NUDGE_WINDOW_MS: i64 = 60_000;
+/// Children nudged at once.
+const NUDGES_IN_FLIGHT: usize = 32;
+/// One nudge's deadline (connect, TLS, request, answer).
+const NUDGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NudgeQuery {
+    parent: String,
+    at_ms: i64,
+    signature: String,
+}
+
+/// `POST /v1/sync/nudge`: the parent says it is back. 204 when the nudge
+/// is the parent's (the link retries now if it is waiting), 403 when it is
+/// not, 409 on a node without a parent.
+///
+/// # Errors
+/// The refusals above, with what was wrong.
+pub async fn nudge_endpoint(
+    State(state): State<AppState>,
+    query: Result<Query<NudgeQuery>, QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let me = &state.config.id;
+    let Some(parent) = state.topology.node(me).and_then(|n| n.parent.clone()) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_parent",
+            format!("node {me} has no parent in the topology; nothing to retry"),
+        ));
+    };
+    if q.parent != parent {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_my_parent",
+            format!("node {me}'s parent is {parent}, not {:?}", q.parent),
+        ));
+    }
+    let signature = hex::decode(&q.signature)
+        .map_err(|_| ApiError::bad_request("invalid_query", "signature must be 128 hex digits"))?;
+    let verified = state.topology.key(&parent).is_some_and(|key| {
+        gridsync_protocol::auth::check_nudge(
+            &key,
+            &parent,
+            me,
+            q.at_ms,
+            &signature,
+            system_now_ms(),
+            NUDGE_WINDOW_MS,
+        )
+    });
+    if !verified {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_nudge",
+            format!(
+                "the nudge does not verify with {parent}'s key from the topology, or at_ms is \
+                 more than {} s from this node's clock",
+                NUDGE_WINDOW_MS / 1000
+            ),
+        ));
+    }
+    state.sync.nudge.notify_waiters();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Nudges every child of this node in the topology (when
+/// `sync.nudge_children` is set), a few at a time; a child that cannot be
+/// reached is left to its own retry.
+pub async fn nudge_children(state: Arc<NodeState>) {
+    if !state.config.sync.nudge_children {
+        return;
+    }
+    let children = state.topology.children(&state.config.id).to_vec();
+    futures_util::stream::iter(children)
+        .for_each_concurrent(NUDGES_IN_FLIGHT, |child| {
+            let state = state.clone();
+            async move {
+                match tokio::time::timeout(NUDGE_TIMEOUT, nudge(&state, &child)).await {
+                    Ok(Ok(())) => tracing::debug!(child, "nudged"),
+                    Ok(Err(why)) => tracing::debug!(child, why, "nudge not delivered"),
+                    Err(_) => tracing::debug!(child, "nudge timed out"),
+                }
+            }
+        })
+        .await;
+}
+
+async fn nudge(state: &NodeState, child: &str) -> Result<(), String> {
+    let url = &state.topology.node(child).ok_or("not in the topology")?.url;
+    let uri: Uri = url.parse().map_err(|e| format!("url {url}: {e}"))?;
+    let host = uri.host().ok_or_else(|| format!("url {url} has no host"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("url {url}: expected http or https")),
+    };
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let me = &state.config.id;
+    let at_ms = system_now_ms();
+    let signature = gridsync_protocol::auth::sign_nudge(&state.key, me, child, at_ms);
+    let request = format!(
+        "POST {}/v1/sync/nudge?parent={me}&at_ms={at_ms}&signature={} HTTP/1.1\r\n\
+         Host: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        uri.path().trim_end_matches('/'),
+        hex::encode(signature),
+        uri.authority().map_or(host, |a| a.as_str()),
+    );
+    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = if tls {
+        let config = state
+            .tls_client
+            .clone()
+            .ok_or("no TLS client configuration")?;
+        let name =
+            rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        exchange(stream, request.as_bytes()).await?
+    } else {
+        exchange(tcp, request.as_bytes()).await?
+    };
+    if status == 204 {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
+}
+
+/// Sends `request` and reads the status code of the answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &[u8],
+) -> Result<u16, String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match stream.read(&mut head[n..]).await {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // "HTTP/1.1 204 …"
+    std::str::from_utf8(&head[..n])
+        .ok()
+        .and_then(|h| h.get(9..12))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| "no HTTP status line in the answer".to_owned())
+}

@@ -1,0 +1,111 @@
+//! Real processes: a parent that comes back nudges its children, so a child
+//! waiting out a long retry delay comes back at once.
+//!
+//! The community's retry delays are all set to 30 s (`reconnect_min_ms` =
+//! `reconnect_max_ms` = `reconnect_refused_max_ms`), so without a nudge it
+//! retries exactly 30 s after its last attempt. The street starts 1.5 s
+//! after the community's first (refused) attempt and must hold the
+//! community's events within 10 s. Control, in the same run: the street is
+//! stopped (the community's link drops: its next attempt is 30 s later),
+//! restarted with `sync.nudge_children = false`, and must *not* hold the
+//! newer events 10 s later. Also: nudges that are not the parent's are
+//! refused with a reason, and change nothing.
+
+use std::time::{Duration, Instant};
+
+use gridsync_suite::{
+    get_json, http_client, post_events, provision, sample_event, set_sync, set_sync_flag,
+    wait_heads, Server,
+};
+use serde_json::{json, Value};
+
+async fn post_n(url: &str, token: &str, from: u64, n: u64) {
+    let events: Vec<Value> = (from..from + n)
+        .map(|i| sample_event(i, &format!("n-{i}")))
+        .collect();
+    let (status, body) = post_events(url, token, &json!({ "events": events })).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Seconds until the street holds `seq` of c1, or `None` within `limit`.
+async fn held_within(url: &str, viewer: &str, seq: u64, limit: Duration) -> Option<f64> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let st = get_json(&format!("{url}/v1/status"), viewer).await;
+        if st["heads"]["c1"]["seq"].as_u64() == Some(seq) {
+            return Some(t0.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_that_comes_back_nudges_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(dir.path(), &[("s1", None), ("c1", Some("s1"))]);
+    let (c1, s1) = (&tree.nodes["c1"], &tree.nodes["s1"]);
+    set_sync(
+        &c1.config,
+        &[
+            ("reconnect_min_ms", 30_000),
+            ("reconnect_max_ms", 30_000),
+            ("reconnect_refused_max_ms", 30_000),
+        ],
+    );
+    let community = Server::start(&c1.config, &[]);
+    post_n(&community.url, &c1.tokens.reporter, 0, 50).await;
+    // The first attempt was refused; the next is 30 s away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut street = Server::start(&s1.config, &[]);
+    let took = held_within(&street.url, &s1.tokens.viewer, 50, Duration::from_secs(10)).await;
+    let took = took.expect("nudged: the community came back within 10 s, not 30");
+    eprintln!("with the nudge: the street held the community's events after {took:.2} s");
+
+    // Nudges that are not the street's are refused and change nothing.
+    let http = http_client();
+    let nudge = |url: &str, query: &str| http.post(format!("{url}/v1/sync/nudge?{query}")).send();
+    let forged = format!("parent=s1&at_ms={}&signature={}", now_ms(), "00".repeat(64));
+    for (url, query, status, code) in [
+        (&community.url, forged.as_str(), 403, "bad_nudge"),
+        (
+            &community.url,
+            "parent=d&at_ms=1&signature=00",
+            403,
+            "not_my_parent",
+        ),
+        (
+            &community.url,
+            "parent=s1&at_ms=1&signature=zz",
+            400,
+            "invalid_query",
+        ),
+        (&community.url, "parent=s1", 400, "invalid_query"),
+        (&street.url, forged.as_str(), 409, "no_parent"),
+    ] {
+        let r = nudge(url, query).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{query}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{query}: {body}");
+    }
+
+    // Control: without the nudge the community keeps to its 30 s.
+    assert!(street.terminate());
+    post_n(&community.url, &c1.tokens.reporter, 50, 50).await;
+    set_sync_flag(&s1.config, "nudge_children", false);
+    let street = Server::start(&s1.config, &[]);
+    let late = held_within(&street.url, &s1.tokens.viewer, 100, Duration::from_secs(10)).await;
+    assert_eq!(
+        late, None,
+        "without a nudge the community came back before its 30 s delay: the test checks nothing"
+    );
+    wait_heads(&street.url, &s1.tokens.viewer, &[("c1", 50)]).await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
