@@ -13,7 +13,8 @@
 //! `cargo build --release -p gridsync && cargo bench --bench thousand_communities`
 //! (`GRIDSYNC_BENCH_CHILDREN`, default 1000; `GRIDSYNC_BENCH_PROCESSES`,
 //! default 100; `GRIDSYNC_BENCH_EVENTS_PER_CHILD`, default 200;
-//! `GRIDSYNC_BENCH_IDLE_S`, default 10).
+//! `GRIDSYNC_BENCH_IDLE_S`, default 10; `GRIDSYNC_BENCH_NUDGE=0`: the
+//! restarted street does not nudge its children).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +67,9 @@ fn main() {
     // Every child connects from 127.0.0.1.
     let cfg = &tree.nodes["s"].config;
     gridsync_suite::allow_children_from_one_ip(cfg, n);
+    let nudge = gridsync_suite::env_u64("GRIDSYNC_BENCH_NUDGE", 1) != 0;
+    gridsync_suite::set_sync_flag(cfg, "nudge_children", nudge);
+    println!("street nudges its children when it starts: {nudge}");
 
     let district = Server::start(&tree.nodes["d"].config, &[]);
     let mut street = Server::start(cfg, &[]);

@@ -329,29 +329,27 @@ pub fn sample_event(i: u64, client_id: &str) -> Value {
 
 /// Rewrites keys of a node config's `[sync]` table (test timers).
 pub fn set_sync(config: &Path, settings: &[(&str, i64)]) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let mut table: toml::Table = toml::from_str(&text).unwrap();
-    let sync = table
-        .entry("sync")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    for (k, v) in settings {
-        sync.as_table_mut()
-            .unwrap()
-            .insert((*k).to_owned(), toml::Value::Integer(*v));
-    }
-    std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
+    edit_sync(config, |sync| {
+        for (k, v) in settings {
+            sync.insert((*k).to_owned(), toml::Value::Integer(*v));
+        }
+    });
 }
 
 /// Sets a boolean key of a node config's `[sync]` table.
 pub fn set_sync_flag(config: &Path, key: &str, on: bool) {
+    edit_sync(config, |sync| {
+        sync.insert(key.to_owned(), toml::Value::Boolean(on));
+    });
+}
+
+fn edit_sync(config: &Path, edit: impl FnOnce(&mut toml::Table)) {
     let text = std::fs::read_to_string(config).unwrap();
     let mut table: toml::Table = toml::from_str(&text).unwrap();
     let sync = table
         .entry("sync")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    sync.as_table_mut()
-        .unwrap()
-        .insert(key.to_owned(), toml::Value::Boolean(on));
+    edit(sync.as_table_mut().unwrap());
     std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
 }
 

@@ -26,18 +26,22 @@ fn keys() -> KeyLookup {
 }
 
 fn event(client_id: &str, note_len: usize) -> PreparedEvent {
+    prepared(json!({
+        "kind": "visit", "occurred_at": "2020-01-28T09:30:00+08:00",
+        "grid": "g1", "recorded_by": "w1", "client_id": client_id,
+        "data": {"household": "h1", "method": "phone", "quarantine": "ongoing", "note": "x".repeat(note_len)}
+    }))
+}
+
+/// A posted event of this origin, prepared as ingest would.
+fn prepared(posted: serde_json::Value) -> PreparedEvent {
     let limits = IngestLimits::default();
     let ctx = IngestContext {
         node_id: ORIGIN,
         now_ms: 1_580_200_000_000,
         limits: &limits,
     };
-    let v = json!({
-        "kind": "visit", "occurred_at": "2020-01-28T09:30:00+08:00",
-        "grid": "g1", "recorded_by": "w1", "client_id": client_id,
-        "data": {"household": "h1", "method": "phone", "quarantine": "ongoing", "note": "x".repeat(note_len)}
-    });
-    prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).expect("valid event")
+    prepare(posted, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).expect("valid event")
 }
 
 fn open(kv: Arc<dyn Kv>) -> Result<Store, StoreError> {
@@ -53,13 +57,21 @@ fn open_with(
     verify_all_signatures: bool,
     verify_whole_log: bool,
 ) -> Result<Store, StoreError> {
-    Store::open(
+    open_config(
         kv,
         StoreConfig {
             verify_all_signatures,
             verify_whole_log,
             ..StoreConfig::default()
         },
+    )
+}
+
+/// This origin's store over `kv` with `config`.
+fn open_config(kv: Arc<dyn Kv>, config: StoreConfig) -> Result<Store, StoreError> {
+    Store::open(
+        kv,
+        config,
         Some(OriginIdentity {
             node_id: ORIGIN.into(),
             key: key(),
@@ -70,7 +82,7 @@ fn open_with(
 
 /// A store whose client-id index flushes and merges after a few events.
 fn open_small_index(kv: Arc<dyn Kv>) -> Store {
-    Store::open(
+    open_config(
         kv,
         StoreConfig {
             client_index: gridsync_store::ClientIndexConfig {
@@ -80,11 +92,6 @@ fn open_small_index(kv: Arc<dyn Kv>) -> Store {
             },
             ..StoreConfig::default()
         },
-        Some(OriginIdentity {
-            node_id: ORIGIN.into(),
-            key: key(),
-        }),
-        keys(),
     )
     .unwrap()
 }
@@ -515,16 +522,7 @@ fn gated_store(config: StoreConfig) -> (Arc<GatedKv>, Store) {
         gate: std::sync::Mutex::new(None),
         applied: std::sync::Mutex::new(None),
     });
-    let store = Store::open(
-        kv.clone(),
-        config,
-        Some(OriginIdentity {
-            node_id: ORIGIN.into(),
-            key: key(),
-        }),
-        keys(),
-    )
-    .unwrap();
+    let store = open_config(kv.clone(), config).unwrap();
     (kv, store)
 }
 
@@ -709,18 +707,13 @@ fn open_with_record(
     data: &std::path::Path,
     accept: bool,
 ) -> Result<Store, StoreError> {
-    Store::open(
+    open_config(
         kv,
         StoreConfig {
             heads_record: Some(data.to_owned()),
             accept_shorter_log: accept,
             ..StoreConfig::default()
         },
-        Some(OriginIdentity {
-            node_id: ORIGIN.into(),
-            key: key(),
-        }),
-        keys(),
     )
 }
 
@@ -934,18 +927,11 @@ fn kinded(i: usize) -> PreparedEvent {
     if i.is_multiple_of(3) {
         return event(&format!("v{i}"), 10);
     }
-    let limits = IngestLimits::default();
-    let ctx = IngestContext {
-        node_id: ORIGIN,
-        now_ms: 1_580_200_000_000,
-        limits: &limits,
-    };
-    let v = json!({
+    prepared(json!({
         "kind": "temperature", "occurred_at": "2020-01-28T09:30:00+08:00",
         "grid": "g1", "recorded_by": "w1", "client_id": format!("t{i}"),
         "data": {"person": {"name": "张三"}, "celsius": 36.5, "site": "home"}
-    });
-    prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).expect("valid event")
+    }))
 }
 
 #[test]
@@ -953,18 +939,13 @@ fn the_kinds_of_recent_events_are_known_without_reading_the_log() {
     let rt = rt();
     let kv = Arc::new(MemKv::new());
     let open_small = |kv: Arc<MemKv>| {
-        Store::open(
+        open_config(
             kv,
             StoreConfig {
                 recent_kinds_max: 10,
                 chunk_bytes_target: 600,
                 ..StoreConfig::default()
             },
-            Some(OriginIdentity {
-                node_id: ORIGIN.into(),
-                key: key(),
-            }),
-            keys(),
         )
         .unwrap()
     };
