@@ -230,12 +230,11 @@ fn prepare_body_values(
     ctx: &IngestContext<'_>,
     lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
 ) -> Result<Vec<PreparedEvent>, IngestError> {
-    let values = parse_body(body, ctx.limits)?;
-    let mut out = Vec::with_capacity(values.len());
-    for (i, v) in values.into_iter().enumerate() {
-        out.push(prepare_value(v, ctx, lookup_target).map_err(|e| e.for_event(i))?);
-    }
-    Ok(out)
+    parse_body(body, ctx.limits)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| prepare_value(v, ctx, lookup_target).map_err(|e| e.for_event(i)))
+        .collect()
 }
 
 /// Gives every event's personal part its random salt, in order. Salts are
