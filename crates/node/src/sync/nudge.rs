@@ -26,8 +26,10 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use crate::error::ApiError;
 use crate::state::{system_now_ms, AppState, NodeState};
 
-/// How far a nudge's time may lie from the child's clock.
-const NUDGE_WINDOW_MS: i64 = 60_000;
+/// How far a nudge's time may lie from the child's clock: as much as a
+/// posted event's may (a community box's clock is often some minutes
+/// off); a replay within it only moves a retry earlier.
+const NUDGE_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// Children nudged at once.
 const NUDGES_IN_FLIGHT: usize = 32;
 /// One nudge's deadline (connect, TLS, request, answer).
@@ -86,8 +88,8 @@ pub async fn nudge_endpoint(
             "bad_nudge",
             format!(
                 "the nudge does not verify with {parent}'s key from the topology, or at_ms is \
-                 more than {} s from this node's clock",
-                NUDGE_WINDOW_MS / 1000
+                 more than {} min from this node's clock (check both machines' clocks)",
+                NUDGE_WINDOW_MS / 60_000
             ),
         ));
     }
@@ -109,7 +111,17 @@ pub async fn nudge_children(state: Arc<NodeState>) {
             async move {
                 match tokio::time::timeout(NUDGE_TIMEOUT, nudge(&state, &child)).await {
                     Ok(Ok(())) => tracing::debug!(child, "nudged"),
-                    Ok(Err(why)) => tracing::debug!(child, why, "nudge not delivered"),
+                    // Reached but refused: a clock far off, or a key that
+                    // differs from the topology's — worth an operator's look.
+                    Ok(Err(Nudge::Refused(status))) => tracing::info!(
+                        child,
+                        status,
+                        "child refused the nudge (its clock more than 10 min off, or \
+                         another key for this node in its topology?)"
+                    ),
+                    Ok(Err(Nudge::Unreached(why))) => {
+                        tracing::debug!(child, why, "nudge not delivered")
+                    }
                     Err(_) => tracing::debug!(child, "nudge timed out"),
                 }
             }
@@ -117,7 +129,24 @@ pub async fn nudge_children(state: Arc<NodeState>) {
         .await;
 }
 
-async fn nudge(state: &NodeState, child: &str) -> Result<(), String> {
+/// Why a nudge did not land.
+enum Nudge {
+    /// The child answered with this status.
+    Refused(u16),
+    Unreached(String),
+}
+
+async fn nudge(state: &NodeState, child: &str) -> Result<(), Nudge> {
+    let status = send_nudge(state, child).await.map_err(Nudge::Unreached)?;
+    if status == 204 {
+        Ok(())
+    } else {
+        Err(Nudge::Refused(status))
+    }
+}
+
+/// Sends the nudge; the status of the child's answer.
+async fn send_nudge(state: &NodeState, child: &str) -> Result<u16, String> {
     let url = &state.topology.node(child).ok_or("not in the topology")?.url;
     let uri: Uri = url.parse().map_err(|e| format!("url {url}: {e}"))?;
     let host = uri.host().ok_or_else(|| format!("url {url} has no host"))?;
@@ -140,7 +169,7 @@ async fn nudge(state: &NodeState, child: &str) -> Result<(), String> {
     let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| e.to_string())?;
-    let status = if tls {
+    if tls {
         let config = state
             .tls_client
             .clone()
@@ -151,14 +180,9 @@ async fn nudge(state: &NodeState, child: &str) -> Result<(), String> {
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
-        exchange(stream, request.as_bytes()).await?
+        exchange(stream, request.as_bytes()).await
     } else {
-        exchange(tcp, request.as_bytes()).await?
-    };
-    if status == 204 {
-        Ok(())
-    } else {
-        Err(format!("answered {status}"))
+        exchange(tcp, request.as_bytes()).await
     }
 }
 
