@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-fn schema_one() -> u32 {
+/// The schema version of a posted event that names none.
+pub(crate) fn schema_one() -> u32 {
     1
 }
 

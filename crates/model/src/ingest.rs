@@ -273,17 +273,7 @@ fn prepare_value(
         &input.occurred_at,
         ctx,
     )?;
-    let data = Value::Object(input.data);
-    if let Some(v) = schema::validate_data(&input.kind, input.schema, &data, "data")
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-    {
-        return Err(IngestError::violation(v));
-    }
-    let typed = Data::read(&input.kind, input.schema, data)
-        .unwrap_or_else(|| Err(format!("no type for {} v{}", input.kind, input.schema)))
-        .map_err(|m| IngestError::new("schema_violation", format!("data: {m}")).at("data"))?;
+    let typed = Data::read_value(&input.kind, input.schema, Value::Object(input.data), "data")?;
     let normalized = typed.to_value();
     let head = Head {
         kind: input.kind,
@@ -503,6 +493,19 @@ impl Data {
         })
     }
 
+    /// [`Data::read`] from a JSON value, after checking it against the
+    /// kind's JSON Schema (which words the error); any failure a
+    /// `schema_violation` of `field`.
+    fn read_value(kind: &str, schema: u32, data: Value, field: &str) -> Result<Self, IngestError> {
+        let violations = schema::validate_data(kind, schema, &data, field).unwrap_or_default();
+        if let Some(v) = violations.into_iter().next() {
+            return Err(IngestError::violation(v));
+        }
+        Data::read(kind, schema, data)
+            .unwrap_or_else(|| Err(format!("no type for {kind} v{schema}")))
+            .map_err(|m| IngestError::new("schema_violation", format!("{field}: {m}")).at(field))
+    }
+
     fn to_value(&self) -> Value {
         let written = match self {
             Data::Entry(d) => serde_json::to_value(d),
@@ -569,20 +572,7 @@ fn check_correction(
         }
         (CorrectionAction::Replace, Some(r)) => {
             let r = Value::Object(r);
-            if let Some(v) =
-                schema::validate_data(&target.kind, target.schema, &r, "data.replacement")
-                    .unwrap_or_default()
-                    .into_iter()
-                    .next()
-            {
-                return Err(IngestError::violation(v));
-            }
-            let field = "data.replacement";
-            let typed = Data::read(&target.kind, target.schema, r)
-                .unwrap_or_else(|| Err(format!("no type for {} v{}", target.kind, target.schema)))
-                .map_err(|m| {
-                    IngestError::new("schema_violation", format!("{field}: {m}")).at(field)
-                })?;
+            let typed = Data::read_value(&target.kind, target.schema, r, "data.replacement")?;
             let Value::Object(r) = typed.to_value() else {
                 unreachable!("the kind types are structs")
             };

@@ -53,7 +53,7 @@ struct Posted<'a> {
     #[serde(default)]
     origin: Option<String>,
     kind: String,
-    #[serde(default = "schema_one")]
+    #[serde(default = "crate::api::schema_one")]
     schema: u32,
     #[serde(borrow)]
     occurred_at: Cow<'a, str>,
@@ -62,10 +62,6 @@ struct Posted<'a> {
     client_id: String,
     #[serde(borrow)]
     data: &'a RawValue,
-}
-
-fn schema_one() -> u32 {
-    1
 }
 
 /// Characters (not bytes: JSON Schema counts code points) within bounds.

@@ -109,40 +109,22 @@ pub async fn nudge_children(state: Arc<NodeState>) {
         .for_each_concurrent(NUDGES_IN_FLIGHT, |child| {
             let state = state.clone();
             async move {
-                match tokio::time::timeout(NUDGE_TIMEOUT, nudge(&state, &child)).await {
-                    Ok(Ok(())) => tracing::debug!(child, "nudged"),
+                match tokio::time::timeout(NUDGE_TIMEOUT, send_nudge(&state, &child)).await {
+                    Ok(Ok(204)) => tracing::debug!(child, "nudged"),
                     // Reached but refused: a clock far off, or a key that
                     // differs from the topology's — worth an operator's look.
-                    Ok(Err(Nudge::Refused(status))) => tracing::info!(
+                    Ok(Ok(status)) => tracing::info!(
                         child,
                         status,
                         "child refused the nudge (its clock more than 10 min off, or \
                          another key for this node in its topology?)"
                     ),
-                    Ok(Err(Nudge::Unreached(why))) => {
-                        tracing::debug!(child, why, "nudge not delivered")
-                    }
+                    Ok(Err(why)) => tracing::debug!(child, why, "nudge not delivered"),
                     Err(_) => tracing::debug!(child, "nudge timed out"),
                 }
             }
         })
         .await;
-}
-
-/// Why a nudge did not land.
-enum Nudge {
-    /// The child answered with this status.
-    Refused(u16),
-    Unreached(String),
-}
-
-async fn nudge(state: &NodeState, child: &str) -> Result<(), Nudge> {
-    let status = send_nudge(state, child).await.map_err(Nudge::Unreached)?;
-    if status == 204 {
-        Ok(())
-    } else {
-        Err(Nudge::Refused(status))
-    }
 }
 
 /// Sends the nudge; the status of the child's answer.

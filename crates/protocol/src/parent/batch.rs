@@ -41,14 +41,18 @@ impl super::ParentSession {
             self.refused.insert(origin, code);
         }
         self.tips.extend(read.tips);
+        // What each accepted chunk adds to `pending` is released from it
+        // once the batch is durable.
+        let mut released = Vec::with_capacity(read.new_pending.len());
         for (origin, first, hashes) in read.new_pending {
+            released.push((origin.clone(), hashes.len()));
             self.pending.entry(origin).or_default().push(first, hashes);
         }
         let ack_now = self.cfg.bug_ack_before_durable;
         self.awaiting.push_back(Awaiting {
             id,
             touched: read.touched,
-            released: read.released,
+            released,
             acked_early: ack_now,
         });
         if read.accepted.is_empty() {
@@ -189,8 +193,6 @@ struct BatchRead {
     accepted: Vec<Chunk>,
     /// Per origin touched: its last seq and hash in this batch.
     touched: Vec<(String, u64, Hash32)>,
-    /// Per accepted chunk: its origin and how many new events it holds.
-    released: Vec<(String, usize)>,
     /// Tips as they will be if this batch is accepted.
     tips: HashMap<String, (u64, Hash32)>,
     /// Per accepted chunk: origin, first new seq, the new events' hashes.
@@ -207,7 +209,6 @@ impl BatchRead {
         let new_from = first.max(after.saturating_add(1));
         let skip = usize::try_from(new_from - first).expect("within the chunk");
         let new = hashes_in[skip..].to_vec();
-        self.released.push((origin.clone(), new.len()));
         self.new_pending.push((origin.clone(), new_from, new));
         let last_hash = *hashes_in.last().expect("non-empty");
         self.tips.insert(origin.clone(), (last, last_hash));

@@ -15,13 +15,15 @@ pub(super) struct OpenEntry {
     bytes: usize,
 }
 
-/// About the encoded size of these events in a chunk (what chunks are cut
+/// About the encoded size of one event in a chunk (what chunks are cut
 /// and joined by).
-pub(super) fn records_bytes(records: &[EventRecord]) -> usize {
-    records
-        .iter()
-        .map(|r| r.envelope.len() + r.personal.as_ref().map_or(0, |p| p.bytes.len() + 24) + 8)
-        .sum()
+pub(super) fn record_bytes(r: &EventRecord) -> usize {
+    r.envelope.len() + r.personal.as_ref().map_or(0, |p| p.bytes.len() + 24) + 8
+}
+
+/// [`record_bytes`] of these events.
+fn records_bytes(records: &[EventRecord]) -> usize {
+    records.iter().map(record_bytes).sum()
 }
 
 impl Writer {

@@ -145,7 +145,7 @@ fn cut_into_chunks(
     for (i, rec) in records.into_iter().enumerate() {
         chunk_seq += 1;
         chunk_hash = event_hash(&rec.envelope);
-        current_bytes += super::import::records_bytes(std::slice::from_ref(&rec));
+        current_bytes += super::import::record_bytes(&rec);
         current.push(rec);
         if current_bytes >= bytes_target || i + 1 == n_records {
             let head =
