@@ -207,7 +207,23 @@ impl Server {
     /// # Panics
     /// When the binary cannot be run.
     pub fn try_start(config: &Path, extra: &[&str]) -> Result<Self, (i32, String)> {
+        Self::try_start_env(config, extra, &[])
+    }
+
+    /// [`Server::try_start`] with these environment variables added.
+    ///
+    /// # Errors
+    /// As [`Server::try_start`].
+    ///
+    /// # Panics
+    /// As [`Server::try_start`].
+    pub fn try_start_env(
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, (i32, String)> {
         let mut child = Command::new(gridsync_bin())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(config)

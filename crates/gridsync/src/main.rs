@@ -7,6 +7,7 @@ use anyhow::Context;
 
 mod audit;
 mod load;
+mod malloc_tuning;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -447,6 +448,8 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread or file exists: may exec this binary anew.
+    let tuning = malloc_tuning::apply();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -455,6 +458,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    match tuning {
+        malloc_tuning::Tuning::Failed(why) => {
+            tracing::warn!(%why, "could not re-execute with glibc's allocator tuned; running with its defaults")
+        }
+        malloc_tuning::Tuning::Skipped(why) => {
+            tracing::debug!(why, "glibc's allocator left with its defaults")
+        }
+        malloc_tuning::Tuning::Applied => {
+            tracing::debug!(
+                tunables = malloc_tuning::TUNABLES,
+                "glibc's allocator tuned"
+            )
+        }
+    }
     let result = match cli.command {
         Command::Provision {
             tree,
