@@ -516,6 +516,68 @@ impl Chunk {
         self.head.verify(key)?;
         Ok(events)
     }
+
+    /// The chunk with its chain links checked from its first event's own
+    /// `prev` ([`Chunk::check_links`]) and every event's hash kept, so that
+    /// whoever takes it next (the store's writer) need not read and hash
+    /// the events again.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn linked(self) -> Result<LinkedChunk, ChunkError> {
+        let prev = self.first_prev()?;
+        let hashes = self.check_links(self.first_seq(), &prev)?;
+        Ok(LinkedChunk {
+            chunk: self,
+            prev,
+            hashes,
+        })
+    }
+}
+
+/// A chunk whose links were checked ([`Chunk::linked`]): each event's
+/// origin, seq, `prev` and personal digest follow from the one before,
+/// and the head closes the last. Only `linked` makes one, and the chunk
+/// cannot be changed through it, so `prev` and `hashes` are the chunk's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedChunk {
+    chunk: Chunk,
+    prev: Hash32,
+    hashes: Vec<Hash32>,
+}
+
+impl LinkedChunk {
+    pub fn chunk(&self) -> &Chunk {
+        &self.chunk
+    }
+
+    pub fn into_chunk(self) -> Chunk {
+        self.chunk
+    }
+
+    /// The `prev` of the first event.
+    pub fn prev(&self) -> Hash32 {
+        self.prev
+    }
+
+    /// Every event's hash, in order.
+    pub fn hashes(&self) -> &[Hash32] {
+        &self.hashes
+    }
+
+    /// [`Chunk::into_suffix_after`], its hashes and `prev` with it.
+    pub fn into_suffix_after(mut self, seq: u64) -> Option<LinkedChunk> {
+        if seq >= self.chunk.last_seq() {
+            return None;
+        }
+        let skip = self.chunk.events_through(seq);
+        if skip > 0 {
+            self.prev = self.hashes[skip - 1];
+            self.hashes.drain(..skip);
+            self.chunk.events.drain(..skip);
+        }
+        Some(self)
+    }
 }
 
 #[cfg(test)]

@@ -87,9 +87,10 @@ impl RejectCode {
 pub enum Output {
     Send(Frame),
     /// Parent: make these chunks durable, then call `on_persisted(batch)`.
+    /// Linked: their links were checked (and their events hashed) here.
     Persist {
         batch: u64,
-        chunks: Vec<Chunk>,
+        chunks: Vec<gridsync_model::chunk::LinkedChunk>,
     },
     /// Child: import these verified chunks of this node's own chain (pulled
     /// back from the parent) into the local log, then call `on_repaired`.

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::chunk::LinkedChunk;
 use gridsync_model::{Chunk, Hash32, ZERO_HASH};
 use serde_bytes::ByteBuf;
 
@@ -119,6 +120,8 @@ struct Refusal {
     message: String,
     /// For an equivocation: the seq and the hash this node holds there.
     fork: Option<(u64, Hash32)>,
+    /// For an equivocation: the chunk offered (the evidence's other half).
+    theirs: Option<Box<Chunk>>,
 }
 
 impl Refusal {
@@ -128,6 +131,7 @@ impl Refusal {
             seq,
             message,
             fork: None,
+            theirs: None,
         }
     }
 }

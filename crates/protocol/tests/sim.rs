@@ -645,7 +645,7 @@ impl<'t> Sim<'t> {
                     self.nodes[n].disk.push(Persist {
                         conn,
                         batch,
-                        chunks,
+                        chunks: chunks.into_iter().map(|c| c.into_chunk()).collect(),
                     });
                     if was_empty {
                         let d = self.rng.gen_range(1..25);

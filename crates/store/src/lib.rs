@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
+use gridsync_model::chunk::LinkedChunk;
 use gridsync_model::ingest::PreparedEvent;
 use gridsync_model::kinds::EventRef;
 use gridsync_model::{Chunk, EventRecord, Hash32, VerifiedEvent};
@@ -83,7 +84,7 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<Vec<Appended>, AppendError>>,
     },
     Import {
-        chunks: Vec<Chunk>,
+        chunks: Vec<LinkedChunk>,
         now_ms: i64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
@@ -293,13 +294,15 @@ impl Store {
     /// Queues verified chunks received from a child; the returned receiver
     /// answers once they are durable (with the number of new events).
     /// Requests are committed in the order they are queued, so callers that
-    /// queue in order see completions in order.
+    /// queue in order see completions in order. Linked
+    /// ([`Chunk::linked`]): the writer links them to the heads it holds
+    /// with the hashes they carry, without reading each event again.
     ///
     /// # Errors
     /// The store failed or is closed.
     pub async fn submit_import(
         &self,
-        chunks: Vec<Chunk>,
+        chunks: Vec<LinkedChunk>,
         now_ms: i64,
     ) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
         self.check_failed()?;
@@ -315,11 +318,21 @@ impl Store {
         Ok(rx)
     }
 
-    /// [`Store::submit_import`] and wait for it.
+    /// [`Store::submit_import`] of these chunks, linked here (on the
+    /// caller's task, not the writer's thread), and wait for it.
     ///
     /// # Errors
-    /// The store failed or refused the chunks (gap or fork against what it holds).
+    /// A chunk whose links do not hold; the store failed or refused the
+    /// chunks (gap or fork against what it holds).
     pub async fn import(&self, chunks: Vec<Chunk>, now_ms: i64) -> Result<u64, StoreError> {
+        let chunks = chunks
+            .into_iter()
+            .map(|c| {
+                let origin = c.origin.clone();
+                c.linked()
+                    .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         self.submit_import(chunks, now_ms)
             .await?
             .await

@@ -7,6 +7,7 @@ use gridsync_model::ingest::PreparedEvent;
 use std::sync::Arc;
 use std::time::Instant;
 
+use gridsync_model::chunk::LinkedChunk;
 use gridsync_model::event::{event_hash, EnvelopeHeader};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use tokio::sync::{mpsc, oneshot};
@@ -431,9 +432,11 @@ impl Request {
     fn n_events(&self) -> usize {
         match self {
             Request::Originate { events, .. } => events.len().max(1),
-            Request::Import { chunks, .. } => {
-                chunks.iter().map(|c| c.events.len()).sum::<usize>().max(1)
-            }
+            Request::Import { chunks, .. } => chunks
+                .iter()
+                .map(|c| c.chunk().events.len())
+                .sum::<usize>()
+                .max(1),
             Request::Evidence { .. } | Request::SetHold { .. } => 1,
         }
     }

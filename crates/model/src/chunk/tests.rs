@@ -147,3 +147,56 @@ fn record_at_is_the_decoded_event() {
         }
     }
 }
+
+/// A linked chunk and every suffix of it carry exactly the `prev` and
+/// hashes that checking the (suffix) chunk's links from scratch gives, and
+/// linking refuses whatever `check_links` refuses — so the store's writer,
+/// trusting them, links to its heads exactly as if it had read the events.
+#[test]
+fn a_linked_chunk_and_its_suffixes_carry_their_own_links() {
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let c = build(&key, 7);
+    let hashes: Vec<Hash32> = c.events.iter().map(|r| event_hash(&r.envelope)).collect();
+    let linked = c.clone().linked().unwrap();
+    assert_eq!(linked.prev(), ZERO_HASH);
+    assert_eq!(linked.hashes(), &hashes[..]);
+    assert_eq!(linked.chunk(), &c);
+    for after in 0..=8u64 {
+        let Some(s) = linked.clone().into_suffix_after(after) else {
+            assert!(after >= 7, "a suffix after {after} exists");
+            continue;
+        };
+        let plain = c.suffix_after(after).unwrap();
+        let prev = plain.first_prev().unwrap();
+        assert_eq!(s.prev(), prev, "prev after {after}");
+        assert_eq!(
+            s.hashes(),
+            &plain.check_links(after + 1, &prev).unwrap()[..]
+        );
+        assert_eq!(s.chunk(), &plain);
+        assert_eq!(
+            s.prev(),
+            if after == 0 {
+                ZERO_HASH
+            } else {
+                hashes[after as usize - 1]
+            }
+        );
+    }
+    // Every single-bit flip of every envelope byte: refused by one exactly
+    // when by the other.
+    for e in 0..c.events.len() {
+        for i in 0..c.events[e].envelope.len() {
+            let mut m = c.clone();
+            m.events[e].envelope[i] ^= 0x01;
+            let plain = m
+                .first_prev()
+                .and_then(|p| m.check_links(m.first_seq(), &p));
+            match (plain, m.clone().linked()) {
+                (Ok(h), Ok(l)) => assert_eq!(l.hashes(), &h[..]),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("event {e} byte {i}: check_links {a:?}, linked {b:?}"),
+            }
+        }
+    }
+}

@@ -97,19 +97,28 @@ impl super::ParentSession {
                 .copied()
                 .or_else(|| log.head(&origin))
                 .unwrap_or((0, ZERO_HASH));
-            match self.check_chunk(&chunk, child, tip, topo, log) {
+            let checked = authenticate(chunk, child, topo).and_then(|linked| {
+                match self.check_chunk(&linked, tip, log) {
+                    Ok(after) => Ok(after.map(|a| (linked, a))),
+                    Err(mut refusal) => {
+                        refusal.theirs = Some(Box::new(linked.into_chunk()));
+                        Err(refusal)
+                    }
+                }
+            });
+            match checked {
                 Ok(None) => {}
-                Ok(Some((after, hashes_in))) => r.accept(chunk, after, &hashes_in),
+                Ok(Some((linked, after))) => r.accept(linked, after),
                 Err(refusal) if refusal.code == RejectCode::Gap => {
                     return Err((RejectCode::Gap, refusal.message))
                 }
                 Err(refusal) => {
-                    if let Some((seq, ours)) = refusal.fork {
+                    if let (Some((seq, ours)), Some(theirs)) = (refusal.fork, refusal.theirs) {
                         out.push(Output::Equivocation {
                             origin: origin.clone(),
                             seq,
                             ours,
-                            theirs: chunk,
+                            theirs: *theirs,
                         });
                     }
                     r.refusals
@@ -120,21 +129,19 @@ impl super::ParentSession {
         Ok(r)
     }
 
-    /// Checks one chunk against the topology, its signature and the held
-    /// chain (`tip`: the head including accepted, not yet durable batches).
-    /// `Ok(None)`: wholly held already (identical); `Ok(Some((after,
-    /// hashes)))`: new after seq `after`, with every event's hash.
+    /// Checks an authentic chunk against the held chain (`tip`: the head
+    /// including accepted, not yet durable batches). `Ok(None)`: wholly
+    /// held already (identical); `Ok(Some(after))`: new after seq `after`.
     fn check_chunk(
         &self,
-        chunk: &Chunk,
-        child: &str,
+        linked: &LinkedChunk,
         (tip_seq, tip_hash): (u64, Hash32),
-        topo: &dyn TopologyView,
         log: &dyn StoredLog,
-    ) -> Result<Option<(u64, Vec<Hash32>)>, Refusal> {
+    ) -> Result<Option<u64>, Refusal> {
+        let chunk = linked.chunk();
         let origin = chunk.origin.as_str();
         let (first, last) = (chunk.first_seq(), chunk.last_seq());
-        let (first_prev, hashes_in) = authenticate(chunk, child, topo)?;
+        let (first_prev, hashes_in) = (linked.prev(), linked.hashes());
         if first > tip_seq.saturating_add(1) {
             let m = format!(
                 "origin {origin}: expected seq {}, got {first} (gap)",
@@ -147,6 +154,7 @@ impl super::ParentSession {
             seq,
             message: m,
             fork: Some((seq, ours)),
+            theirs: None,
         };
         if last <= tip_seq {
             // Entirely known: a duplicate if identical.
@@ -182,7 +190,7 @@ impl super::ParentSession {
             );
             return Err(fork(tip_seq, tip_hash, m));
         }
-        Ok(Some((tip_seq, hashes_in)))
+        Ok(Some(tip_seq))
     }
 }
 
@@ -190,7 +198,7 @@ impl super::ParentSession {
 #[derive(Default)]
 struct BatchRead {
     /// New chunks (trimmed to what is new), to persist.
-    accepted: Vec<Chunk>,
+    accepted: Vec<LinkedChunk>,
     /// Per origin touched: its last seq and hash in this batch.
     touched: Vec<(String, u64, Hash32)>,
     /// Tips as they will be if this batch is accepted.
@@ -203,31 +211,30 @@ struct BatchRead {
 
 impl BatchRead {
     /// Takes a verified chunk's events after seq `after`.
-    fn accept(&mut self, chunk: Chunk, after: u64, hashes_in: &[Hash32]) {
-        let origin = chunk.origin.clone();
-        let (first, last) = (chunk.first_seq(), chunk.last_seq());
-        let new_from = first.max(after.saturating_add(1));
-        let skip = usize::try_from(new_from - first).expect("within the chunk");
-        let new = hashes_in[skip..].to_vec();
-        self.new_pending.push((origin.clone(), new_from, new));
-        let last_hash = *hashes_in.last().expect("non-empty");
+    fn accept(&mut self, linked: LinkedChunk, after: u64) {
+        let origin = linked.chunk().origin.clone();
+        let last = linked.chunk().last_seq();
+        let new = linked.into_suffix_after(after).expect("last > after");
+        let new_from = new.chunk().first_seq();
+        self.new_pending
+            .push((origin.clone(), new_from, new.hashes().to_vec()));
+        let last_hash = *new.hashes().last().expect("non-empty");
         self.tips.insert(origin.clone(), (last, last_hash));
         self.touched.retain(|(o, _, _)| *o != origin);
         self.touched.push((origin, last, last_hash));
-        self.accepted
-            .push(chunk.into_suffix_after(after).expect("last > after"));
+        self.accepted.push(new);
     }
 }
 
 /// Whether `chunk` may come from `child` and is authentic: its origin is
 /// in the child's subtree and known, its chain links hold inside it and
-/// the origin's signature on its head verifies. Returns the first event's
-/// `prev` and every event's hash.
+/// the origin's signature on its head verifies. Returns it linked (the
+/// first event's `prev` and every event's hash, for the store too).
 fn authenticate(
-    chunk: &Chunk,
+    chunk: Chunk,
     child: &str,
     topo: &dyn TopologyView,
-) -> Result<(Hash32, Vec<Hash32>), Refusal> {
+) -> Result<LinkedChunk, Refusal> {
     let origin = chunk.origin.as_str();
     let (first, last) = (chunk.first_seq(), chunk.last_seq());
     if !topo.in_subtree(child, origin) {
@@ -240,11 +247,10 @@ fn authenticate(
     };
     // (Content is decoded where it is used.)
     chunk
-        .first_prev()
-        .and_then(|prev| {
-            let hashes = chunk.check_links(first, &prev)?;
-            chunk.head.verify(&key)?;
-            Ok((prev, hashes))
+        .linked()
+        .and_then(|linked| {
+            linked.chunk().head.verify(&key)?;
+            Ok(linked)
         })
         .map_err(|e| {
             let code = match e {

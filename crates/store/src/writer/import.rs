@@ -129,7 +129,8 @@ impl Writer {
 
     /// Chunks received from a child (or, at an origin repairing itself,
     /// its own chain pulled back from its parent), already verified by the
-    /// protocol. The writer re-checks them against its own heads (a second
+    /// protocol and linked (each event's hash known, so none is read or
+    /// hashed here). The writer re-checks them against its own heads (a second
     /// session of the same child may have sent the same events): what is
     /// held is skipped if its hash is the one held, a gap refuses the whole
     /// request, and a different event at a held seq refuses it as
@@ -137,7 +138,7 @@ impl Writer {
     pub(super) fn import(
         &mut self,
         work: &mut Work,
-        chunks: Vec<Chunk>,
+        chunks: Vec<LinkedChunk>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         // Entries are merged only within one request: a later request's
@@ -153,18 +154,18 @@ impl Writer {
     fn import_all(
         &mut self,
         work: &mut Work,
-        chunks: Vec<Chunk>,
+        chunks: Vec<LinkedChunk>,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         let own = self.origin.as_ref().map(|o| o.node_id.clone());
         let mut n_new = 0u64;
         let mut open = None;
-        for chunk in chunks {
-            let origin = chunk.origin.clone();
+        for linked in chunks {
+            let origin = linked.chunk().origin.clone();
             let (head_seq, head_hash) = self.head_of(work, &origin);
-            let (first, last) = (chunk.first_seq(), chunk.last_seq());
+            let (first, last) = (linked.chunk().first_seq(), linked.chunk().last_seq());
             if last <= head_seq {
-                let theirs = event_hash(&chunk.events.last().expect("non-empty").envelope);
+                let theirs = *linked.hashes().last().expect("non-empty");
                 if self.held_hash(work, &origin, last)? != Some(theirs) {
                     return Err(StoreError::Diverged { origin, seq: last });
                 }
@@ -175,16 +176,17 @@ impl Writer {
                     "origin {origin}: gap (holds {head_seq}, chunk starts at {first})"
                 )));
             }
-            let suffix = chunk.into_suffix_after(head_seq).expect("last > head");
-            if suffix.first_prev().ok() != Some(head_hash) {
+            // Linked: the events follow each other from `prev` (checked
+            // where the chunk was linked), so it joins the held chain iff
+            // its first new event follows the head.
+            let linked = linked.into_suffix_after(head_seq).expect("last > head");
+            if linked.prev() != head_hash {
                 return Err(StoreError::Diverged {
                     origin,
                     seq: head_seq,
                 });
             }
-            suffix
-                .check_links(head_seq.saturating_add(1), &head_hash)
-                .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
+            let suffix = linked.into_chunk();
             if own.as_deref() == Some(origin.as_str()) {
                 // This origin's own chain coming back from its parent: index
                 // its client ids so a phone's retry is still a duplicate.
