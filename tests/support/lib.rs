@@ -56,8 +56,35 @@ pub fn http_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// A free loopback port (bound and released; a small race is accepted).
+/// A free loopback port for a node to listen on later.
+///
+/// Taken from just below the kernel's ephemeral range (the source ports of
+/// outgoing connections): a port from that range, free when checked, could
+/// become some parallel test's connection's source port before the node
+/// binds it ("Address already in use"); below it only another explicit
+/// bind can take it, and the tests of one process walk the range from a
+/// per-process start with a shared counter. Falls back to the kernel's
+/// choice when that range is too low.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SPAN: u32 = 8_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low >= SPAN + 1_024 {
+        let base = ephemeral_low - SPAN;
+        let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+        for _ in 0..SPAN {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = base + (start + n) % SPAN;
+            let port = u16::try_from(port).expect("below the ephemeral range");
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
