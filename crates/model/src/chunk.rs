@@ -566,17 +566,16 @@ impl LinkedChunk {
     }
 
     /// [`Chunk::into_suffix_after`], its hashes and `prev` with it.
-    pub fn into_suffix_after(mut self, seq: u64) -> Option<LinkedChunk> {
-        if seq >= self.chunk.last_seq() {
-            return None;
-        }
+    pub fn into_suffix_after(self, seq: u64) -> Option<LinkedChunk> {
         let skip = self.chunk.events_through(seq);
-        if skip > 0 {
-            self.prev = self.hashes[skip - 1];
-            self.hashes.drain(..skip);
-            self.chunk.events.drain(..skip);
-        }
-        Some(self)
+        let chunk = self.chunk.into_suffix_after(seq)?;
+        let mut hashes = self.hashes;
+        let prev = hashes.drain(..skip).next_back().unwrap_or(self.prev);
+        Some(LinkedChunk {
+            chunk,
+            prev,
+            hashes,
+        })
     }
 }
 

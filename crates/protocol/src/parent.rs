@@ -120,8 +120,6 @@ struct Refusal {
     message: String,
     /// For an equivocation: the seq and the hash this node holds there.
     fork: Option<(u64, Hash32)>,
-    /// For an equivocation: the chunk offered (the evidence's other half).
-    theirs: Option<Box<Chunk>>,
 }
 
 impl Refusal {
@@ -131,7 +129,6 @@ impl Refusal {
             seq,
             message,
             fork: None,
-            theirs: None,
         }
     }
 }

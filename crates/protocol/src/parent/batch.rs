@@ -97,34 +97,32 @@ impl super::ParentSession {
                 .copied()
                 .or_else(|| log.head(&origin))
                 .unwrap_or((0, ZERO_HASH));
-            let checked = authenticate(chunk, child, topo).and_then(|linked| {
-                match self.check_chunk(&linked, tip, log) {
-                    Ok(after) => Ok(after.map(|a| (linked, a))),
-                    Err(mut refusal) => {
-                        refusal.theirs = Some(Box::new(linked.into_chunk()));
-                        Err(refusal)
+            // The refusal, and the chunk when it was authentic (an
+            // equivocation's evidence).
+            let (refusal, theirs) = match authenticate(chunk, child, topo) {
+                Err(refusal) => (refusal, None),
+                Ok(linked) => match self.check_chunk(&linked, tip, log) {
+                    Ok(None) => continue,
+                    Ok(Some(after)) => {
+                        r.accept(linked, after);
+                        continue;
                     }
-                }
-            });
-            match checked {
-                Ok(None) => {}
-                Ok(Some((linked, after))) => r.accept(linked, after),
-                Err(refusal) if refusal.code == RejectCode::Gap => {
-                    return Err((RejectCode::Gap, refusal.message))
-                }
-                Err(refusal) => {
-                    if let (Some((seq, ours)), Some(theirs)) = (refusal.fork, refusal.theirs) {
-                        out.push(Output::Equivocation {
-                            origin: origin.clone(),
-                            seq,
-                            ours,
-                            theirs: *theirs,
-                        });
-                    }
-                    r.refusals
-                        .push((origin, refusal.seq, refusal.code, refusal.message));
-                }
+                    Err(refusal) => (refusal, Some(linked)),
+                },
+            };
+            if refusal.code == RejectCode::Gap {
+                return Err((RejectCode::Gap, refusal.message));
             }
+            if let (Some((seq, ours)), Some(theirs)) = (refusal.fork, theirs) {
+                out.push(Output::Equivocation {
+                    origin: origin.clone(),
+                    seq,
+                    ours,
+                    theirs: theirs.into_chunk(),
+                });
+            }
+            r.refusals
+                .push((origin, refusal.seq, refusal.code, refusal.message));
         }
         Ok(r)
     }
@@ -154,7 +152,6 @@ impl super::ParentSession {
             seq,
             message: m,
             fork: Some((seq, ours)),
-            theirs: None,
         };
         if last <= tip_seq {
             // Entirely known: a duplicate if identical.
