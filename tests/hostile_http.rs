@@ -6,23 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use gridsync_suite::{provision, rss_kib, Server};
+use gridsync_suite::{provision, rss_kib, set_limits, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn set_limits(config: &std::path::Path, limits: &[(&str, i64)]) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let mut t: toml::Table = toml::from_str(&text).unwrap();
-    let l = t
-        .entry("limits")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .unwrap();
-    for (k, v) in limits {
-        l.insert((*k).into(), toml::Value::Integer(*v));
-    }
-    std::fs::write(config, toml::to_string(&t).unwrap()).unwrap();
-}
 
 /// Whether the server has closed the socket (read returns end of stream
 /// or an error) within `wait`.

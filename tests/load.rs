@@ -144,3 +144,37 @@ async fn load_posts_what_it_reports() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a community"), "{err}");
 }
+
+/// A node closes a keep-alive connection idle past
+/// `limits.header_read_timeout_s`; a client posting slower than that makes
+/// its connection again before sending, so no event fails and none is
+/// posted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_node_closed_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(dir.path(), &[("c1", None)]);
+    let c1 = &tree.nodes["c1"];
+    gridsync_suite::set_limits(&c1.config, &[("header_read_timeout_s", 1)]);
+    let server = Server::start(&c1.config, &[]);
+    // One event every 1.6 s: the node has closed the connection before
+    // each next post.
+    let (code, r, err) = load(&[
+        "--url",
+        &server.url,
+        "--token",
+        &c1.tokens.reporter,
+        "--events",
+        "3",
+        "--clients",
+        "1",
+        "--batch",
+        "1",
+        "--rate",
+        "0.625",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["events"], 3, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    let st = get_json(&format!("{}/v1/status", server.url), &c1.tokens.viewer).await;
+    assert_eq!(st["heads"]["c1"]["seq"], 3, "each event stored once: {st}");
+}

@@ -372,27 +372,37 @@ pub fn sample_event(i: u64, client_id: &str) -> Value {
 
 /// Rewrites keys of a node config's `[sync]` table (test timers).
 pub fn set_sync(config: &Path, settings: &[(&str, i64)]) {
-    edit_sync(config, |sync| {
-        for (k, v) in settings {
-            sync.insert((*k).to_owned(), toml::Value::Integer(*v));
-        }
-    });
+    set_integers(config, "sync", settings);
+}
+
+/// Rewrites keys of a node config's `[limits]` table.
+pub fn set_limits(config: &Path, limits: &[(&str, i64)]) {
+    set_integers(config, "limits", limits);
 }
 
 /// Sets a boolean key of a node config's `[sync]` table.
 pub fn set_sync_flag(config: &Path, key: &str, on: bool) {
-    edit_sync(config, |sync| {
+    edit_table(config, "sync", |sync| {
         sync.insert(key.to_owned(), toml::Value::Boolean(on));
     });
 }
 
-fn edit_sync(config: &Path, edit: impl FnOnce(&mut toml::Table)) {
+fn set_integers(config: &Path, table: &str, settings: &[(&str, i64)]) {
+    edit_table(config, table, |t| {
+        for (k, v) in settings {
+            t.insert((*k).to_owned(), toml::Value::Integer(*v));
+        }
+    });
+}
+
+/// Edits table `name` of a node config (made when missing).
+fn edit_table(config: &Path, name: &str, edit: impl FnOnce(&mut toml::Table)) {
     let text = std::fs::read_to_string(config).unwrap();
     let mut table: toml::Table = toml::from_str(&text).unwrap();
-    let sync = table
-        .entry("sync")
+    let t = table
+        .entry(name)
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    edit(sync.as_table_mut().unwrap());
+    edit(t.as_table_mut().unwrap());
     std::fs::write(config, toml::to_string(&table).unwrap()).unwrap();
 }
 

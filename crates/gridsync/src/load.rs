@@ -13,7 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use gridsync_ops::workload::{Workload, RECENT_KEPT};
+use bytes::Bytes;
+use gridsync_ops::workload::{Workload, Written, RECENT_KEPT};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 /// What `gridsync load` was asked to do.
@@ -46,7 +51,7 @@ struct Target {
 struct Run {
     targets: Vec<Target>,
     /// TLS for every client (trusting only the deployment's CA).
-    tls: rustls::ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
     batch: usize,
     rate: f64,
     /// Events handed out to clients so far (the stop condition and the
@@ -152,45 +157,170 @@ async fn targets(opts: &LoadOptions, http: &reqwest::Client) -> anyhow::Result<V
     Ok(out)
 }
 
-/// One client: posts until the run is over.
+/// Where one client posts: the target's address, parsed once.
+struct Endpoint {
+    /// `host:port` to connect to.
+    addr: String,
+    /// The TLS server name, for an `https` URL.
+    tls_name: Option<rustls_pki_types::ServerName<'static>>,
+    host: HeaderValue,
+    path: String,
+    auth: HeaderValue,
+}
+
+impl Endpoint {
+    fn new(target: &Target) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&target.url)
+            .with_context(|| format!("{} is not a URL", target.url))?;
+        let host = url
+            .host_str()
+            .with_context(|| format!("{} names no host", target.url))?;
+        let port = url
+            .port_or_known_default()
+            .with_context(|| format!("{} names no port", target.url))?;
+        let tls_name = match url.scheme() {
+            "https" => Some(
+                rustls_pki_types::ServerName::try_from(
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                )
+                .with_context(|| format!("{host} is not a TLS server name"))?,
+            ),
+            "http" => None,
+            other => anyhow::bail!("{}: scheme {other} is not http or https", target.url),
+        };
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        Ok(Self {
+            addr: format!("{host}:{port}"),
+            tls_name,
+            host: HeaderValue::from_str(&authority)?,
+            path: format!("{}/v1/events", url.path().trim_end_matches('/')),
+            auth: HeaderValue::from_str(&format!("Bearer {}", target.token))
+                .context("the token is not a header value")?,
+        })
+    }
+
+    /// A keep-alive HTTP/1.1 connection (its driver runs on its own task
+    /// and ends when the sender is dropped).
+    async fn connect(&self, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<Sender> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr).await?;
+        tcp.set_nodelay(true)?;
+        let Some(name) = &self.tls_name else {
+            let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            return Ok(sender);
+        };
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name.clone(), tcp)
+            .await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// Posts `body`; the answer's status and body.
+    async fn post(&self, sender: &mut Sender, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+        let req = hyper::Request::post(&self.path)
+            .header(HOST, self.host.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(body))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// How long one request may take before it counts as a timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One client: posts until the run is over, over one keep-alive connection
+/// (made again after a transport error), as a phone or a form would.
+/// HTTP/1.1 straight on hyper's connection API: no pool, URL parsing or
+/// redirect handling per request — the load generator shares the machine
+/// with the node it measures.
 async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(run.tls.clone())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("an HTTP client");
     let mut work = Workload::new(seed, &tag);
     // Clients spread over the targets.
     let target = run.targets[index % run.targets.len()].clone();
+    let endpoint = match Endpoint::new(&target) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("gridsync load: {e:#}");
+            run.error("bad_target", 0);
+            return;
+        }
+    };
+    let mut sender: Option<Sender> = None;
+    let one = run.batch == 1;
     while let Some((n, due)) = run.reserve() {
         if let Some(due) = due {
             tokio::time::sleep_until(due.into()).await;
         }
-        let events: Vec<Value> = (0..n).map(|_| work.event(&target.id)).collect();
+        let mut body = Vec::with_capacity(n as usize * 400 + 16);
+        if !one {
+            body.extend_from_slice(b"{\"events\":[");
+        }
+        let written: Vec<Written> = (0..n)
+            .map(|i| {
+                if i > 0 {
+                    body.push(b',');
+                }
+                work.write_event(&target.id, &mut body)
+            })
+            .collect();
+        if !one {
+            body.extend_from_slice(b"]}");
+        }
+        let body = Bytes::from(body);
         let sent = Instant::now();
         run.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = http
-            .post(format!("{}/v1/events", target.url))
-            .bearer_auth(&target.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body(&events, run.batch == 1))
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                run.error(if e.is_timeout() { "timeout" } else { "connect" }, n);
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            // A kept connection the node closed meanwhile (idle, restart)
+            // is made again before the request is sent: nothing is lost.
+            let kept = match sender.take() {
+                Some(mut s) => s.ready().await.is_ok().then_some(s),
+                None => None,
+            };
+            let s = match kept {
+                Some(s) => sender.insert(s),
+                None => {
+                    let mut s = endpoint.connect(&run.tls).await?;
+                    s.ready().await?;
+                    sender.insert(s)
+                }
+            };
+            endpoint.post(s, body.clone()).await
+        })
+        .await;
+        let (status, bytes) = match answer {
+            Ok(Ok(a)) => a,
+            failed => {
+                run.error(
+                    if failed.is_err() {
+                        "timeout"
+                    } else {
+                        "connect"
+                    },
+                    n,
+                );
+                sender = None;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let status = resp.status();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let code = answer["error"]["code"]
                 .as_str()
-                .map_or_else(|| status.as_u16().to_string(), str::to_owned);
+                .map_or_else(|| status.to_string(), str::to_owned);
             run.error(&code, n);
             continue;
         }
@@ -202,8 +332,8 @@ async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
         // Only the newest few are kept for corrections.
         let acks: Acks = serde_json::from_slice(&bytes).unwrap_or_default();
         let newest = acks.results.len().saturating_sub(RECENT_KEPT);
-        for (r, e) in acks.results.iter().zip(&events).skip(newest) {
-            work.stored(&target.id, r.seq, e);
+        for (r, w) in acks.results.iter().zip(written).skip(newest) {
+            work.stored(&target.id, r.seq, w.kind, &body[w.data]);
         }
     }
 }
@@ -217,25 +347,6 @@ struct Acks {
 #[derive(serde::Deserialize)]
 struct Acked {
     seq: u64,
-}
-
-/// The request body: one event, or `{"events": [...]}`, written straight
-/// from the events (no intermediate JSON tree: the load generator shares
-/// the machine with the node it measures).
-fn body(events: &[Value], one: bool) -> Vec<u8> {
-    if one {
-        return serde_json::to_vec(&events[0]).expect("JSON values serialise");
-    }
-    let mut out = Vec::with_capacity(events.len() * 512);
-    out.extend_from_slice(b"{\"events\":[");
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut out, e).expect("JSON values serialise");
-    }
-    out.extend_from_slice(b"]}");
-    out
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -337,7 +448,7 @@ pub fn run(opts: LoadOptions) -> ExitCode {
         let started = Instant::now();
         let run = Arc::new(Run {
             targets,
-            tls,
+            tls: Arc::new(tls),
             batch: opts.batch,
             rate: opts.rate,
             reserved: AtomicU64::new(0),

@@ -257,7 +257,8 @@ async fn run_workers(
             }
             if let Ok(results) = state.store.append(evs, system_now_ms()).await {
                 for (r, e) in results.iter().zip(raw) {
-                    w.stored(&c, r.seq, &e);
+                    let data = serde_json::to_vec(&e["data"]).unwrap_or_default();
+                    w.stored(&c, r.seq, e["kind"].as_str().unwrap_or(""), &data);
                 }
             }
         }

@@ -6,10 +6,11 @@
 //! `gridsync demo` and `gridsync load`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use gridsync_node::state::system_now_ms;
 
@@ -27,12 +28,37 @@ pub const RECENT_KEPT: usize = 20;
 /// Makes events; remembers recent ones per community to correct them.
 pub struct Workload {
     rng: StdRng,
-    /// Per community: recent (seq, kind, data) for corrections.
-    recent: BTreeMap<String, VecDeque<(u64, String, Value)>>,
+    /// Per community: recent (seq, kind, data as JSON text) for corrections.
+    recent: BTreeMap<String, VecDeque<(u64, String, String)>>,
     quarantined: BTreeMap<String, Vec<String>>,
     n: u64,
     /// Prefix of every `client_id` (unique per run).
     tag: String,
+}
+
+/// What [`Workload::write_event`] wrote: the event's kind and where its
+/// `data` object sits in the buffer (for [`Workload::stored`]).
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub kind: &'static str,
+    pub data: Range<usize>,
+}
+
+/// Appends `s` as a JSON string (escaped as JSON requires).
+fn string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("a string serialises into a Vec");
+}
+
+/// Appends an unsigned integer.
+fn int(out: &mut Vec<u8>, n: u64) {
+    serde_json::to_writer(&mut *out, &n).expect("an integer serialises into a Vec");
+}
+
+/// Appends tenths as a decimal (`362` → `36.2`), as a JSON number.
+fn tenths(out: &mut Vec<u8>, t: u64) {
+    int(out, t / 10);
+    out.push(b'.');
+    out.push(b'0' + (t % 10) as u8);
 }
 
 impl Workload {
@@ -51,15 +77,15 @@ impl Workload {
         &items[self.rng.gen_range(0..items.len())]
     }
 
-    /// Remembers that `event` was stored as `seq` at `community`, so later
-    /// corrections can target it.
-    pub fn stored(&mut self, community: &str, seq: u64, event: &Value) {
+    /// Remembers that an event of `kind` with `data` (its JSON text) was
+    /// stored as `seq` at `community`, so later corrections can target it.
+    pub fn stored(&mut self, community: &str, seq: u64, kind: &str, data: &[u8]) {
         let q = self.recent.entry(community.to_owned()).or_default();
-        if event["kind"] != "correction" {
+        if kind != "correction" {
             q.push_back((
                 seq,
-                event["kind"].as_str().unwrap_or("").to_owned(),
-                event["data"].clone(),
+                kind.to_owned(),
+                String::from_utf8_lossy(data).into_owned(),
             ));
         }
         if q.len() > RECENT_KEPT {
@@ -67,17 +93,27 @@ impl Workload {
         }
     }
 
-    fn person(&mut self) -> Value {
-        let name = format!(
-            "{}{}",
-            SURNAMES[self.rng.gen_range(0..SURNAMES.len())],
-            GIVEN[self.rng.gen_range(0..GIVEN.len())]
-        );
-        json!({"name": name, "phone": format!("1{:010}", self.rng.gen_range(3_000_000_000u64..9_999_999_999))})
+    fn person(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"name\":\"");
+        out.extend_from_slice(SURNAMES[self.rng.gen_range(0..SURNAMES.len())].as_bytes());
+        out.extend_from_slice(GIVEN[self.rng.gen_range(0..GIVEN.len())].as_bytes());
+        out.extend_from_slice(b"\",\"phone\":\"1");
+        let phone = self.rng.gen_range(3_000_000_000u64..9_999_999_999);
+        out.extend_from_slice(format!("{phone:010}").as_bytes());
+        out.extend_from_slice(b"\"}");
     }
 
-    /// One realistic event for `community`, as a device would post it.
+    /// One realistic event for `community` as a JSON value (`gridsync
+    /// demo`; the text [`Workload::write_event`] writes, parsed).
     pub fn event(&mut self, community: &str) -> Value {
+        let mut out = Vec::with_capacity(512);
+        self.write_event(community, &mut out);
+        serde_json::from_slice(&out).expect("the generator writes JSON")
+    }
+
+    /// Appends one realistic event for `community`, as a device would post
+    /// it, to `out` as a JSON object.
+    pub fn write_event(&mut self, community: &str, out: &mut Vec<u8>) -> Written {
         self.n += 1;
         let now = system_now_ms();
         let late = self.rng.gen_bool(0.03);
@@ -86,114 +122,260 @@ impl Workload {
         } else {
             now - self.rng.gen_range(0..120_000)
         };
-        let occurred_at = gridsync_model::time_fmt::format_rfc3339_ms(at, 480);
+        out.extend_from_slice(b"{\"occurred_at\":");
+        string(out, &gridsync_model::time_fmt::format_rfc3339_ms(at, 480));
+        out.extend_from_slice(b",\"grid\":\"g");
+        out.extend_from_slice(format!("{:02}", self.rng.gen_range(1..12)).as_bytes());
+        out.extend_from_slice(b"\",\"recorded_by\":\"w");
+        out.extend_from_slice(format!("{:03}", self.rng.gen_range(1..40)).as_bytes());
+        out.extend_from_slice(b"\",\"client_id\":");
+        string(out, &format!("{}-{community}-{}", self.tag, self.n));
         let household = format!("{community}-h{:03}", self.rng.gen_range(1..80));
         let roll: f64 = self.rng.gen();
         let recent_len = self.recent.get(community).map_or(0, VecDeque::len);
-        let (kind, data) = if roll < 0.02 && recent_len > 0 {
-            let q = &self.recent[community];
-            let (seq, kind, data) = q[self.rng.gen_range(0..q.len())].clone();
-            let mut d = json!({"target": {"origin": community, "seq": seq}, "reason": "登记有误"});
-            if kind != "correction" && self.rng.gen_bool(0.5) {
-                d["action"] = json!("void");
-            } else {
-                d["action"] = json!("replace");
-                let mut r = data.clone();
-                if kind == "temperature" {
-                    r["celsius"] = json!(36.6);
-                    r["action"] = json!("none");
-                }
-                d["replacement"] = r;
-            }
-            ("correction", d)
+        out.extend_from_slice(b",\"data\":");
+        let start = out.len();
+        let kind = if roll < 0.02 && recent_len > 0 {
+            self.correction(community, out);
+            "correction"
         } else if roll < 0.37 {
-            let hubei = self.rng.gen_bool(0.05);
-            let subject = ["resident", "resident", "resident", "visitor", "vehicle"]
-                [self.rng.gen_range(0..5)];
-            let decision = if hubei && self.rng.gen_bool(0.5) {
-                "referred"
-            } else if self.rng.gen_bool(0.08) {
-                "turned_back"
-            } else {
-                "admitted"
-            };
-            let from_region = if hubei {
-                "湖北省武汉市"
-            } else {
-                ["山东省青岛市", "山东省青岛市", "山东省济南市", "北京市"][self.rng.gen_range(0..4)]
-            };
-            let mut d = json!({
-                "checkpoint": format!("{community}-cp{}", self.rng.gen_range(1..4)),
-                "direction": if self.rng.gen_bool(0.7) { "in" } else { "out" },
-                "subject": subject, "person": self.person(),
-                "from_region": from_region,
-                "purpose": "返乡", "decision": decision,
-                "celsius": (362 + self.rng.gen_range(0..10)) as f64 / 10.0,
-            });
-            if subject == "vehicle" {
-                d["plate"] = json!(format!("鲁B{:05}", self.rng.gen_range(0..99999)));
-            }
-            ("entry", d)
+            self.entry(community, out);
+            "entry"
         } else if roll < 0.72 {
-            let fever = self.rng.gen_bool(0.02);
-            let c = if fever {
-                self.rng.gen_range(373..395)
-            } else {
-                self.rng.gen_range(358..372)
-            } as f64
-                / 10.0;
-            (
-                "temperature",
-                json!({
-                    "person": self.person(), "celsius": c,
-                    "site": (["checkpoint", "home", "home", "clinic"][self.rng.gen_range(0..4)]),
-                    "action": if fever { "referred" } else { "none" },
-                }),
-            )
+            self.temperature(out);
+            "temperature"
         } else if roll < 0.92 {
-            let q = self.quarantined.entry(community.to_owned()).or_default();
-            let status = if q.contains(&household) {
-                if self.rng.gen_bool(0.1) {
-                    q.retain(|h| *h != household);
-                    "ended"
-                } else {
-                    "ongoing"
-                }
-            } else if self.rng.gen_bool(0.06) {
-                q.push(household.clone());
-                "started"
-            } else {
-                "none"
-            };
-            (
-                "visit",
-                json!({
-                    "household": household, "method": if self.rng.gen_bool(0.6) { "in_person" } else { "phone" },
-                    "residents": self.rng.gen_range(1..6), "symptoms": false, "quarantine": status,
-                }),
-            )
+            self.visit(community, household, out);
+            "visit"
         } else {
-            let quarantined = self
-                .quarantined
-                .get(community)
-                .is_some_and(|q| !q.is_empty());
-            let h = if quarantined {
-                self.quarantined[community][0].clone()
-            } else {
-                household
-            };
-            let items: Vec<Value> = (0..self.rng.gen_range(1..4))
-                .map(|_| json!({"item": ITEMS[self.rng.gen_range(0..ITEMS.len())], "qty": self.rng.gen_range(1..5)}))
-                .collect();
-            (
-                "delivery",
-                json!({"household": h, "items": items, "quarantined": quarantined}),
-            )
+            self.delivery(community, household, out);
+            "delivery"
         };
-        json!({
-            "kind": kind, "occurred_at": occurred_at, "grid": format!("g{:02}", self.rng.gen_range(1..12)),
-            "recorded_by": format!("w{:03}", self.rng.gen_range(1..40)), "client_id": format!("{}-{community}-{}", self.tag, self.n),
-            "data": data,
-        })
+        let data = start..out.len();
+        out.extend_from_slice(b",\"kind\":");
+        string(out, kind);
+        out.push(b'}');
+        Written { kind, data }
+    }
+
+    fn correction(&mut self, community: &str, out: &mut Vec<u8>) {
+        let q = &self.recent[community];
+        let (seq, kind, data) = q[self.rng.gen_range(0..q.len())].clone();
+        out.extend_from_slice(b"{\"target\":{\"origin\":");
+        string(out, community);
+        out.extend_from_slice(b",\"seq\":");
+        int(out, seq);
+        out.extend_from_slice("},\"reason\":\"登记有误\",\"action\":".as_bytes());
+        if kind != "correction" && self.rng.gen_bool(0.5) {
+            out.extend_from_slice(b"\"void\"}");
+            return;
+        }
+        out.extend_from_slice(b"\"replace\",\"replacement\":");
+        if kind == "temperature" {
+            // The reading corrected to a normal one.
+            let mut r: Value = serde_json::from_str(&data).expect("stored data is JSON");
+            r["celsius"] = Value::from(36.6);
+            r["action"] = Value::from("none");
+            serde_json::to_writer(&mut *out, &r).expect("a value serialises into a Vec");
+        } else {
+            out.extend_from_slice(data.as_bytes());
+        }
+        out.push(b'}');
+    }
+
+    fn entry(&mut self, community: &str, out: &mut Vec<u8>) {
+        let hubei = self.rng.gen_bool(0.05);
+        let subject =
+            ["resident", "resident", "resident", "visitor", "vehicle"][self.rng.gen_range(0..5)];
+        let decision = if hubei && self.rng.gen_bool(0.5) {
+            "referred"
+        } else if self.rng.gen_bool(0.08) {
+            "turned_back"
+        } else {
+            "admitted"
+        };
+        let from_region = if hubei {
+            "湖北省武汉市"
+        } else {
+            ["山东省青岛市", "山东省青岛市", "山东省济南市", "北京市"][self.rng.gen_range(0..4)]
+        };
+        out.extend_from_slice(b"{\"checkpoint\":");
+        string(out, &format!("{community}-cp{}", self.rng.gen_range(1..4)));
+        out.extend_from_slice(b",\"direction\":");
+        string(out, if self.rng.gen_bool(0.7) { "in" } else { "out" });
+        out.extend_from_slice(b",\"subject\":");
+        string(out, subject);
+        out.extend_from_slice(b",\"person\":");
+        self.person(out);
+        out.extend_from_slice(b",\"from_region\":");
+        string(out, from_region);
+        out.extend_from_slice(",\"purpose\":\"返乡\",\"decision\":".as_bytes());
+        string(out, decision);
+        out.extend_from_slice(b",\"celsius\":");
+        tenths(out, 362 + self.rng.gen_range(0..10));
+        if subject == "vehicle" {
+            out.extend_from_slice(",\"plate\":\"鲁B".as_bytes());
+            out.extend_from_slice(format!("{:05}", self.rng.gen_range(0..99999)).as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+
+    fn temperature(&mut self, out: &mut Vec<u8>) {
+        let fever = self.rng.gen_bool(0.02);
+        let c = if fever {
+            self.rng.gen_range(373..395)
+        } else {
+            self.rng.gen_range(358..372)
+        };
+        out.extend_from_slice(b"{\"person\":");
+        self.person(out);
+        out.extend_from_slice(b",\"celsius\":");
+        tenths(out, c);
+        out.extend_from_slice(b",\"site\":");
+        string(
+            out,
+            ["checkpoint", "home", "home", "clinic"][self.rng.gen_range(0..4)],
+        );
+        out.extend_from_slice(b",\"action\":");
+        string(out, if fever { "referred" } else { "none" });
+        out.push(b'}');
+    }
+
+    fn visit(&mut self, community: &str, household: String, out: &mut Vec<u8>) {
+        let q = self.quarantined.entry(community.to_owned()).or_default();
+        let status = if q.contains(&household) {
+            if self.rng.gen_bool(0.1) {
+                q.retain(|h| *h != household);
+                "ended"
+            } else {
+                "ongoing"
+            }
+        } else if self.rng.gen_bool(0.06) {
+            q.push(household.clone());
+            "started"
+        } else {
+            "none"
+        };
+        out.extend_from_slice(b"{\"household\":");
+        string(out, &household);
+        out.extend_from_slice(b",\"method\":");
+        string(
+            out,
+            if self.rng.gen_bool(0.6) {
+                "in_person"
+            } else {
+                "phone"
+            },
+        );
+        out.extend_from_slice(b",\"residents\":");
+        int(out, self.rng.gen_range(1..6));
+        out.extend_from_slice(b",\"symptoms\":false,\"quarantine\":");
+        string(out, status);
+        out.push(b'}');
+    }
+
+    fn delivery(&mut self, community: &str, household: String, out: &mut Vec<u8>) {
+        let first = self
+            .quarantined
+            .get(community)
+            .and_then(|q| q.first())
+            .cloned();
+        let quarantined = first.is_some();
+        out.extend_from_slice(b"{\"household\":");
+        string(out, &first.unwrap_or(household));
+        out.extend_from_slice(b",\"items\":[");
+        for i in 0..self.rng.gen_range(1..4) {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"item\":");
+            string(out, ITEMS[self.rng.gen_range(0..ITEMS.len())]);
+            out.extend_from_slice(b",\"qty\":");
+            int(out, self.rng.gen_range(1..5));
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"quarantined\":");
+        out.extend_from_slice(if quarantined { b"true" } else { b"false" });
+        out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridsync_model::ingest::{prepare_body, IngestContext, IngestLimits, TargetInfo};
+
+    /// Every generated event is one a node accepts (the server's own
+    /// parse, schema check and correction-target check, on bodies built the
+    /// way `gridsync load` builds them), the mix is the documented one, and
+    /// each `Written` range is exactly the event's `data`.
+    #[test]
+    fn what_it_writes_is_accepted_and_the_mix_is_realistic() {
+        let mut w = Workload::new(7, "t");
+        let limits = IngestLimits::default();
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        // What each community holds: seq → kind.
+        let mut held: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+        let communities = ["c1", "c-2"];
+        let mut total = 0;
+        for round in 0..400 {
+            let c = communities[round % 2];
+            let mut body = b"{\"events\":[".to_vec();
+            let mut written = Vec::new();
+            for i in 0..50 {
+                if i > 0 {
+                    body.push(b',');
+                }
+                let start = body.len();
+                let wr = w.write_event(c, &mut body);
+                let one: Value = serde_json::from_slice(&body[start..]).expect("one event");
+                let data: Value = serde_json::from_slice(&body[wr.data.clone()]).expect("data");
+                assert_eq!(one["data"], data, "the range is the data");
+                assert_eq!(one["kind"], wr.kind);
+                written.push(wr);
+            }
+            body.extend_from_slice(b"]}");
+            let ctx = IngestContext {
+                node_id: c,
+                now_ms: system_now_ms(),
+                limits: &limits,
+            };
+            let log = held.entry(c.to_owned()).or_default();
+            let lookup = |r: &gridsync_model::kinds::EventRef| {
+                (r.origin == c)
+                    .then(|| log.get(r.seq as usize - 1))
+                    .flatten()
+                    .map(|k| TargetInfo {
+                        kind: (*k).to_owned(),
+                        schema: 1,
+                    })
+            };
+            let prepared = prepare_body(&body, &ctx, &lookup, &mut rand::rngs::OsRng)
+                .unwrap_or_else(|e| panic!("refused: {e:?}\n{}", String::from_utf8_lossy(&body)));
+            assert_eq!(prepared.len(), 50);
+            for wr in written {
+                log.push(wr.kind);
+                let seq = log.len() as u64;
+                w.stored(c, seq, wr.kind, &body[wr.data]);
+                *kinds.entry(wr.kind).or_default() += 1;
+                total += 1;
+            }
+        }
+        let share = |k: &str| kinds.get(k).copied().unwrap_or(0) as f64 / total as f64;
+        // Draws: 2 % corrections, then 35 / 35 / 20 / 8 % of the kinds.
+        for (k, want) in [
+            ("correction", 0.02),
+            ("entry", 0.35),
+            ("temperature", 0.35),
+            ("visit", 0.20),
+            ("delivery", 0.08),
+        ] {
+            assert!(
+                (share(k) - want).abs() < 0.02,
+                "{k}: {} of {total}",
+                share(k)
+            );
+        }
     }
 }
