@@ -485,6 +485,8 @@ struct OwnEvents {
     start: (u64, Hash32),
     end: (u64, Hash32),
     records: Vec<EventRecord>,
+    /// Each record's event hash, computed once when it was chained.
+    hashes: Vec<Hash32>,
     now_ms: i64,
 }
 

@@ -18,6 +18,7 @@ impl Writer {
         let start = self.head_of(work, &origin_id);
         let (mut seq, mut hash) = start;
         let mut records: Vec<EventRecord> = Vec::new();
+        let mut hashes: Vec<Hash32> = Vec::new();
         let mut added: HashMap<String, ClientEntry> = HashMap::with_capacity(events.len());
         let mut results = Vec::with_capacity(events.len());
         for (index, ev) in events.into_iter().enumerate() {
@@ -46,6 +47,7 @@ impl Writer {
             seq += 1;
             let envelope = envelope_of(&ev, &origin_id, seq, &hash, now_ms);
             hash = event_hash(&envelope);
+            hashes.push(hash);
             records.push(EventRecord {
                 envelope,
                 personal: ev.personal,
@@ -68,9 +70,11 @@ impl Writer {
             start,
             end: start,
             records: Vec::new(),
+            hashes: Vec::new(),
             now_ms,
         });
         own.records.extend(records);
+        own.hashes.extend(hashes);
         own.end = (seq, hash);
         own.now_ms = own.now_ms.max(now_ms);
         // Indexed at the commit (`ClientIndex::stage`): most commits write
@@ -90,6 +94,7 @@ impl Writer {
             origin,
             own.start,
             own.records,
+            &own.hashes,
             self.config.chunk_bytes_target,
             own.now_ms,
         );
@@ -130,11 +135,14 @@ fn envelope_of(ev: &PreparedEvent, origin: &str, seq: u64, prev: &Hash32, now_ms
 /// Cuts an origin's new events (following `start`: seq, hash) into chunks
 /// of about `bytes_target`, each closed by a head signed with the origin's
 /// key, and adds them to the work; returns the last seq and hash.
+/// `hashes` are the records' event hashes (computed when they were
+/// chained: not again here, on the single writer thread).
 fn cut_into_chunks(
     work: &mut Work,
     origin: &OriginIdentity,
     start: (u64, Hash32),
     records: Vec<EventRecord>,
+    hashes: &[Hash32],
     bytes_target: usize,
     now_ms: i64,
 ) -> (u64, Hash32) {
@@ -142,9 +150,10 @@ fn cut_into_chunks(
     let mut current_bytes = 0usize;
     let (mut chunk_seq, mut chunk_hash) = start;
     let n_records = records.len();
-    for (i, rec) in records.into_iter().enumerate() {
+    debug_assert_eq!(records.len(), hashes.len());
+    for (i, (rec, hash)) in records.into_iter().zip(hashes).enumerate() {
         chunk_seq += 1;
-        chunk_hash = event_hash(&rec.envelope);
+        chunk_hash = *hash;
         current_bytes += super::import::record_bytes(&rec);
         current.push(rec);
         if current_bytes >= bytes_target || i + 1 == n_records {
