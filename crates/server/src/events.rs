@@ -94,7 +94,9 @@ fn prepare_body(
             .flatten()
             .map(|(kind, schema)| TargetInfo { kind, schema })
     };
-    ingest::prepare_body(body, &ctx, &lookup, &mut rand::rngs::OsRng)
+    // Salts from the thread's CSPRNG (ChaCha12, seeded and reseeded from
+    // the OS), not a getrandom system call per event.
+    ingest::prepare_body(body, &ctx, &lookup, &mut rand::thread_rng())
 }
 
 #[derive(Debug, Deserialize)]

@@ -225,6 +225,9 @@ fn body(rng: &mut StdRng, bases: &[Value], mutate_p: f64) -> String {
     } else {
         let events: Vec<Value> = (0..rng.gen_range(1..=4)).map(|_| pick(rng)).collect();
         match shape {
+            // An unknown key before and after `events` (the typed way
+            // picks what to try first by the first key).
+            4 if rng.gen_bool(0.5) => json!({"a": 1, "events": events}),
             4 => json!({"events": events, "extra": 1}),
             5 if rng.gen_bool(0.3) => json!({"events": []}),
             5 => Value::Array(events),
@@ -232,6 +235,10 @@ fn body(rng: &mut StdRng, bases: &[Value], mutate_p: f64) -> String {
         }
     };
     let mut text = String::new();
+    if rng.gen_ratio(1, 10) {
+        // Whitespace before the body (and so before its first key).
+        text.push_str(" \n\t");
+    }
     write(&v, rng, &mut text);
     text
 }

@@ -112,11 +112,26 @@ pub(super) fn prepare_body(
     lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
 ) -> Option<Result<Vec<PreparedEvent>, IngestError>> {
     let text = std::str::from_utf8(body).ok()?;
-    let events = match strict::from_str::<Batch<'_>>(text) {
-        Ok(batch) => batch.events,
-        // Not a batch of events it can read: one event, or a body for the
-        // general way.
-        Err(_) => vec![strict::from_str::<Posted<'_>>(text).ok()?],
+    // Both types deny unknown fields, so at most one reads a body: the
+    // order only decides which is tried first. A phone's single event
+    // (no `events` key first) is not made to fail as a batch before it
+    // is read — building that error cost more than the check.
+    let batch_first = text
+        .trim_start()
+        .strip_prefix('{')
+        .is_some_and(|t| t.trim_start().starts_with("\"events\""));
+    let events = if batch_first {
+        match strict::from_str::<Batch<'_>>(text) {
+            Ok(batch) => batch.events,
+            Err(_) => vec![strict::from_str::<Posted<'_>>(text).ok()?],
+        }
+    } else {
+        match strict::from_str::<Posted<'_>>(text) {
+            Ok(one) => vec![one],
+            // Not one event it can read: a batch with its key elsewhere,
+            // or a body for the general way.
+            Err(_) => strict::from_str::<Batch<'_>>(text).ok()?.events,
+        }
     };
     if events.is_empty() || events.len() > ctx.limits.batch_events_max {
         return None;
