@@ -253,7 +253,7 @@ async fn client(run: Arc<Run>, index: usize, seed: u64, tag: String) {
     let endpoint = match Endpoint::new(&target) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!("gridsync load: {e:#}");
+            eprintln!("gridsync load: {e:#}");
             run.error("bad_target", 0);
             return;
         }
