@@ -143,7 +143,9 @@ pub(crate) struct ClientIndex {
     origin: String,
     config: ClientIndexConfig,
     meta: Meta,
-    recent: HashMap<String, ClientEntry>,
+    /// With each id's `h`, computed once (the filter and the flush both
+    /// need it).
+    recent: HashMap<String, (ClientEntry, u64)>,
     filter: Filter,
 }
 
@@ -196,7 +198,8 @@ impl ClientIndex {
                 for rec in &sc.chunk.events {
                     let (client_id, entry) = entry_of(rec).map_err(corrupt)?;
                     if entry.0 > after {
-                        recent.insert(client_id, entry);
+                        let h = client_hash(&client_id);
+                        recent.insert(client_id, (entry, h));
                     }
                 }
                 after = sc.chunk.last_seq();
@@ -224,8 +227,8 @@ impl ClientIndex {
                 }
             }
         }
-        for client_id in recent.keys() {
-            filter.insert(client_hash(client_id));
+        for (_, h) in recent.values() {
+            filter.insert(*h);
         }
         let stats = IndexStats {
             runs: meta.runs.len(),
@@ -255,7 +258,7 @@ impl ClientIndex {
         kv: &dyn Kv,
         client_id: &str,
     ) -> Result<Option<ClientEntry>, StoreError> {
-        if let Some(e) = self.recent.get(client_id) {
+        if let Some((e, _)) = self.recent.get(client_id) {
             return Ok(Some(*e));
         }
         let h = client_hash(client_id);
@@ -297,8 +300,9 @@ impl ClientIndex {
     ) -> Result<(), StoreError> {
         let n_added = added.len() as u64;
         for (client_id, entry) in added {
-            self.filter.insert(client_hash(&client_id));
-            self.recent.insert(client_id, entry);
+            let h = client_hash(&client_id);
+            self.filter.insert(h);
+            self.recent.insert(client_id, (entry, h));
         }
         let before = self.meta.clone();
         // Merges read their inputs from the store, so they start and step
@@ -330,8 +334,8 @@ impl ClientIndex {
     fn flush(&mut self, head_seq: u64, writes: &mut Vec<KvWrite>) {
         let mut pairs: Vec<(u64, u64)> = self
             .recent
-            .iter()
-            .map(|(c, e)| (client_hash(c), e.0))
+            .values()
+            .map(|((seq, ..), h)| (*h, *seq))
             .collect();
         pairs.sort_unstable();
         let id = self.meta.next_run;
