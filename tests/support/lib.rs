@@ -544,14 +544,13 @@ pub fn proc_usage(pid: u32) -> (u64, u64) {
 /// Lets a node take `children` connections from one address (every child
 /// of a benchmark connects from 127.0.0.1).
 pub fn allow_children_from_one_ip(config: &Path, children: usize) {
-    let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    let mut limits = toml::Table::new();
-    limits.insert(
-        "connections_per_ip_max".into(),
-        i64::try_from(children * 2 + 64).unwrap().into(),
+    set_limits(
+        config,
+        &[(
+            "connections_per_ip_max",
+            i64::try_from(children * 2 + 64).unwrap(),
+        )],
     );
-    t.insert("limits".into(), limits.into());
-    std::fs::write(config, toml::to_string(&t).unwrap()).unwrap();
 }
 
 /// Signed chains of sample events (the mix of [`sample_event`], 1,000

@@ -166,7 +166,8 @@ impl Workload {
         out.extend_from_slice(b",\"seq\":");
         int(out, seq);
         out.extend_from_slice("},\"reason\":\"登记有误\",\"action\":".as_bytes());
-        if kind != "correction" && self.rng.gen_bool(0.5) {
+        // Recent events are never corrections (`stored` keeps none).
+        if self.rng.gen_bool(0.5) {
             out.extend_from_slice(b"\"void\"}");
             return;
         }

@@ -120,19 +120,14 @@ pub(super) fn prepare_body(
         .trim_start()
         .strip_prefix('{')
         .is_some_and(|t| t.trim_start().starts_with("\"events\""));
+    let one = || strict::from_str::<Posted<'_>>(text).ok().map(|e| vec![e]);
+    let batch = || strict::from_str::<Batch<'_>>(text).ok().map(|b| b.events);
+    // Neither: a body for the general way.
     let events = if batch_first {
-        match strict::from_str::<Batch<'_>>(text) {
-            Ok(batch) => batch.events,
-            Err(_) => vec![strict::from_str::<Posted<'_>>(text).ok()?],
-        }
+        batch().or_else(one)
     } else {
-        match strict::from_str::<Posted<'_>>(text) {
-            Ok(one) => vec![one],
-            // Not one event it can read: a batch with its key elsewhere,
-            // or a body for the general way.
-            Err(_) => strict::from_str::<Batch<'_>>(text).ok()?.events,
-        }
-    };
+        one().or_else(batch)
+    }?;
     if events.is_empty() || events.len() > ctx.limits.batch_events_max {
         return None;
     }
