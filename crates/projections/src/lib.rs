@@ -15,12 +15,15 @@
 //! bytes (no `serde_json::Value`), which is what makes rebuilds fast.
 
 pub mod fold;
+mod lite;
 pub mod rollup;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+
+use lite::{DataLite, EnvLite};
 
 /// Metric names, in the order of [`Counts`].
 pub const METRICS: [&str; 16] = [
@@ -41,6 +44,9 @@ pub const METRICS: [&str; 16] = [
     "items_delivered",
     "households_quarantined",
 ];
+
+/// Local days [`Projection::day_cached`] keeps.
+const DAY_CACHE: usize = 8;
 
 const ENTRIES: usize = 0;
 const ADMITTED: usize = 1;
@@ -132,66 +138,6 @@ pub fn format_day(day: Day) -> String {
     day_to_date(day).to_string()
 }
 
-#[derive(Deserialize, Default, Clone)]
-#[serde(default)]
-struct ItemLite {
-    qty: u64,
-}
-
-#[derive(Deserialize, Default, Clone)]
-#[serde(default)]
-struct TargetLite<'a> {
-    #[serde(borrow)]
-    origin: &'a str,
-    seq: u64,
-}
-
-/// The fields of `data` the metrics read (all kinds), borrowed.
-#[derive(Deserialize, Default, Clone)]
-#[serde(default)]
-struct DataLite<'a> {
-    #[serde(borrow)]
-    decision: Option<&'a str>,
-    #[serde(borrow)]
-    from_region: Option<&'a str>,
-    celsius: Option<f64>,
-    #[serde(borrow)]
-    action: Option<&'a str>,
-    #[serde(borrow)]
-    method: Option<&'a str>,
-    #[serde(borrow)]
-    household: Option<&'a str>,
-    #[serde(borrow)]
-    quarantine: Option<&'a str>,
-    quarantined: Option<bool>,
-    items: Option<Vec<ItemLite>>,
-    #[serde(borrow)]
-    target: Option<TargetLite<'a>>,
-    #[serde(borrow)]
-    replacement: Option<Box<DataLite<'a>>>,
-}
-
-/// The envelope's 14 positional items; all must be present to decode,
-/// though the projection reads only some.
-#[allow(dead_code)]
-#[derive(Deserialize)]
-struct EnvLite<'a>(
-    u8,
-    #[serde(borrow)] &'a str,
-    u64,
-    #[serde(borrow)] &'a str,
-    u32,
-    i64,
-    i16,
-    i64,
-    #[serde(borrow)] &'a str,
-    #[serde(borrow)] &'a str,
-    #[serde(borrow)] &'a str,
-    #[serde(borrow)] &'a serde_bytes::Bytes,
-    #[serde(borrow)] DataLite<'a>,
-    #[serde(borrow)] Option<&'a serde_bytes::Bytes>,
-);
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProjectionError {
     #[error("event does not decode: {0}")]
@@ -260,8 +206,11 @@ pub type TargetLookup<'a> = &'a dyn Fn(&str, u64) -> Option<Vec<u8>>;
 pub struct Projection {
     cfg: ProjectionConfig,
     origins: BTreeMap<String, OriginState>,
-    /// `(start_ms, end_ms, day)` of the last local day computed.
-    day_cache: (i64, i64, Day),
+    /// `(start_ms, end_ms, day)` of the last local days computed (a log
+    /// caught up after an outage interleaves several days).
+    day_cache: [(i64, i64, Day); DAY_CACHE],
+    /// The slot the next day computed replaces.
+    day_cache_next: usize,
 }
 
 impl Projection {
@@ -269,7 +218,8 @@ impl Projection {
         Self {
             cfg,
             origins: BTreeMap::new(),
-            day_cache: (0, 0, 0),
+            day_cache: [(0, 0, 0); DAY_CACHE],
+            day_cache_next: 0,
         }
     }
 
@@ -379,7 +329,12 @@ impl Projection {
         }
         if let Some((h, status, at)) = &e.visit {
             let day = state.visited.entry(e.day).or_default();
-            let n = day.entry(h.clone()).or_insert(0);
+            // Looked up before inserting: a household seen before (most
+            // visits) costs no copy of its id.
+            if !day.contains_key(h.as_str()) {
+                day.insert(h.clone(), 0);
+            }
+            let n = day.get_mut(h.as_str()).expect("inserted above");
             if sign > 0 {
                 *n += 1;
             } else {
@@ -388,7 +343,10 @@ impl Projection {
                     day.remove(h);
                 }
             }
-            let timeline = state.status.entry(h.clone()).or_default();
+            if !state.status.contains_key(h.as_str()) {
+                state.status.insert(h.clone(), BTreeMap::new());
+            }
+            let timeline = state.status.get_mut(h.as_str()).expect("inserted above");
             if sign > 0 {
                 timeline.insert((*at, seq), *status);
             } else {
@@ -410,9 +368,9 @@ impl Projection {
     ) -> Result<(), ProjectionError> {
         // One decode gives origin, seq and the fields the metrics read; only
         // an envelope that does not decode that way is read for its links.
-        let decoded: Result<EnvLite<'_>, _> = rmp_serde::from_slice(envelope);
+        let decoded = EnvLite::read(envelope).ok_or(());
         let (origin, seq) = match &decoded {
-            Ok(env) => (env.1, env.2),
+            Ok(env) => (env.origin, env.seq),
             Err(_) => {
                 let links = gridsync_model::event::read_links(envelope)
                     .map_err(|e| ProjectionError::Decode(e.to_string()))?;
@@ -435,19 +393,19 @@ impl Projection {
                 .insert(origin.to_owned(), OriginState::default());
         }
         match decoded {
-            Ok(env) if env.3 == "correction" => {
+            Ok(env) if env.kind == "correction" => {
                 let mut state = self.origins.remove(origin).expect("inserted above");
                 state.applied_seq = seq;
-                state.newest_recorded_ms = state.newest_recorded_ms.max(env.7);
+                state.newest_recorded_ms = state.newest_recorded_ms.max(env.recorded_ms);
                 self.apply_correction(&mut state, &env, lookup);
                 self.origins.insert(origin.to_owned(), state);
             }
             Ok(env) => {
-                let day = self.day_cached(env.5);
-                let effect = self.effect(env.3, env.4, &env.12, day, env.5);
+                let day = self.day_cached(env.occurred_ms);
+                let effect = self.effect(env.kind, env.schema, &env.data, day, env.occurred_ms);
                 let state = self.origins.get_mut(origin).expect("inserted above");
                 state.applied_seq = seq;
-                state.newest_recorded_ms = state.newest_recorded_ms.max(env.7);
+                state.newest_recorded_ms = state.newest_recorded_ms.max(env.recorded_ms);
                 match effect {
                     Some(e) => Self::apply_effect(state, seq, &e, 1),
                     None => state.unprojected += 1,
@@ -485,17 +443,21 @@ impl Projection {
         Ok(())
     }
 
-    /// [`ProjectionConfig::day_of`] with a one-day cache: consecutive events
-    /// mostly fall on the same local day.
+    /// [`ProjectionConfig::day_of`] with a cache of the last
+    /// [`DAY_CACHE`] local days seen: events mostly fall on a few days.
     fn day_cached(&mut self, unix_ms: i64) -> Day {
-        let (start, end, day) = self.day_cache;
-        if unix_ms >= start && unix_ms < end {
+        if let Some(&(_, _, day)) = self
+            .day_cache
+            .iter()
+            .find(|(start, end, _)| unix_ms >= *start && unix_ms < *end)
+        {
             return day;
         }
         let day = self.cfg.day_of(unix_ms);
         let (start, end) = (self.cfg.day_start_ms(day), self.cfg.day_start_ms(day + 1));
         if unix_ms >= start && unix_ms < end {
-            self.day_cache = (start, end, day);
+            self.day_cache[self.day_cache_next] = (start, end, day);
+            self.day_cache_next = (self.day_cache_next + 1) % DAY_CACHE;
         }
         day
     }
@@ -506,11 +468,11 @@ impl Projection {
         env: &EnvLite<'_>,
         lookup: TargetLookup<'_>,
     ) {
-        let Some(target) = &env.12.target else {
+        let Some(target) = &env.data.target else {
             state.unprojected += 1;
             return;
         };
-        if target.origin != env.1 || target.seq >= env.2 {
+        if target.origin != env.origin || target.seq >= env.seq {
             state.unprojected += 1;
             return;
         }
@@ -519,24 +481,24 @@ impl Projection {
             state.unprojected += 1;
             return;
         };
-        let Ok(t) = rmp_serde::from_slice::<EnvLite<'_>>(&bytes) else {
+        let Some(t) = EnvLite::read(&bytes) else {
             state.unprojected += 1;
             return;
         };
-        let target_day = self.cfg.day_of(t.5);
+        let target_day = self.cfg.day_of(t.occurred_ms);
         let current = match state.overrides.get(&target.seq) {
             Some(o) => o.clone(),
-            None => self.effect(t.3, t.4, &t.12, target_day, t.5),
+            None => self.effect(t.kind, t.schema, &t.data, target_day, t.occurred_ms),
         };
         if let Some(c) = &current {
             Self::apply_effect(state, target.seq, c, -1);
         }
         // `replace` carries a replacement; `void` does not.
         let new = env
-            .12
+            .data
             .replacement
             .as_deref()
-            .and_then(|r| self.effect(t.3, t.4, r, target_day, t.5));
+            .and_then(|r| self.effect(t.kind, t.schema, r, target_day, t.occurred_ms));
         if let Some(n) = &new {
             Self::apply_effect(state, target.seq, n, 1);
         }

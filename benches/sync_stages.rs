@@ -1,0 +1,240 @@
+//! What an aggregator spends per event it receives from a child, stage by
+//! stage, over 10,000 sample events (the realistic mix of
+//! `gridsync_suite::sample_event`) as a community stores and sends them:
+//! 250-event posts cut into ~32 KiB chunks, personal parts withheld, in
+//! `batch` frames of at most 256 KiB (the defaults).
+//!
+//! Stages: the sender's part (reading the chunks back from a store and
+//! encoding them as frames), the frame's msgpack decode, each chunk's
+//! decode, its chain links and event hashes (`Chunk::linked`), its head
+//! signature, the store's import (in memory, and on sled without the final
+//! `fsync`), and the projection (every event applied). Each reports time
+//! per 10,000 events; `criterion`'s throughput line gives events/s.
+//!
+//! `cargo bench --bench sync_stages`
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::ingest::{parse_body, prepare, IngestContext, IngestLimits, PreparedEvent};
+use gridsync_model::kinds::EventRef;
+use gridsync_model::Chunk;
+use gridsync_projections::{Projection, ProjectionConfig};
+use gridsync_protocol::frame::Frame;
+use gridsync_store::{Kv, MemKv, OriginIdentity, SledKv, Store, StoreConfig};
+use serde_bytes::ByteBuf;
+
+const POSTS: u64 = 40;
+const BATCH: u64 = 250;
+const EVENTS: u64 = POSTS * BATCH;
+const BATCH_BYTES_MAX: usize = 256 * 1024;
+const FRAME_BYTES_MAX: usize = 4 << 20;
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[5; 32])
+}
+
+fn prepared(post: u64, limits: &IngestLimits) -> Vec<PreparedEvent> {
+    let ctx = IngestContext {
+        node_id: "c1",
+        now_ms: 1_580_200_000_000,
+        limits,
+    };
+    let events: Vec<serde_json::Value> = (0..BATCH)
+        .map(|k| {
+            let i = post * BATCH + k;
+            gridsync_suite::sample_event(i, &format!("sync-{i}"))
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "events": events })).unwrap();
+    parse_body(&body, limits)
+        .unwrap()
+        .into_iter()
+        .map(|v| prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).unwrap())
+        .collect()
+}
+
+fn store(kv: Arc<dyn Kv>, origin: bool) -> Store {
+    let vk = key().verifying_key();
+    Store::open(
+        kv,
+        StoreConfig::default(),
+        origin.then(|| OriginIdentity {
+            node_id: "c1".into(),
+            key: key(),
+        }),
+        Arc::new(move |_: &str, _: u64| Some(vk)),
+    )
+    .unwrap()
+}
+
+/// The community's store holding the events, as `gridsync serve` would.
+fn community(rt: &tokio::runtime::Runtime) -> Store {
+    let limits = IngestLimits::default();
+    let st = store(Arc::new(MemKv::new()), true);
+    for post in 0..POSTS {
+        rt.block_on(st.append(prepared(post, &limits), 1)).unwrap();
+    }
+    st
+}
+
+/// The frames the community's sender makes of its log: chunks read back,
+/// personal parts withheld, encoded, at most `BATCH_BYTES_MAX` a frame.
+fn make_frames(st: &Store) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    let mut id = 0;
+    while after < EVENTS {
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        for c in st.read_origin_bytes("c1", after, BATCH_BYTES_MAX).unwrap() {
+            let mut c = c.chunk;
+            for e in &mut c.events {
+                e.personal = None;
+            }
+            let enc = c.encode();
+            bytes += enc.len();
+            after = c.last_seq();
+            chunks.push(ByteBuf::from(enc));
+            if bytes >= BATCH_BYTES_MAX {
+                break;
+            }
+        }
+        id += 1;
+        out.push(
+            Frame::Batch {
+                id,
+                chunks,
+                lag: Vec::new(),
+            }
+            .encode(),
+        );
+    }
+    out
+}
+
+fn chunk_bytes(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .flat_map(|f| match Frame::decode(f, FRAME_BYTES_MAX).unwrap() {
+            Frame::Batch { chunks, .. } => chunks.into_iter().map(ByteBuf::into_vec),
+            _ => unreachable!("batch frames"),
+        })
+        .collect()
+}
+
+fn decoded(chunks: &[Vec<u8>]) -> Vec<Chunk> {
+    chunks.iter().map(|b| Chunk::decode(b).unwrap()).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let origin = community(&rt);
+    let frames = make_frames(&origin);
+    let chunks = chunk_bytes(&frames);
+    let vk: VerifyingKey = key().verifying_key();
+    println!(
+        "{EVENTS} events in {} chunks, {} frames, {} bytes",
+        chunks.len(),
+        frames.len(),
+        chunks.iter().map(Vec::len).sum::<usize>()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("sync_stages");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(EVENTS));
+    group.bench_function("0_sender_read_and_encode", |b| {
+        b.iter(|| make_frames(&origin));
+    });
+    group.bench_function("1_frame_decode", |b| {
+        b.iter(|| {
+            for f in &frames {
+                let Frame::Batch { chunks, .. } = Frame::decode(f, FRAME_BYTES_MAX).unwrap() else {
+                    unreachable!()
+                };
+                std::hint::black_box(chunks);
+            }
+        });
+    });
+    group.bench_function("2_chunk_decode", |b| b.iter(|| decoded(&chunks)));
+    group.bench_function("3_links_and_hashes", |b| {
+        b.iter_batched(
+            || decoded(&chunks),
+            |cs| {
+                cs.into_iter()
+                    .map(|c| c.linked().unwrap())
+                    .collect::<Vec<_>>()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let plain = decoded(&chunks);
+    group.bench_function("4_head_signatures", |b| {
+        b.iter(|| {
+            for c in &plain {
+                c.head.verify(&vk).unwrap();
+            }
+        })
+    });
+    let cfg = ProjectionConfig::new("Asia/Shanghai").unwrap();
+    group.bench_function("5_projection_apply", |b| {
+        b.iter(|| {
+            let mut p = Projection::new(cfg.clone());
+            for c in &plain {
+                for e in &c.events {
+                    p.apply(&e.envelope, &|_: &str, _: u64| None).unwrap();
+                }
+            }
+            p
+        })
+    });
+    let mut n = 0;
+    for (name, sled) in [
+        ("6_import_in_memory", false),
+        ("7_import_sled_no_fsync", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    let kv: Arc<dyn Kv> = if sled {
+                        Arc::new(
+                            SledKv::open(&dir.path().join(format!("s{n}")), 64 << 20)
+                                .unwrap()
+                                .unsafe_skip_fsync(),
+                        )
+                    } else {
+                        Arc::new(MemKv::new())
+                    };
+                    let linked: Vec<_> = decoded(&chunks)
+                        .into_iter()
+                        .map(|c| c.linked().unwrap())
+                        .collect();
+                    (store(kv, false), linked)
+                },
+                |(st, linked)| {
+                    // As the parent hands them over: one import per frame's
+                    // worth of chunks.
+                    let per_frame = chunks.len().div_ceil(frames.len());
+                    let mut linked = linked;
+                    while !linked.is_empty() {
+                        let rest = linked.split_off(per_frame.min(linked.len()));
+                        let rx = rt.block_on(st.submit_import(linked, 1)).unwrap();
+                        rt.block_on(rx).unwrap().unwrap();
+                        linked = rest;
+                    }
+                    st
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
