@@ -57,6 +57,22 @@ pub(crate) struct EnvLite<'a> {
     pub data: DataLite<'a>,
 }
 
+/// The keys of `data` the metrics read, in the order `DataLite::read`
+/// matches them.
+const DATA_KEYS: [&[u8]; 11] = [
+    b"decision",
+    b"from_region",
+    b"celsius",
+    b"action",
+    b"method",
+    b"household",
+    b"quarantine",
+    b"quarantined",
+    b"items",
+    b"target",
+    b"replacement",
+];
+
 /// Nesting allowed for `replacement` inside `replacement`.
 const DEPTH_MAX: u32 = 16;
 
@@ -101,13 +117,13 @@ fn opt<'a, T>(rd: &mut R<'a>, read: impl FnOnce(&mut R<'a>) -> Option<T>) -> Opt
     }
 }
 
-/// Sets a field once: a repeated key makes the map undecodable.
-fn once<T>(slot: &mut Option<T>, seen: &mut u16, bit: u16, value: Option<T>) -> Option<()> {
+/// Marks key `bit` of a map as read: a repeated key makes the map
+/// undecodable (as serde's derived decode refuses it).
+fn first(seen: &mut u16, bit: u16) -> Option<()> {
     if *seen & bit != 0 {
         return None;
     }
     *seen |= bit;
-    *slot = value;
     Some(())
 }
 
@@ -120,26 +136,24 @@ impl<'a> DataLite<'a> {
         let mut seen = 0u16;
         for _ in 0..light::map_len(rd)? {
             let key = light::str_bytes(rd)?;
-            match key {
-                b"decision" => once(&mut d.decision, &mut seen, 1, opt(rd, light::str)?)?,
-                b"from_region" => once(&mut d.from_region, &mut seen, 2, opt(rd, light::str)?)?,
-                b"celsius" => once(&mut d.celsius, &mut seen, 4, opt(rd, light::float)?)?,
-                b"action" => once(&mut d.action, &mut seen, 8, opt(rd, light::str)?)?,
-                b"method" => once(&mut d.method, &mut seen, 16, opt(rd, light::str)?)?,
-                b"household" => once(&mut d.household, &mut seen, 32, opt(rd, light::str)?)?,
-                b"quarantine" => once(&mut d.quarantine, &mut seen, 64, opt(rd, light::str)?)?,
-                b"quarantined" => once(&mut d.quarantined, &mut seen, 128, opt(rd, light::bool)?)?,
-                b"items" => once(&mut d.items, &mut seen, 256, opt(rd, read_items)?)?,
-                b"target" => once(&mut d.target, &mut seen, 512, opt(rd, read_target)?)?,
-                b"replacement" => once(
-                    &mut d.replacement,
-                    &mut seen,
-                    1024,
-                    opt(rd, |rd| DataLite::read(rd, depth + 1).map(Box::new))?,
-                )?,
+            let Some(bit) = DATA_KEYS.iter().position(|k| *k == key) else {
+                light::skip(rd, 0)?;
+                continue;
+            };
+            first(&mut seen, 1 << bit)?;
+            match bit {
+                0 => d.decision = opt(rd, light::str)?,
+                1 => d.from_region = opt(rd, light::str)?,
+                2 => d.celsius = opt(rd, light::float)?,
+                3 => d.action = opt(rd, light::str)?,
+                4 => d.method = opt(rd, light::str)?,
+                5 => d.household = opt(rd, light::str)?,
+                6 => d.quarantine = opt(rd, light::str)?,
+                7 => d.quarantined = opt(rd, light::bool)?,
+                8 => d.items = opt(rd, read_items)?,
+                9 => d.target = opt(rd, read_target)?,
                 _ => {
-                    std::str::from_utf8(key).ok()?;
-                    light::skip(rd, 0)?;
+                    d.replacement = opt(rd, |rd| DataLite::read(rd, depth + 1).map(Box::new))?;
                 }
             }
         }
@@ -156,16 +170,11 @@ fn read_items(rd: &mut R<'_>) -> Option<Vec<ItemLite>> {
         let mut item = ItemLite::default();
         let mut seen = 0u16;
         for _ in 0..light::map_len(rd)? {
-            match light::str_bytes(rd)? {
-                b"qty" => {
-                    let mut qty = None;
-                    once(&mut qty, &mut seen, 1, Some(light::uint(rd)?))?;
-                    item.qty = qty.unwrap_or(0);
-                }
-                other => {
-                    std::str::from_utf8(other).ok()?;
-                    light::skip(rd, 0)?;
-                }
+            if light::str_bytes(rd)? == b"qty" {
+                first(&mut seen, 1)?;
+                item.qty = light::uint(rd)?;
+            } else {
+                light::skip(rd, 0)?;
             }
         }
         items.push(item);
@@ -179,19 +188,14 @@ fn read_target<'a>(rd: &mut R<'a>) -> Option<TargetLite<'a>> {
     for _ in 0..light::map_len(rd)? {
         match light::str_bytes(rd)? {
             b"origin" => {
-                let mut v = None;
-                once(&mut v, &mut seen, 1, Some(light::str(rd)?))?;
-                t.origin = v.unwrap_or_default();
+                first(&mut seen, 1)?;
+                t.origin = light::str(rd)?;
             }
             b"seq" => {
-                let mut v = None;
-                once(&mut v, &mut seen, 2, Some(light::uint(rd)?))?;
-                t.seq = v.unwrap_or(0);
+                first(&mut seen, 2)?;
+                t.seq = light::uint(rd)?;
             }
-            other => {
-                std::str::from_utf8(other).ok()?;
-                light::skip(rd, 0)?;
-            }
+            _ => light::skip(rd, 0)?,
         }
     }
     Some(t)

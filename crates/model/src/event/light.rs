@@ -42,15 +42,9 @@ pub fn uint(rd: &mut R<'_>) -> Option<u64> {
     }
 }
 
+/// A string, checked to be UTF-8.
 pub fn str<'a>(rd: &mut R<'a>) -> Option<&'a str> {
-    let len = match marker(rd)? {
-        Marker::FixStr(n) => usize::from(n),
-        Marker::Str8 => be(rd, 1)? as usize,
-        Marker::Str16 => be(rd, 2)? as usize,
-        Marker::Str32 => be(rd, 4)? as usize,
-        _ => return None,
-    };
-    std::str::from_utf8(take(rd, len)?).ok()
+    std::str::from_utf8(str_bytes(rd)?).ok()
 }
 
 pub fn bin32(rd: &mut R<'_>) -> Option<Option<[u8; 32]>> {
