@@ -5,11 +5,14 @@
 //! `batch` frames of at most 256 KiB (the defaults).
 //!
 //! Stages: the sender's part (reading the chunks back from a store and
-//! encoding them as frames), the frame's msgpack decode, each chunk's
-//! decode, its chain links and event hashes (`Chunk::linked`), its head
-//! signature, the store's import (in memory, and on sled without the final
-//! `fsync`), and the projection (every event applied). Each reports time
-//! per 10,000 events; `criterion`'s throughput line gives events/s.
+//! encoding them as frames: the community's, whose chunks hold personal
+//! parts to withhold, and an aggregator's forwarding the same chunks —
+//! decoded and encoded again, as before, or as their stored bytes), the
+//! frame's msgpack decode, each chunk's decode, its chain links and event
+//! hashes (`Chunk::linked`), its head signature, the store's import (in
+//! memory, and on sled without the final `fsync`), and the projection
+//! (every event applied). Each reports time per 10,000 events;
+//! `criterion`'s throughput line gives events/s.
 //!
 //! `cargo bench --bench sync_stages`
 
@@ -114,6 +117,58 @@ fn make_frames(st: &Store) -> Vec<Vec<u8>> {
     out
 }
 
+/// The frames an aggregator's sender makes of the same chunks stored
+/// without personal parts: each chunk's stored bytes as they are (`stored`:
+/// the sender since `Store::read_origin_encoded`), or decoded, stripped and
+/// encoded again (the sender before it).
+fn aggregator_frames(st: &Store, stored: bool) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    let mut id = 0;
+    while after < EVENTS {
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        if stored {
+            for c in st
+                .read_origin_encoded("c1", after, BATCH_BYTES_MAX)
+                .unwrap()
+            {
+                assert_eq!(Chunk::encoded_has_personal(&c.bytes), Some(false));
+                bytes += c.bytes.len();
+                after = c.last_seq;
+                chunks.push(ByteBuf::from(c.bytes));
+                if bytes >= BATCH_BYTES_MAX {
+                    break;
+                }
+            }
+        } else {
+            for c in st.read_origin_bytes("c1", after, BATCH_BYTES_MAX).unwrap() {
+                let mut c = c.chunk;
+                for e in &mut c.events {
+                    e.personal = None;
+                }
+                let enc = c.encode();
+                bytes += enc.len();
+                after = c.last_seq();
+                chunks.push(ByteBuf::from(enc));
+                if bytes >= BATCH_BYTES_MAX {
+                    break;
+                }
+            }
+        }
+        id += 1;
+        out.push(
+            Frame::Batch {
+                id,
+                chunks,
+                lag: Vec::new(),
+            }
+            .encode(),
+        );
+    }
+    out
+}
+
 fn chunk_bytes(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
     frames
         .iter()
@@ -149,6 +204,26 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EVENTS));
     group.bench_function("0_sender_read_and_encode", |b| {
         b.iter(|| make_frames(&origin));
+    });
+    // A street holding the community's chunks as received (no personal
+    // parts), forwarding them to its parent.
+    let street = store(Arc::new(MemKv::new()), false);
+    let linked: Vec<_> = decoded(&chunks)
+        .into_iter()
+        .map(|c| c.linked().unwrap())
+        .collect();
+    rt.block_on(async { street.submit_import(linked, 1).await.unwrap().await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        aggregator_frames(&street, true),
+        aggregator_frames(&street, false)
+    );
+    group.bench_function("0a_aggregator_sender_decode_and_encode", |b| {
+        b.iter(|| aggregator_frames(&street, false));
+    });
+    group.bench_function("0b_aggregator_sender_stored_bytes", |b| {
+        b.iter(|| aggregator_frames(&street, true));
     });
     group.bench_function("1_frame_decode", |b| {
         b.iter(|| {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::{Chunk, Hash32, ZERO_HASH};
 use serde_bytes::ByteBuf;
 
@@ -20,6 +21,24 @@ pub trait LocalLog {
     /// the first trimmed to start at `after_seq + 1`, about `bytes_max`
     /// bytes in all (at least one chunk if any).
     fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk>;
+    /// The same chunks as stored (encoded, not decoded, not trimmed): what
+    /// the sender forwards unchanged when it has nothing to trim or
+    /// withhold. By default [`LocalLog::chunks_after`] encoded.
+    fn encoded_chunks_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        bytes_max: usize,
+    ) -> Vec<EncodedChunk> {
+        self.chunks_after(origin, after_seq, bytes_max)
+            .into_iter()
+            .map(|c| EncodedChunk {
+                first_seq: c.first_seq(),
+                last_seq: c.last_seq(),
+                bytes: c.encode(),
+            })
+            .collect()
+    }
     /// When this node received the event `seq` of `origin` (unix ms).
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64>;
     /// Hash of event `seq` of `origin` (zero hash for seq 0), if held.
@@ -506,24 +525,43 @@ impl ChildSession {
                 }
                 let budget = self.cfg.batch_bytes_max - bytes;
                 let mut last = sent;
-                for c in log.chunks_after(origin, sent, budget) {
+                for stored in log.encoded_chunks_after(origin, sent, budget) {
                     // Never past the head read above: what lies beyond is
                     // not known to be durable.
-                    let Some(c) = c.suffix_after(last) else {
-                        continue;
-                    };
-                    if c.first_seq() != last + 1 || c.last_seq() > *head {
-                        break; // a hole in the local log, or past the head
-                    }
-                    let mut c = c;
-                    if !self.cfg.forward_personal {
-                        for e in &mut c.events {
-                            e.personal = None;
+                    if stored.last_seq > *head || stored.last_seq <= last {
+                        if stored.last_seq > *head {
+                            break;
                         }
+                        continue;
                     }
-                    let enc = c.encode();
+                    let enc = if stored.first_seq == last + 1
+                        && (self.cfg.forward_personal
+                            || Chunk::encoded_has_personal(&stored.bytes) == Some(false))
+                    {
+                        // Nothing to trim or withhold: the stored bytes
+                        // as they are (most chunks an aggregator forwards).
+                        stored.bytes
+                    } else {
+                        let Some(c) = Chunk::decode(&stored.bytes)
+                            .ok()
+                            .and_then(|c| c.suffix_after(last))
+                        else {
+                            break; // unreadable: the store reports it
+                        };
+                        if c.first_seq() != last + 1 {
+                            break; // a hole in the local log
+                        }
+                        let mut c = c;
+                        if !self.cfg.forward_personal {
+                            for e in &mut c.events {
+                                e.personal = None;
+                            }
+                        }
+                        c.encode()
+                    };
+                    let last_seq = stored.last_seq;
                     bytes += enc.len();
-                    last = c.last_seq();
+                    last = last_seq;
                     chunks.push(ByteBuf::from(enc));
                     if bytes >= self.cfg.batch_bytes_max {
                         break;

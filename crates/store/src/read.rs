@@ -5,6 +5,7 @@
 use super::*;
 use crate::kv::Kv;
 use crate::recover::{corrupt, entry_bytes, read_entries, ENTRY_HEADER_BYTES};
+use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::event::event_hash;
 use gridsync_model::{Chunk, Hash32};
 
@@ -105,6 +106,57 @@ impl Store {
         bytes_max: usize,
     ) -> Result<Vec<StoredChunk>, StoreError> {
         self.read_durable_chunks(origin, after_seq, bytes_max / 1024 + 1, bytes_max)
+    }
+
+    /// [`Store::read_origin_bytes`] without decoding: each chunk's stored
+    /// encoding and its seqs (from the index), for a sender that forwards
+    /// chunks unchanged.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn read_origin_encoded(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<EncodedChunk>, StoreError> {
+        let durable = self.durable_seq(origin);
+        if after_seq >= durable {
+            return Ok(Vec::new());
+        }
+        let kv = self.shared.kv.as_ref();
+        let prefix = layout::index_prefix(origin);
+        let start = layout::index_key(origin, after_seq.saturating_add(1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (k, v) in kv.scan(&start, &prefix, bytes_max / 1024 + 1)? {
+            if bytes >= bytes_max {
+                break;
+            }
+            let last_seq = layout::parse_origin_seq_key(&k)
+                .map(|(_, seq, _)| seq)
+                .ok_or_else(|| corrupt("malformed index key"))?;
+            if last_seq > durable {
+                break;
+            }
+            let (offset, first_seq) =
+                layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
+            let frags = recover::entry_fragments(kv, offset)?;
+            if frags.is_empty() {
+                return Err(corrupt(format!(
+                    "index points at missing log entry {offset}"
+                )));
+            }
+            let (_, mut entry) = entry_bytes(offset, &frags)?;
+            entry.drain(..ENTRY_HEADER_BYTES);
+            bytes += entry.len();
+            out.push(EncodedChunk {
+                first_seq,
+                last_seq,
+                bytes: entry,
+            });
+        }
+        Ok(out)
     }
 
     fn read_durable_chunks(

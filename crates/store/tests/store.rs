@@ -245,6 +245,18 @@ fn many_events_make_many_chunks_and_read_back_in_order() {
             assert_eq!(a.offset, b.offset);
         }
     }
+    // Read without decoding: each chunk's stored bytes are its encoding,
+    // with the seqs the index gives.
+    let encoded = store.read_origin_encoded(ORIGIN, 500, 10_000_000).unwrap();
+    assert_eq!(encoded.len(), by_count.len());
+    for (e, c) in encoded.iter().zip(&by_count) {
+        assert_eq!(e.bytes, c.chunk.encode());
+        assert_eq!(
+            (e.first_seq, e.last_seq),
+            (c.chunk.first_seq(), c.chunk.last_seq())
+        );
+    }
+    assert_eq!(store.read_origin_encoded(ORIGIN, 500, 1).unwrap().len(), 1);
 }
 
 #[test]
@@ -560,19 +572,22 @@ fn readers_never_see_a_commit_before_it_is_durable() {
         assert_eq!(raw_entries, 2, "the applied commit is visible in the kv");
         let log = store.read_log(0, 100).unwrap();
         let by_origin = store.read_origin(ORIGIN, 2, 100).unwrap();
+        let encoded = store.read_origin_encoded(ORIGIN, 2, usize::MAX).unwrap();
         let found = store
             .find_event(&EventRef {
                 origin: ORIGIN.into(),
                 seq: 3,
             })
             .unwrap();
-        let leaked = log.len() != 1 || !by_origin.is_empty() || found.is_some();
+        let leaked =
+            log.len() != 1 || !by_origin.is_empty() || !encoded.is_empty() || found.is_some();
         assert_eq!(
             leaked,
             planted_bug,
-            "planted bug {planted_bug}: read_log saw {} entries, read_origin {} chunks, find_event {}",
+            "planted bug {planted_bug}: read_log saw {} entries, read_origin {} chunks, read_origin_encoded {}, find_event {}",
             log.len(),
             by_origin.len(),
+            encoded.len(),
             found.is_some()
         );
         assert_eq!(store.head(ORIGIN).unwrap().seq, 2);
@@ -580,6 +595,13 @@ fn readers_never_see_a_commit_before_it_is_durable() {
         appender.join().unwrap();
         assert_eq!(store.read_log(0, 100).unwrap().len(), 2);
         assert_eq!(store.read_origin(ORIGIN, 2, 100).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .read_origin_encoded(ORIGIN, 2, usize::MAX)
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(store.head(ORIGIN).unwrap().seq, 4);
     }
 }

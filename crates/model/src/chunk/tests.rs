@@ -200,3 +200,20 @@ fn a_linked_chunk_and_its_suffixes_carry_their_own_links() {
         }
     }
 }
+
+#[test]
+fn encoded_has_personal_reads_the_records_without_decoding() {
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let plain = build(&key, 5);
+    assert_eq!(Chunk::encoded_has_personal(&plain.encode()), Some(false));
+    let mixed = with_personal(&key, 5);
+    assert!(mixed.events.iter().any(|e| e.personal.is_some()));
+    assert_eq!(Chunk::encoded_has_personal(&mixed.encode()), Some(true));
+    // Not a chunk: a prefix, trailing bytes, an empty input.
+    let bytes = plain.encode();
+    assert_eq!(Chunk::encoded_has_personal(&bytes[..bytes.len() - 1]), None);
+    let mut longer = bytes.clone();
+    longer.push(0xc0);
+    assert_eq!(Chunk::encoded_has_personal(&longer), None);
+    assert_eq!(Chunk::encoded_has_personal(&[]), None);
+}

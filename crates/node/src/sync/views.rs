@@ -2,6 +2,7 @@
 //! durable log (parent side) and the log to send upward (child side).
 
 use ed25519_dalek::VerifyingKey;
+use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::{Chunk, Hash32};
 use gridsync_protocol::{LocalLog, StoredLog, TopologyView};
 use gridsync_store::Store;
@@ -59,6 +60,14 @@ impl LocalLog for UpwardView<'_> {
     fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
         LocalLog::chunks_after(&self.log, origin, after_seq, bytes_max)
     }
+    fn encoded_chunks_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        bytes_max: usize,
+    ) -> Vec<EncodedChunk> {
+        LocalLog::encoded_chunks_after(&self.log, origin, after_seq, bytes_max)
+    }
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
         self.log.received_at(origin, seq)
     }
@@ -108,6 +117,19 @@ impl LocalLog for StoreView<'_> {
     }
     fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
         self.read_chunks(origin, after_seq, bytes_max)
+    }
+    fn encoded_chunks_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        bytes_max: usize,
+    ) -> Vec<EncodedChunk> {
+        self.0
+            .read_origin_encoded(origin, after_seq, bytes_max)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, origin, "cannot read the log to forward it");
+                Vec::new()
+            })
     }
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
         self.0
