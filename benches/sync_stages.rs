@@ -82,46 +82,12 @@ fn community(rt: &tokio::runtime::Runtime) -> Store {
     st
 }
 
-/// The frames the community's sender makes of its log: chunks read back,
-/// personal parts withheld, encoded, at most `BATCH_BYTES_MAX` a frame.
-fn make_frames(st: &Store) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    let mut id = 0;
-    while after < EVENTS {
-        let mut chunks = Vec::new();
-        let mut bytes = 0;
-        for c in st.read_origin_bytes("c1", after, BATCH_BYTES_MAX).unwrap() {
-            let mut c = c.chunk;
-            for e in &mut c.events {
-                e.personal = None;
-            }
-            let enc = c.encode();
-            bytes += enc.len();
-            after = c.last_seq();
-            chunks.push(ByteBuf::from(enc));
-            if bytes >= BATCH_BYTES_MAX {
-                break;
-            }
-        }
-        id += 1;
-        out.push(
-            Frame::Batch {
-                id,
-                chunks,
-                lag: Vec::new(),
-            }
-            .encode(),
-        );
-    }
-    out
-}
-
-/// The frames an aggregator's sender makes of the same chunks stored
-/// without personal parts: each chunk's stored bytes as they are (`stored`:
-/// the sender since `Store::read_origin_encoded`), or decoded, stripped and
-/// encoded again (the sender before it).
-fn aggregator_frames(st: &Store, stored: bool) -> Vec<Vec<u8>> {
+/// The frames a sender makes of its log, at most `BATCH_BYTES_MAX` a
+/// frame: each chunk's stored bytes as they are (`stored`: an aggregator's
+/// sender since `Store::read_origin_encoded`, for chunks without personal
+/// parts), or decoded, personal parts withheld and encoded again (a
+/// community's sender; every sender before).
+fn sender_frames(st: &Store, stored: bool) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut after = 0;
     let mut id = 0;
@@ -189,7 +155,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let origin = community(&rt);
-    let frames = make_frames(&origin);
+    let frames = sender_frames(&origin, false);
     let chunks = chunk_bytes(&frames);
     let vk: VerifyingKey = key().verifying_key();
     println!(
@@ -203,7 +169,7 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20);
     group.throughput(Throughput::Elements(EVENTS));
     group.bench_function("0_sender_read_and_encode", |b| {
-        b.iter(|| make_frames(&origin));
+        b.iter(|| sender_frames(&origin, false));
     });
     // A street holding the community's chunks as received (no personal
     // parts), forwarding them to its parent.
@@ -215,15 +181,12 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async { street.submit_import(linked, 1).await.unwrap().await })
         .unwrap()
         .unwrap();
-    assert_eq!(
-        aggregator_frames(&street, true),
-        aggregator_frames(&street, false)
-    );
+    assert_eq!(sender_frames(&street, true), sender_frames(&street, false));
     group.bench_function("0a_aggregator_sender_decode_and_encode", |b| {
-        b.iter(|| aggregator_frames(&street, false));
+        b.iter(|| sender_frames(&street, false));
     });
     group.bench_function("0b_aggregator_sender_stored_bytes", |b| {
-        b.iter(|| aggregator_frames(&street, true));
+        b.iter(|| sender_frames(&street, true));
     });
     group.bench_function("1_frame_decode", |b| {
         b.iter(|| {
