@@ -125,22 +125,16 @@ impl Store {
             return Ok(Vec::new());
         }
         let kv = self.shared.kv.as_ref();
-        let prefix = layout::index_prefix(origin);
-        let start = layout::index_key(origin, after_seq.saturating_add(1));
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (k, v) in kv.scan(&start, &prefix, bytes_max / 1024 + 1)? {
+        for entry in index_after(kv, origin, after_seq, bytes_max / 1024 + 1)? {
             if bytes >= bytes_max {
                 break;
             }
-            let last_seq = layout::parse_origin_seq_key(&k)
-                .map(|(_, seq, _)| seq)
-                .ok_or_else(|| corrupt("malformed index key"))?;
+            let (last_seq, offset, first_seq) = entry?;
             if last_seq > durable {
                 break;
             }
-            let (offset, first_seq) =
-                layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
             let frags = recover::entry_fragments(kv, offset)?;
             if frags.is_empty() {
                 return Err(corrupt(format!(
@@ -220,6 +214,30 @@ impl Store {
     }
 }
 
+/// The index entries of `origin`'s chunks holding seqs `> after_seq`, in
+/// seq order, at most `max_chunks`: `(last_seq, log offset, first_seq)`
+/// each, parsed as they are taken.
+fn index_after(
+    kv: &dyn Kv,
+    origin: &str,
+    after_seq: u64,
+    max_chunks: usize,
+) -> Result<impl Iterator<Item = Result<(u64, u64, u64), StoreError>>, StoreError> {
+    let prefix = layout::index_prefix(origin);
+    let start = layout::index_key(origin, after_seq.saturating_add(1));
+    Ok(kv
+        .scan(&start, &prefix, max_chunks)?
+        .into_iter()
+        .map(|(k, v)| {
+            let last_seq = layout::parse_origin_seq_key(&k)
+                .map(|(_, seq, _)| seq)
+                .ok_or_else(|| corrupt("malformed index key"))?;
+            let (offset, first_seq) =
+                layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
+            Ok((last_seq, offset, first_seq))
+        }))
+}
+
 /// The chunks of `origin` holding seqs `> after_seq`, in seq order, at
 /// most `max_chunks`, none ending past `max_last_seq`, and no more once
 /// those read hold `bytes_max` bytes of events.
@@ -231,22 +249,16 @@ pub(crate) fn origin_chunks(
     max_chunks: usize,
     bytes_max: usize,
 ) -> Result<Vec<StoredChunk>, StoreError> {
-    let prefix = layout::index_prefix(origin);
-    let start = layout::index_key(origin, after_seq.saturating_add(1));
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    for (k, v) in kv.scan(&start, &prefix, max_chunks)? {
+    for entry in index_after(kv, origin, after_seq, max_chunks)? {
         if bytes >= bytes_max {
             break;
         }
-        let last_seq = layout::parse_origin_seq_key(&k)
-            .map(|(_, seq, _)| seq)
-            .ok_or_else(|| corrupt("malformed index key"))?;
+        let (last_seq, offset, _) = entry?;
         if last_seq > max_last_seq {
             break;
         }
-        let (offset, _) =
-            layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
         match read_entries(kv, offset, 1)?.pop() {
             Some(c) if c.offset == offset => {
                 bytes += c
