@@ -14,7 +14,10 @@
 //! (`GRIDSYNC_BENCH_CHILDREN`, default 1000; `GRIDSYNC_BENCH_PROCESSES`,
 //! default 100; `GRIDSYNC_BENCH_EVENTS_PER_CHILD`, default 200;
 //! `GRIDSYNC_BENCH_IDLE_S`, default 10; `GRIDSYNC_BENCH_NUDGE=0`: the
-//! restarted street does not nudge its children).
+//! restarted street does not nudge its children; `GRIDSYNC_BENCH_TRACE=1`:
+//! every status poll of the catch-up on stderr — events held, children
+//! connected). Besides the table it prints the CPU each party spent
+//! during the catch-up and what the street wrote.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +35,16 @@ async fn wait_status(
     let t0 = Instant::now();
     loop {
         let st = get_json(&format!("{url}/v1/status"), token).await;
+        if std::env::var_os("GRIDSYNC_BENCH_TRACE").is_some() {
+            let connected = st["children_status"]
+                .as_array()
+                .map(|c| c.iter().filter(|c| c["connected"] == true).count());
+            eprintln!(
+                "{:>6} ms: {} events, {connected:?} children connected",
+                t0.elapsed().as_millis(),
+                st["log"]["events"]
+            );
+        }
         if done(&st) {
             return;
         }
@@ -155,7 +168,19 @@ fn main() {
     let total = per_child * n as u64;
     // The street comes back; its children find it within their
     // refused-connection retry (1 s).
+    // CPU seconds of each party (clock ticks): the street, the district,
+    // this process (the hosted communities), the community processes.
+    let cpu = |street: &Server| {
+        let ticks = |pid: u32| gridsync_suite::proc_usage(pid).1;
+        [
+            ticks(street.child.id()),
+            ticks(district.child.id()),
+            ticks(std::process::id()),
+            real.iter().map(|p| ticks(p.child.id())).sum(),
+        ]
+    };
     street = Server::start(cfg, &[]);
+    let (cpu0, written0) = (cpu(&street), written_bytes(street.child.id()));
     let t0 = Instant::now();
     rt.block_on(wait_status(
         &street.url,
@@ -164,6 +189,7 @@ fn main() {
         |st| st["log"]["events"].as_u64() == Some(total),
     ));
     let catch_up = t0.elapsed();
+    let (cpu1, written1) = (cpu(&street), written_bytes(street.child.id()));
     let (rss_after, _) = gridsync_suite::proc_usage(street.child.id());
     // Exactly once at the district: every origin's head is what it
     // posted, and the log holds their sum — no event twice, none missing.
@@ -197,6 +223,15 @@ fn main() {
         rss_after as f64 / 1024.0,
         district_done.as_secs_f64(),
     );
+    let s = |i: usize| (cpu1[i] - cpu0[i]) as f64 / 100.0;
+    println!(
+        "CPU during the catch-up: street {:.2} s, district {:.2} s, hosted communities (this process) {:.2} s, community processes {:.2} s; the street wrote {:.1} MB",
+        s(0),
+        s(1),
+        s(2),
+        s(3),
+        written1.saturating_sub(written0) as f64 / 1e6,
+    );
     for stop in hosted {
         let _ = stop.send(());
     }
@@ -204,4 +239,15 @@ fn main() {
     drop(street);
     drop(district);
     rt.shutdown_timeout(Duration::from_secs(5));
+}
+
+/// Bytes `pid` has passed to `write` and its kin so far (`wchar` of
+/// `/proc/PID/io`: what sled wrote, before the page cache).
+fn written_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

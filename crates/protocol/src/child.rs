@@ -164,6 +164,7 @@ pub struct ChildSession {
 }
 
 mod repair;
+mod send;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -465,127 +466,6 @@ impl ChildSession {
             self.fill(&mut out, log, now_ms);
         }
         out
-    }
-
-    /// What the parent lacks, per origin.
-    pub fn lag(&mut self, log: &dyn LocalLog) -> Vec<LagReport> {
-        log.heads()
-            .into_iter()
-            .map(|(origin, seq)| {
-                let acked = self.acked.get(&origin).copied().unwrap_or(0);
-                let oldest_missing_ms = (seq > acked)
-                    .then(|| self.received_at(log, &origin, acked + 1))
-                    .flatten();
-                LagReport {
-                    origin,
-                    seq,
-                    oldest_missing_ms,
-                }
-            })
-            .collect()
-    }
-
-    /// When this node received `origin`'s event `seq` (remembered per
-    /// origin; an unreadable one is asked again next time).
-    fn received_at(&mut self, log: &dyn LocalLog, origin: &str, seq: u64) -> Option<i64> {
-        if let Some((s, at)) = self.oldest_missing.get(origin) {
-            if *s == seq {
-                return Some(*at);
-            }
-        }
-        let at = log.received_at(origin, seq)?;
-        self.oldest_missing.insert(origin.to_owned(), (seq, at));
-        Some(at)
-    }
-
-    /// Sends batches while the window has room and there is something new.
-    fn fill(&mut self, out: &mut Vec<Output>, log: &dyn LocalLog, now_ms: i64) {
-        while self.inflight.len() < self.cfg.window_batches.max(1) {
-            let heads: Vec<(String, u64)> = log
-                .heads()
-                .into_iter()
-                .filter(|(o, _)| !self.blocked.contains_key(o))
-                .collect();
-            if heads.is_empty() {
-                return;
-            }
-            let mut chunks: Vec<ByteBuf> = Vec::new();
-            let mut tips: Vec<(String, u64)> = Vec::new();
-            let mut bytes = 0usize;
-            // Round-robin over origins so one busy origin cannot starve others.
-            let n = heads.len();
-            for k in 0..n {
-                if bytes >= self.cfg.batch_bytes_max {
-                    break;
-                }
-                let (origin, head) = &heads[(self.rr_cursor + k) % n];
-                let sent = self.sent.get(origin).copied().unwrap_or(0);
-                if *head <= sent {
-                    continue;
-                }
-                let budget = self.cfg.batch_bytes_max - bytes;
-                let mut last = sent;
-                for stored in log.encoded_chunks_after(origin, sent, budget) {
-                    // Never past the head read above: what lies beyond is
-                    // not known to be durable.
-                    if stored.last_seq > *head || stored.last_seq <= last {
-                        if stored.last_seq > *head {
-                            break;
-                        }
-                        continue;
-                    }
-                    let enc = if stored.first_seq == last + 1
-                        && (self.cfg.forward_personal
-                            || Chunk::encoded_has_personal(&stored.bytes) == Some(false))
-                    {
-                        // Nothing to trim or withhold: the stored bytes
-                        // as they are (most chunks an aggregator forwards).
-                        stored.bytes
-                    } else {
-                        let Some(c) = Chunk::decode(&stored.bytes)
-                            .ok()
-                            .and_then(|c| c.suffix_after(last))
-                        else {
-                            break; // unreadable: the store reports it
-                        };
-                        if c.first_seq() != last + 1 {
-                            break; // a hole in the local log
-                        }
-                        let mut c = c;
-                        if !self.cfg.forward_personal {
-                            for e in &mut c.events {
-                                e.personal = None;
-                            }
-                        }
-                        c.encode()
-                    };
-                    let last_seq = stored.last_seq;
-                    bytes += enc.len();
-                    last = last_seq;
-                    chunks.push(ByteBuf::from(enc));
-                    if bytes >= self.cfg.batch_bytes_max {
-                        break;
-                    }
-                }
-                if last > sent {
-                    self.sent.insert(origin.clone(), last);
-                    tips.push((origin.clone(), last));
-                }
-            }
-            self.rr_cursor = (self.rr_cursor + 1) % n;
-            if chunks.is_empty() {
-                return;
-            }
-            let id = self.next_batch_id;
-            self.next_batch_id += 1;
-            let lag = self.lag(log);
-            self.inflight.push_back(InFlight {
-                id,
-                sent_at_ms: now_ms,
-                tips,
-            });
-            self.send(out, Frame::Batch { id, chunks, lag }, now_ms);
-        }
     }
 }
 

@@ -29,6 +29,9 @@ pub trait TopologyView {
     }
     /// Whether `node` is `root` or below it.
     fn in_subtree(&self, root: &str, node: &str) -> bool;
+    /// `root` and every node below it (what [`TopologyView::in_subtree`]
+    /// says yes to, `root` first).
+    fn subtree(&self, root: &str) -> Vec<String>;
 }
 
 /// What the parent reads from its own (durable) log.
@@ -355,11 +358,15 @@ impl ParentSession {
             );
             return self.refuse(out, RejectCode::BadProof, m, now_ms);
         }
-        let heads = log
-            .heads()
-            .into_iter()
-            .filter(|(o, _, _)| topo.in_subtree(&child, o))
-            .map(|(o, s, h)| wire_head(&o, s, &h))
+        // The child's subtree looked up, not every origin held scanned: a
+        // street's welcome to each of its 1,000 communities was a scan of
+        // 1,000 heads.
+        let mut members = topo.subtree(&child);
+        members.sort_unstable();
+        members.dedup();
+        let heads = members
+            .iter()
+            .filter_map(|o| log.head(o).map(|(s, h)| wire_head(o, s, &h)))
             .collect();
         self.state = State::Streaming { child };
         self.send(&mut out, Frame::Welcome { heads }, now_ms);

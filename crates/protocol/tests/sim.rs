@@ -119,6 +119,16 @@ impl Tree {
 }
 
 impl TopologyView for Tree {
+    fn subtree(&self, root: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ids
+            .iter()
+            .filter(|id| self.in_subtree(root, id))
+            .cloned()
+            .collect();
+        out.sort_by_key(|id| id != root);
+        out
+    }
     fn parent_of(&self, id: &str) -> Option<String> {
         self.index(id)
             .and_then(|i| self.parent[i])

@@ -483,6 +483,17 @@ impl Store {
         self.shared.heads.read().expect("lock").get(origin).cloned()
     }
 
+    /// Every origin held, its head's seq and hash, in origin order: what
+    /// [`Store::heads`] says without copying each signed head (the sync
+    /// sessions read this per batch; an aggregator holds ~1,000 origins).
+    pub fn head_positions(&self) -> Vec<(String, u64, Hash32)> {
+        let heads = self.shared.heads.read().expect("lock");
+        heads
+            .iter()
+            .map(|(o, h)| (o.clone(), h.seq, h.hash))
+            .collect()
+    }
+
     pub fn counts(&self) -> LogCounts {
         *self.shared.stats.read().expect("lock")
     }

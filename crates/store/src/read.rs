@@ -18,11 +18,11 @@ impl Store {
     /// # Errors
     /// Storage errors (planted-bug mode only).
     pub fn readable_heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let durable = self.heads();
+        let durable = self.head_positions();
         if !self.read_uncommitted {
-            return Ok(durable.into_iter().map(|(o, h)| (o, h.seq)).collect());
+            return Ok(durable.into_iter().map(|(o, seq, _)| (o, seq)).collect());
         }
-        let mut origins: Vec<String> = durable.into_keys().collect();
+        let mut origins: Vec<String> = durable.into_iter().map(|(o, _, _)| o).collect();
         if let Some(own) = &self.origin {
             if !origins.contains(own) {
                 origins.push(own.clone());

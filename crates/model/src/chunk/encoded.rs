@@ -19,24 +19,63 @@ impl Chunk {
     /// that withholds personal parts forwards the stored bytes unchanged
     /// when there are none.
     pub fn encoded_has_personal(bytes: &[u8]) -> Option<bool> {
-        let mut rd: light::R<'_> = bytes;
-        if light::array_len(&mut rd)? != 4 {
+        personal_spans(bytes).map(|s| !s.is_empty())
+    }
+
+    /// The encoding of this chunk with every event's personal part
+    /// withheld — what [`Chunk::encode`] gives after setting each
+    /// `personal` to `None` —, made on the bytes: each personal part is
+    /// replaced by `nil` and the rest copied (arrays count elements, not
+    /// bytes, so nothing else changes). The bytes come back as they are
+    /// when there is nothing to withhold. A community's sender withholds
+    /// its own chunks' personal parts this way instead of decoding and
+    /// encoding them again.
+    ///
+    /// # Errors
+    /// The bytes, unchanged, when they are not a chunk of that shape.
+    pub fn encoded_without_personal(bytes: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+        let Some(spans) = personal_spans(&bytes) else {
+            return Err(bytes);
+        };
+        if spans.is_empty() {
+            return Ok(bytes);
+        }
+        let cut: usize = spans.iter().map(|(a, b)| b - a).sum();
+        let mut out = Vec::with_capacity(bytes.len() - cut + spans.len());
+        let mut at = 0;
+        for (start, end) in spans {
+            out.extend_from_slice(&bytes[at..start]);
+            out.push(light::NIL);
+            at = end;
+        }
+        out.extend_from_slice(&bytes[at..]);
+        Ok(out)
+    }
+}
+
+/// Where each event's personal part lies in an encoded chunk (byte ranges,
+/// in order; none for events without one), or `None` when the bytes are
+/// not a chunk of that shape (a prefix, trailing bytes, another layout).
+fn personal_spans(bytes: &[u8]) -> Option<Vec<(usize, usize)>> {
+    let mut rd: light::R<'_> = bytes;
+    let at = |rd: &light::R<'_>| bytes.len() - rd.len();
+    if light::array_len(&mut rd)? != 4 {
+        return None;
+    }
+    light::uint(&mut rd)?; // format
+    light::str_bytes(&mut rd)?; // origin
+    let mut spans = Vec::new();
+    for _ in 0..light::array_len(&mut rd)? {
+        if light::array_len(&mut rd)? != 2 {
             return None;
         }
-        light::uint(&mut rd)?; // format
-        light::str_bytes(&mut rd)?; // origin
-        let mut any = false;
-        for _ in 0..light::array_len(&mut rd)? {
-            if light::array_len(&mut rd)? != 2 {
-                return None;
-            }
-            light::skip(&mut rd, 0)?; // envelope
-            if !light::nil(&mut rd) {
-                light::skip(&mut rd, 0)?;
-                any = true;
-            }
+        light::skip(&mut rd, 0)?; // envelope
+        if !light::nil(&mut rd) {
+            let start = at(&rd);
+            light::skip(&mut rd, 0)?;
+            spans.push((start, at(&rd)));
         }
-        light::skip(&mut rd, 0)?; // head
-        rd.is_empty().then_some(any)
     }
+    light::skip(&mut rd, 0)?; // head
+    rd.is_empty().then_some(spans)
 }

@@ -217,3 +217,64 @@ fn encoded_has_personal_reads_the_records_without_decoding() {
     assert_eq!(Chunk::encoded_has_personal(&longer), None);
     assert_eq!(Chunk::encoded_has_personal(&[]), None);
 }
+
+/// `chunk` with the personal parts `parts` says (index `i` for event `i`;
+/// `None` leaves none, `Some(n)`: `n` bytes).
+fn with_parts(chunk: &Chunk, parts: &[Option<usize>]) -> Chunk {
+    let mut c = chunk.clone();
+    for (i, e) in c.events.iter_mut().enumerate() {
+        e.personal = parts.get(i).copied().flatten().map(|n| Personal {
+            salt: [i as u8; 16],
+            bytes: vec![0xa0 ^ i as u8; n],
+        });
+    }
+    c
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+    /// Withholding on the bytes is the encoding of the chunk with its
+    /// personal parts dropped, for any mix of events with and without
+    /// them and of sizes across msgpack's length widths.
+    #[test]
+    fn without_personal_on_the_bytes_is_the_stripped_encoding(
+        parts in proptest::collection::vec(
+            proptest::option::of(proptest::prop_oneof![0usize..40, 200usize..300, 65_530usize..65_540]),
+            1..9,
+        ),
+    ) {
+        let key = SigningKey::from_bytes(&[11; 32]);
+        let c = with_parts(&build(&key, parts.len() as u64), &parts);
+        let mut want = c.clone();
+        for e in &mut want.events {
+            e.personal = None;
+        }
+        let got = Chunk::encoded_without_personal(c.encode());
+        proptest::prop_assert_eq!(got, Ok(want.encode()));
+        proptest::prop_assert_eq!(
+            Chunk::encoded_has_personal(&c.encode()),
+            Some(parts.iter().any(Option::is_some))
+        );
+    }
+}
+
+#[test]
+fn without_personal_refuses_what_is_not_a_chunk() {
+    let key = SigningKey::from_bytes(&[12; 32]);
+    let c = with_personal(&key, 4);
+    let bytes = c.encode();
+    for cut in 0..bytes.len() {
+        let prefix = bytes[..cut].to_vec();
+        assert_eq!(
+            Chunk::encoded_without_personal(prefix.clone()),
+            Err(prefix),
+            "prefix of {cut} bytes"
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0xc0);
+    assert_eq!(Chunk::encoded_without_personal(longer.clone()), Err(longer));
+    // Nothing to withhold: the same bytes back.
+    let plain = build(&key, 4).encode();
+    assert_eq!(Chunk::encoded_without_personal(plain.clone()), Ok(plain));
+}

@@ -58,9 +58,12 @@ pub fn bin32(rd: &mut R<'_>) -> Option<Option<[u8; 32]>> {
     }
 }
 
+/// msgpack's `nil` marker.
+pub const NIL: u8 = 0xc0;
+
 /// Whether the next value is `nil` (consumed if so).
 pub fn nil(rd: &mut R<'_>) -> bool {
-    if rd.first() == Some(&0xc0) {
+    if rd.first() == Some(&NIL) {
         *rd = &rd[1..];
         true
     } else {

@@ -26,17 +26,20 @@ impl TopologyView for TopoView<'_> {
         self.0.is_retired(id)
     }
     fn in_subtree(&self, root: &str, node: &str) -> bool {
-        let mut at = node.to_owned();
+        let mut at = node;
         for _ in 0..1024 {
             if at == root {
                 return true;
             }
-            match self.0.node(&at).and_then(|n| n.parent.clone()) {
+            match self.0.node(at).and_then(|n| n.parent.as_deref()) {
                 Some(p) => at = p,
                 None => return false,
             }
         }
         false
+    }
+    fn subtree(&self, root: &str) -> Vec<String> {
+        self.0.subtree(root)
     }
 }
 
@@ -91,11 +94,7 @@ impl StoreView<'_> {
 
 impl StoredLog for StoreView<'_> {
     fn heads(&self) -> Vec<(String, u64, Hash32)> {
-        self.0
-            .heads()
-            .into_iter()
-            .map(|(o, h)| (o, h.seq, h.hash))
-            .collect()
+        self.0.head_positions()
     }
     fn head(&self, origin: &str) -> Option<(u64, Hash32)> {
         self.0.head(origin).map(|h| (h.seq, h.hash))
