@@ -16,7 +16,8 @@
 //! `GRIDSYNC_BENCH_IDLE_S`, default 10; `GRIDSYNC_BENCH_NUDGE=0`: the
 //! restarted street does not nudge its children; `GRIDSYNC_BENCH_TRACE=1`:
 //! every status poll of the catch-up on stderr — events held, children
-//! connected). Besides the table it prints the CPU each party spent
+//! connected; `GRIDSYNC_BENCH_STREET_CACHE_MB`: the street's
+//! `store.cache_bytes`, default the node's). Besides the table it prints the CPU each party spent
 //! during the catch-up and what the street wrote.
 
 use std::sync::Arc;
@@ -82,6 +83,12 @@ fn main() {
     gridsync_suite::allow_children_from_one_ip(cfg, n);
     let nudge = gridsync_suite::env_u64("GRIDSYNC_BENCH_NUDGE", 1) != 0;
     gridsync_suite::set_sync_flag(cfg, "nudge_children", nudge);
+    let cache_mb = gridsync_suite::env_u64("GRIDSYNC_BENCH_STREET_CACHE_MB", 0);
+    if cache_mb > 0 {
+        let bytes = i64::try_from(cache_mb << 20).expect("a cache size in MiB");
+        gridsync_suite::set_store(cfg, &[("cache_bytes", bytes)]);
+        println!("street's sled cache: {cache_mb} MiB");
+    }
     println!("street nudges its children when it starts: {nudge}");
 
     let district = Server::start(&tree.nodes["d"].config, &[]);

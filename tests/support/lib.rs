@@ -380,6 +380,11 @@ pub fn set_limits(config: &Path, limits: &[(&str, i64)]) {
     set_integers(config, "limits", limits);
 }
 
+/// Rewrites keys of a node config's `[store]` table.
+pub fn set_store(config: &Path, settings: &[(&str, i64)]) {
+    set_integers(config, "store", settings);
+}
+
 /// Sets a boolean key of a node config's `[sync]` table.
 pub fn set_sync_flag(config: &Path, key: &str, on: bool) {
     edit_table(config, "sync", |sync| {
