@@ -255,6 +255,13 @@ pub struct SyncSettings {
     pub handshakes_max: usize,
     /// How long an unauthenticated socket may take to prove its key.
     pub handshake_timeout_ms: i64,
+    /// Bytes of batch frames received from all children together and not
+    /// yet durable here: a session takes its frame's share before decoding
+    /// it and gives it back once the import commits (or is refused); a
+    /// child that would go beyond waits, unread, on its socket. Bounds
+    /// the memory of a catch-up burst from many children (at least
+    /// `frame_bytes_max`, whatever is set here).
+    pub received_bytes_max: usize,
     /// When this node starts listening, tell each child in the topology
     /// (`POST /v1/sync/nudge`, signed with this node's key) to retry its
     /// connection now instead of at the end of its retry delay; a child
@@ -278,6 +285,7 @@ impl Default for SyncSettings {
             connections_max: 64,
             handshakes_max: 256,
             handshake_timeout_ms: 5_000,
+            received_bytes_max: 16 * 1024 * 1024,
             nudge_children: true,
         }
     }

@@ -46,6 +46,11 @@ pub struct SyncState {
     pub permits: Arc<tokio::sync::Semaphore>,
     /// Sockets in the handshake (unauthenticated).
     pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Bytes of received frames not yet durable, all children together
+    /// (`sync.received_bytes_max`).
+    pub received: Arc<tokio::sync::Semaphore>,
+    /// What one frame takes of `received` at most (the whole budget).
+    pub received_max: usize,
     pub(crate) next_session: std::sync::atomic::AtomicU64,
     /// Set to true when the node shuts down: every sync session ends.
     pub stop: watch::Sender<bool>,
@@ -68,10 +73,22 @@ impl SyncState {
                 settings.connections_max.max(children),
             )),
             handshakes: Arc::new(tokio::sync::Semaphore::new(settings.handshakes_max)),
+            received: Arc::new(tokio::sync::Semaphore::new(received_max(settings))),
+            received_max: received_max(settings),
             next_session: std::sync::atomic::AtomicU64::new(1),
             stop: watch::channel(false).0,
             paused: watch::channel(false).0,
             nudge: Notify::new(),
         }
     }
+}
+
+/// The received-bytes budget: `sync.received_bytes_max`, at least one
+/// whole frame, within what a semaphore counts.
+fn received_max(settings: &SyncSettings) -> usize {
+    settings
+        .received_bytes_max
+        .max(settings.frame_bytes_max)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
 }

@@ -62,7 +62,31 @@ fn parent_cfg(state: &NodeState, channel_binding: Vec<u8>) -> ParentConfig {
     }
 }
 
-type PendingImport = (u64, oneshot::Receiver<Result<u64, StoreError>>);
+type ImportDone = oneshot::Receiver<Result<u64, StoreError>>;
+type PendingImport = (u64, ImportDone);
+
+/// The import's answer, with the frame's share of the received-bytes
+/// budget given back as soon as the store answers — not when this session
+/// next looks: a session waiting for a share must never hold the shares
+/// that would free it.
+fn give_back_when_done(
+    done: ImportDone,
+    share: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> ImportDone {
+    let Some(share) = share else {
+        return done;
+    };
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let answer = done.await;
+        drop(share);
+        // A store gone without answering: `tx` dropped, `rx` errs alike.
+        if let Ok(answer) = answer {
+            let _ = tx.send(answer);
+        }
+    });
+    rx
+}
 
 /// What woke a parent session.
 enum Wake {
@@ -87,6 +111,10 @@ struct ChildConnection {
     cancel: Arc<Notify>,
     /// Imports submitted to the store, oldest first.
     pending: VecDeque<PendingImport>,
+    /// The share of `sync.received_bytes_max` taken for the frame being
+    /// handled: handed to its import (given back when that commits), or
+    /// dropped once the frame is handled.
+    share: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Once authenticated.
     child: Option<String>,
 }
@@ -115,6 +143,7 @@ async fn parent_session(
         connection: None,
         cancel: Arc::new(Notify::new()),
         pending: VecDeque::new(),
+        share: None,
         child: None,
     };
     let reason = c.run().await;
@@ -163,7 +192,9 @@ impl ChildConnection {
                 return reason;
             }
             self.update_link();
-            if let Err(reason) = self.perform(outs).await {
+            let performed = self.perform(outs).await;
+            self.share = None;
+            if let Err(reason) = performed {
                 return reason;
             }
         }
@@ -193,6 +224,15 @@ impl ChildConnection {
             Some(Err(e)) => return Err(format!("websocket error: {e}")),
             None => return Err("connection closed by the child".into()),
         };
+        // A child's frame takes its share of the received-bytes budget
+        // before it is decoded (waiting here leaves the rest of the frames
+        // unread on the socket); the share goes with its import.
+        if self.child.is_some() {
+            let sync = &self.state.sync;
+            let n = u32::try_from(bytes.len().min(sync.received_max)).unwrap_or(u32::MAX);
+            let share = sync.received.clone().acquire_many_owned(n).await;
+            self.share = Some(share.map_err(|_| "this node is shutting down".to_owned())?);
+        }
         // Decoding and verifying a batch (hashes, signatures) is CPU work:
         // done in place of this worker, so the runtime hands other tasks to
         // another one meanwhile.
@@ -307,8 +347,9 @@ impl ChildConnection {
                 }
                 Output::Persist { batch, chunks } => {
                     let rx = state.store.submit_import(chunks, system_now_ms()).await;
-                    self.pending
-                        .push_back((batch, rx.map_err(|e| format!("store: {e}"))?));
+                    let rx = rx.map_err(|e| format!("store: {e}"))?;
+                    let rx = give_back_when_done(rx, self.share.take());
+                    self.pending.push_back((batch, rx));
                 }
                 Output::Equivocation {
                     origin,

@@ -1,0 +1,69 @@
+//! Real processes: a street whose received-bytes budget
+//! (`sync.received_bytes_max`) holds only a few batch frames still takes
+//! everything four children send at once after an outage — each frame
+//! waits for its share, and shares come back as imports commit, whatever
+//! the sessions holding them are doing.
+//!
+//! The budget is the smallest the node allows (one whole frame, 1 MiB),
+//! and each child holds ~1.3 MiB of events (six 256 KiB batches, its
+//! whole window and more), so every session waits for shares many times
+//! and all four wait at once. Control (run by hand, recorded in
+//! BENCHMARKS.md): with each share given back only when its session
+//! handles the import's answer, the four sessions each hold a share of
+//! a committed import while waiting for another, and the street stalls
+//! with the budget used up — this test then fails at its deadline.
+
+use std::time::Duration;
+
+use gridsync_suite::{get_json, post_events, provision, sample_event, set_sync, Server};
+use serde_json::{json, Value};
+
+const CHILDREN: [&str; 4] = ["c1", "c2", "c3", "c4"];
+const EVENTS: u64 = 6_000;
+const POST: u64 = 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_received_budget_still_takes_every_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = vec![("s1", None)];
+    nodes.extend(CHILDREN.iter().map(|c| (*c, Some("s1"))));
+    let tree = provision(dir.path(), &nodes);
+    let s1 = &tree.nodes["s1"];
+    set_sync(&s1.config, &[("received_bytes_max", 1 << 20)]);
+
+    // The street is down while every child takes its events.
+    let children: Vec<Server> = CHILDREN
+        .iter()
+        .map(|c| Server::start(&tree.nodes[*c].config, &[]))
+        .collect();
+    for (c, server) in CHILDREN.iter().zip(&children) {
+        let token = &tree.nodes[*c].tokens.reporter;
+        for from in (0..EVENTS).step_by(POST as usize) {
+            let events: Vec<Value> = (from..from + POST)
+                .map(|i| sample_event(i, &format!("{c}-{i}")))
+                .collect();
+            let (status, body) =
+                post_events(&server.url, token, &json!({ "events": events })).await;
+            assert_eq!(status, 200, "{c}: {body}");
+        }
+    }
+
+    let street = Server::start(&s1.config, &[]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = get_json(&format!("{}/v1/status", street.url), &s1.tokens.viewer).await;
+        let held: Vec<Option<u64>> = CHILDREN
+            .iter()
+            .map(|c| st["heads"][*c]["seq"].as_u64())
+            .collect();
+        if held.iter().all(|h| *h == Some(EVENTS)) {
+            assert_eq!(st["log"]["events"].as_u64(), Some(EVENTS * 4), "{st}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the street stalled: it holds {held:?} of {EVENTS} per child"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
