@@ -368,10 +368,10 @@ impl Projection {
     ) -> Result<(), ProjectionError> {
         // One decode gives origin, seq and the fields the metrics read; only
         // an envelope that does not decode that way is read for its links.
-        let decoded = EnvLite::read(envelope).ok_or(());
+        let decoded = EnvLite::read(envelope);
         let (origin, seq) = match &decoded {
-            Ok(env) => (env.origin, env.seq),
-            Err(_) => {
+            Some(env) => (env.origin, env.seq),
+            None => {
                 let links = gridsync_model::event::read_links(envelope)
                     .map_err(|e| ProjectionError::Decode(e.to_string()))?;
                 (links.origin, links.seq)
@@ -393,14 +393,14 @@ impl Projection {
                 .insert(origin.to_owned(), OriginState::default());
         }
         match decoded {
-            Ok(env) if env.kind == "correction" => {
+            Some(env) if env.kind == "correction" => {
                 let mut state = self.origins.remove(origin).expect("inserted above");
                 state.applied_seq = seq;
                 state.newest_recorded_ms = state.newest_recorded_ms.max(env.recorded_ms);
                 self.apply_correction(&mut state, &env, lookup);
                 self.origins.insert(origin.to_owned(), state);
             }
-            Ok(env) => {
+            Some(env) => {
                 let day = self.day_cached(env.occurred_ms);
                 let effect = self.effect(env.kind, env.schema, &env.data, day, env.occurred_ms);
                 let state = self.origins.get_mut(origin).expect("inserted above");
@@ -411,7 +411,7 @@ impl Projection {
                     None => state.unprojected += 1,
                 }
             }
-            Err(_) => {
+            None => {
                 let state = self.origins.get_mut(origin).expect("inserted above");
                 state.applied_seq = seq;
                 state.unprojected += 1;

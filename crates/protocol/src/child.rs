@@ -18,27 +18,16 @@ pub trait LocalLog {
     /// Every origin held and its head seq.
     fn heads(&self) -> Vec<(String, u64)>;
     /// Chunks of `origin` holding the events after `after_seq`, in order,
-    /// the first trimmed to start at `after_seq + 1`, about `bytes_max`
-    /// bytes in all (at least one chunk if any).
-    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk>;
-    /// The same chunks as stored (encoded, not decoded, not trimmed): what
-    /// the sender forwards unchanged when it has nothing to trim or
-    /// withhold. By default [`LocalLog::chunks_after`] encoded.
+    /// as stored (encoded, not decoded; the first may begin at or before
+    /// `after_seq`), about `bytes_max` bytes in all (at least one chunk if
+    /// any). The sender sends them as they are when there is nothing to
+    /// trim, and decodes only the one the parent holds part of.
     fn encoded_chunks_after(
         &self,
         origin: &str,
         after_seq: u64,
         bytes_max: usize,
-    ) -> Vec<EncodedChunk> {
-        self.chunks_after(origin, after_seq, bytes_max)
-            .into_iter()
-            .map(|c| EncodedChunk {
-                first_seq: c.first_seq(),
-                last_seq: c.last_seq(),
-                bytes: c.encode(),
-            })
-            .collect()
-    }
+    ) -> Vec<EncodedChunk>;
     /// When this node received the event `seq` of `origin` (unix ms).
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64>;
     /// Hash of event `seq` of `origin` (zero hash for seq 0), if held.

@@ -26,6 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use gridsync_protocol::{
@@ -233,8 +234,16 @@ impl LocalLog for SimLog {
             .map(|(o, h)| (o.clone(), h.len() as u64))
             .collect()
     }
-    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
+    fn encoded_chunks_after(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        bytes_max: usize,
+    ) -> Vec<EncodedChunk> {
         self.chunks_after_seq(origin, after_seq, bytes_max)
+            .iter()
+            .map(EncodedChunk::from)
+            .collect()
     }
     fn received_at(&self, _origin: &str, _seq: u64) -> Option<i64> {
         Some(0)

@@ -125,32 +125,19 @@ impl Store {
             return Ok(Vec::new());
         }
         let kv = self.shared.kv.as_ref();
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for entry in index_after(kv, origin, after_seq, bytes_max / 1024 + 1)? {
-            if bytes >= bytes_max {
-                break;
-            }
-            let (last_seq, offset, first_seq) = entry?;
-            if last_seq > durable {
-                break;
-            }
-            let frags = recover::entry_fragments(kv, offset)?;
-            if frags.is_empty() {
-                return Err(corrupt(format!(
-                    "index points at missing log entry {offset}"
-                )));
-            }
-            let (_, mut entry) = entry_bytes(offset, &frags)?;
-            entry.drain(..ENTRY_HEADER_BYTES);
-            bytes += entry.len();
-            out.push(EncodedChunk {
+        let max_chunks = bytes_max / 1024 + 1;
+        let read = |offset, first_seq, last_seq| {
+            let mut bytes = indexed_entry(kv, offset)?;
+            bytes.drain(..ENTRY_HEADER_BYTES);
+            let n = bytes.len();
+            let chunk = EncodedChunk {
                 first_seq,
                 last_seq,
-                bytes: entry,
-            });
-        }
-        Ok(out)
+                bytes,
+            };
+            Ok((chunk, n))
+        };
+        origin_entries(kv, origin, after_seq, durable, max_chunks, bytes_max, read)
     }
 
     fn read_durable_chunks(
@@ -249,34 +236,67 @@ pub(crate) fn origin_chunks(
     max_chunks: usize,
     bytes_max: usize,
 ) -> Result<Vec<StoredChunk>, StoreError> {
+    let read = |offset, _, _| match read_entries(kv, offset, 1)?.pop() {
+        Some(c) if c.offset == offset => {
+            let n = c.chunk.events.iter().map(|e| e.envelope.len()).sum();
+            Ok((c, n))
+        }
+        _ => Err(missing_entry(offset)),
+    };
+    origin_entries(
+        kv,
+        origin,
+        after_seq,
+        max_last_seq,
+        max_chunks,
+        bytes_max,
+        read,
+    )
+}
+
+/// The chunks of `origin` holding seqs `> after_seq` and ending at or
+/// before `max_last_seq`, in seq order, at most `max_chunks`, stopping
+/// once they hold `bytes_max` bytes (at least one chunk if any): each read
+/// by `read` from its index entry (log offset, first seq, last seq), which
+/// also says how many bytes it counts.
+fn origin_entries<T>(
+    kv: &dyn Kv,
+    origin: &str,
+    after_seq: u64,
+    max_last_seq: u64,
+    max_chunks: usize,
+    bytes_max: usize,
+    mut read: impl FnMut(u64, u64, u64) -> Result<(T, usize), StoreError>,
+) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
     for entry in index_after(kv, origin, after_seq, max_chunks)? {
         if bytes >= bytes_max {
             break;
         }
-        let (last_seq, offset, _) = entry?;
+        let (last_seq, offset, first_seq) = entry?;
         if last_seq > max_last_seq {
             break;
         }
-        match read_entries(kv, offset, 1)?.pop() {
-            Some(c) if c.offset == offset => {
-                bytes += c
-                    .chunk
-                    .events
-                    .iter()
-                    .map(|e| e.envelope.len())
-                    .sum::<usize>();
-                out.push(c);
-            }
-            _ => {
-                return Err(corrupt(format!(
-                    "index points at missing log entry {offset}"
-                )))
-            }
-        }
+        let (chunk, n) = read(offset, first_seq, last_seq)?;
+        bytes += n;
+        out.push(chunk);
     }
     Ok(out)
+}
+
+fn missing_entry(offset: u64) -> StoreError {
+    corrupt(format!("index points at missing log entry {offset}"))
+}
+
+/// Log entry `offset`, which the index names, put together from its
+/// fragments (receipt time first, then the chunk's bytes).
+fn indexed_entry(kv: &dyn Kv, offset: u64) -> Result<Vec<u8>, StoreError> {
+    let frags = recover::entry_fragments(kv, offset)?;
+    if frags.is_empty() {
+        return Err(missing_entry(offset));
+    }
+    Ok(entry_bytes(offset, &frags)?.1)
 }
 
 /// Event `seq` of `origin` (envelope and personal part) in the chunk the
@@ -340,13 +360,7 @@ fn record_in_entry(
     offset: u64,
     seq: u64,
 ) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
-    let frags = recover::entry_fragments(kv, offset)?;
-    if frags.is_empty() {
-        return Err(corrupt(format!(
-            "index points at missing log entry {offset}"
-        )));
-    }
-    let (_, bytes) = entry_bytes(offset, &frags)?;
+    let bytes = indexed_entry(kv, offset)?;
     Chunk::record_at(&bytes[ENTRY_HEADER_BYTES..], seq)
         .map_err(|e| corrupt(format!("log entry {offset}: {e}")))
 }

@@ -13,6 +13,17 @@ pub struct EncodedChunk {
     pub bytes: Vec<u8>,
 }
 
+impl From<&Chunk> for EncodedChunk {
+    /// The chunk encoded, as a store would hold it.
+    fn from(c: &Chunk) -> Self {
+        Self {
+            first_seq: c.first_seq(),
+            last_seq: c.last_seq(),
+            bytes: c.encode(),
+        }
+    }
+}
+
 impl Chunk {
     /// Whether an encoded chunk carries any event's personal part, read
     /// without decoding it (`None`: not a chunk of that shape). A sender

@@ -60,9 +60,6 @@ impl LocalLog for UpwardView<'_> {
         heads.retain(|(o, _)| TopoView(self.topology).in_subtree(self.me, o));
         heads
     }
-    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
-        LocalLog::chunks_after(&self.log, origin, after_seq, bytes_max)
-    }
     fn encoded_chunks_after(
         &self,
         origin: &str,
@@ -79,19 +76,6 @@ impl LocalLog for UpwardView<'_> {
     }
 }
 
-impl StoreView<'_> {
-    /// Durable chunks of `origin` after `after_seq`, about `bytes_max` bytes.
-    fn read_chunks(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
-        match self.0.read_origin_bytes(origin, after_seq, bytes_max) {
-            Ok(v) => v.into_iter().map(|c| c.chunk).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, origin, "cannot read the log to forward it");
-                Vec::new()
-            }
-        }
-    }
-}
-
 impl StoredLog for StoreView<'_> {
     fn heads(&self) -> Vec<(String, u64, Hash32)> {
         self.0.head_positions()
@@ -102,8 +86,15 @@ impl StoredLog for StoreView<'_> {
     fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
         self.0.hash_at(origin, seq).ok().flatten()
     }
+    /// Durable chunks of `origin` after `after_seq`, about `bytes_max` bytes.
     fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
-        self.read_chunks(origin, after_seq, bytes_max)
+        match self.0.read_origin_bytes(origin, after_seq, bytes_max) {
+            Ok(v) => v.into_iter().map(|c| c.chunk).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, origin, "cannot read the log to forward it");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -113,9 +104,6 @@ impl LocalLog for StoreView<'_> {
             tracing::error!(error = %e, "cannot read the heads to forward the log");
             Vec::new()
         })
-    }
-    fn chunks_after(&self, origin: &str, after_seq: u64, bytes_max: usize) -> Vec<Chunk> {
-        self.read_chunks(origin, after_seq, bytes_max)
     }
     fn encoded_chunks_after(
         &self,

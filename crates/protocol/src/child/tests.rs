@@ -5,7 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 
 use ed25519_dalek::SigningKey;
-use gridsync_model::{Chunk, Hash32};
+use gridsync_model::chunk::EncodedChunk;
+use gridsync_model::Hash32;
 
 use super::{ChildConfig, ChildSession, LocalLog};
 
@@ -21,7 +22,7 @@ impl LocalLog for CountingLog {
     fn heads(&self) -> Vec<(String, u64)> {
         (0..self.origins).map(|i| (format!("o{i}"), 100)).collect()
     }
-    fn chunks_after(&self, _origin: &str, _after_seq: u64, _bytes_max: usize) -> Vec<Chunk> {
+    fn encoded_chunks_after(&self, _: &str, _: u64, _: usize) -> Vec<EncodedChunk> {
         Vec::new()
     }
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
