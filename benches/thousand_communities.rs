@@ -17,7 +17,11 @@
 //! restarted street does not nudge its children; `GRIDSYNC_BENCH_TRACE=1`:
 //! every status poll of the catch-up on stderr — events held, children
 //! connected; `GRIDSYNC_BENCH_STREET_CACHE_MB`: the street's
-//! `store.cache_bytes`, default the node's). Besides the table it prints the CPU each party spent
+//! `store.cache_bytes`, default the node's; `GRIDSYNC_BENCH_FRAGMENT_BYTES`:
+//! the communities' `sync.send_fragment_bytes`, default the node's;
+//! `GRIDSYNC_BENCH_SMAPS=FILE`: the street's `/proc/PID/smaps` right after
+//! the catch-up, copied to FILE).
+//! Besides the table it prints the CPU each party spent
 //! during the catch-up and what the street wrote.
 
 use std::sync::Arc;
@@ -90,6 +94,14 @@ fn main() {
         println!("street's sled cache: {cache_mb} MiB");
     }
     println!("street nudges its children when it starts: {nudge}");
+    // The communities' websocket frame size (`sync.send_fragment_bytes`).
+    if let Ok(v) = std::env::var("GRIDSYNC_BENCH_FRAGMENT_BYTES") {
+        let bytes: i64 = v.parse().expect("GRIDSYNC_BENCH_FRAGMENT_BYTES: bytes");
+        for id in &ids {
+            gridsync_suite::set_sync(&tree.nodes[id].config, &[("send_fragment_bytes", bytes)]);
+        }
+        println!("communities send frames of at most {bytes} bytes (0: whole messages)");
+    }
 
     let district = Server::start(&tree.nodes["d"].config, &[]);
     let mut street = Server::start(cfg, &[]);
@@ -198,6 +210,11 @@ fn main() {
     let catch_up = t0.elapsed();
     let (cpu1, written1) = (cpu(&street), written_bytes(street.child.id()));
     let (rss_after, _) = gridsync_suite::proc_usage(street.child.id());
+    // Where that memory is: the street's mappings, for a look by hand.
+    if let Some(path) = std::env::var_os("GRIDSYNC_BENCH_SMAPS") {
+        let smaps = format!("/proc/{}/smaps", street.child.id());
+        std::fs::copy(&smaps, &path).expect("copy the street's smaps");
+    }
     // Exactly once at the district: every origin's head is what it
     // posted, and the log holds their sum — no event twice, none missing.
     let d_viewer = tree.nodes["d"].tokens.viewer.clone();

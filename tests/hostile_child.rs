@@ -2,7 +2,7 @@
 //! process: unknown ids, wrong keys, someone else's child, a foreign
 //! protocol version, a replayed session, forged signatures, events of an
 //! origin outside its subtree, gaps, equivocation, garbage, text and
-//! oversized frames. Each is refused with its reason, the parent stays up,
+//! oversized frames or messages. Each is refused with its reason, the parent stays up,
 //! and its log holds exactly the honest chunks (DESIGN.md §3 inv. 3, 4).
 //! A bad chunk refuses only its origin: the session and the other origins'
 //! chunks in the same batch go on; evidence is recorded once per
@@ -39,6 +39,20 @@ async fn connect(base: &str) -> Ws {
 
 async fn send(ws: &mut Ws, f: &Frame) {
     ws.send(Message::Binary(f.encode().into())).await.unwrap();
+}
+
+/// One binary message of `frames` × `size` zero bytes, sent as that many
+/// websocket frames (send errors ignored: the parent may close first).
+async fn send_in_frames(ws: &mut Ws, frames: usize, size: usize) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    for k in 0..frames {
+        let code = if k == 0 { Data::Binary } else { Data::Continue };
+        let part = WsFrame::message(vec![0u8; size], OpCode::Data(code), k + 1 == frames);
+        if ws.send(Message::Frame(part)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The next protocol frame, or `None` when the parent closed the connection.
@@ -282,6 +296,20 @@ async fn hostile_children_are_refused_and_change_nothing() {
     assert!(
         recv(&mut ws).await.is_none(),
         "an oversized frame ends the connection"
+    );
+    // The same size in small continuation frames: the limit is on the
+    // message the frames make, not on each frame. (Control: a message of
+    // four such frames is taken whole and refused as what it is.)
+    let (mut ws, _) = handshake(&base, "s1-c1", &c1).await.unwrap();
+    send_in_frames(&mut ws, 4, 64 << 10).await;
+    assert!(
+        matches!(recv(&mut ws).await, Some(Frame::Refused { code, .. }) if code == "malformed")
+    );
+    let (mut ws, _) = handshake(&base, "s1-c1", &c1).await.unwrap();
+    send_in_frames(&mut ws, 48, 64 << 10).await;
+    assert!(
+        recv(&mut ws).await.is_none(),
+        "an oversized message in small frames ends the connection"
     );
     let mut ws = connect(&base).await;
     let f = Frame::Batch {

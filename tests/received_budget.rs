@@ -7,7 +7,8 @@
 //! The budget is the smallest the node allows (one whole frame, 1 MiB),
 //! and each child holds ~1.3 MiB of events (six 256 KiB batches, its
 //! whole window and more), so every session waits for shares many times
-//! and all four wait at once. Control (run by hand, recorded in
+//! and all four wait at once. Three send each batch in 16 KiB websocket
+//! frames (the default), one in a single frame: the parent takes both. Control (run by hand, recorded in
 //! BENCHMARKS.md): with each share given back only when its session
 //! handles the import's answer, the four sessions each hold a share of
 //! a committed import while waiting for another, and the street stalls
@@ -30,6 +31,9 @@ async fn a_tight_received_budget_still_takes_every_child() {
     let tree = provision(dir.path(), &nodes);
     let s1 = &tree.nodes["s1"];
     set_sync(&s1.config, &[("received_bytes_max", 1 << 20)]);
+    // Three children send each 256 KiB batch as 16 KiB websocket frames
+    // (the default `send_fragment_bytes`), the fourth as one frame.
+    set_sync(&tree.nodes["c4"].config, &[("send_fragment_bytes", 0)]);
 
     // The street is down while every child takes its events.
     let children: Vec<Server> = CHILDREN

@@ -231,6 +231,12 @@ pub struct SyncSettings {
     pub frame_bytes_max: usize,
     /// Bytes of chunks per batch.
     pub batch_bytes_max: usize,
+    /// Largest websocket frame this node sends to its parent: a larger
+    /// message goes as continuation frames of this size. The parent's read
+    /// buffer for a link keeps the capacity of the largest frame it read,
+    /// so this, not `batch_bytes_max`, is what each child's link costs a
+    /// parent's memory after a burst. 0 sends each message in one frame.
+    pub send_fragment_bytes: usize,
     /// Unacknowledged batches in flight per connection.
     pub window_batches: usize,
     /// Bytes buffered for writing to one peer before sends wait.
@@ -274,6 +280,7 @@ impl Default for SyncSettings {
         Self {
             frame_bytes_max: 1024 * 1024,
             batch_bytes_max: 256 * 1024,
+            send_fragment_bytes: 16 * 1024,
             window_batches: 4,
             write_buffer_bytes_max: 4 * 1024 * 1024,
             heartbeat_ms: 5_000,
@@ -309,6 +316,13 @@ impl SyncSettings {
                 self.batch_bytes_max, self.frame_bytes_max
             ));
         }
+        if self.send_fragment_bytes != 0 && self.send_fragment_bytes < 1024 {
+            return Err(format!(
+                "send_fragment_bytes ({}) must be 0 (whole messages) or at least 1024: \
+                 smaller frames cost a header and a wakeup each for nothing",
+                self.send_fragment_bytes
+            ));
+        }
         if self.heartbeat_ms <= 0 || self.heartbeat_ms >= self.idle_timeout_ms {
             return Err(format!(
                 "heartbeat_ms ({}) must be positive and below idle_timeout_ms ({}), or links flap",
@@ -328,5 +342,32 @@ impl SyncSettings {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncSettings;
+
+    #[test]
+    fn sync_settings_that_cannot_work_are_refused_with_the_reason() {
+        assert_eq!(SyncSettings::default().check(), Ok(()));
+        let whole = SyncSettings {
+            send_fragment_bytes: 0,
+            ..SyncSettings::default()
+        };
+        assert_eq!(whole.check(), Ok(()), "0 sends whole messages");
+        let tiny = SyncSettings {
+            send_fragment_bytes: 512,
+            ..SyncSettings::default()
+        };
+        let why = tiny.check().unwrap_err();
+        assert!(why.contains("send_fragment_bytes (512)"), "{why}");
+        let big = SyncSettings {
+            batch_bytes_max: 1024 * 1024,
+            ..SyncSettings::default()
+        };
+        let why = big.check().unwrap_err();
+        assert!(why.contains("batch_bytes_max (1048576)"), "{why}");
     }
 }

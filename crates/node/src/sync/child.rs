@@ -146,6 +146,40 @@ fn reconnect_delay(s: &SyncSettings, backoff_ms: u64, outcome: &Result<(), Sessi
     rand::rngs::OsRng.gen_range(s.reconnect_min_ms.min(cap)..=cap)
 }
 
+/// Sends one protocol message as websocket frames of at most `limit`
+/// payload bytes (one frame when it fits, or when `limit` is 0): a parent's
+/// read buffer for this link grows to the largest frame it reads and keeps
+/// that capacity while the link lives, so with a thousand children the
+/// frame size, not the batch size, is what each link costs it after a
+/// burst. The parent reassembles the message (tungstenite checks its
+/// `frame_bytes_max` on the whole message as it grows).
+async fn send_fragmented(
+    ws: &mut ClientWs,
+    bytes: tokio_tungstenite::tungstenite::Bytes,
+    limit: usize,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    if limit == 0 || bytes.len() <= limit {
+        return ws.send(WsMessage::Binary(bytes)).await;
+    }
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + limit).min(bytes.len());
+        let code = if at == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        };
+        let last = end == bytes.len();
+        let frame = WsFrame::message(bytes.slice(at..end), OpCode::Data(code), last);
+        ws.feed(WsMessage::Frame(frame)).await?;
+        at = end;
+    }
+    ws.flush().await
+}
+
 /// Opens the websocket to the parent (TLS with the deployment CA when the
 /// URL is `wss`), within the ack timeout (at least a second).
 async fn connect(state: &NodeState, url: &str) -> Result<ClientWs, SessionEnd> {
@@ -336,12 +370,12 @@ impl ParentConnection<'_> {
 
     /// Carries out what the session asked for (and what that leads to).
     async fn perform(&mut self, outs: Vec<Output>) -> Result<(), SessionEnd> {
-        use tokio_tungstenite::tungstenite::Message as WsMessage;
         let mut queue: VecDeque<Output> = outs.into();
         while let Some(o) = queue.pop_front() {
             match o {
                 Output::Send(f) => {
-                    let sent = self.ws.send(WsMessage::Binary(f.encode().into())).await;
+                    let limit = self.state.config.sync.send_fragment_bytes;
+                    let sent = send_fragmented(&mut self.ws, f.encode().into(), limit).await;
                     sent.map_err(|e| self.end(format!("send failed: {e}")))?;
                 }
                 Output::Close { reason } => return Err(self.close(reason).await),
