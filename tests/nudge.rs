@@ -9,12 +9,15 @@
 //! stopped (the community's link drops: its next attempt is 30 s later),
 //! restarted with `sync.nudge_children = false`, and must *not* hold the
 //! newer events 10 s later. Also: nudges that are not the parent's are
-//! refused with a reason, and change nothing.
+//! refused with a reason, and change nothing; and a child that came back
+//! on its own (its connection refused while the parent was down, so it
+//! retried within a second) is not nudged — the street counts one nudge
+//! for two children.
 
 use std::time::{Duration, Instant};
 
 use gridsync_suite::{
-    get_json, http_client, post_events, provision, sample_event, set_sync, set_sync_flag,
+    get_json, http_client, metric, post_events, provision, sample_event, set_sync, set_sync_flag,
     wait_heads, Server,
 };
 use serde_json::{json, Value};
@@ -29,10 +32,22 @@ async fn post_n(url: &str, token: &str, from: u64, n: u64) {
 
 /// Seconds until the street holds `seq` of c1, or `None` within `limit`.
 async fn held_within(url: &str, viewer: &str, seq: u64, limit: Duration) -> Option<f64> {
+    held_of_within(url, viewer, "c1", seq, limit).await
+}
+
+/// Seconds until the street holds `seq` of `origin`, or `None` within
+/// `limit`.
+async fn held_of_within(
+    url: &str,
+    viewer: &str,
+    origin: &str,
+    seq: u64,
+    limit: Duration,
+) -> Option<f64> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
         let st = get_json(&format!("{url}/v1/status"), viewer).await;
-        if st["heads"]["c1"]["seq"].as_u64() == Some(seq) {
+        if st["heads"][origin]["seq"].as_u64() == Some(seq) {
             return Some(t0.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -101,6 +116,61 @@ async fn a_parent_that_comes_back_nudges_its_children() {
         "without a nudge the community came back before its 30 s delay: the test checks nothing"
     );
     wait_heads(&street.url, &s1.tokens.viewer, &[("c1", 50)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_back_on_their_own_are_not_nudged() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(
+        dir.path(),
+        &[("s1", None), ("c1", Some("s1")), ("c2", Some("s1"))],
+    );
+    let s1 = &tree.nodes["s1"];
+    // c1 retries a refused connection within 300 ms (the street waits
+    // 2 × its own 1 s before nudging); c2 only every 30 s.
+    set_sync(
+        &tree.nodes["c1"].config,
+        &[("reconnect_min_ms", 100), ("reconnect_refused_max_ms", 300)],
+    );
+    set_sync(
+        &tree.nodes["c2"].config,
+        &[
+            ("reconnect_min_ms", 30_000),
+            ("reconnect_max_ms", 30_000),
+            ("reconnect_refused_max_ms", 30_000),
+        ],
+    );
+    let mut children = Vec::new();
+    for c in ["c1", "c2"] {
+        let node = &tree.nodes[c];
+        let server = Server::start(&node.config, &[]);
+        let events: Vec<Value> = (0..20)
+            .map(|i| sample_event(i, &format!("{c}-{i}")))
+            .collect();
+        let (status, body) = post_events(
+            &server.url,
+            &node.tokens.reporter,
+            &json!({ "events": events }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        children.push(server);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let street = Server::start(&s1.config, &[]);
+    let limit = Duration::from_secs(10);
+    let c1 = held_of_within(&street.url, &s1.tokens.viewer, "c1", 20, limit).await;
+    assert!(c1.expect("c1 came back on its own") < 2.0, "{c1:?}");
+    let c2 = held_of_within(&street.url, &s1.tokens.viewer, "c2", 20, limit).await;
+    c2.expect("c2, 30 s from its next attempt, came back: nudged");
+    let sent = metric(
+        &street.url,
+        &s1.tokens.viewer,
+        "gridsync_sync_nudges_sent_total",
+    )
+    .await;
+    assert_eq!(sent, Some(1.0), "c2 nudged, c1 (already connected) not");
 }
 
 fn now_ms() -> i64 {

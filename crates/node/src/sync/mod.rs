@@ -7,7 +7,8 @@
 //! * Child side: [`run_upstream`] keeps one connection to the parent,
 //!   reconnecting with exponential backoff and jitter, and streams what the
 //!   parent lacks, woken by the store's commit notifications (no polling).
-//! * A parent that starts nudges its children (`POST /v1/sync/nudge`,
+//! * A parent that starts nudges the children not back on their own
+//!   within 2 × `reconnect_refused_max_ms` (`POST /v1/sync/nudge`,
 //!   signed): a child waiting to retry retries at once ([`nudge_children`],
 //!   [`nudge_endpoint`]).
 

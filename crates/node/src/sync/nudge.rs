@@ -10,6 +10,14 @@
 //! retries at once (never sooner than `reconnect_min_ms` after its last
 //! attempt). A child the parent cannot reach (behind NAT, offline) still
 //! comes back on its own delay: the nudge only moves a retry earlier.
+//!
+//! Most children need none: while the parent was down its host refused
+//! their connections, so they retry within `reconnect_refused_max_ms`.
+//! The parent therefore first waits twice its own
+//! `reconnect_refused_max_ms` (children of one deployment share the
+//! setting) and then nudges only the children not connected by then —
+//! the ones in a long backoff. At a street with 1,000 children that is
+//! not 1,000 signed requests on every restart, during the catch-up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,14 +105,28 @@ pub async fn nudge_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Nudges every child of this node in the topology (when
-/// `sync.nudge_children` is set), a few at a time; a child that cannot be
-/// reached is left to its own retry.
+/// Nudges the children of this node in the topology that have not come
+/// back on their own within twice `reconnect_refused_max_ms` of the start
+/// (when `sync.nudge_children` is set), a few at a time; a child that
+/// cannot be reached is left to its own retry.
 pub async fn nudge_children(state: Arc<NodeState>) {
     if !state.config.sync.nudge_children {
         return;
     }
-    let children = state.topology.children(&state.config.id).to_vec();
+    let wait = state.config.sync.reconnect_refused_max_ms.saturating_mul(2);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let children: Vec<String> = {
+        let links = state.sync.children.lock().expect("lock");
+        state
+            .topology
+            .children(&state.config.id)
+            .iter()
+            .filter(|c| !links.get(*c).is_some_and(|l| l.connected))
+            .cloned()
+            .collect()
+    };
+    metrics::counter!("gridsync_sync_nudges_sent_total", "node" => state.config.id.clone())
+        .increment(children.len() as u64);
     futures_util::stream::iter(children)
         .for_each_concurrent(NUDGES_IN_FLIGHT, |child| {
             let state = state.clone();
