@@ -12,7 +12,8 @@
 //! frame's msgpack decode, each chunk's decode, its chain links and event
 //! hashes (`Chunk::linked`), its head signature, the store's import (in
 //! memory, and on sled without the final `fsync`), and the projection
-//! (every event applied). Each reports time per 10,000 events;
+//! (every event applied); also a lag report's receipt-time read, once per
+//! chunk (`0d`, `0e`). Each reports time per 10,000 events;
 //! `criterion`'s throughput line gives events/s.
 //!
 //! `cargo bench --bench sync_stages`
@@ -194,6 +195,34 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("0c_sender_withholding_on_the_bytes", |b| {
         b.iter(|| sender_frames(&origin, Send::OnTheBytes));
+    });
+    // A lag report's read: when the oldest event the parent lacks was
+    // received, asked once per chunk's first event (as an ack moves past
+    // each chunk) — the chunk read and decoded, as before, or the time
+    // read from the index and the entry's header.
+    let firsts: Vec<u64> = origin
+        .read_origin("c1", 0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|c| c.chunk.first_seq())
+        .collect();
+    for seq in &firsts {
+        let decoded = origin.read_origin("c1", seq - 1, 1).unwrap()[0].received_at_ms;
+        assert_eq!(origin.received_at("c1", *seq).unwrap(), Some(decoded));
+    }
+    group.bench_function("0d_receipt_times_chunk_decoded", |b| {
+        b.iter(|| {
+            for seq in &firsts {
+                std::hint::black_box(origin.read_origin("c1", seq - 1, 1).unwrap());
+            }
+        });
+    });
+    group.bench_function("0e_receipt_times_from_entry_header", |b| {
+        b.iter(|| {
+            for seq in &firsts {
+                std::hint::black_box(origin.received_at("c1", *seq).unwrap());
+            }
+        });
     });
     // A street holding the community's chunks as received (no personal
     // parts), forwarding them to its parent.

@@ -140,6 +140,35 @@ impl Store {
         origin_entries(kv, origin, after_seq, durable, max_chunks, bytes_max, read)
     }
 
+    /// When this node received event `seq` of `origin` (the receipt time
+    /// of the log entry holding it), if that entry is durable: from the
+    /// index and the entry's first fragment, nothing decoded — what a lag
+    /// report asks for an origin whose acknowledgement moved.
+    ///
+    /// # Errors
+    /// The index or the entry is damaged.
+    pub fn received_at(&self, origin: &str, seq: u64) -> Result<Option<i64>, StoreError> {
+        let durable = self.durable_seq(origin);
+        if seq == 0 || seq > durable {
+            return Ok(None);
+        }
+        let kv = self.shared.kv.as_ref();
+        let Some(entry) = index_after(kv, origin, seq - 1, 1)?.next() else {
+            return Ok(None);
+        };
+        let (last_seq, offset, _) = entry?;
+        if last_seq > durable {
+            return Ok(None);
+        }
+        let first = kv
+            .get(&layout::log_key(offset, 0))?
+            .ok_or_else(|| missing_entry(offset))?;
+        let at = first
+            .get(2..ENTRY_HEADER_BYTES)
+            .ok_or_else(|| corrupt(format!("log entry {offset}: truncated header")))?;
+        Ok(Some(i64::from_be_bytes(at.try_into().expect("8 bytes"))))
+    }
+
     fn read_durable_chunks(
         &self,
         origin: &str,

@@ -119,10 +119,7 @@ impl LocalLog for StoreView<'_> {
             })
     }
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
-        self.0
-            .read_origin(origin, seq.saturating_sub(1), 1)
-            .ok()
-            .and_then(|v| v.first().map(|c| c.received_at_ms))
+        self.0.received_at(origin, seq).ok().flatten()
     }
     fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
         if seq == 0 {
