@@ -7,10 +7,10 @@
 //! * Child side: [`run_upstream`] keeps one connection to the parent,
 //!   reconnecting with exponential backoff and jitter, and streams what the
 //!   parent lacks, woken by the store's commit notifications (no polling).
-//! * A parent that starts nudges the children not back on their own
-//!   within 2 × `reconnect_refused_max_ms` (`POST /v1/sync/nudge`,
-//!   signed): a child waiting to retry retries at once ([`nudge_children`],
-//!   [`nudge_endpoint`]).
+//! * A parent that starts nudges its children that are not connected
+//!   (`POST /v1/sync/nudge`, signed; up to `handshakes_max` at once, the
+//!   rest later if still not back): a child waiting to retry retries at
+//!   once ([`nudge_children`], [`nudge_endpoint`]).
 
 mod child;
 mod nudge;

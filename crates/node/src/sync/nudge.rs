@@ -11,13 +11,16 @@
 //! attempt). A child the parent cannot reach (behind NAT, offline) still
 //! comes back on its own delay: the nudge only moves a retry earlier.
 //!
-//! Most children need none: while the parent was down its host refused
+//! It nudges at once only as many children as it takes handshakes at
+//! once (`sync.handshakes_max`, 256): a child nudged beyond that would be
+//! told 503 and retry within its refused-retry delay anyway, and most
+//! need no nudge at all — while the parent was down its host refused
 //! their connections, so they retry within `reconnect_refused_max_ms`.
-//! The parent therefore first waits twice its own
-//! `reconnect_refused_max_ms` (children of one deployment share the
-//! setting) and then nudges only the children not connected by then —
-//! the ones in a long backoff. At a street with 1,000 children that is
-//! not 1,000 signed requests on every restart, during the catch-up.
+//! The rest are nudged twice the parent's own `reconnect_refused_max_ms`
+//! later (children of one deployment share the setting), and only those
+//! still not connected then — the ones in a long backoff. At a street
+//! with 1,000 children that is 256 signed requests during the catch-up,
+//! not 1,000.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,21 +108,34 @@ pub async fn nudge_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Nudges the children of this node in the topology that have not come
-/// back on their own within twice `reconnect_refused_max_ms` of the start
-/// (when `sync.nudge_children` is set), a few at a time; a child that
-/// cannot be reached is left to its own retry.
+/// Nudges this node's children in the topology that are not connected
+/// (when `sync.nudge_children` is set), a few at a time, in two waves: at
+/// once as many as it takes handshakes at once (`sync.handshakes_max` —
+/// more would only be told 503 and retry within their refused-retry delay
+/// anyway), then, twice `reconnect_refused_max_ms` later, those of the
+/// rest that have not come back on their own. A child that cannot be
+/// reached is left to its own retry.
 pub async fn nudge_children(state: Arc<NodeState>) {
-    if !state.config.sync.nudge_children {
+    let s = &state.config.sync;
+    if !s.nudge_children {
         return;
     }
-    let wait = state.config.sync.reconnect_refused_max_ms.saturating_mul(2);
+    let all = state.topology.children(&state.config.id);
+    let (now, later) = all.split_at(all.len().min(s.handshakes_max));
+    nudge_wave(&state, now).await;
+    if later.is_empty() {
+        return;
+    }
+    let wait = s.reconnect_refused_max_ms.saturating_mul(2);
     tokio::time::sleep(Duration::from_millis(wait)).await;
+    nudge_wave(&state, later).await;
+}
+
+/// Nudges those of `children` not connected now.
+async fn nudge_wave(state: &Arc<NodeState>, children: &[String]) {
     let children: Vec<String> = {
         let links = state.sync.children.lock().expect("lock");
-        state
-            .topology
-            .children(&state.config.id)
+        children
             .iter()
             .filter(|c| !links.get(*c).is_some_and(|l| l.connected))
             .cloned()
