@@ -148,16 +148,7 @@ async fn children_back_on_their_own_are_not_nudged() {
     for c in ["c1", "c2"] {
         let node = &tree.nodes[c];
         let server = Server::start(&node.config, &[]);
-        let events: Vec<Value> = (0..20)
-            .map(|i| sample_event(i, &format!("{c}-{i}")))
-            .collect();
-        let (status, body) = post_events(
-            &server.url,
-            &node.tokens.reporter,
-            &json!({ "events": events }),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
+        post_n(&server.url, &node.tokens.reporter, 0, 20).await;
         children.push(server);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -66,6 +66,7 @@ impl SyncState {
     /// `children`: how many children the topology gives this node (each
     /// always has a connection slot).
     pub fn new(settings: &SyncSettings, children: usize) -> Self {
+        let received_max = received_max(settings);
         Self {
             children: Mutex::new(BTreeMap::new()),
             parent: Mutex::new(ParentLink::default()),
@@ -73,8 +74,8 @@ impl SyncState {
                 settings.connections_max.max(children),
             )),
             handshakes: Arc::new(tokio::sync::Semaphore::new(settings.handshakes_max)),
-            received: Arc::new(tokio::sync::Semaphore::new(received_max(settings))),
-            received_max: received_max(settings),
+            received: Arc::new(tokio::sync::Semaphore::new(received_max)),
+            received_max,
             next_session: std::sync::atomic::AtomicU64::new(1),
             stop: watch::channel(false).0,
             paused: watch::channel(false).0,

@@ -153,13 +153,9 @@ impl Store {
             return Ok(None);
         }
         let kv = self.shared.kv.as_ref();
-        let Some(entry) = index_after(kv, origin, seq - 1, 1)?.next() else {
+        let Some(offset) = entry_holding(kv, origin, seq, durable)? else {
             return Ok(None);
         };
-        let (last_seq, offset, _) = entry?;
-        if last_seq > durable {
-            return Ok(None);
-        }
         let first = kv
             .get(&layout::log_key(offset, 0))?
             .ok_or_else(|| missing_entry(offset))?;
@@ -337,26 +333,29 @@ fn record_at(
     seq: u64,
     max_last_seq: u64,
 ) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
+    match entry_holding(kv, origin, seq, max_last_seq)? {
+        Some(offset) => record_in_entry(kv, offset, seq),
+        None => Ok(None),
+    }
+}
+
+/// The log offset of the chunk the index names for event `seq` of
+/// `origin` (the first ending at or after it), if that chunk ends at or
+/// before `max_last_seq`.
+fn entry_holding(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+    max_last_seq: u64,
+) -> Result<Option<u64>, StoreError> {
     if seq == 0 {
         return Ok(None);
     }
-    let prefix = layout::index_prefix(origin);
-    let Some((k, v)) = kv
-        .scan(&layout::index_key(origin, seq), &prefix, 1)?
-        .into_iter()
-        .next()
-    else {
+    let Some(entry) = index_after(kv, origin, seq - 1, 1)?.next() else {
         return Ok(None);
     };
-    let last_seq = layout::parse_origin_seq_key(&k)
-        .map(|(_, seq, _)| seq)
-        .ok_or_else(|| corrupt("malformed index key"))?;
-    if last_seq > max_last_seq {
-        return Ok(None);
-    }
-    let (offset, _) =
-        layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
-    record_in_entry(kv, offset, seq)
+    let (last_seq, offset, _) = entry?;
+    Ok((last_seq <= max_last_seq).then_some(offset))
 }
 
 /// Event `seq` of `origin` (envelope and personal part) as the log holds
