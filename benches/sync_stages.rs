@@ -14,7 +14,12 @@
 //! memory, and on sled without the final `fsync`), and the projection
 //! (every event applied); also a lag report's receipt-time read, once per
 //! chunk (`0d`, `0e`). Each reports time per 10,000 events;
-//! `criterion`'s throughput line gives events/s.
+//! `criterion`'s throughput line gives events/s. Apart from those, the
+//! group `lag_report` times one batch's lag report at a street of 1,000
+//! origins, from the child's reports to the parent's view of them: every
+//! origin (built, encoded, decoded, compared with the last and copied, as
+//! before `lag-changes-v1`) against the 50 that changed (built, encoded,
+//! decoded, merged per origin); it prints both reports' sizes.
 //!
 //! `cargo bench --bench sync_stages`
 
@@ -327,6 +332,66 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    group.finish();
+    lag_report(c);
+}
+
+/// See the module comment.
+fn lag_report(c: &mut Criterion) {
+    use gridsync_protocol::LagReport;
+    use std::collections::BTreeMap;
+    const ORIGINS: usize = 1000;
+    const CHANGED: usize = 50;
+    let heads: Vec<(String, u64)> = (0..ORIGINS)
+        .map(|i| (format!("d1-s1-c{i:04}"), 200 + i as u64))
+        .collect();
+    let report = |(origin, seq): &(String, u64)| LagReport {
+        origin: origin.clone(),
+        seq: *seq,
+        oldest_missing_ms: Some(1_780_000_000_000),
+    };
+    let frame = |lag: Vec<LagReport>| Frame::Batch {
+        id: 7,
+        chunks: Vec::new(),
+        lag,
+    };
+    let size = |n: usize| {
+        frame(heads[..n].iter().map(report).collect())
+            .encode()
+            .len()
+    };
+    eprintln!(
+        "lag report of a batch: {ORIGINS} origins {} bytes, {CHANGED} changed {} bytes, none {} bytes",
+        size(ORIGINS),
+        size(CHANGED),
+        size(0)
+    );
+    let decode = |bytes: &[u8]| match Frame::decode(bytes, FRAME_BYTES_MAX).unwrap() {
+        Frame::Batch { lag, .. } => lag,
+        _ => unreachable!(),
+    };
+    let mut group = c.benchmark_group("lag_report");
+    group.sample_size(50);
+    let mut last: Vec<LagReport> = heads.iter().map(report).collect();
+    last[0].seq -= 1;
+    group.bench_function("every_origin", |b| {
+        b.iter(|| {
+            let sent = frame(heads.iter().map(report).collect()).encode();
+            let lag = decode(&sent);
+            if lag != last {
+                std::hint::black_box(lag.clone());
+            }
+            lag
+        });
+    });
+    let mut view: BTreeMap<String, LagReport> =
+        heads.iter().map(|h| (h.0.clone(), report(h))).collect();
+    group.bench_function("changed_only", |b| {
+        b.iter(|| {
+            let sent = frame(heads[..CHANGED].iter().map(report).collect()).encode();
+            view.extend(decode(&sent).into_iter().map(|r| (r.origin.clone(), r)));
+        });
+    });
     group.finish();
 }
 

@@ -22,7 +22,8 @@
 //! `GRIDSYNC_BENCH_SMAPS=FILE`: the street's `/proc/PID/smaps` right after
 //! the catch-up, copied to FILE).
 //! Besides the table it prints the CPU each party spent
-//! during the catch-up and what the street wrote.
+//! during the catch-up and what the street wrote, then idles again and
+//! prints what the district received from the street meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,7 +200,7 @@ fn main() {
         ]
     };
     street = Server::start(cfg, &[]);
-    let (cpu0, written0) = (cpu(&street), written_bytes(street.child.id()));
+    let (cpu0, written0) = (cpu(&street), io_bytes(street.child.id(), "wchar"));
     let t0 = Instant::now();
     rt.block_on(wait_status(
         &street.url,
@@ -208,7 +209,7 @@ fn main() {
         |st| st["log"]["events"].as_u64() == Some(total),
     ));
     let catch_up = t0.elapsed();
-    let (cpu1, written1) = (cpu(&street), written_bytes(street.child.id()));
+    let (cpu1, written1) = (cpu(&street), io_bytes(street.child.id(), "wchar"));
     let (rss_after, _) = gridsync_suite::proc_usage(street.child.id());
     // Where that memory is: the street's mappings, for a look by hand.
     if let Some(path) = std::env::var_os("GRIDSYNC_BENCH_SMAPS") {
@@ -256,6 +257,26 @@ fn main() {
         s(3),
         written1.saturating_sub(written0) as f64 / 1e6,
     );
+    // The links idle again, the street now holding 1,000 origins: what
+    // its link up costs (heartbeats, with their lag reports), as the
+    // district counts what it received.
+    let received = || {
+        let text = rt.block_on(gridsync_suite::get_text(
+            &format!("{}/metrics", district.url),
+            &d_viewer,
+        ));
+        text.lines()
+            .find(|l| l.starts_with("gridsync_sync_bytes_received_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .expect("gridsync_sync_bytes_received_total at the district")
+    };
+    let received0 = received();
+    std::thread::sleep(idle);
+    let idle_bytes = received() - received0;
+    println!(
+        "idle after the catch-up ({idle:?}): the district received {idle_bytes} bytes from the street ({:.0} bytes/s)",
+        idle_bytes / idle.as_secs_f64()
+    );
     for stop in hosted {
         let _ = stop.send(());
     }
@@ -265,13 +286,14 @@ fn main() {
     rt.shutdown_timeout(Duration::from_secs(5));
 }
 
-/// Bytes `pid` has passed to `write` and its kin so far (`wchar` of
-/// `/proc/PID/io`: what sled wrote, before the page cache).
-fn written_bytes(pid: u32) -> u64 {
+/// `/proc/PID/io`'s `field` of `pid`: `wchar`, the bytes passed to
+/// `write` and its kin so far (what sled wrote, before the page cache), or
+/// `rchar`, those read (sockets included).
+fn io_bytes(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }

@@ -562,3 +562,69 @@ async fn rotated_out_keys_and_retired_nodes_are_refused() {
     .await;
     assert_eq!(st["heads"]["s1-c1"]["seq"], 5, "{st}");
 }
+
+/// A child's lag reports are kept per origin (a parent that says
+/// `lag-changes-v1` is sent only the origins whose report changed), and
+/// only for origins the topology knows: a child naming thousands of made-up
+/// origins grows nothing at its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_reports_are_merged_per_origin_and_bounded_by_the_topology() {
+    use gridsync_protocol::{LagReport, CAPABILITY_LAG_CHANGES_V1};
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(dir.path(), &[("s1", None), ("s1-c1", Some("s1"))]);
+    let server = Server::start(&tree.nodes["s1"].config, &[]);
+    let base = server.url.clone();
+    let key = key_of(&tree.dir, "s1-c1");
+
+    let mut ws = connect(&base).await;
+    send(&mut ws, &hello("s1-c1", "s1", PROTOCOL_VERSION, [3; 32])).await;
+    match recv(&mut ws).await {
+        Some(Frame::Challenge { capabilities, .. }) => assert!(
+            capabilities.iter().any(|c| c == CAPABILITY_LAG_CHANGES_V1),
+            "{capabilities:?}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let (mut ws, _) = handshake(&base, "s1-c1", &key).await.unwrap();
+    let report = |origin: &str, seq: u64| LagReport {
+        origin: origin.into(),
+        seq,
+        oldest_missing_ms: Some(1_580_175_000_000),
+    };
+    let mut lag = vec![report("s1-c1", 7)];
+    lag.extend((0..5_000).map(|i| report(&format!("made-up-{i}"), 1)));
+    let children = |st: &serde_json::Value| st["children_status"][0].clone();
+    let status = || async {
+        gridsync_suite::get_json(
+            &format!("{base}/v1/status"),
+            &tree.nodes["s1"].tokens.viewer,
+        )
+        .await
+    };
+    ping(&mut ws, lag).await;
+    let child = children(&status().await);
+    assert_eq!(child["id"], "s1-c1", "{child}");
+    assert_eq!(
+        child["heads"],
+        serde_json::json!({ "s1-c1": 7 }),
+        "only origins of the topology are kept"
+    );
+    assert_eq!(child["lag_events"], 7, "{child}");
+    // A report without the origin keeps its last one (merged, not replaced).
+    ping(&mut ws, vec![]).await;
+    assert_eq!(
+        children(&status().await)["heads"],
+        serde_json::json!({ "s1-c1": 7 })
+    );
+    ping(&mut ws, vec![report("s1-c1", 9)]).await;
+    let child = children(&status().await);
+    assert_eq!(child["heads"], serde_json::json!({ "s1-c1": 9 }), "{child}");
+    assert_eq!(child["lag_events"], 9, "{child}");
+}
+
+/// Sends a ping with `lag` and waits for the pong.
+async fn ping(ws: &mut Ws, lag: Vec<gridsync_protocol::LagReport>) {
+    send(ws, &Frame::Ping { lag }).await;
+    assert!(matches!(recv(ws).await, Some(Frame::Pong)));
+}

@@ -14,7 +14,8 @@ use gridsync_deploy::config::SyncSettings;
 pub struct ChildLink {
     pub connected: bool,
     pub last_contact_ms: Option<i64>,
-    pub lag: Vec<LagReport>,
+    /// The child's latest lag report per origin.
+    pub lag: BTreeMap<String, LagReport>,
     pub(crate) session: u64,
     pub(crate) cancel: Option<Arc<Notify>>,
 }

@@ -146,10 +146,16 @@ pub struct ChildSession {
     /// Per origin: the oldest seq the parent lacks and when this node
     /// received it, as last read for a lag report. A stored event's
     /// receipt time never changes, so it is read again only when the
-    /// parent's ack moves; every batch carries a lag report for every
-    /// origin, and a street with 1,000 children read 1,000 log entries
-    /// per batch while catching up. One entry per origin of the heads.
+    /// parent's ack moves (a street with 1,000 children read 1,000 log
+    /// entries per batch while catching up when it was read for every
+    /// report). One entry per origin of the heads.
     oldest_missing: HashMap<String, (u64, i64)>,
+    /// The parent keeps each origin's latest lag report
+    /// (`lag-changes-v1`): send only the reports that changed.
+    lag_changes_only: bool,
+    /// Per origin, the report last sent in this session (kept with
+    /// `lag_changes_only` only).
+    lag_sent: HashMap<String, (u64, Option<i64>)>,
 }
 
 mod repair;
@@ -177,6 +183,8 @@ impl ChildSession {
             welcomed: false,
             repair: None,
             oldest_missing: HashMap::new(),
+            lag_changes_only: false,
+            lag_sent: HashMap::new(),
         }
     }
 
@@ -243,7 +251,10 @@ impl ChildSession {
             node: self.cfg.node_id.clone(),
             parent: self.cfg.parent_id.clone(),
             nonce: ByteBuf::from(self.nonce.clone()),
-            capabilities: vec![crate::CAPABILITY_CHUNKS_V1.into()],
+            capabilities: vec![
+                crate::CAPABILITY_CHUNKS_V1.into(),
+                crate::CAPABILITY_LAG_CHANGES_V1.into(),
+            ],
         };
         self.send(&mut out, hello, now_ms);
         out
@@ -399,6 +410,9 @@ impl ChildSession {
             let m = format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}");
             return self.fail(out, m);
         }
+        self.lag_changes_only = capabilities
+            .iter()
+            .any(|c| c == crate::CAPABILITY_LAG_CHANGES_V1);
         if node != self.cfg.parent_id {
             let m = format!(
                 "expected parent {}, connected to {node}",

@@ -44,6 +44,16 @@ use gridsync_model::{Chunk, Hash32};
 /// stored format (`crates/model/src/chunk.rs`).
 pub const CAPABILITY_CHUNKS_V1: &str = "chunks-v1";
 
+/// A parent that keeps each origin's latest lag report (every parent of
+/// this build) says so with this capability, and a child that sees it
+/// sends in each `batch` and `ping` only the origins whose report changed
+/// since its previous one in the session (all of them in the first). Without
+/// it a child sends every origin each time — which a parent that merges
+/// takes the same way, as a child's origins never go away in a session. At
+/// 1,000 origins below a street, a report of all of them is ~40 KB built,
+/// sent and decoded with every batch, however few chunks the batch holds.
+pub const CAPABILITY_LAG_CHANGES_V1: &str = "lag-changes-v1";
+
 /// Why a peer or a batch was refused. Stable strings on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectCode {

@@ -3,7 +3,7 @@
 //! subtree membership), hand accepted chunks to the store, and acknowledge
 //! a batch only once the store reports it durable.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridsync_model::chunk::LinkedChunk;
@@ -151,7 +151,10 @@ pub struct ParentSession {
     refused: HashMap<String, RejectCode>,
     last_rx_ms: i64,
     last_tx_ms: i64,
-    lag: Vec<LagReport>,
+    /// The child's lag reports not yet taken ([`Self::take_lag`]): per
+    /// origin the latest, for origins the topology knows only (a child
+    /// cannot grow it beyond the topology).
+    lag: BTreeMap<String, LagReport>,
 }
 
 mod batch;
@@ -169,7 +172,7 @@ impl ParentSession {
             refused: HashMap::new(),
             last_rx_ms: now_ms,
             last_tx_ms: now_ms,
-            lag: Vec::new(),
+            lag: BTreeMap::new(),
         }
     }
 
@@ -181,9 +184,21 @@ impl ParentSession {
         }
     }
 
-    /// The child's latest lag report.
-    pub fn lag(&self) -> &[LagReport] {
-        &self.lag
+    /// The lag reports received since the last call, the latest per
+    /// origin. A child speaking `lag-changes-v1` (see
+    /// [`crate::CAPABILITY_LAG_CHANGES_V1`]) reports only the origins whose
+    /// report changed, so the caller keeps each origin's latest.
+    pub fn take_lag(&mut self) -> BTreeMap<String, LagReport> {
+        std::mem::take(&mut self.lag)
+    }
+
+    /// Keeps `lag`'s reports of origins the topology knows.
+    fn merge_lag(&mut self, lag: Vec<LagReport>, topo: &dyn TopologyView) {
+        for r in lag {
+            if topo.key(&r.origin).is_some() {
+                self.lag.insert(r.origin.clone(), r);
+            }
+        }
     }
 
     pub fn last_rx_ms(&self) -> i64 {
@@ -252,7 +267,7 @@ impl ParentSession {
                 self.on_auth(out, child, &proof, topo, log, now_ms)
             }
             (State::Streaming { child }, Frame::Batch { id, chunks, lag }) => {
-                self.lag = lag;
+                self.merge_lag(lag, topo);
                 self.on_batch(out, &child, id, chunks, topo, log, now_ms)
             }
             (State::Streaming { child }, Frame::Fetch { origin, after_seq }) => {
@@ -261,7 +276,7 @@ impl ParentSession {
             (_, Frame::Ping { lag }) => {
                 let mut out = out;
                 if matches!(self.state, State::Streaming { .. }) {
-                    self.lag = lag;
+                    self.merge_lag(lag, topo);
                 }
                 self.send(&mut out, Frame::Pong, now_ms);
                 out
@@ -331,7 +346,10 @@ impl ParentSession {
             node: self.cfg.node_id.clone(),
             nonce: ByteBuf::from(self.nonce.clone()),
             proof: ByteBuf::from(proof.to_vec()),
-            capabilities: vec![crate::CAPABILITY_CHUNKS_V1.to_owned()],
+            capabilities: vec![
+                crate::CAPABILITY_CHUNKS_V1.to_owned(),
+                crate::CAPABILITY_LAG_CHANGES_V1.to_owned(),
+            ],
         };
         self.state = State::AwaitAuth { child: node };
         self.send(&mut out, challenge, now_ms);

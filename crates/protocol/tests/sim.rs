@@ -23,15 +23,15 @@
 //! past the durable point) must be caught.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use gridsync_protocol::{
-    ChildConfig, ChildSession, Frame, LocalLog, Output, OwnChain, ParentConfig, ParentSession,
-    StoredLog, TopologyView,
+    ChildConfig, ChildSession, Frame, LagReport, LocalLog, Output, OwnChain, ParentConfig,
+    ParentSession, StoredLog, TopologyView,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -332,6 +332,8 @@ enum Ev {
         conn: u64,
         to_parent: bool,
         bytes: Vec<u8>,
+        /// The sender's count of frames sent on `conn` toward the parent.
+        no: u64,
     },
     Closed {
         conn: u64,
@@ -384,7 +386,28 @@ struct Sim<'t> {
     faults_until: i64,
     bugs: Bugs,
     failure: Option<String>,
+    lag: LagCheck,
 }
+
+/// The parent's view of a child's lag reports, merged per origin as the
+/// node merges them, against the child's heads when it sent each report
+/// (`lag-changes-v1` sends only what changed): on a connection whose frames
+/// to the parent all arrived, once each and in order — what TCP gives the
+/// real link — they are equal at every report.
+#[derive(Default)]
+struct LagCheck {
+    /// Per connection: frames sent toward the parent, and received in order.
+    sent: HashMap<u64, u64>,
+    received: HashMap<u64, u64>,
+    /// Connections where one was lost, repeated or overtaken.
+    disordered: HashSet<u64>,
+    /// The child's heads when it sent frame `(conn, no)` with a report.
+    expected: HashMap<(u64, u64), BTreeMap<String, u64>>,
+    merged: HashMap<u64, BTreeMap<String, u64>>,
+}
+
+/// Reports compared by [`LagCheck`], over all seeds run.
+static LAG_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 const FAULTS_MS: i64 = 4_000;
 
@@ -426,6 +449,7 @@ impl<'t> Sim<'t> {
             faults_until: FAULTS_MS,
             bugs,
             failure: None,
+            lag: LagCheck::default(),
         };
         for n in 0..tree.ids.len() {
             sim.at(0, Ev::Tick { node: n });
@@ -518,6 +542,13 @@ impl<'t> Sim<'t> {
         let Some(&(c, p, open)) = self.conns.get(&conn) else {
             return;
         };
+        let no = if to_parent {
+            let n = self.lag.sent.entry(conn).or_insert(0);
+            *n += 1;
+            *n
+        } else {
+            0
+        };
         if !open {
             return;
         }
@@ -548,6 +579,7 @@ impl<'t> Sim<'t> {
                     conn,
                     to_parent,
                     bytes: bytes.clone(),
+                    no,
                 },
             );
         }
@@ -582,7 +614,18 @@ impl<'t> Sim<'t> {
         let mut queue: std::collections::VecDeque<Output> = outs.into();
         while let Some(o) = queue.pop_front() {
             match o {
-                Output::Send(f) => self.transmit(conn, true, f.encode()),
+                Output::Send(f) => {
+                    // A report counts once the parent has welcomed the child
+                    // (a ping before carries none).
+                    let welcomed = matches!(&self.nodes[n].up_link,
+                        Some((lc, s)) if *lc == conn && s.made_progress());
+                    if welcomed && matches!(f, Frame::Batch { .. } | Frame::Ping { .. }) {
+                        let heads = LocalLog::heads(self.local_view(n)).into_iter().collect();
+                        let no = self.lag.sent.get(&conn).copied().unwrap_or(0) + 1;
+                        self.lag.expected.insert((conn, no), heads);
+                    }
+                    self.transmit(conn, true, f.encode());
+                }
                 Output::Close { .. } => self.close_conn(conn),
                 Output::Import { chunks } => {
                     for c in &chunks {
@@ -635,6 +678,30 @@ impl<'t> Sim<'t> {
                 Output::Persist { .. } | Output::Equivocation { .. } | Output::Rejected { .. } => {}
             }
         }
+    }
+
+    /// See [`LagCheck`]: called with each frame the parent session took.
+    fn check_lag(&mut self, conn: u64, no: u64, reports: BTreeMap<String, LagReport>) {
+        let received = self.lag.received.entry(conn).or_insert(0);
+        if no != *received + 1 {
+            self.lag.disordered.insert(conn);
+        }
+        *received = (*received).max(no);
+        let merged = self.lag.merged.entry(conn).or_default();
+        merged.extend(reports.into_values().map(|r| (r.origin, r.seq)));
+        let Some(want) = self.lag.expected.remove(&(conn, no)) else {
+            return; // not a frame with a report
+        };
+        if self.lag.disordered.contains(&conn) || self.bugs.any() {
+            return;
+        }
+        if *merged != want {
+            let got = merged.clone();
+            return self.fail(format!(
+                "conn {conn}: the parent's merged lag reports {got:?} differ from the child's heads {want:?} when it sent frame {no}"
+            ));
+        }
+        LAG_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The log a node's sender reads: only what is durable, unless the
@@ -837,6 +904,7 @@ impl<'t> Sim<'t> {
                 conn,
                 to_parent,
                 bytes,
+                no,
             } => {
                 let Some(&(c, p, open)) = self.conns.get(&conn) else {
                     return;
@@ -856,7 +924,9 @@ impl<'t> Sim<'t> {
                         return;
                     };
                     let outs = s.on_frame(frame, self.tree, &self.nodes[p].log, self.now);
+                    let reports = s.take_lag();
                     self.nodes[p].down.insert(conn, s);
+                    self.check_lag(conn, no, reports);
                     self.parent_outputs(p, conn, outs);
                 } else {
                     if !self.nodes[c].up {
@@ -1119,6 +1189,9 @@ fn simulated_tree_converges_under_faults() {
     }
     let repairs = REPAIRS.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{repairs} restored communities pulled their lost tail back from their parent");
+    let lag_checks = LAG_CHECKS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{lag_checks} merged lag reports equal to the child's heads");
+    assert!(lag_checks > n, "too few lag reports checked: {lag_checks}");
     if n >= 200 {
         assert!(
             repairs > 0,

@@ -97,11 +97,14 @@ fn children_status(state: &NodeState, ours: &BTreeMap<String, HeadState>) -> Vec
     let links = state.sync.children.lock().expect("lock").clone();
     let child_status = |id: &String| {
         let link = links.get(id).cloned().unwrap_or_default();
-        let heads: BTreeMap<String, u64> =
-            link.lag.iter().map(|l| (l.origin.clone(), l.seq)).collect();
+        let heads: BTreeMap<String, u64> = link
+            .lag
+            .values()
+            .map(|l| (l.origin.clone(), l.seq))
+            .collect();
         let mut lag_events = 0;
         let mut oldest: Option<i64> = None;
-        for l in &link.lag {
+        for l in link.lag.values() {
             let have = ours.get(&l.origin).map_or(0, |h| h.seq);
             if l.seq > have {
                 lag_events += l.seq - have;

@@ -117,7 +117,16 @@ struct ChildConnection {
     share: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Once authenticated.
     child: Option<String>,
+    /// The child's lag changed since `gridsync_sync_child_lag_events` was
+    /// last set, and when that was (it sums over every origin the child
+    /// reports, so it is set at most every [`LAG_GAUGE_EVERY`]).
+    lag_dirty: bool,
+    lag_gauge_at: Option<tokio::time::Instant>,
 }
+
+/// How often at most a link's lag gauge is recomputed (it reads this
+/// node's head of every origin the child reports: 1,000 below a street).
+const LAG_GAUGE_EVERY: Duration = Duration::from_secs(1);
 
 async fn parent_session(
     state: Arc<NodeState>,
@@ -145,6 +154,8 @@ async fn parent_session(
         pending: VecDeque::new(),
         share: None,
         child: None,
+        lag_dirty: false,
+        lag_gauge_at: None,
     };
     let reason = c.run().await;
     c.close(&reason).await;
@@ -224,6 +235,8 @@ impl ChildConnection {
             Some(Err(e)) => return Err(format!("websocket error: {e}")),
             None => return Err("connection closed by the child".into()),
         };
+        metrics::counter!("gridsync_sync_bytes_received_total", "node" => self.state.config.id.clone())
+            .increment(bytes.len() as u64);
         // A child's frame takes its share of the received-bytes budget
         // before it is decoded (waiting here leaves the rest of the frames
         // unread on the socket); the share goes with its import.
@@ -312,20 +325,30 @@ impl ChildConnection {
         Ok(())
     }
 
-    /// The child's link as `/v1/status` shows it: last contact and lag.
-    fn update_link(&self) {
+    /// The child's link as `/v1/status` shows it: last contact and lag
+    /// (each origin's latest report merged in).
+    fn update_link(&mut self) {
         let Some(c) = &self.child else { return };
+        let reports = self.session.take_lag();
         let mut children = self.state.sync.children.lock().expect("lock");
         let Some(link) = children.get_mut(c).filter(|l| l.session == self.session_id) else {
             return;
         };
         link.last_contact_ms = Some(self.session.last_rx_ms());
-        if link.lag.as_slice() != self.session.lag() {
-            link.lag = self.session.lag().to_vec();
+        if !reports.is_empty() {
+            link.lag.extend(reports);
+            self.lag_dirty = true;
+        }
+        let due = self
+            .lag_gauge_at
+            .is_none_or(|at| at.elapsed() >= LAG_GAUGE_EVERY);
+        if self.lag_dirty && due {
+            self.lag_dirty = false;
+            self.lag_gauge_at = Some(tokio::time::Instant::now());
             let store = &self.state.store;
             let lag: u64 = link
                 .lag
-                .iter()
+                .values()
                 .map(|l| {
                     l.seq
                         .saturating_sub(store.head(&l.origin).map_or(0, |h| h.seq))

@@ -1,11 +1,15 @@
 //! What the child sends: batches of the chunks its parent lacks, read from
 //! the log, and with each batch the lag report (per origin, what the
-//! parent lacks and since when).
+//! parent lacks and since when; only the origins whose report changed when
+//! the parent speaks `lag-changes-v1`).
 
 use super::*;
 
 impl super::ChildSession {
-    /// What the parent lacks, per origin.
+    /// What the parent lacks, per origin: every origin, or — when the
+    /// parent keeps each origin's latest report (`lag-changes-v1`) — only
+    /// those whose report changed since the one last sent in this session.
+    /// What this returns is sent.
     pub fn lag(&mut self, log: &dyn LocalLog) -> Vec<LagReport> {
         let heads = log.heads();
         self.lag_of(&heads, log)
@@ -13,20 +17,29 @@ impl super::ChildSession {
 
     /// [`ChildSession::lag`] for heads already read.
     fn lag_of(&mut self, heads: &[(String, u64)], log: &dyn LocalLog) -> Vec<LagReport> {
-        heads
-            .iter()
-            .map(|(origin, seq)| {
-                let acked = self.acked.get(origin).copied().unwrap_or(0);
-                let oldest_missing_ms = (*seq > acked)
-                    .then(|| self.received_at(log, origin, acked + 1))
-                    .flatten();
-                LagReport {
-                    origin: origin.clone(),
-                    seq: *seq,
-                    oldest_missing_ms,
+        let mut reports = Vec::new();
+        for (origin, seq) in heads {
+            let acked = self.acked.get(origin).copied().unwrap_or(0);
+            let oldest_missing_ms = (*seq > acked)
+                .then(|| self.received_at(log, origin, acked + 1))
+                .flatten();
+            if self.lag_changes_only {
+                let now = (*seq, oldest_missing_ms);
+                match self.lag_sent.get_mut(origin) {
+                    Some(sent) if *sent == now => continue,
+                    Some(sent) => *sent = now,
+                    None => {
+                        self.lag_sent.insert(origin.clone(), now);
+                    }
                 }
-            })
-            .collect()
+            }
+            reports.push(LagReport {
+                origin: origin.clone(),
+                seq: *seq,
+                oldest_missing_ms,
+            });
+        }
+        reports
     }
 
     /// When this node received `origin`'s event `seq` (remembered per

@@ -1,5 +1,7 @@
 //! The lag report: the same answers whether or not a receipt time was
-//! remembered, and the local log read only when the parent's ack moved.
+//! remembered, the local log read only when the parent's ack moved, and —
+//! to a parent speaking `lag-changes-v1` — only the origins whose report
+//! changed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -14,13 +16,17 @@ use super::{ChildConfig, ChildSession, LocalLog};
 /// received at `i * 1_000_000 + seq`; origins in `unreadable` answer none.
 struct CountingLog {
     origins: usize,
+    /// Every origin's head (100 unless a test moves it).
+    head: Cell<u64>,
     reads: Cell<usize>,
     unreadable: RefCell<BTreeSet<String>>,
 }
 
 impl LocalLog for CountingLog {
     fn heads(&self) -> Vec<(String, u64)> {
-        (0..self.origins).map(|i| (format!("o{i}"), 100)).collect()
+        (0..self.origins)
+            .map(|i| (format!("o{i}"), self.head.get()))
+            .collect()
     }
     fn encoded_chunks_after(&self, _: &str, _: u64, _: usize) -> Vec<EncodedChunk> {
         Vec::new()
@@ -68,6 +74,7 @@ fn expected(origins: usize, acked: impl Fn(usize) -> u64) -> Vec<Option<i64>> {
 fn lag_reads_each_origin_once_until_its_ack_moves() {
     let log = CountingLog {
         origins: 1000,
+        head: Cell::new(100),
         reads: Cell::new(0),
         unreadable: RefCell::new(BTreeSet::new()),
     };
@@ -101,4 +108,56 @@ fn lag_reads_each_origin_once_until_its_ack_moves() {
     assert_eq!(log.reads.get(), 1003);
     log.unreadable.borrow_mut().clear();
     assert_eq!(times(&mut s)[5], Some(5_000_011));
+}
+
+#[test]
+fn to_a_parent_that_merges_only_changed_reports_are_sent() {
+    let log = CountingLog {
+        origins: 1000,
+        head: Cell::new(100),
+        reads: Cell::new(0),
+        unreadable: RefCell::new(BTreeSet::new()),
+    };
+    let mut s = session();
+    s.lag_changes_only = true;
+    let sent = |s: &mut ChildSession| -> Vec<(String, u64, Option<i64>)> {
+        s.lag(&log)
+            .into_iter()
+            .map(|r| (r.origin, r.seq, r.oldest_missing_ms))
+            .collect()
+    };
+    // The session's first report has every origin.
+    assert_eq!(sent(&mut s).len(), 1000);
+    assert_eq!(sent(&mut s), vec![], "nothing changed, nothing sent");
+    // An ack moves the oldest missing event of one origin, another is
+    // acked whole.
+    s.acked.insert("o3".into(), 40);
+    s.acked.insert("o7".into(), 100);
+    assert_eq!(
+        sent(&mut s),
+        vec![
+            ("o3".into(), 100, Some(3_000_041)),
+            ("o7".into(), 100, None)
+        ]
+    );
+    assert_eq!(sent(&mut s), vec![]);
+    // A receipt time that cannot be read is reported as unknown once, and
+    // the time once it can be read.
+    s.acked.insert("o5".into(), 10);
+    log.unreadable.borrow_mut().insert("o5".into());
+    assert_eq!(sent(&mut s), vec![("o5".into(), 100, None)]);
+    assert_eq!(sent(&mut s), vec![]);
+    log.unreadable.borrow_mut().clear();
+    assert_eq!(sent(&mut s), vec![("o5".into(), 100, Some(5_000_011))]);
+    // New events: every origin's head moved (o7's, acked whole before,
+    // now lacks its 101st).
+    log.head.set(120);
+    let all = sent(&mut s);
+    assert_eq!(all.len(), 1000);
+    assert!(all.iter().all(|(_, seq, _)| *seq == 120));
+    assert_eq!(all[7], ("o7".into(), 120, Some(7_000_101)));
+    // Control: a parent without the capability gets every origin each time.
+    s.lag_changes_only = false;
+    assert_eq!(sent(&mut s).len(), 1000);
+    assert_eq!(sent(&mut s).len(), 1000);
 }

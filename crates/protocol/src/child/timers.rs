@@ -64,7 +64,13 @@ impl ChildSession {
             }
         }
         if now_ms - self.last_tx_ms >= self.cfg.heartbeat_ms {
-            let lag = self.lag(log);
+            // A parent takes lag reports once it has welcomed the child;
+            // one sent before would count as sent but be dropped there.
+            let lag = if self.welcomed {
+                self.lag(log)
+            } else {
+                Vec::new()
+            };
             self.send(&mut out, Frame::Ping { lag }, now_ms);
         }
         out
