@@ -3,8 +3,9 @@
 //! once with `GLIBC_TUNABLES`; BENCHMARKS.md, "glibc's allocator", for
 //! what it buys). Proven on the serving process itself: the process the
 //! test spawned (same pid: `exec` keeps it) is the one listening, and its
-//! environment holds the tunables — unless the operator opted out or chose
-//! their own malloc tunables, which are left exactly as given.
+//! environment holds the tunables (an aggregator's with one allocator arena
+//! per core) — unless the operator opted out or chose their own malloc
+//! tunables, which are left exactly as given.
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 
 use gridsync_suite::{provision, Server};
@@ -44,12 +45,18 @@ fn serving_with(config: &std::path::Path, env: &[(&str, &str)]) -> Option<String
 #[test]
 fn a_node_serves_with_the_allocator_tuned_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = provision(dir.path(), &[("c1", None)]);
+    let tree = provision(dir.path(), &[("s1", None), ("c1", Some("s1"))]);
     let config = &tree.nodes["c1"].config;
 
     // By default (whatever the test's own environment says).
     let neutral = [("GLIBC_TUNABLES", ""), ("GRIDSYNC_MALLOC_TUNING", "1")];
     assert_eq!(serving_with(config, &neutral).as_deref(), Some(TUNABLES));
+    // An aggregator (a node with children) also gets one arena per core.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        serving_with(&tree.nodes["s1"].config, &neutral),
+        Some(format!("{TUNABLES}:glibc.malloc.arena_max={cores}"))
+    );
 
     // Other glibc tunables are kept, ours added after them.
     let other = [

@@ -448,9 +448,11 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    // First, before any thread or file exists: may exec this binary anew.
-    let tuning = malloc_tuning::apply();
     let cli = Cli::parse();
+    // Before any thread exists: may exec this binary anew. `serve` does it
+    // once it knows from the topology whether it is an aggregator.
+    let tuning = (!matches!(cli.command, Command::Serve { .. }))
+        .then(|| malloc_tuning::apply(malloc_tuning::TUNABLES));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -458,19 +460,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match tuning {
-        malloc_tuning::Tuning::Failed(why) => {
-            tracing::warn!(%why, "could not re-execute with glibc's allocator tuned; running with its defaults")
-        }
-        malloc_tuning::Tuning::Skipped(why) => {
-            tracing::debug!(why, "glibc's allocator left with its defaults")
-        }
-        malloc_tuning::Tuning::Applied => {
-            tracing::debug!(
-                tunables = malloc_tuning::TUNABLES,
-                "glibc's allocator tuned"
-            )
-        }
+    if let Some(tuning) = tuning {
+        malloc_tuning::report(tuning);
     }
     let result = match cli.command {
         Command::Provision {
@@ -610,6 +601,11 @@ fn serve(
     opts: gridsync_node::node::OpenOptions,
 ) -> anyhow::Result<()> {
     let config = gridsync_deploy::config::NodeConfig::load(&config_path)?;
+    // Still no other thread: exec'd anew with the allocator tuned for this
+    // node's role (an unreadable topology is reported by the open below).
+    let aggregator = gridsync_deploy::topology::Topology::load(&config.topology_file)
+        .is_ok_and(|t| !t.children(&config.id).is_empty());
+    malloc_tuning::report(malloc_tuning::apply(&malloc_tuning::tunables(aggregator)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gridsync")

@@ -22,6 +22,17 @@ struct CountingLog {
     unreadable: RefCell<BTreeSet<String>>,
 }
 
+impl CountingLog {
+    fn new(origins: usize) -> Self {
+        Self {
+            origins,
+            head: Cell::new(100),
+            reads: Cell::new(0),
+            unreadable: RefCell::new(BTreeSet::new()),
+        }
+    }
+}
+
 impl LocalLog for CountingLog {
     fn heads(&self) -> Vec<(String, u64)> {
         (0..self.origins)
@@ -72,12 +83,7 @@ fn expected(origins: usize, acked: impl Fn(usize) -> u64) -> Vec<Option<i64>> {
 
 #[test]
 fn lag_reads_each_origin_once_until_its_ack_moves() {
-    let log = CountingLog {
-        origins: 1000,
-        head: Cell::new(100),
-        reads: Cell::new(0),
-        unreadable: RefCell::new(BTreeSet::new()),
-    };
+    let log = CountingLog::new(1000);
     let mut s = session();
     let times = |s: &mut ChildSession| -> Vec<Option<i64>> {
         s.lag(&log).iter().map(|r| r.oldest_missing_ms).collect()
@@ -112,12 +118,7 @@ fn lag_reads_each_origin_once_until_its_ack_moves() {
 
 #[test]
 fn to_a_parent_that_merges_only_changed_reports_are_sent() {
-    let log = CountingLog {
-        origins: 1000,
-        head: Cell::new(100),
-        reads: Cell::new(0),
-        unreadable: RefCell::new(BTreeSet::new()),
-    };
+    let log = CountingLog::new(1000);
     let mut s = session();
     s.lag_changes_only = true;
     let sent = |s: &mut ChildSession| -> Vec<(String, u64, Option<i64>)> {
