@@ -20,8 +20,8 @@
 //! street whose sessions hand CPU-heavy frames to fresh threads
 //! (`block_in_place`) while 1,000 children catch up ended the burst with
 //! ~55 MB more RSS than its live heap. One arena per core: the street's
-//! RSS after that burst 188.6 / 152.3 / 165.3 → 128.4 / 138.3 / 139.3 MB,
-//! and no slower (BENCHMARKS.md, "One allocator arena per core at an
+//! RSS after that burst median 163.9 → 136.9 MB over thirteen pairs, and
+//! no slower (BENCHMARKS.md, "One allocator arena per core at an
 //! aggregator"). Not at a community: its HTTP ingest parses posts on many
 //! threads at once, and with 2 arenas it took ~10 % fewer events/s.
 //!
