@@ -452,7 +452,7 @@ fn main() -> ExitCode {
     // Before any thread exists: may exec this binary anew. `serve` does it
     // once it knows from the topology whether it is an aggregator.
     let tuning = (!matches!(cli.command, Command::Serve { .. }))
-        .then(|| malloc_tuning::apply(malloc_tuning::TUNABLES));
+        .then(|| malloc_tuning::apply(|| malloc_tuning::TUNABLES.to_owned()));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -602,10 +602,13 @@ fn serve(
 ) -> anyhow::Result<()> {
     let config = gridsync_deploy::config::NodeConfig::load(&config_path)?;
     // Still no other thread: exec'd anew with the allocator tuned for this
-    // node's role (an unreadable topology is reported by the open below).
-    let aggregator = gridsync_deploy::topology::Topology::load(&config.topology_file)
-        .is_ok_and(|t| !t.children(&config.id).is_empty());
-    malloc_tuning::report(malloc_tuning::apply(&malloc_tuning::tunables(aggregator)));
+    // node's role, the topology read for it only before that exec (an
+    // unreadable one is reported by the open below).
+    malloc_tuning::report(malloc_tuning::apply(|| {
+        let aggregator = gridsync_deploy::topology::Topology::load(&config.topology_file)
+            .is_ok_and(|t| !t.children(&config.id).is_empty());
+        malloc_tuning::tunables(aggregator)
+    }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gridsync")

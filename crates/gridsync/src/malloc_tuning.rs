@@ -59,12 +59,12 @@ pub enum Tuning {
     Failed(String),
 }
 
-/// The environment value to exec with (`want`: what [`tunables`] gave),
-/// or why not to.
+/// The environment value to exec with (`want`: what [`tunables`] gives,
+/// asked only when an exec is due), or why not to.
 fn wanted(
     current: Option<&str>,
     opt_out: Option<&str>,
-    want: &str,
+    want: impl FnOnce() -> String,
 ) -> Result<String, &'static str> {
     if opt_out == Some("0") {
         return Err("GRIDSYNC_MALLOC_TUNING=0");
@@ -72,15 +72,16 @@ fn wanted(
     match current {
         Some(v) if v.contains(TUNABLES) => Err("applied"),
         Some(v) if v.contains("glibc.malloc.") => Err("GLIBC_TUNABLES already sets glibc.malloc"),
-        Some(v) if !v.is_empty() => Ok(format!("{v}:{want}")),
-        _ => Ok(want.to_owned()),
+        Some(v) if !v.is_empty() => Ok(format!("{v}:{}", want())),
+        _ => Ok(want()),
     }
 }
 
-/// Re-executes this binary with `want` (from [`tunables`]) unless it
-/// should not (see the module comment); returns only when it did not (or
-/// could not).
-pub fn apply(want: &str) -> Tuning {
+/// Re-executes this binary with what `want` gives (from [`tunables`];
+/// not called in the process that already runs with them) unless it should
+/// not (see the module comment); returns only when it did not (or could
+/// not).
+pub fn apply(want: impl FnOnce() -> String) -> Tuning {
     let current = std::env::var("GLIBC_TUNABLES").ok();
     let opt_out = std::env::var("GRIDSYNC_MALLOC_TUNING").ok();
     let value = match wanted(current.as_deref(), opt_out.as_deref(), want) {
@@ -131,7 +132,7 @@ mod tests {
     #[test]
     fn the_tunables_are_added_once_and_never_over_the_operators() {
         fn wanted(current: Option<&str>, opt_out: Option<&str>) -> Result<String, &'static str> {
-            super::wanted(current, opt_out, TUNABLES)
+            super::wanted(current, opt_out, || TUNABLES.to_owned())
         }
         assert_eq!(wanted(None, None).unwrap(), TUNABLES);
         assert_eq!(wanted(Some(""), None).unwrap(), TUNABLES);
@@ -157,6 +158,6 @@ mod tests {
         let agg = tunables(true);
         assert_eq!(agg, format!("{TUNABLES}:glibc.malloc.arena_max={cores}"));
         // Exec'd with it: applied, no second exec.
-        assert_eq!(wanted(Some(&agg), None, &agg), Err("applied"));
+        assert_eq!(wanted(Some(&agg), None, || agg.clone()), Err("applied"));
     }
 }
