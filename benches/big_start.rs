@@ -17,7 +17,9 @@
 //!
 //! `cargo build --release -p gridsync && cargo bench --bench big_start`
 //! (`GRIDSYNC_BENCH_EVENTS`, default 10000000; `GRIDSYNC_BENCH_KEEP=1`
-//! only writes the log and leaves the tree's directory for a closer look).
+//! only writes the log and leaves the tree's directory for a closer look;
+//! `GRIDSYNC_BENCH_PACK_BYTES=0` writes every log entry under its own key,
+//! as before packs — the baseline for them).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use gridsync_deploy::config::NodeConfig;
 use gridsync_deploy::topology::Topology;
-use gridsync_store::{SledKv, Store, StoreConfig};
+use gridsync_store::{Kv, SledKv, Store, StoreConfig};
 use gridsync_suite::{gridsync_bin, provision};
 
 const COMMUNITIES: [&str; 4] = ["c1", "c2", "c3", "c4"];
@@ -43,9 +45,18 @@ fn write_log(tree: &gridsync_suite::Tree, n: u64) {
             gridsync_model::keys::signing_key_from_hex(&hex).unwrap()
         })
         .collect();
+    let defaults = StoreConfig::default();
+    let config = StoreConfig {
+        pack_entry_bytes_max: gridsync_suite::env_u64(
+            "GRIDSYNC_BENCH_PACK_BYTES",
+            defaults.pack_entry_bytes_max as u64,
+        ) as usize,
+        ..defaults
+    };
+    let kv = Arc::new(SledKv::open(&street.data_dir, 64 << 20).unwrap());
     let store = Store::open(
-        Arc::new(SledKv::open(&street.data_dir, 64 << 20).unwrap()),
-        StoreConfig::default(),
+        kv.clone(),
+        config,
         None,
         Arc::new(move |o: &str, seq: u64| topo.key_at(o, seq)),
     )
@@ -82,12 +93,32 @@ fn write_log(tree: &gridsync_suite::Tree, n: u64) {
     }
     let c = store.counts();
     store.close();
-    eprintln!(
-        "wrote {} events in {} chunks in {:.0} s",
+    let took = started.elapsed().as_secs_f64();
+    let log_keys = count_keys(kv.as_ref(), &[gridsync_store::layout::LOG]);
+    let all_keys = count_keys(kv.as_ref(), &[]);
+    println!(
+        "wrote {} events in {} chunks in {took:.0} s: {log_keys} log keys, {all_keys} keys in all, {:.0} MB on disk",
         c.events,
         c.chunks,
-        started.elapsed().as_secs_f64()
+        kv.size_on_disk() as f64 / 1e6
     );
+}
+
+/// Keys under `prefix`, a page at a time.
+fn count_keys(kv: &dyn Kv, prefix: &[u8]) -> u64 {
+    let mut start = prefix.to_vec();
+    let mut n = 0;
+    loop {
+        let page = kv.scan(&start, prefix, 65_536).unwrap();
+        n += page.len() as u64;
+        match page.last() {
+            Some((k, _)) if page.len() == 65_536 => {
+                start.clone_from(k);
+                start.push(0);
+            }
+            _ => return n,
+        }
+    }
 }
 
 struct Start {

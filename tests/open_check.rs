@@ -62,10 +62,20 @@ async fn damage_inside_the_log_is_found_after_an_open_at_the_checkpoint() {
     // Damage one byte in the middle of log entry 3 (of 30).
     restore_dir(&backup, &c1.data_dir);
     {
+        // Entry 3 is in the value that begins it (its own, or a pack of
+        // small entries).
         let kv = SledKv::open(&c1.data_dir, 8 << 20).unwrap();
-        let key = layout::log_key(3, 0);
-        let mut v = kv.get(&key).unwrap().expect("entry 3");
-        let at = v.len() / 2;
+        let (key, mut v, range) = kv
+            .scan(&[layout::LOG], &[layout::LOG], 100)
+            .unwrap()
+            .into_iter()
+            .find_map(|(k, v)| {
+                let held = layout::log_value_entries(&k, &v).expect("well formed");
+                let (_, r) = held.into_iter().find(|(o, _)| *o == 3)?;
+                Some((k, v, r))
+            })
+            .expect("entry 3");
+        let at = range.start + range.len() / 2;
         v[at] ^= 0x20;
         kv.commit(vec![(key, Some(v))]).unwrap();
     }

@@ -189,14 +189,24 @@ impl Auditor<'_> {
                 if let Some(p) = current.take() {
                     items.push(Item::Entry(p));
                 }
-                if offset != expected_offset {
-                    items.push(Item::Problem(
-                        "missing_entry",
-                        Some(expected_offset),
-                        format!("log entries {expected_offset}..{offset} are missing"),
-                    ));
+                if layout::is_pack(v) {
+                    // Several small entries in one value, each whole.
+                    let Some(entries) = layout::log_value_entries(k, v) else {
+                        let m = "malformed pack of log entries".into();
+                        items.push(Item::Problem("undecodable", Some(offset), m));
+                        continue;
+                    };
+                    for (offset, range) in entries {
+                        Self::expect_offset(&mut items, &mut expected_offset, offset);
+                        items.push(Item::Entry(Pending {
+                            offset,
+                            bytes: v[range].to_vec(),
+                            parts: 1,
+                        }));
+                    }
+                    continue;
                 }
-                expected_offset = offset + 1;
+                Self::expect_offset(&mut items, &mut expected_offset, offset);
                 let parts = if v.len() >= 2 {
                     u16::from_be_bytes([v[0], v[1]])
                 } else {
@@ -215,6 +225,19 @@ impl Auditor<'_> {
             items.push(Item::Entry(p));
         }
         self.apply_items(items);
+    }
+
+    /// The next entry read is `offset`: those skipped since the last one
+    /// are missing.
+    fn expect_offset(items: &mut Vec<Item>, expected: &mut u64, offset: u64) {
+        if offset != *expected {
+            items.push(Item::Problem(
+                "missing_entry",
+                Some(*expected),
+                format!("log entries {expected}..{offset} are missing"),
+            ));
+        }
+        *expected = offset + 1;
     }
 
     /// A page's entries checked in parallel, then everything applied in

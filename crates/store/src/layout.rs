@@ -4,8 +4,8 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `V` | store format, `gridsync-store-1` |
-//! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset` |
+//! | `V` | store format, `gridsync-store-2` (`-1`: no packs; upgraded at open) |
+//! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset`, or (part 0) a pack of small entries from `offset` on |
 //! | `I` len:u8 origin last_seq:u64be | offset:u64be first_seq:u64be — one per chunk |
 //! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — the client-id index before format 2 (migrated at open) |
 //! | `c` run:u64be h:u64be seq:u64be | a block of the client-id index: up to 448 sorted `h:u64be seq:u64be` pairs, the first being the key's — origins only |
@@ -15,12 +15,21 @@
 //! | `X` len:u8 origin seq:u64be their_hash:32 | equivocation evidence summary: at_ms:i64be parts:u16be |
 //! | `E` len:u8 origin seq:u64be their_hash:32 part:u16be | fragment `part` of the evidence: ours_len:u64be ours ‖ their chunk |
 //!
-//! A log entry is `received_at_ms:i64be ‖ chunk bytes`, split into
-//! fragments of at most [`FRAGMENT_BYTES_MAX`] bytes so that no sled value
-//! is large enough to push a tree node into sled's unsynced blob files.
+//! A log entry is `parts:u16be ‖ received_at_ms:i64be ‖ chunk bytes`,
+//! split into `parts` fragments of at most [`FRAGMENT_BYTES_MAX`] bytes so
+//! that no sled value is large enough to push a tree node into sled's
+//! unsynced blob files. Small entries (a phone's one-event post) are kept
+//! several to a value instead — a **pack**, `0:u16be ‖ count:u16be ‖
+//! (len:u16be ‖ entry)*`, each entry a whole one-fragment entry of the
+//! offsets `offset`, `offset + 1`, …: sled's memory and work grow with its
+//! keys, and one key per one-event entry made them grow with the events.
+//! The writer rewrites the newest pack with each commit until it is full;
+//! the entries already in it keep their bytes.
 
 pub const FORMAT_KEY: &[u8] = b"V";
-pub const FORMAT_VALUE: &[u8] = b"gridsync-store-1";
+pub const FORMAT_VALUE: &[u8] = b"gridsync-store-2";
+/// The format before packs: read as it is, marked as format 2 at open.
+pub const FORMAT_VALUE_1: &[u8] = b"gridsync-store-1";
 pub const LOG: u8 = b'L';
 pub const INDEX: u8 = b'I';
 pub const CLIENT: u8 = b'C';
@@ -170,4 +179,53 @@ pub fn head_key(origin: &str) -> Vec<u8> {
     let mut k = vec![HEAD];
     k.extend_from_slice(origin.as_bytes());
     k
+}
+
+/// Bytes before a pack's entries: zero (a plain entry has at least one
+/// part), then the entry count.
+pub const PACK_HEADER_BYTES: usize = 4;
+
+/// Whether log value `v` (of a part-0 key) is a pack of entries.
+pub fn is_pack(v: &[u8]) -> bool {
+    v.len() >= PACK_HEADER_BYTES && v[0] == 0 && v[1] == 0
+}
+
+/// The log entries that log value `v` under key `k` begins: each entry's
+/// offset and where its bytes lie in `v` — one for a plain entry's first
+/// fragment (the whole fragment), each entry of a pack; none for a later
+/// fragment. `None` if the key or a pack is malformed.
+pub fn log_value_entries(k: &[u8], v: &[u8]) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
+    let (offset, part) = parse_log_key(k)?;
+    if part > 0 {
+        return Some(Vec::new());
+    }
+    if !is_pack(v) {
+        return Some(vec![(offset, 0..v.len())]);
+    }
+    let count = usize::from(u16::from_be_bytes([v[2], v[3]]));
+    let mut out = Vec::with_capacity(count);
+    let mut at = PACK_HEADER_BYTES;
+    for i in 0..count {
+        let len = usize::from(u16::from_be_bytes(v.get(at..at + 2)?.try_into().ok()?));
+        let range = at + 2..at + 2 + len;
+        if range.end > v.len() || len == 0 {
+            return None;
+        }
+        out.push((offset.checked_add(i as u64)?, range.clone()));
+        at = range.end;
+    }
+    (at == v.len() && count > 0).then_some(out)
+}
+
+/// Adds one entry (a whole one-fragment entry) to the pack `v` holding
+/// `count` entries; an empty `v` becomes a pack.
+pub fn append_to_pack(v: &mut Vec<u8>, count: &mut u16, entry: &[u8]) {
+    if v.is_empty() {
+        v.extend_from_slice(&[0; PACK_HEADER_BYTES]);
+    }
+    let len = u16::try_from(entry.len()).expect("packed entries are small");
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(entry);
+    *count += 1;
+    v[2..4].copy_from_slice(&count.to_be_bytes());
 }

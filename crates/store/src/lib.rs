@@ -143,6 +143,14 @@ fn check_format(kv: &dyn Kv) -> Result<(), StoreError> {
             )])?;
         }
         Some(v) if v == layout::FORMAT_VALUE => {}
+        Some(v) if v == layout::FORMAT_VALUE_1 => {
+            // Format 1 is format 2 without packs: read as it is; marked, so
+            // that a build that cannot read packs refuses it from now on.
+            kv.commit(vec![(
+                layout::FORMAT_KEY.to_vec(),
+                Some(layout::FORMAT_VALUE.to_vec()),
+            )])?;
+        }
         Some(v) => {
             return Err(StoreError::Open(format!(
                 "store format {:?} is not supported by this build (it reads {:?})",
@@ -213,7 +221,15 @@ impl Store {
         let (tx, rx) = mpsc::channel(config.queue_requests_max.max(1));
         let origin_id = origin.as_ref().map(|o| o.node_id.clone());
         let config_read_uncommitted = config.unsafe_read_uncommitted;
-        let w = writer::Writer::new(shared.clone(), config, origin, recovered, heads_writer);
+        let pack = recover::open_pack_at_end(shared.kv.as_ref())?;
+        let w = writer::Writer::new(
+            shared.clone(),
+            config,
+            origin,
+            recovered,
+            heads_writer,
+            pack,
+        );
         let handle = std::thread::Builder::new()
             .name("gridsync-log-writer".into())
             .spawn(move || w.run(rx))

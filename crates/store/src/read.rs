@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::kv::Kv;
-use crate::recover::{corrupt, entry_bytes, read_entries, ENTRY_HEADER_BYTES};
+use crate::recover::{corrupt, read_entries, received_at_of, ENTRY_HEADER_BYTES};
 use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::event::event_hash;
 use gridsync_model::{Chunk, Hash32};
@@ -142,8 +142,8 @@ impl Store {
 
     /// When this node received event `seq` of `origin` (the receipt time
     /// of the log entry holding it), if that entry is durable: from the
-    /// index and the entry's first fragment, nothing decoded — what a lag
-    /// report asks for an origin whose acknowledgement moved.
+    /// index and the entry's first fragment (or its pack), nothing decoded
+    /// — what a lag report asks for an origin whose acknowledgement moved.
     ///
     /// # Errors
     /// The index or the entry is damaged.
@@ -156,13 +156,8 @@ impl Store {
         let Some(offset) = entry_holding(kv, origin, seq, durable)? else {
             return Ok(None);
         };
-        let first = kv
-            .get(&layout::log_key(offset, 0))?
-            .ok_or_else(|| missing_entry(offset))?;
-        let at = first
-            .get(2..ENTRY_HEADER_BYTES)
-            .ok_or_else(|| corrupt(format!("log entry {offset}: truncated header")))?;
-        Ok(Some(i64::from_be_bytes(at.try_into().expect("8 bytes"))))
+        let first = recover::entry_start(kv, offset)?.ok_or_else(|| missing_entry(offset))?;
+        Ok(Some(received_at_of(offset, &first)?))
     }
 
     fn read_durable_chunks(
@@ -315,13 +310,10 @@ fn missing_entry(offset: u64) -> StoreError {
 }
 
 /// Log entry `offset`, which the index names, put together from its
-/// fragments (receipt time first, then the chunk's bytes).
+/// fragments or taken from its pack (receipt time first, then the chunk's
+/// bytes).
 fn indexed_entry(kv: &dyn Kv, offset: u64) -> Result<Vec<u8>, StoreError> {
-    let frags = recover::entry_fragments(kv, offset)?;
-    if frags.is_empty() {
-        return Err(missing_entry(offset));
-    }
-    Ok(entry_bytes(offset, &frags)?.1)
+    recover::entry_at(kv, offset)?.ok_or_else(|| missing_entry(offset))
 }
 
 /// Event `seq` of `origin` (envelope and personal part) in the chunk the

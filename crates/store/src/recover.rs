@@ -37,7 +37,13 @@ pub(crate) fn corrupt(msg: impl Into<String>) -> StoreError {
 }
 
 fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
-    let (received_at_ms, bytes) = entry_bytes(offset, frags)?;
+    let (_, bytes) = entry_bytes(offset, frags)?;
+    assemble_bytes(offset, &bytes)
+}
+
+/// A stored chunk from log entry `offset`'s bytes (header, then chunk).
+fn assemble_bytes(offset: u64, bytes: &[u8]) -> Result<StoredChunk, StoreError> {
+    let received_at_ms = received_at_of(offset, bytes)?;
     let chunk = Chunk::decode(&bytes[ENTRY_HEADER_BYTES..])
         .map_err(|e| corrupt(format!("log entry {offset}: {e}")))?;
     Ok(StoredChunk {
@@ -45,6 +51,15 @@ fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
         received_at_ms,
         chunk,
     })
+}
+
+/// The receipt time in the header of log entry `offset` (its first
+/// fragment or its whole bytes).
+pub(crate) fn received_at_of(offset: u64, first: &[u8]) -> Result<i64, StoreError> {
+    first
+        .get(2..ENTRY_HEADER_BYTES)
+        .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| corrupt(format!("log entry {offset}: truncated header")))
 }
 
 /// Every fragment of log entry `offset` (none if it is absent).
@@ -70,8 +85,109 @@ pub(crate) fn entry_bytes(offset: u64, frags: &[KvEntry]) -> Result<(i64, Vec<u8
     if bytes.len() < ENTRY_HEADER_BYTES {
         return Err(corrupt(format!("log entry {offset}: truncated header")));
     }
-    let received_at_ms = i64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let received_at_ms = received_at_of(offset, &bytes)?;
     Ok((received_at_ms, bytes))
+}
+
+/// The entries of the pack `v` stored under key `k`, each with its offset
+/// (a pack's entries are whole one-fragment entries).
+fn pack_entries<'v>(k: &[u8], v: &'v [u8]) -> Result<Vec<(u64, &'v [u8])>, StoreError> {
+    let at = layout::parse_log_key(k).map_or(0, |(o, _)| o);
+    let entries = layout::log_value_entries(k, v)
+        .ok_or_else(|| corrupt(format!("log pack at entry {at}: malformed")))?;
+    Ok(entries.into_iter().map(|(o, r)| (o, &v[r])).collect())
+}
+
+/// The pack holding log entry `offset` when it is not the pack's first
+/// (those entries have no key of their own).
+fn pack_holding(kv: &dyn Kv, offset: u64) -> Result<Option<KvEntry>, StoreError> {
+    let Some((k, v)) = kv.last_before(&[layout::LOG], &layout::log_key(offset, 0))? else {
+        return Ok(None);
+    };
+    let holds = match layout::parse_log_key(&k) {
+        Some((first, 0)) if layout::is_pack(&v) => {
+            let count = u64::from(u16::from_be_bytes([v[2], v[3]]));
+            offset < first.saturating_add(count)
+        }
+        _ => false,
+    };
+    Ok(holds.then_some((k, v)))
+}
+
+/// Log entry `offset`'s bytes from the pack `(k, v)` that holds it.
+fn entry_in_pack(k: &[u8], v: &[u8], offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(pack_entries(k, v)?
+        .into_iter()
+        .find(|(o, _)| *o == offset)
+        .map(|(_, e)| e.to_vec()))
+}
+
+/// The start of log entry `offset` — at least its header, the whole entry
+/// when it is packed — without reading its other fragments.
+pub(crate) fn entry_start(kv: &dyn Kv, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let key = layout::log_key(offset, 0);
+    match kv.get(&key)? {
+        Some(v) if layout::is_pack(&v) => entry_in_pack(&key, &v, offset),
+        Some(v) => Ok(Some(v)),
+        None => match pack_holding(kv, offset)? {
+            Some((k, v)) => entry_in_pack(&k, &v, offset),
+            None => Ok(None),
+        },
+    }
+}
+
+/// Log entry `offset`'s whole bytes, wherever it is kept (`None` if the
+/// log has no such entry).
+pub(crate) fn entry_at(kv: &dyn Kv, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let frags = entry_fragments(kv, offset)?;
+    match frags.first() {
+        Some((k, v)) if layout::is_pack(v) => entry_in_pack(k, v, offset),
+        Some(_) => Ok(Some(entry_bytes(offset, &frags)?.1)),
+        None => match pack_holding(kv, offset)? {
+            Some((k, v)) => entry_in_pack(&k, &v, offset),
+            None => Ok(None),
+        },
+    }
+}
+
+/// The offset of the log's last entry, if any.
+pub(crate) fn last_offset(kv: &dyn Kv) -> Result<Option<u64>, StoreError> {
+    let Some((k, v)) = kv.last_with_prefix(&[layout::LOG])? else {
+        return Ok(None);
+    };
+    let (offset, part) = layout::parse_log_key(&k).ok_or_else(|| corrupt("malformed log key"))?;
+    if part == 0 && layout::is_pack(&v) {
+        let last = pack_entries(&k, &v)?.last().map(|(o, _)| *o);
+        return Ok(last);
+    }
+    Ok(Some(offset))
+}
+
+/// The newest pack, when the log ends in one with room for more entries:
+/// where the writer goes on packing after a restart.
+pub(crate) fn open_pack_at_end(kv: &dyn Kv) -> Result<Option<OpenPack>, StoreError> {
+    let Some((k, v)) = kv.last_with_prefix(&[layout::LOG])? else {
+        return Ok(None);
+    };
+    match layout::parse_log_key(&k) {
+        Some((first, 0)) if layout::is_pack(&v) => {
+            let count = pack_entries(&k, &v)?.len() as u16;
+            Ok(Some(OpenPack {
+                first,
+                count,
+                value: v,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The newest pack of the log, while it may take more entries.
+#[derive(Clone, Debug)]
+pub(crate) struct OpenPack {
+    pub first: u64,
+    pub count: u16,
+    pub value: Vec<u8>,
 }
 
 /// Reads up to `max_entries` consecutive log entries from `offset`.
@@ -84,26 +200,54 @@ pub(crate) fn read_entries(
     let mut next = offset;
     while out.len() < max_entries {
         let want = max_entries - out.len();
-        // One fragment per entry is the common case; an entry with more
-        // fragments than the page holds is fetched whole below.
-        let page = kv.scan(&layout::log_key(next, 0), &[layout::LOG], want)?;
+        // One fragment per entry (or a pack of entries) is the common
+        // case; an entry with more fragments than the page holds is
+        // fetched whole below.
+        let mut page = kv.scan(&layout::log_key(next, 0), &[layout::LOG], want)?;
+        let starts_at_next = page
+            .first()
+            .and_then(|(k, _)| layout::parse_log_key(k))
+            .is_some_and(|(o, _)| o == next);
+        if !starts_at_next {
+            // `next` may be in a pack that begins before it.
+            if let Some(p) = pack_holding(kv, next)? {
+                page.insert(0, p);
+            }
+        }
         if page.is_empty() {
             break;
         }
         let mut i = 0;
         let mut progressed = false;
         while i < page.len() && out.len() < max_entries {
+            let (k, v) = &page[i];
             let (off, part) =
-                layout::parse_log_key(&page[i].0).ok_or_else(|| corrupt("malformed log key"))?;
-            if off != next {
-                return Err(corrupt(format!(
-                    "log entry {next} is missing (found {off} after it)"
-                )));
+                layout::parse_log_key(k).ok_or_else(|| corrupt("malformed log key"))?;
+            if part == 0 && layout::is_pack(v) {
+                for (o, e) in pack_entries(k, v)? {
+                    if o < next {
+                        continue;
+                    }
+                    if o != next {
+                        return Err(missing_from(next, o));
+                    }
+                    if out.len() == max_entries {
+                        break;
+                    }
+                    out.push(assemble_bytes(o, e)?);
+                    next = o + 1;
+                }
+                i += 1;
+                progressed = true;
+                continue;
             }
-            if part != 0 || page[i].1.len() < 2 {
+            if off != next {
+                return Err(missing_from(next, off));
+            }
+            if part != 0 || v.len() < 2 {
                 return Err(corrupt(format!("log entry {off}: first fragment missing")));
             }
-            let parts = usize::from(u16::from_be_bytes([page[i].1[0], page[i].1[1]]));
+            let parts = usize::from(u16::from_be_bytes([v[0], v[1]]));
             if parts == 0 {
                 return Err(corrupt(format!("log entry {off}: zero fragments")));
             }
@@ -122,6 +266,12 @@ pub(crate) fn read_entries(
         }
     }
     Ok(out)
+}
+
+fn missing_from(next: u64, found: u64) -> StoreError {
+    corrupt(format!(
+        "log entry {next} is missing (found {found} after it)"
+    ))
 }
 
 #[derive(Clone)]
@@ -285,10 +435,7 @@ fn open_at_checkpoint(
     for (origin, h) in &heads {
         check_signed_head(keys, origin, h)?;
     }
-    let last = kv
-        .last_with_prefix(&[layout::LOG])?
-        .and_then(|(k, _)| layout::parse_log_key(&k))
-        .map(|(offset, _)| offset);
+    let last = last_offset(kv)?;
     if last.map_or(0, |o| o + 1) != cp.next_offset {
         return Err(corrupt(format!(
             "the checkpoint says the log ends before entry {} but its last entry is {:?}; \

@@ -126,6 +126,10 @@ pub struct StoreConfig {
     pub queue_requests_max: usize,
     /// A chunk is closed once its encoding reaches this size.
     pub chunk_bytes_target: usize,
+    /// Log entries up to this size are kept several to a sled value (a
+    /// pack, up to ~7 KiB), so that one-event entries do not cost a sled
+    /// key each; 0 keeps every entry under its own key (format 1's way).
+    pub pack_entry_bytes_max: usize,
     /// Test-only negative control: answer appends before the commit is
     /// durable. Never set outside the crash test's control run.
     pub unsafe_ack_before_durable: bool,
@@ -175,6 +179,7 @@ impl Default for StoreConfig {
             commit_events_max: 4096,
             queue_requests_max: 256,
             chunk_bytes_target: 32 * 1024,
+            pack_entry_bytes_max: 2048,
             unsafe_ack_before_durable: false,
             unsafe_read_uncommitted: false,
             node_label: String::new(),

@@ -15,13 +15,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::kv::KvWrite;
 use crate::layout;
 use crate::read::{event_in_chunk, hash_in_log};
-use crate::recover::{encode_checkpoint, encode_head_value, entry_writes, Recovered};
+use crate::recover::{encode_checkpoint, encode_head_value, OpenPack, Recovered};
 use crate::{
     AppendError, Appended, HeadState, OriginIdentity, PostingHold, Request, Shared, StoreConfig,
     StoreError,
 };
 
 mod import;
+mod log_writes;
 mod originate;
 
 use crate::client_index::{entry_of, ClientEntry, ClientIndex, UNKNOWN_FINGERPRINT};
@@ -54,6 +55,8 @@ pub(crate) struct Writer {
     heads_out: Option<HeadsOut>,
     /// The origin's client-id index, loaded when the thread starts.
     clients: Option<ClientIndex>,
+    /// The log's newest pack of small entries, while it has room.
+    pack: Option<OpenPack>,
 }
 
 impl Writer {
@@ -63,6 +66,7 @@ impl Writer {
         origin: Option<OriginIdentity>,
         recovered: Recovered,
         heads_out: Option<HeadsOut>,
+        pack: Option<OpenPack>,
     ) -> Self {
         Self {
             shared,
@@ -72,6 +76,7 @@ impl Writer {
             next_offset: recovered.next_offset,
             heads_out,
             clients: None,
+            pack,
         }
     }
 
@@ -230,6 +235,7 @@ impl Writer {
             return;
         }
         let (mut work, mut pending) = self.stage(batch);
+        self.log_writes(&mut work);
         if work.writes.is_empty() {
             for p in pending {
                 p.succeed();
@@ -384,6 +390,7 @@ impl Writer {
     /// readers see it, and only then are the requests answered.
     fn publish(&mut self, mut work: Work, pending: Vec<PendingReply>) {
         self.next_offset = work.offset;
+        self.pack = work.pack.take();
         {
             let mut shared_heads = self.shared.heads.write().expect("lock");
             for (origin, head) in work.heads {
@@ -469,8 +476,13 @@ struct Work {
     heads: HashMap<String, HeadState>,
     /// Client ids originated (or re-imported) earlier in this commit.
     clients: HashMap<String, ClientEntry>,
-    /// The chunks this commit appends, in log order.
+    /// The chunks this commit appends, in log order (the first at the
+    /// writer's `next_offset`), and when each was received; their log
+    /// writes are made once the commit is staged ([`Writer::log_writes`]).
     pushed: Vec<Chunk>,
+    pushed_at: Vec<i64>,
+    /// The newest pack after this commit, if it has room.
+    pack: Option<OpenPack>,
     /// Evidence summary keys written by this commit.
     evidence: HashSet<Vec<u8>>,
     /// A posting hold set (or lifted) by this commit.
@@ -525,6 +537,7 @@ impl Work {
     fn restore(&mut self, s: WorkSnapshot) {
         self.writes.truncate(s.writes);
         self.pushed.truncate(s.pushed);
+        self.pushed_at.truncate(s.pushed);
         (
             self.offset,
             self.chunks,

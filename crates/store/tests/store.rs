@@ -289,26 +289,49 @@ fn altered_logs_are_refused_on_open() {
     }
     let entries = base.dump();
     let log_keys: Vec<Vec<u8>> = entries.keys().filter(|k| k[0] == b'L').cloned().collect();
-    // Flip one byte in every log value position class; drop the last entry.
+    assert!(
+        log_keys.len() < 5,
+        "the five one-event entries share a pack: {} log keys",
+        log_keys.len()
+    );
+    // Flip one byte in every position class of every entry (and of the
+    // packs holding them: the count, an entry's length); drop the last
+    // entry.
+    let flipped = |k: &Vec<u8>, pos: usize| {
+        let kv = MemKv::new();
+        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = entries
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        batch[entries.keys().position(|x| x == k).unwrap()]
+            .1
+            .as_mut()
+            .unwrap()[pos] ^= 0x20;
+        kv.commit(batch).unwrap();
+        kv
+    };
     let mut cases: Vec<(String, MemKv, bool)> = Vec::new();
-    for (n, k) in log_keys.iter().enumerate() {
+    let mut n = 0;
+    for k in &log_keys {
         let v = &entries[k];
-        for pos in [12, v.len() / 2, v.len() - 3] {
-            let kv = MemKv::new();
-            let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = entries
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect();
-            batch[entries.keys().position(|x| x == k).unwrap()]
-                .1
-                .as_mut()
-                .unwrap()[pos] ^= 0x20;
-            kv.commit(batch).unwrap();
-            // The last bytes of an entry are its head's signature.
-            let older_signature = pos == v.len() - 3 && n + 1 < log_keys.len();
-            cases.push((format!("flip entry {n} byte {pos}"), kv, older_signature));
+        let held = gridsync_store::layout::log_value_entries(k, v).unwrap();
+        if gridsync_store::layout::is_pack(v) {
+            let last_len = held.last().unwrap().1.start - 1;
+            for pos in [3, last_len] {
+                cases.push((format!("flip pack byte {pos}"), flipped(k, pos), false));
+            }
+        }
+        for (_, r) in held {
+            for pos in [r.start + 12, r.start + r.len() / 2, r.end - 3] {
+                // The last bytes of an entry are its head's signature.
+                let older_signature = pos == r.end - 3 && n + 1 < 5;
+                let what = format!("flip entry {n} byte {pos}");
+                cases.push((what, flipped(k, pos), older_signature));
+            }
+            n += 1;
         }
     }
+    assert_eq!(n, 5, "every entry was found in the log's values");
     let kv = MemKv::new();
     kv.commit(
         entries
@@ -317,7 +340,20 @@ fn altered_logs_are_refused_on_open() {
             .collect(),
     )
     .unwrap();
-    kv.commit(vec![(log_keys.last().unwrap().clone(), None)])
+    let (last_key, last_value) = entries
+        .range(log_keys.last().unwrap().clone()..)
+        .next()
+        .unwrap();
+    let mut held = gridsync_store::layout::log_value_entries(last_key, last_value).unwrap();
+    held.pop();
+    let shorter = held
+        .into_iter()
+        .fold(None, |pack: Option<(Vec<u8>, u16)>, (_, r)| {
+            let (mut v, mut count) = pack.unwrap_or_default();
+            gridsync_store::layout::append_to_pack(&mut v, &mut count, &last_value[r]);
+            Some((v, count))
+        });
+    kv.commit(vec![(last_key.clone(), shorter.map(|(v, _)| v))])
         .unwrap();
     cases.push(("drop the last entry".into(), kv, false));
     // The whole-log open recomputes every chain link and verifies each
@@ -580,12 +616,17 @@ fn readers_never_see_a_commit_before_it_is_durable() {
         });
         applied.recv().unwrap();
         // The window is real: the raw store already shows the new entry.
-        let raw_entries = kv
+        let raw_entries: usize = kv
             .inner
             .dump()
-            .keys()
-            .filter(|k| k[0] == gridsync_store::layout::LOG)
-            .count();
+            .iter()
+            .filter(|(k, _)| k[0] == gridsync_store::layout::LOG)
+            .map(|(k, v)| {
+                gridsync_store::layout::log_value_entries(k, v)
+                    .unwrap()
+                    .len()
+            })
+            .sum();
         assert_eq!(raw_entries, 2, "the applied commit is visible in the kv");
         let log = store.read_log(0, 100).unwrap();
         let by_origin = store.read_origin(ORIGIN, 2, 100).unwrap();

@@ -5,12 +5,10 @@
 use super::*;
 
 /// The log entry an import request added last, while it may still grow:
-/// it is `work.pushed`'s last chunk, counted in the work, but its writes
-/// (encoding, fragments, index key) wait until it is closed, so that
-/// joining many small chunks encodes the result once, not once per join.
+/// it is `work.pushed`'s last chunk, counted in the work (its writes are
+/// made once the commit is staged, so joining many small chunks encodes
+/// the result once, not once per join).
 pub(super) struct OpenEntry {
-    offset: u64,
-    received_at_ms: i64,
     /// Estimated encoded size ([`records_bytes`]).
     bytes: usize,
 }
@@ -57,49 +55,19 @@ impl Writer {
                 return;
             }
         }
-        Self::close_entry(work, open);
-        *open = Some(OpenEntry {
-            offset: work.offset,
-            received_at_ms,
-            bytes,
-        });
-        Self::count_chunk(work, chunk);
+        *open = Some(OpenEntry { bytes });
+        Self::push_chunk(work, chunk, received_at_ms);
     }
 
-    /// Writes the open entry (if any): it takes no more chunks.
-    fn close_entry(work: &mut Work, open: &mut Option<OpenEntry>) {
-        if let Some(o) = open.take() {
-            let chunk = work.pushed.last().expect("an open entry is pushed");
-            let writes = Self::chunk_writes(chunk, o.offset, o.received_at_ms);
-            work.writes.extend(writes);
-        }
-    }
-
-    /// Adds one chunk to the work as the next log entry.
+    /// Adds one chunk to the work as its next log entry.
     pub(super) fn push_chunk(work: &mut Work, chunk: Chunk, received_at_ms: i64) {
-        let writes = Self::chunk_writes(&chunk, work.offset, received_at_ms);
-        work.writes.extend(writes);
-        Self::count_chunk(work, chunk);
-    }
-
-    /// The key/value writes of `chunk` as log entry `offset`.
-    fn chunk_writes(chunk: &Chunk, offset: u64, received_at_ms: i64) -> Vec<KvWrite> {
-        let mut writes = entry_writes(offset, received_at_ms, &chunk.encode());
-        writes.push((
-            layout::index_key(&chunk.origin, chunk.last_seq()),
-            Some(layout::index_value(offset, chunk.first_seq())),
-        ));
-        writes
-    }
-
-    /// Counts `chunk` in the work as its next log entry.
-    fn count_chunk(work: &mut Work, chunk: Chunk) {
         work.offset += 1;
         work.chunks += 1;
         work.events += chunk.events.len() as u64;
         work.heads
             .insert(chunk.origin.clone(), HeadState::of(&chunk.head));
         work.pushed.push(chunk);
+        work.pushed_at.push(received_at_ms);
     }
 
     /// Hash of event `seq` of `origin` as this writer holds it: in this
@@ -199,7 +167,6 @@ impl Writer {
             n_new += suffix.events.len() as u64;
             self.push_received(work, suffix, now_ms, &mut open);
         }
-        Self::close_entry(work, &mut open);
         Ok(n_new)
     }
 }
