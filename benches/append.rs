@@ -3,7 +3,9 @@
 //! run: appending the same number of bytes to a plain file and fsyncing.
 //! Also the cost of the heads record kept beside the data directory: the
 //! default (written at most every 200 ms, off the acknowledgement path)
-//! and written inside every commit (`heads_interval_ms = 0`).
+//! and written inside every commit (`heads_interval_ms = 0`). And the cost
+//! of packs (small entries several to a sled value, the newest rewritten
+//! by each commit): `no_packs` writes every entry under its own key.
 //!
 //! `cargo bench --bench append`
 
@@ -41,7 +43,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let open = |name: &str, heads: Option<u64>| {
+    let open = |name: &str, heads: Option<u64>, pack_entry_bytes_max: usize| {
         let key = SigningKey::from_bytes(&[5; 32]);
         let vk = key.verifying_key();
         let data = dir.path().join(name);
@@ -50,6 +52,7 @@ fn bench(c: &mut Criterion) {
             StoreConfig {
                 heads_record: heads.map(|_| data.clone()),
                 heads_interval_ms: heads.unwrap_or(0),
+                pack_entry_bytes_max,
                 ..StoreConfig::default()
             },
             Some(OriginIdentity {
@@ -60,9 +63,11 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap()
     };
-    let store = open("db", None);
-    let with_record = open("db-record", Some(200));
-    let record_every_commit = open("db-record-every", Some(0));
+    let packs = StoreConfig::default().pack_entry_bytes_max;
+    let store = open("db", None, packs);
+    let no_packs = open("db-no-packs", None, 0);
+    let with_record = open("db-record", Some(200), packs);
+    let record_every_commit = open("db-record-every", Some(0), packs);
     let sample_bytes: usize = events(100)
         .iter()
         .map(PreparedEvent::stored_bytes_estimate)
@@ -86,6 +91,7 @@ fn bench(c: &mut Criterion) {
             )
         });
         for (name, st) in [
+            ("no_packs", &no_packs),
             ("heads_record_200ms", &with_record),
             ("heads_record_every_commit", &record_every_commit),
         ] {

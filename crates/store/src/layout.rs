@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `V` | store format, `gridsync-store-2` (`-1`: no packs; upgraded at open) |
 //! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset`, or (part 0) a pack of small entries from `offset` on |
-//! | `I` len:u8 origin last_seq:u64be | offset:u64be first_seq:u64be — one per chunk |
+//! | `I` len:u8 origin last_seq:u64be | (offset:u64be first_seq:u64be)+ — a chunk in its own entry, or the chunks of one origin that one pack holds |
 //! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — the client-id index before format 2 (migrated at open) |
 //! | `c` run:u64be h:u64be seq:u64be | a block of the client-id index: up to 448 sorted `h:u64be seq:u64be` pairs, the first being the key's — origins only |
 //! | `j` | the client-id index's state: runs, merges in progress, indexed_upto (see `client_index.rs`) |
@@ -114,22 +114,53 @@ pub fn index_key(origin: &str, last_seq: u64) -> Vec<u8> {
     k
 }
 
+/// The index value of one chunk: `offset ‖ first_seq`.
 pub fn index_value(offset: u64, first_seq: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
-    v.extend_from_slice(&offset.to_be_bytes());
-    v.extend_from_slice(&first_seq.to_be_bytes());
+    index_group_value(&[(offset, first_seq)])
+}
+
+/// The index value of a group of chunks of one origin (those one pack
+/// holds): each chunk's `offset ‖ first_seq`, in seq order.
+pub fn index_group_value(chunks: &[(u64, u64)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 * chunks.len());
+    for (offset, first_seq) in chunks {
+        v.extend_from_slice(&offset.to_be_bytes());
+        v.extend_from_slice(&first_seq.to_be_bytes());
+    }
     v
 }
 
-/// `(offset, first_seq)` of an index value.
-pub fn parse_index_value(v: &[u8]) -> Option<(u64, u64)> {
-    if v.len() != 16 {
+/// The chunks an index entry (key `k`, value `v`) names, each as
+/// `(last_seq, offset, first_seq)`: a chunk ends where the next begins,
+/// the last at the key's seq. `None` if malformed (no chunk, or seqs and
+/// offsets not increasing).
+pub fn index_chunks(k: &[u8], v: &[u8]) -> Option<Vec<(u64, u64, u64)>> {
+    let (_, last, rest) = parse_origin_seq_key(k)?;
+    if !rest.is_empty() || v.is_empty() || !v.len().is_multiple_of(16) {
         return None;
     }
-    Some((
-        u64::from_be_bytes(v[..8].try_into().ok()?),
-        u64::from_be_bytes(v[8..].try_into().ok()?),
-    ))
+    let pairs: Vec<(u64, u64)> = v
+        .chunks_exact(16)
+        .map(|p| {
+            let n = |r: std::ops::Range<usize>| u64::from_be_bytes(p[r].try_into().expect("8"));
+            (n(0..8), n(8..16))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(pairs.len());
+    for (i, &(offset, first)) in pairs.iter().enumerate() {
+        let end = match pairs.get(i + 1) {
+            Some(&(next_offset, next_first)) if next_offset > offset && next_first > first => {
+                next_first - 1
+            }
+            Some(_) => return None,
+            None => last,
+        };
+        if end < first || first == 0 {
+            return None;
+        }
+        out.push((end, offset, first));
+    }
+    Some(out)
 }
 
 /// `(origin, seq, rest)` of a key laid out as

@@ -221,28 +221,35 @@ impl Store {
     }
 }
 
-/// The index entries of `origin`'s chunks holding seqs `> after_seq`, in
-/// seq order, at most `max_chunks`: `(last_seq, log offset, first_seq)`
-/// each, parsed as they are taken.
+/// The chunks of `origin` holding seqs `> after_seq`, in seq order, at
+/// most `max_chunks`, from the index: `(last_seq, log offset, first_seq)`
+/// each (an index entry names one chunk, or the chunks one pack holds).
 fn index_after(
     kv: &dyn Kv,
     origin: &str,
     after_seq: u64,
     max_chunks: usize,
-) -> Result<impl Iterator<Item = Result<(u64, u64, u64), StoreError>>, StoreError> {
+) -> Result<Vec<(u64, u64, u64)>, StoreError> {
     let prefix = layout::index_prefix(origin);
-    let start = layout::index_key(origin, after_seq.saturating_add(1));
-    Ok(kv
-        .scan(&start, &prefix, max_chunks)?
-        .into_iter()
-        .map(|(k, v)| {
-            let last_seq = layout::parse_origin_seq_key(&k)
-                .map(|(_, seq, _)| seq)
-                .ok_or_else(|| corrupt("malformed index key"))?;
-            let (offset, first_seq) =
-                layout::parse_index_value(&v).ok_or_else(|| corrupt("malformed index entry"))?;
-            Ok((last_seq, offset, first_seq))
-        }))
+    let mut start = layout::index_key(origin, after_seq.saturating_add(1));
+    let mut out = Vec::new();
+    while out.len() < max_chunks {
+        let page = kv.scan(&start, &prefix, max_chunks - out.len())?;
+        let Some((last, _)) = page.last() else { break };
+        start.clone_from(last);
+        start.push(0);
+        let full = page.len() == max_chunks - out.len();
+        for (k, v) in &page {
+            let chunks =
+                layout::index_chunks(k, v).ok_or_else(|| corrupt("malformed index entry"))?;
+            out.extend(chunks.into_iter().filter(|c| c.0 > after_seq));
+        }
+        if !full {
+            break;
+        }
+    }
+    out.truncate(max_chunks);
+    Ok(out)
 }
 
 /// The chunks of `origin` holding seqs `> after_seq`, in seq order, at
@@ -290,11 +297,10 @@ fn origin_entries<T>(
 ) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    for entry in index_after(kv, origin, after_seq, max_chunks)? {
+    for (last_seq, offset, first_seq) in index_after(kv, origin, after_seq, max_chunks)? {
         if bytes >= bytes_max {
             break;
         }
-        let (last_seq, offset, first_seq) = entry?;
         if last_seq > max_last_seq {
             break;
         }
@@ -343,10 +349,9 @@ fn entry_holding(
     if seq == 0 {
         return Ok(None);
     }
-    let Some(entry) = index_after(kv, origin, seq - 1, 1)?.next() else {
+    let Some(&(last_seq, offset, _)) = index_after(kv, origin, seq - 1, 1)?.first() else {
         return Ok(None);
     };
-    let (last_seq, offset, _) = entry?;
     Ok((last_seq <= max_last_seq).then_some(offset))
 }
 

@@ -163,31 +163,74 @@ pub(crate) fn last_offset(kv: &dyn Kv) -> Result<Option<u64>, StoreError> {
     Ok(Some(offset))
 }
 
-/// The newest pack, when the log ends in one with room for more entries:
-/// where the writer goes on packing after a restart.
+/// The newest pack, when the log ends in one: where the writer goes on
+/// packing after a restart, with the index entries of the chunks in it
+/// that it may go on growing (an origin whose chunks there are not named
+/// by one index entry — written by a build that indexed each chunk alone —
+/// starts a new one).
 pub(crate) fn open_pack_at_end(kv: &dyn Kv) -> Result<Option<OpenPack>, StoreError> {
     let Some((k, v)) = kv.last_with_prefix(&[layout::LOG])? else {
         return Ok(None);
     };
-    match layout::parse_log_key(&k) {
-        Some((first, 0)) if layout::is_pack(&v) => {
-            let count = pack_entries(&k, &v)?.len() as u16;
-            Ok(Some(OpenPack {
-                first,
-                count,
-                value: v,
-            }))
-        }
-        _ => Ok(None),
+    let Some((first, 0)) = layout::parse_log_key(&k) else {
+        return Ok(None);
+    };
+    if !layout::is_pack(&v) {
+        return Ok(None);
     }
+    let entries = pack_entries(&k, &v)?;
+    let mut last_seqs: HashMap<String, u64> = HashMap::new();
+    for (offset, e) in &entries {
+        let c = assemble_bytes(*offset, e)?.chunk;
+        last_seqs.insert(c.origin.clone(), c.last_seq());
+    }
+    let mut groups = HashMap::new();
+    for (origin, last) in last_seqs {
+        let Some((ik, iv)) = kv.last_with_prefix(&layout::index_prefix(&origin))? else {
+            continue;
+        };
+        let Some(chunks) = layout::index_chunks(&ik, &iv) else {
+            continue;
+        };
+        if chunks.first().is_some_and(|c| c.1 >= first) && chunks.last().map(|c| c.0) == Some(last)
+        {
+            let group = IndexGroup {
+                written_last: Some(last),
+                last,
+                chunks: chunks.into_iter().map(|(_, o, f)| (o, f)).collect(),
+                dirty: false,
+            };
+            groups.insert(origin, group);
+        }
+    }
+    Ok(Some(OpenPack {
+        first,
+        count: entries.len() as u16,
+        value: v,
+        groups,
+    }))
 }
 
-/// The newest pack of the log, while it may take more entries.
+/// The newest pack of the log, while it may take more entries, and the
+/// index entries of its chunks, per origin.
 #[derive(Clone, Debug)]
 pub(crate) struct OpenPack {
     pub first: u64,
     pub count: u16,
     pub value: Vec<u8>,
+    pub groups: HashMap<String, IndexGroup>,
+}
+
+/// One index entry naming the chunks of one origin in the newest pack.
+#[derive(Clone, Debug)]
+pub(crate) struct IndexGroup {
+    /// The seq its key has in the store (`None`: not written yet).
+    pub written_last: Option<u64>,
+    pub last: u64,
+    /// `(offset, first_seq)` of each chunk.
+    pub chunks: Vec<(u64, u64)>,
+    /// Changed by the commit being staged.
+    pub dirty: bool,
 }
 
 /// Reads up to `max_entries` consecutive log entries from `offset`.
@@ -307,6 +350,8 @@ impl IndexCursor {
         }
     }
 
+    /// The next chunk the index names, as the index entry of that chunk
+    /// alone would be (an entry naming several is taken apart).
     fn next(&mut self, kv: &dyn Kv) -> Result<Option<crate::kv::KvEntry>, StoreError> {
         if self.page.is_empty() && !self.done {
             let got = kv.scan(&self.next_start, &self.prefix, INDEX_PAGE)?;
@@ -315,19 +360,36 @@ impl IndexCursor {
                 self.next_start = k.clone();
                 self.next_start.push(0);
             }
-            self.page.extend(got);
+            for (k, v) in got {
+                let (origin, _, _) = layout::parse_origin_seq_key(&k)
+                    .ok_or_else(|| corrupt("malformed index key"))?;
+                let chunks = layout::index_chunks(&k, &v)
+                    .ok_or_else(|| corrupt(format!("malformed index entry of origin {origin}")))?;
+                self.page
+                    .extend(chunks.into_iter().map(|(last, offset, first)| {
+                        (
+                            layout::index_key(&origin, last),
+                            layout::index_value(offset, first),
+                        )
+                    }));
+            }
         }
         Ok(self.page.pop_front())
     }
 }
 
-/// Counts the keys under `prefix`, a page at a time.
-fn count_keys(kv: &dyn Kv, prefix: &[u8]) -> Result<u64, StoreError> {
+/// Counts the chunks the index names, a page of its entries at a time.
+fn count_indexed_chunks(kv: &dyn Kv) -> Result<u64, StoreError> {
+    let prefix = [layout::INDEX];
     let mut start = prefix.to_vec();
     let mut n = 0u64;
     loop {
-        let got = kv.scan(&start, prefix, 4096)?;
-        n += got.len() as u64;
+        let got = kv.scan(&start, &prefix, 4096)?;
+        for (k, v) in &got {
+            let chunks =
+                layout::index_chunks(k, v).ok_or_else(|| corrupt("malformed index entry"))?;
+            n += chunks.len() as u64;
+        }
         match got.last() {
             Some((k, _)) if got.len() == 4096 => {
                 start = k.clone();
@@ -359,7 +421,7 @@ pub(crate) fn recover(
             check_heads_table(kv, &r.heads)?;
             // Every log entry matched its own index entry; equal counts
             // leave no index entry without one.
-            let index_found = count_keys(kv, &[layout::INDEX])?;
+            let index_found = count_indexed_chunks(kv)?;
             if index_found != r.counts.chunks {
                 return Err(corrupt(format!(
                     "chunk index has {index_found} entries but the log has {} chunks",

@@ -58,6 +58,11 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The chunk index's keys in the key/value store.
+fn index_keys(kv: &MemKv) -> usize {
+    kv.dump().keys().filter(|k| k[0] == layout::INDEX).count()
+}
+
 /// `(log keys, log entries)` in the key/value store.
 fn log_shape(kv: &MemKv) -> (usize, usize) {
     let log: Vec<_> = kv
@@ -148,12 +153,15 @@ fn one_event_commits_share_packs_and_read_back_as_entries_of_their_own() {
         let (keys, entries) = log_shape(&kv);
         assert_eq!(entries as u64, n);
         if pack_bytes == 0 {
-            // Control: without packs, a key per one-fragment entry.
+            // Control: without packs, a key per one-fragment entry, and an
+            // index key per chunk.
             assert_eq!(keys as u64, n);
+            assert_eq!(index_keys(&kv) as u64, n);
         } else {
-            // ~19 one-event entries of ~370 bytes to a 7 KiB pack; the
-            // large event and the reopen each close one early.
+            // ~19 one-event entries of ~370 bytes to a 7 KiB pack, named
+            // by one index entry; the large event closes one early.
             assert!(keys as u64 <= n / 15, "{keys} log keys for {n} entries");
+            assert_eq!(index_keys(&kv), keys, "one index entry per pack");
         }
         // The whole-log open and the full check read packs too.
         let whole = StoreConfig {
@@ -215,6 +223,12 @@ fn an_aggregator_packs_the_one_event_chunks_of_its_children_as_they_arrive() {
     let (keys, entries) = log_shape(&kv);
     assert_eq!(entries, 160);
     assert!(keys <= 160 / 15, "{keys} log keys for 160 entries");
+    // One index entry per origin and pack.
+    assert!(
+        index_keys(&kv) <= 2 * keys,
+        "{} index keys",
+        index_keys(&kv)
+    );
 }
 
 #[test]
@@ -274,4 +288,73 @@ fn a_store_written_before_packs_is_read_as_it_is_and_upgraded() {
         panic!("an unknown format was opened")
     };
     assert!(e.to_string().contains("gridsync-store-9"), "{e}");
+}
+
+/// Rewrites every index entry as entries of one chunk each (what a build
+/// that packed entries but indexed each chunk alone left).
+fn index_each_chunk_alone(kv: &MemKv) {
+    let mut writes = Vec::new();
+    for (k, v) in kv.dump().into_iter().filter(|(k, _)| k[0] == layout::INDEX) {
+        let (origin, _, _) = layout::parse_origin_seq_key(&k).unwrap();
+        writes.push((k.clone(), None));
+        for (last, offset, first) in layout::index_chunks(&k, &v).unwrap() {
+            let value = layout::index_value(offset, first);
+            writes.push((layout::index_key(&origin, last), Some(value)));
+        }
+    }
+    kv.commit(writes).unwrap();
+}
+
+#[test]
+fn index_entries_of_packs_are_checked_and_taken_up_whatever_wrote_them() {
+    let rt = rt();
+    let kv = MemKv::new();
+    {
+        let store = open(&kv, Some("c1"), StoreConfig::default());
+        for i in 0..30 {
+            rt.block_on(store.append(vec![event("c1", &format!("a{i}"), 0)], i))
+                .unwrap();
+        }
+    }
+    let whole = || StoreConfig {
+        verify_whole_log: true,
+        ..StoreConfig::default()
+    };
+    // An index entry of a pack that lacks one of its chunks (the middle
+    // one of the first pack's) is found by the whole-log open.
+    let damaged = MemKv::new();
+    damaged
+        .commit(kv.dump().into_iter().map(|(k, v)| (k, Some(v))).collect())
+        .unwrap();
+    let (k, v) = kv
+        .dump()
+        .into_iter()
+        .find(|(k, v)| k[0] == layout::INDEX && v.len() > 16 * 2)
+        .expect("an index entry naming several chunks");
+    let mut fewer = v.clone();
+    fewer.drain(16..32);
+    damaged.commit(vec![(k, Some(fewer))]).unwrap();
+    let refused = Store::open(Arc::new(damaged), whole(), None, keys());
+    assert!(
+        matches!(refused, Err(gridsync_store::StoreError::Corrupt(_))),
+        "an index lacking a chunk was taken"
+    );
+    // Control: the intact copy opens whole.
+    assert_eq!(open(&kv, Some("c1"), whole()).head("c1").unwrap().seq, 30);
+
+    // Each chunk indexed alone: read and checked the same, and new chunks
+    // in the same pack get an index entry of their own group.
+    index_each_chunk_alone(&kv);
+    assert_eq!(index_keys(&kv), 30);
+    {
+        let store = open(&kv, Some("c1"), whole());
+        for i in 30..40 {
+            rt.block_on(store.append(vec![event("c1", &format!("a{i}"), 0)], i))
+                .unwrap();
+        }
+    }
+    assert!(index_keys(&kv) < 40, "{} index keys", index_keys(&kv));
+    let store = open(&kv, Some("c1"), whole());
+    reads_back(&store, "c1", 40, &|seq| seq as i64 - 1);
+    assert_eq!(store.verify_log(true, &|| false).unwrap().events, 40);
 }

@@ -1,39 +1,44 @@
 //! The log writes of a staged commit: each chunk pushed becomes the next
 //! log entry — kept in the newest pack when it is small, in its own
-//! fragments otherwise — and an index key.
+//! fragments otherwise — and is named by the chunk index: an entry of its
+//! own, or the one index entry of its origin's chunks in that pack.
 
 use super::*;
-use crate::recover::{entry_writes, ENTRY_HEADER_BYTES};
+use crate::recover::{entry_writes, IndexGroup, ENTRY_HEADER_BYTES};
 
 impl Writer {
-    /// Adds the log entries and index keys of every chunk the commit
-    /// pushed to its writes, and leaves the pack the log ends in (if it has
-    /// room) for the commit to keep once it is durable. An entry of at
-    /// most `pack_entry_bytes_max` bytes goes into the newest pack, which
-    /// this commit rewrites whole (never past [`layout::FRAGMENT_BYTES_MAX`];
-    /// the entries already in it keep their bytes); a larger entry closes
-    /// the pack and is written in fragments as before packs.
+    /// Adds the log entries and index entries of every chunk the commit
+    /// pushed to its writes, and leaves the pack the log ends in (if any)
+    /// for the commit to keep once it is durable. An entry of at most
+    /// `pack_entry_bytes_max` bytes goes into the newest pack, which this
+    /// commit rewrites whole (never past [`layout::FRAGMENT_BYTES_MAX`];
+    /// the entries already in it keep their bytes), and its origin's index
+    /// entry for that pack is rewritten under its new last seq; a larger
+    /// entry closes the pack and is written in fragments with an index
+    /// entry of its own, as before packs.
     pub(super) fn log_writes(&self, work: &mut Work) {
         let start = work.offset - work.pushed.len() as u64;
         let mut pack = self.pack.clone();
-        let mut pack_dirty = false;
         let limit = self
             .config
             .pack_entry_bytes_max
             .min(layout::FRAGMENT_BYTES_MAX - layout::PACK_HEADER_BYTES - 2);
+        let mut writes = Vec::new();
+        let mut dirty = false;
         for (i, (chunk, at)) in work.pushed.iter().zip(&work.pushed_at).enumerate() {
             let offset = start + i as u64;
-            work.writes.push((
-                layout::index_key(&chunk.origin, chunk.last_seq()),
-                Some(layout::index_value(offset, chunk.first_seq())),
-            ));
+            let (first_seq, last_seq) = (chunk.first_seq(), chunk.last_seq());
             let encoded = chunk.encode();
             if ENTRY_HEADER_BYTES + encoded.len() > limit {
-                if let (Some(p), true) = (pack.take(), pack_dirty) {
-                    work.writes.push(pack_write(p));
+                if let Some(p) = pack.take() {
+                    close(p, dirty, &mut writes);
                 }
-                pack_dirty = false;
-                work.writes.extend(entry_writes(offset, *at, &encoded));
+                dirty = false;
+                writes.extend(entry_writes(offset, *at, &encoded));
+                writes.push((
+                    layout::index_key(&chunk.origin, last_seq),
+                    Some(layout::index_value(offset, first_seq)),
+                ));
                 continue;
             }
             let mut entry = Vec::with_capacity(ENTRY_HEADER_BYTES + encoded.len());
@@ -46,27 +51,61 @@ impl Writer {
                     && p.value.len() + 2 + entry.len() <= layout::FRAGMENT_BYTES_MAX
             });
             if !fits {
-                if let (Some(p), true) = (pack.take(), pack_dirty) {
-                    work.writes.push(pack_write(p));
+                if let Some(p) = pack.take() {
+                    close(p, dirty, &mut writes);
                 }
                 pack = Some(OpenPack {
                     first: offset,
                     count: 0,
                     value: Vec::new(),
+                    groups: HashMap::new(),
                 });
             }
             let p = pack.as_mut().expect("a pack is open");
             layout::append_to_pack(&mut p.value, &mut p.count, &entry);
-            pack_dirty = true;
+            let group = p
+                .groups
+                .entry(chunk.origin.clone())
+                .or_insert_with(|| IndexGroup {
+                    written_last: None,
+                    last: 0,
+                    chunks: Vec::new(),
+                    dirty: false,
+                });
+            group.chunks.push((offset, first_seq));
+            group.last = last_seq;
+            group.dirty = true;
+            dirty = true;
         }
-        if let (Some(p), true) = (pack.as_ref(), pack_dirty) {
-            work.writes.push(pack_write(p.clone()));
+        if let Some(p) = pack.as_mut() {
+            flush(p, dirty, &mut writes);
         }
+        work.writes.extend(writes);
         work.pack = pack;
     }
 }
 
-/// The write of a pack under the key of its first entry.
-fn pack_write(p: OpenPack) -> KvWrite {
-    (layout::log_key(p.first, 0), Some(p.value))
+/// The writes of a pack this commit changed (`dirty`) and of the index
+/// entries it changed; afterwards they are as written.
+fn flush(p: &mut OpenPack, dirty: bool, writes: &mut Vec<KvWrite>) {
+    if !dirty {
+        return;
+    }
+    writes.push((layout::log_key(p.first, 0), Some(p.value.clone())));
+    for (origin, g) in p.groups.iter_mut().filter(|(_, g)| g.dirty) {
+        if let Some(old) = g.written_last.filter(|l| *l != g.last) {
+            writes.push((layout::index_key(origin, old), None));
+        }
+        writes.push((
+            layout::index_key(origin, g.last),
+            Some(layout::index_group_value(&g.chunks)),
+        ));
+        g.written_last = Some(g.last);
+        g.dirty = false;
+    }
+}
+
+/// [`flush`] of a pack that takes no more entries.
+fn close(mut p: OpenPack, dirty: bool, writes: &mut Vec<KvWrite>) {
+    flush(&mut p, dirty, writes);
 }
