@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use gridsync_model::ingest::{prepare, IngestContext, IngestLimits, PreparedEvent};
-use gridsync_model::kinds::EventRef;
+use gridsync_model::ingest::PreparedEvent;
 use gridsync_store::{
     layout, AppendError, ClientIndexConfig, KeyLookup, Kv, MemKv, OriginIdentity, Store,
     StoreConfig,
 };
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+
+mod common;
 
 const ORIGIN: &str = "c1";
 
@@ -24,18 +24,7 @@ fn keys() -> KeyLookup {
 }
 
 fn event(client_id: &str, note: &str) -> PreparedEvent {
-    let limits = IngestLimits::default();
-    let ctx = IngestContext {
-        node_id: ORIGIN,
-        now_ms: 1_580_200_000_000,
-        limits: &limits,
-    };
-    let v = json!({
-        "kind": "visit", "occurred_at": "2020-01-28T09:30:00+08:00",
-        "grid": "g1", "recorded_by": "w1", "client_id": client_id,
-        "data": {"household": "h1", "method": "phone", "quarantine": "ongoing", "note": note}
-    });
-    prepare(v, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).expect("valid event")
+    common::visit(ORIGIN, client_id, note)
 }
 
 /// Small enough that a few thousand events flush many runs and merge

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use gridsync_model::ingest::{prepare, IngestContext, IngestLimits, PreparedEvent};
+use gridsync_model::ingest::PreparedEvent;
 use gridsync_model::kinds::EventRef;
 use gridsync_model::Chunk;
 use gridsync_store::{layout, KeyLookup, Kv, MemKv, OriginIdentity, Store, StoreConfig};
-use serde_json::json;
+
+mod common;
 
 const ORIGINS: [&str; 2] = ["c1", "c2"];
 
@@ -23,18 +24,7 @@ fn keys() -> KeyLookup {
 }
 
 fn event(origin: &str, client_id: &str, note_len: usize) -> PreparedEvent {
-    let limits = IngestLimits::default();
-    let ctx = IngestContext {
-        node_id: origin,
-        now_ms: 1_580_200_000_000,
-        limits: &limits,
-    };
-    let posted = json!({
-        "kind": "visit", "occurred_at": "2020-01-28T09:30:00+08:00",
-        "grid": "g1", "recorded_by": "w1", "client_id": client_id,
-        "data": {"household": "h1", "method": "phone", "quarantine": "ongoing", "note": "x".repeat(note_len)}
-    });
-    prepare(posted, &ctx, &|_: &EventRef| None, &mut rand::thread_rng()).expect("valid event")
+    common::visit(origin, client_id, &"x".repeat(note_len))
 }
 
 fn open(kv: &MemKv, origin: Option<&str>, config: StoreConfig) -> Store {
