@@ -12,6 +12,7 @@
 //! heads table); a log that does not verify is refused with a message.
 
 mod client_index;
+mod entries;
 pub mod heads_file;
 pub mod kv;
 pub mod layout;
@@ -221,7 +222,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(config.queue_requests_max.max(1));
         let origin_id = origin.as_ref().map(|o| o.node_id.clone());
         let config_read_uncommitted = config.unsafe_read_uncommitted;
-        let pack = recover::open_pack_at_end(shared.kv.as_ref())?;
+        let pack = entries::open_pack_at_end(shared.kv.as_ref())?;
         let w = writer::Writer::new(
             shared.clone(),
             config,

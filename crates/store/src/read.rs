@@ -3,8 +3,9 @@
 //! same reads on the key/value store for the writer and the open checks.
 
 use super::*;
+use crate::entries::{self, read_entries, received_at_of, ENTRY_HEADER_BYTES};
 use crate::kv::Kv;
-use crate::recover::{corrupt, read_entries, received_at_of, ENTRY_HEADER_BYTES};
+use crate::recover::corrupt;
 use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::event::event_hash;
 use gridsync_model::{Chunk, Hash32};
@@ -75,7 +76,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let max = usize::try_from(end - offset).map_or(max_entries, |n| n.min(max_entries));
-        recover::read_entries(self.shared.kv.as_ref(), offset, max)
+        read_entries(self.shared.kv.as_ref(), offset, max)
     }
 
     /// Reads the durable chunks of `origin` that hold seqs `> after_seq`,
@@ -156,7 +157,7 @@ impl Store {
         let Some(offset) = entry_holding(kv, origin, seq, durable)? else {
             return Ok(None);
         };
-        let first = recover::entry_start(kv, offset)?.ok_or_else(|| missing_entry(offset))?;
+        let first = entries::entry_start(kv, offset)?.ok_or_else(|| missing_entry(offset))?;
         Ok(Some(received_at_of(offset, &first)?))
     }
 
@@ -319,7 +320,7 @@ fn missing_entry(offset: u64) -> StoreError {
 /// fragments or taken from its pack (receipt time first, then the chunk's
 /// bytes).
 fn indexed_entry(kv: &dyn Kv, offset: u64) -> Result<Vec<u8>, StoreError> {
-    recover::entry_at(kv, offset)?.ok_or_else(|| missing_entry(offset))
+    entries::entry_at(kv, offset)?.ok_or_else(|| missing_entry(offset))
 }
 
 /// Event `seq` of `origin` (envelope and personal part) in the chunk the

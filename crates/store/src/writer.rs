@@ -12,10 +12,11 @@ use gridsync_model::event::{event_hash, EnvelopeHeader};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::entries::OpenPack;
 use crate::kv::KvWrite;
 use crate::layout;
 use crate::read::{event_in_chunk, hash_in_log};
-use crate::recover::{encode_checkpoint, encode_head_value, OpenPack, Recovered};
+use crate::recover::{encode_checkpoint, encode_head_value, Recovered};
 use crate::{
     AppendError, Appended, HeadState, OriginIdentity, PostingHold, Request, Shared, StoreConfig,
     StoreError,

@@ -4,7 +4,7 @@
 //! own, or the one index entry of its origin's chunks in that pack.
 
 use super::*;
-use crate::recover::{entry_writes, IndexGroup, ENTRY_HEADER_BYTES};
+use crate::entries::{entry_writes, IndexGroup, ENTRY_HEADER_BYTES};
 
 impl Writer {
     /// Adds the log entries and index entries of every chunk the commit
