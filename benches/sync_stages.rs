@@ -19,7 +19,13 @@
 //! origins, from the child's reports to the parent's view of them: every
 //! origin (built, encoded, decoded, compared with the last and copied, as
 //! before `lag-changes-v1`) against the 50 that changed (built, encoded,
-//! decoded, merged per origin); it prints both reports' sizes.
+//! decoded, merged per origin); it prints both reports' sizes. And the
+//! group `forward_one_event_chunks`: a street on sled holding 2,000
+//! one-event chunks of a community that arrived one per push (phones
+//! posting one at a time) reads them back for its parent as a sender
+//! does (`Store::read_origin_encoded`, a batch at a time) — kept in packs
+//! (the default) against each entry under its own key
+//! (`pack_entry_bytes_max = 0`).
 //!
 //! `cargo bench --bench sync_stages`
 
@@ -334,6 +340,7 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
     lag_report(c);
+    forward_one_event_chunks(c);
 }
 
 /// See the module comment.
@@ -392,6 +399,74 @@ fn lag_report(c: &mut Criterion) {
             view.extend(decode(&sent).into_iter().map(|r| (r.origin.clone(), r)));
         });
     });
+    group.finish();
+}
+
+/// A street's sender reading one-event chunks back for its parent, from
+/// packs and from entries of their own.
+fn forward_one_event_chunks(c: &mut Criterion) {
+    const N: u64 = 2_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = IngestLimits::default();
+    let community = store(Arc::new(MemKv::new()), true);
+    for i in 0..N {
+        let mut one = prepared(i, &limits);
+        one.truncate(1);
+        rt.block_on(community.append(one, 1)).unwrap();
+    }
+    let chunks: Vec<Chunk> = community
+        .read_log(0, N as usize)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.chunk)
+        .collect();
+    assert_eq!(chunks.len() as u64, N);
+    let dir = tempfile::tempdir().unwrap();
+    let vk = key().verifying_key();
+    let street = |name: &str, pack_entry_bytes_max: usize| {
+        let kv = SledKv::open(&dir.path().join(name), 64 << 20)
+            .unwrap()
+            .unsafe_skip_fsync();
+        let st = Store::open(
+            Arc::new(kv),
+            StoreConfig {
+                pack_entry_bytes_max,
+                ..StoreConfig::default()
+            },
+            None,
+            Arc::new(move |_: &str, _: u64| Some(vk)),
+        )
+        .unwrap();
+        for c in &chunks {
+            rt.block_on(st.import(vec![c.clone()], 1)).unwrap();
+        }
+        st
+    };
+    let forward = |st: &Store| {
+        let (mut after, mut n) = (0, 0usize);
+        loop {
+            let batch = st
+                .read_origin_encoded("c1", after, BATCH_BYTES_MAX)
+                .unwrap();
+            let Some(last) = batch.last() else { break };
+            after = last.last_seq;
+            n += batch.len();
+        }
+        assert_eq!(n as u64, N);
+    };
+    let mut group = c.benchmark_group("forward_one_event_chunks");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(N));
+    for (name, bytes) in [
+        ("packs", StoreConfig::default().pack_entry_bytes_max),
+        ("entries_of_their_own", 0),
+    ] {
+        let st = street(name, bytes);
+        group.bench_function(name, |b| b.iter(|| forward(&st)));
+    }
     group.finish();
 }
 

@@ -37,7 +37,7 @@ fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
 }
 
 /// A stored chunk from log entry `offset`'s bytes (header, then chunk).
-fn assemble_bytes(offset: u64, bytes: &[u8]) -> Result<StoredChunk, StoreError> {
+pub(crate) fn assemble_bytes(offset: u64, bytes: &[u8]) -> Result<StoredChunk, StoreError> {
     let received_at_ms = received_at_of(offset, bytes)?;
     let chunk = Chunk::decode(&bytes[ENTRY_HEADER_BYTES..])
         .map_err(|e| corrupt(format!("log entry {offset}: {e}")))?;
@@ -134,14 +134,48 @@ pub(crate) fn entry_start(kv: &dyn Kv, offset: u64) -> Result<Option<Vec<u8>>, S
 /// Log entry `offset`'s whole bytes, wherever it is kept (`None` if the
 /// log has no such entry).
 pub(crate) fn entry_at(kv: &dyn Kv, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
-    let frags = entry_fragments(kv, offset)?;
-    match frags.first() {
-        Some((k, v)) if layout::is_pack(v) => entry_in_pack(k, v, offset),
-        Some(_) => Ok(Some(entry_bytes(offset, &frags)?.1)),
-        None => match pack_holding(kv, offset)? {
-            Some((k, v)) => entry_in_pack(&k, &v, offset),
-            None => Ok(None),
-        },
+    EntryReader::default().entry(kv, offset)
+}
+
+/// Reads log entries one at a time, keeping the last pack it read: the
+/// chunks of one origin that a pack holds (a sender's batch, a run of
+/// reads by seq) read the pack once, not once each. A pack read before a
+/// commit added to it still holds its earlier entries unchanged; an entry
+/// past it is read anew.
+#[derive(Default)]
+pub(crate) struct EntryReader {
+    /// The pack's offsets and its key and value.
+    pack: Option<(std::ops::Range<u64>, KvEntry)>,
+}
+
+impl EntryReader {
+    /// Log entry `offset`'s whole bytes (`None` if the log has no such
+    /// entry).
+    pub(crate) fn entry(
+        &mut self,
+        kv: &dyn Kv,
+        offset: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some((range, (k, v))) = &self.pack {
+            if range.contains(&offset) {
+                return entry_in_pack(k, v, offset);
+            }
+        }
+        let mut frags = entry_fragments(kv, offset)?;
+        let (k, v) = match frags.first() {
+            Some((_, v)) if layout::is_pack(v) => frags.swap_remove(0),
+            Some(_) => return Ok(Some(entry_bytes(offset, &frags)?.1)),
+            None => match pack_holding(kv, offset)? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        let entry = entry_in_pack(&k, &v, offset)?;
+        if let Some((first, 0)) = layout::parse_log_key(&k) {
+            let count = u64::from(u16::from_be_bytes([v[2], v[3]]));
+            self.pack = Some((first..first.saturating_add(count), (k, v)));
+        }
+        Ok(entry)
     }
 }
 

@@ -3,7 +3,9 @@
 //! same reads on the key/value store for the writer and the open checks.
 
 use super::*;
-use crate::entries::{self, read_entries, received_at_of, ENTRY_HEADER_BYTES};
+use crate::entries::{
+    self, assemble_bytes, read_entries, received_at_of, EntryReader, ENTRY_HEADER_BYTES,
+};
 use crate::kv::Kv;
 use crate::recover::corrupt;
 use gridsync_model::chunk::EncodedChunk;
@@ -127,8 +129,11 @@ impl Store {
         }
         let kv = self.shared.kv.as_ref();
         let max_chunks = bytes_max / 1024 + 1;
+        let mut entries = EntryReader::default();
         let read = |offset, first_seq, last_seq| {
-            let mut bytes = indexed_entry(kv, offset)?;
+            let mut bytes = entries
+                .entry(kv, offset)?
+                .ok_or_else(|| missing_entry(offset))?;
             bytes.drain(..ENTRY_HEADER_BYTES);
             let n = bytes.len();
             let chunk = EncodedChunk {
@@ -264,12 +269,14 @@ pub(crate) fn origin_chunks(
     max_chunks: usize,
     bytes_max: usize,
 ) -> Result<Vec<StoredChunk>, StoreError> {
-    let read = |offset, _, _| match read_entries(kv, offset, 1)?.pop() {
-        Some(c) if c.offset == offset => {
-            let n = c.chunk.events.iter().map(|e| e.envelope.len()).sum();
-            Ok((c, n))
-        }
-        _ => Err(missing_entry(offset)),
+    let mut entries = EntryReader::default();
+    let read = |offset, _, _| {
+        let bytes = entries
+            .entry(kv, offset)?
+            .ok_or_else(|| missing_entry(offset))?;
+        let c = assemble_bytes(offset, &bytes)?;
+        let n = c.chunk.events.iter().map(|e| e.envelope.len()).sum();
+        Ok((c, n))
     };
     origin_entries(
         kv,
