@@ -18,6 +18,7 @@ pub mod fold;
 mod lite;
 pub mod rollup;
 pub mod snapshot;
+mod timelines;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -190,8 +191,10 @@ struct OriginState {
     daily: BTreeMap<Day, Counts>,
     /// Per day: household → visits that day (for distinct counts).
     visited: BTreeMap<Day, HashMap<String, u32>>,
-    /// Per household: `(occurred_ms, seq)` → quarantine status of each visit.
-    status: HashMap<String, BTreeMap<(i64, u64), u8>>,
+    /// Per household: `(occurred_ms, seq)` → quarantine status of each
+    /// visit (read back from a snapshot with full tree nodes).
+    #[serde(deserialize_with = "timelines::deserialize")]
+    status: HashMap<String, timelines::Timeline>,
     /// Corrected events: their current effect (`None` once voided).
     overrides: HashMap<u64, Option<Effect>>,
     /// Events that did not decode or are of kinds this build does not project.
