@@ -7,7 +7,7 @@
 //! | `V` | store format, `gridsync-store-2` (`-1`: no packs; upgraded at open) |
 //! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset`, or (part 0) a pack of small entries from `offset` on |
 //! | `I` len:u8 origin last_seq:u64be | (offset:u64be first_seq:u64be)+ — a chunk in its own entry, or the chunks of one origin that one pack holds |
-//! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — the client-id index before format 2 (migrated at open) |
+//! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — the client-id index before its runs, one key per event (moved into a run at open) |
 //! | `c` run:u64be h:u64be seq:u64be | a block of the client-id index: up to 448 sorted `h:u64be seq:u64be` pairs, the first being the key's — origins only |
 //! | `j` | the client-id index's state: runs, merges in progress, indexed_upto (see `client_index.rs`) |
 //! | `H` origin | seq:u64be hash:32 signed-head bytes |
