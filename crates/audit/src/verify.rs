@@ -347,18 +347,12 @@ impl Auditor<'_> {
         // apart into the entries of each.
         let mut found: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
         for (k, v) in entries {
-            let chunks = layout::parse_origin_seq_key(&k)
-                .and_then(|(origin, _, _)| Some((origin, layout::index_chunks(&k, &v)?)));
-            let Some((origin, chunks)) = chunks else {
-                found.insert((k, v));
-                continue;
-            };
-            found.extend(chunks.into_iter().map(|(last, offset, first)| {
-                (
-                    layout::index_key(&origin, last),
-                    layout::index_value(offset, first),
-                )
-            }));
+            match layout::index_entries_per_chunk(&k, &v) {
+                Some(each) => found.extend(each),
+                None => {
+                    found.insert((k, v));
+                }
+            }
         }
         let extra = found.difference(&self.index_expected).map(|(k, _)| (k.clone(), "the chunk index points at a log entry that does not hold this chunk (entries moved or altered)"));
         let lacking = self

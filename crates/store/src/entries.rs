@@ -100,9 +100,8 @@ fn pack_holding(kv: &dyn Kv, offset: u64) -> Result<Option<KvEntry>, StoreError>
         return Ok(None);
     };
     let holds = match layout::parse_log_key(&k) {
-        Some((first, 0)) if layout::is_pack(&v) => {
-            let count = u64::from(u16::from_be_bytes([v[2], v[3]]));
-            offset < first.saturating_add(count)
+        Some((first, 0)) => {
+            layout::pack_count(&v).is_some_and(|count| offset < first.saturating_add(count as u64))
         }
         _ => false,
     };
@@ -171,9 +170,9 @@ impl EntryReader {
             },
         };
         let entry = entry_in_pack(&k, &v, offset)?;
-        if let Some((first, 0)) = layout::parse_log_key(&k) {
-            let count = u64::from(u16::from_be_bytes([v[2], v[3]]));
-            self.pack = Some((first..first.saturating_add(count), (k, v)));
+        if let (Some((first, 0)), Some(count)) = (layout::parse_log_key(&k), layout::pack_count(&v))
+        {
+            self.pack = Some((first..first.saturating_add(count as u64), (k, v)));
         }
         Ok(entry)
     }

@@ -130,6 +130,20 @@ pub fn index_group_value(chunks: &[(u64, u64)]) -> Vec<u8> {
     v
 }
 
+/// An index entry taken apart into the entries each of its chunks would
+/// have alone (`(key, value)`, as a format-1 store keeps them): what the
+/// open's check and the audit compare with the log. `None` if malformed.
+pub fn index_entries_per_chunk(k: &[u8], v: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let (origin, _, _) = parse_origin_seq_key(k)?;
+    let chunks = index_chunks(k, v)?;
+    Some(
+        chunks
+            .into_iter()
+            .map(|(last, offset, first)| (index_key(&origin, last), index_value(offset, first)))
+            .collect(),
+    )
+}
+
 /// The chunks an index entry (key `k`, value `v`) names, each as
 /// `(last_seq, offset, first_seq)`: a chunk ends where the next begins,
 /// the last at the key's seq. `None` if malformed (no chunk, or seqs and
@@ -221,6 +235,12 @@ pub fn is_pack(v: &[u8]) -> bool {
     v.len() >= PACK_HEADER_BYTES && v[0] == 0 && v[1] == 0
 }
 
+/// How many entries the pack `v` says it holds (`None` if `v` is not a
+/// pack).
+pub fn pack_count(v: &[u8]) -> Option<usize> {
+    is_pack(v).then(|| usize::from(u16::from_be_bytes([v[2], v[3]])))
+}
+
 /// The log entries that log value `v` under key `k` begins: each entry's
 /// offset and where its bytes lie in `v` — one for a plain entry's first
 /// fragment (the whole fragment), each entry of a pack; none for a later
@@ -233,7 +253,7 @@ pub fn log_value_entries(k: &[u8], v: &[u8]) -> Option<Vec<(u64, std::ops::Range
     if !is_pack(v) {
         return Some(vec![(offset, 0..v.len())]);
     }
-    let count = usize::from(u16::from_be_bytes([v[2], v[3]]));
+    let count = pack_count(v)?;
     let mut out = Vec::with_capacity(count);
     let mut at = PACK_HEADER_BYTES;
     for i in 0..count {

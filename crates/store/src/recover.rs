@@ -62,17 +62,9 @@ impl IndexCursor {
                 self.next_start.push(0);
             }
             for (k, v) in got {
-                let (origin, _, _) = layout::parse_origin_seq_key(&k)
-                    .ok_or_else(|| corrupt("malformed index key"))?;
-                let chunks = layout::index_chunks(&k, &v)
-                    .ok_or_else(|| corrupt(format!("malformed index entry of origin {origin}")))?;
-                self.page
-                    .extend(chunks.into_iter().map(|(last, offset, first)| {
-                        (
-                            layout::index_key(&origin, last),
-                            layout::index_value(offset, first),
-                        )
-                    }));
+                let each = layout::index_entries_per_chunk(&k, &v)
+                    .ok_or_else(|| corrupt("malformed index entry"))?;
+                self.page.extend(each);
             }
         }
         Ok(self.page.pop_front())

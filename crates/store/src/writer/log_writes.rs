@@ -30,8 +30,8 @@ impl Writer {
             let (first_seq, last_seq) = (chunk.first_seq(), chunk.last_seq());
             let encoded = chunk.encode();
             if ENTRY_HEADER_BYTES + encoded.len() > limit {
-                if let Some(p) = pack.take() {
-                    close(p, dirty, &mut writes);
+                if let Some(mut p) = pack.take() {
+                    flush(&mut p, dirty, &mut writes);
                 }
                 dirty = false;
                 writes.extend(entry_writes(offset, *at, &encoded));
@@ -51,8 +51,8 @@ impl Writer {
                     && p.value.len() + 2 + entry.len() <= layout::FRAGMENT_BYTES_MAX
             });
             if !fits {
-                if let Some(p) = pack.take() {
-                    close(p, dirty, &mut writes);
+                if let Some(mut p) = pack.take() {
+                    flush(&mut p, dirty, &mut writes);
                 }
                 pack = Some(OpenPack {
                     first: offset,
@@ -103,9 +103,4 @@ fn flush(p: &mut OpenPack, dirty: bool, writes: &mut Vec<KvWrite>) {
         g.written_last = Some(g.last);
         g.dirty = false;
     }
-}
-
-/// [`flush`] of a pack that takes no more entries.
-fn close(mut p: OpenPack, dirty: bool, writes: &mut Vec<KvWrite>) {
-    flush(&mut p, dirty, writes);
 }
