@@ -28,7 +28,8 @@
 //! `GRIDSYNC_BENCH_REFUSED_MS`, default 1000, the children's
 //! `reconnect_refused_max_ms`; `GRIDSYNC_BENCH_BASELINE=0` skips the
 //! backoff-only variant, `GRIDSYNC_BENCH_NO_NUDGE=0` the one without the
-//! nudge).
+//! nudge; `GRIDSYNC_BENCH_CACHE_MB=64,32` runs the default variant once per
+//! `store.cache_bytes` size, set at every node, instead of the others).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -75,6 +76,10 @@ async fn one_run(events: u64, outage: Duration, variant: &Variant, load: Load) -
             &[("reconnect_refused_max_ms", variant.refused_max_ms)],
         );
         set_sync_flag(&n.config, "nudge_children", variant.nudge);
+        if let Some(mb) = variant.cache_mb {
+            let bytes = i64::try_from(mb << 20).expect("a cache size in MiB");
+            gridsync_suite::set_store(&n.config, &[("cache_bytes", bytes)]);
+        }
     }
     let started = Instant::now();
     let _communities: Vec<Server> = ["c1", "c2", "c3", "c4"]
@@ -163,19 +168,42 @@ fn main() {
         name: format!("nudged; refused → retry within {refused_ms} ms"),
         refused_max_ms: refused_ms,
         nudge: true,
+        cache_mb: None,
     }];
-    if gridsync_suite::env_u64("GRIDSYNC_BENCH_NO_NUDGE", 1) != 0 {
+    // Every node's `store.cache_bytes`, one variant per size (the default
+    // variant's timers; the other variants are left out).
+    let caches = std::env::var("GRIDSYNC_BENCH_CACHE_MB").unwrap_or_default();
+    if !caches.is_empty() {
+        variants = caches
+            .split(',')
+            .map(|mb| {
+                let mb: u64 = mb
+                    .trim()
+                    .parse()
+                    .expect("GRIDSYNC_BENCH_CACHE_MB: MiB, comma-separated");
+                Variant {
+                    name: format!("nudged; store.cache_bytes {mb} MiB at every node"),
+                    refused_max_ms: refused_ms,
+                    nudge: true,
+                    cache_mb: Some(mb),
+                }
+            })
+            .collect();
+    }
+    if caches.is_empty() && gridsync_suite::env_u64("GRIDSYNC_BENCH_NO_NUDGE", 1) != 0 {
         variants.push(Variant {
             name: format!("no nudge; refused → retry within {refused_ms} ms"),
             refused_max_ms: refused_ms,
             nudge: false,
+            cache_mb: None,
         });
     }
-    if baseline {
+    if caches.is_empty() && baseline {
         variants.push(Variant {
             name: "baseline: backoff only".into(),
             refused_max_ms: 30_000,
             nudge: false,
+            cache_mb: None,
         });
         // What a nudge does where children's delays have grown (a parent
         // whose host did not answer at all, not refused).
@@ -183,6 +211,7 @@ fn main() {
             name: "backoff only, nudged".into(),
             refused_max_ms: 30_000,
             nudge: true,
+            cache_mb: None,
         });
     }
     let mut rates = vec![Vec::new(); variants.len()];
@@ -219,4 +248,6 @@ struct Variant {
     name: String,
     refused_max_ms: i64,
     nudge: bool,
+    /// Every node's `store.cache_bytes` in MiB (`None`: as provisioned).
+    cache_mb: Option<u64>,
 }

@@ -245,11 +245,32 @@ async fn every_tampering_is_detected() {
         // depend on how many.
         let refs: Vec<(&str, &reference::Reference)> =
             reference.iter().map(|r| ("the reference", r)).collect();
+        let audit_with = |threads, signatures| {
+            let how = audit::How {
+                threads,
+                signatures,
+            };
+            audit::verify_with(&mem(&m), &topo, Some("s"), &refs, None, how, &|_| {})
+        };
         for threads in [1, 3] {
-            let other =
-                audit::verify_with(&mem(&m), &topo, Some("s"), &refs, None, threads, &|_| {});
+            let other = audit_with(threads, audit::Signatures::All);
             assert_eq!(other, report, "round {round}: {what}: {threads} threads");
         }
+        // Checking only each run's newest head finds every tampering but
+        // an older head's signature bytes (the newest head vouches for
+        // the events through the links), with any number of threads.
+        let newest = audit_with(2, audit::Signatures::Newest);
+        for threads in [1, 3] {
+            let other = audit_with(threads, audit::Signatures::Newest);
+            assert_eq!(
+                other, newest,
+                "round {round}: {what}: newest, {threads} threads"
+            );
+        }
+        assert!(
+            what == "signature" || !newest.ok(),
+            "round {round}: {what} of {pick:?} went unnoticed checking newest heads"
+        );
         assert!(
             !report.ok(),
             "round {round}: {what} of {pick:?} went unnoticed"
@@ -269,6 +290,7 @@ async fn every_tampering_is_detected() {
     }
     eprintln!("detected {detected}/1000 mutations: {kinds:?}");
     assert_eq!(detected, 1000);
+    newest_heads_vouch_for_their_runs(&entries, &topo);
 
     // The CLI on sled copies: clean → 0, damaged → 1, unreadable → 2.
     let data = &tree.nodes["s"].data_dir;
@@ -538,6 +560,102 @@ async fn street_replay_is_the_union_of_its_communities() {
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     }
     assert_eq!(by_origin.len(), 2);
+}
+
+/// `--signatures newest` on the street's clean log (`entries`): a
+/// swapped signature on an origin's newest head is reported with the run
+/// it leaves unvouched for; on an older head it goes unseen (the events
+/// are proven by the newest head) while `all` reports it.
+fn newest_heads_vouch_for_their_runs(entries: &BTreeMap<Vec<u8>, Vec<u8>>, topo: &Topology) {
+    let audit_with = |m: &BTreeMap<Vec<u8>, Vec<u8>>, signatures| {
+        let how = audit::How {
+            threads: 2,
+            signatures,
+        };
+        audit::verify_with(&mem(m), topo, Some("s"), &[], None, how, &|_| {})
+    };
+    let clean = audit_with(entries, audit::Signatures::Newest);
+    assert!(clean.ok(), "{:?}", clean.problems);
+    assert_eq!(clean, audit_with(entries, audit::Signatures::All));
+    // c1's log entries (each a chunk of its own here), oldest first.
+    let c1: Vec<Vec<u8>> = entries
+        .iter()
+        .filter(|(k, v)| k[0] == b'L' && Chunk::decode(&v[10..]).is_ok_and(|c| c.origin == "c1"))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(c1.len() >= 2, "c1 has {} chunks", c1.len());
+    // A reference inside the chain (seq 5, not a chunk's end) is held
+    // against that event's own hash, kept whole for it: the right hash
+    // passes, another is a fork.
+    let first = Chunk::decode(&entries[&c1[0]][10..]).unwrap();
+    let seq5 = gridsync_model::event::event_hash(&first.events[4].envelope);
+    for (hash, fork) in [(hex::encode(seq5), false), (hex::encode([1u8; 32]), true)] {
+        let head = reference::ReferenceHead {
+            seq: 5,
+            hash,
+            signed_at_ms: None,
+            signature: None,
+        };
+        let r: reference::Reference = [("c1".to_owned(), head)].into_iter().collect();
+        let how = audit::How {
+            threads: 2,
+            signatures: audit::Signatures::Newest,
+        };
+        let refs = [("the reference", &r)];
+        let report = audit::verify_with(&mem(entries), topo, Some("s"), &refs, None, how, &|_| {});
+        let forks: Vec<_> = report
+            .problems
+            .iter()
+            .filter(|p| p.kind == "fork")
+            .collect();
+        assert_eq!(forks.len(), usize::from(fork), "{:?}", report.problems);
+        assert_eq!(report.ok(), !fork);
+    }
+    let other_sig = Chunk::decode(&entries[&c1[0]][10..])
+        .unwrap()
+        .head
+        .signature;
+    let newest = c1.last().unwrap();
+    let mut m = entries.clone();
+    m.insert(
+        newest.clone(),
+        edit_chunk(&entries[newest], |c| c.head.signature = other_sig).unwrap(),
+    );
+    let report = audit_with(&m, audit::Signatures::Newest);
+    let last_seq = clean.origins["c1"].last_seq;
+    let bad: Vec<_> = report.problems.iter().collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0].kind, "bad_signature");
+    assert_eq!(
+        (bad[0].origin.as_deref(), bad[0].seq),
+        (Some("c1"), Some(last_seq))
+    );
+    assert!(
+        bad[0].message.contains(&format!("seqs 1..={last_seq}")),
+        "{}",
+        bad[0].message
+    );
+    // The oldest head's signature swapped for the newest's: its events
+    // are still vouched for by the newest head; only `all` sees the bytes.
+    let newest_sig = Chunk::decode(&entries[newest][10..])
+        .unwrap()
+        .head
+        .signature;
+    let mut m = entries.clone();
+    m.insert(
+        c1[0].clone(),
+        edit_chunk(&entries[&c1[0]], |c| c.head.signature = newest_sig).unwrap(),
+    );
+    assert!(audit_with(&m, audit::Signatures::Newest).ok());
+    let all = audit_with(&m, audit::Signatures::All);
+    let oldest = Chunk::decode(&entries[&c1[0]][10..]).unwrap().head.seq;
+    assert!(
+        all.problems
+            .iter()
+            .any(|p| p.kind == "bad_signature" && p.seq == Some(oldest)),
+        "{:?}",
+        all.problems
+    );
 }
 
 /// Tampered data with extreme values — a head at seq u64::MAX, an origin id

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use gridsync_model::{Hash32, SignedHead};
+use gridsync_model::SignedHead;
 use gridsync_store::kv::Kv;
 use gridsync_store::{heads_file, layout};
 
@@ -19,11 +19,47 @@ use crate::reference::Reference;
 
 mod chain;
 mod entry;
+mod index;
 mod report;
+mod runs;
 
 pub use report::{AuditReport, OriginReport, Problem};
 
 use chain::Chain;
+use index::{IndexedChunk, OriginIds};
+use runs::Run;
+
+/// Which chunks' signatures an audit checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Signatures {
+    /// Every chunk's own signed head: also finds an older head's signature
+    /// bytes altered or swapped (what a parent re-fetching the log would
+    /// refuse).
+    #[default]
+    All,
+    /// The newest head of each unbroken run of an origin's chain (and of
+    /// each key the topology gives it): every event of the run is hashed
+    /// into that head through the links, so its one signature vouches for
+    /// all of them — what `serve` checks beside its work.
+    Newest,
+}
+
+/// How an audit runs: `threads` check entries in parallel (the report is
+/// the same for any number) and which signatures it checks.
+#[derive(Clone, Copy, Debug)]
+pub struct How {
+    pub threads: usize,
+    pub signatures: Signatures,
+}
+
+impl Default for How {
+    fn default() -> Self {
+        Self {
+            threads: threads(),
+            signatures: Signatures::All,
+        }
+    }
+}
 
 /// Verifies everything in `kv` as the log of `node` (when given: origins
 /// must be in its subtree), against `reference` heads when given.
@@ -38,7 +74,7 @@ pub fn verify(
         .map(|r| ("the reference", r))
         .into_iter()
         .collect();
-    verify_with(kv, topology, node, &refs, None, threads(), progress)
+    verify_with(kv, topology, node, &refs, None, How::default(), progress)
 }
 
 /// [`verify`] for a data directory's database (`kv`, a copy of
@@ -50,8 +86,8 @@ pub fn verify_data_dir(
     kv: &dyn Kv,
     data_dir: &Path,
     topology: &Topology,
-    node: Option<&str>,
-    reference: Option<&Reference>,
+    (node, reference): (Option<&str>, Option<&Reference>),
+    how: How,
     progress: &dyn Fn(u64),
 ) -> AuditReport {
     let (record, damaged) = match heads_file::load(data_dir) {
@@ -68,7 +104,7 @@ pub fn verify_data_dir(
         refs.push(("the node's heads record", r));
     }
     let entries = record.as_ref().map(|r| r.next_offset);
-    let mut report = verify_with(kv, topology, node, &refs, entries, threads(), progress);
+    let mut report = verify_with(kv, topology, node, &refs, entries, how, progress);
     if let Some(m) = damaged {
         report.problem("heads_record_damaged", None, None, None, m);
     }
@@ -81,28 +117,37 @@ pub fn verify_data_dir(
 ///
 /// Reference origins outside `node`'s subtree are not the audited node's
 /// business and are skipped (a parent's status lists its whole subtree).
-/// `threads` check entries in parallel (the report is the same for any
-/// number).
 pub fn verify_with(
     kv: &dyn Kv,
     topology: &Topology,
     node: Option<&str>,
     references: &[(&str, &Reference)],
     entries_expected: Option<u64>,
-    threads: usize,
+    how: How,
     progress: &dyn Fn(u64),
 ) -> AuditReport {
     let mut a = Auditor {
         topology,
-        threads,
+        threads: how.threads.max(1),
+        signatures: how.signatures,
+        runs: BTreeMap::new(),
+        heads_to_verify: Vec::new(),
         // Origins ever below the node (a moved community's earlier history
         // stays in its former street's log).
         subtree: node.map(|n| topology.historic_subtree(n).into_iter().collect()),
         report: AuditReport::default(),
         chains: BTreeMap::new(),
-        index_expected: BTreeSet::new(),
+        wanted: HashMap::new(),
+        index_expected: Vec::new(),
+        origins: OriginIds::default(),
     };
+    for (_, refs) in references {
+        for (origin, r) in refs.iter() {
+            a.wanted.entry(origin.clone()).or_default().insert(r.seq);
+        }
+    }
     a.read_log(kv, progress);
+    a.verify_held_heads();
     a.summarise_origins();
     a.check_heads_table(kv);
     a.check_index(kv);
@@ -126,11 +171,22 @@ struct Auditor<'a> {
     topology: &'a Topology,
     /// Threads checking entries (the machine's cores).
     threads: usize,
+    signatures: Signatures,
+    /// With [`Signatures::Newest`]: per origin, the newest head of the run
+    /// of its chain being read.
+    runs: BTreeMap<String, Run>,
+    /// Heads that end a run (or stand alone), to verify after the log is
+    /// read, in the order they were found.
+    heads_to_verify: Vec<Run>,
     subtree: Option<BTreeSet<String>>,
     report: AuditReport,
     chains: BTreeMap<String, Chain>,
-    /// The chunk index the log implies: `(key, value)`.
-    index_expected: BTreeSet<(Vec<u8>, Vec<u8>)>,
+    /// Per origin, the seqs references name: their whole hashes are kept.
+    wanted: HashMap<String, BTreeSet<u64>>,
+    /// The chunk index the log implies, one entry per chunk.
+    index_expected: Vec<IndexedChunk>,
+    /// Origins named in the log or the index, by [`IndexedChunk`]'s id.
+    origins: OriginIds,
 }
 
 /// What reading a page found, in log order: a whole entry or a problem
@@ -150,94 +206,18 @@ struct Pending {
 impl Auditor<'_> {
     /// The log, entry by entry (reassembled from its fragments), tolerating
     /// damage: missing entries and stray fragments are problems, not stops.
-    /// Each page read is checked by the worker threads, then applied in
-    /// log order.
+    /// A reader thread reads the next pages while each page read is checked
+    /// by the worker threads and then applied in log order.
     fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
-        let mut start = vec![layout::LOG];
-        let mut expected_offset = 0u64;
-        let mut current: Option<Pending> = None;
-        let mut items = Vec::new();
-        loop {
-            let page = match kv.scan(&start, &[layout::LOG], 4096) {
-                Ok(p) => p,
-                Err(e) => {
-                    let m = format!("cannot read the log: {e}");
-                    items.push(Item::Problem("undecodable", None, m));
-                    break;
-                }
-            };
-            let Some((last, _)) = page.last() else { break };
-            start.clone_from(last);
-            start.push(0);
-            for (k, v) in &page {
-                let Some((offset, part)) = layout::parse_log_key(k) else {
-                    let m = "malformed log key".into();
-                    items.push(Item::Problem("undecodable", None, m));
-                    continue;
-                };
-                if part > 0 {
-                    match current.as_mut() {
-                        Some(p) if p.offset == offset => p.bytes.extend_from_slice(v),
-                        _ => items.push(Item::Problem(
-                            "missing_entry",
-                            Some(offset),
-                            format!("fragment {part} without its entry"),
-                        )),
-                    }
-                    continue;
-                }
-                if let Some(p) = current.take() {
-                    items.push(Item::Entry(p));
-                }
-                if layout::is_pack(v) {
-                    // Several small entries in one value, each whole.
-                    let Some(entries) = layout::log_value_entries(k, v) else {
-                        let m = "malformed pack of log entries".into();
-                        items.push(Item::Problem("undecodable", Some(offset), m));
-                        continue;
-                    };
-                    for (offset, range) in entries {
-                        Self::expect_offset(&mut items, &mut expected_offset, offset);
-                        items.push(Item::Entry(Pending {
-                            offset,
-                            bytes: v[range].to_vec(),
-                            parts: 1,
-                        }));
-                    }
-                    continue;
-                }
-                Self::expect_offset(&mut items, &mut expected_offset, offset);
-                let parts = if v.len() >= 2 {
-                    u16::from_be_bytes([v[0], v[1]])
-                } else {
-                    0
-                };
-                current = Some(Pending {
-                    offset,
-                    bytes: v.clone(),
-                    parts,
-                });
+        // One page read ahead (bounded: memory holds at most three).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(1);
+        std::thread::scope(|s| {
+            s.spawn(move || read_pages(kv, &tx));
+            for items in rx {
+                self.apply_items(items);
+                progress(self.report.events);
             }
-            self.apply_items(std::mem::take(&mut items));
-            progress(self.report.events);
-        }
-        if let Some(p) = current.take() {
-            items.push(Item::Entry(p));
-        }
-        self.apply_items(items);
-    }
-
-    /// The next entry read is `offset`: those skipped since the last one
-    /// are missing.
-    fn expect_offset(items: &mut Vec<Item>, expected: &mut u64, offset: u64) {
-        if offset != *expected {
-            items.push(Item::Problem(
-                "missing_entry",
-                Some(*expected),
-                format!("log entries {expected}..{offset} are missing"),
-            ));
-        }
-        *expected = offset + 1;
+        });
     }
 
     /// A page's entries checked in parallel, then everything applied in
@@ -251,7 +231,8 @@ impl Auditor<'_> {
                 _ => None,
             })
             .collect();
-        let mut examined = entry::examine_all(&entries, self.topology, self.threads).into_iter();
+        let mut examined =
+            entry::examine_all(&entries, self.topology, self.threads, self.signatures).into_iter();
         for item in &items {
             match item {
                 Item::Problem(kind, offset, m) => {
@@ -338,40 +319,6 @@ impl Auditor<'_> {
         }
     }
 
-    /// The chunk index must match the chunks.
-    fn check_index(&mut self, kv: &dyn Kv) {
-        let Ok(entries) = kv.scan(&[layout::INDEX], &[layout::INDEX], usize::MAX) else {
-            return;
-        };
-        // An entry naming several chunks (those one pack holds) is taken
-        // apart into the entries of each.
-        let mut found: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
-        for (k, v) in entries {
-            match layout::index_entries_per_chunk(&k, &v) {
-                Some(each) => found.extend(each),
-                None => {
-                    found.insert((k, v));
-                }
-            }
-        }
-        let extra = found.difference(&self.index_expected).map(|(k, _)| (k.clone(), "the chunk index points at a log entry that does not hold this chunk (entries moved or altered)"));
-        let lacking = self
-            .index_expected
-            .difference(&found)
-            .map(|(k, _)| (k.clone(), "the chunk index lacks this chunk"));
-        let wrong: Vec<(Vec<u8>, &str)> = extra.chain(lacking).collect();
-        for (k, message) in wrong {
-            let (origin, seq) = origin_seq(&k);
-            self.report.problem(
-                "index_mismatch",
-                origin.as_deref(),
-                seq,
-                None,
-                message.into(),
-            );
-        }
-    }
-
     /// Equivocation evidence the node recorded.
     fn check_evidence(&mut self, kv: &dyn Kv) {
         let summary = [layout::EVIDENCE_SUMMARY];
@@ -418,8 +365,7 @@ impl Auditor<'_> {
                     ),
                 ),
                 Some(c) => {
-                    let at = usize::try_from(r.seq).unwrap_or(usize::MAX).wrapping_sub(1);
-                    if c.hashes.get(at).map(hex::encode).as_deref() == Some(r.hash.as_str()) {
+                    if c.kept.get(&r.seq).map(hex::encode).as_deref() == Some(r.hash.as_str()) {
                         continue;
                     }
                     (
@@ -450,7 +396,7 @@ impl Auditor<'_> {
     /// signature), then linked onto its origin's chain.
     fn apply_entry(&mut self, offset: u64, examined: entry::Examined) {
         use gridsync_model::ChunkError as E;
-        let c = match examined {
+        let mut c = match examined {
             entry::Examined::Undecodable(m) => {
                 return self
                     .report
@@ -459,10 +405,8 @@ impl Auditor<'_> {
             entry::Examined::Chunk(c) => c,
         };
         let (origin, first, last) = (c.origin.as_str(), c.first, c.last);
-        self.index_expected.insert((
-            layout::index_key(origin, last),
-            layout::index_value(offset, first),
-        ));
+        let id = self.origins.id(origin);
+        self.index_expected.push((id, last, offset, first));
         self.report.events += c.events;
         if self.subtree.as_ref().is_some_and(|s| !s.contains(origin)) {
             let m = format!("origin {origin} is not in the audited node's subtree");
@@ -481,9 +425,9 @@ impl Auditor<'_> {
             );
         };
         // A verifiable origin is reported even if none of its chunks verify.
-        self.chains
-            .entry(origin.to_owned())
-            .or_insert_with(Chain::empty);
+        if !self.chains.contains_key(origin) {
+            self.chains.insert(origin.to_owned(), Chain::empty());
+        }
         let (prev, hashes) = match checked {
             Ok(v) => v,
             Err(entry::Failure::FirstPrev(m)) => {
@@ -521,61 +465,112 @@ impl Auditor<'_> {
             self.report
                 .problem("not_canonical", Some(origin), Some(*seq), Some(offset), m);
         }
-        self.link(origin, first, last, *prev, hashes, offset);
+        let linked = self.link(origin, first, last, *prev, hashes, offset);
+        if let Some((head, key)) = c.head.take() {
+            let run = Run {
+                from: first,
+                offset,
+                head,
+                key,
+            };
+            self.hold_head(run, &linked);
+        }
     }
+}
 
-    /// Links a verified chunk (seqs `first..=last`) onto its origin's chain:
-    /// an overlap is a `duplicate` or a `fork`, a jump a `gap`, a wrong
-    /// `prev` a `broken_chain`. The chain resynchronises on the chunk
-    /// either way, so later damage is reported separately.
-    fn link(
-        &mut self,
-        origin: &str,
-        first: u64,
-        last: u64,
-        prev: Hash32,
-        hashes: &[Hash32],
-        offset: u64,
-    ) {
-        let chain = self
-            .chains
-            .entry(origin.to_owned())
-            .or_insert_with(Chain::empty);
-        let problem = if first <= chain.seq {
-            let overlap_last = last.min(chain.seq);
-            let ours = chain.hashes.get(overlap_last as usize - 1).copied();
-            let theirs = hashes.get((overlap_last - first) as usize).copied();
-            let kind = if ours == theirs { "duplicate" } else { "fork" };
-            let m = format!(
-                "log entry {offset} holds seqs {first}..{last} again (the chain was already at {})",
-                chain.seq
-            );
-            Some((kind, first, m))
-        } else if first > chain.seq.saturating_add(1) {
-            let from = chain.seq.saturating_add(1);
-            Some((
-                "gap",
-                from,
-                format!("seqs {from}..{} are missing", first - 1),
-            ))
-        } else if prev != chain.hash {
-            Some((
-                "broken_chain",
-                first,
-                format!("seq {first} does not link to seq {}", chain.seq),
-            ))
-        } else {
-            None
+/// Log keys read at a time: a page of packs holds up to ~19 entries a key
+/// (~8 MB of entries at 1,024 keys), and up to three pages are in memory
+/// at once (one applied, one queued, one being read).
+const PAGE_KEYS: usize = 1024;
+
+/// Reads the log page by page into [`Item`]s, in log order, and sends
+/// each page's; stops at the log's end, at a read error (sent as a
+/// problem), or when the receiver is gone.
+fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>>) {
+    let mut start = vec![layout::LOG];
+    let mut expected_offset = 0u64;
+    let mut current: Option<Pending> = None;
+    let mut items = Vec::new();
+    loop {
+        let page = match kv.scan(&start, &[layout::LOG], PAGE_KEYS) {
+            Ok(p) => p,
+            Err(e) => {
+                let m = format!("cannot read the log: {e}");
+                items.push(Item::Problem("undecodable", None, m));
+                break;
+            }
         };
-        let stale = last <= chain.seq;
-        if !stale {
-            chain.extend(first, hashes);
+        let Some((last, _)) = page.last() else { break };
+        start.clone_from(last);
+        start.push(0);
+        for (k, v) in page {
+            let Some((offset, part)) = layout::parse_log_key(&k) else {
+                let m = "malformed log key".into();
+                items.push(Item::Problem("undecodable", None, m));
+                continue;
+            };
+            if part > 0 {
+                match current.as_mut() {
+                    Some(p) if p.offset == offset => p.bytes.extend_from_slice(&v),
+                    _ => items.push(Item::Problem(
+                        "missing_entry",
+                        Some(offset),
+                        format!("fragment {part} without its entry"),
+                    )),
+                }
+                continue;
+            }
+            if let Some(p) = current.take() {
+                items.push(Item::Entry(p));
+            }
+            if layout::is_pack(&v) {
+                // Several small entries in one value, each whole.
+                let Some(entries) = layout::log_value_entries(&k, &v) else {
+                    let m = "malformed pack of log entries".into();
+                    items.push(Item::Problem("undecodable", Some(offset), m));
+                    continue;
+                };
+                for (offset, range) in entries {
+                    expect_offset(&mut items, &mut expected_offset, offset);
+                    items.push(Item::Entry(Pending {
+                        offset,
+                        bytes: v[range].to_vec(),
+                        parts: 1,
+                    }));
+                }
+                continue;
+            }
+            expect_offset(&mut items, &mut expected_offset, offset);
+            let parts = if v.len() >= 2 {
+                u16::from_be_bytes([v[0], v[1]])
+            } else {
+                0
+            };
+            current = Some(Pending {
+                offset,
+                bytes: v,
+                parts,
+            });
         }
-        if let Some((kind, seq, m)) = problem {
-            self.report
-                .problem(kind, Some(origin), Some(seq), Some(offset), m);
+        if tx.send(std::mem::take(&mut items)).is_err() {
+            return;
         }
     }
+    items.extend(current.take().map(Item::Entry));
+    let _ = tx.send(items);
+}
+
+/// The next entry read is `offset`: those skipped since the last one
+/// are missing.
+fn expect_offset(items: &mut Vec<Item>, expected: &mut u64, offset: u64) {
+    if offset != *expected {
+        items.push(Item::Problem(
+            "missing_entry",
+            Some(*expected),
+            format!("log entries {expected}..{offset} are missing"),
+        ));
+    }
+    *expected = offset + 1;
 }
 
 /// The origin and seq an index or evidence key names.

@@ -61,12 +61,13 @@ pub fn run(command: AuditCommand) -> ExitCode {
             node,
             reference,
             json,
+            signatures,
         } => verify(
             &data,
             &topology,
-            node.as_deref(),
-            reference.as_deref(),
+            (node.as_deref(), reference.as_deref()),
             json,
+            &signatures,
         ),
         AuditCommand::Replay {
             data,
@@ -150,10 +151,19 @@ pub fn run(command: AuditCommand) -> ExitCode {
 fn verify(
     data: &Path,
     topology: &Path,
-    node: Option<&str>,
-    reference: Option<&Path>,
+    (node, reference): (Option<&str>, Option<&Path>),
     json: bool,
+    signatures: &str,
 ) -> Result<ExitCode, ExitCode> {
+    use gridsync_audit::verify::{How, Signatures};
+    let how = How {
+        signatures: if signatures == "newest" {
+            Signatures::Newest
+        } else {
+            Signatures::All
+        },
+        ..How::default()
+    };
     let topo = load_topology(topology)?;
     let reference = reference
         .map(gridsync_audit::reference::load)
@@ -165,11 +175,17 @@ fn verify(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let started = std::time::Instant::now();
-    let report =
-        gridsync_audit::verify::verify_data_dir(&kv, data, &topo, node, reference.as_ref(), &|n| {
+    let report = gridsync_audit::verify::verify_data_dir(
+        &kv,
+        data,
+        &topo,
+        (node, reference.as_ref()),
+        how,
+        &|n| {
             bar.set_message(format!("{n} events verified"));
             bar.tick();
-        });
+        },
+    );
     bar.finish_and_clear();
     if json {
         println!(

@@ -367,6 +367,14 @@ enum AuditCommand {
         /// Machine-readable report on stdout.
         #[arg(long)]
         json: bool,
+        /// Which signed heads to verify: `all` (every chunk's own, the
+        /// default) or `newest` (each origin's newest head per unbroken run
+        /// of its chain and per key, which vouches for every event before
+        /// it through the hash links: the same events proven, far faster on
+        /// a log of one-event chunks, but an older head's altered signature
+        /// bytes go unseen).
+        #[arg(long, default_value = "all", value_parser = ["all", "newest"])]
+        signatures: String,
     },
     /// Stream events as JSON Lines, verifying them.
     ///

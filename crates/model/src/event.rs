@@ -404,6 +404,7 @@ pub struct EnvelopeLinks<'a> {
     pub personal_digest: Option<Hash32>,
 }
 
+pub mod canonical_check;
 pub mod light;
 
 /// Reads origin, seq, kind, schema, prev and the personal digest of

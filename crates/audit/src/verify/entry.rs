@@ -4,8 +4,12 @@
 //! applies the results in log order ([`super::Auditor`]), so a report is
 //! the same whatever the number of threads.
 
+use ed25519_dalek::VerifyingKey;
 use gridsync_deploy::topology::Topology;
-use gridsync_model::{Chunk, ChunkError, Hash32};
+use gridsync_model::event::canonical_check::surely_canonical;
+use gridsync_model::{Chunk, ChunkError, Hash32, SignedHead};
+
+use super::Signatures;
 
 /// What one entry showed on its own.
 pub(super) enum Examined {
@@ -26,6 +30,10 @@ pub(super) struct ChunkFacts {
     /// Seqs whose envelopes are not in canonical form (checked only in a
     /// chunk that verified).
     pub not_canonical: Vec<u64>,
+    /// With [`Signatures::Newest`], a chunk whose links held: its head and
+    /// the key it must verify under, for the auditor to check if it ends
+    /// its run of the chain.
+    pub head: Option<(SignedHead, VerifyingKey)>,
 }
 
 /// Why a chunk did not verify on its own.
@@ -41,11 +49,12 @@ pub(super) fn examine_all(
     entries: &[(u64, &[u8])],
     topology: &Topology,
     threads: usize,
+    signatures: Signatures,
 ) -> Vec<Examined> {
     if threads <= 1 || entries.len() < 2 {
         return entries
             .iter()
-            .map(|(o, b)| examine(*o, b, topology))
+            .map(|(o, b)| examine(*o, b, topology, signatures))
             .collect();
     }
     let per = entries.len().div_ceil(threads);
@@ -55,7 +64,7 @@ pub(super) fn examine_all(
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|(o, b)| examine(*o, b, topology))
+                        .map(|(o, b)| examine(*o, b, topology, signatures))
                         .collect::<Vec<_>>()
                 })
             })
@@ -67,29 +76,46 @@ pub(super) fn examine_all(
     })
 }
 
-/// One entry (`bytes`: its header and chunk) at log `offset`.
-pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examined {
+/// One entry (`bytes`: its header and chunk) at log `offset`; its own
+/// signature checked here with [`Signatures::All`].
+pub(super) fn examine(
+    offset: u64,
+    bytes: &[u8],
+    topology: &Topology,
+    signatures: Signatures,
+) -> Examined {
     let chunk = match bytes.get(10..).map(Chunk::decode) {
         Some(Ok(c)) => c,
         Some(Err(e)) => return Examined::Undecodable(format!("log entry {offset}: {e}")),
         None => return Examined::Undecodable("entry header truncated".into()),
     };
     let (first, last) = (chunk.first_seq(), chunk.last_seq());
-    let checked = topology
-        .key_at(&chunk.origin, last)
-        .map(|key| match chunk.first_prev() {
-            Err(e) => Err(Failure::FirstPrev(e.to_string())),
-            Ok(prev) => chunk
-                .check_links(first, &prev)
-                .and_then(|h| chunk.head.verify(&key).map(|()| (prev, h)))
-                .map_err(Failure::Chunk),
-        });
+    let key = topology.key_at(&chunk.origin, last);
+    let checked = key.map(|key| match chunk.first_prev() {
+        Err(e) => Err(Failure::FirstPrev(e.to_string())),
+        Ok(prev) => chunk
+            .check_links(first, &prev)
+            .and_then(|h| match signatures {
+                Signatures::All => chunk.head.verify(&key).map(|()| (prev, h)),
+                Signatures::Newest => Ok((prev, h)),
+            })
+            .map_err(Failure::Chunk),
+    });
+    let head = match (&checked, key, signatures) {
+        (Some(Ok(_)), Some(key), Signatures::Newest) => Some((chunk.head.clone(), key)),
+        _ => None,
+    };
     let not_canonical = if matches!(checked, Some(Ok(_))) {
         chunk
             .events
             .iter()
             .enumerate()
-            .filter(|(_, rec)| gridsync_model::Envelope::decode(&rec.envelope).is_err())
+            // Shown canonical by one walk of the bytes, or else decoded
+            // and encoded again (the decoder decides).
+            .filter(|(_, rec)| {
+                !surely_canonical(&rec.envelope)
+                    && gridsync_model::Envelope::decode(&rec.envelope).is_err()
+            })
             .map(|(i, _)| first + i as u64)
             .collect()
     } else {
@@ -102,5 +128,6 @@ pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examine
         events: chunk.events.len() as u64,
         checked,
         not_canonical,
+        head,
     }))
 }

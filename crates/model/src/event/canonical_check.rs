@@ -1,0 +1,325 @@
+//! Whether envelope bytes are in canonical form, decided by walking them
+//! once without building their values — the audit's check of every stored
+//! envelope. [`Envelope::decode`](super::Envelope::decode) decides the same
+//! by decoding into a JSON value and encoding it again (two allocations per
+//! string, one per map and array), several times the cost.
+//!
+//! Sound, not complete: [`surely_canonical`] answers `true` only for bytes
+//! `Envelope::decode` accepts; `false` means "not shown here" (malformed,
+//! not canonical, or merely unusual: an integer field in another msgpack
+//! form, nesting deeper than [`DEPTH_MAX`]) and the caller decodes to know.
+//! The header is re-encoded from the fields read and compared byte for
+//! byte; `data` is checked value by value against the rules of
+//! [`crate::canonical`].
+
+use rmp::Marker;
+
+use super::light::{self, R};
+use super::{EnvelopeHeader, Hash32, OccurredAt, ENVELOPE_FORMAT};
+
+/// Deepest nesting of `data` checked here (deeper: left to the decoder).
+pub const DEPTH_MAX: u32 = 32;
+
+/// `true` only if `bytes` are a format-1 envelope in canonical form (what
+/// `Envelope::decode` accepts); `false` when that is not shown.
+pub fn surely_canonical(bytes: &[u8]) -> bool {
+    check(bytes).is_some()
+}
+
+fn check(bytes: &[u8]) -> Option<()> {
+    let mut rd: R<'_> = bytes;
+    if light::marker(&mut rd)? != Marker::FixArray(14)
+        || light::uint(&mut rd)? != u64::from(ENVELOPE_FORMAT)
+    {
+        return None;
+    }
+    let origin = light::str(&mut rd)?;
+    let seq = light::uint(&mut rd)?;
+    let kind = light::str(&mut rd)?;
+    let schema = u32::try_from(light::uint(&mut rd)?).ok()?;
+    let unix_ms = light::int(&mut rd)?;
+    let offset_min = i16::try_from(light::int(&mut rd)?).ok()?;
+    let recorded_at_ms = light::int(&mut rd)?;
+    let grid = light::str(&mut rd)?;
+    let recorded_by = light::str(&mut rd)?;
+    let client_id = light::str(&mut rd)?;
+    let prev: Hash32 = light::bin32(&mut rd)??;
+    let data_start = bytes.len() - rd.len();
+    if !matches!(
+        Marker::from_u8(*rd.first()?),
+        Marker::FixMap(_) | Marker::Map16 | Marker::Map32
+    ) {
+        return None;
+    }
+    value(&mut rd, 0)?;
+    let data = &bytes[data_start..bytes.len() - rd.len()];
+    let personal_digest = light::bin32(&mut rd)?;
+    if !rd.is_empty() {
+        return None;
+    }
+    let header = EnvelopeHeader {
+        origin,
+        seq,
+        kind,
+        schema,
+        occurred_at: OccurredAt {
+            unix_ms,
+            offset_min,
+        },
+        recorded_at_ms,
+        grid,
+        recorded_by,
+        client_id,
+        prev: &prev,
+        personal_digest: personal_digest.as_ref(),
+    };
+    // Every header field in its shortest form, in order, nothing more.
+    (header.encode_with_data(data) == bytes).then_some(())
+}
+
+/// The bytes `write` produces (a length header or an integer: ≤ 9).
+fn encoded(write: impl FnOnce(&mut Vec<u8>)) -> ([u8; 9], usize) {
+    let mut v = Vec::with_capacity(9);
+    write(&mut v);
+    let mut out = [0u8; 9];
+    out[..v.len()].copy_from_slice(&v);
+    (out, v.len())
+}
+
+/// Whether the bytes consumed between `before` and `after` are `expected`.
+fn consumed_is(before: R<'_>, after: R<'_>, (expected, len): ([u8; 9], usize)) -> Option<()> {
+    (before.len() - after.len() == len && before[..len] == expected[..len]).then_some(())
+}
+
+/// One value of `data` in canonical form (see [`crate::canonical`]).
+fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
+    if depth > DEPTH_MAX {
+        return None;
+    }
+    let before = *rd;
+    match Marker::from_u8(*rd.first()?) {
+        Marker::Null | Marker::True | Marker::False => {
+            *rd = &rd[1..];
+        }
+        Marker::FixPos(_) | Marker::U8 | Marker::U16 | Marker::U32 | Marker::U64 => {
+            let v = light::uint(rd)?;
+            consumed_is(
+                before,
+                rd,
+                encoded(|w| {
+                    rmp::encode::write_uint(w, v).expect("vec write");
+                }),
+            )?;
+        }
+        Marker::FixNeg(_) | Marker::I8 | Marker::I16 | Marker::I32 | Marker::I64 => {
+            // A non-negative value is canonical only as an unsigned form.
+            let v = light::int(rd).filter(|v| *v < 0)?;
+            consumed_is(
+                before,
+                rd,
+                encoded(|w| {
+                    rmp::encode::write_sint(w, v).expect("vec write");
+                }),
+            )?;
+        }
+        Marker::F64 => {
+            // JSON has no NaN or infinity (they decode to null).
+            light::float(rd).filter(|f| f.is_finite())?;
+        }
+        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+            let s = light::str(rd)?;
+            let header = before.len() - rd.len() - s.len();
+            consumed_is(before, &before[header..], str_len(s.len())?)?;
+        }
+        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
+            let n = light::array_len(rd)?;
+            let len = u32::try_from(n).ok()?;
+            consumed_is(
+                before,
+                rd,
+                encoded(|w| {
+                    rmp::encode::write_array_len(w, len).expect("vec write");
+                }),
+            )?;
+            for _ in 0..n {
+                value(rd, depth + 1)?;
+            }
+        }
+        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
+            let n = light::map_len(rd)?;
+            let len = u32::try_from(n).ok()?;
+            consumed_is(
+                before,
+                rd,
+                encoded(|w| {
+                    rmp::encode::write_map_len(w, len).expect("vec write");
+                }),
+            )?;
+            let mut last: Option<&[u8]> = None;
+            for _ in 0..n {
+                let key_start = *rd;
+                let key = light::str(rd)?.as_bytes();
+                let header = key_start.len() - rd.len() - key.len();
+                consumed_is(key_start, &key_start[header..], str_len(key.len())?)?;
+                // Sorted by bytes, each key once.
+                if last.is_some_and(|l| l >= key) {
+                    return None;
+                }
+                last = Some(key);
+                value(rd, depth + 1)?;
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The canonical header of a string of `len` bytes.
+fn str_len(len: usize) -> Option<([u8; 9], usize)> {
+    let len = u32::try_from(len).ok()?;
+    Some(encoded(|w| {
+        rmp::encode::write_str_len(w, len).expect("vec write");
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Envelope;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn envelope(data: Value) -> Envelope {
+        Envelope {
+            origin: "c1".into(),
+            seq: 300,
+            kind: "visit".into(),
+            schema: 1,
+            occurred_at: OccurredAt {
+                unix_ms: 1_580_000_000_000,
+                offset_min: -480,
+            },
+            recorded_at_ms: -5,
+            grid: "g-7".into(),
+            recorded_by: "王".into(),
+            client_id: "x".repeat(40),
+            prev: [3; 32],
+            data,
+            personal_digest: Some([9; 32]),
+        }
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(|u| json!(u)),
+            any::<i64>().prop_map(|i| json!(i)),
+            (-1.0e6f64..1.0e6).prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_data() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map(".{0,8}", arb_value(), 0..8)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        /// Every canonical envelope is shown canonical; with bytes
+        /// flipped, cut or added, `true` only where the decoder agrees.
+        #[test]
+        fn agrees_with_the_decoder(
+            data in arb_data(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 0..4),
+        ) {
+            let good = envelope(data).encode();
+            prop_assert!(surely_canonical(&good));
+            let mut bytes = good.clone();
+            for (at, byte, how) in edits {
+                let i = at.index(bytes.len().max(1));
+                match how {
+                    0 | 1 if !bytes.is_empty() => bytes[i] ^= byte.max(1),
+                    2 => bytes.insert(i, byte),
+                    _ => bytes.truncate(i),
+                }
+            }
+            if surely_canonical(&bytes) {
+                prop_assert!(Envelope::decode(&bytes).is_ok(), "fast check accepted {}", hex::encode(&bytes));
+            }
+        }
+    }
+
+    /// Each rule on its own: `data` forms the decoder refuses are refused
+    /// here too, and the header's fields must be in their shortest form.
+    #[test]
+    fn refuses_what_is_not_canonical() {
+        let with_data = |data: &[u8]| {
+            let e = envelope(json!({}));
+            e.header().encode_with_data(data)
+        };
+        let cases: &[(&str, &[u8])] = &[
+            ("1 as a uint16", &[0x81, 0xa1, b'a', 0xcd, 0x00, 0x01]),
+            ("5 as an int8", &[0x81, 0xa1, b'a', 0xd0, 0x05]),
+            ("-1 as an int16", &[0x81, 0xa1, b'a', 0xd1, 0xff, 0xff]),
+            ("a float32", &[0x81, 0xa1, b'a', 0xca, 0x3f, 0x80, 0, 0]),
+            (
+                "NaN",
+                &[0x81, 0xa1, b'a', 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0],
+            ),
+            (
+                "keys out of order",
+                &[0x82, 0xa1, b'b', 0x01, 0xa1, b'a', 0x02],
+            ),
+            ("a key twice", &[0x82, 0xa1, b'a', 0x01, 0xa1, b'a', 0x02]),
+            (
+                "a str8 for a short string",
+                &[0x81, 0xa1, b'a', 0xd9, 0x01, b'x'],
+            ),
+            (
+                "a map16 for one entry",
+                &[0xde, 0x00, 0x01, 0xa1, b'a', 0x01],
+            ),
+            ("binary", &[0x81, 0xa1, b'a', 0xc4, 0x01, 0x00]),
+            ("not UTF-8", &[0x81, 0xa1, b'a', 0xa1, 0xff]),
+            ("a non-string key", &[0x81, 0x01, 0x01]),
+            ("not a map", &[0x91, 0x01]),
+        ];
+        for (what, data) in cases {
+            let bytes = with_data(data);
+            assert!(
+                Envelope::decode(&bytes).is_err(),
+                "{what}: the decoder accepts it"
+            );
+            assert!(!surely_canonical(&bytes), "{what}: accepted");
+        }
+        // The same envelope in canonical form passes both.
+        let ok = with_data(&[
+            0x82, 0xa1, b'a', 0x01, 0xa1, b'b', 0xcb, 0x40, 0x42, 0x40, 0, 0, 0, 0, 0,
+        ]);
+        assert!(Envelope::decode(&ok).is_ok());
+        assert!(surely_canonical(&ok));
+        // The header: seq 300 written as a uint32 instead of a uint16.
+        let mut long_seq = vec![0x9e, 0x01, 0xa2, b'c', b'1', 0xce, 0, 0, 0x01, 0x2c];
+        let good = envelope(json!({})).encode();
+        let after_seq = 1 + 1 + 3 + 3;
+        long_seq.extend_from_slice(&good[after_seq..]);
+        assert!(Envelope::decode(&long_seq).is_err());
+        assert!(!surely_canonical(&long_seq));
+        assert!(surely_canonical(&good));
+        // Nesting deeper than the walk goes: left to the decoder.
+        let mut deep = vec![0x81, 0xa1, b'a'];
+        deep.extend(std::iter::repeat_n(0x91, DEPTH_MAX as usize + 1));
+        deep.push(0x01);
+        let bytes = with_data(&deep);
+        assert!(Envelope::decode(&bytes).is_ok());
+        assert!(!surely_canonical(&bytes));
+    }
+}
