@@ -81,7 +81,7 @@ pub fn from_canonical(bytes: &[u8]) -> Result<Value, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -110,7 +110,8 @@ mod tests {
         assert!(from_canonical(&unsorted).is_err());
     }
 
-    fn arb_value() -> impl Strategy<Value = Value> {
+    /// Any JSON value, nested a few levels (also the envelope check's).
+    pub(crate) fn arb_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),

@@ -407,6 +407,21 @@ pub struct EnvelopeLinks<'a> {
 pub mod canonical_check;
 pub mod light;
 
+/// The envelope's array header and format (14 items, format 1), then its
+/// origin, seq, kind and schema.
+fn read_first_fields<'a>(rd: &mut light::R<'a>) -> Option<(&'a str, u64, &'a str, u32)> {
+    if light::marker(rd)? != rmp::Marker::FixArray(14)
+        || light::uint(rd)? != u64::from(ENVELOPE_FORMAT)
+    {
+        return None;
+    }
+    let origin = light::str(rd)?;
+    let seq = light::uint(rd)?;
+    let kind = light::str(rd)?;
+    let schema = u32::try_from(light::uint(rd)?).ok()?;
+    Some((origin, seq, kind, schema))
+}
+
 /// Reads origin, seq, kind, schema, prev and the personal digest of
 /// envelope bytes without decoding `data`. Checks the shape (14 items, format 1) only.
 ///
@@ -415,15 +430,7 @@ pub mod light;
 pub fn read_links(bytes: &[u8]) -> Result<EnvelopeLinks<'_>, EnvelopeError> {
     fn inner(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
         let mut rd: light::R<'_> = bytes;
-        if light::marker(&mut rd)? != rmp::Marker::FixArray(14)
-            || light::uint(&mut rd)? != u64::from(ENVELOPE_FORMAT)
-        {
-            return None;
-        }
-        let origin = light::str(&mut rd)?;
-        let seq = light::uint(&mut rd)?;
-        let kind = light::str(&mut rd)?;
-        let schema = u32::try_from(light::uint(&mut rd)?).ok()?;
+        let (origin, seq, kind, schema) = read_first_fields(&mut rd)?;
         for _ in 0..6 {
             light::skip(&mut rd, 0)?; // occurred_at (2 items) … client_id
         }

@@ -51,23 +51,27 @@ pub(super) fn examine_all(
     threads: usize,
     signatures: Signatures,
 ) -> Vec<Examined> {
-    if threads <= 1 || entries.len() < 2 {
-        return entries
-            .iter()
-            .map(|(o, b)| examine(*o, b, topology, signatures))
-            .collect();
+    parallel_map(entries, threads, |(o, b)| {
+        examine(*o, b, topology, signatures)
+    })
+}
+
+/// `f` of every item, by `threads` scoped threads each taking a
+/// contiguous share; results in the items' order.
+pub(super) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    if threads <= 1 || items.len() < 2 {
+        return items.iter().map(f).collect();
     }
-    let per = entries.len().div_ceil(threads);
+    let per = items.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|s| {
-        let parts: Vec<_> = entries
+        let parts: Vec<_> = items
             .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|(o, b)| examine(*o, b, topology, signatures))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
             .collect();
         parts
             .into_iter()

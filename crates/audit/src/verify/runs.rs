@@ -117,23 +117,7 @@ impl Auditor<'_> {
     pub(super) fn verify_held_heads(&mut self) {
         let mut runs = std::mem::take(&mut self.heads_to_verify);
         runs.extend(std::mem::take(&mut self.runs).into_values());
-        let per = runs.len().div_ceil(self.threads).max(1);
-        let ok: Vec<bool> = std::thread::scope(|s| {
-            let parts: Vec<_> = runs
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|r| r.head.verify(&r.key).is_ok())
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().expect("an audit worker panicked"))
-                .collect()
-        });
+        let ok = super::entry::parallel_map(&runs, self.threads, |r| r.head.verify(&r.key).is_ok());
         for (r, ok) in runs.iter().zip(ok) {
             if ok {
                 continue;

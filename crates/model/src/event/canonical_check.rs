@@ -15,7 +15,7 @@
 use rmp::Marker;
 
 use super::light::{self, R};
-use super::{EnvelopeHeader, Hash32, OccurredAt, ENVELOPE_FORMAT};
+use super::{EnvelopeHeader, Hash32, OccurredAt};
 
 /// Deepest nesting of `data` checked here (deeper: left to the decoder).
 pub const DEPTH_MAX: u32 = 32;
@@ -28,15 +28,7 @@ pub fn surely_canonical(bytes: &[u8]) -> bool {
 
 fn check(bytes: &[u8]) -> Option<()> {
     let mut rd: R<'_> = bytes;
-    if light::marker(&mut rd)? != Marker::FixArray(14)
-        || light::uint(&mut rd)? != u64::from(ENVELOPE_FORMAT)
-    {
-        return None;
-    }
-    let origin = light::str(&mut rd)?;
-    let seq = light::uint(&mut rd)?;
-    let kind = light::str(&mut rd)?;
-    let schema = u32::try_from(light::uint(&mut rd)?).ok()?;
+    let (origin, seq, kind, schema) = super::read_first_fields(&mut rd)?;
     let unix_ms = light::int(&mut rd)?;
     let offset_min = i16::try_from(light::int(&mut rd)?).ok()?;
     let recorded_at_ms = light::int(&mut rd)?;
@@ -209,25 +201,8 @@ mod tests {
         }
     }
 
-    fn arb_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<u64>().prop_map(|u| json!(u)),
-            any::<i64>().prop_map(|i| json!(i)),
-            (-1.0e6f64..1.0e6).prop_map(|f| json!(f)),
-            ".{0,40}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::btree_map(".{0,8}", inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     fn arb_data() -> impl Strategy<Value = Value> {
+        use crate::canonical::tests::arb_value;
         prop::collection::btree_map(".{0,8}", arb_value(), 0..8)
             .prop_map(|m| Value::Object(m.into_iter().collect()))
     }
