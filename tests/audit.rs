@@ -291,6 +291,7 @@ async fn every_tampering_is_detected() {
     eprintln!("detected {detected}/1000 mutations: {kinds:?}");
     assert_eq!(detected, 1000);
     newest_heads_vouch_for_their_runs(&entries, &topo);
+    index_damage_is_reported(&entries, &topo);
 
     // The CLI on sled copies: clean → 0, damaged → 1, unreadable → 2.
     let data = &tree.nodes["s"].data_dir;
@@ -560,6 +561,67 @@ async fn street_replay_is_the_union_of_its_communities() {
         assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     }
     assert_eq!(by_origin.len(), 2);
+}
+
+/// The chunk index held against the log (the street's clean log,
+/// `entries`): an index entry removed, one pointing at the wrong log
+/// entry, and a malformed one are each reported as `index_mismatch` with
+/// the origin and seq at fault, and nothing else.
+fn index_damage_is_reported(entries: &BTreeMap<Vec<u8>, Vec<u8>>, topo: &Topology) {
+    use gridsync_store::layout;
+    let index_problems = |m: &BTreeMap<Vec<u8>, Vec<u8>>| {
+        let report = audit::verify(&mem(m), topo, Some("s"), None, &|_| {});
+        assert!(
+            report.problems.iter().all(|p| p.kind == "index_mismatch"),
+            "{:?}",
+            report.problems
+        );
+        report
+            .problems
+            .into_iter()
+            .map(|p| (p.origin, p.seq, p.message.contains("lacks")))
+            .collect::<Vec<_>>()
+    };
+    assert!(index_problems(entries).is_empty());
+    let (key, value) = entries
+        .iter()
+        .find(|(k, _)| k[0] == layout::INDEX)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    let (origin, seq, _) = layout::parse_origin_seq_key(&key).unwrap();
+    let chunks = layout::index_chunks(&key, &value).unwrap();
+    // Removed: every chunk it named is lacking.
+    let mut m = entries.clone();
+    m.remove(&key);
+    let lacking: Vec<_> = chunks
+        .iter()
+        .map(|(last, _, _)| (Some(origin.clone()), Some(*last), true))
+        .collect();
+    assert_eq!(index_problems(&m), lacking);
+    // Pointing one log entry further: the chunk is lacking, and the index
+    // names a chunk the log does not hold there.
+    let moved: Vec<(u64, u64)> = chunks.iter().map(|(_, o, f)| (o + 1, *f)).collect();
+    let mut m = entries.clone();
+    m.insert(key.clone(), layout::index_group_value(&moved));
+    let mut found = index_problems(&m);
+    found.sort();
+    let mut want: Vec<_> = chunks
+        .iter()
+        .flat_map(|(last, _, _)| {
+            [
+                (Some(origin.clone()), Some(*last), false),
+                (Some(origin.clone()), Some(*last), true),
+            ]
+        })
+        .collect();
+    want.sort();
+    assert_eq!(found, want);
+    // A malformed value: the entry points nowhere and its chunks lack.
+    let mut m = entries.clone();
+    m.insert(key.clone(), vec![1, 2, 3]);
+    let found = index_problems(&m);
+    assert_eq!(found[0], (Some(origin.clone()), Some(seq), false));
+    assert_eq!(found[1..], lacking[..]);
 }
 
 /// `--signatures newest` on the street's clean log (`entries`): a

@@ -1,6 +1,6 @@
 //! The chunk index held against the log: what the log implies, one compact
-//! entry per chunk, and what the index holds, both sorted and walked
-//! together.
+//! entry per chunk, sorted; the stored index read a page at a time and
+//! looked up in it.
 
 use std::collections::HashMap;
 
@@ -13,6 +13,9 @@ use super::{origin_seq, Auditor};
 /// offset, first seq)` — 32 bytes a chunk, where a key and value pair each
 /// with its own allocations took several times that at ten million.
 pub(super) type IndexedChunk = (u32, u64, u64, u64);
+
+/// The origin and seq a problem names.
+type Named = (Option<String>, Option<u64>);
 
 /// Origins by id, for [`IndexedChunk`]s.
 #[derive(Default)]
@@ -35,58 +38,50 @@ impl OriginIds {
 }
 
 impl Auditor<'_> {
-    /// The chunk index must match the chunks: both sides sorted and
-    /// walked together.
+    /// The chunk index must match the chunks. The chunks the log implies
+    /// are sorted; the stored index is read a page at a time and each
+    /// chunk it names looked up among them (memory: the sorted list and
+    /// one page, whatever the index's size).
     pub(super) fn check_index(&mut self, kv: &dyn Kv) {
-        let Ok(entries) = kv.scan(&[layout::INDEX], &[layout::INDEX], usize::MAX) else {
-            return;
-        };
-        // An entry naming several chunks (those one pack holds) is taken
-        // apart into the entries of each; a malformed one points nowhere.
-        let mut found: Vec<IndexedChunk> = Vec::new();
-        let mut malformed = Vec::new();
-        for (k, v) in entries {
-            match (
-                layout::parse_origin_seq_key(&k),
-                layout::index_chunks(&k, &v),
-            ) {
-                (Some((origin, _, _)), Some(chunks)) => {
-                    let id = self.origins.id(&origin);
-                    found.extend(chunks.into_iter().map(|(l, o, f)| (id, l, o, f)));
+        const EXTRA: &str = "the chunk index points at a log entry that does not hold this chunk (entries moved or altered)";
+        let mut expected = std::mem::take(&mut self.index_expected);
+        expected.sort_unstable();
+        let mut matched = vec![false; expected.len()];
+        let mut wrong: Vec<(Named, &str)> = Vec::new();
+        let mut start = vec![layout::INDEX];
+        while let Ok(page) = kv.scan(&start, &[layout::INDEX], 4096) {
+            let Some((last, _)) = page.last() else { break };
+            start.clone_from(last);
+            start.push(0);
+            for (k, v) in &page {
+                // An entry naming several chunks (those one pack holds) is
+                // taken apart into the entries of each; a malformed one
+                // points nowhere.
+                let (Some((origin, _, _)), Some(chunks)) =
+                    (layout::parse_origin_seq_key(k), layout::index_chunks(k, v))
+                else {
+                    wrong.push((origin_seq(k), EXTRA));
+                    continue;
+                };
+                let id = self.origins.id(&origin);
+                for (l, o, f) in chunks {
+                    match expected.binary_search(&(id, l, o, f)) {
+                        Ok(at) => matched[at] = true,
+                        Err(_) => wrong.push(((Some(origin.clone()), Some(l)), EXTRA)),
+                    }
                 }
-                _ => malformed.push(k),
             }
         }
         let names = &self.origins.names;
-        let order = |a: &IndexedChunk, b: &IndexedChunk| {
-            (&names[a.0 as usize], a.1, a.2, a.3).cmp(&(&names[b.0 as usize], b.1, b.2, b.3))
-        };
-        let mut expected = std::mem::take(&mut self.index_expected);
-        expected.sort_unstable_by(order);
-        found.sort_unstable_by(order);
-        found.dedup();
-        let (mut extra, mut lacking) = (Vec::new(), Vec::new());
-        let (mut e, mut f) = (expected.iter().peekable(), found.iter().peekable());
-        loop {
-            match (e.peek(), f.peek()) {
-                (None, None) => break,
-                (Some(x), Some(y)) if x == y => {
-                    e.next();
-                    f.next();
-                }
-                (Some(x), Some(y)) if order(x, y).is_lt() => lacking.extend(e.next()),
-                (Some(_), None) => lacking.extend(e.next()),
-                (_, Some(_)) => extra.extend(f.next()),
-            }
-        }
-        let named = |c: &&IndexedChunk| (Some(names[c.0 as usize].clone()), Some(c.1));
-        let wrong: Vec<_> = malformed
+        let lacking = expected
             .iter()
-            .map(|k| origin_seq(k))
-            .chain(extra.iter().map(named))
-            .map(|at| (at, "the chunk index points at a log entry that does not hold this chunk (entries moved or altered)"))
-            .chain(lacking.iter().map(|c| (named(c), "the chunk index lacks this chunk")))
-            .collect();
+            .zip(&matched)
+            .filter(|(_, m)| !**m)
+            .map(|(c, _)| {
+                let at = (Some(names[c.0 as usize].clone()), Some(c.1));
+                (at, "the chunk index lacks this chunk")
+            });
+        wrong.extend(lacking);
         for ((origin, seq), message) in wrong {
             self.report.problem(
                 "index_mismatch",
