@@ -315,6 +315,16 @@ async fn every_tampering_is_detected() {
     let out = run(data, &["--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["events"], 144);
+    // Newest heads only: the same clean report; a mode it does not know
+    // is refused naming the ones it does.
+    let out = run(data, &["--json", "--signatures", "newest"]);
+    assert_eq!(out.status.code(), Some(0));
+    let newest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(newest, report);
+    let out = run(data, &["--signatures", "some"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("all") && err.contains("newest"), "{err}");
     assert_eq!(
         run(std::path::Path::new("/nonexistent"), &[]).status.code(),
         Some(2)
