@@ -329,6 +329,43 @@ async fn every_tampering_is_detected() {
         run(std::path::Path::new("/nonexistent"), &[]).status.code(),
         Some(2)
     );
+    // A data directory whose log has one envelope byte flipped: refused
+    // by verify, replay and project whichever signatures they check.
+    let damaged = tempfile::tempdir().unwrap();
+    {
+        let mut m = entries.clone();
+        let v = m[&log[0]].clone();
+        let flipped = edit_chunk(&v, |c| {
+            let e = &mut c.events[0].envelope;
+            let at = e.len() - 40;
+            e[at] ^= 1;
+        });
+        m.insert(log[0].clone(), flipped.unwrap());
+        let kv = SledKv::open(damaged.path(), 8 << 20).unwrap();
+        kv.commit(m.into_iter().map(|(k, v)| (k, Some(v))).collect())
+            .unwrap();
+    }
+    for mode in ["all", "newest"] {
+        let out = run(damaged.path(), &["--signatures", mode]);
+        assert_eq!(out.status.code(), Some(1), "verify --signatures {mode}");
+        for (command, extra) in [
+            ("replay", &[][..]),
+            ("project", &["--as-of", "2030-01-01T00:00:00Z"][..]),
+        ] {
+            let out = Command::new(gridsync_bin())
+                .args(["audit", command, "--data"])
+                .arg(damaged.path())
+                .arg("--topology")
+                .arg(&tree.topology)
+                .args(["--signatures", mode])
+                .args(extra)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} {mode}: {err}");
+            assert!(err.contains("does not verify"), "{command} {mode}: {err}");
+        }
+    }
     // The street's own status as a signed reference: verifies; with one
     // signature altered, the reference itself is refused.
     let signed = tempfile::NamedTempFile::new().unwrap();
@@ -453,6 +490,11 @@ async fn as_of_projection_reproduces_a_recorded_snapshot() {
             "{key}: --known-at T differs from the snapshot taken at T"
         );
     }
+    // Checking only the newest heads before projecting: the same answer.
+    assert_eq!(
+        project(&["--as-of", &t, "--known-at", "--signatures", "newest"]),
+        known
+    );
     // By event time, as of the end of 2020-01-26 (Shanghai): seq 1 (fever on
     // the 26th, voided only on the 27th) and the late event of the 25th.
     let by_event = project(&["--as-of", "2020-01-26T23:59:59+08:00"]);
@@ -529,12 +571,13 @@ async fn street_replay_is_the_union_of_its_communities() {
     for s in servers.iter_mut() {
         s.terminate();
     }
-    let replay = |node: &str| -> Vec<Value> {
+    let replay_with = |node: &str, extra: &[&str]| -> Vec<Value> {
         let out = Command::new(gridsync_bin())
             .args(["audit", "replay", "--data"])
             .arg(&tree.nodes[node].data_dir)
             .arg("--topology")
             .arg(&tree.topology)
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -548,7 +591,10 @@ async fn street_replay_is_the_union_of_its_communities() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
+    let replay = |node: &str| replay_with(node, &[]);
     let street = replay("s");
+    // Checking only each origin's newest head first: the same stream.
+    assert_eq!(replay_with("s", &["--signatures", "newest"]), street);
     assert_eq!(
         over_http, street,
         "replay over HTTP differs from replay of the data directory"

@@ -50,21 +50,25 @@ pub fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledKv), AuditError>
 }
 
 /// Opens a copy of `data` as a store: opening checks the whole log (chains,
-/// signatures of every chunk, heads table, index) and stops at the first
-/// problem. Replay and as-of projection read only a log that passed it.
+/// heads table, index, and the signatures `signatures` names: every
+/// chunk's, or each origin's newest head, which vouches for its chain
+/// through the links) and stops at the first problem. Replay and as-of
+/// projection read only a log that passed it.
 ///
 /// # Errors
 /// As [`open_copy`], or the log does not verify.
 pub fn open_verified(
     data: &Path,
     topology: &Topology,
+    signatures: crate::verify::Signatures,
 ) -> Result<(tempfile::TempDir, Store), AuditError> {
     let (tmp, kv) = open_copy(data)?;
     let keys = topology.clone();
     let store = Store::open(
         Arc::new(kv),
         StoreConfig {
-            verify_all_signatures: true,
+            verify_all_signatures: signatures == crate::verify::Signatures::All,
+            verify_whole_log: true,
             ..StoreConfig::default()
         },
         None,

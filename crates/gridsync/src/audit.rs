@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use gridsync_audit::replay::EventFilter;
-use gridsync_audit::verify::AuditReport;
+use gridsync_audit::verify::{AuditReport, Signatures};
 use gridsync_audit::{data, AuditError};
 use gridsync_deploy::topology::Topology;
 use gridsync_model::api::EventView;
@@ -18,6 +18,15 @@ use crate::AuditCommand;
 const UNREADABLE: u8 = 2;
 /// Exit code when problems were found.
 const PROBLEMS: u8 = 1;
+
+/// `--signatures` (clap allows only `all` and `newest`).
+fn signatures_named(name: &str) -> Signatures {
+    if name == "newest" {
+        Signatures::Newest
+    } else {
+        Signatures::All
+    }
+}
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("gridsync audit: {msg}");
@@ -85,6 +94,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
             recorded_from,
             recorded_to,
             with_personal,
+            signatures,
         } => (|| {
             let topo = topology.as_deref().map(load_topology).transpose()?;
             if subtree.is_some() && topo.is_none() {
@@ -116,9 +126,13 @@ pub fn run(command: AuditCommand) -> ExitCode {
                     with_personal,
                     topo.as_ref(),
                 ),
-                (_, _, Some(data), Some(topo)) => {
-                    replay_local(&data, &topo, &filter, with_personal)
-                }
+                (_, _, Some(data), Some(topo)) => replay_local(
+                    &data,
+                    &topo,
+                    &filter,
+                    with_personal,
+                    signatures_named(&signatures),
+                ),
                 _ => Err(fail(
                     UNREADABLE,
                     "--data and --topology (or --url and --token) are required",
@@ -134,6 +148,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
             node,
             from,
             to,
+            signatures,
         } => {
             let q = RangeQuery {
                 node,
@@ -142,7 +157,15 @@ pub fn run(command: AuditCommand) -> ExitCode {
                 depth: None,
                 days: None,
             };
-            project(&data, &topology, &as_of, known_at, at.as_deref(), &q)
+            let signatures = signatures_named(&signatures);
+            project(
+                &data,
+                &topology,
+                (&as_of, known_at),
+                at.as_deref(),
+                &q,
+                signatures,
+            )
         }
     };
     r.unwrap_or_else(|code| code)
@@ -155,14 +178,9 @@ fn verify(
     json: bool,
     signatures: &str,
 ) -> Result<ExitCode, ExitCode> {
-    use gridsync_audit::verify::{How, Signatures};
-    let how = How {
-        signatures: if signatures == "newest" {
-            Signatures::Newest
-        } else {
-            Signatures::All
-        },
-        ..How::default()
+    let how = gridsync_audit::verify::How {
+        signatures: signatures_named(signatures),
+        ..Default::default()
     };
     let topo = load_topology(topology)?;
     let reference = reference
@@ -244,8 +262,9 @@ fn replay_local(
     topo: &Topology,
     filter: &EventFilter,
     with_personal: bool,
+    signatures: Signatures,
 ) -> Result<ExitCode, ExitCode> {
-    let (_tmp, store) = data::open_verified(data, topo).map_err(failed)?;
+    let (_tmp, store) = data::open_verified(data, topo, signatures).map_err(failed)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     gridsync_audit::replay::replay_local(&store, filter, with_personal, &mut json_lines(&mut out))
@@ -313,16 +332,16 @@ fn replay_remote(
 fn project(
     data: &Path,
     topology: &Path,
-    as_of: &str,
-    known_at: bool,
+    (as_of, known_at): (&str, bool),
     at: Option<&str>,
     q: &RangeQuery,
+    signatures: Signatures,
 ) -> Result<ExitCode, ExitCode> {
     let t = gridsync_model::time_fmt::parse_rfc3339_ms(as_of)
         .map_err(|e| fail(UNREADABLE, format!("--as-of: {e}")))?
         .0;
     let topo = load_topology(topology)?;
-    let (_tmp, store) = data::open_verified(data, &topo).map_err(failed)?;
+    let (_tmp, store) = data::open_verified(data, &topo, signatures).map_err(failed)?;
     let a = gridsync_audit::project::project(&store, &topo, t, known_at, at, q).map_err(failed)?;
     eprintln!("state_hash {}", a.state_hash);
     println!("{}", serde_json::to_string_pretty(&a).unwrap_or_default());

@@ -427,6 +427,12 @@ enum AuditCommand {
         /// Include personal fields where the log holds them.
         #[arg(long)]
         with_personal: bool,
+        /// With `--data`: which signed heads the whole-log check verifies
+        /// before streaming (`all`, every chunk's; `newest`, each origin's
+        /// newest, which vouches for its chain through the links — as
+        /// `audit verify --signatures`).
+        #[arg(long, default_value = "all", value_parser = ["all", "newest"])]
+        signatures: String,
     },
     /// The aggregates as they were at a past moment, in the JSON shape of
     /// `/v1/aggregates` (with its `state_hash`).
@@ -452,6 +458,10 @@ enum AuditCommand {
         from: Option<String>,
         #[arg(long)]
         to: Option<String>,
+        /// Which signed heads the whole-log check verifies first (as
+        /// `audit verify --signatures`).
+        #[arg(long, default_value = "all", value_parser = ["all", "newest"])]
+        signatures: String,
     },
 }
 
