@@ -69,13 +69,16 @@ fn check(bytes: &[u8]) -> Option<()> {
     (header.encode_with_data(data) == bytes).then_some(())
 }
 
-/// The bytes `write` produces (a length header or an integer: ≤ 9).
-fn encoded(write: impl FnOnce(&mut Vec<u8>)) -> ([u8; 9], usize) {
-    let mut v = Vec::with_capacity(9);
-    write(&mut v);
+/// The bytes `write` produces (a length header or an integer: ≤ 9),
+/// written on the stack.
+fn encoded(write: impl FnOnce(&mut &mut [u8])) -> ([u8; 9], usize) {
     let mut out = [0u8; 9];
-    out[..v.len()].copy_from_slice(&v);
-    (out, v.len())
+    let len = {
+        let mut w: &mut [u8] = &mut out;
+        write(&mut w);
+        9 - w.len()
+    };
+    (out, len)
 }
 
 /// Whether the bytes consumed between `before` and `after` are `expected`.
@@ -99,7 +102,7 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
                 before,
                 rd,
                 encoded(|w| {
-                    rmp::encode::write_uint(w, v).expect("vec write");
+                    rmp::encode::write_uint(w, v).expect("9 bytes hold any header");
                 }),
             )?;
         }
@@ -110,7 +113,7 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
                 before,
                 rd,
                 encoded(|w| {
-                    rmp::encode::write_sint(w, v).expect("vec write");
+                    rmp::encode::write_sint(w, v).expect("9 bytes hold any header");
                 }),
             )?;
         }
@@ -130,7 +133,7 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
                 before,
                 rd,
                 encoded(|w| {
-                    rmp::encode::write_array_len(w, len).expect("vec write");
+                    rmp::encode::write_array_len(w, len).expect("9 bytes hold any header");
                 }),
             )?;
             for _ in 0..n {
@@ -144,7 +147,7 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
                 before,
                 rd,
                 encoded(|w| {
-                    rmp::encode::write_map_len(w, len).expect("vec write");
+                    rmp::encode::write_map_len(w, len).expect("9 bytes hold any header");
                 }),
             )?;
             let mut last: Option<&[u8]> = None;
@@ -170,7 +173,7 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
 fn str_len(len: usize) -> Option<([u8; 9], usize)> {
     let len = u32::try_from(len).ok()?;
     Some(encoded(|w| {
-        rmp::encode::write_str_len(w, len).expect("vec write");
+        rmp::encode::write_str_len(w, len).expect("9 bytes hold any header");
     }))
 }
 
@@ -208,6 +211,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
         /// Every canonical envelope is shown canonical; with bytes
         /// flipped, cut or added, `true` only where the decoder agrees.
         #[test]
