@@ -321,6 +321,12 @@ async fn every_tampering_is_detected() {
     assert_eq!(out.status.code(), Some(0));
     let newest: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(newest, report);
+    // The text report says which heads were checked.
+    let text = |extra: &[&str]| String::from_utf8_lossy(&run(data, extra).stdout).into_owned();
+    assert!(text(&[]).contains("OK: every chain, signature, head"));
+    let newest = text(&["--signatures", "newest"]);
+    assert!(newest.contains("each run's newest signed head"), "{newest}");
+    assert!(!newest.contains("every chain, signature"), "{newest}");
     let out = run(data, &["--signatures", "some"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

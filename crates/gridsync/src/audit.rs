@@ -211,7 +211,7 @@ fn verify(
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print_report(&report, started.elapsed().as_secs_f64());
+        print_report(&report, started.elapsed().as_secs_f64(), how.signatures);
     }
     Ok(if report.ok() {
         ExitCode::SUCCESS
@@ -220,7 +220,7 @@ fn verify(
     })
 }
 
-fn print_report(report: &AuditReport, took_s: f64) {
+fn print_report(report: &AuditReport, took_s: f64, signatures: Signatures) {
     println!(
         "{} log entries, {} events, {} origins, verified in {took_s:.2} s",
         report.entries,
@@ -242,7 +242,15 @@ fn print_report(report: &AuditReport, took_s: f64) {
         );
     }
     if report.ok() {
-        println!("OK: every chain, signature, head and index entry verifies");
+        match signatures {
+            Signatures::All => {
+                println!("OK: every chain, signature, head and index entry verifies");
+            }
+            Signatures::Newest => println!(
+                "OK: every chain, head and index entry verifies, and each run's newest signed head \
+                 (older heads' own signatures not checked: --signatures all)"
+            ),
+        }
         return;
     }
     println!("{} PROBLEMS:", report.problems.len());
