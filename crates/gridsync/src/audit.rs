@@ -19,15 +19,6 @@ const UNREADABLE: u8 = 2;
 /// Exit code when problems were found.
 const PROBLEMS: u8 = 1;
 
-/// `--signatures` (clap allows only `all` and `newest`).
-fn signatures_named(name: &str) -> Signatures {
-    if name == "newest" {
-        Signatures::Newest
-    } else {
-        Signatures::All
-    }
-}
-
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("gridsync audit: {msg}");
     ExitCode::from(code)
@@ -76,7 +67,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
             &topology,
             (node.as_deref(), reference.as_deref()),
             json,
-            &signatures,
+            signatures.into(),
         ),
         AuditCommand::Replay {
             data,
@@ -126,13 +117,9 @@ pub fn run(command: AuditCommand) -> ExitCode {
                     with_personal,
                     topo.as_ref(),
                 ),
-                (_, _, Some(data), Some(topo)) => replay_local(
-                    &data,
-                    &topo,
-                    &filter,
-                    with_personal,
-                    signatures_named(&signatures),
-                ),
+                (_, _, Some(data), Some(topo)) => {
+                    replay_local(&data, &topo, &filter, with_personal, signatures.into())
+                }
                 _ => Err(fail(
                     UNREADABLE,
                     "--data and --topology (or --url and --token) are required",
@@ -157,7 +144,7 @@ pub fn run(command: AuditCommand) -> ExitCode {
                 depth: None,
                 days: None,
             };
-            let signatures = signatures_named(&signatures);
+            let signatures = signatures.into();
             project(
                 &data,
                 &topology,
@@ -176,10 +163,10 @@ fn verify(
     topology: &Path,
     (node, reference): (Option<&str>, Option<&Path>),
     json: bool,
-    signatures: &str,
+    signatures: Signatures,
 ) -> Result<ExitCode, ExitCode> {
     let how = gridsync_audit::verify::How {
-        signatures: signatures_named(signatures),
+        signatures,
         ..Default::default()
     };
     let topo = load_topology(topology)?;

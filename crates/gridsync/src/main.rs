@@ -8,7 +8,7 @@ use anyhow::Context;
 mod audit;
 mod load;
 mod malloc_tuning;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -373,8 +373,8 @@ enum AuditCommand {
         /// it through the hash links: the same events proven, far faster on
         /// a log of one-event chunks, but an older head's altered signature
         /// bytes go unseen).
-        #[arg(long, default_value = "all", value_parser = ["all", "newest"])]
-        signatures: String,
+        #[arg(long, value_enum, default_value_t = SignaturesArg::All)]
+        signatures: SignaturesArg,
     },
     /// Stream events as JSON Lines, verifying them.
     ///
@@ -431,8 +431,8 @@ enum AuditCommand {
         /// before streaming (`all`, every chunk's; `newest`, each origin's
         /// newest, which vouches for its chain through the links — as
         /// `audit verify --signatures`).
-        #[arg(long, default_value = "all", value_parser = ["all", "newest"])]
-        signatures: String,
+        #[arg(long, value_enum, default_value_t = SignaturesArg::All)]
+        signatures: SignaturesArg,
     },
     /// The aggregates as they were at a past moment, in the JSON shape of
     /// `/v1/aggregates` (with its `state_hash`).
@@ -460,9 +460,27 @@ enum AuditCommand {
         to: Option<String>,
         /// Which signed heads the whole-log check verifies first (as
         /// `audit verify --signatures`).
-        #[arg(long, default_value = "all", value_parser = ["all", "newest"])]
-        signatures: String,
+        #[arg(long, value_enum, default_value_t = SignaturesArg::All)]
+        signatures: SignaturesArg,
     },
+}
+
+/// `audit … --signatures`: which signed heads an audit verifies.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SignaturesArg {
+    /// Every chunk's own signed head.
+    All,
+    /// Each run's newest head, which vouches for its chain through the links.
+    Newest,
+}
+
+impl From<SignaturesArg> for gridsync_audit::verify::Signatures {
+    fn from(a: SignaturesArg) -> Self {
+        match a {
+            SignaturesArg::All => Self::All,
+            SignaturesArg::Newest => Self::Newest,
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -130,12 +130,6 @@ pub(crate) fn entry_start(kv: &dyn Kv, offset: u64) -> Result<Option<Vec<u8>>, S
     }
 }
 
-/// Log entry `offset`'s whole bytes, wherever it is kept (`None` if the
-/// log has no such entry).
-pub(crate) fn entry_at(kv: &dyn Kv, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
-    EntryReader::default().entry(kv, offset)
-}
-
 /// Reads log entries one at a time, keeping the last pack it read: the
 /// chunks of one origin that a pack holds (a sender's batch, a run of
 /// reads by seq) read the pack once, not once each. A pack read before a

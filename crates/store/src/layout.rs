@@ -132,7 +132,7 @@ pub fn index_group_value(chunks: &[(u64, u64)]) -> Vec<u8> {
 
 /// An index entry taken apart into the entries each of its chunks would
 /// have alone (`(key, value)`, as a format-1 store keeps them): what the
-/// open's check and the audit compare with the log. `None` if malformed.
+/// open's whole-log check compares with the log. `None` if malformed.
 pub fn index_entries_per_chunk(k: &[u8], v: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let (origin, _, _) = parse_origin_seq_key(k)?;
     let chunks = index_chunks(k, v)?;

@@ -131,9 +131,7 @@ impl Store {
         let max_chunks = bytes_max / 1024 + 1;
         let mut entries = EntryReader::default();
         let read = |offset, first_seq, last_seq| {
-            let mut bytes = entries
-                .entry(kv, offset)?
-                .ok_or_else(|| missing_entry(offset))?;
+            let mut bytes = indexed_entry(&mut entries, kv, offset)?;
             bytes.drain(..ENTRY_HEADER_BYTES);
             let n = bytes.len();
             let chunk = EncodedChunk {
@@ -271,9 +269,7 @@ pub(crate) fn origin_chunks(
 ) -> Result<Vec<StoredChunk>, StoreError> {
     let mut entries = EntryReader::default();
     let read = |offset, _, _| {
-        let bytes = entries
-            .entry(kv, offset)?
-            .ok_or_else(|| missing_entry(offset))?;
+        let bytes = indexed_entry(&mut entries, kv, offset)?;
         let c = assemble_bytes(offset, &bytes)?;
         let n = c.chunk.events.iter().map(|e| e.envelope.len()).sum();
         Ok((c, n))
@@ -325,9 +321,15 @@ fn missing_entry(offset: u64) -> StoreError {
 
 /// Log entry `offset`, which the index names, put together from its
 /// fragments or taken from its pack (receipt time first, then the chunk's
-/// bytes).
-fn indexed_entry(kv: &dyn Kv, offset: u64) -> Result<Vec<u8>, StoreError> {
-    entries::entry_at(kv, offset)?.ok_or_else(|| missing_entry(offset))
+/// bytes), read through `entries` (which keeps the last pack it read).
+fn indexed_entry(
+    entries: &mut EntryReader,
+    kv: &dyn Kv,
+    offset: u64,
+) -> Result<Vec<u8>, StoreError> {
+    entries
+        .entry(kv, offset)?
+        .ok_or_else(|| missing_entry(offset))
 }
 
 /// Event `seq` of `origin` (envelope and personal part) in the chunk the
@@ -393,7 +395,7 @@ fn record_in_entry(
     offset: u64,
     seq: u64,
 ) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
-    let bytes = indexed_entry(kv, offset)?;
+    let bytes = indexed_entry(&mut EntryReader::default(), kv, offset)?;
     Chunk::record_at(&bytes[ENTRY_HEADER_BYTES..], seq)
         .map_err(|e| corrupt(format!("log entry {offset}: {e}")))
 }
