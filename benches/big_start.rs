@@ -20,6 +20,12 @@
 //! only writes the log and leaves the tree's directory for a closer look;
 //! `GRIDSYNC_BENCH_PACK_BYTES=0` writes every log entry under its own key,
 //! as before packs — the baseline for them).
+//!
+//! `GRIDSYNC_BENCH_TREE=/tmp/…/deploy` starts a kept tree again instead of
+//! writing a new one (the events are counted from the street's heads);
+//! `GRIDSYNC_BENCH_STARTS` (default 3) sets the number of starts, and
+//! `GRIDSYNC_BENCH_START_BASELINE=path/to/another/gridsync` starts that
+//! build in turn with this one (the same data, alternating).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -105,6 +111,17 @@ fn write_log(tree: &gridsync_suite::Tree, n: u64) {
 }
 
 /// Keys under `prefix`, a page at a time.
+/// Events the street holds (its heads' seqs summed), read from its store.
+fn stored_events(tree: &gridsync_suite::Tree) -> u64 {
+    let street = NodeConfig::load(&tree.nodes["s1"].config).unwrap();
+    let kv = SledKv::open(&street.data_dir, 64 << 20).unwrap();
+    let mut n = 0;
+    for (_, v) in kv.scan(b"H", b"H", 1024).unwrap() {
+        n += u64::from_be_bytes(v[..8].try_into().unwrap());
+    }
+    n
+}
+
 fn count_keys(kv: &dyn Kv, prefix: &[u8]) -> u64 {
     let mut start = prefix.to_vec();
     let mut n = 0;
@@ -129,9 +146,9 @@ struct Start {
     rest_mb: f64,
 }
 
-fn start(config: &std::path::Path, viewer: &str) -> Start {
+fn start(bin: &std::path::Path, config: &std::path::Path, viewer: &str) -> Start {
     let spawned = Instant::now();
-    let mut child = Command::new(gridsync_bin())
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -181,30 +198,55 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let n: u64 = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 10_000_000);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = vec![("s1", None)];
     nodes.extend(COMMUNITIES.iter().map(|c| (*c, Some("s1"))));
-    let tree = provision(dir.path(), &nodes);
-    write_log(&tree, n);
-    if std::env::var_os("GRIDSYNC_BENCH_KEEP").is_some() {
-        // Leave the tree for a closer look (heap profiles, other builds).
-        eprintln!("keeping the tree in {}", dir.keep().display());
-        return;
-    }
+    let (tree, n) = match std::env::var_os("GRIDSYNC_BENCH_TREE") {
+        Some(kept) => {
+            let ids: Vec<&str> = nodes.iter().map(|(id, _)| *id).collect();
+            let tree = gridsync_suite::load_tree(std::path::Path::new(&kept), &ids);
+            let n = stored_events(&tree);
+            eprintln!(
+                "starting the kept tree in {} ({n} events)",
+                tree.dir.display()
+            );
+            (tree, n)
+        }
+        None => {
+            let n = gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 10_000_000);
+            let tree = provision(dir.path(), &nodes);
+            write_log(&tree, n);
+            if std::env::var_os("GRIDSYNC_BENCH_KEEP").is_some() {
+                // Leave the tree for a closer look (heap profiles, other builds).
+                eprintln!("keeping the tree in {}", dir.keep().display());
+                return;
+            }
+            (tree, n)
+        }
+    };
     let s1 = &tree.nodes["s1"];
-    println!("| start | listening after | RSS 3 s later | whole-log check done after | RSS 5 s after the check |");
-    println!("| --- | --- | --- | --- | --- |");
+    let this = gridsync_bin();
+    let start_baseline =
+        std::env::var_os("GRIDSYNC_BENCH_START_BASELINE").map(std::path::PathBuf::from);
+    let mut builds = vec![("this build", this.as_path())];
+    if let Some(b) = &start_baseline {
+        builds.push(("baseline", b.as_path()));
+    }
+    println!("| start | build | listening after | RSS 3 s later | whole-log check done after | RSS 5 s after the check |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     let mut listening = Vec::new();
-    for i in 0..3 {
-        let s = start(&s1.config, &s1.tokens.viewer);
-        let what = if i == 0 {
+    for i in 0..gridsync_suite::env_u64("GRIDSYNC_BENCH_STARTS", 3) as usize {
+        // Alternating, the baseline first every other round: neither build
+        // always starts on the page cache the other warmed.
+        let (what_build, bin) = builds[(i + i / builds.len()) % builds.len()];
+        let s = start(bin, &s1.config, &s1.tokens.viewer);
+        let what = if i == 0 && std::env::var_os("GRIDSYNC_BENCH_TREE").is_none() {
             "first (no saved projection: whole log folded)"
         } else {
             "checkpoint + saved projection"
         };
         println!(
-            "| {what} | {:.2} s | {:.0} MB | {:.1} s | {:.0} MB |",
+            "| {what} | {what_build} | {:.2} s | {:.0} MB | {:.1} s | {:.0} MB |",
             s.listening.as_secs_f64(),
             s.rss_mb,
             s.verified.as_secs_f64(),
@@ -212,13 +254,15 @@ fn main() {
         );
         listening.push(s.listening.as_secs_f64());
     }
-    println!(
-        "first start {:.2} s; later starts {:.2} s and {:.2} s ({:.0}× faster)",
-        listening[0],
-        listening[1],
-        listening[2],
-        listening[0] / listening[1].max(listening[2])
-    );
+    if listening.len() >= 3 {
+        println!(
+            "first start {:.2} s; later starts {:.2} s and {:.2} s ({:.0}× faster)",
+            listening[0],
+            listening[1],
+            listening[2],
+            listening[0] / listening[1].max(listening[2])
+        );
+    }
     // A baseline build (`GRIDSYNC_BENCH_AUDIT_BASELINE`: another gridsync
     // binary) audits the same log in turn with this one.
     let baseline = std::env::var_os("GRIDSYNC_BENCH_AUDIT_BASELINE").map(std::path::PathBuf::from);

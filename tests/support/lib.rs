@@ -176,8 +176,15 @@ pub fn provision_with(dir: &Path, nodes: &[(&str, Option<&str>)], flags: &[&str]
         .status()
         .unwrap();
     assert!(status.success(), "provision failed");
+    let ids: Vec<&str> = nodes.iter().map(|(id, _)| *id).collect();
+    load_tree(&out, &ids)
+}
+
+/// The tree `gridsync provision` wrote to `out` (its `deploy` directory),
+/// read back: a kept benchmark tree used again.
+pub fn load_tree(out: &Path, ids: &[&str]) -> Tree {
     let mut map = BTreeMap::new();
-    for (id, _) in nodes {
+    for id in ids {
         let node_dir = out.join(id);
         let cfg: toml::Table =
             toml::from_str(&std::fs::read_to_string(node_dir.join("config.toml")).unwrap())
@@ -198,7 +205,7 @@ pub fn provision_with(dir: &Path, nodes: &[(&str, Option<&str>)], flags: &[&str]
     }
     Tree {
         topology: out.join("topology.toml"),
-        dir: out,
+        dir: out.to_path_buf(),
         nodes: map,
     }
 }

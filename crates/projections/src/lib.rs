@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use lite::{DataLite, EnvLite};
+use timelines::Timeline;
 
 /// Metric names, in the order of [`Counts`].
 pub const METRICS: [&str; 16] = [
@@ -192,9 +193,8 @@ struct OriginState {
     /// Per day: household → visits that day (for distinct counts).
     visited: BTreeMap<Day, HashMap<String, u32>>,
     /// Per household: `(occurred_ms, seq)` → quarantine status of each
-    /// visit (read back from a snapshot with full tree nodes).
-    #[serde(deserialize_with = "timelines::deserialize")]
-    status: HashMap<String, timelines::Timeline>,
+    /// visit, packed (`timelines.rs`).
+    status: HashMap<String, Timeline>,
     /// Corrected events: their current effect (`None` once voided).
     overrides: HashMap<u64, Option<Effect>>,
     /// Events that did not decode or are of kinds this build does not project.
@@ -347,13 +347,13 @@ impl Projection {
                 }
             }
             if !state.status.contains_key(h.as_str()) {
-                state.status.insert(h.clone(), BTreeMap::new());
+                state.status.insert(h.clone(), Timeline::default());
             }
             let timeline = state.status.get_mut(h.as_str()).expect("inserted above");
             if sign > 0 {
                 timeline.insert((*at, seq), *status);
             } else {
-                timeline.remove(&(*at, seq));
+                timeline.remove((*at, seq));
             }
         }
     }
@@ -528,9 +528,8 @@ impl Projection {
                     .status
                     .values()
                     .filter(|t| {
-                        t.range(..(end_ms, 0))
-                            .next_back()
-                            .is_some_and(|(_, st)| *st == Q_STARTED || *st == Q_ONGOING)
+                        t.last_before((end_ms, 0))
+                            .is_some_and(|st| st == Q_STARTED || st == Q_ONGOING)
                     })
                     .count() as i64;
             }
