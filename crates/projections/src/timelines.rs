@@ -5,8 +5,8 @@
 //! one before it then decides the household's status again — so this is
 //! the projection's part that grows with the log (a `BTreeMap` of them
 //! took ~19 bytes a visit; at 10 M events ~42 MB). Here the newest entries
-//! (`TAIL_MAX` at most) stay in a sorted `Vec`, where a visit reported in
-//! about the order things happen lands; older ones are packed into blocks
+//! (`TAIL_MAX`, 256, at most) stay in a sorted `Vec`, where a visit
+//! reported in about the order things happen lands; older ones are packed into blocks
 //! of ~`BLOCK` entries, each entry as its steps from the one before it
 //! (the occurred time's step with the status in its low two bits, then the
 //! seq's zigzag step, both LEB128) — ~5 bytes a visit, ~7 with the block.
@@ -31,8 +31,11 @@ pub(crate) type Key = (i64, u64);
 const BLOCK: usize = 32;
 /// A block that grows past this is cut in two.
 const BLOCK_MAX: usize = 2 * BLOCK;
-/// The tail spills its oldest `BLOCK` entries into a block beyond this.
-const TAIL_MAX: usize = BLOCK + BLOCK / 2;
+/// The tail spills its oldest `BLOCK` entries into a block beyond this:
+/// large enough that the visits a household gets in a burst land in the
+/// `Vec` whatever their order (a `Vec` insert costs about a B-tree's),
+/// small beside a long history.
+const TAIL_MAX: usize = 8 * BLOCK;
 
 /// One household's visits.
 #[derive(Clone, Default)]
