@@ -43,8 +43,9 @@ const INDEX_PAGE: usize = 64;
 /// Log entries the whole-log check reads and decodes at a time. It runs on
 /// its own thread beside a serving node, and what that thread's heap
 /// arena held for a page stays resident after the check, among the sled
-/// cache pages it filled: 512 entries a page left ~45 MB more RSS at rest
-/// on a 10 M-event street than 64 (BENCHMARKS.md), and were no faster.
+/// cache pages it filled: with 512 entries a page a 10 M-event street
+/// rested at 206 MiB against 162 with 64 (BENCHMARKS.md, "RSS at rest
+/// under 200 MB"), and the check was no faster.
 const LOG_PAGE: usize = 64;
 
 impl IndexCursor {
