@@ -110,18 +110,18 @@ fn write_log(tree: &gridsync_suite::Tree, n: u64) {
     );
 }
 
-/// Keys under `prefix`, a page at a time.
 /// Events the street holds (its heads' seqs summed), read from its store.
 fn stored_events(tree: &gridsync_suite::Tree) -> u64 {
     let street = NodeConfig::load(&tree.nodes["s1"].config).unwrap();
     let kv = SledKv::open(&street.data_dir, 64 << 20).unwrap();
-    let mut n = 0;
-    for (_, v) in kv.scan(b"H", b"H", 1024).unwrap() {
-        n += u64::from_be_bytes(v[..8].try_into().unwrap());
-    }
-    n
+    let heads = [gridsync_store::layout::HEAD];
+    let page = kv.scan(&heads, &heads, COMMUNITIES.len() + 1).unwrap();
+    page.iter()
+        .map(|(_, v)| u64::from_be_bytes(v[..8].try_into().unwrap()))
+        .sum()
 }
 
+/// Keys under `prefix`, a page at a time.
 fn count_keys(kv: &dyn Kv, prefix: &[u8]) -> u64 {
     let mut start = prefix.to_vec();
     let mut n = 0;
@@ -234,6 +234,7 @@ fn main() {
     }
     println!("| start | build | listening after | RSS 3 s later | whole-log check done after | RSS 5 s after the check |");
     println!("| --- | --- | --- | --- | --- | --- |");
+    // (time to listening, whether a saved projection was there) per start
     let mut listening = Vec::new();
     for i in 0..gridsync_suite::env_u64("GRIDSYNC_BENCH_STARTS", 3) as usize {
         // Alternating, the baseline first every other round: neither build
@@ -253,15 +254,13 @@ fn main() {
             s.verified.as_secs_f64(),
             s.rest_mb
         );
-        listening.push(s.listening.as_secs_f64());
+        listening.push((s.listening.as_secs_f64(), saved));
     }
-    if listening.len() >= 3 {
+    // The fold of the whole log against starts from the saved projection.
+    if let [(first, false), (a, true), (b, true), ..] = listening[..] {
         println!(
-            "first start {:.2} s; later starts {:.2} s and {:.2} s ({:.0}× faster)",
-            listening[0],
-            listening[1],
-            listening[2],
-            listening[0] / listening[1].max(listening[2])
+            "first start {first:.2} s; later starts {a:.2} s and {b:.2} s ({:.0}× faster)",
+            first / a.max(b)
         );
     }
     // A baseline build (`GRIDSYNC_BENCH_AUDIT_BASELINE`: another gridsync

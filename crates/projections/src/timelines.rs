@@ -77,8 +77,8 @@ impl Timeline {
                     Err(i) => self.tail.insert(i, (key, status)),
                 }
                 if self.tail.len() > TAIL_MAX {
-                    let spilled: Vec<_> = self.tail.drain(..BLOCK).collect();
-                    self.blocks.push(Block::encode(&spilled));
+                    self.blocks.push(Block::encode(&self.tail[..BLOCK]));
+                    self.tail.drain(..BLOCK);
                 }
             }
             Some(b) => {
@@ -177,40 +177,36 @@ impl Block {
     }
 
     fn iter(&self) -> impl Iterator<Item = (Key, u8)> + '_ {
+        self.slots().map(|s| (s.key, s.status))
+    }
+
+    /// Every entry with where its steps are, in key order.
+    fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
         let mut at = 0;
         let mut prev = self.first;
         std::iter::from_fn(move || {
             let slot = read_step(&self.bytes, at, prev)?;
             at = slot.end;
             prev = slot.key;
-            Some((slot.key, slot.status))
+            Some(slot)
         })
     }
 
-    /// The entry before the first with a key ≥ `key`, that entry, and
-    /// the one after it.
-    fn find(&self, key: Key) -> (Option<Key>, Option<Slot>, Option<Slot>) {
+    /// The entry before the first with a key ≥ `key`, and that entry.
+    fn find(&self, key: Key) -> (Option<Key>, Option<Slot>) {
         let mut before = None;
-        let mut at = 0;
-        let mut prev = self.first;
-        while let Some(slot) = read_step(&self.bytes, at, prev) {
+        for slot in self.slots() {
             if slot.key >= key {
-                return (
-                    before,
-                    Some(slot),
-                    read_step(&self.bytes, slot.end, slot.key),
-                );
+                return (before, Some(slot));
             }
             before = Some(slot.key);
-            at = slot.end;
-            prev = slot.key;
         }
-        (before, None, None)
+        (before, None)
     }
 
     /// Sets `key`'s status in this block (`key` ≤ its last).
     fn insert(&mut self, key: Key, status: u8) {
-        let (before, at, _) = self.find(key);
+        let (before, at) = self.find(key);
         let mut with = Vec::with_capacity(24);
         let base = before.unwrap_or(key);
         put_step(&mut with, base, key, status);
@@ -237,10 +233,11 @@ impl Block {
 
     /// Removes `key` from this block; whether it was there.
     fn remove(&mut self, key: Key) -> bool {
-        let (before, at, after) = self.find(key);
+        let (before, at) = self.find(key);
         let Some(at) = at.filter(|s| s.key == key) else {
             return false;
         };
+        let after = read_step(&self.bytes, at.end, at.key);
         self.len -= 1;
         let mut with = Vec::with_capacity(24);
         match (before, after) {
