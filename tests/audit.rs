@@ -3,8 +3,8 @@
 //!
 //! * Tamper test: 1,000 random single mutations of a real node's log, each
 //!   on a fresh copy (flip a byte inside an event, delete an entry, reorder
-//!   two, change a seq, swap signatures, append a forged event, cut the tail
-//!   with its heads entry) — every one is reported, naming origin and seq
+//!   two, change a seq, swap signatures, flip a bit of one, append a forged
+//!   event, cut the tail with its heads entry) — every one is reported, naming origin and seq
 //!   where the damage is in an event, the same report with 1, 2 or 3
 //!   threads checking entries; untouched copies verify clean. Plus
 //!   the CLI on sled copies: exit codes 0 / 1 / 2.
@@ -125,9 +125,11 @@ async fn every_tampering_is_detected() {
             "reorder",
             "seq",
             "signature",
+            "signature_bit",
             "forge",
             "cut",
-        ][round % 7];
+        ][round % 8];
+        let mut flipped_head = None;
         let mut names_event = true;
         match what {
             "flip" => {
@@ -169,6 +171,16 @@ async fn every_tampering_is_detected() {
                     pick.clone(),
                     edit_chunk(&v, |c| c.head.signature = sig_b).unwrap(),
                 );
+            }
+            "signature_bit" => {
+                // One bit of a stored head's signature (its R or its s):
+                // what batch verification must not let through.
+                let v = m[&pick].clone();
+                let flipped = edit_chunk(&v, |c| {
+                    c.head.signature[rng.gen_range(0..64)] ^= 1 << rng.gen_range(0..8);
+                    flipped_head = Some(c.head.seq);
+                });
+                m.insert(pick.clone(), flipped.unwrap());
             }
             "forge" => {
                 // Append a chunk continuing c1 but signed with another key,
@@ -267,8 +279,18 @@ async fn every_tampering_is_detected() {
                 "round {round}: {what}: newest, {threads} threads"
             );
         }
+        if let Some(seq) = flipped_head {
+            assert!(
+                report
+                    .problems
+                    .iter()
+                    .any(|p| p.kind == "bad_signature" && p.seq == Some(seq)),
+                "round {round}: the flipped signature of the head at {seq} not named: {:?}",
+                report.problems
+            );
+        }
         assert!(
-            what == "signature" || !newest.ok(),
+            what.starts_with("signature") || !newest.ok(),
             "round {round}: {what} of {pick:?} went unnoticed checking newest heads"
         );
         assert!(

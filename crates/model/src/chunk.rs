@@ -581,6 +581,8 @@ impl LinkedChunk {
 
 mod encoded;
 pub use encoded::EncodedChunk;
+mod many;
+pub use many::{failing_heads, HEADS_PER_BATCH};
 
 #[cfg(test)]
 mod tests;

@@ -30,9 +30,9 @@ pub(super) struct ChunkFacts {
     /// Seqs whose envelopes are not in canonical form (checked only in a
     /// chunk that verified).
     pub not_canonical: Vec<u64>,
-    /// With [`Signatures::Newest`], a chunk whose links held: its head and
-    /// the key it must verify under, for the auditor to check if it ends
-    /// its run of the chain.
+    /// A chunk whose links held: its head and the key it must verify
+    /// under — checked by [`examine_all`] with [`Signatures::All`] (and
+    /// then `None`), else by the auditor if it ends its run of the chain.
     pub head: Option<(SignedHead, VerifyingKey)>,
 }
 
@@ -44,34 +44,78 @@ pub(super) enum Failure {
 }
 
 /// Entries of one read page checked by `threads` threads; results in the
-/// entries' order.
+/// entries' order. With [`Signatures::All`] each thread then checks its
+/// share's signatures in batches ([`gridsync_model::chunk::failing_heads`]:
+/// the same heads fail as one by one, in ~0.4 of the time).
 pub(super) fn examine_all(
     entries: &[(u64, &[u8])],
     topology: &Topology,
     threads: usize,
     signatures: Signatures,
 ) -> Vec<Examined> {
-    parallel_map(entries, threads, |(o, b)| {
-        examine(*o, b, topology, signatures)
+    parallel_shares(entries, threads, |share| {
+        let mut out: Vec<Examined> = share
+            .iter()
+            .map(|(o, b)| examine(*o, b, topology))
+            .collect();
+        if signatures == Signatures::All {
+            check_signatures(&mut out);
+        }
+        out
     })
 }
 
-/// `f` of every item, by `threads` scoped threads each taking a
-/// contiguous share; results in the items' order.
-pub(super) fn parallel_map<T: Sync, R: Send>(
+/// Every chunk whose links held has its head verified; a head that fails
+/// makes its chunk `BadSignature`, as a chunk failing its own check does.
+/// The heads are dropped after: with every signature checked there are no
+/// runs' newest heads left for the auditor to verify.
+fn check_signatures(out: &mut [Examined]) {
+    let facts: Vec<&mut ChunkFacts> = out
+        .iter_mut()
+        .filter_map(|e| match e {
+            Examined::Chunk(c) => Some(&mut **c),
+            Examined::Undecodable(_) => None,
+        })
+        .filter(|c| c.head.is_some())
+        .collect();
+    let failing = {
+        let heads: Vec<(&SignedHead, &VerifyingKey)> = facts
+            .iter()
+            .filter_map(|c| c.head.as_ref().map(|(h, k)| (h, k)))
+            .collect();
+        gridsync_model::chunk::failing_heads(&heads)
+    };
+    let mut facts = facts;
+    for i in failing {
+        let c = &mut facts[i];
+        let (origin, seq) = (c.origin.clone(), c.last);
+        c.checked = Some(Err(Failure::Chunk(ChunkError::BadSignature {
+            origin,
+            seq,
+        })));
+        c.not_canonical.clear();
+    }
+    for c in facts {
+        c.head = None;
+    }
+}
+
+/// `f` of each contiguous share of the items, one share per thread;
+/// results in the items' order.
+pub(super) fn parallel_shares<T: Sync, R: Send>(
     items: &[T],
     threads: usize,
-    f: impl Fn(&T) -> R + Sync,
+    f: impl Fn(&[T]) -> Vec<R> + Sync,
 ) -> Vec<R> {
     if threads <= 1 || items.len() < 2 {
-        return items.iter().map(f).collect();
+        return f(items);
     }
     let per = items.len().div_ceil(threads);
     let f = &f;
     std::thread::scope(|s| {
         let parts: Vec<_> = items
             .chunks(per)
-            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
+            .map(|part| s.spawn(move || f(part)))
             .collect();
         parts
             .into_iter()
@@ -80,14 +124,10 @@ pub(super) fn parallel_map<T: Sync, R: Send>(
     })
 }
 
-/// One entry (`bytes`: its header and chunk) at log `offset`; its own
-/// signature checked here with [`Signatures::All`].
-pub(super) fn examine(
-    offset: u64,
-    bytes: &[u8],
-    topology: &Topology,
-    signatures: Signatures,
-) -> Examined {
+/// One entry (`bytes`: its header and chunk) at log `offset`: decoded,
+/// its links and its envelopes' form checked; its signature is left to
+/// the caller (the head and its key kept for it).
+pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examined {
     let chunk = match bytes.get(10..).map(Chunk::decode) {
         Some(Ok(c)) => c,
         Some(Err(e)) => return Examined::Undecodable(format!("log entry {offset}: {e}")),
@@ -95,18 +135,15 @@ pub(super) fn examine(
     };
     let (first, last) = (chunk.first_seq(), chunk.last_seq());
     let key = topology.key_at(&chunk.origin, last);
-    let checked = key.map(|key| match chunk.first_prev() {
+    let checked = key.is_some().then(|| match chunk.first_prev() {
         Err(e) => Err(Failure::FirstPrev(e.to_string())),
         Ok(prev) => chunk
             .check_links(first, &prev)
-            .and_then(|h| match signatures {
-                Signatures::All => chunk.head.verify(&key).map(|()| (prev, h)),
-                Signatures::Newest => Ok((prev, h)),
-            })
+            .map(|h| (prev, h))
             .map_err(Failure::Chunk),
     });
-    let head = match (&checked, key, signatures) {
-        (Some(Ok(_)), Some(key), Signatures::Newest) => Some((chunk.head.clone(), key)),
+    let head = match (&checked, key) {
+        (Some(Ok(_)), Some(key)) => Some((chunk.head.clone(), key)),
         _ => None,
     };
     let not_canonical = if matches!(checked, Some(Ok(_))) {

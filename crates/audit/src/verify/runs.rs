@@ -112,12 +112,19 @@ impl Auditor<'_> {
     }
 
     /// The heads queued by [`Self::hold_head`] and each run's newest,
-    /// verified by the worker threads; one that does not verify leaves its
+    /// verified by the worker threads in batches; one that does not verify leaves its
     /// whole run unvouched for.
     pub(super) fn verify_held_heads(&mut self) {
         let mut runs = std::mem::take(&mut self.heads_to_verify);
         runs.extend(std::mem::take(&mut self.runs).into_values());
-        let ok = super::entry::parallel_map(&runs, self.threads, |r| r.head.verify(&r.key).is_ok());
+        let ok = super::entry::parallel_shares(&runs, self.threads, |share| {
+            let heads: Vec<_> = share.iter().map(|r| (&r.head, &r.key)).collect();
+            let mut ok = vec![true; share.len()];
+            for i in gridsync_model::chunk::failing_heads(&heads) {
+                ok[i] = false;
+            }
+            ok
+        });
         for (r, ok) in runs.iter().zip(ok) {
             if ok {
                 continue;
