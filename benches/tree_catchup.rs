@@ -16,9 +16,10 @@
 //! parent whose host does not answer at all meet), and that baseline with
 //! the nudge.
 //!
-//! Each run also reports the log entries (chunks) at each tier: an
-//! aggregator merges a batch's consecutive small chunks of one origin, so
-//! with phone-like posts (`GRIDSYNC_BENCH_BATCH=1`) the streets and the
+//! Each run also reports the log entries (chunks) at each tier: a child
+//! joins consecutive small chunks of one origin in a batch before sending
+//! (and an aggregator merges those of a child that did not), so with
+//! phone-like posts (`GRIDSYNC_BENCH_BATCH=1`) the streets and the
 //! district hold far fewer, larger chunks than the communities.
 //!
 //! `cargo build --release -p gridsync && cargo bench --bench tree_catchup`

@@ -52,6 +52,12 @@ pub struct ChildConfig {
     /// waited this long for its answer (a lost frame would otherwise stall
     /// the window while heartbeats keep the link looking alive).
     pub ack_timeout_ms: i64,
+    /// Consecutive chunks of one origin in a batch are sent as one while
+    /// the joined chunk stays within this many bytes (the store's chunk
+    /// target; 0: never joined). The later head's signature covers the
+    /// earlier events through the chain links, so the parent verifies,
+    /// stores and forwards one head per joined chunk.
+    pub join_bytes_max: usize,
     /// Send events' personal parts to the parent (otherwise each event goes
     /// with the salted digest of its personal part only, which still
     /// verifies).

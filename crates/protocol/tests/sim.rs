@@ -516,6 +516,9 @@ impl<'t> Sim<'t> {
             idle_timeout_ms: 1_000,
             ack_timeout_ms: 600,
             forward_personal: false,
+            // Half the children join consecutive chunks of an origin in a
+            // batch, half send them as stored.
+            join_bytes_max: if n.is_multiple_of(2) { 0 } else { 1_500 },
             own_previous_keys: Vec::new(),
             bug_resume_from_memory: self.bugs.resume_from_memory,
         }

@@ -64,6 +64,68 @@ impl Chunk {
     }
 }
 
+impl Chunk {
+    /// The encoding of chunk `a` followed by chunk `b` as one chunk: `a`'s
+    /// events, then `b`'s, closed by `b`'s head — what [`Chunk::encode`]
+    /// gives for that chunk —, made on the bytes (nothing decoded or
+    /// re-encoded but the event count). `b` must continue `a`'s chain (the
+    /// caller reads them so): `b`'s signed head then covers `a`'s events
+    /// through the links, and `a`'s head adds nothing a verifier needs. A
+    /// sender joins the one-event chunks of phones' posts this way, so its
+    /// parent verifies, stores and forwards one signature per ~32 KiB.
+    ///
+    /// `None` when either is not a chunk of that shape, or their origins
+    /// differ.
+    pub fn encoded_joined(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
+        let (pa, pb) = (parts(a)?, parts(b)?);
+        if a[pa.origin.clone()] != b[pb.origin.clone()] {
+            return None;
+        }
+        let n = u32::try_from(pa.count + pb.count).ok()?;
+        let mut out = Vec::with_capacity(a.len() + b.len());
+        out.extend_from_slice(&a[..pa.origin.end]);
+        rmp::encode::write_array_len(&mut out, n).expect("vec write");
+        out.extend_from_slice(&a[pa.events]);
+        out.extend_from_slice(&b[pb.events.start..]);
+        Some(out)
+    }
+}
+
+/// Byte ranges of an encoded chunk's parts.
+struct Parts {
+    /// The origin string (after the array and format markers).
+    origin: std::ops::Range<usize>,
+    count: usize,
+    /// The events, after their array's length; the head follows to the end.
+    events: std::ops::Range<usize>,
+}
+
+/// An encoded chunk's parts, or `None` when the bytes are not a chunk of
+/// that shape.
+fn parts(bytes: &[u8]) -> Option<Parts> {
+    let mut rd: light::R<'_> = bytes;
+    let at = |rd: &light::R<'_>| bytes.len() - rd.len();
+    if light::array_len(&mut rd)? != 4 {
+        return None;
+    }
+    light::uint(&mut rd)?; // format
+    let origin_start = at(&rd);
+    light::str_bytes(&mut rd)?;
+    let origin = origin_start..at(&rd);
+    let count = light::array_len(&mut rd)?;
+    let events_start = at(&rd);
+    for _ in 0..count {
+        light::skip(&mut rd, 0)?;
+    }
+    let events = events_start..at(&rd);
+    light::skip(&mut rd, 0)?; // head
+    rd.is_empty().then_some(Parts {
+        origin,
+        count,
+        events,
+    })
+}
+
 /// Where each event's personal part lies in an encoded chunk (byte ranges,
 /// in order; none for events without one), or `None` when the bytes are
 /// not a chunk of that shape (a prefix, trailing bytes, another layout).

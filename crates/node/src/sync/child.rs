@@ -38,6 +38,8 @@ fn child_cfg(state: &NodeState, parent: &str, parent_key: VerifyingKey) -> Child
         idle_timeout_ms: s.idle_timeout_ms,
         ack_timeout_ms: s.ack_timeout_ms,
         forward_personal: state.config.privacy.forward_personal,
+        // What the parent's writer joins a received batch's chunks up to.
+        join_bytes_max: gridsync_store::StoreConfig::default().chunk_bytes_target,
         bug_resume_from_memory: false,
     }
 }

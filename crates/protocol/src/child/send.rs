@@ -128,10 +128,31 @@ impl super::ChildSession {
                             c.encode()
                         }
                     };
+                    // Joined to this origin's chunk sent just before when
+                    // both fit the join limit: one head for the parent to
+                    // verify and store instead of two (phones' one-event
+                    // posts).
+                    let joined = match chunks.last() {
+                        Some(prev)
+                            if last > sent && prev.len() + enc.len() <= self.cfg.join_bytes_max =>
+                        {
+                            Chunk::encoded_joined(prev, &enc)
+                        }
+                        _ => None,
+                    };
                     let last_seq = stored.last_seq;
-                    bytes += enc.len();
                     last = last_seq;
-                    chunks.push(ByteBuf::from(enc));
+                    match joined {
+                        Some(j) => {
+                            let prev = chunks.last_mut().expect("joined to the last chunk");
+                            bytes = bytes - prev.len() + j.len();
+                            *prev = ByteBuf::from(j);
+                        }
+                        None => {
+                            bytes += enc.len();
+                            chunks.push(ByteBuf::from(enc));
+                        }
+                    }
                     if bytes >= self.cfg.batch_bytes_max {
                         break;
                     }

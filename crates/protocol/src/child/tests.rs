@@ -68,6 +68,7 @@ fn session() -> ChildSession {
         idle_timeout_ms: 45_000,
         ack_timeout_ms: 30_000,
         forward_personal: false,
+        join_bytes_max: 32 * 1024,
         own_previous_keys: Vec::new(),
         bug_resume_from_memory: false,
     })
@@ -161,4 +162,123 @@ fn to_a_parent_that_merges_only_changed_reports_are_sent() {
     s.lag_changes_only = false;
     assert_eq!(sent(&mut s).len(), 1000);
     assert_eq!(sent(&mut s).len(), 1000);
+}
+
+/// One origin's chain stored as one-event chunks (phones' posts), each
+/// with its own signed head.
+struct OneEventLog {
+    chunks: Vec<gridsync_model::Chunk>,
+}
+
+impl OneEventLog {
+    fn new(n: u64, key: &SigningKey) -> Self {
+        use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
+        let mut prev = gridsync_model::ZERO_HASH;
+        let chunks = (1..=n)
+            .map(|seq| {
+                let client_id = format!("k{seq}");
+                let header = EnvelopeHeader {
+                    origin: "c1",
+                    seq,
+                    kind: "visit",
+                    schema: 1,
+                    occurred_at: OccurredAt {
+                        unix_ms: 1_000 * seq as i64,
+                        offset_min: 480,
+                    },
+                    recorded_at_ms: 2_000,
+                    grid: "g",
+                    recorded_by: "w",
+                    client_id: &client_id,
+                    prev: &prev,
+                    personal_digest: None,
+                };
+                let envelope = header.encode_with_data(&gridsync_model::canonical::to_canonical(
+                    &serde_json::json!({"household": "h", "method": "phone", "quarantine": "none"}),
+                ));
+                prev = event_hash(&envelope);
+                gridsync_model::Chunk {
+                    origin: "c1".into(),
+                    events: vec![gridsync_model::EventRecord {
+                        envelope,
+                        personal: None,
+                    }],
+                    head: gridsync_model::SignedHead::sign(key, "c1", seq, prev, 5),
+                }
+            })
+            .collect();
+        Self { chunks }
+    }
+}
+
+impl LocalLog for OneEventLog {
+    fn heads(&self) -> Vec<(String, u64)> {
+        vec![("c1".into(), self.chunks.len() as u64)]
+    }
+    fn encoded_chunks_after(&self, _: &str, after: u64, bytes_max: usize) -> Vec<EncodedChunk> {
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for c in &self.chunks[after as usize..] {
+            if bytes >= bytes_max {
+                break;
+            }
+            let e = EncodedChunk::from(c);
+            bytes += e.bytes.len();
+            out.push(e);
+        }
+        out
+    }
+    fn received_at(&self, _: &str, seq: u64) -> Option<i64> {
+        Some(seq as i64)
+    }
+    fn hash_at(&self, _: &str, _: u64) -> Option<Hash32> {
+        None
+    }
+}
+
+/// The chunks of the batches `fill` sends, decoded.
+fn sent_chunks(s: &mut ChildSession, log: &OneEventLog) -> Vec<gridsync_model::Chunk> {
+    let mut out = Vec::new();
+    s.fill(&mut out, log, 0);
+    out.into_iter()
+        .flat_map(|o| match o {
+            crate::Output::Send(crate::Frame::Batch { chunks, .. }) => chunks,
+            _ => Vec::new(),
+        })
+        .map(|b| gridsync_model::Chunk::decode(&b).unwrap())
+        .collect()
+}
+
+/// Phones' one-event chunks go up joined into chunks within the join
+/// limit, each closed by its last event's own signed head, verifying as
+/// one chunk; with the limit at 0 each goes alone, as stored.
+#[test]
+fn consecutive_small_chunks_go_up_joined() {
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let log = OneEventLog::new(400, &key);
+    let one = log.chunks[0].encode().len();
+    let mut s = session();
+    s.cfg.join_bytes_max = 8 * 1024;
+    let sent = sent_chunks(&mut s, &log);
+    let events: usize = sent.iter().map(|c| c.events.len()).sum();
+    assert_eq!(events, 400, "every event sent once");
+    assert!(
+        sent.len() <= 400 * one / (6 * 1024),
+        "{} chunks",
+        sent.len()
+    );
+    let mut prev = gridsync_model::ZERO_HASH;
+    let mut next = 1;
+    for c in &sent {
+        assert!(c.encode().len() <= 8 * 1024);
+        assert_eq!(c.first_seq(), next);
+        assert_eq!(c.head, log.chunks[c.last_seq() as usize - 1].head);
+        let v = c.verify(next, &prev, &key.verifying_key()).unwrap();
+        prev = v.last().unwrap().hash;
+        next = c.last_seq() + 1;
+    }
+    let mut s = session();
+    s.cfg.join_bytes_max = 0;
+    let sent = sent_chunks(&mut s, &log);
+    assert_eq!(sent, log.chunks);
 }
