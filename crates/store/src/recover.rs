@@ -251,12 +251,19 @@ pub(crate) fn verify_log(
     Ok(r.counts)
 }
 
+/// A head whose entry checked out, its signature not yet verified: the
+/// entry's offset, the head, the key it must verify under.
+type Unsigned = (u64, SignedHead, ed25519_dalek::VerifyingKey);
+
 /// Reads the log back (to its end, or up to entry `end`), recomputing every
 /// event's chain link and comparing each entry with its chunk-index entry.
 /// Signatures: each origin's newest head (which authenticates its whole
-/// chain through the links), or every chunk's with `verify_all`. Memory
-/// holds per-origin state and a page of index entries per origin, never
-/// the log or the index.
+/// chain through the links), or every chunk's with `verify_all` — those
+/// on a second thread, in batches, while this one reads on; the first
+/// that fails in log order is the error (it comes before any problem the
+/// walk found: only entries before that one sent their heads). Memory
+/// holds per-origin state, a page of index entries per origin and up to
+/// three batches of heads, never the log or the index.
 fn walk_log(
     kv: &dyn Kv,
     keys: &KeyLookup,
@@ -264,14 +271,39 @@ fn walk_log(
     end: Option<u64>,
     stop: &dyn Fn() -> bool,
 ) -> Result<Recovered, StoreError> {
+    if !verify_all {
+        return walk(kv, keys, end, stop, None);
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Unsigned>>(1);
+        let verifier = s.spawn(move || rx.into_iter().try_for_each(check_signatures));
+        let walked = walk(kv, keys, end, stop, Some(tx));
+        let signed = verifier.join().expect("the signature thread panicked");
+        signed.and(walked)
+    })
+}
+
+/// [`walk_log`]'s reading; with `signatures`, every entry's head is sent
+/// there in batches instead of only each origin's newest being verified
+/// here. Should that thread stop (a bad signature), so does the walk.
+fn walk(
+    kv: &dyn Kv,
+    keys: &KeyLookup,
+    end: Option<u64>,
+    stop: &dyn Fn() -> bool,
+    signatures: Option<std::sync::mpsc::SyncSender<Vec<Unsigned>>>,
+) -> Result<Recovered, StoreError> {
     let mut heads: BTreeMap<String, HeadState> = BTreeMap::new();
     let mut cursors: HashMap<String, IndexCursor> = HashMap::new();
     let mut counts = LogCounts::default();
     let mut next = 0u64;
-    // With `verify_all`: heads whose entries checked out, signatures not
-    // yet verified (a batch at a time).
-    let mut unsigned = Vec::new();
-    while end.is_none_or(|e| next < e) {
+    let mut unsigned: Vec<Unsigned> = Vec::new();
+    // Sends the heads gathered; false when the verifier has stopped.
+    let send = |unsigned: &mut Vec<Unsigned>| match &signatures {
+        Some(tx) if !unsigned.is_empty() => tx.send(std::mem::take(unsigned)).is_ok(),
+        _ => true,
+    };
+    'log: while end.is_none_or(|e| next < e) {
         if stop() {
             return Err(StoreError::Closed);
         }
@@ -303,13 +335,19 @@ fn walk_log(
                     Ok(key)
                 });
             match checked {
-                // An earlier entry's bad signature is the first problem.
-                Err(err) => return check_signatures(&mut unsigned).and(Err(err)),
-                Ok(key) if verify_all => unsigned.push((e.offset, e.chunk.head.clone(), key)),
+                // Earlier entries' heads still go to be checked: a bad
+                // signature among them is the first problem.
+                Err(err) => {
+                    send(&mut unsigned);
+                    return Err(err);
+                }
+                Ok(key) if signatures.is_some() => {
+                    unsigned.push((e.offset, e.chunk.head.clone(), key));
+                }
                 Ok(_) => {}
             }
-            if unsigned.len() >= HEADS_PER_BATCH {
-                check_signatures(&mut unsigned)?;
+            if unsigned.len() >= HEADS_PER_BATCH && !send(&mut unsigned) {
+                break 'log;
             }
             counts.chunks += 1;
             counts.events += e.chunk.events.len() as u64;
@@ -317,9 +355,9 @@ fn walk_log(
             next = e.offset + 1;
         }
     }
-    check_signatures(&mut unsigned)?;
+    send(&mut unsigned);
     // Each origin's newest signed head vouches for its whole chain.
-    if !verify_all {
+    if signatures.is_none() {
         for (origin, h) in &heads {
             check_signed_head(keys, origin, h)?;
         }
@@ -332,15 +370,12 @@ fn walk_log(
     })
 }
 
-/// The signatures of `unsigned` heads `(offset, head, key)`, in batches
-/// (`failing_heads`: the same heads fail as one by one, in ~0.4 of the
-/// time); the first that fails is the error. Empties `unsigned`.
-fn check_signatures(
-    unsigned: &mut Vec<(u64, SignedHead, ed25519_dalek::VerifyingKey)>,
-) -> Result<(), StoreError> {
-    let heads: Vec<_> = unsigned.iter().map(|(_, h, k)| (h, k)).collect();
-    let first_failing = failing_heads(&heads).first().copied();
-    let result = match first_failing.map(|i| &unsigned[i]) {
+/// The signatures of a batch of heads (`failing_heads`: the same heads
+/// fail as one by one, in ~0.4 of the time); the first that fails is the
+/// error.
+fn check_signatures(batch: Vec<Unsigned>) -> Result<(), StoreError> {
+    let heads: Vec<_> = batch.iter().map(|(_, h, k)| (h, k)).collect();
+    match failing_heads(&heads).first().map(|&i| &batch[i]) {
         None => Ok(()),
         Some((offset, h, _)) => {
             let err = gridsync_model::ChunkError::BadSignature {
@@ -349,9 +384,7 @@ fn check_signatures(
             };
             Err(corrupt(format!("log entry {offset}: {err}")))
         }
-    };
-    unsigned.clear();
-    result
+    }
 }
 
 /// One log entry at open: it continues its origin's chain from `(seq,

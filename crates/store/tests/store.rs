@@ -276,18 +276,22 @@ fn many_events_make_many_chunks_and_read_back_in_order() {
     assert_eq!(store.received_at("elsewhere", 1).unwrap(), None);
 }
 
-#[test]
-fn altered_logs_are_refused_on_open() {
+/// The stored keys and values of a log of `n` one-event posts.
+fn one_event_posts(n: u64) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
     let rt = rt();
     let base = MemKv::new();
-    {
-        let store = open(Arc::new(base.clone())).unwrap();
-        for i in 0..5 {
-            rt.block_on(store.append(vec![event(&format!("k{i}"), 0)], i))
-                .unwrap();
-        }
+    let store = open(Arc::new(base.clone())).unwrap();
+    for i in 0..n {
+        rt.block_on(store.append(vec![event(&format!("k{i}"), 0)], i as i64))
+            .unwrap();
     }
-    let entries = base.dump();
+    drop(store);
+    base.dump()
+}
+
+#[test]
+fn altered_logs_are_refused_on_open() {
+    let entries = one_event_posts(5);
     let log_keys: Vec<Vec<u8>> = entries.keys().filter(|k| k[0] == b'L').cloned().collect();
     assert!(
         log_keys.len() < 5,
@@ -403,7 +407,11 @@ fn altered_logs_are_refused_on_open() {
     // Control: the default open really skipped the whole-log pass (some
     // damage was left to verify_log), and an intact log verifies.
     assert!(opened_at_checkpoint > 0);
-    let store = open(Arc::new(base.clone())).unwrap();
+    let intact = MemKv::new();
+    intact
+        .commit(entries.into_iter().map(|(k, v)| (k, Some(v))).collect())
+        .unwrap();
+    let store = open(Arc::new(intact)).unwrap();
     assert_eq!(store.verify_log(true, &|| false).unwrap().events, 5);
 }
 
@@ -1089,4 +1097,64 @@ fn the_kinds_of_recent_events_are_known_without_reading_the_log() {
             assert!(got.is_err(), "seq {seq} was read from the log: {got:?}");
         }
     }
+}
+
+/// With every signature checked (`serve --verify-all`), heads are verified
+/// in batches on a second thread while the walk reads on: over more than
+/// two batches of one-event entries, the first problem in log order is
+/// the one named — a bad signature before a broken entry (in a sent batch
+/// or in the one being gathered), the earlier of two bad signatures, one
+/// in a later batch.
+#[test]
+fn verify_all_names_the_first_problem_in_log_order() {
+    let entries = one_event_posts(700);
+    // (log key, byte range) of every entry, in log order.
+    let mut at = Vec::new();
+    for (k, v) in entries.iter().filter(|(k, _)| k[0] == b'L') {
+        for (_, r) in gridsync_store::layout::log_value_entries(k, v).unwrap() {
+            at.push((k.clone(), r));
+        }
+    }
+    assert_eq!(at.len(), 700);
+    // Each flip: (entry, in its signature or in the middle of its event).
+    let altered = |flips: &[(usize, bool)]| {
+        let mut m = entries.clone();
+        for &(n, signature) in flips {
+            let (k, r) = &at[n];
+            let pos = if signature {
+                r.end - 3
+            } else {
+                r.start + r.len() / 2
+            };
+            m.get_mut(k).unwrap()[pos] ^= 0x20;
+        }
+        let kv = MemKv::new();
+        kv.commit(m.into_iter().map(|(k, v)| (k, Some(v))).collect())
+            .unwrap();
+        match open_verifying(Arc::new(kv), true) {
+            Err(StoreError::Corrupt(msg)) => msg,
+            Err(other) => panic!("{flips:?}: unexpected error {other}"),
+            Ok(_) => panic!("{flips:?}: opened"),
+        }
+    };
+    let msg = altered(&[(20, true), (650, false)]);
+    assert!(
+        msg.contains("log entry 20:") && msg.contains("signature"),
+        "{msg}"
+    );
+    // In the batch still being gathered when the walk finds the damage.
+    let msg = altered(&[(600, true), (650, false)]);
+    assert!(
+        msg.contains("log entry 600:") && msg.contains("signature"),
+        "{msg}"
+    );
+    let msg = altered(&[(20, true), (600, true)]);
+    assert!(msg.contains("log entry 20:"), "{msg}");
+    let msg = altered(&[(600, true)]);
+    assert!(
+        msg.contains("log entry 600:") && msg.contains("signature"),
+        "{msg}"
+    );
+    let msg = altered(&[(650, false)]);
+    assert!(!msg.contains("signature"), "{msg}");
 }
