@@ -348,3 +348,51 @@ fn index_entries_of_packs_are_checked_and_taken_up_whatever_wrote_them() {
     reads_back(&store, "c1", 40, &|seq| seq as i64 - 1);
     assert_eq!(store.verify_log(true, &|| false).unwrap().events, 40);
 }
+
+/// A log mixing packs of one-event entries with entries of several
+/// fragments (60-event posts) and larger one-event entries reads the same in
+/// pages of every size from every offset (a page may start inside a pack,
+/// and end inside an entry's fragments or a pack).
+#[test]
+fn pages_of_any_size_read_a_mixed_log_the_same() {
+    let rt = rt();
+    let kv = MemKv::new();
+    let store = open(
+        &kv,
+        Some("c1"),
+        packing(StoreConfig::default().pack_entry_bytes_max),
+    );
+    let mut t = 0;
+    for round in 0..6 {
+        for i in 0..30 {
+            t += 1;
+            let e = event("c1", &format!("s{round}-{i}"), 0);
+            rt.block_on(store.append(vec![e], t)).unwrap();
+        }
+        for i in 0..3 {
+            t += 1;
+            let big = (0..60)
+                .map(|k| event("c1", &format!("b{round}-{i}-{k}"), 200))
+                .collect();
+            rt.block_on(store.append(big, t)).unwrap();
+        }
+        t += 1;
+        let medium = event("c1", &format!("m{round}"), 1_000);
+        rt.block_on(store.append(vec![medium], t)).unwrap();
+    }
+    let (keys, entries) = log_shape(&kv);
+    assert_eq!(entries, 6 * 34);
+    assert!(keys > 6 * 3 * 3, "the big entries take several fragments");
+    let whole = store.read_log(0, 10_000).unwrap();
+    assert_eq!(whole.len(), entries);
+    for page in [1, 2, 3, 7, 19, 64, 500] {
+        for from in 0..whole.len() {
+            let got = store.read_log(from as u64, page).unwrap();
+            let want = &whole[from..(from + page).min(whole.len())];
+            assert_eq!(got.len(), want.len(), "page {page} from {from}");
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!((g.offset, &g.chunk), (w.offset, &w.chunk), "page {page}");
+            }
+        }
+    }
+}
