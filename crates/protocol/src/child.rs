@@ -53,8 +53,8 @@ pub struct ChildConfig {
     /// the window while heartbeats keep the link looking alive).
     pub ack_timeout_ms: i64,
     /// Consecutive chunks of one origin in a batch are sent as one while
-    /// the joined chunk stays within this many bytes (the store's chunk
-    /// target; 0: never joined). The later head's signature covers the
+    /// the joined chunk and the next fit in this many bytes (the store's
+    /// chunk target; 0: never joined). The later head's signature covers the
     /// earlier events through the chain links, so the parent verifies,
     /// stores and forwards one head per joined chunk.
     pub join_bytes_max: usize,

@@ -70,23 +70,18 @@ pub(super) fn examine_all(
 /// The heads are dropped after: with every signature checked there are no
 /// runs' newest heads left for the auditor to verify.
 fn check_signatures(out: &mut [Examined]) {
-    let facts: Vec<&mut ChunkFacts> = out
+    let mut facts: Vec<&mut ChunkFacts> = out
         .iter_mut()
         .filter_map(|e| match e {
-            Examined::Chunk(c) => Some(&mut **c),
-            Examined::Undecodable(_) => None,
+            Examined::Chunk(c) if c.head.is_some() => Some(&mut **c),
+            _ => None,
         })
-        .filter(|c| c.head.is_some())
         .collect();
-    let failing = {
-        let heads: Vec<(&SignedHead, &VerifyingKey)> = facts
-            .iter()
-            .filter_map(|c| c.head.as_ref().map(|(h, k)| (h, k)))
-            .collect();
-        gridsync_model::chunk::failing_heads(&heads)
-    };
-    let mut facts = facts;
-    for i in failing {
+    let heads: Vec<(&SignedHead, &VerifyingKey)> = facts
+        .iter()
+        .filter_map(|c| c.head.as_ref().map(|(h, k)| (h, k)))
+        .collect();
+    for i in gridsync_model::chunk::failing_heads(&heads) {
         let c = &mut facts[i];
         let (origin, seq) = (c.origin.clone(), c.last);
         c.checked = Some(Err(Failure::Chunk(ChunkError::BadSignature {

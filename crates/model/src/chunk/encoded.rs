@@ -62,31 +62,47 @@ impl Chunk {
         out.extend_from_slice(&bytes[at..]);
         Ok(out)
     }
-}
 
-impl Chunk {
-    /// The encoding of chunk `a` followed by chunk `b` as one chunk: `a`'s
-    /// events, then `b`'s, closed by `b`'s head — what [`Chunk::encode`]
-    /// gives for that chunk —, made on the bytes (nothing decoded or
-    /// re-encoded but the event count). `b` must continue `a`'s chain (the
-    /// caller reads them so): `b`'s signed head then covers `a`'s events
-    /// through the links, and `a`'s head adds nothing a verifier needs. A
-    /// sender joins the one-event chunks of phones' posts this way, so its
-    /// parent verifies, stores and forwards one signature per ~32 KiB.
+    /// The bytes an encoded chunk's events take — what it adds to a chunk
+    /// it is joined onto ([`Chunk::encoded_joined`]) —, or `None` when the
+    /// bytes are not a chunk of that shape.
+    pub fn encoded_events_len(bytes: &[u8]) -> Option<usize> {
+        parts(bytes).map(|p| p.events.len())
+    }
+
+    /// The encodings of consecutive chunks of one origin joined into one
+    /// chunk: every chunk's events in turn, closed by the last one's head
+    /// — what [`Chunk::encode`] gives for that chunk —, made on the bytes
+    /// (each walked once; nothing decoded or re-encoded but the event
+    /// count). Each chunk must continue the one before it (the caller
+    /// reads them so): the last signed head then covers every event
+    /// through the links, and the earlier heads add nothing a verifier
+    /// needs. A sender joins the one-event chunks of phones' posts this
+    /// way, so its parent verifies, stores and forwards one signature per
+    /// ~32 KiB.
     ///
-    /// `None` when either is not a chunk of that shape, or their origins
-    /// differ.
-    pub fn encoded_joined(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
-        let (pa, pb) = (parts(a)?, parts(b)?);
-        if a[pa.origin.clone()] != b[pb.origin.clone()] {
+    /// `None` when there are none, when one is not a chunk of that shape,
+    /// or when their origins differ.
+    pub fn encoded_joined(chunks: &[&[u8]]) -> Option<Vec<u8>> {
+        let parts: Vec<Parts> = chunks.iter().map(|b| parts(b)).collect::<Option<_>>()?;
+        let (first, last) = (chunks.first()?, chunks.last()?);
+        let origin = &first[parts[0].origin.clone()];
+        if chunks
+            .iter()
+            .zip(&parts)
+            .any(|(b, p)| &b[p.origin.clone()] != origin)
+        {
             return None;
         }
-        let n = u32::try_from(pa.count + pb.count).ok()?;
-        let mut out = Vec::with_capacity(a.len() + b.len());
-        out.extend_from_slice(&a[..pa.origin.end]);
+        let n = u32::try_from(parts.iter().map(|p| p.count).sum::<usize>()).ok()?;
+        let mut out = Vec::with_capacity(chunks.iter().map(|b| b.len()).sum());
+        out.extend_from_slice(&first[..parts[0].origin.end]);
         rmp::encode::write_array_len(&mut out, n).expect("vec write");
-        out.extend_from_slice(&a[pa.events]);
-        out.extend_from_slice(&b[pb.events.start..]);
+        for (b, p) in chunks.iter().zip(&parts) {
+            out.extend_from_slice(&b[p.events.clone()]);
+        }
+        let head = parts.last().expect("as many parts as chunks").events.end;
+        out.extend_from_slice(&last[head..]);
         Some(out)
     }
 }
@@ -103,6 +119,13 @@ struct Parts {
 /// An encoded chunk's parts, or `None` when the bytes are not a chunk of
 /// that shape.
 fn parts(bytes: &[u8]) -> Option<Parts> {
+    walk(bytes, |rd| light::skip(rd, 0))
+}
+
+/// Walks an encoded chunk — `[format, origin, [event…], head]`, nothing
+/// after — handing `event` the reader at each event (it must read the
+/// whole event); `None` when the bytes are not a chunk of that shape.
+fn walk(bytes: &[u8], mut event: impl FnMut(&mut light::R<'_>) -> Option<()>) -> Option<Parts> {
     let mut rd: light::R<'_> = bytes;
     let at = |rd: &light::R<'_>| bytes.len() - rd.len();
     if light::array_len(&mut rd)? != 4 {
@@ -115,7 +138,7 @@ fn parts(bytes: &[u8]) -> Option<Parts> {
     let count = light::array_len(&mut rd)?;
     let events_start = at(&rd);
     for _ in 0..count {
-        light::skip(&mut rd, 0)?;
+        event(&mut rd)?;
     }
     let events = events_start..at(&rd);
     light::skip(&mut rd, 0)?; // head
@@ -130,25 +153,19 @@ fn parts(bytes: &[u8]) -> Option<Parts> {
 /// in order; none for events without one), or `None` when the bytes are
 /// not a chunk of that shape (a prefix, trailing bytes, another layout).
 fn personal_spans(bytes: &[u8]) -> Option<Vec<(usize, usize)>> {
-    let mut rd: light::R<'_> = bytes;
     let at = |rd: &light::R<'_>| bytes.len() - rd.len();
-    if light::array_len(&mut rd)? != 4 {
-        return None;
-    }
-    light::uint(&mut rd)?; // format
-    light::str_bytes(&mut rd)?; // origin
     let mut spans = Vec::new();
-    for _ in 0..light::array_len(&mut rd)? {
-        if light::array_len(&mut rd)? != 2 {
+    walk(bytes, |rd| {
+        if light::array_len(rd)? != 2 {
             return None;
         }
-        light::skip(&mut rd, 0)?; // envelope
-        if !light::nil(&mut rd) {
-            let start = at(&rd);
-            light::skip(&mut rd, 0)?;
-            spans.push((start, at(&rd)));
+        light::skip(rd, 0)?; // envelope
+        if !light::nil(rd) {
+            let start = at(rd);
+            light::skip(rd, 0)?;
+            spans.push((start, at(rd)));
         }
-    }
-    light::skip(&mut rd, 0)?; // head
-    rd.is_empty().then_some(spans)
+        Some(())
+    })?;
+    Some(spans)
 }

@@ -281,34 +281,46 @@ fn without_personal_refuses_what_is_not_a_chunk() {
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
-    /// Two chunks joined on the bytes are the encoding of one chunk of both
-    /// chunks' events closed by the second's head — across the event
-    /// count's width (15/16 events: fixarray to array16), with and without
-    /// personal parts — and it decodes and verifies under the origin's key.
+    /// Consecutive chunks joined on the bytes are the encoding of one
+    /// chunk of all their events closed by the last one's head — across
+    /// the event count's width (15/16 events: fixarray to array16), with
+    /// and without personal parts — and it decodes and verifies under the
+    /// origin's key.
     #[test]
     fn joined_on_the_bytes_is_the_chunk_of_both(
         parts in proptest::collection::vec(
             proptest::option::of(proptest::prop_oneof![0usize..40, 200usize..300]),
             2..40,
         ),
-        cut in 1usize..39,
+        cuts in proptest::collection::btree_set(1usize..39, 1..4),
     ) {
         let key = SigningKey::from_bytes(&[13; 32]);
         let n = parts.len();
-        let cut = cut.min(n - 1);
         let whole = with_parts(&build(&key, n as u64), &parts);
         let hashes: Vec<Hash32> = whole.events.iter().map(|e| event_hash(&e.envelope)).collect();
-        let a = Chunk {
-            origin: whole.origin.clone(),
-            events: whole.events[..cut].to_vec(),
-            head: SignedHead::sign(&key, "c1", cut as u64, hashes[cut - 1], 4),
-        };
-        let b = Chunk {
-            origin: whole.origin.clone(),
-            events: whole.events[cut..].to_vec(),
-            head: whole.head.clone(),
-        };
-        let joined = Chunk::encoded_joined(&a.encode(), &b.encode());
+        // Pieces ending at each cut (within the chunk) and at its end.
+        let mut ends: Vec<usize> = cuts.into_iter().filter(|&c| c < n).collect();
+        ends.push(n);
+        let mut from = 0;
+        let pieces: Vec<Vec<u8>> = ends
+            .iter()
+            .map(|&end| {
+                let head = if end == n {
+                    whole.head.clone()
+                } else {
+                    SignedHead::sign(&key, "c1", end as u64, hashes[end - 1], 4)
+                };
+                let piece = Chunk {
+                    origin: whole.origin.clone(),
+                    events: whole.events[from..end].to_vec(),
+                    head,
+                };
+                from = end;
+                piece.encode()
+            })
+            .collect();
+        let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let joined = Chunk::encoded_joined(&pieces);
         proptest::prop_assert_eq!(joined.as_ref(), Some(&whole.encode()));
         // (`with_parts`' personal parts match no digest: verified without.)
         let mut back = Chunk::decode(&joined.unwrap()).unwrap();
@@ -325,12 +337,20 @@ fn joining_refuses_what_is_not_a_chunk_or_another_origin() {
     let a = build(&key, 3).encode();
     let mut other = build(&key, 3);
     other.origin = "c2".into();
-    assert_eq!(Chunk::encoded_joined(&a, &other.encode()), None);
+    assert_eq!(Chunk::encoded_joined(&[&a, &other.encode()]), None);
     for cut in 0..a.len() {
-        assert_eq!(Chunk::encoded_joined(&a[..cut], &a), None, "prefix {cut}");
-        assert_eq!(Chunk::encoded_joined(&a, &a[..cut]), None, "prefix {cut}");
+        assert_eq!(
+            Chunk::encoded_joined(&[&a[..cut], &a]),
+            None,
+            "prefix {cut}"
+        );
+        assert_eq!(
+            Chunk::encoded_joined(&[&a, &a[..cut]]),
+            None,
+            "prefix {cut}"
+        );
     }
     let mut longer = a.clone();
     longer.push(0xc0);
-    assert_eq!(Chunk::encoded_joined(&longer, &a), None);
+    assert_eq!(Chunk::encoded_joined(&[&longer, &a]), None);
 }

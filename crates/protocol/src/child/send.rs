@@ -87,6 +87,9 @@ impl super::ChildSession {
                 }
                 let budget = self.cfg.batch_bytes_max - bytes;
                 let mut last = sent;
+                // This origin's chunks not yet pushed, to be joined, and
+                // about the size of the chunk they join into.
+                let (mut run, mut joined_bytes) = (Vec::new(), 0);
                 for stored in log.encoded_chunks_after(origin, sent, budget) {
                     // Never past the head read above: what lies beyond is
                     // not known to be durable.
@@ -128,35 +131,24 @@ impl super::ChildSession {
                             c.encode()
                         }
                     };
-                    // Joined to this origin's chunk sent just before when
-                    // both fit the join limit: one head for the parent to
-                    // verify and store instead of two (phones' one-event
-                    // posts).
-                    let joined = match chunks.last() {
-                        Some(prev)
-                            if last > sent && prev.len() + enc.len() <= self.cfg.join_bytes_max =>
-                        {
-                            Chunk::encoded_joined(prev, &enc)
-                        }
-                        _ => None,
-                    };
-                    let last_seq = stored.last_seq;
-                    last = last_seq;
-                    match joined {
-                        Some(j) => {
-                            let prev = chunks.last_mut().expect("joined to the last chunk");
-                            bytes = bytes - prev.len() + j.len();
-                            *prev = ByteBuf::from(j);
-                        }
-                        None => {
-                            bytes += enc.len();
-                            chunks.push(ByteBuf::from(enc));
-                        }
+                    // Consecutive chunks go up joined while the joined
+                    // chunk and the next fit the join limit: one head for
+                    // the parent to verify and store instead of one per
+                    // chunk (phones' posts).
+                    if run.is_empty() || joined_bytes + enc.len() > self.cfg.join_bytes_max {
+                        push_joined(&mut chunks, std::mem::take(&mut run));
+                        joined_bytes = enc.len();
+                    } else {
+                        joined_bytes += Chunk::encoded_events_len(&enc).unwrap_or(enc.len());
                     }
+                    last = stored.last_seq;
+                    bytes += enc.len();
+                    run.push(enc);
                     if bytes >= self.cfg.batch_bytes_max {
                         break;
                     }
                 }
+                push_joined(&mut chunks, run);
                 if last > sent {
                     self.sent.insert(origin.clone(), last);
                     tips.push((origin.clone(), last));
@@ -177,4 +169,18 @@ impl super::ChildSession {
             self.send(out, Frame::Batch { id, chunks, lag }, now_ms);
         }
     }
+}
+
+/// Pushes a run of one origin's consecutive chunks as one chunk
+/// ([`Chunk::encoded_joined`]), or as they are when it is a single chunk
+/// or they cannot be joined.
+fn push_joined(chunks: &mut Vec<ByteBuf>, run: Vec<Vec<u8>>) {
+    if run.len() > 1 {
+        let parts: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+        if let Some(joined) = Chunk::encoded_joined(&parts) {
+            chunks.push(ByteBuf::from(joined));
+            return;
+        }
+    }
+    chunks.extend(run.into_iter().map(ByteBuf::from));
 }
