@@ -13,7 +13,8 @@
 //! Then `gridsync audit verify` of the same data directory
 //! (`GRIDSYNC_BENCH_AUDITS` times, default 1; with
 //! `GRIDSYNC_BENCH_AUDIT_BASELINE=path/to/another/gridsync`, that build
-//! audits in turn with this one).
+//! audits in turn with this one; `GRIDSYNC_BENCH_AUDIT_SIGNATURES=newest`
+//! checks each run's newest head instead of every signature).
 //!
 //! `cargo build --release -p gridsync && cargo bench --bench big_start`
 //! (`GRIDSYNC_BENCH_EVENTS`, default 10000000; `GRIDSYNC_BENCH_KEEP=1`
@@ -281,7 +282,9 @@ fn audit(tree: &gridsync_suite::Tree, n: u64, bin: &std::path::Path, what: &str)
     let street = NodeConfig::load(&tree.nodes["s1"].config).unwrap();
     let started = Instant::now();
     let out = Command::new(bin)
-        .args(["audit", "verify", "--node", "s1", "--data"])
+        .args(["audit", "verify", "--node", "s1", "--signatures"])
+        .arg(std::env::var("GRIDSYNC_BENCH_AUDIT_SIGNATURES").unwrap_or_else(|_| "all".into()))
+        .arg("--data")
         .arg(&street.data_dir)
         .arg("--topology")
         .arg(&tree.topology)

@@ -20,13 +20,15 @@ use crate::reference::Reference;
 mod chain;
 mod entry;
 mod index;
+mod read;
 mod report;
 mod runs;
 
 pub use report::{AuditReport, OriginReport, Problem};
 
 use chain::Chain;
-use index::{IndexedChunk, OriginIds};
+use entry::Examined;
+use read::{examine_items, read_pages, Item};
 use runs::Run;
 
 /// Which chunks' signatures an audit checks.
@@ -138,19 +140,23 @@ pub fn verify_with(
         report: AuditReport::default(),
         chains: BTreeMap::new(),
         wanted: HashMap::new(),
-        index_expected: Vec::new(),
-        origins: OriginIds::default(),
+        index_expected: index::Expected::default(),
     };
     for (_, refs) in references {
         for (origin, r) in refs.iter() {
             a.wanted.entry(origin.clone()).or_default().insert(r.seq);
         }
     }
-    a.read_log(kv, progress);
+    // The stored chunk index is read beside the log.
+    let stored_index = std::thread::scope(|s| {
+        let stored = s.spawn(|| index::read_stored(kv));
+        a.read_log(kv, progress);
+        stored.join().expect("the chunk index's reader panicked")
+    });
     a.verify_held_heads();
     a.summarise_origins();
     a.check_heads_table(kv);
-    a.check_index(kv);
+    a.check_index(stored_index);
     a.check_evidence(kv);
     for (source, refs) in references {
         a.check_reference(source, refs);
@@ -184,61 +190,51 @@ struct Auditor<'a> {
     /// Per origin, the seqs references name: their whole hashes are kept.
     wanted: HashMap<String, BTreeSet<u64>>,
     /// The chunk index the log implies, one entry per chunk.
-    index_expected: Vec<IndexedChunk>,
-    /// Origins named in the log or the index, by [`IndexedChunk`]'s id.
-    origins: OriginIds,
-}
-
-/// What reading a page found, in log order: a whole entry or a problem
-/// (kind, offset, message) with the reading itself.
-enum Item {
-    Entry(Pending),
-    Problem(&'static str, Option<u64>, String),
-}
-
-/// A log entry being reassembled from its fragments.
-struct Pending {
-    offset: u64,
-    bytes: Vec<u8>,
-    parts: u16,
+    index_expected: index::Expected,
 }
 
 impl Auditor<'_> {
     /// The log, entry by entry (reassembled from its fragments), tolerating
     /// damage: missing entries and stray fragments are problems, not stops.
-    /// A reader thread reads the next pages while each page read is checked
-    /// by the worker threads and then applied in log order.
+    /// Three stages run at once: a reader thread reads the next page, the
+    /// worker threads check the page before it, and this thread applies
+    /// the page before that in log order — so applying (linking chains,
+    /// the chunk index's entries) no longer leaves the cores idle.
     fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
-        // One page read ahead (bounded: memory holds at most three).
+        // One page read ahead (bounded: memory holds at most four pages —
+        // one applied, one checked, one queued, one being read).
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(1);
+        let (topology, threads, signatures) = (self.topology, self.threads, self.signatures);
         std::thread::scope(|s| {
             s.spawn(move || read_pages(kv, &tx));
+            let mut checking = None;
             for items in rx {
-                self.apply_items(items);
+                let next = s.spawn(move || {
+                    let examined = examine_items(&items, topology, threads, signatures);
+                    (items, examined)
+                });
+                if let Some(h) = checking.replace(next) {
+                    self.apply_checked(h);
+                    progress(self.report.events);
+                }
+            }
+            if let Some(h) = checking {
+                self.apply_checked(h);
                 progress(self.report.events);
             }
         });
     }
 
-    /// A page's entries checked in parallel, then everything applied in
-    /// log order.
-    fn apply_items(&mut self, items: Vec<Item>) {
-        let whole = |p: &Pending| !(p.parts > 1 && p.bytes.is_empty());
-        let entries: Vec<(u64, &[u8])> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Entry(p) if whole(p) => Some((p.offset, &p.bytes[..])),
-                _ => None,
-            })
-            .collect();
-        let mut examined =
-            entry::examine_all(&entries, self.topology, self.threads, self.signatures).into_iter();
+    /// A page checked by [`examine_items`], applied in log order.
+    fn apply_checked(&mut self, h: std::thread::ScopedJoinHandle<'_, (Vec<Item>, Vec<Examined>)>) {
+        let (items, examined) = h.join().expect("an audit worker panicked");
+        let mut examined = examined.into_iter();
         for item in &items {
             match item {
                 Item::Problem(kind, offset, m) => {
                     self.report.problem(kind, None, None, *offset, m.clone());
                 }
-                Item::Entry(p) if !whole(p) => {
+                Item::Entry(p) if !p.whole() => {
                     let m = "fragments missing".into();
                     self.report
                         .problem("missing_entry", None, None, Some(p.offset), m);
@@ -405,8 +401,7 @@ impl Auditor<'_> {
             entry::Examined::Chunk(c) => c,
         };
         let (origin, first, last) = (c.origin.as_str(), c.first, c.last);
-        let id = self.origins.id(origin);
-        self.index_expected.push((id, last, offset, first));
+        self.index_expected.push(origin, last, offset, first);
         self.report.events += c.events;
         if self.subtree.as_ref().is_some_and(|s| !s.contains(origin)) {
             let m = format!("origin {origin} is not in the audited node's subtree");
@@ -476,101 +471,6 @@ impl Auditor<'_> {
             self.hold_head(run, &linked);
         }
     }
-}
-
-/// Log keys read at a time: a page of packs holds up to ~19 entries a key
-/// (~8 MB of entries at 1,024 keys), and up to three pages are in memory
-/// at once (one applied, one queued, one being read).
-const PAGE_KEYS: usize = 1024;
-
-/// Reads the log page by page into [`Item`]s, in log order, and sends
-/// each page's; stops at the log's end, at a read error (sent as a
-/// problem), or when the receiver is gone.
-fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>>) {
-    let mut start = vec![layout::LOG];
-    let mut expected_offset = 0u64;
-    let mut current: Option<Pending> = None;
-    let mut items = Vec::new();
-    loop {
-        let page = match kv.scan(&start, &[layout::LOG], PAGE_KEYS) {
-            Ok(p) => p,
-            Err(e) => {
-                let m = format!("cannot read the log: {e}");
-                items.push(Item::Problem("undecodable", None, m));
-                break;
-            }
-        };
-        let Some((last, _)) = page.last() else { break };
-        start.clone_from(last);
-        start.push(0);
-        for (k, v) in page {
-            let Some((offset, part)) = layout::parse_log_key(&k) else {
-                let m = "malformed log key".into();
-                items.push(Item::Problem("undecodable", None, m));
-                continue;
-            };
-            if part > 0 {
-                match current.as_mut() {
-                    Some(p) if p.offset == offset => p.bytes.extend_from_slice(&v),
-                    _ => items.push(Item::Problem(
-                        "missing_entry",
-                        Some(offset),
-                        format!("fragment {part} without its entry"),
-                    )),
-                }
-                continue;
-            }
-            if let Some(p) = current.take() {
-                items.push(Item::Entry(p));
-            }
-            if layout::is_pack(&v) {
-                // Several small entries in one value, each whole.
-                let Some(entries) = layout::log_value_entries(&k, &v) else {
-                    let m = "malformed pack of log entries".into();
-                    items.push(Item::Problem("undecodable", Some(offset), m));
-                    continue;
-                };
-                for (offset, range) in entries {
-                    expect_offset(&mut items, &mut expected_offset, offset);
-                    items.push(Item::Entry(Pending {
-                        offset,
-                        bytes: v[range].to_vec(),
-                        parts: 1,
-                    }));
-                }
-                continue;
-            }
-            expect_offset(&mut items, &mut expected_offset, offset);
-            let parts = if v.len() >= 2 {
-                u16::from_be_bytes([v[0], v[1]])
-            } else {
-                0
-            };
-            current = Some(Pending {
-                offset,
-                bytes: v,
-                parts,
-            });
-        }
-        if tx.send(std::mem::take(&mut items)).is_err() {
-            return;
-        }
-    }
-    items.extend(current.take().map(Item::Entry));
-    let _ = tx.send(items);
-}
-
-/// The next entry read is `offset`: those skipped since the last one
-/// are missing.
-fn expect_offset(items: &mut Vec<Item>, expected: &mut u64, offset: u64) {
-    if offset != *expected {
-        items.push(Item::Problem(
-            "missing_entry",
-            Some(*expected),
-            format!("log entries {expected}..{offset} are missing"),
-        ));
-    }
-    *expected = offset + 1;
 }
 
 /// The origin and seq an index or evidence key names.

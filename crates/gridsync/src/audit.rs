@@ -262,7 +262,7 @@ fn replay_local(
     let (_tmp, store) = data::open_verified(data, topo, signatures).map_err(failed)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    gridsync_audit::replay::replay_local(&store, filter, with_personal, &mut json_lines(&mut out))
+    gridsync_audit::replay::replay_local(&store, filter, with_personal, &mut out)
         .map_err(|e| fail(PROBLEMS, e))?;
     let _ = out.flush();
     Ok(ExitCode::SUCCESS)

@@ -98,15 +98,19 @@ impl Auditor<'_> {
             // Beside the chain: its head vouches only for itself.
             return self.heads_to_verify.push(run);
         }
-        let origin = run.head.origin.clone();
-        match self.runs.remove(&origin) {
+        // In place: one lookup a chunk, no key allocated unless the origin
+        // is new.
+        match self.runs.get_mut(&run.head.origin) {
             Some(held) if *linked == Linked::Continues && held.key == run.key => {
                 let from = held.from;
-                self.runs.insert(origin, Run { from, ..run });
+                *held = Run { from, ..run };
             }
-            held => {
-                self.heads_to_verify.extend(held);
-                self.runs.insert(origin, run);
+            Some(held) => {
+                let ended = std::mem::replace(held, run);
+                self.heads_to_verify.push(ended);
+            }
+            None => {
+                self.runs.insert(run.head.origin.clone(), run);
             }
         }
     }

@@ -1,0 +1,163 @@
+//! Reading the log for the audit: page by page, tolerating damage (a
+//! missing entry or a stray fragment is a problem, not a stop), each
+//! page's whole entries then checked by the worker threads.
+
+use gridsync_deploy::topology::Topology;
+use gridsync_store::kv::Kv;
+use gridsync_store::layout;
+
+use super::entry::{self, Examined};
+use super::Signatures;
+
+/// What reading a page found, in log order: a whole entry or a problem
+/// (kind, offset, message) with the reading itself.
+pub(super) enum Item {
+    Entry(Pending),
+    Problem(&'static str, Option<u64>, String),
+}
+
+/// A log entry being reassembled from its fragments.
+pub(super) struct Pending {
+    pub offset: u64,
+    bytes: EntryBytes,
+    parts: u16,
+}
+
+/// An entry's bytes: its own (reassembled from its fragments), or its
+/// place in a pack read once and shared by the pack's entries.
+enum EntryBytes {
+    Own(Vec<u8>),
+    InPack(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl Pending {
+    /// Every fragment of the entry was read.
+    pub(super) fn whole(&self) -> bool {
+        !(self.parts > 1 && self.bytes().is_empty())
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            EntryBytes::Own(b) => b,
+            EntryBytes::InPack(v, range) => &v[range.clone()],
+        }
+    }
+}
+
+/// A page's whole entries checked in parallel; one result per whole entry,
+/// in the page's order.
+pub(super) fn examine_items(
+    items: &[Item],
+    topology: &Topology,
+    threads: usize,
+    signatures: Signatures,
+) -> Vec<Examined> {
+    let entries: Vec<(u64, &[u8])> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Entry(p) if p.whole() => Some((p.offset, p.bytes())),
+            _ => None,
+        })
+        .collect();
+    entry::examine_all(&entries, topology, threads, signatures)
+}
+
+/// Log keys read at a time: a page of packs holds up to ~19 entries a key
+/// (~8 MB of entries at 1,024 keys), and up to three pages are in memory
+/// at once (one applied, one queued, one being read).
+const PAGE_KEYS: usize = 1024;
+
+/// Reads the log page by page into [`Item`]s, in log order, and sends
+/// each page's; stops at the log's end, at a read error (sent as a
+/// problem), or when the receiver is gone.
+pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>>) {
+    let mut start = vec![layout::LOG];
+    let mut expected_offset = 0u64;
+    let mut current: Option<Pending> = None;
+    let mut items = Vec::new();
+    loop {
+        let page = match kv.scan(&start, &[layout::LOG], PAGE_KEYS) {
+            Ok(p) => p,
+            Err(e) => {
+                let m = format!("cannot read the log: {e}");
+                items.push(Item::Problem("undecodable", None, m));
+                break;
+            }
+        };
+        let Some((last, _)) = page.last() else { break };
+        start.clone_from(last);
+        start.push(0);
+        for (k, v) in page {
+            let Some((offset, part)) = layout::parse_log_key(&k) else {
+                let m = "malformed log key".into();
+                items.push(Item::Problem("undecodable", None, m));
+                continue;
+            };
+            if part > 0 {
+                match current.as_mut() {
+                    Some(Pending {
+                        offset: o,
+                        bytes: EntryBytes::Own(b),
+                        ..
+                    }) if *o == offset => b.extend_from_slice(&v),
+                    _ => items.push(Item::Problem(
+                        "missing_entry",
+                        Some(offset),
+                        format!("fragment {part} without its entry"),
+                    )),
+                }
+                continue;
+            }
+            if let Some(p) = current.take() {
+                items.push(Item::Entry(p));
+            }
+            if layout::is_pack(&v) {
+                // Several small entries in one value, each whole.
+                let Some(entries) = layout::log_value_entries(&k, &v) else {
+                    let m = "malformed pack of log entries".into();
+                    items.push(Item::Problem("undecodable", Some(offset), m));
+                    continue;
+                };
+                let v = std::sync::Arc::new(v);
+                for (offset, range) in entries {
+                    expect_offset(&mut items, &mut expected_offset, offset);
+                    items.push(Item::Entry(Pending {
+                        offset,
+                        bytes: EntryBytes::InPack(v.clone(), range),
+                        parts: 1,
+                    }));
+                }
+                continue;
+            }
+            expect_offset(&mut items, &mut expected_offset, offset);
+            let parts = if v.len() >= 2 {
+                u16::from_be_bytes([v[0], v[1]])
+            } else {
+                0
+            };
+            current = Some(Pending {
+                offset,
+                bytes: EntryBytes::Own(v),
+                parts,
+            });
+        }
+        if tx.send(std::mem::take(&mut items)).is_err() {
+            return;
+        }
+    }
+    items.extend(current.take().map(Item::Entry));
+    let _ = tx.send(items);
+}
+
+/// The next entry read is `offset`: those skipped since the last one
+/// are missing.
+fn expect_offset(items: &mut Vec<Item>, expected: &mut u64, offset: u64) {
+    if offset != *expected {
+        items.push(Item::Problem(
+            "missing_entry",
+            Some(*expected),
+            format!("log entries {expected}..{offset} are missing"),
+        ));
+    }
+    *expected = offset + 1;
+}
