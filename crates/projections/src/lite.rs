@@ -76,6 +76,21 @@ const DATA_KEYS: [&[u8]; 11] = [
 /// Nesting allowed for `replacement` inside `replacement`.
 const DEPTH_MAX: u32 = 16;
 
+/// When the event occurred (unix ms), read where the field lies: the
+/// envelope's shape up to it is checked, nothing after it.
+pub(crate) fn occurred_ms(bytes: &[u8]) -> Option<i64> {
+    let mut rd: R<'_> = bytes;
+    if light::array_len(&mut rd)? != 14 {
+        return None;
+    }
+    u8::try_from(light::uint(&mut rd)?).ok()?; // format
+    light::str(&mut rd)?; // origin
+    light::uint(&mut rd)?; // seq
+    light::str(&mut rd)?; // kind
+    light::uint(&mut rd)?; // schema
+    light::int(&mut rd)
+}
+
 impl<'a> EnvLite<'a> {
     /// `None` when the bytes are not an envelope of that shape.
     pub fn read(bytes: &'a [u8]) -> Option<Self> {

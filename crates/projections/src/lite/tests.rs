@@ -124,6 +124,8 @@ fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
             prop_assert_eq!(a.kind, b.3);
             prop_assert_eq!(a.schema, b.4);
             prop_assert_eq!(a.occurred_ms, b.5);
+            // The fold's cut by event time reads only that field.
+            prop_assert_eq!(super::occurred_ms(bytes), Some(b.5));
             prop_assert_eq!(a.recorded_ms, b.7);
             prop_assert!(same_data(&a.data, &b.12), "data differs: {:?}", b.12);
             Ok(())
