@@ -1107,7 +1107,11 @@ fn the_kinds_of_recent_events_are_known_without_reading_the_log() {
 /// in a later batch.
 #[test]
 fn verify_all_names_the_first_problem_in_log_order() {
-    let entries = one_event_posts(700);
+    // Two whole batches sent to the verifier thread, and a third being
+    // gathered: `b` is the batch, `g` an entry in the third.
+    let b = gridsync_model::chunk::HEADS_PER_BATCH;
+    let (n, g) = (2 * b + 200, 2 * b + 100);
+    let entries = one_event_posts(u64::try_from(n).unwrap());
     // (log key, byte range) of every entry, in log order.
     let mut at = Vec::new();
     for (k, v) in entries.iter().filter(|(k, _)| k[0] == b'L') {
@@ -1115,7 +1119,7 @@ fn verify_all_names_the_first_problem_in_log_order() {
             at.push((k.clone(), r));
         }
     }
-    assert_eq!(at.len(), 700);
+    assert_eq!(at.len(), n);
     // Each flip: (entry, in its signature or in the middle of its event).
     let altered = |flips: &[(usize, bool)]| {
         let mut m = entries.clone();
@@ -1137,24 +1141,20 @@ fn verify_all_names_the_first_problem_in_log_order() {
             Ok(_) => panic!("{flips:?}: opened"),
         }
     };
-    let msg = altered(&[(20, true), (650, false)]);
-    assert!(
-        msg.contains("log entry 20:") && msg.contains("signature"),
-        "{msg}"
-    );
+    let named = |msg: &str, entry: usize| {
+        assert!(
+            msg.contains(&format!("log entry {entry}:")) && msg.contains("signature"),
+            "{msg}"
+        );
+    };
+    // In the first batch sent, and in the second, before a broken entry.
+    named(&altered(&[(20, true), (g + 50, false)]), 20);
+    named(&altered(&[(b + 10, true), (g + 50, false)]), b + 10);
     // In the batch still being gathered when the walk finds the damage.
-    let msg = altered(&[(600, true), (650, false)]);
-    assert!(
-        msg.contains("log entry 600:") && msg.contains("signature"),
-        "{msg}"
-    );
-    let msg = altered(&[(20, true), (600, true)]);
-    assert!(msg.contains("log entry 20:"), "{msg}");
-    let msg = altered(&[(600, true)]);
-    assert!(
-        msg.contains("log entry 600:") && msg.contains("signature"),
-        "{msg}"
-    );
-    let msg = altered(&[(650, false)]);
+    named(&altered(&[(g, true), (g + 50, false)]), g);
+    // The earlier of two, in different batches; one alone.
+    named(&altered(&[(20, true), (g, true)]), 20);
+    named(&altered(&[(g, true)]), g);
+    let msg = altered(&[(g + 50, false)]);
     assert!(!msg.contains("signature"), "{msg}");
 }
