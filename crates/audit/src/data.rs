@@ -56,7 +56,8 @@ pub fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledKv), AuditError>
 /// vouches for its chain through the links) — the same parallel pass as
 /// `audit verify`, ~2× faster than the store's own one-thread walk of
 /// the whole log. Replay and as-of projection read only a log that passed
-/// it; the store then opens at its checkpoint.
+/// it; the store then opens at its checkpoint. `progress` gets the
+/// number of events verified so far.
 ///
 /// # Errors
 /// As [`open_copy`], or the log does not verify (the first problem, and
@@ -65,13 +66,14 @@ pub fn open_verified(
     data: &Path,
     topology: &Topology,
     signatures: crate::verify::Signatures,
+    progress: &dyn Fn(u64),
 ) -> Result<(tempfile::TempDir, Store), AuditError> {
     let (tmp, kv) = open_copy(data)?;
     let how = crate::verify::How {
         signatures,
         ..Default::default()
     };
-    let report = crate::verify::verify_data_dir(&kv, data, topology, (None, None), how, &|_| {});
+    let report = crate::verify::verify_data_dir(&kv, data, topology, (None, None), how, progress);
     if let Some(first) = report.problems.first() {
         let at = match (&first.origin, first.seq) {
             (Some(o), Some(seq)) => format!("{o} seq {seq}: "),

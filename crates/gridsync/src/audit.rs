@@ -175,10 +175,7 @@ fn verify(
         .transpose()
         .map_err(|e| fail(UNREADABLE, e))?;
     let (_tmp, kv) = data::open_copy(data).map_err(failed)?;
-    let bar = indicatif::ProgressBar::new_spinner();
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = spinner();
     let started = std::time::Instant::now();
     let report = gridsync_audit::verify::verify_data_dir(
         &kv,
@@ -186,10 +183,7 @@ fn verify(
         &topo,
         (node, reference.as_ref()),
         how,
-        &|n| {
-            bar.set_message(format!("{n} events verified"));
-            bar.tick();
-        },
+        &|n| verified(&bar, n),
     );
     bar.finish_and_clear();
     if json {
@@ -205,6 +199,33 @@ fn verify(
     } else {
         ExitCode::from(PROBLEMS)
     })
+}
+
+/// A spinner on stderr when it is a terminal (hidden otherwise).
+fn spinner() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn verified(bar: &indicatif::ProgressBar, n: u64) {
+    bar.set_message(format!("{n} events verified"));
+    bar.tick();
+}
+
+/// A copy of `data` that verified, as a store (the audit's pass, shown
+/// on a spinner).
+fn open_verified(
+    data: &Path,
+    topo: &Topology,
+    signatures: Signatures,
+) -> Result<(tempfile::TempDir, gridsync_store::Store), ExitCode> {
+    let bar = spinner();
+    let opened = data::open_verified(data, topo, signatures, &|n| verified(&bar, n));
+    bar.finish_and_clear();
+    opened.map_err(failed)
 }
 
 fn print_report(report: &AuditReport, took_s: f64, signatures: Signatures) {
@@ -259,7 +280,7 @@ fn replay_local(
     with_personal: bool,
     signatures: Signatures,
 ) -> Result<ExitCode, ExitCode> {
-    let (_tmp, store) = data::open_verified(data, topo, signatures).map_err(failed)?;
+    let (_tmp, store) = open_verified(data, topo, signatures)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     gridsync_audit::replay::replay_local(&store, filter, with_personal, &mut out)
@@ -336,7 +357,7 @@ fn project(
         .map_err(|e| fail(UNREADABLE, format!("--as-of: {e}")))?
         .0;
     let topo = load_topology(topology)?;
-    let (_tmp, store) = data::open_verified(data, &topo, signatures).map_err(failed)?;
+    let (_tmp, store) = open_verified(data, &topo, signatures)?;
     let a = gridsync_audit::project::project(&store, &topo, t, known_at, at, q).map_err(failed)?;
     eprintln!("state_hash {}", a.state_hash);
     println!("{}", serde_json::to_string_pretty(&a).unwrap_or_default());
