@@ -706,6 +706,28 @@ fn index_damage_is_reported(entries: &BTreeMap<Vec<u8>, Vec<u8>>, topo: &Topolog
     let found = index_problems(&m);
     assert_eq!(found[0], (Some(origin.clone()), Some(seq), false));
     assert_eq!(found[1..], lacking[..]);
+    // Every index entry of the origin gone: each of its chunks lacks, in
+    // seq order, and nothing else is reported.
+    let mut m = entries.clone();
+    let mut all = Vec::new();
+    m.retain(|k, v| {
+        let ours = k[0] == layout::INDEX
+            && layout::parse_origin_seq_key(k).is_some_and(|(o, _, _)| o == origin);
+        if ours {
+            all.extend(layout::index_chunks(k, v).unwrap());
+        }
+        !ours
+    });
+    all.sort_unstable();
+    let want: Vec<_> = all
+        .iter()
+        .map(|(last, _, _)| (Some(origin.clone()), Some(*last), true))
+        .collect();
+    assert!(
+        want.len() > lacking.len(),
+        "the origin has more than one index entry"
+    );
+    assert_eq!(index_problems(&m), want);
 }
 
 /// `--signatures newest` on the street's clean log (`entries`): a
