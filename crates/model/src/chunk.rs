@@ -240,11 +240,7 @@ pub enum ChunkError {
 
 impl Chunk {
     pub fn first_seq(&self) -> u64 {
-        // `decode` guarantees 1 ≤ events ≤ head.seq; written so that no
-        // input (head.seq = u64::MAX included) can overflow.
-        self.head
-            .seq
-            .saturating_sub((self.events.len() as u64).saturating_sub(1))
+        links::first_seq_of(&self.head, self.events.len())
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -407,62 +403,13 @@ impl Chunk {
     /// # Errors
     /// The first problem found.
     pub fn check_links(&self, first_seq: u64, prev: &Hash32) -> Result<Vec<Hash32>, ChunkError> {
-        let mut out = Vec::with_capacity(self.events.len());
-        let mut expected_prev = *prev;
-        // Wrapping, so that no seq (u64::MAX included) can overflow: a wrap
-        // shows as a gap below.
-        let mut last_seq = first_seq.wrapping_sub(1);
-        for rec in &self.events {
-            let expected_seq = last_seq.wrapping_add(1);
-            let links =
-                crate::event::read_links(&rec.envelope).map_err(|source| ChunkError::Envelope {
-                    origin: self.origin.clone(),
-                    seq: expected_seq,
-                    source,
-                })?;
-            if links.origin != self.origin {
-                return Err(ChunkError::OriginMismatch {
-                    chunk_origin: self.origin.clone(),
-                    event_origin: links.origin.to_owned(),
-                    seq: expected_seq,
-                });
-            }
-            if links.seq != expected_seq {
-                return Err(ChunkError::Gap {
-                    origin: self.origin.clone(),
-                    expected: expected_seq,
-                    found: links.seq,
-                });
-            }
-            if links.prev != expected_prev {
-                return Err(ChunkError::BrokenChain {
-                    origin: self.origin.clone(),
-                    seq: links.seq,
-                });
-            }
-            if let Some(p) = &rec.personal {
-                if links.personal_digest != Some(p.digest()) {
-                    return Err(ChunkError::PersonalDigest {
-                        origin: self.origin.clone(),
-                        seq: links.seq,
-                    });
-                }
-            }
-            expected_prev = event_hash(&rec.envelope);
-            last_seq = expected_seq;
-            out.push(expected_prev);
-        }
-        if self.head.origin != self.origin
-            || self.head.seq != last_seq
-            || self.head.hash != expected_prev
-        {
-            return Err(ChunkError::HeadMismatch {
-                origin: self.origin.clone(),
-                head_seq: self.head.seq,
-                last_seq,
-            });
-        }
-        Ok(out)
+        let events = self.events.iter().map(|rec| {
+            (
+                &rec.envelope[..],
+                rec.personal.as_ref().map(Personal::digest),
+            )
+        });
+        links::links_of(&self.origin, &self.head, events, first_seq, prev)
     }
 
     /// The `prev` of the chunk's first event.
@@ -470,17 +417,8 @@ impl Chunk {
     /// # Errors
     /// When the first envelope does not parse.
     pub fn first_prev(&self) -> Result<Hash32, ChunkError> {
-        let first = self
-            .events
-            .first()
-            .ok_or_else(|| ChunkError::Empty(self.origin.clone()))?;
-        crate::event::read_links(&first.envelope)
-            .map(|l| l.prev)
-            .map_err(|source| ChunkError::Envelope {
-                origin: self.origin.clone(),
-                seq: self.first_seq(),
-                source,
-            })
+        let first = self.events.first().map(|r| &r.envelope[..]);
+        links::first_prev_of(&self.origin, first, self.first_seq())
     }
 
     /// Decodes the events of a chunk this node already verified (read back
@@ -580,9 +518,12 @@ impl LinkedChunk {
 }
 
 mod encoded;
+mod links;
 pub use encoded::EncodedChunk;
 mod many;
 pub use many::{failing_heads, HEADS_PER_BATCH};
+mod view;
+pub use view::{ChunkView, RecordView};
 
 #[cfg(test)]
 mod tests;

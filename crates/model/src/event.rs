@@ -248,14 +248,20 @@ pub struct Personal {
     pub bytes: Vec<u8>,
 }
 
+/// `BLAKE3("gridsync/personal/v1\0" ‖ salt ‖ bytes)`: the digest of a
+/// personal part, held or borrowed.
+pub fn personal_digest(salt: &[u8; 16], bytes: &[u8]) -> Hash32 {
+    let mut h = blake3::Hasher::new();
+    h.update(PERSONAL_DIGEST_DOMAIN);
+    h.update(salt);
+    h.update(bytes);
+    *h.finalize().as_bytes()
+}
+
 impl Personal {
     /// `BLAKE3("gridsync/personal/v1\0" ‖ salt ‖ bytes)`.
     pub fn digest(&self) -> Hash32 {
-        let mut h = blake3::Hasher::new();
-        h.update(PERSONAL_DIGEST_DOMAIN);
-        h.update(&self.salt);
-        h.update(&self.bytes);
-        *h.finalize().as_bytes()
+        personal_digest(&self.salt, &self.bytes)
     }
 
     /// The personal fields as a JSON map keyed by dotted path.

@@ -6,8 +6,9 @@
 
 use ed25519_dalek::VerifyingKey;
 use gridsync_deploy::topology::Topology;
+use gridsync_model::chunk::ChunkView;
 use gridsync_model::event::canonical_check::surely_canonical;
-use gridsync_model::{Chunk, ChunkError, Hash32, SignedHead};
+use gridsync_model::{ChunkError, Hash32, SignedHead};
 
 use super::Signatures;
 
@@ -123,13 +124,14 @@ pub(super) fn parallel_shares<T: Sync, R: Send>(
 /// its links and its envelopes' form checked; its signature is left to
 /// the caller (the head and its key kept for it).
 pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examined {
-    let chunk = match bytes.get(10..).map(Chunk::decode) {
+    // Read in place: the envelopes stay in the page's bytes.
+    let chunk = match bytes.get(10..).map(ChunkView::decode) {
         Some(Ok(c)) => c,
         Some(Err(e)) => return Examined::Undecodable(format!("log entry {offset}: {e}")),
         None => return Examined::Undecodable("entry header truncated".into()),
     };
     let (first, last) = (chunk.first_seq(), chunk.last_seq());
-    let key = topology.key_at(&chunk.origin, last);
+    let key = topology.key_at(chunk.origin, last);
     let checked = key.is_some().then(|| match chunk.first_prev() {
         Err(e) => Err(Failure::FirstPrev(e.to_string())),
         Ok(prev) => chunk
@@ -137,10 +139,6 @@ pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examine
             .map(|h| (prev, h))
             .map_err(Failure::Chunk),
     });
-    let head = match (&checked, key) {
-        (Some(Ok(_)), Some(key)) => Some((chunk.head.clone(), key)),
-        _ => None,
-    };
     let not_canonical = if matches!(checked, Some(Ok(_))) {
         chunk
             .events
@@ -149,19 +147,24 @@ pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examine
             // Shown canonical by one walk of the bytes, or else decoded
             // and encoded again (the decoder decides).
             .filter(|(_, rec)| {
-                !surely_canonical(&rec.envelope)
-                    && gridsync_model::Envelope::decode(&rec.envelope).is_err()
+                !surely_canonical(rec.envelope)
+                    && gridsync_model::Envelope::decode(rec.envelope).is_err()
             })
             .map(|(i, _)| first + i as u64)
             .collect()
     } else {
         Vec::new()
     };
+    let events = chunk.events.len() as u64;
+    let head = match (&checked, key) {
+        (Some(Ok(_)), Some(key)) => Some((chunk.head, key)),
+        _ => None,
+    };
     Examined::Chunk(Box::new(ChunkFacts {
-        origin: chunk.origin,
+        origin: chunk.origin.to_owned(),
         first,
         last,
-        events: chunk.events.len() as u64,
+        events,
         checked,
         not_canonical,
         head,

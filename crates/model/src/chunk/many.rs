@@ -40,7 +40,7 @@ const STRICT_AT_MOST: usize = 64;
 /// Indices (ascending) of the `heads` whose signature does not verify
 /// under its key, as [`SignedHead::verify`] would find them. Each batch
 /// of [`HEADS_PER_BATCH`] is verified at once; one that fails is halved
-/// and each half verified again, down to [`STRICT_AT_MOST`] heads checked
+/// and each half verified again, down to 64 heads checked
 /// one by one — and where both halves fail (failures are dense), each of
 /// their heads is checked on its own at once. So one altered head in a
 /// batch costs ~3 batches more, and a log of altered heads at most one

@@ -354,3 +354,60 @@ fn joining_refuses_what_is_not_a_chunk_or_another_origin() {
     longer.push(0xc0);
     assert_eq!(Chunk::encoded_joined(&[&longer, &a]), None);
 }
+
+/// A chunk read in place ([`ChunkView`]) is the decoded chunk: the same
+/// bytes decode or are refused by both, with the same origin, head,
+/// envelopes, personal parts, first `prev` and link check (hashes or
+/// error) — for chunks with and without personal parts and every
+/// one-bit change of their bytes.
+#[test]
+fn a_chunk_read_in_place_is_the_decoded_chunk() {
+    let key = SigningKey::from_bytes(&[8; 32]);
+    for chunk in [build(&key, 3), with_personal(&key, 4)] {
+        let bytes = chunk.encode();
+        let mut variants = vec![bytes.clone()];
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut m = bytes.clone();
+                m[i] ^= 1 << bit;
+                variants.push(m);
+            }
+        }
+        let (mut both, mut neither) = (0, 0);
+        for m in &variants {
+            let (decoded, view) = (Chunk::decode(m), ChunkView::decode(m));
+            match (&decoded, &view) {
+                (Ok(c), Ok(v)) => {
+                    both += 1;
+                    assert_eq!(c.origin, v.origin);
+                    assert_eq!(c.head, v.head);
+                    assert_eq!(c.events.len(), v.events.len());
+                    for (r, rv) in c.events.iter().zip(&v.events) {
+                        assert_eq!(r.envelope, rv.envelope);
+                        let p = r.personal.as_ref().map(|p| (&p.salt, &p.bytes[..]));
+                        assert_eq!(p, rv.personal);
+                    }
+                    assert_eq!(c.first_seq(), v.first_seq());
+                    let links = |f: u64| {
+                        (
+                            format!("{:?}", c.check_links(f, &ZERO_HASH)),
+                            format!("{:?}", v.check_links(f, &ZERO_HASH)),
+                        )
+                    };
+                    let (a, b) = links(c.first_seq());
+                    assert_eq!(a, b);
+                    assert_eq!(
+                        format!("{:?}", c.first_prev()),
+                        format!("{:?}", v.first_prev())
+                    );
+                }
+                (Err(a), Err(b)) => {
+                    neither += 1;
+                    assert_eq!(std::mem::discriminant(a), std::mem::discriminant(b));
+                }
+                _ => panic!("decode {decoded:?} but in place {view:?}"),
+            }
+        }
+        assert!(both > 1 && neither > 1, "{both} / {neither}");
+    }
+}

@@ -1,0 +1,93 @@
+//! A chunk read in place: its envelopes and personal parts borrowed from
+//! the stored bytes instead of copied out one allocation each. What an
+//! audit needs of every entry of a log (origin, seqs, links, head,
+//! envelope bytes), at a fraction of [`super::Chunk::decode`]'s
+//! allocations; the same checks of the container's shape.
+
+use super::links::{first_prev_of, first_seq_of, links_of};
+use super::{checked_head, ChunkError, ChunkRef, SignedHead};
+use crate::event::personal_digest;
+use crate::Hash32;
+
+/// A decoded chunk borrowing its events from the bytes it was read from.
+#[derive(Debug)]
+pub struct ChunkView<'a> {
+    pub origin: &'a str,
+    pub events: Vec<RecordView<'a>>,
+    pub head: SignedHead,
+}
+
+/// One event of a [`ChunkView`]: its envelope bytes and, if held, its
+/// personal part (salt, canonical map bytes).
+#[derive(Debug)]
+pub struct RecordView<'a> {
+    pub envelope: &'a [u8],
+    pub personal: Option<(&'a [u8; 16], &'a [u8])>,
+}
+
+impl<'a> ChunkView<'a> {
+    /// Reads the container in place. Checks shape only, as
+    /// [`super::Chunk::decode`] does.
+    ///
+    /// # Errors
+    /// When the bytes are not a format-1 chunk.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, ChunkError> {
+        let w: ChunkRef<'a> =
+            rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
+        let head = checked_head(w.0, w.1, w.2.len(), w.3)?;
+        let events =
+            w.2.into_iter()
+                .map(|r| {
+                    let personal = match r.1 {
+                        None => None,
+                        Some(p) => {
+                            let salt: &[u8] = p.0;
+                            let salt = salt
+                                .try_into()
+                                .map_err(|_| ChunkError::Decode("salt is not 16 bytes".into()))?;
+                            Some((salt, &p.1[..]))
+                        }
+                    };
+                    Ok(RecordView {
+                        envelope: &r.0[..],
+                        personal,
+                    })
+                })
+                .collect::<Result<_, ChunkError>>()?;
+        Ok(Self {
+            origin: w.1,
+            events,
+            head,
+        })
+    }
+
+    /// As [`super::Chunk::first_seq`].
+    pub fn first_seq(&self) -> u64 {
+        first_seq_of(&self.head, self.events.len())
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.head.seq
+    }
+
+    /// As [`super::Chunk::first_prev`].
+    ///
+    /// # Errors
+    /// When the first envelope does not parse.
+    pub fn first_prev(&self) -> Result<Hash32, ChunkError> {
+        let first = self.events.first().map(|r| r.envelope);
+        first_prev_of(self.origin, first, self.first_seq())
+    }
+
+    /// As [`super::Chunk::check_links`].
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check_links(&self, first_seq: u64, prev: &Hash32) -> Result<Vec<Hash32>, ChunkError> {
+        let events = self.events.iter().map(|r| {
+            let digest = r.personal.map(|(salt, bytes)| personal_digest(salt, bytes));
+            (r.envelope, digest)
+        });
+        links_of(self.origin, &self.head, events, first_seq, prev)
+    }
+}
