@@ -371,8 +371,8 @@ fn walk(
 }
 
 /// The signatures of a batch of heads (`failing_heads`: the same heads
-/// fail as one by one, in ~0.4 of the time); the first that fails is the
-/// error.
+/// fail as one by one, in about a third of the time); the first that
+/// fails is the error.
 fn check_signatures(batch: Vec<Unsigned>) -> Result<(), StoreError> {
     let heads: Vec<_> = batch.iter().map(|(_, h, k)| (h, k)).collect();
     match failing_heads(&heads).first().map(|&i| &batch[i]) {

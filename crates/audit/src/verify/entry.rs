@@ -47,7 +47,7 @@ pub(super) enum Failure {
 /// Entries of one read page checked by `threads` threads; results in the
 /// entries' order. With [`Signatures::All`] each thread then checks its
 /// share's signatures in batches ([`gridsync_model::chunk::failing_heads`]:
-/// the same heads fail as one by one, in ~0.4 of the time).
+/// the same heads fail as one by one, in about a third of the time).
 pub(super) fn examine_all(
     entries: &[(u64, &[u8])],
     topology: &Topology,
