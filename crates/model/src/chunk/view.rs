@@ -27,7 +27,10 @@ pub struct RecordView<'a> {
 
 impl<'a> ChunkView<'a> {
     /// Reads the container in place. Checks shape only, as
-    /// [`super::Chunk::decode`] does.
+    /// [`super::Chunk::decode`] does — and one thing more: byte strings
+    /// must be msgpack binary or string values, as every store writes
+    /// them; an envelope written as an array of integers, which
+    /// `Chunk::decode` takes, is refused here (an altered container).
     ///
     /// # Errors
     /// When the bytes are not a format-1 chunk.
