@@ -411,3 +411,24 @@ fn a_chunk_read_in_place_is_the_decoded_chunk() {
         assert!(both > 1 && neither > 1, "{both} / {neither}");
     }
 }
+
+/// Where reading in place is stricter: a container whose envelope is
+/// written as an array of integers (no store writes one) is taken by
+/// `Chunk::decode` and refused by `ChunkView::decode`.
+#[test]
+fn an_envelope_written_as_integers_is_refused_in_place() {
+    let key = SigningKey::from_bytes(&[8; 32]);
+    let c = build(&key, 1);
+    let h = &c.head;
+    let head = (
+        &h.origin,
+        h.seq,
+        serde_bytes::ByteBuf::from(h.hash.to_vec()),
+        h.signed_at_ms,
+        serde_bytes::ByteBuf::from(h.signature.to_vec()),
+    );
+    let envelope: Vec<u8> = c.events[0].envelope.clone();
+    let bytes = rmp_serde::to_vec(&(1u8, "c1", vec![(envelope, None::<()>)], head)).unwrap();
+    assert_eq!(Chunk::decode(&bytes).unwrap(), c);
+    assert!(ChunkView::decode(&bytes).is_err());
+}
