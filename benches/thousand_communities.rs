@@ -20,7 +20,10 @@
 //! `store.cache_bytes`, default the node's; `GRIDSYNC_BENCH_FRAGMENT_BYTES`:
 //! the communities' `sync.send_fragment_bytes`, default the node's;
 //! `GRIDSYNC_BENCH_SMAPS=FILE`: the street's `/proc/PID/smaps` right after
-//! the catch-up, copied to FILE).
+//! the catch-up, copied to FILE; `GRIDSYNC_BENCH_REFUSED_MAX_MS`: the
+//! communities' `sync.reconnect_refused_max_ms`, and
+//! `GRIDSYNC_BENCH_STREET_HANDSHAKES`: the street's `sync.handshakes_max`,
+//! each default the node's).
 //! Besides the table it prints the CPU each party spent
 //! during the catch-up and what the street wrote, then idles again and
 //! prints what the district received from the street meanwhile.
@@ -95,6 +98,25 @@ fn main() {
         println!("street's sled cache: {cache_mb} MiB");
     }
     println!("street nudges its children when it starts: {nudge}");
+    // The street's `sync.handshakes_max` (default the node's).
+    if let Ok(v) = std::env::var("GRIDSYNC_BENCH_STREET_HANDSHAKES") {
+        let n: i64 = v
+            .parse()
+            .expect("GRIDSYNC_BENCH_STREET_HANDSHAKES: a count");
+        gridsync_suite::set_sync(cfg, &[("handshakes_max", n)]);
+        println!("the street takes {n} handshakes at once");
+    }
+    // The communities' refused-connection retry cap
+    // (`sync.reconnect_refused_max_ms`; default the node's).
+    if let Ok(v) = std::env::var("GRIDSYNC_BENCH_REFUSED_MAX_MS") {
+        let ms: i64 = v
+            .parse()
+            .expect("GRIDSYNC_BENCH_REFUSED_MAX_MS: milliseconds");
+        for id in &ids {
+            gridsync_suite::set_sync(&tree.nodes[id].config, &[("reconnect_refused_max_ms", ms)]);
+        }
+        println!("communities retry a refused connection within {ms} ms");
+    }
     // The communities' websocket frame size (`sync.send_fragment_bytes`).
     if let Ok(v) = std::env::var("GRIDSYNC_BENCH_FRAGMENT_BYTES") {
         let bytes: i64 = v.parse().expect("GRIDSYNC_BENCH_FRAGMENT_BYTES: bytes");

@@ -124,7 +124,7 @@ async fn status_line(s: &mut TcpStream) -> String {
         .to_owned()
 }
 
-/// 1,000 websocket upgrades to `/v1/sync` that never say hello, slow
+/// 1,300 websocket upgrades to `/v1/sync` that never say hello, slow
 /// bodies, oversized bodies without a token: the node answers legitimate
 /// clients throughout, memory stays bounded, the silent sockets are
 /// dropped after the handshake deadline, nothing is stored, and a real
@@ -136,7 +136,7 @@ async fn unauthenticated_sync_sockets_and_slow_bodies_are_bounded() {
     let config = &tree.nodes["s1"].config;
     set_limits(
         config,
-        &[("connections_per_ip_max", 1_100), ("request_timeout_s", 2)],
+        &[("connections_per_ip_max", 1_400), ("request_timeout_s", 2)],
     );
     gridsync_suite::set_sync(config, &[("handshake_timeout_ms", 1_500)]);
     set_limits(
@@ -154,7 +154,7 @@ async fn unauthenticated_sync_sockets_and_slow_bodies_are_bounded() {
     );
     let mut silent = Vec::new();
     let (mut upgraded, mut refused) = (0, 0);
-    for _ in 0..1_000 {
+    for _ in 0..1_300 {
         let mut s = TcpStream::connect(&addr).await.unwrap();
         s.write_all(upgrade.as_bytes()).await.unwrap();
         let line = status_line(&mut s).await;
@@ -173,11 +173,15 @@ async fn unauthenticated_sync_sockets_and_slow_bodies_are_bounded() {
         "sync sockets: {upgraded} upgraded, {refused} refused (handshakes_max); \
          RSS {rss_before} KiB at rest, {rss_during} KiB during"
     );
-    assert!(upgraded <= 256, "{upgraded} silent handshakes held at once");
-    assert!(refused >= 700, "only {refused} refused");
+    // `sync.handshakes_max` (1,024 by default) held at once, no more.
+    assert!(
+        upgraded <= 1_024,
+        "{upgraded} silent handshakes held at once"
+    );
+    assert!(refused >= 250, "only {refused} refused");
     assert!(
         rss_during < rss_before + 100 * 1024,
-        "1,000 silent sync sockets cost {} KiB of RSS",
+        "1,300 silent sync sockets cost {} KiB of RSS",
         rss_during - rss_before
     );
     // Dropped at the handshake deadline.

@@ -257,7 +257,12 @@ pub struct SyncSettings {
     /// the number of its children in the topology, whatever is set here).
     pub connections_max: usize,
     /// Sockets still in the handshake at once; they hold no connection
-    /// slot, and are dropped after `handshake_timeout_ms`.
+    /// slot, and are dropped after `handshake_timeout_ms`. Sized for an
+    /// aggregator of 1,000 children restarting: all of them come back at
+    /// once, and one told 503 would wait out its refused-retry delay (up
+    /// to `reconnect_refused_max_ms`) — at 256 the last ones' wait held a
+    /// restarted street's catch-up back by ~9 % (BENCHMARKS.md). A silent
+    /// socket costs the node ~20 KB until its deadline.
     pub handshakes_max: usize,
     /// How long an unauthenticated socket may take to prove its key.
     pub handshake_timeout_ms: i64,
@@ -290,7 +295,7 @@ impl Default for SyncSettings {
             reconnect_max_ms: 30_000,
             reconnect_refused_max_ms: 1_000,
             connections_max: 64,
-            handshakes_max: 256,
+            handshakes_max: 1024,
             handshake_timeout_ms: 5_000,
             received_bytes_max: 16 * 1024 * 1024,
             nudge_children: true,

@@ -3,7 +3,7 @@
 //! lost tail back), then stream what the parent lacks with a bounded window
 //! of unacknowledged batches.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridsync_model::chunk::EncodedChunk;
@@ -32,6 +32,32 @@ pub trait LocalLog {
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64>;
     /// Hash of event `seq` of `origin` (zero hash for seq 0), if held.
     fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32>;
+    /// The heads that moved after `since` — a stamp an earlier answer
+    /// gave; 0 for every head — and the stamp to ask from next time. The
+    /// sender reads only what moved instead of every origin per batch (a
+    /// street with 1,000 origins read and compared all of them per batch
+    /// and per acknowledgement). A log that cannot tell answers every
+    /// head each time (`full`).
+    fn heads_since(&self, since: u64) -> MovedHeads {
+        let _ = since;
+        MovedHeads {
+            heads: self.heads(),
+            stamp: 0,
+            full: true,
+        }
+    }
+}
+
+/// What [`LocalLog::heads_since`] answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MovedHeads {
+    /// Origins whose head moved, and the head.
+    pub heads: Vec<(String, u64)>,
+    /// Where the next call starts (`since`).
+    pub stamp: u64,
+    /// `heads` is every head: an origin missing from it is no longer held
+    /// (or no longer offered upward).
+    pub full: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -136,8 +162,24 @@ pub struct ChildSession {
     channel_binding: Vec<u8>,
     /// Parent's durable heads as last reported.
     acked: BTreeMap<String, u64>,
+    /// Origins whose entry in `acked` moved since the caller last took
+    /// them ([`Self::take_acked_moves`]); `acked_reset`: the welcome
+    /// replaced them all.
+    acked_moved: BTreeSet<String>,
+    acked_reset: bool,
     /// Highest seq sent per origin in this session.
     sent: BTreeMap<String, u64>,
+    /// The local heads as last read, and the stamp to read what moved
+    /// after them ([`LocalLog::heads_since`]).
+    heads: BTreeMap<String, u64>,
+    heads_stamp: u64,
+    /// Origins that may have events to send (a head beyond `sent`, not
+    /// blocked): a superset — `fill` checks each and drops those with
+    /// nothing to send — so a batch visits origins with work, not all.
+    sendable: BTreeSet<String>,
+    /// Origins whose head or acknowledged head moved since their last lag
+    /// report (used with `lag_changes_only`).
+    lag_dirty: BTreeSet<String>,
     /// Origins the parent refused in this session, with why.
     blocked: BTreeMap<String, String>,
     inflight: VecDeque<InFlight>,
@@ -145,7 +187,8 @@ pub struct ChildSession {
     last_rx_ms: i64,
     last_tx_ms: i64,
     opened_at_ms: i64,
-    rr_cursor: usize,
+    /// Where the next batch's round-robin over `sendable` starts.
+    rr_next: String,
     /// The handshake completed in this session (the link worked).
     welcomed: bool,
     repair: Option<Repair>,
@@ -178,14 +221,20 @@ impl ChildSession {
             nonce: Vec::new(),
             channel_binding: Vec::new(),
             acked: BTreeMap::new(),
+            acked_moved: BTreeSet::new(),
+            acked_reset: false,
             sent: BTreeMap::new(),
+            heads: BTreeMap::new(),
+            heads_stamp: 0,
+            sendable: BTreeSet::new(),
+            lag_dirty: BTreeSet::new(),
             blocked: BTreeMap::new(),
             inflight: VecDeque::new(),
             next_batch_id: 1,
             last_rx_ms: 0,
             last_tx_ms: 0,
             opened_at_ms: 0,
-            rr_cursor: 0,
+            rr_next: String::new(),
             welcomed: false,
             repair: None,
             oldest_missing: HashMap::new(),
@@ -220,6 +269,21 @@ impl ChildSession {
     /// The parent's durable heads as last acknowledged.
     pub fn acked(&self) -> &BTreeMap<String, u64> {
         &self.acked
+    }
+
+    /// What moved in [`Self::acked`] since the last call: `(true, _)` when
+    /// the parent's welcome replaced it all (a copy of it is to be
+    /// replaced), else the origins whose acknowledged head moved, with it.
+    pub fn take_acked_moves(&mut self) -> (bool, Vec<(String, u64)>) {
+        let reset = std::mem::take(&mut self.acked_reset);
+        let moved = std::mem::take(&mut self.acked_moved)
+            .into_iter()
+            .filter_map(|o| {
+                let seq = *self.acked.get(&o)?;
+                Some((o, seq))
+            })
+            .collect();
+        (reset, moved)
     }
 
     /// Origins the parent refused in this session, with the reason.
@@ -345,9 +409,15 @@ impl ChildSession {
     ) {
         self.welcomed = true;
         self.acked = heads.iter().map(|h| (h.origin.clone(), h.seq)).collect();
+        self.acked_reset = true;
+        self.acked_moved.clear();
         if !self.cfg.bug_resume_from_memory || self.sent.is_empty() {
             self.sent = self.acked.clone();
         }
+        // Whatever was known of the local heads is worth a look again
+        // (those not read yet come with the first read, all as moved).
+        self.sendable.extend(self.heads.keys().cloned());
+        self.lag_dirty.extend(self.heads.keys().cloned());
         self.check_own_chain(out, heads, log, now_ms);
         if self.state == State::Streaming {
             self.fill(out, log, now_ms);
@@ -365,10 +435,20 @@ impl ChildSession {
         let f = self.inflight.pop_front().expect("checked by the caller");
         let tips = f.tips.into_iter();
         for (origin, seq) in tips.chain(heads.into_iter().map(|h| (h.origin, h.seq))) {
-            let a = self.acked.entry(origin).or_insert(0);
-            *a = (*a).max(seq);
+            self.acknowledge(origin, seq);
         }
         self.fill(out, log, now_ms);
+    }
+
+    /// The parent holds `origin` up to `seq` durably: its acknowledged
+    /// head moves (never back), and with it the origin's lag report.
+    fn acknowledge(&mut self, origin: String, seq: u64) {
+        let a = self.acked.entry(origin.clone()).or_insert(0);
+        if seq > *a {
+            *a = seq;
+            self.acked_moved.insert(origin.clone());
+            self.lag_dirty.insert(origin);
+        }
     }
 
     /// The parent refuses one origin: nothing of it sent in this session

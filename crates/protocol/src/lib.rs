@@ -34,7 +34,7 @@ pub mod child;
 pub mod frame;
 pub mod parent;
 
-pub use child::{ChildConfig, ChildSession, LocalLog, OwnChain};
+pub use child::{ChildConfig, ChildSession, LocalLog, MovedHeads, OwnChain};
 pub use frame::{Frame, FrameError, LagReport, WireHead, PROTOCOL_VERSION};
 pub use parent::{ParentConfig, ParentSession, StoredLog, TopologyView};
 

@@ -30,8 +30,8 @@ use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use gridsync_protocol::{
-    ChildConfig, ChildSession, Frame, LagReport, LocalLog, Output, OwnChain, ParentConfig,
-    ParentSession, StoredLog, TopologyView,
+    ChildConfig, ChildSession, Frame, LagReport, LocalLog, MovedHeads, Output, OwnChain,
+    ParentConfig, ParentSession, StoredLog, TopologyView,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -162,7 +162,15 @@ impl TopologyView for Tree {
 struct SimLog {
     chunks: BTreeMap<String, Vec<Chunk>>,
     hashes: BTreeMap<String, Vec<Hash32>>,
+    /// Per origin, the generation of the append that last moved its head
+    /// (`LocalLog::heads_since`, as the store does).
+    moved: BTreeMap<String, u64>,
 }
+
+/// Generations of appends, shared by every log: a log copied over another
+/// (a crash, a restored backup) never hands out a stamp that hides a
+/// later move.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl SimLog {
     /// Appends like the real store: trims what is already held (checking it
@@ -193,6 +201,8 @@ impl SimLog {
             .check_chain(head + 1, &prev)
             .map_err(|e| e.to_string())?;
         hashes.extend(verified.iter().map(|v| v.hash));
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.moved.insert(chunk.origin.clone(), generation);
         self.chunks
             .entry(chunk.origin.clone())
             .or_default()
@@ -247,6 +257,19 @@ impl LocalLog for SimLog {
     }
     fn received_at(&self, _origin: &str, _seq: u64) -> Option<i64> {
         Some(0)
+    }
+    fn heads_since(&self, since: u64) -> MovedHeads {
+        let heads = self
+            .moved
+            .iter()
+            .filter(|(_, at)| **at > since)
+            .map(|(o, _)| (o.clone(), self.seq(o)))
+            .collect();
+        MovedHeads {
+            heads,
+            stamp: GENERATION.load(std::sync::atomic::Ordering::Relaxed),
+            full: since == 0,
+        }
     }
     fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
         if seq == 0 {

@@ -45,6 +45,11 @@ pub use types::{
 pub(crate) struct Shared {
     pub kv: Arc<dyn Kv>,
     pub heads: RwLock<BTreeMap<String, HeadState>>,
+    /// When each head last moved: a generation bumped by every commit
+    /// that moves heads (those recovered at open: 1), and per origin the
+    /// generation that last moved it — for [`Store::heads_since`]. Taken
+    /// after `heads` (writer and readers alike).
+    pub heads_moved: RwLock<(u64, BTreeMap<String, u64>)>,
     pub stats: RwLock<LogCounts>,
     pub failed: AtomicBool,
     pub failure: RwLock<Option<String>>,
@@ -209,6 +214,7 @@ impl Store {
         let shared = Arc::new(Shared {
             kv,
             heads: RwLock::new(recovered.heads.clone()),
+            heads_moved: RwLock::new((1, recovered.heads.keys().map(|o| (o.clone(), 1)).collect())),
             stats: RwLock::new(recovered.counts),
             failed: AtomicBool::new(false),
             failure: RwLock::new(None),
@@ -513,6 +519,27 @@ impl Store {
 
     pub fn counts(&self) -> LogCounts {
         *self.shared.stats.read().expect("lock")
+    }
+
+    /// The durable heads that moved after `since` (a stamp an earlier call
+    /// returned; 0 for every head), in origin order, and the stamp to ask
+    /// from next time: a sync session with 1,000 origins reads what a
+    /// commit moved instead of every head per batch. `None` while readers
+    /// see uncommitted writes (a planted bug for tests: the heads are then
+    /// read from the log, not from the commits).
+    pub fn heads_since(&self, since: u64) -> Option<(Vec<(String, u64)>, u64)> {
+        if self.read_uncommitted {
+            return None;
+        }
+        let heads = self.shared.heads.read().expect("lock");
+        let moved = self.shared.heads_moved.read().expect("lock");
+        let out = moved
+            .1
+            .iter()
+            .filter(|(_, at)| **at > since)
+            .filter_map(|(o, _)| Some((o.clone(), heads.get(o)?.seq)))
+            .collect();
+        Some((out, moved.0))
     }
 
     /// Next log offset (= number of log entries). Changes after each commit.

@@ -394,8 +394,14 @@ impl Writer {
         self.pack = work.pack.take();
         {
             let mut shared_heads = self.shared.heads.write().expect("lock");
+            let mut moved = self.shared.heads_moved.write().expect("lock");
+            if !work.heads.is_empty() {
+                moved.0 += 1;
+            }
+            let generation = moved.0;
             for (origin, head) in work.heads {
                 self.heads.insert(origin.clone(), head.clone());
+                moved.1.insert(origin.clone(), generation);
                 shared_heads.insert(origin, head);
             }
         }

@@ -616,6 +616,7 @@ fn readers_never_see_a_commit_before_it_is_durable() {
         });
         rt().block_on(store.append(vec![event("a", 0), event("b", 0)], 1))
             .unwrap();
+        let stamp = store.heads_since(0).map(|(_, stamp)| stamp);
         // The next commit stops after it is applied, before it is durable.
         let (release, gate) = std::sync::mpsc::channel();
         let (applied_tx, applied) = std::sync::mpsc::channel();
@@ -665,8 +666,16 @@ fn readers_never_see_a_commit_before_it_is_durable() {
         let received = store.received_at(ORIGIN, 3).unwrap();
         assert_eq!(received.is_some(), planted_bug, "received_at: {received:?}");
         assert_eq!(store.head(ORIGIN).unwrap().seq, 2);
+        // Moved heads come from durable commits only (with the planted
+        // bug the sender reads every head from the log instead: `None`).
+        let moved = stamp.and_then(|s| store.heads_since(s));
+        assert_eq!(moved.map(|(m, _)| m), (!planted_bug).then(Vec::new));
         release.send(()).unwrap();
         appender.join().unwrap();
+        if let Some(s) = stamp {
+            let (moved, _) = store.heads_since(s).unwrap();
+            assert_eq!(moved, vec![(ORIGIN.to_owned(), 4)]);
+        }
         assert_eq!(store.read_log(0, 100).unwrap().len(), 2);
         assert_eq!(store.read_origin(ORIGIN, 2, 100).unwrap().len(), 1);
         assert_eq!(
@@ -678,6 +687,36 @@ fn readers_never_see_a_commit_before_it_is_durable() {
         );
         assert_eq!(store.head(ORIGIN).unwrap().seq, 4);
     }
+}
+
+/// `heads_since` names the heads that moved after a stamp, and only
+/// those (a sync session with 1,000 origins reads what a commit moved,
+/// not every head per batch); stamps only grow; a reopened store counts
+/// every head as moved since 0.
+#[test]
+fn heads_since_names_only_the_heads_that_moved() {
+    let rt = rt();
+    let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
+    let store = open(kv.clone()).unwrap();
+    assert_eq!(store.heads_since(0), Some((Vec::new(), 1)));
+    rt.block_on(store.append(vec![event("a", 0)], 1)).unwrap();
+    let (moved, s1) = store.heads_since(0).unwrap();
+    assert_eq!(moved, vec![(ORIGIN.to_owned(), 1)]);
+    assert_eq!(store.heads_since(s1), Some((Vec::new(), s1)));
+    rt.block_on(store.append(vec![event("b", 0), event("c", 0)], 2))
+        .unwrap();
+    let (moved, s2) = store.heads_since(s1).unwrap();
+    assert_eq!(moved, vec![(ORIGIN.to_owned(), 3)]);
+    assert!(s2 > s1);
+    // A post already held moves nothing.
+    rt.block_on(store.append(vec![event("c", 0)], 3)).unwrap();
+    assert_eq!(store.heads_since(s2), Some((Vec::new(), s2)));
+    store.close();
+    let store = open(kv).unwrap();
+    assert_eq!(
+        store.heads_since(0).map(|(m, _)| m),
+        Some(vec![(ORIGIN.to_owned(), 3)])
+    );
 }
 
 /// The chunks an origin store over a fresh `MemKv` writes for `client_ids`

@@ -444,19 +444,28 @@ impl ParentConnection<'_> {
         let node = self.state.config.id.clone();
         let mut link = self.state.sync.parent.lock().expect("lock");
         link.connected = self.session.is_streaming();
-        let acked = self.session.acked();
-        if !acked
-            .iter()
-            .any(|(o, s)| self.acked_before.get(o) != Some(s))
-        {
+        // Only what moved since the last look (a street acknowledged for
+        // 1,000 origins compared and copied them all per loop).
+        let (reset, moved) = self.session.take_acked_moves();
+        if reset {
+            link.acked = self.session.acked().clone();
+        }
+        if moved.is_empty() && !reset {
             return;
         }
         let mut forwarded = 0;
-        for (o, s) in acked {
-            let before = self.acked_before.insert(o.clone(), *s).unwrap_or(*s);
+        for (o, s) in moved {
+            let before = self.acked_before.insert(o.clone(), s).unwrap_or(s);
             forwarded += s.saturating_sub(before);
-            if *s > before && !self.session.blocked().contains_key(o) {
-                link.blocked.remove(o);
+            if s > before && !self.session.blocked().contains_key(&o) {
+                link.blocked.remove(&o);
+            }
+            link.acked.insert(o, s);
+        }
+        if reset {
+            // The welcome's heads: counted from here on.
+            for (o, s) in self.session.acked() {
+                self.acked_before.entry(o.clone()).or_insert(*s);
             }
         }
         metrics::counter!("gridsync_sync_events_forwarded_total", "node" => node.clone())
@@ -464,7 +473,6 @@ impl ParentConnection<'_> {
         metrics::gauge!("gridsync_sync_blocked_origins", "node" => node)
             .set(link.blocked.len() as f64);
         link.last_ack_ms = Some(system_now_ms());
-        link.acked = acked.clone();
     }
 }
 

@@ -12,15 +12,16 @@
 //! comes back on its own delay: the nudge only moves a retry earlier.
 //!
 //! It nudges at once only as many children as it takes handshakes at
-//! once (`sync.handshakes_max`, 256): a child nudged beyond that would be
-//! told 503 and retry within its refused-retry delay anyway, and most
-//! need no nudge at all — while the parent was down its host refused
-//! their connections, so they retry within `reconnect_refused_max_ms`.
-//! The rest are nudged twice the parent's own `reconnect_refused_max_ms`
-//! later (children of one deployment share the setting), and only those
-//! still not connected then — the ones in a long backoff. At a street
-//! with 1,000 children that is 256 signed requests during the catch-up,
-//! not 1,000.
+//! once (`sync.handshakes_max`, 1,024): a child nudged beyond that would
+//! be told 503 and retry within its refused-retry delay anyway — while
+//! the parent was down its host refused their connections, so they retry
+//! within `reconnect_refused_max_ms` whatever happens. The rest are
+//! nudged twice the parent's own `reconnect_refused_max_ms` later
+//! (children of one deployment share the setting), and only those still
+//! not connected then — the ones in a long backoff. A street with 1,000
+//! children nudges them all at once: measured against nudging the first
+//! 256 only, the catch-up was faster in each of three pairs
+//! (BENCHMARKS.md, "1,000 communities on one street").
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 use ed25519_dalek::VerifyingKey;
 use gridsync_model::chunk::EncodedChunk;
 use gridsync_model::{Chunk, Hash32};
-use gridsync_protocol::{LocalLog, StoredLog, TopologyView};
+use gridsync_protocol::{LocalLog, MovedHeads, StoredLog, TopologyView};
 use gridsync_store::Store;
 
 use crate::state::NodeState;
@@ -59,6 +59,13 @@ impl LocalLog for UpwardView<'_> {
         let mut heads = LocalLog::heads(&self.log);
         heads.retain(|(o, _)| TopoView(self.topology).in_subtree(self.me, o));
         heads
+    }
+    fn heads_since(&self, since: u64) -> MovedHeads {
+        let mut moved = self.log.heads_since(since);
+        moved
+            .heads
+            .retain(|(o, _)| TopoView(self.topology).in_subtree(self.me, o));
+        moved
     }
     fn encoded_chunks_after(
         &self,
@@ -120,6 +127,20 @@ impl LocalLog for StoreView<'_> {
     }
     fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
         self.0.received_at(origin, seq).ok().flatten()
+    }
+    fn heads_since(&self, since: u64) -> MovedHeads {
+        match self.0.heads_since(since) {
+            Some((heads, stamp)) => MovedHeads {
+                heads,
+                stamp,
+                full: since == 0,
+            },
+            None => MovedHeads {
+                heads: LocalLog::heads(self),
+                stamp: 0,
+                full: true,
+            },
+        }
     }
     fn hash_at(&self, origin: &str, seq: u64) -> Option<Hash32> {
         if seq == 0 {

@@ -17,11 +17,8 @@ impl super::ChildSession {
     ) {
         self.state = State::Streaming;
         let own = self.cfg.node_id.clone();
-        let local = log
-            .heads()
-            .into_iter()
-            .find(|(o, _)| *o == own)
-            .map_or(0, |(_, s)| s);
+        self.refresh_heads(log);
+        let local = self.heads.get(&own).copied().unwrap_or(0);
         let Some(theirs) = heads.iter().find(|h| h.origin == own) else {
             // The parent holds none of it (or this node is no origin).
             out.push(Output::OwnChain(OwnChain::Agrees));
@@ -41,7 +38,7 @@ impl super::ChildSession {
                 }));
                 // Send our version of that seq up: the parent keeps both as
                 // evidence and refuses this origin.
-                self.sent.insert(own, theirs.seq - 1);
+                self.set_sent(own, theirs.seq - 1);
             }
             return;
         }
@@ -167,7 +164,7 @@ impl super::ChildSession {
         let seq = self.repair.take().map_or(0, |r| r.at.0);
         self.state = State::Streaming;
         let own = self.cfg.node_id.clone();
-        self.sent.insert(own, seq);
+        self.set_sent(own, seq);
         out.push(Output::OwnChain(OwnChain::Repaired { seq }));
         let _ = now_ms;
         out

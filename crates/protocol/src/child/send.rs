@@ -3,6 +3,8 @@
 //! parent lacks and since when; only the origins whose report changed when
 //! the parent speaks `lag-changes-v1`).
 
+use std::ops::Bound;
+
 use super::*;
 
 impl super::ChildSession {
@@ -11,21 +13,69 @@ impl super::ChildSession {
     /// those whose report changed since the one last sent in this session.
     /// What this returns is sent.
     pub fn lag(&mut self, log: &dyn LocalLog) -> Vec<LagReport> {
-        let heads = log.heads();
-        self.lag_of(&heads, log)
+        self.refresh_heads(log);
+        self.lag_of(log)
     }
 
-    /// [`ChildSession::lag`] for heads already read.
-    fn lag_of(&mut self, heads: &[(String, u64)], log: &dyn LocalLog) -> Vec<LagReport> {
+    /// Takes what moved in the local heads since they were last read
+    /// ([`LocalLog::heads_since`]): each moved origin may have events to
+    /// send and a lag report to renew.
+    pub(super) fn refresh_heads(&mut self, log: &dyn LocalLog) {
+        let moved = log.heads_since(self.heads_stamp);
+        if moved.full {
+            let held: BTreeSet<&str> = moved.heads.iter().map(|(o, _)| o.as_str()).collect();
+            self.heads.retain(|o, _| held.contains(o.as_str()));
+            self.sendable.retain(|o| held.contains(o.as_str()));
+            self.lag_dirty.retain(|o| held.contains(o.as_str()));
+        }
+        for (origin, seq) in moved.heads {
+            if self.heads.get(&origin) == Some(&seq) {
+                continue;
+            }
+            self.sendable.insert(origin.clone());
+            self.lag_dirty.insert(origin.clone());
+            self.heads.insert(origin, seq);
+        }
+        self.heads_stamp = moved.stamp;
+    }
+
+    /// `sent` of `origin` set (the repair of this node's own chain moves
+    /// it either way): it may have events to send.
+    pub(super) fn set_sent(&mut self, origin: String, seq: u64) {
+        self.sendable.insert(origin.clone());
+        self.sent.insert(origin, seq);
+    }
+
+    /// The lag reports due, for the heads last read: with
+    /// `lag_changes_only`, those of the origins whose head or
+    /// acknowledgement moved since and whose report differs from the one
+    /// sent; else every origin's.
+    fn lag_of(&mut self, log: &dyn LocalLog) -> Vec<LagReport> {
+        let dirty = std::mem::take(&mut self.lag_dirty);
+        let origins: Vec<String> = if self.lag_changes_only {
+            dirty.into_iter().collect()
+        } else {
+            self.heads.keys().cloned().collect()
+        };
         let mut reports = Vec::new();
-        for (origin, seq) in heads {
-            let acked = self.acked.get(origin).copied().unwrap_or(0);
-            let oldest_missing_ms = (*seq > acked)
-                .then(|| self.received_at(log, origin, acked + 1))
-                .flatten();
+        for origin in origins {
+            let Some(&seq) = self.heads.get(&origin) else {
+                continue;
+            };
+            let acked = self.acked.get(&origin).copied().unwrap_or(0);
+            let oldest_missing_ms = if seq > acked {
+                let at = self.received_at(log, &origin, acked + 1);
+                if at.is_none() {
+                    // Unreadable now: asked again with the next report.
+                    self.lag_dirty.insert(origin.clone());
+                }
+                at
+            } else {
+                None
+            };
             if self.lag_changes_only {
-                let now = (*seq, oldest_missing_ms);
-                match self.lag_sent.get_mut(origin) {
+                let now = (seq, oldest_missing_ms);
+                match self.lag_sent.get_mut(&origin) {
                     Some(sent) if *sent == now => continue,
                     Some(sent) => *sent = now,
                     None => {
@@ -34,8 +84,8 @@ impl super::ChildSession {
                 }
             }
             reports.push(LagReport {
-                origin: origin.clone(),
-                seq: *seq,
+                origin,
+                seq,
                 oldest_missing_ms,
             });
         }
@@ -62,29 +112,36 @@ impl super::ChildSession {
         }
         // Read once for every batch this call sends (and their lag
         // reports): a commit after this read calls `fill` again.
-        let all = log.heads();
-        let heads: Vec<&(String, u64)> = all
-            .iter()
-            .filter(|(o, _)| !self.blocked.contains_key(o))
-            .collect();
-        if heads.is_empty() {
-            return;
-        }
+        self.refresh_heads(log);
         while self.inflight.len() < self.cfg.window_batches.max(1) {
             let mut chunks: Vec<ByteBuf> = Vec::new();
             let mut tips: Vec<(String, u64)> = Vec::new();
+            // Origins with nothing (more) to send, dropped from `sendable`.
+            let mut drained: Vec<String> = Vec::new();
+            let mut first: Option<String> = None;
             let mut bytes = 0usize;
-            // Round-robin over origins so one busy origin cannot starve others.
-            let n = heads.len();
-            for k in 0..n {
+            // Round-robin over origins so one busy origin cannot starve
+            // others: each batch starts after the origin the last began
+            // with.
+            let start = self.rr_next.as_str();
+            let order = self
+                .sendable
+                .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+                .chain(
+                    self.sendable
+                        .range::<str, _>((Bound::Unbounded, Bound::Excluded(start))),
+                );
+            for origin in order {
                 if bytes >= self.cfg.batch_bytes_max {
                     break;
                 }
-                let (origin, head) = heads[(self.rr_cursor + k) % n];
+                let head = self.heads.get(origin).copied().unwrap_or(0);
                 let sent = self.sent.get(origin).copied().unwrap_or(0);
-                if *head <= sent {
+                if head <= sent || self.blocked.contains_key(origin) {
+                    drained.push(origin.clone());
                     continue;
                 }
+                first.get_or_insert_with(|| origin.clone());
                 let budget = self.cfg.batch_bytes_max - bytes;
                 let mut last = sent;
                 // This origin's chunks not yet pushed, to be joined, and
@@ -93,8 +150,8 @@ impl super::ChildSession {
                 for stored in log.encoded_chunks_after(origin, sent, budget) {
                     // Never past the head read above: what lies beyond is
                     // not known to be durable.
-                    if stored.last_seq > *head || stored.last_seq <= last {
-                        if stored.last_seq > *head {
+                    if stored.last_seq > head || stored.last_seq <= last {
+                        if stored.last_seq > head {
                             break;
                         }
                         continue;
@@ -150,17 +207,28 @@ impl super::ChildSession {
                 }
                 push_joined(&mut chunks, run);
                 if last > sent {
-                    self.sent.insert(origin.clone(), last);
                     tips.push((origin.clone(), last));
+                    if last >= head {
+                        drained.push(origin.clone());
+                    }
                 }
             }
-            self.rr_cursor = (self.rr_cursor + 1) % n;
+            for o in drained {
+                self.sendable.remove(&o);
+            }
+            for (o, last) in &tips {
+                self.sent.insert(o.clone(), *last);
+            }
+            if let Some(first) = first {
+                // The least origin after `first`.
+                self.rr_next = first + "\0";
+            }
             if chunks.is_empty() {
                 return;
             }
             let id = self.next_batch_id;
             self.next_batch_id += 1;
-            let lag = self.lag_of(&all, log);
+            let lag = self.lag_of(log);
             self.inflight.push_back(InFlight {
                 id,
                 sent_at_ms: now_ms,
