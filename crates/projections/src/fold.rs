@@ -3,8 +3,9 @@
 //! and the auditor (`audit project`, a projection as of a past moment) use,
 //! so an as-of answer is recomputed by exactly the code that served it.
 
+use gridsync_model::chunk::ChunkView;
 use gridsync_model::kinds::EventRef;
-use gridsync_store::{Store, StoreError, StoredChunk};
+use gridsync_store::{EncodedEntry, Store, StoreError};
 
 use crate::{Projection, ProjectionConfig};
 
@@ -41,31 +42,41 @@ pub fn fold_log(
 ) -> Result<u64, StoreError> {
     let from_store = target_lookup(store);
     let mut n = 0u64;
-    let mut previous: Vec<StoredChunk> = Vec::new();
+    let mut previous: Vec<EncodedEntry> = Vec::new();
     loop {
-        let entries = store.read_log(offset, PAGE)?;
+        // Read in place: each chunk's events stay in its bytes (decoding
+        // every event into its own allocations, and freeing them, was
+        // ~40 % of the fold).
+        let entries = store.read_log_encoded(offset, PAGE)?;
         if entries.is_empty() {
             return Ok(offset);
         }
+        let views = entries
+            .iter()
+            .map(|e| {
+                ChunkView::decode(&e.chunk)
+                    .map_err(|err| StoreError::Corrupt(format!("log entry {}: {err}", e.offset)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // A correction's target is almost always a recent event: found in
-        // this page or the one before (decoded already) rather than read
-        // from the store again — the same stored bytes either way.
+        // this page or the one before rather than read from the store
+        // again — the same stored bytes either way.
         let lookup = |origin: &str, seq: u64| {
-            in_entries(&entries, origin, seq)
+            in_views(&views, origin, seq)
                 .or_else(|| in_entries(&previous, origin, seq))
                 .or_else(|| from_store(origin, seq))
         };
-        for e in &entries {
+        for (e, view) in entries.iter().zip(&views) {
             offset = e.offset + 1;
             if matches!(cut, Cut::KnownBy(t) if e.received_at_ms > t) {
                 continue;
             }
-            for rec in &e.chunk.events {
+            for rec in &view.events {
                 let applied = match cut {
-                    Cut::OccurredBy(t) if occurred_ms(&rec.envelope) > t => p.skip(&rec.envelope),
+                    Cut::OccurredBy(t) if occurred_ms(rec.envelope) > t => p.skip(rec.envelope),
                     _ => {
                         n += 1;
-                        p.apply(&rec.envelope, &lookup)
+                        p.apply(rec.envelope, &lookup)
                     }
                 };
                 applied
@@ -73,18 +84,27 @@ pub fn fold_log(
             }
         }
         progress(n);
+        drop(views);
         previous = entries;
     }
 }
 
-/// The envelope of event `seq` of `origin` if one of these entries holds it.
-fn in_entries(entries: &[StoredChunk], origin: &str, seq: u64) -> Option<Vec<u8>> {
-    entries
+/// The envelope of event `seq` of `origin` if one of these chunks holds it.
+fn in_views(views: &[ChunkView<'_>], origin: &str, seq: u64) -> Option<Vec<u8>> {
+    views
         .iter()
         .rev()
-        .filter(|e| e.chunk.origin == origin)
-        .find_map(|e| e.chunk.event(seq))
-        .map(|rec| rec.envelope.clone())
+        .filter(|v| v.origin == origin)
+        .find_map(|v| v.event(seq))
+        .map(|rec| rec.envelope.to_vec())
+}
+
+/// [`in_views`] for entries not read in place yet (the page before).
+fn in_entries(entries: &[EncodedEntry], origin: &str, seq: u64) -> Option<Vec<u8>> {
+    entries.iter().rev().find_map(|e| {
+        let view = ChunkView::decode(&e.chunk).ok()?;
+        in_views(std::slice::from_ref(&view), origin, seq)
+    })
 }
 
 /// A projection of the whole log as it was at `as_of_ms`: by event time,

@@ -10,7 +10,7 @@ use gridsync_model::Chunk;
 use crate::kv::{Kv, KvEntry, KvWrite};
 use crate::layout::{self, FRAGMENT_BYTES_MAX};
 use crate::recover::corrupt;
-use crate::{StoreError, StoredChunk};
+use crate::{EncodedEntry, StoreError, StoredChunk};
 
 /// Bytes before the chunk in fragment 0: parts:u16be received_at_ms:i64be.
 pub(crate) const ENTRY_HEADER_BYTES: usize = 10;
@@ -31,9 +31,14 @@ pub(crate) fn entry_writes(offset: u64, received_at_ms: i64, chunk_bytes: &[u8])
         .collect()
 }
 
-fn assemble(offset: u64, frags: &[KvEntry]) -> Result<StoredChunk, StoreError> {
-    let (_, bytes) = entry_bytes(offset, frags)?;
-    assemble_bytes(offset, &bytes)
+/// Log entry `offset`'s bytes (header, then chunk) as an [`EncodedEntry`]:
+/// the chunk's encoding copied out, not decoded.
+pub(crate) fn encoded_entry(offset: u64, bytes: &[u8]) -> Result<EncodedEntry, StoreError> {
+    Ok(EncodedEntry {
+        offset,
+        received_at_ms: received_at_of(offset, bytes)?,
+        chunk: bytes[ENTRY_HEADER_BYTES..].to_vec(),
+    })
 }
 
 /// A stored chunk from log entry `offset`'s bytes (header, then chunk).
@@ -261,6 +266,17 @@ pub(crate) fn read_entries(
     offset: u64,
     max_entries: usize,
 ) -> Result<Vec<StoredChunk>, StoreError> {
+    read_entries_as(kv, offset, max_entries, assemble_bytes)
+}
+
+/// [`read_entries`] with each entry made by `make` from its offset and
+/// bytes (header, then chunk).
+pub(crate) fn read_entries_as<T>(
+    kv: &dyn Kv,
+    offset: u64,
+    max_entries: usize,
+    make: impl Fn(u64, &[u8]) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     let mut next = offset;
     while out.len() < max_entries {
@@ -299,7 +315,7 @@ pub(crate) fn read_entries(
                     if out.len() == max_entries {
                         break;
                     }
-                    out.push(assemble_bytes(o, e)?);
+                    out.push(make(o, e)?);
                     next = o + 1;
                 }
                 i += 1;
@@ -319,14 +335,17 @@ pub(crate) fn read_entries(
             if i + parts > page.len() {
                 break;
             }
-            out.push(assemble(off, &page[i..i + parts])?);
+            out.push(make(off, &entry_bytes(off, &page[i..i + parts])?.1)?);
             next = off + 1;
             i += parts;
             progressed = true;
         }
         if !progressed {
             // One entry with more fragments than the page held.
-            out.push(assemble(next, &entry_fragments(kv, next)?)?);
+            out.push(make(
+                next,
+                &entry_bytes(next, &entry_fragments(kv, next)?)?.1,
+            )?);
             next += 1;
         }
     }

@@ -38,8 +38,8 @@ pub use client_index::ClientIndexConfig;
 pub use kv::{Kv, MemKv};
 pub use sled_kv::SledKv;
 pub use types::{
-    AppendError, Appended, HeadState, KeyLookup, LogCounts, OriginIdentity, PostingHold,
-    StoreConfig, StoreError, StoredChunk,
+    AppendError, Appended, EncodedEntry, HeadState, KeyLookup, LogCounts, OriginIdentity,
+    PostingHold, StoreConfig, StoreError, StoredChunk,
 };
 
 pub(crate) struct Shared {

@@ -108,6 +108,18 @@ impl HeadState {
     }
 }
 
+/// One log entry read back as stored: the chunk encoded, for readers that
+/// read it in place (`gridsync_model::chunk::ChunkView`) instead of
+/// decoding every event into its own allocation.
+#[derive(Clone, Debug)]
+pub struct EncodedEntry {
+    pub offset: u64,
+    /// When this node committed the chunk (its clock).
+    pub received_at_ms: i64,
+    /// The chunk's encoding.
+    pub chunk: Vec<u8>,
+}
+
 /// One log entry read back.
 #[derive(Clone, Debug)]
 pub struct StoredChunk {

@@ -73,6 +73,12 @@ impl<'a> ChunkView<'a> {
         self.head.seq
     }
 
+    /// As [`super::Chunk::event`].
+    pub fn event(&self, seq: u64) -> Option<&RecordView<'a>> {
+        let i = usize::try_from(seq.checked_sub(self.first_seq())?).ok()?;
+        self.events.get(i)
+    }
+
     /// As [`super::Chunk::first_prev`].
     ///
     /// # Errors
