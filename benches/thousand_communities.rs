@@ -70,6 +70,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
+    // 900 hosted nodes' sockets and files in this process.
+    gridsync_suite::raise_open_files();
     let n = usize::try_from(gridsync_suite::env_u64("GRIDSYNC_BENCH_CHILDREN", 1000)).unwrap();
     let processes = usize::try_from(gridsync_suite::env_u64("GRIDSYNC_BENCH_PROCESSES", 100))
         .unwrap()

@@ -8,6 +8,7 @@ use anyhow::Context;
 mod audit;
 mod load;
 mod malloc_tuning;
+mod open_files;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -645,6 +646,9 @@ fn serve(
             .is_ok_and(|t| !t.children(&config.id).is_empty());
         malloc_tuning::tunables(aggregator)
     }));
+    let children = gridsync_deploy::topology::Topology::load(&config.topology_file)
+        .map_or(0, |t| t.children(&config.id).len());
+    open_files::report(&open_files::raise(), children);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gridsync")
