@@ -3,9 +3,7 @@
 //! same reads on the key/value store for the writer and the open checks.
 
 use super::*;
-use crate::entries::{
-    self, assemble_bytes, read_entries, received_at_of, EntryReader, ENTRY_HEADER_BYTES,
-};
+use crate::entries::{self, assemble_bytes, received_at_of, EntryReader, ENTRY_HEADER_BYTES};
 use crate::kv::Kv;
 use crate::recover::corrupt;
 use gridsync_model::chunk::EncodedChunk;
@@ -73,12 +71,7 @@ impl Store {
         offset: u64,
         max_entries: usize,
     ) -> Result<Vec<StoredChunk>, StoreError> {
-        let end = self.durable_end();
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let max = usize::try_from(end - offset).map_or(max_entries, |n| n.min(max_entries));
-        read_entries(self.shared.kv.as_ref(), offset, max)
+        self.read_durable_entries(offset, max_entries, assemble_bytes)
     }
 
     /// [`Store::read_log`] with each chunk left encoded, as stored (a
@@ -93,17 +86,23 @@ impl Store {
         offset: u64,
         max_entries: usize,
     ) -> Result<Vec<EncodedEntry>, StoreError> {
+        self.read_durable_entries(offset, max_entries, entries::encoded_entry)
+    }
+
+    /// Up to `max_entries` entries from `offset`, each made by `make`,
+    /// never past the last durable commit.
+    fn read_durable_entries<T>(
+        &self,
+        offset: u64,
+        max_entries: usize,
+        make: impl Fn(u64, &[u8]) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let end = self.durable_end();
         if offset >= end {
             return Ok(Vec::new());
         }
         let max = usize::try_from(end - offset).map_or(max_entries, |n| n.min(max_entries));
-        crate::entries::read_entries_as(
-            self.shared.kv.as_ref(),
-            offset,
-            max,
-            crate::entries::encoded_entry,
-        )
+        entries::read_entries_as(self.shared.kv.as_ref(), offset, max, make)
     }
 
     /// Reads the durable chunks of `origin` that hold seqs `> after_seq`,
