@@ -71,7 +71,7 @@ fn main() {
         return;
     }
     // 900 hosted nodes' sockets and files in this process.
-    gridsync_suite::raise_open_files();
+    gridsync_node::open_files::raise();
     let n = usize::try_from(gridsync_suite::env_u64("GRIDSYNC_BENCH_CHILDREN", 1000)).unwrap();
     let processes = usize::try_from(gridsync_suite::env_u64("GRIDSYNC_BENCH_PROCESSES", 100))
         .unwrap()

@@ -132,7 +132,7 @@ async fn status_line(s: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_sync_sockets_and_slow_bodies_are_bounded() {
     // 1,300 sockets held here at once: past a stock soft limit of 1,024.
-    gridsync_suite::raise_open_files();
+    gridsync_node::open_files::raise();
     let dir = tempfile::tempdir().unwrap();
     let tree = gridsync_suite::provision_fast(dir.path(), &[("s1", None), ("c1", Some("s1"))]);
     let config = &tree.nodes["s1"].config;

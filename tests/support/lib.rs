@@ -981,18 +981,3 @@ pub fn visit_chunk(
         head: gridsync_model::SignedHead::sign(key, origin, last, prev, 1),
     }
 }
-
-/// Raises this process's soft open-files limit to its hard limit (as
-/// `gridsync serve` does for itself): tests and benches that hold a
-/// thousand sockets would otherwise fail on a stock 1,024 soft limit.
-pub fn raise_open_files() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let l = getrlimit(Resource::Nofile);
-    if l.current < l.maximum || (l.maximum.is_none() && l.current.is_some()) {
-        let to = Rlimit {
-            current: Some(l.maximum.unwrap_or(1 << 20)),
-            maximum: l.maximum,
-        };
-        let _ = setrlimit(Resource::Nofile, to);
-    }
-}

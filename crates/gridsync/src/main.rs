@@ -8,7 +8,6 @@ use anyhow::Context;
 mod audit;
 mod load;
 mod malloc_tuning;
-mod open_files;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -648,7 +647,7 @@ fn serve(
     }));
     let children = gridsync_deploy::topology::Topology::load(&config.topology_file)
         .map_or(0, |t| t.children(&config.id).len());
-    open_files::report(&open_files::raise(), children);
+    gridsync_node::open_files::report(&gridsync_node::open_files::raise(), children);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gridsync")

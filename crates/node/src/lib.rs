@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod node;
+pub mod open_files;
 pub mod projector;
 pub mod slots;
 pub mod state;
