@@ -647,7 +647,8 @@ fn serve(
     }));
     let children = gridsync_deploy::topology::Topology::load(&config.topology_file)
         .map_or(0, |t| t.children(&config.id).len());
-    gridsync_node::open_files::report(&gridsync_node::open_files::raise(), children);
+    let wanted = gridsync_node::open_files::wanted(children);
+    gridsync_node::open_files::report(&gridsync_node::open_files::raise(), wanted);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gridsync")
@@ -758,6 +759,8 @@ fn demo(opts: gridsync_ops::demo::DemoOptions) -> anyhow::Result<()> {
     if !(opts.rate > 0.0 && opts.rate <= 100_000.0) {
         anyhow::bail!("--rate must be between 0 and 100000 events per second");
     }
+    let wanted = gridsync_ops::demo::open_files_wanted(opts.small);
+    gridsync_node::open_files::report(&gridsync_node::open_files::raise(), wanted);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gridsync-demo")

@@ -1,5 +1,6 @@
-//! The open-files limit raised for a process running nodes (`serve`, and
-//! tests and benches holding a thousand sockets): every child link, HTTP client,
+//! The open-files limit raised for a process running nodes (`serve`,
+//! `demo`, and tests and benches holding a thousand sockets): every child
+//! link, HTTP client,
 //! sled file and log handle is a file descriptor, and a stock Linux login
 //! or service starts with a soft limit of 1,024 — a street with 1,000
 //! children would run out (`accept` failing with "too many open files")
@@ -50,8 +51,9 @@ pub fn wanted(children: usize) -> u64 {
     (children as u64).saturating_mul(2).saturating_add(256)
 }
 
-/// Logs what [`raise`] did; warns when the limit is below [`wanted`].
-pub fn report(raised: &Raised, children: usize) {
+/// Logs what [`raise`] did; warns when the limit is below `wanted` (for a
+/// node, [`wanted`] of its children).
+pub fn report(raised: &Raised, wanted: u64) {
     let limit = match raised {
         Raised::To(from, to) => {
             tracing::info!(from, to, "open-files limit raised to the hard limit");
@@ -63,14 +65,13 @@ pub fn report(raised: &Raised, children: usize) {
             *n
         }
     };
-    if limit < wanted(children) {
+    if limit < wanted {
         tracing::warn!(
             limit,
-            children,
-            wanted = wanted(children),
-            "the open-files limit is low for this node's children: links will fail with \
-             \"too many open files\"; raise the hard limit (LimitNOFILE= in a systemd unit, \
-             `ulimit -Hn` for a shell)"
+            wanted,
+            "the open-files limit is low for the nodes this process runs: links will fail \
+             with \"too many open files\"; raise the hard limit (LimitNOFILE= in a systemd \
+             unit, `ulimit -Hn` for a shell)"
         );
     }
 }

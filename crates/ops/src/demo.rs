@@ -74,6 +74,15 @@ pub fn laoshan_plan(small: bool) -> Vec<(String, String, Option<String>)> {
     out
 }
 
+/// Open files the demo wants: all its nodes run in one process, and the
+/// full tree (124 nodes: sled's files, a listener and links each, the
+/// simulated workers' connections) held 877 at once, with or without
+/// `--chaos` — close to a stock soft limit of 1,024, so `demo` raises it
+/// (`gridsync_node::open_files`). Twelve a node leaves room.
+pub fn open_files_wanted(small: bool) -> u64 {
+    laoshan_plan(small).len() as u64 * 12
+}
+
 /// Runs the demo until `shutdown` resolves.
 ///
 /// # Errors
