@@ -15,7 +15,12 @@
 //! * no equivocation, no refused origin, and no origin finding its parent
 //!   ahead of it unless it was restored from a backup;
 //! * after healing, every ancestor holds exactly each community's final
-//!   chain, once, contiguous, and verified.
+//!   chain, once, contiguous, and verified;
+//! * on a connection whose frames all arrived in order, the parent's lag
+//!   reports merged per origin equal the child's lag when it sent each:
+//!   its head, and when it received the oldest event the parent had not
+//!   acknowledged (the log's receipt times are the appends' generations,
+//!   so naming the wrong entry shows).
 //!
 //! `GRIDSYNC_SIM_SEEDS` (default 10,000) seeds per run; a failure prints the
 //! seed and `GRIDSYNC_SIM_SEED=<seed>` replays exactly that one. Three
@@ -162,6 +167,10 @@ impl TopologyView for Tree {
 struct SimLog {
     chunks: BTreeMap<String, Vec<Chunk>>,
     hashes: BTreeMap<String, Vec<Hash32>>,
+    /// Per origin and seq, when this log received the event: the
+    /// generation of the append that brought it (unique and increasing,
+    /// so a lag report naming the wrong entry's receipt is told apart).
+    received: BTreeMap<String, Vec<i64>>,
     /// Per origin, the generation of the append that last moved its head
     /// (`LocalLog::heads_since`, as the store does).
     moved: BTreeMap<String, u64>,
@@ -202,6 +211,9 @@ impl SimLog {
             .map_err(|e| e.to_string())?;
         hashes.extend(verified.iter().map(|v| v.hash));
         let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let at = i64::try_from(generation).expect("generations fit an i64");
+        let received = self.received.entry(chunk.origin.clone()).or_default();
+        received.resize(hashes.len(), at);
         self.moved.insert(chunk.origin.clone(), generation);
         self.chunks
             .entry(chunk.origin.clone())
@@ -255,8 +267,9 @@ impl LocalLog for SimLog {
             .map(EncodedChunk::from)
             .collect()
     }
-    fn received_at(&self, _origin: &str, _seq: u64) -> Option<i64> {
-        Some(0)
+    fn received_at(&self, origin: &str, seq: u64) -> Option<i64> {
+        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.received.get(origin)?.get(i).copied()
     }
     fn heads_since(&self, since: u64) -> MovedHeads {
         let heads = self
@@ -413,7 +426,8 @@ struct Sim<'t> {
 }
 
 /// The parent's view of a child's lag reports, merged per origin as the
-/// node merges them, against the child's heads when it sent each report
+/// node merges them, against the child's heads — and when it received the
+/// oldest event its parent had not acknowledged — when it sent each report
 /// (`lag-changes-v1` sends only what changed): on a connection whose frames
 /// to the parent all arrived, once each and in order — what TCP gives the
 /// real link — they are equal at every report.
@@ -424,10 +438,15 @@ struct LagCheck {
     received: HashMap<u64, u64>,
     /// Connections where one was lost, repeated or overtaken.
     disordered: HashSet<u64>,
-    /// The child's heads when it sent frame `(conn, no)` with a report.
-    expected: HashMap<(u64, u64), BTreeMap<String, u64>>,
-    merged: HashMap<u64, BTreeMap<String, u64>>,
+    /// The child's lag when it sent frame `(conn, no)` with a report: per
+    /// origin its head and, when the parent has not acknowledged it all,
+    /// when it received the oldest event the parent lacks.
+    expected: HashMap<(u64, u64), BTreeMap<String, Lag>>,
+    merged: HashMap<u64, BTreeMap<String, Lag>>,
 }
+
+/// An origin's head and the receipt time of its oldest unacknowledged event.
+type Lag = (u64, Option<i64>);
 
 /// Reports compared by [`LagCheck`], over all seeds run.
 static LAG_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -643,12 +662,20 @@ impl<'t> Sim<'t> {
                 Output::Send(f) => {
                     // A report counts once the parent has welcomed the child
                     // (a ping before carries none).
-                    let welcomed = matches!(&self.nodes[n].up_link,
-                        Some((lc, s)) if *lc == conn && s.made_progress());
-                    if welcomed && matches!(f, Frame::Batch { .. } | Frame::Ping { .. }) {
-                        let heads = LocalLog::heads(self.local_view(n)).into_iter().collect();
+                    let acked = match &self.nodes[n].up_link {
+                        Some((lc, s)) if *lc == conn && s.made_progress() => Some(s.acked()),
+                        _ => None,
+                    };
+                    if let (Some(acked), Frame::Batch { .. } | Frame::Ping { .. }) = (acked, &f) {
+                        let log = self.local_view(n);
+                        let lag = LocalLog::heads(log).into_iter().map(|(origin, seq)| {
+                            let a = acked.get(&origin).copied().unwrap_or(0);
+                            let oldest = (seq > a).then(|| log.received_at(&origin, a + 1));
+                            (origin, (seq, oldest.flatten()))
+                        });
+                        let lag = lag.collect();
                         let no = self.lag.sent.get(&conn).copied().unwrap_or(0) + 1;
-                        self.lag.expected.insert((conn, no), heads);
+                        self.lag.expected.insert((conn, no), lag);
                     }
                     self.transmit(conn, true, f.encode());
                 }
@@ -714,7 +741,11 @@ impl<'t> Sim<'t> {
         }
         *received = (*received).max(no);
         let merged = self.lag.merged.entry(conn).or_default();
-        merged.extend(reports.into_values().map(|r| (r.origin, r.seq)));
+        merged.extend(
+            reports
+                .into_values()
+                .map(|r| (r.origin, (r.seq, r.oldest_missing_ms))),
+        );
         let Some(want) = self.lag.expected.remove(&(conn, no)) else {
             return; // not a frame with a report
         };
@@ -724,7 +755,7 @@ impl<'t> Sim<'t> {
         if *merged != want {
             let got = merged.clone();
             return self.fail(format!(
-                "conn {conn}: the parent's merged lag reports {got:?} differ from the child's heads {want:?} when it sent frame {no}"
+                "conn {conn}: the parent's merged lag reports {got:?} differ from the child's lag {want:?} (head, oldest unacknowledged receipt) when it sent frame {no}"
             ));
         }
         LAG_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1216,7 +1247,7 @@ fn simulated_tree_converges_under_faults() {
     let repairs = REPAIRS.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{repairs} restored communities pulled their lost tail back from their parent");
     let lag_checks = LAG_CHECKS.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("{lag_checks} merged lag reports equal to the child's heads");
+    eprintln!("{lag_checks} merged lag reports equal to the child's heads and oldest receipts");
     assert!(lag_checks > n, "too few lag reports checked: {lag_checks}");
     if n >= 200 {
         assert!(
