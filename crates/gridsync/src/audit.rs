@@ -12,7 +12,7 @@ use gridsync_deploy::topology::Topology;
 use gridsync_model::api::EventView;
 use gridsync_projections::rollup::RangeQuery;
 
-use crate::AuditCommand;
+use crate::cli::AuditCommand;
 
 /// Exit code when the input could not be read.
 const UNREADABLE: u8 = 2;
