@@ -12,6 +12,8 @@
 //!   after later events and corrections; `--as-of` by event time equals a
 //!   hand-computed expectation.
 //! * Replay: a street's replay equals the union of its communities'.
+//! * The copy every audit reads: refused while a running node holds the
+//!   directory, and when `TMPDIR` has no room for it.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -1003,4 +1005,87 @@ async fn replay_writes_the_log_in_order_and_stops_when_its_output_closes() {
     replay_local(&store, &EventFilter::default(), false, &mut closing).unwrap();
     assert!(closing.taken < all.len());
     assert_eq!(closing.calls_after, 1, "nothing written after the failure");
+}
+
+/// A community `c1` serving, with 20 events posted.
+async fn community_with_events(dir: &std::path::Path) -> (gridsync_suite::Tree, Server) {
+    let tree = provision(dir, &[("c1", None)]);
+    let files = &tree.nodes["c1"];
+    let server = Server::start(&files.config, &[]);
+    let events = (0..20).map(|i| sample_event(i, &format!("e{i}"))).collect();
+    post(&server.url, &files.tokens.reporter, events).await;
+    (tree, server)
+}
+
+/// A running node's data directory is not copied: a copy taken under a
+/// running node can be torn (its newest writes half there) and then look
+/// truncated or damaged. The audit says so and exits 2; once the node has
+/// stopped, the same command verifies. (Control: without the check the
+/// first audit runs on whatever the copy caught — no refusal — and fails
+/// the first assertion.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_refuses_the_directory_of_a_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, server) = community_with_events(dir.path()).await;
+    let files = &tree.nodes["c1"];
+    let audit = || {
+        Command::new(gridsync_bin())
+            .args(["audit", "verify", "--data"])
+            .arg(&files.data_dir)
+            .arg("--topology")
+            .arg(&tree.topology)
+            .output()
+            .unwrap()
+    };
+    let out = audit();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("in use by a running node"), "{err}");
+    let mut server = server;
+    tokio::task::spawn_blocking(move || assert!(server.terminate()))
+        .await
+        .unwrap();
+    let out = audit();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("copying the data directory"), "{text}");
+}
+
+/// The audit copies the data directory under `TMPDIR` first; when that
+/// filesystem has no room (often a tmpfs: memory), it says so, with what
+/// to do, and exits 2 — before copying anything. Needs a small tmpfs
+/// (mounted here as root; skipped, saying so, where mounting is not
+/// allowed). (Control: without the check the copy fails part way with
+/// "No space left on device" — or on a large tmpfs fills the memory.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_without_room_for_its_copy_says_where_to_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, mut server) = community_with_events(dir.path()).await;
+    let files = &tree.nodes["c1"];
+    tokio::task::spawn_blocking(move || assert!(server.terminate()))
+        .await
+        .unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (not root?)");
+        return;
+    }
+    let out = Command::new(gridsync_bin())
+        .args(["audit", "verify", "--data"])
+        .arg(&files.data_dir)
+        .arg("--topology")
+        .arg(&tree.topology)
+        .env("TMPDIR", &small)
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&small).status();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("MB free: set TMPDIR"), "{err}");
 }

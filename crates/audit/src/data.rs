@@ -32,11 +32,18 @@ pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Copies `data` into a temporary directory and opens the copy's database
-/// raw (nothing checked yet: `verify` reports every problem itself).
+/// Copies `data` into a temporary directory (under `TMPDIR`, else the
+/// system's) and opens the copy's database raw (nothing checked yet:
+/// `verify` reports every problem itself). Refused, before and after the
+/// copy, while a running node holds the directory's database (a copy
+/// taken under a running node can be torn — its newest writes half there
+/// — and then look truncated or damaged), and when the temporary
+/// directory's filesystem has no room for the copy (it is often a tmpfs,
+/// i.e. memory).
 ///
 /// # Errors
-/// Not a gridsync data directory, or the copy failed.
+/// Not a gridsync data directory, in use by a running node, no room for
+/// the copy, or the copy failed.
 pub fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledKv), AuditError> {
     let unreadable = |m: String| AuditError::Unreadable(m);
     if !data.join("db").exists() {
@@ -45,11 +52,71 @@ pub fn open_copy(data: &Path) -> Result<(tempfile::TempDir, SledKv), AuditError>
             data.display()
         )));
     }
+    refuse_if_in_use(data)?;
     let tmp = tempfile::tempdir().map_err(|e| unreadable(e.to_string()))?;
+    let needed =
+        dir_bytes(data).map_err(|e| unreadable(format!("cannot read {}: {e}", data.display())))?;
+    if let Ok(free) = free_bytes(tmp.path()) {
+        if free < needed.saturating_add(COPY_ROOM_BYTES) {
+            return Err(unreadable(format!(
+                "the audit reads a copy of {} ({} MB) and {} has {} MB free: set TMPDIR to a \
+                 directory on a filesystem with room (not a tmpfs, which is memory)",
+                data.display(),
+                needed >> 20,
+                tmp.path().parent().unwrap_or(tmp.path()).display(),
+                free >> 20
+            )));
+        }
+    }
     copy_dir(data, tmp.path())
         .map_err(|e| unreadable(format!("cannot copy {}: {e}", data.display())))?;
+    refuse_if_in_use(data)?;
     let kv = SledKv::open(tmp.path(), CACHE_BYTES).map_err(|e| unreadable(e.to_string()))?;
     Ok((tmp, kv))
+}
+
+/// Room left beside the copy: sled writes a little on opening it.
+const COPY_ROOM_BYTES: u64 = 64 << 20;
+
+/// A running node holds an exclusive `flock` on its database file (sled
+/// takes it on open): a shared one is refused then. Ours is released at
+/// once (the file is closed), so a node starting meanwhile is not held up.
+fn refuse_if_in_use(data: &Path) -> Result<(), AuditError> {
+    use rustix::fs::{flock, FlockOperation};
+    let db = data.join("db");
+    let file = std::fs::File::open(&db)
+        .map_err(|e| AuditError::Unreadable(format!("cannot read {}: {e}", db.display())))?;
+    match flock(&file, FlockOperation::NonBlockingLockShared) {
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(AuditError::Unreadable(format!(
+            "{} is in use by a running node (its database is locked): a copy taken now could \
+             be torn and look damaged. Stop the node first, or audit a copy or filesystem \
+             snapshot taken while it was stopped",
+            data.display()
+        ))),
+        // Locked (and released with the file), or locks unsupported here.
+        _ => Ok(()),
+    }
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total = total.saturating_add(if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        });
+    }
+    Ok(total)
+}
+
+/// Bytes free to an unprivileged writer on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Opens a copy of `data` as a store, once `audit verify` of the copy
