@@ -1,7 +1,7 @@
 //! The open-files limit raised for a process running nodes (`serve`,
 //! `demo`, and tests and benches holding a thousand sockets): every child
-//! link, HTTP client,
-//! sled file and log handle is a file descriptor, and a stock Linux login
+//! link, HTTP client, sled file and log handle is a file descriptor, and a
+//! stock Linux login
 //! or service starts with a soft limit of 1,024 — a street with 1,000
 //! children would run out (`accept` failing with "too many open files")
 //! well before any of its own limits. `serve` raises the soft limit to the
