@@ -20,7 +20,9 @@
 //! (`GRIDSYNC_BENCH_EVENTS`, default 10000000; `GRIDSYNC_BENCH_KEEP=1`
 //! only writes the log and leaves the tree's directory for a closer look;
 //! `GRIDSYNC_BENCH_PACK_BYTES=0` writes every log entry under its own key,
-//! as before packs — the baseline for them).
+//! as before packs — the baseline for them; `GRIDSYNC_BENCH_HEADS=v1`
+//! closes the chunks with v1 heads, as builds before 2026-12-05 signed —
+//! the baseline for the full audit of v2 heads).
 //!
 //! `GRIDSYNC_BENCH_TREE=/tmp/…/deploy` starts a kept tree again instead of
 //! writing a new one (the events are counted from the street's heads);
@@ -75,6 +77,9 @@ fn write_log(tree: &gridsync_suite::Tree, n: u64) {
             .zip(keys)
             .collect(),
     );
+    if std::env::var("GRIDSYNC_BENCH_HEADS").as_deref() == Ok("v1") {
+        chains = chains.with_v1_heads();
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

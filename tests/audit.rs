@@ -3,7 +3,7 @@
 //!
 //! * Tamper test: 1,000 random single mutations of a real node's log, each
 //!   on a fresh copy (flip a byte inside an event, delete an entry, reorder
-//!   two, change a seq, swap signatures, flip a bit of one, append a forged
+//!   two, change a seq, swap signatures, flip a bit of one, change a head's signed time, append a forged
 //!   event, cut the tail with its heads entry) — every one is reported, naming origin and seq
 //!   where the damage is in an event, the same report with 1, 2 or 3
 //!   threads checking entries; untouched copies verify clean. Plus
@@ -128,9 +128,10 @@ async fn every_tampering_is_detected() {
             "seq",
             "signature",
             "signature_bit",
+            "head_time",
             "forge",
             "cut",
-        ][round % 8];
+        ][round % 9];
         let mut flipped_head = None;
         let mut names_event = true;
         match what {
@@ -183,6 +184,18 @@ async fn every_tampering_is_detected() {
                     flipped_head = Some(c.head.seq);
                 });
                 m.insert(pick.clone(), flipped.unwrap());
+            }
+            "head_time" => {
+                // A stored head's signed time (a v2 head, its signature
+                // untouched): its own signature fails, and the next head
+                // of its origin no longer names it by its digest.
+                let v = m[&pick].clone();
+                let changed = edit_chunk(&v, |c| {
+                    assert!(c.head.after.is_some(), "nodes sign v2 heads");
+                    c.head.signed_at_ms += 1 + rng.gen_range(0..1000);
+                    flipped_head = Some(c.head.seq);
+                });
+                m.insert(pick.clone(), changed.unwrap());
             }
             "forge" => {
                 // Append a chunk continuing c1 but signed with another key,
@@ -249,6 +262,7 @@ async fn every_tampering_is_detected() {
                             hash: r.head_hash.clone(),
                             signed_at_ms: None,
                             signature: None,
+                            after: None,
                         },
                     )
                 })
@@ -271,8 +285,8 @@ async fn every_tampering_is_detected() {
             assert_eq!(other, report, "round {round}: {what}: {threads} threads");
         }
         // Checking only each run's newest head finds every tampering but
-        // an older head's signature bytes (the newest head vouches for
-        // the events through the links), with any number of threads.
+        // an older head's signature bytes or time (the newest head vouches
+        // for the events through the links), with any number of threads.
         let newest = audit_with(2, audit::Signatures::Newest);
         for threads in [1, 3] {
             let other = audit_with(threads, audit::Signatures::Newest);
@@ -292,7 +306,7 @@ async fn every_tampering_is_detected() {
             );
         }
         assert!(
-            what.starts_with("signature") || !newest.ok(),
+            what.starts_with("signature") || what == "head_time" || !newest.ok(),
             "round {round}: {what} of {pick:?} went unnoticed checking newest heads"
         );
         assert!(
@@ -313,6 +327,7 @@ async fn every_tampering_is_detected() {
         *kinds.entry(what).or_default() += 1;
     }
     eprintln!("detected {detected}/1000 mutations: {kinds:?}");
+    assert_eq!(kinds.len(), 9, "every kind of mutation tried");
     assert_eq!(detected, 1000);
     newest_heads_vouch_for_their_runs(&entries, &topo);
     index_damage_is_reported(&entries, &topo);
@@ -765,6 +780,7 @@ fn newest_heads_vouch_for_their_runs(entries: &BTreeMap<Vec<u8>, Vec<u8>>, topo:
             hash,
             signed_at_ms: None,
             signature: None,
+            after: None,
         };
         let r: reference::Reference = [("c1".to_owned(), head)].into_iter().collect();
         let how = audit::How {

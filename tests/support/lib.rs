@@ -573,6 +573,11 @@ pub struct SampleChains {
     origins: Vec<(String, ed25519_dalek::SigningKey)>,
     /// Per origin: last seq and hash.
     heads: Vec<(u64, gridsync_model::Hash32)>,
+    /// Per origin: the digest of its last signed head (zeros before the
+    /// first), which its next v2 head names — as an origin signs them.
+    afters: Vec<gridsync_model::Hash32>,
+    /// Sign v1 heads instead (as builds before 2026-12-05 did).
+    v1_heads: bool,
 }
 
 impl SampleChains {
@@ -597,9 +602,19 @@ impl SampleChains {
         let heads = vec![(0, gridsync_model::ZERO_HASH); origins.len()];
         Self {
             payloads,
+            afters: vec![gridsync_model::ZERO_HASH; origins.len()],
+            v1_heads: false,
             origins,
             heads,
         }
+    }
+
+    /// The same chains closed by v1 heads (no `after`), as builds before
+    /// 2026-12-05 signed them: a log of the earlier format.
+    #[must_use]
+    pub fn with_v1_heads(mut self) -> Self {
+        self.v1_heads = true;
+        self
     }
 
     /// The next chunk of origin number `o`: up to `len` events, none past
@@ -637,10 +652,19 @@ impl SampleChains {
             });
         }
         self.heads[o] = (seq, prev);
-        (!events.is_empty()).then(|| gridsync_model::Chunk {
+        if events.is_empty() {
+            return None;
+        }
+        let head = if self.v1_heads {
+            gridsync_model::SignedHead::sign(key, origin, seq, prev, 1)
+        } else {
+            gridsync_model::SignedHead::sign_after(key, (origin, seq, prev), 1, self.afters[o])
+        };
+        self.afters[o] = head.digest();
+        Some(gridsync_model::Chunk {
             origin: origin.clone(),
             events,
-            head: gridsync_model::SignedHead::sign(key, origin, seq, prev, 1),
+            head,
         })
     }
 }

@@ -24,6 +24,9 @@ pub struct ReferenceHead {
     pub signed_at_ms: Option<i64>,
     #[serde(default)]
     pub signature: Option<String>,
+    /// A v2 head's `after` (hex); absent for a v1 head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// `origin → head`: the `heads` object of `/v1/status` works as is.
@@ -42,6 +45,10 @@ impl ReferenceHead {
                 hash: hex::decode(&self.hash).ok()?.try_into().ok()?,
                 signed_at_ms: at,
                 signature: hex::decode(signature).ok()?.try_into().ok()?,
+                after: match &self.after {
+                    None => None,
+                    Some(a) => Some(hex::decode(a).ok()?.try_into().ok()?),
+                },
             })
         })();
         let key = topology.key_at(origin, self.seq);
@@ -56,6 +63,7 @@ impl From<&HeadView> for ReferenceHead {
             hash: h.hash.clone(),
             signed_at_ms: Some(h.signed_at_ms),
             signature: Some(h.signature.clone()),
+            after: h.after.clone(),
         }
     }
 }
@@ -74,6 +82,7 @@ pub fn from_heads_record(record: &HeadsRecord) -> Reference {
                     hash: hex::encode(h.hash),
                     signed_at_ms: Some(h.signed_at_ms),
                     signature: Some(hex::encode(h.signature)),
+                    after: h.after.map(hex::encode),
                 },
             )
         })

@@ -467,6 +467,8 @@ impl Auditor<'_> {
                 offset,
                 head,
                 key,
+                digest: c.head_digest,
+                alone: false,
             };
             self.hold_head(run, &linked);
         }

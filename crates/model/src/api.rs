@@ -171,6 +171,10 @@ pub struct HeadView {
     /// topology can check it, so a parent's status is a signed reference for
     /// `gridsync audit verify --reference`.
     pub signature: String,
+    /// A v2 head's `after` (hex): the digest of the origin's previous
+    /// signed head, signed with the rest. Absent for a v1 head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// Size of a node's log.

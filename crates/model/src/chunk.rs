@@ -3,12 +3,20 @@
 //! A chunk is the unit of signing, storage and transfer. Its container is a
 //! msgpack array `[1, origin, [record…], head]` where a record is
 //! `[envelope bytes (bin), nil | [salt (bin 16), personal bytes (bin)]]` and
-//! the head is `[origin, seq, hash (bin 32), signed_at_ms, signature (bin 64)]`.
+//! the head is `[origin, seq, hash (bin 32), signed_at_ms, signature (bin
+//! 64), after (bin 32)]` — `after` only in a v2 head; a v1 head (builds
+//! before 2026-12-05) has the first five.
 //!
 //! The container itself is not hashed or signed: what is protected is each
 //! envelope's bytes (hashed, chained through `prev`) and the head, whose
 //! signature covers
-//! `"gridsync/head/v1\0" ‖ msgpack [origin, seq, hash (bin 32), signed_at_ms]`.
+//! `"gridsync/head/v2\0" ‖ msgpack [origin, seq, hash (bin 32), signed_at_ms, after (bin 32)]`
+//! (v1: `"gridsync/head/v1\0" ‖ msgpack [origin, seq, hash, signed_at_ms]`).
+//! `after` is the [`SignedHead::digest`] of the origin's previous signed
+//! head (zeros for its first): heads chain as events do, so one verified
+//! signature vouches for every earlier head's bytes it links to — an
+//! audit of every stored byte hashes the older heads instead of verifying
+//! each signature (ARCHITECTURE.md, Decisions: "Signed heads chained").
 //! So any contiguous run of a chunk's events ending at the head can be cut
 //! out and sent on with the same head, and personal parts can be dropped,
 //! without touching a signed byte.
@@ -18,8 +26,12 @@ use serde::Deserialize;
 
 use crate::event::{event_hash, Envelope, EnvelopeError, Hash32, Personal};
 
-/// Domain-separation prefix of a signed head.
+/// Domain-separation prefix of a v1 signed head (no `after`).
 pub const HEAD_SIGNATURE_DOMAIN: &[u8] = b"gridsync/head/v1\0";
+/// Domain-separation prefix of a v2 signed head (with `after`).
+pub const HEAD_V2_SIGNATURE_DOMAIN: &[u8] = b"gridsync/head/v2\0";
+/// Domain-separation prefix of a head's digest ([`SignedHead::digest`]).
+pub const HEAD_DIGEST_DOMAIN: &[u8] = b"gridsync/head-digest/v1\0";
 /// The only chunk container format so far.
 pub const CHUNK_FORMAT: u8 = 1;
 
@@ -39,30 +51,109 @@ pub struct SignedHead {
     pub hash: Hash32,
     pub signed_at_ms: i64,
     pub signature: [u8; 64],
+    /// v2: the [`SignedHead::digest`] of the origin's previous signed head
+    /// (zeros for its first), signed with the rest. `None`: a v1 head.
+    pub after: Option<Hash32>,
 }
 
 impl SignedHead {
-    /// The exact bytes the signature covers.
+    /// The exact bytes a v1 head's signature covers.
     pub fn signed_message(origin: &str, seq: u64, hash: &Hash32, signed_at_ms: i64) -> Vec<u8> {
-        let mut m = Vec::with_capacity(HEAD_SIGNATURE_DOMAIN.len() + 64 + origin.len());
-        m.extend_from_slice(HEAD_SIGNATURE_DOMAIN);
-        rmp::encode::write_array_len(&mut m, 4).expect("vec write");
+        Self::message_of(origin, seq, hash, signed_at_ms, None)
+    }
+
+    /// The exact bytes this head's signature covers (v1 or v2).
+    pub fn message(&self) -> Vec<u8> {
+        Self::message_of(
+            &self.origin,
+            self.seq,
+            &self.hash,
+            self.signed_at_ms,
+            self.after.as_ref(),
+        )
+    }
+
+    fn message_of(
+        origin: &str,
+        seq: u64,
+        hash: &Hash32,
+        signed_at_ms: i64,
+        after: Option<&Hash32>,
+    ) -> Vec<u8> {
+        let mut m = Vec::with_capacity(HEAD_V2_SIGNATURE_DOMAIN.len() + 100 + origin.len());
+        let (domain, fields) = match after {
+            None => (HEAD_SIGNATURE_DOMAIN, 4),
+            Some(_) => (HEAD_V2_SIGNATURE_DOMAIN, 5),
+        };
+        m.extend_from_slice(domain);
+        rmp::encode::write_array_len(&mut m, fields).expect("vec write");
         rmp::encode::write_str(&mut m, origin).expect("vec write");
         rmp::encode::write_uint(&mut m, seq).expect("vec write");
         rmp::encode::write_bin(&mut m, hash).expect("vec write");
         rmp::encode::write_sint(&mut m, signed_at_ms).expect("vec write");
+        if let Some(a) = after {
+            rmp::encode::write_bin(&mut m, a).expect("vec write");
+        }
         m
     }
 
+    /// A v1 head (no `after`), as builds before 2026-12-05 signed: what
+    /// tests of older logs and of mixed logs use.
     pub fn sign(key: &SigningKey, origin: &str, seq: u64, hash: Hash32, signed_at_ms: i64) -> Self {
-        let sig = key.sign(&Self::signed_message(origin, seq, &hash, signed_at_ms));
+        Self::signed(key, origin, seq, hash, signed_at_ms, None)
+    }
+
+    /// A v2 head following the origin's previous head, whose
+    /// [`SignedHead::digest`] is `after` (zeros for the origin's first):
+    /// what an origin signs.
+    pub fn sign_after(
+        key: &SigningKey,
+        (origin, seq, hash): (&str, u64, Hash32),
+        signed_at_ms: i64,
+        after: Hash32,
+    ) -> Self {
+        Self::signed(key, origin, seq, hash, signed_at_ms, Some(after))
+    }
+
+    fn signed(
+        key: &SigningKey,
+        origin: &str,
+        seq: u64,
+        hash: Hash32,
+        signed_at_ms: i64,
+        after: Option<Hash32>,
+    ) -> Self {
+        let sig = key.sign(&Self::message_of(
+            origin,
+            seq,
+            &hash,
+            signed_at_ms,
+            after.as_ref(),
+        ));
         Self {
             origin: origin.to_owned(),
             seq,
             hash,
             signed_at_ms,
             signature: sig.to_bytes(),
+            after,
         }
+    }
+
+    /// BLAKE3 over a domain prefix and the head's encoding — every field,
+    /// the signature and `after` included: what the origin's next v2 head
+    /// signs as its `after`. A head whose digest a verified head names is
+    /// vouched for, byte for byte, without verifying its own signature.
+    pub fn digest(&self) -> Hash32 {
+        let mut h = blake3::Hasher::new();
+        h.update(HEAD_DIGEST_DOMAIN);
+        h.update(&self.encode());
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether this (v2) head names `earlier` as the head before it.
+    pub fn follows(&self, earlier: &SignedHead) -> bool {
+        self.after.is_some_and(|a| a == earlier.digest())
     }
 
     /// Strict ed25519 verification (rejects malleable and small-order forms).
@@ -70,7 +161,7 @@ impl SignedHead {
     /// # Errors
     /// [`ChunkError::BadSignature`] when the signature does not verify.
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), ChunkError> {
-        let msg = Self::signed_message(&self.origin, self.seq, &self.hash, self.signed_at_ms);
+        let msg = self.message();
         key.verify_strict(&msg, &Signature::from_bytes(&self.signature))
             .map_err(|_| ChunkError::BadSignature {
                 origin: self.origin.clone(),
@@ -79,12 +170,16 @@ impl SignedHead {
     }
 
     fn encode_into(&self, w: &mut Vec<u8>) {
-        rmp::encode::write_array_len(w, 5).expect("vec write");
+        let fields = if self.after.is_some() { 6 } else { 5 };
+        rmp::encode::write_array_len(w, fields).expect("vec write");
         rmp::encode::write_str(w, &self.origin).expect("vec write");
         rmp::encode::write_uint(w, self.seq).expect("vec write");
         rmp::encode::write_bin(w, &self.hash).expect("vec write");
         rmp::encode::write_sint(w, self.signed_at_ms).expect("vec write");
         rmp::encode::write_bin(w, &self.signature).expect("vec write");
+        if let Some(a) = &self.after {
+            rmp::encode::write_bin(w, a).expect("vec write");
+        }
     }
 
     /// Standalone encoding (used for the `heads` index).
@@ -103,8 +198,16 @@ impl SignedHead {
     }
 }
 
+/// A head as encoded: five fields (v1) or six (v2, `after` last).
 #[derive(Deserialize)]
-struct HeadWire(String, u64, serde_bytes::ByteBuf, i64, serde_bytes::ByteBuf);
+struct HeadWire(
+    String,
+    u64,
+    serde_bytes::ByteBuf,
+    i64,
+    serde_bytes::ByteBuf,
+    #[serde(default)] Option<serde_bytes::ByteBuf>,
+);
 
 impl HeadWire {
     fn into_head(self) -> Result<SignedHead, ChunkError> {
@@ -122,6 +225,14 @@ impl HeadWire {
                 .as_slice()
                 .try_into()
                 .map_err(|_| ChunkError::Decode("head signature is not 64 bytes".into()))?,
+            after: self
+                .5
+                .map(|a| {
+                    a.as_slice()
+                        .try_into()
+                        .map_err(|_| ChunkError::Decode("head's after is not 32 bytes".into()))
+                })
+                .transpose()?,
         })
     }
 }

@@ -75,8 +75,24 @@ fn build() -> Value {
         events: records,
         head: head.clone(),
     };
+    // The same chunk closed by a v2 head, as an origin's first (`after`
+    // zeros), and that head's digest (what its next head signs).
+    let head_v2 = SignedHead::sign_after(
+        &key,
+        ("wanggezhuang-c07", 2, prev),
+        1_580_175_100_500,
+        [0; 32],
+    );
+    let chunk_v2 = Chunk {
+        head: head_v2.clone(),
+        ..chunk.clone()
+    };
     json!({
         "comment": "gridsync format-1 vectors: see crates/model/src/event.rs and chunk.rs for the layout",
+        "head_v2_message": hex::encode(head_v2.message()),
+        "head_v2_signature": hex::encode(head_v2.signature),
+        "head_v2_digest": hex::encode(head_v2.digest()),
+        "chunk_v2": hex::encode(chunk_v2.encode()),
         "signing_key_seed": hex::encode([1u8; 32]),
         "public_key": hex::encode(key.verifying_key().to_bytes()),
         "events": events,
@@ -117,6 +133,13 @@ fn format_v1_vectors_are_stable() {
         hex::encode(chunk.head.signature),
         stored["head_signature"].as_str().unwrap(),
         "ed25519 signatures are deterministic"
+    );
+    let v2 = Chunk::decode(&hex::decode(stored["chunk_v2"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(v2.verify(1, &ZERO_HASH, &public).unwrap().len(), 2);
+    assert_eq!(v2.head.after, Some([0; 32]));
+    assert_eq!(
+        hex::encode(v2.head.digest()),
+        stored["head_v2_digest"].as_str().unwrap()
     );
     // Withholding the personal part keeps the chunk verifiable.
     let mut withheld = chunk.clone();

@@ -324,6 +324,7 @@ impl ChildSession {
             capabilities: vec![
                 crate::CAPABILITY_CHUNKS_V1.into(),
                 crate::CAPABILITY_LAG_CHANGES_V1.into(),
+                crate::CAPABILITY_HEADS_V2.into(),
             ],
         };
         self.send(&mut out, hello, now_ms);
@@ -494,6 +495,13 @@ impl ChildSession {
         }
         if version != PROTOCOL_VERSION {
             let m = format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}");
+            return self.fail(out, m);
+        }
+        if !capabilities.iter().any(|c| c == crate::CAPABILITY_HEADS_V2) {
+            let m = format!(
+                "parent {node} does not read {} (signed heads naming the head before them, which this build signs): upgrade {node} to this build; events are held here until then",
+                crate::CAPABILITY_HEADS_V2
+            );
             return self.fail(out, m);
         }
         self.lag_changes_only = capabilities

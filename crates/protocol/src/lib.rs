@@ -54,6 +54,14 @@ pub const CAPABILITY_CHUNKS_V1: &str = "chunks-v1";
 /// sent and decoded with every batch, however few chunks the batch holds.
 pub const CAPABILITY_LAG_CHANGES_V1: &str = "lag-changes-v1";
 
+/// A parent that reads v2 signed heads (`after`: the digest of the
+/// origin's previous head, `crates/model/src/chunk.rs`) says so with this
+/// capability. A child of this build signs v2 heads and requires it: a
+/// parent of an earlier build would refuse each v2 chunk as undecodable or
+/// badly signed, so the child says what to do instead ("upgrade the
+/// parent") and holds its events until it is. Upgrade parents first.
+pub const CAPABILITY_HEADS_V2: &str = "heads-v2";
+
 /// Why a peer or a batch was refused. Stable strings on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectCode {

@@ -349,6 +349,7 @@ impl ParentSession {
             capabilities: vec![
                 crate::CAPABILITY_CHUNKS_V1.to_owned(),
                 crate::CAPABILITY_LAG_CHANGES_V1.to_owned(),
+                crate::CAPABILITY_HEADS_V2.to_owned(),
             ],
         };
         self.state = State::AwaitAuth { child: node };

@@ -87,6 +87,7 @@ fn head_view(h: &HeadState) -> HeadView {
         signed_at: fmt(h.signed.signed_at_ms),
         signed_at_ms: h.signed.signed_at_ms,
         signature: hex::encode(h.signed.signature),
+        after: h.signed.after.map(hex::encode),
     }
 }
 

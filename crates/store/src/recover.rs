@@ -259,11 +259,13 @@ type Unsigned = (u64, SignedHead, ed25519_dalek::VerifyingKey);
 /// event's chain link and comparing each entry with its chunk-index entry.
 /// Signatures: each origin's newest head (which authenticates its whole
 /// chain through the links), or every chunk's with `verify_all` — those
-/// on a second thread, in batches, while this one reads on; the first
-/// that fails in log order is the error (it comes before any problem the
-/// walk found: only entries before that one sent their heads). Memory
-/// holds per-origin state, a page of index entries per origin and up to
-/// three batches of heads, never the log or the index.
+/// on a second thread, in batches, while this one reads on; a head the
+/// origin's next head names (v2 `after`, same key) is vouched for by that
+/// one, every byte of it, and is not verified again. A failing signature
+/// is the error (it comes before any problem the walk found: every head
+/// read before that problem is sent). Memory holds per-origin state, a
+/// page of index entries per origin and up to three batches of heads,
+/// never the log or the index.
 fn walk_log(
     kv: &dyn Kv,
     keys: &KeyLookup,
@@ -298,6 +300,9 @@ fn walk(
     let mut counts = LogCounts::default();
     let mut next = 0u64;
     let mut unsigned: Vec<Unsigned> = Vec::new();
+    // With `signatures`: each origin's latest head, sent once the next
+    // one shows whether it names it.
+    let mut held: HashMap<String, Unsigned> = HashMap::new();
     // Sends the heads gathered; false when the verifier has stopped.
     let send = |unsigned: &mut Vec<Unsigned>| match &signatures {
         Some(tx) if !unsigned.is_empty() => tx.send(std::mem::take(unsigned)).is_ok(),
@@ -338,11 +343,18 @@ fn walk(
                 // Earlier entries' heads still go to be checked: a bad
                 // signature among them is the first problem.
                 Err(err) => {
+                    unsigned.extend(held.into_values());
                     send(&mut unsigned);
                     return Err(err);
                 }
                 Ok(key) if signatures.is_some() => {
-                    unsigned.push((e.offset, e.chunk.head.clone(), key));
+                    let head = &e.chunk.head;
+                    let latest = (e.offset, head.clone(), key);
+                    match held.insert(origin.clone(), latest) {
+                        Some((_, h, k)) if k == key && head.follows(&h) => {}
+                        Some(unnamed) => unsigned.push(unnamed),
+                        None => {}
+                    }
                 }
                 Ok(_) => {}
             }
@@ -355,6 +367,7 @@ fn walk(
             next = e.offset + 1;
         }
     }
+    unsigned.extend(held.into_values());
     send(&mut unsigned);
     // Each origin's newest signed head vouches for its whole chain.
     if signatures.is_none() {

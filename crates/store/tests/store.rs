@@ -326,9 +326,11 @@ fn altered_logs_are_refused_on_open() {
             }
         }
         for (_, r) in held {
-            for pos in [r.start + 12, r.start + r.len() / 2, r.end - 3] {
-                // The last bytes of an entry are its head's signature.
-                let older_signature = pos == r.end - 3 && n + 1 < 5;
+            for pos in [r.start + 12, r.start + r.len() / 2, r.end - 40, r.end - 3] {
+                // An entry ends in its head's signature (64 bytes) and
+                // `after` (32): a v2 head, whose signature covers `after`
+                // and which the origin's next head names by its digest.
+                let older_signature = pos >= r.end - 40 && n + 1 < 5;
                 let what = format!("flip entry {n} byte {pos}");
                 cases.push((what, flipped(k, pos), older_signature));
             }

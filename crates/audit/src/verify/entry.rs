@@ -32,9 +32,14 @@ pub(super) struct ChunkFacts {
     /// chunk that verified).
     pub not_canonical: Vec<u64>,
     /// A chunk whose links held: its head and the key it must verify
-    /// under — checked by [`examine_all`] with [`Signatures::All`] (and
-    /// then `None`), else by the auditor if it ends its run of the chain.
+    /// under — a v1 head checked by [`examine_all`] with
+    /// [`Signatures::All`] (and then `None`), else left to the auditor:
+    /// verified if it ends its run of the chain, or (with
+    /// [`Signatures::All`]) if the next head of the run does not name it.
     pub head: Option<(SignedHead, VerifyingKey)>,
+    /// With [`Signatures::All`], a v2 head's [`SignedHead::digest`] (what
+    /// the origin's next head names), computed here on the worker threads.
+    pub head_digest: Option<Hash32>,
 }
 
 /// Why a chunk did not verify on its own.
@@ -66,18 +71,23 @@ pub(super) fn examine_all(
     })
 }
 
-/// Every chunk whose links held has its head verified; a head that fails
-/// makes its chunk `BadSignature`, as a chunk failing its own check does.
-/// The heads are dropped after: with every signature checked there are no
-/// runs' newest heads left for the auditor to verify.
+/// Every chunk whose links held and whose head is v1 has its head
+/// verified; a head that fails makes its chunk `BadSignature`, as a chunk
+/// failing its own check does. Those heads are dropped after: each was
+/// checked on its own. v2 heads are left to the auditor, which verifies
+/// each run's newest and hashes the heads it names (`runs.rs`).
 fn check_signatures(out: &mut [Examined]) {
-    let mut facts: Vec<&mut ChunkFacts> = out
-        .iter_mut()
-        .filter_map(|e| match e {
-            Examined::Chunk(c) if c.head.is_some() => Some(&mut **c),
-            _ => None,
-        })
-        .collect();
+    let v1 = |c: &ChunkFacts| c.head.as_ref().is_some_and(|(h, _)| h.after.is_none());
+    let mut facts: Vec<&mut ChunkFacts> = Vec::new();
+    for e in out.iter_mut() {
+        if let Examined::Chunk(c) = e {
+            if v1(c) {
+                facts.push(&mut **c);
+            } else {
+                c.head_digest = c.head.as_ref().map(|(h, _)| h.digest());
+            }
+        }
+    }
     let heads: Vec<(&SignedHead, &VerifyingKey)> = facts
         .iter()
         .filter_map(|c| c.head.as_ref().map(|(h, k)| (h, k)))
@@ -168,5 +178,6 @@ pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examine
         checked,
         not_canonical,
         head,
+        head_digest: None,
     }))
 }

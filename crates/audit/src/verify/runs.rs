@@ -1,7 +1,10 @@
-//! A verified chunk linked onto its origin's chain, and (with
-//! [`super::Signatures::Newest`]) which heads an audit then verifies: the
-//! newest of each unbroken run of the chain (per key), and every head
-//! beside the chain.
+//! A verified chunk linked onto its origin's chain, and which heads an
+//! audit then verifies: the newest of each unbroken run of the chain (per
+//! key), and every head beside the chain — with
+//! [`super::Signatures::Newest`], and with [`super::Signatures::All`] for
+//! v2 heads, where a head the next one names by its digest is vouched for
+//! by it (every byte, its signature included) and any other is verified
+//! on its own.
 
 use gridsync_model::{Hash32, SignedHead};
 
@@ -14,6 +17,11 @@ pub(super) struct Run {
     pub offset: u64,
     pub head: SignedHead,
     pub key: ed25519_dalek::VerifyingKey,
+    /// With [`super::Signatures::All`], the head's digest (v2 heads).
+    pub digest: Option<Hash32>,
+    /// Verified on its own: no later head names it (with
+    /// [`super::Signatures::All`]).
+    pub alone: bool,
 }
 
 /// How a verified chunk met its origin's chain ([`Auditor::link`]).
@@ -90,20 +98,30 @@ impl Auditor<'_> {
         linked
     }
 
-    /// With [`super::Signatures::Newest`]: a verified chunk's head either becomes
-    /// the newest of its origin's run (the one before it is vouched for by
-    /// it through the links) or ends the run, whose head is then queued.
+    /// A verified chunk's head either becomes the newest of its origin's
+    /// run (the one before it is vouched for by it through the links) or
+    /// ends the run, whose head is then queued. With
+    /// [`super::Signatures::All`] the head it replaces must also be named
+    /// by it (`after`), or is queued to be verified on its own.
     pub(super) fn hold_head(&mut self, run: Run, linked: &Linked) {
         if *linked == Linked::Stale {
             // Beside the chain: its head vouches only for itself.
             return self.heads_to_verify.push(run);
         }
+        let all = self.signatures == super::Signatures::All;
         // In place: one lookup a chunk, no key allocated unless the origin
         // is new.
         match self.runs.get_mut(&run.head.origin) {
             Some(held) if *linked == Linked::Continues && held.key == run.key => {
                 let from = held.from;
-                *held = Run { from, ..run };
+                let named = !all || held.digest.is_some_and(|d| run.head.after == Some(d));
+                let earlier = std::mem::replace(held, Run { from, ..run });
+                if !named {
+                    self.heads_to_verify.push(Run {
+                        alone: true,
+                        ..earlier
+                    });
+                }
             }
             Some(held) => {
                 let ended = std::mem::replace(held, run);
@@ -134,10 +152,26 @@ impl Auditor<'_> {
                 continue;
             }
             let (origin, seq) = (&r.head.origin, r.head.seq);
-            let m = format!(
-                "log entry {}: the signature of {origin}'s head at seq {seq} does not verify, so seqs {}..={seq} are not vouched for by {origin} (audit verify --signatures all names each chunk at fault)",
-                r.offset, r.from
-            );
+            let m = if r.alone {
+                format!(
+                    "log entry {}: {}",
+                    r.offset,
+                    gridsync_model::ChunkError::BadSignature {
+                        origin: origin.clone(),
+                        seq
+                    }
+                )
+            } else if self.signatures == super::Signatures::All {
+                format!(
+                    "log entry {}: the signature of {origin}'s head at seq {seq} does not verify, so neither seqs {}..={seq} nor the earlier heads it names are vouched for by {origin}",
+                    r.offset, r.from
+                )
+            } else {
+                format!(
+                    "log entry {}: the signature of {origin}'s head at seq {seq} does not verify, so seqs {}..={seq} are not vouched for by {origin} (audit verify --signatures all names each chunk at fault)",
+                    r.offset, r.from
+                )
+            };
             self.report
                 .problem("bad_signature", Some(origin), Some(seq), Some(r.offset), m);
         }

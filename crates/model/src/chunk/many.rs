@@ -87,10 +87,7 @@ fn batch_passes(batch: &[(&SignedHead, &VerifyingKey)]) -> bool {
     if batch.iter().any(|(_, k)| k.is_weak()) {
         return false;
     }
-    let messages: Vec<Vec<u8>> = batch
-        .iter()
-        .map(|(h, _)| SignedHead::signed_message(&h.origin, h.seq, &h.hash, h.signed_at_ms))
-        .collect();
+    let messages: Vec<Vec<u8>> = batch.iter().map(|(h, _)| h.message()).collect();
     let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     let signatures: Vec<Signature> = batch
         .iter()

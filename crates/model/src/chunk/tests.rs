@@ -35,7 +35,7 @@ fn build(key: &SigningKey, n: u64) -> Chunk {
     Chunk {
         origin: "c1".into(),
         events,
-        head: SignedHead::sign(key, "c1", n, prev, 5),
+        head: SignedHead::sign_after(key, ("c1", n, prev), 5, [9; 32]),
     }
 }
 
@@ -80,9 +80,17 @@ fn verifies_and_round_trips() {
 #[test]
 fn any_flipped_byte_fails_verification() {
     let key = SigningKey::from_bytes(&[3; 32]);
-    let bytes = build(&key, 3).encode();
+    let v2 = build(&key, 3);
+    let mut v1 = v2.clone();
+    v1.head = SignedHead::sign(&key, "c1", 3, v2.head.hash, 5);
+    for c in [v2, v1] {
+        flips_fail(&key, &c.encode());
+    }
+}
+
+fn flips_fail(key: &SigningKey, bytes: &[u8]) {
     for i in 0..bytes.len() {
-        let mut m = bytes.clone();
+        let mut m = bytes.to_vec();
         m[i] ^= 0x01;
         if let Ok(c) = Chunk::decode(&m) {
             assert!(
@@ -426,9 +434,67 @@ fn an_envelope_written_as_integers_is_refused_in_place() {
         serde_bytes::ByteBuf::from(h.hash.to_vec()),
         h.signed_at_ms,
         serde_bytes::ByteBuf::from(h.signature.to_vec()),
+        serde_bytes::ByteBuf::from(h.after.expect("a v2 head").to_vec()),
     );
     let envelope: Vec<u8> = c.events[0].envelope.clone();
     let bytes = rmp_serde::to_vec(&(1u8, "c1", vec![(envelope, None::<()>)], head)).unwrap();
     assert_eq!(Chunk::decode(&bytes).unwrap(), c);
     assert!(ChunkView::decode(&bytes).is_err());
+}
+
+#[test]
+fn v1_and_v2_heads_are_read_side_by_side() {
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let v2 = build(&key, 2).head;
+    let v1 = SignedHead::sign(&key, "c1", 2, v2.hash, 5);
+    for h in [&v1, &v2] {
+        let back = SignedHead::decode(&h.encode()).unwrap();
+        assert_eq!(&back, h);
+        back.verify(&key.verifying_key()).unwrap();
+    }
+    assert_eq!((v1.after, v2.after), (None, Some([9; 32])));
+    assert_eq!(v1.encode()[0], 0x95, "a v1 head is five fields");
+    assert_eq!(v2.encode()[0], 0x96, "a v2 head is six fields");
+    // Neither passes for the other: `after` cannot be dropped or added.
+    let stripped = SignedHead {
+        after: None,
+        ..v2.clone()
+    };
+    assert!(stripped.verify(&key.verifying_key()).is_err());
+    let added = SignedHead {
+        after: Some([0; 32]),
+        ..v1
+    };
+    assert!(added.verify(&key.verifying_key()).is_err());
+    let short = {
+        let mut b = v2.encode();
+        // `after` as a bin 8 of 31 bytes, where 32 belong.
+        let n = b.len() - 1;
+        b.truncate(n);
+        assert_eq!(b[n - 33], 0xc4);
+        b[n - 32] = 31;
+        b
+    };
+    assert!(SignedHead::decode(&short).is_err());
+}
+
+#[test]
+fn a_head_digest_covers_every_byte_of_the_head() {
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let h = build(&key, 2).head;
+    let next = SignedHead::sign_after(&key, ("c1", 3, [4; 32]), 6, h.digest());
+    assert!(next.follows(&h));
+    assert!(!h.follows(&next));
+    let bytes = h.encode();
+    for i in 0..bytes.len() {
+        let mut m = bytes.clone();
+        m[i] ^= 0x01;
+        if let Ok(altered) = SignedHead::decode(&m) {
+            assert!(!next.follows(&altered), "flip at byte {i} still linked");
+        }
+    }
+    // A v1 head is linked by its five fields' encoding.
+    let v1 = SignedHead::sign(&key, "c1", 2, h.hash, 5);
+    let after_v1 = SignedHead::sign_after(&key, ("c1", 3, [4; 32]), 6, v1.digest());
+    assert!(after_v1.follows(&v1) && !after_v1.follows(&h));
 }

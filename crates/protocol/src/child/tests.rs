@@ -449,3 +449,41 @@ fn a_moved_head_is_the_only_origin_read_and_reported() {
         assert_eq!(s.take_acked_moves(), (false, vec![("o500".to_owned(), 3)]));
     }
 }
+
+/// A child of this build signs v2 heads, which a parent of an earlier
+/// build refuses: it needs the parent's `heads-v2` and, without it, closes
+/// saying what to do — before anything is sent.
+#[test]
+fn a_parent_without_heads_v2_is_told_to_upgrade() {
+    let log = CountingLog::new(1);
+    let close_reason = |capabilities: &[&str]| {
+        let mut s = session();
+        s.on_open([1; 32], &[], 0);
+        let challenge = crate::Frame::Challenge {
+            version: crate::PROTOCOL_VERSION,
+            node: "d".into(),
+            nonce: serde_bytes::ByteBuf::from(vec![2; 32]),
+            proof: serde_bytes::ByteBuf::from(vec![0; 64]),
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let out = s.on_frame(challenge, &log, 1);
+        assert!(
+            !out.iter().any(|o| matches!(o, crate::Output::Send(_))),
+            "{out:?}"
+        );
+        out.into_iter()
+            .find_map(|o| match o {
+                crate::Output::Close { reason } => Some(reason),
+                _ => None,
+            })
+            .expect("the session closes")
+    };
+    let earlier = close_reason(&["chunks-v1", "lag-changes-v1"]);
+    assert!(
+        earlier.contains("does not read heads-v2") && earlier.contains("upgrade d"),
+        "{earlier}"
+    );
+    // Control: with it, the same (unproven) challenge fails on its proof.
+    let this_build = close_reason(&["chunks-v1", "lag-changes-v1", "heads-v2"]);
+    assert!(!this_build.contains("heads-v2"), "{this_build}");
+}

@@ -89,10 +89,17 @@ impl Writer {
         let (Some(own), Some(origin)) = (work.own.take(), self.origin.as_ref()) else {
             return;
         };
+        // The origin's previous signed head, in this commit or stored:
+        // its digest is what the first new head signs as `after`.
+        let after = work
+            .heads
+            .get(&origin.node_id)
+            .or_else(|| self.heads.get(&origin.node_id))
+            .map_or(ZERO_HASH, |h| h.signed.digest());
         let end = cut_into_chunks(
             work,
             origin,
-            own.start,
+            (own.start, after),
             own.records,
             &own.hashes,
             self.config.chunk_bytes_target,
@@ -132,15 +139,17 @@ fn envelope_of(ev: &PreparedEvent, origin: &str, seq: u64, prev: &Hash32, now_ms
     .encode_with_data(&ev.data)
 }
 
-/// Cuts an origin's new events (following `start`: seq, hash) into chunks
-/// of about `bytes_target`, each closed by a head signed with the origin's
-/// key, and adds them to the work; returns the last seq and hash.
+/// Cuts an origin's new events (following `start`: seq, hash; and the
+/// digest of the origin's previous head) into chunks of about
+/// `bytes_target`, each closed by a v2 head signed with the origin's key
+/// naming the head before it, and adds them to the work; returns the last
+/// seq and hash.
 /// `hashes` are the records' event hashes (computed when they were
 /// chained: not again here, on the single writer thread).
 fn cut_into_chunks(
     work: &mut Work,
     origin: &OriginIdentity,
-    start: (u64, Hash32),
+    (start, mut after): ((u64, Hash32), Hash32),
     records: Vec<EventRecord>,
     hashes: &[Hash32],
     bytes_target: usize,
@@ -157,8 +166,13 @@ fn cut_into_chunks(
         current_bytes += super::import::record_bytes(&rec);
         current.push(rec);
         if current_bytes >= bytes_target || i + 1 == n_records {
-            let head =
-                SignedHead::sign(&origin.key, &origin.node_id, chunk_seq, chunk_hash, now_ms);
+            let head = SignedHead::sign_after(
+                &origin.key,
+                (&origin.node_id, chunk_seq, chunk_hash),
+                now_ms,
+                after,
+            );
+            after = head.digest();
             let chunk = Chunk {
                 origin: origin.node_id.clone(),
                 events: std::mem::take(&mut current),
