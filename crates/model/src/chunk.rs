@@ -147,7 +147,9 @@ impl SignedHead {
     pub fn digest(&self) -> Hash32 {
         let mut h = blake3::Hasher::new();
         h.update(HEAD_DIGEST_DOMAIN);
-        h.update(&self.encode());
+        // Encoded straight into the hasher: one per stored head in a full
+        // audit, no allocation.
+        self.encode_into(&mut h);
         *h.finalize().as_bytes()
     }
 
@@ -169,7 +171,7 @@ impl SignedHead {
             })
     }
 
-    fn encode_into(&self, w: &mut Vec<u8>) {
+    fn encode_into<W: std::io::Write>(&self, w: &mut W) {
         let fields = if self.after.is_some() { 6 } else { 5 };
         rmp::encode::write_array_len(w, fields).expect("vec write");
         rmp::encode::write_str(w, &self.origin).expect("vec write");
@@ -211,30 +213,59 @@ struct HeadWire(
 
 impl HeadWire {
     fn into_head(self) -> Result<SignedHead, ChunkError> {
-        Ok(SignedHead {
-            origin: self.0,
-            seq: self.1,
-            hash: self
-                .2
-                .as_slice()
-                .try_into()
-                .map_err(|_| ChunkError::Decode("head hash is not 32 bytes".into()))?,
-            signed_at_ms: self.3,
-            signature: self
-                .4
-                .as_slice()
-                .try_into()
-                .map_err(|_| ChunkError::Decode("head signature is not 64 bytes".into()))?,
-            after: self
-                .5
-                .map(|a| {
-                    a.as_slice()
-                        .try_into()
-                        .map_err(|_| ChunkError::Decode("head's after is not 32 bytes".into()))
-                })
-                .transpose()?,
-        })
+        head_of(
+            self.0,
+            (self.1, &self.2, self.3, &self.4),
+            self.5.as_ref().map(|a| a.as_slice()),
+        )
     }
+}
+
+/// [`HeadWire`] borrowed from the bytes: no allocation per field where a
+/// chunk is read in place (`ChunkView`, `record_at`).
+#[derive(Deserialize)]
+struct HeadRef<'a>(
+    &'a str,
+    u64,
+    #[serde(borrow)] &'a serde_bytes::Bytes,
+    i64,
+    #[serde(borrow)] &'a serde_bytes::Bytes,
+    #[serde(default, borrow)] Option<&'a serde_bytes::Bytes>,
+);
+
+impl HeadRef<'_> {
+    fn into_head(self) -> Result<SignedHead, ChunkError> {
+        head_of(
+            self.0.to_owned(),
+            (self.1, self.2, self.3, self.4),
+            self.5.map(|a| &a[..]),
+        )
+    }
+}
+
+/// A head from its decoded fields, their lengths checked.
+fn head_of(
+    origin: String,
+    (seq, hash, signed_at_ms, signature): (u64, &[u8], i64, &[u8]),
+    after: Option<&[u8]>,
+) -> Result<SignedHead, ChunkError> {
+    Ok(SignedHead {
+        origin,
+        seq,
+        hash: hash
+            .try_into()
+            .map_err(|_| ChunkError::Decode("head hash is not 32 bytes".into()))?,
+        signed_at_ms,
+        signature: signature
+            .try_into()
+            .map_err(|_| ChunkError::Decode("head signature is not 64 bytes".into()))?,
+        after: after
+            .map(|a| {
+                a.try_into()
+                    .map_err(|_| ChunkError::Decode("head's after is not 32 bytes".into()))
+            })
+            .transpose()?,
+    })
 }
 
 #[derive(Deserialize)]
@@ -260,7 +291,12 @@ struct PersonalRef<'a>(
 );
 
 #[derive(Deserialize)]
-struct ChunkRef<'a>(u8, &'a str, #[serde(borrow)] Vec<RecordRef<'a>>, HeadWire);
+struct ChunkRef<'a>(
+    u8,
+    &'a str,
+    #[serde(borrow)] Vec<RecordRef<'a>>,
+    #[serde(borrow)] HeadRef<'a>,
+);
 
 /// The head of a decoded container once its shape is checked: format 1,
 /// at least one event, a head seq that leaves room for all of them.
@@ -268,7 +304,7 @@ fn checked_head(
     format: u8,
     origin: &str,
     n_events: usize,
-    head: HeadWire,
+    head: impl FnOnce() -> Result<SignedHead, ChunkError>,
 ) -> Result<SignedHead, ChunkError> {
     if format != CHUNK_FORMAT {
         return Err(ChunkError::Format(format));
@@ -276,7 +312,7 @@ fn checked_head(
     if n_events == 0 {
         return Err(ChunkError::Empty(origin.to_owned()));
     }
-    let head = head.into_head()?;
+    let head = head()?;
     if head.seq < n_events as u64 {
         return Err(ChunkError::Decode(
             "head seq is lower than the number of events".into(),
@@ -396,7 +432,7 @@ impl Chunk {
     pub fn decode(bytes: &[u8]) -> Result<Self, ChunkError> {
         let w: ChunkWire =
             rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
-        let head = checked_head(w.0, &w.1, w.2.len(), w.3)?;
+        let head = checked_head(w.0, &w.1, w.2.len(), || w.3.into_head())?;
         let mut events = Vec::with_capacity(w.2.len());
         for r in w.2 {
             let personal = match r.1 {
@@ -426,7 +462,7 @@ impl Chunk {
     pub fn record_at(bytes: &[u8], seq: u64) -> Result<Option<EventRecord>, ChunkError> {
         let w: ChunkRef<'_> =
             rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
-        let head = checked_head(w.0, w.1, w.2.len(), w.3)?;
+        let head = checked_head(w.0, w.1, w.2.len(), || w.3.into_head())?;
         let first = head.seq - (w.2.len() as u64 - 1);
         if seq < first || seq > head.seq {
             return Ok(None);

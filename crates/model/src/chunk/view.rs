@@ -37,7 +37,7 @@ impl<'a> ChunkView<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, ChunkError> {
         let w: ChunkRef<'a> =
             rmp_serde::from_slice(bytes).map_err(|e| ChunkError::Decode(e.to_string()))?;
-        let head = checked_head(w.0, w.1, w.2.len(), w.3)?;
+        let head = checked_head(w.0, w.1, w.2.len(), || w.3.into_head())?;
         let events =
             w.2.into_iter()
                 .map(|r| {
