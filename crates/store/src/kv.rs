@@ -14,6 +14,9 @@ pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
 /// One stored key/value pair.
 pub type KvEntry = (Vec<u8>, Vec<u8>);
 
+/// A stored value shared instead of copied out ([`Kv::scan_shared`]).
+pub type SharedValue = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// An ordered byte-key store with atomic, durable batches.
 ///
 /// Implementations guarantee: when [`Kv::commit`] returns `Ok`, every write
@@ -30,6 +33,26 @@ pub trait Kv: Send + Sync + 'static {
     /// # Errors
     /// I/O or corruption in the backing store.
     fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<KvEntry>, StoreError>;
+
+    /// [`Kv::scan`] with each value shared rather than copied: what a
+    /// reader handing whole pages of values to other threads takes (the
+    /// audit reads every byte of a multi-gigabyte log once). The default
+    /// wraps [`Kv::scan`]'s copies.
+    ///
+    /// # Errors
+    /// I/O or corruption in the backing store.
+    fn scan_shared(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, SharedValue)>, StoreError> {
+        Ok(self
+            .scan(start, prefix, limit)?
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v) as SharedValue))
+            .collect())
+    }
 
     /// The entry with the greatest key beginning with `prefix`.
     ///

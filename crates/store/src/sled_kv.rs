@@ -9,9 +9,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::kv::{CommitTimings, Kv, KvEntry, KvWrite};
+use crate::kv::{CommitTimings, Kv, KvEntry, KvWrite, SharedValue};
 use crate::StoreError;
 
 pub struct SledKv {
@@ -153,6 +154,26 @@ impl Kv for SledKv {
                     break;
                 }
                 out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        })?
+    }
+
+    fn scan_shared(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, SharedValue)>, StoreError> {
+        guard("reading", || {
+            let mut out = Vec::new();
+            for item in self.db.range(start..) {
+                let (k, v) = item.map_err(sled_err)?;
+                if !k.starts_with(prefix) || out.len() >= limit {
+                    break;
+                }
+                // sled's value as read (its own allocation), not a copy.
+                out.push((k.to_vec(), Arc::new(v) as SharedValue));
             }
             Ok(out)
         })?

@@ -59,11 +59,13 @@ pub(super) fn read_stored(kv: &dyn Kv) -> Stored {
         malformed: Vec::new(),
     };
     let mut start = vec![layout::INDEX];
-    while let Ok(page) = kv.scan(&start, &[layout::INDEX], 4096) {
+    // Values as read, not copied out (see `Kv::scan_shared`).
+    while let Ok(page) = kv.scan_shared(&start, &[layout::INDEX], 4096) {
         let Some((last, _)) = page.last() else { break };
         start.clone_from(last);
         start.push(0);
         for (k, v) in &page {
+            let v: &[u8] = (**v).as_ref();
             let (Some((origin, _, _)), Some(chunks)) =
                 (layout::parse_origin_seq_key(k), layout::index_chunks(k, v))
             else {

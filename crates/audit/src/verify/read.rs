@@ -3,7 +3,7 @@
 //! page's whole entries then checked by the worker threads.
 
 use gridsync_deploy::topology::Topology;
-use gridsync_store::kv::Kv;
+use gridsync_store::kv::{Kv, SharedValue};
 use gridsync_store::layout;
 
 use super::entry::{self, Examined};
@@ -23,11 +23,12 @@ pub(super) struct Pending {
     parts: u16,
 }
 
-/// An entry's bytes: its own (reassembled from its fragments), or its
-/// place in a pack read once and shared by the pack's entries.
+/// An entry's bytes: reassembled from its fragments, or its place in a
+/// value as read (a whole entry's own, or a pack's shared by the pack's
+/// entries) — not copied out of what the store read.
 enum EntryBytes {
     Own(Vec<u8>),
-    InPack(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
+    Shared(SharedValue, std::ops::Range<usize>),
 }
 
 impl Pending {
@@ -39,7 +40,7 @@ impl Pending {
     fn bytes(&self) -> &[u8] {
         match &self.bytes {
             EntryBytes::Own(b) => b,
-            EntryBytes::InPack(v, range) => &v[range.clone()],
+            EntryBytes::Shared(v, range) => &(**v).as_ref()[range.clone()],
         }
     }
 }
@@ -76,7 +77,7 @@ pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>
     let mut current: Option<Pending> = None;
     let mut items = Vec::new();
     loop {
-        let page = match kv.scan(&start, &[layout::LOG], PAGE_KEYS) {
+        let page = match kv.scan_shared(&start, &[layout::LOG], PAGE_KEYS) {
             Ok(p) => p,
             Err(e) => {
                 let m = format!("cannot read the log: {e}");
@@ -87,7 +88,8 @@ pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>
         let Some((last, _)) = page.last() else { break };
         start.clone_from(last);
         start.push(0);
-        for (k, v) in page {
+        for (k, shared) in page {
+            let v: &[u8] = (*shared).as_ref();
             let Some((offset, part)) = layout::parse_log_key(&k) else {
                 let m = "malformed log key".into();
                 items.push(Item::Problem("undecodable", None, m));
@@ -99,7 +101,7 @@ pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>
                         offset: o,
                         bytes: EntryBytes::Own(b),
                         ..
-                    }) if *o == offset => b.extend_from_slice(&v),
+                    }) if *o == offset => b.extend_from_slice(v),
                     _ => items.push(Item::Problem(
                         "missing_entry",
                         Some(offset),
@@ -111,19 +113,18 @@ pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>
             if let Some(p) = current.take() {
                 items.push(Item::Entry(p));
             }
-            if layout::is_pack(&v) {
+            if layout::is_pack(v) {
                 // Several small entries in one value, each whole.
-                let Some(entries) = layout::log_value_entries(&k, &v) else {
+                let Some(entries) = layout::log_value_entries(&k, v) else {
                     let m = "malformed pack of log entries".into();
                     items.push(Item::Problem("undecodable", Some(offset), m));
                     continue;
                 };
-                let v = std::sync::Arc::new(v);
                 for (offset, range) in entries {
                     expect_offset(&mut items, &mut expected_offset, offset);
                     items.push(Item::Entry(Pending {
                         offset,
-                        bytes: EntryBytes::InPack(v.clone(), range),
+                        bytes: EntryBytes::Shared(shared.clone(), range),
                         parts: 1,
                     }));
                 }
@@ -135,9 +136,16 @@ pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>
             } else {
                 0
             };
+            // An entry in fragments is copied once, to be extended by
+            // the rest; a whole one stays in the value read.
+            let bytes = if parts > 1 {
+                EntryBytes::Own(v.to_vec())
+            } else {
+                EntryBytes::Shared(shared.clone(), 0..v.len())
+            };
             current = Some(Pending {
                 offset,
-                bytes: EntryBytes::Own(v),
+                bytes,
                 parts,
             });
         }
