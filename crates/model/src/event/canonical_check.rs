@@ -44,7 +44,7 @@ fn check(bytes: &[u8]) -> Option<()> {
         return None;
     }
     value(&mut rd, 0)?;
-    let data = &bytes[data_start..bytes.len() - rd.len()];
+    let data_end = bytes.len() - rd.len();
     let personal_digest = light::bin32(&mut rd)?;
     if !rd.is_empty() {
         return None;
@@ -65,8 +65,48 @@ fn check(bytes: &[u8]) -> Option<()> {
         prev: &prev,
         personal_digest: personal_digest.as_ref(),
     };
-    // Every header field in its shortest form, in order, nothing more.
-    (header.encode_with_data(data) == bytes).then_some(())
+    // Every header field in its shortest form, in order, nothing more:
+    // the encoding compared with the bytes as it is written (`data`,
+    // between, was checked value by value above).
+    let mut before = Same::new(&bytes[..data_start]);
+    header.write_before_data(&mut before);
+    let mut after = Same::new(&bytes[data_end..]);
+    header.write_after_data(&mut after);
+    (before.whole() && after.whole()).then_some(())
+}
+
+/// A writer that compares what is written with `expected`, allocating
+/// nothing: [`Same::whole`] when the writes were exactly `expected`.
+struct Same<'a> {
+    expected: &'a [u8],
+    differs: bool,
+}
+
+impl<'a> Same<'a> {
+    fn new(expected: &'a [u8]) -> Self {
+        Self {
+            expected,
+            differs: false,
+        }
+    }
+
+    fn whole(&self) -> bool {
+        !self.differs && self.expected.is_empty()
+    }
+}
+
+impl std::io::Write for Same<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.expected.strip_prefix(buf) {
+            Some(rest) if !self.differs => self.expected = rest,
+            _ => self.differs = true,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The bytes `write` produces (a length header or an integer: ≤ 9),
