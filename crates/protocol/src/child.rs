@@ -483,10 +483,8 @@ impl ChildSession {
         capabilities: &[String],
         now_ms: i64,
     ) -> Vec<Output> {
-        if !capabilities
-            .iter()
-            .any(|c| c == crate::CAPABILITY_CHUNKS_V1)
-        {
+        let speaks = |wanted: &str| capabilities.iter().any(|c| c == wanted);
+        if !speaks(crate::CAPABILITY_CHUNKS_V1) {
             let m = format!(
                 "parent {node} does not speak {}",
                 crate::CAPABILITY_CHUNKS_V1
@@ -497,16 +495,14 @@ impl ChildSession {
             let m = format!("parent speaks protocol {version}, this node {PROTOCOL_VERSION}");
             return self.fail(out, m);
         }
-        if !capabilities.iter().any(|c| c == crate::CAPABILITY_HEADS_V2) {
+        if !speaks(crate::CAPABILITY_HEADS_V2) {
             let m = format!(
                 "parent {node} does not read {} (signed heads naming the head before them, which this build signs): upgrade {node} to this build; events are held here until then",
                 crate::CAPABILITY_HEADS_V2
             );
             return self.fail(out, m);
         }
-        self.lag_changes_only = capabilities
-            .iter()
-            .any(|c| c == crate::CAPABILITY_LAG_CHANGES_V1);
+        self.lag_changes_only = speaks(crate::CAPABILITY_LAG_CHANGES_V1);
         if node != self.cfg.parent_id {
             let m = format!(
                 "expected parent {}, connected to {node}",

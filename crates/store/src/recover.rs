@@ -300,9 +300,14 @@ fn walk(
     let mut counts = LogCounts::default();
     let mut next = 0u64;
     let mut unsigned: Vec<Unsigned> = Vec::new();
-    // With `signatures`: each origin's latest head, sent once the next
-    // one shows whether it names it.
-    let mut held: HashMap<String, Unsigned> = HashMap::new();
+    // With `signatures`: where each origin's latest head (the one
+    // `heads` holds) was read and the key it must verify under; the head
+    // is sent once the next one shows whether it names it.
+    let mut held: HashMap<String, (u64, ed25519_dalek::VerifyingKey)> = HashMap::new();
+    let unnamed = |origin: &str, (offset, key), heads: &BTreeMap<String, HeadState>| {
+        let head = heads[origin].signed.clone();
+        (offset, head, key)
+    };
     // Sends the heads gathered; false when the verifier has stopped.
     let send = |unsigned: &mut Vec<Unsigned>| match &signatures {
         Some(tx) if !unsigned.is_empty() => tx.send(std::mem::take(unsigned)).is_ok(),
@@ -343,31 +348,33 @@ fn walk(
                 // Earlier entries' heads still go to be checked: a bad
                 // signature among them is the first problem.
                 Err(err) => {
-                    unsigned.extend(held.into_values());
+                    unsigned.extend(held.into_iter().map(|(o, h)| unnamed(&o, h, &heads)));
                     send(&mut unsigned);
                     return Err(err);
                 }
                 Ok(key) if signatures.is_some() => {
-                    let head = &e.chunk.head;
-                    let latest = (e.offset, head.clone(), key);
-                    match held.insert(origin.clone(), latest) {
-                        Some((_, h, k)) if k == key && head.follows(&h) => {}
-                        Some(unnamed) => unsigned.push(unnamed),
+                    match held.insert(origin.clone(), (e.offset, key)) {
+                        Some((_, k))
+                            if k == key && e.chunk.head.follows(&heads[&origin].signed) => {}
+                        Some(earlier) => unsigned.push(unnamed(&origin, earlier, &heads)),
                         None => {}
                     }
                 }
                 Ok(_) => {}
             }
-            if unsigned.len() >= HEADS_PER_BATCH && !send(&mut unsigned) {
-                break 'log;
-            }
             counts.chunks += 1;
             counts.events += e.chunk.events.len() as u64;
             heads.insert(origin, HeadState::of(&e.chunk.head));
             next = e.offset + 1;
+            // (After `heads` took this entry's head, which `held` names.
+            // A verifier that stopped found a bad signature: that is the
+            // result, whatever the walk counted.)
+            if unsigned.len() >= HEADS_PER_BATCH && !send(&mut unsigned) {
+                break 'log;
+            }
         }
     }
-    unsigned.extend(held.into_values());
+    unsigned.extend(held.into_iter().map(|(o, h)| unnamed(&o, h, &heads)));
     send(&mut unsigned);
     // Each origin's newest signed head vouches for its whole chain.
     if signatures.is_none() {

@@ -116,6 +116,29 @@ impl SledKv {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+
+    /// Up to `limit` entries from `start` with keys beginning with
+    /// `prefix`, each value as `value` makes it ([`Kv::scan`],
+    /// [`Kv::scan_shared`]).
+    fn range_of<V>(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        value: impl Fn(sled::IVec) -> V,
+    ) -> Result<Vec<(Vec<u8>, V)>, StoreError> {
+        guard("reading", || {
+            let mut out = Vec::new();
+            for item in self.db.range(start..) {
+                let (k, v) = item.map_err(sled_err)?;
+                if !k.starts_with(prefix) || out.len() >= limit {
+                    break;
+                }
+                out.push((k.to_vec(), value(v)));
+            }
+            Ok(out)
+        })?
+    }
 }
 
 fn sled_err(e: sled::Error) -> StoreError {
@@ -146,17 +169,7 @@ impl Kv for SledKv {
     }
 
     fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> Result<Vec<KvEntry>, StoreError> {
-        guard("reading", || {
-            let mut out = Vec::new();
-            for item in self.db.range(start..) {
-                let (k, v) = item.map_err(sled_err)?;
-                if !k.starts_with(prefix) || out.len() >= limit {
-                    break;
-                }
-                out.push((k.to_vec(), v.to_vec()));
-            }
-            Ok(out)
-        })?
+        self.range_of(start, prefix, limit, |v| v.to_vec())
     }
 
     fn scan_shared(
@@ -165,18 +178,8 @@ impl Kv for SledKv {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, SharedValue)>, StoreError> {
-        guard("reading", || {
-            let mut out = Vec::new();
-            for item in self.db.range(start..) {
-                let (k, v) = item.map_err(sled_err)?;
-                if !k.starts_with(prefix) || out.len() >= limit {
-                    break;
-                }
-                // sled's value as read (its own allocation), not a copy.
-                out.push((k.to_vec(), Arc::new(v) as SharedValue));
-            }
-            Ok(out)
-        })?
+        // sled's value as read (its own allocation), not a copy.
+        self.range_of(start, prefix, limit, |v| Arc::new(v) as SharedValue)
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvEntry>, StoreError> {

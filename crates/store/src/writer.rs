@@ -220,10 +220,14 @@ impl Writer {
                 return own.end;
             }
         }
-        work.heads
-            .get(origin)
-            .or_else(|| self.heads.get(origin))
+        self.held_head(work, origin)
             .map_or((0, ZERO_HASH), |h| (h.seq, h.hash))
+    }
+
+    /// The last chunk head of `origin` in this commit's work, or else
+    /// stored.
+    fn held_head<'a>(&'a self, work: &'a Work, origin: &str) -> Option<&'a HeadState> {
+        work.heads.get(origin).or_else(|| self.heads.get(origin))
     }
 
     /// One durable commit for every request gathered: events originated

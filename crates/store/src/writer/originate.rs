@@ -91,10 +91,8 @@ impl Writer {
         };
         // The origin's previous signed head, in this commit or stored:
         // its digest is what the first new head signs as `after`.
-        let after = work
-            .heads
-            .get(&origin.node_id)
-            .or_else(|| self.heads.get(&origin.node_id))
+        let after = self
+            .held_head(work, &origin.node_id)
             .map_or(ZERO_HASH, |h| h.signed.digest());
         let end = cut_into_chunks(
             work,
