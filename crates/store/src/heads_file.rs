@@ -13,7 +13,9 @@
 //! Writes alternate between the two files, each fully rewritten and
 //! fdatasynced, with a generation number and a BLAKE3 checksum: a write
 //! torn by a crash (or a flipped byte) spoils one file, never both, and the
-//! newest valid one is used. It is written after the sled commit it
+//! newest valid one is used. A file not there yet is created whole (written
+//! as `<file>.new`, synced, renamed): the first record has no older one
+//! beside it to fall back on. It is written after the sled commit it
 //! describes is durable, so it never claims more than the log holds.
 //!
 //! Format: `GSHEADS1 ‖ generation:u64 ‖ written_at_ms:i64 ‖
@@ -163,31 +165,74 @@ impl HeadsWriter {
     /// # Errors
     /// I/O errors: the caller treats them like a failed commit.
     pub fn write(&mut self, record: &mut HeadsRecord) -> std::io::Result<()> {
+        self.write_stepping(record, |_| Ok(()))
+    }
+
+    /// [`Self::write`], calling `step` at each point a crash could stop it
+    /// (tests make `step` fail there to see what a crash leaves behind).
+    fn write_stepping(
+        &mut self,
+        record: &mut HeadsRecord,
+        mut step: impl FnMut(Step) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         self.generation += 1;
         record.generation = self.generation;
         let slot = usize::from(self.generation % 2 == 1);
         let bytes = record.encode();
         if self.files[slot].is_none() {
-            let created = !self.paths[slot].exists();
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&self.paths[slot])?;
-            if created {
-                if let Some(dir) = self.paths[slot].parent() {
-                    f.sync_all()?;
-                    File::open(dir)?.sync_all()?;
-                }
+            let path = &self.paths[slot];
+            if !path.exists() {
+                self.files[slot] = Some(create_whole(path, &bytes, step)?);
+                return Ok(());
             }
+            let f = OpenOptions::new().write(true).truncate(false).open(path)?;
             self.files[slot] = Some(f);
         }
+        // The other file holds the previous generation, complete: a crash
+        // tearing this rewrite loses only the newest record.
         let f = self.files[slot].as_mut().expect("opened above");
         std::os::unix::fs::FileExt::write_all_at(f, &bytes, 0)?;
+        step(Step::Written)?;
         f.set_len(bytes.len() as u64)?;
         f.flush()?;
         f.sync_data()
     }
+}
+
+/// Creates `path` holding `bytes`, whole or not at all: a new node's first
+/// record has no older one beside it, and a crash tearing it in place would
+/// leave a node that refuses to start (its record "damaged"). Written
+/// beside as `<path>.new`, synced, renamed over, the directory synced.
+fn create_whole(
+    path: &Path,
+    bytes: &[u8],
+    mut step: impl FnMut(Step) -> std::io::Result<()>,
+) -> std::io::Result<File> {
+    let mut new = path.as_os_str().to_owned();
+    new.push(".new");
+    let new = PathBuf::from(new);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&new)?;
+    step(Step::Created)?;
+    f.write_all(bytes)?;
+    step(Step::Written)?;
+    f.sync_all()?;
+    std::fs::rename(&new, path)?;
+    step(Step::Renamed)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    Ok(f)
+}
+
+/// Where a write of the record can be stopped by a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Created,
+    Written,
+    Renamed,
 }
 
 #[cfg(test)]
@@ -247,6 +292,55 @@ mod tests {
             panic!()
         };
         assert_eq!((r.generation, r.next_offset), (5, 6));
+    }
+
+    /// A crash at any point of any write leaves the previous record (or,
+    /// before the first one completes, none): never a record that stops
+    /// the node from starting. The first write is the one at stake: no
+    /// older file stands beside it.
+    #[test]
+    fn a_crash_during_a_write_leaves_the_record_before_it() {
+        for crash_in in 1..=3u64 {
+            for at in [Step::Created, Step::Written, Step::Renamed] {
+                let dir = tempfile::tempdir().unwrap();
+                let data = dir.path().join("data");
+                let mut w = HeadsWriter::new(&data, 0);
+                for n in 1..crash_in {
+                    w.write(&mut record(n)).unwrap();
+                }
+                let crash = |s: Step| {
+                    if s == at {
+                        Err(std::io::Error::other("crash"))
+                    } else {
+                        Ok(())
+                    }
+                };
+                // Written in place (the file exists) there is no Created
+                // or Renamed step: the write completes.
+                let crashed = w.write_stepping(&mut record(crash_in), crash).is_err();
+                let got = match load(&data) {
+                    Loaded::Absent => 0,
+                    Loaded::Valid(r) => r.generation,
+                    Loaded::Damaged(m) => {
+                        panic!("crash at {at:?} in write {crash_in}: {m}")
+                    }
+                };
+                // Once the whole record stands under its name (renamed, or
+                // rewritten in place) a process crash keeps it; a power
+                // loss before the sync may not (then the one before).
+                let in_place = crash_in == 3;
+                let done = !crashed || at == Step::Renamed || (in_place && at == Step::Written);
+                let want = if done { crash_in } else { crash_in - 1 };
+                assert_eq!(got, want, "crash at {at:?} in write {crash_in}");
+                // The node goes on from what it found.
+                let mut w = HeadsWriter::new(&data, got);
+                w.write(&mut record(9)).unwrap();
+                let Loaded::Valid(r) = load(&data) else {
+                    panic!("after a crash at {at:?} in write {crash_in}")
+                };
+                assert_eq!((r.generation, r.next_offset), (got + 1, 9));
+            }
+        }
     }
 
     fn record_bytes(n: u64) -> Vec<u8> {
