@@ -97,8 +97,8 @@ impl<'a> Same<'a> {
 
 impl std::io::Write for Same<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.expected.strip_prefix(buf) {
-            Some(rest) if !self.differs => self.expected = rest,
+        match self.expected.split_at_checked(buf.len()) {
+            Some((head, rest)) if !self.differs && same_bytes(head, buf) => self.expected = rest,
             _ => self.differs = true,
         }
         Ok(buf.len())
@@ -109,21 +109,64 @@ impl std::io::Write for Same<'_> {
     }
 }
 
-/// The bytes `write` produces (a length header or an integer: ≤ 9),
-/// written on the stack.
-fn encoded(write: impl FnOnce(&mut &mut [u8])) -> ([u8; 9], usize) {
-    let mut out = [0u8; 9];
-    let len = {
-        let mut w: &mut [u8] = &mut out;
-        write(&mut w);
-        9 - w.len()
-    };
-    (out, len)
+/// `a == b` for slices of one length, without a call to `memcmp`: the
+/// header is written a marker or a field at a time (1 to ~40 bytes), where
+/// the call costs more than the comparison.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-/// Whether the bytes consumed between `before` and `after` are `expected`.
-fn consumed_is(before: R<'_>, after: R<'_>, (expected, len): ([u8; 9], usize)) -> Option<()> {
-    (before.len() - after.len() == len && before[..len] == expected[..len]).then_some(())
+/// Whether the bytes consumed between `before` and `after` are `len` long.
+///
+/// Enough to show a header canonical: within one family of markers
+/// (unsigned, negative, string, array, map) each length of the encoding
+/// belongs to one marker, and the decoded value fills it — so a value read
+/// in its shortest length is in the very bytes rmp writes for it.
+fn consumed_is(before: R<'_>, after: R<'_>, len: Option<usize>) -> Option<()> {
+    (Some(before.len() - after.len()) == len).then_some(())
+}
+
+/// The length of rmp's `write_uint(v)`: fixint, uint 8, 16, 32, 64.
+fn uint_len(v: u64) -> Option<usize> {
+    Some(match v {
+        0..0x80 => 1,
+        0x80..0x100 => 2,
+        0x100..0x1_0000 => 3,
+        0x1_0000..0x1_0000_0000 => 5,
+        _ => 9,
+    })
+}
+
+/// The length of rmp's `write_sint(v)` for a negative `v`: negative
+/// fixint, int 8, 16, 32, 64.
+fn negative_len(v: i64) -> Option<usize> {
+    Some(match v {
+        -32..0 => 1,
+        -128..-32 => 2,
+        -32_768..-128 => 3,
+        -2_147_483_648..-32_768 => 5,
+        i64::MIN..-2_147_483_648 => 9,
+        0.. => return None,
+    })
+}
+
+/// The length of rmp's `write_str_len(len)`: fixstr, str 8, 16, 32.
+fn str_header_len(len: usize) -> Option<usize> {
+    Some(match u32::try_from(len).ok()? {
+        0..32 => 1,
+        32..0x100 => 2,
+        0x100..0x1_0000 => 3,
+        _ => 5,
+    })
+}
+
+/// The length of rmp's `write_array_len` and `write_map_len`: fix, 16, 32.
+fn container_header_len(n: usize) -> Option<usize> {
+    Some(match u32::try_from(n).ok()? {
+        0..16 => 1,
+        16..0x1_0000 => 3,
+        _ => 5,
+    })
 }
 
 /// One value of `data` in canonical form (see [`crate::canonical`]).
@@ -138,24 +181,12 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
         }
         Marker::FixPos(_) | Marker::U8 | Marker::U16 | Marker::U32 | Marker::U64 => {
             let v = light::uint(rd)?;
-            consumed_is(
-                before,
-                rd,
-                encoded(|w| {
-                    rmp::encode::write_uint(w, v).expect("9 bytes hold any header");
-                }),
-            )?;
+            consumed_is(before, rd, uint_len(v))?;
         }
         Marker::FixNeg(_) | Marker::I8 | Marker::I16 | Marker::I32 | Marker::I64 => {
             // A non-negative value is canonical only as an unsigned form.
             let v = light::int(rd).filter(|v| *v < 0)?;
-            consumed_is(
-                before,
-                rd,
-                encoded(|w| {
-                    rmp::encode::write_sint(w, v).expect("9 bytes hold any header");
-                }),
-            )?;
+            consumed_is(before, rd, negative_len(v))?;
         }
         Marker::F64 => {
             // JSON has no NaN or infinity (they decode to null).
@@ -164,38 +195,24 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
         Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
             let s = light::str(rd)?;
             let header = before.len() - rd.len() - s.len();
-            consumed_is(before, &before[header..], str_len(s.len())?)?;
+            consumed_is(before, &before[header..], str_header_len(s.len()))?;
         }
         Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => {
             let n = light::array_len(rd)?;
-            let len = u32::try_from(n).ok()?;
-            consumed_is(
-                before,
-                rd,
-                encoded(|w| {
-                    rmp::encode::write_array_len(w, len).expect("9 bytes hold any header");
-                }),
-            )?;
+            consumed_is(before, rd, container_header_len(n))?;
             for _ in 0..n {
                 value(rd, depth + 1)?;
             }
         }
         Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
             let n = light::map_len(rd)?;
-            let len = u32::try_from(n).ok()?;
-            consumed_is(
-                before,
-                rd,
-                encoded(|w| {
-                    rmp::encode::write_map_len(w, len).expect("9 bytes hold any header");
-                }),
-            )?;
+            consumed_is(before, rd, container_header_len(n))?;
             let mut last: Option<&[u8]> = None;
             for _ in 0..n {
                 let key_start = *rd;
                 let key = light::str(rd)?.as_bytes();
                 let header = key_start.len() - rd.len() - key.len();
-                consumed_is(key_start, &key_start[header..], str_len(key.len())?)?;
+                consumed_is(key_start, &key_start[header..], str_header_len(key.len()))?;
                 // Sorted by bytes, each key once.
                 if last.is_some_and(|l| l >= key) {
                     return None;
@@ -207,14 +224,6 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
         _ => return None,
     }
     Some(())
-}
-
-/// The canonical header of a string of `len` bytes.
-fn str_len(len: usize) -> Option<([u8; 9], usize)> {
-    let len = u32::try_from(len).ok()?;
-    Some(encoded(|w| {
-        rmp::encode::write_str_len(w, len).expect("9 bytes hold any header");
-    }))
 }
 
 #[cfg(test)]
@@ -274,6 +283,54 @@ mod tests {
                 prop_assert!(Envelope::decode(&bytes).is_ok(), "fast check accepted {}", hex::encode(&bytes));
             }
         }
+    }
+
+    /// The lengths the walk holds headers to are rmp's own, at every
+    /// boundary between two forms (and one past each).
+    #[test]
+    fn shortest_lengths_are_what_rmp_writes() {
+        let len = |write: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            write(&mut v);
+            Some(v.len())
+        };
+        let edges = [0u64, 0x7f, 0xff, 0xffff, 0xffff_ffff, u64::MAX];
+        for v in edges
+            .into_iter()
+            .flat_map(|e| [e, e.wrapping_add(1), e.wrapping_sub(1)])
+        {
+            let want = len(&|w| {
+                rmp::encode::write_uint(w, v).unwrap();
+            });
+            assert_eq!(uint_len(v), want, "uint {v}");
+            let Ok(n) = u32::try_from(v) else { continue };
+            let n_usize = n as usize;
+            let want = len(&|w| {
+                rmp::encode::write_str_len(w, n).unwrap();
+            });
+            assert_eq!(str_header_len(n_usize), want, "str of {n}");
+            let want = len(&|w| {
+                rmp::encode::write_array_len(w, n).unwrap();
+            });
+            assert_eq!(container_header_len(n_usize), want, "array of {n}");
+            let want = len(&|w| {
+                rmp::encode::write_map_len(w, n).unwrap();
+            });
+            assert_eq!(container_header_len(n_usize), want, "map of {n}");
+        }
+        let edges = [-1i64, -32, -128, -32_768, -2_147_483_648, i64::MIN];
+        let around = edges
+            .into_iter()
+            .flat_map(|e| [e, e.saturating_add(1), e.saturating_sub(1)]);
+        for v in around.filter(|v| *v < 0) {
+            let want = len(&|w| {
+                rmp::encode::write_sint(w, v).unwrap();
+            });
+            assert_eq!(negative_len(v), want, "int {v}");
+        }
+        assert_eq!(negative_len(0), None);
+        assert_eq!(str_header_len(1 << 32), None);
+        assert_eq!(container_header_len(1 << 32), None);
     }
 
     /// Each rule on its own: `data` forms the decoder refuses are refused
