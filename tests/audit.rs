@@ -328,6 +328,49 @@ async fn every_tampering_is_detected() {
     }
     eprintln!("detected {detected}/1000 mutations: {kinds:?}");
     assert_eq!(kinds.len(), 9, "every kind of mutation tried");
+
+    // An origin that signs an event in a form that is not canonical, with
+    // its own key and its chain whole (a buggy or hostile community): only
+    // the check of each envelope's form can tell. c1's newest event gets
+    // its seq written as a uint8 (canonical: a fixint), its head re-signed
+    // by c1, the heads table made to agree.
+    let key = std::fs::read_to_string(tree.dir.join("c1").join("node.key")).unwrap();
+    let key = gridsync_model::keys::signing_key_from_hex(key.trim()).unwrap();
+    let last_of_c1 = log
+        .iter()
+        .rfind(|k| Chunk::decode(&entries[*k][10..]).unwrap().origin == "c1")
+        .unwrap();
+    let mut m = entries.clone();
+    let mut table = None;
+    let resigned = edit_chunk(&m[last_of_c1], |c| {
+        let e = &mut c.events.last_mut().unwrap().envelope;
+        let seq = gridsync_model::event::read_links(e).unwrap().seq;
+        assert!(seq < 128 && e[..6] == [0x9e, 1, 0xa2, b'c', b'1', seq as u8]);
+        e.insert(5, 0xcc);
+        let hash = gridsync_model::event::event_hash(e);
+        let after = c.head.after.expect("nodes sign v2 heads");
+        c.head = SignedHead::sign_after(&key, ("c1", seq, hash), c.head.signed_at_ms, after);
+        let mut hv = seq.to_be_bytes().to_vec();
+        hv.extend_from_slice(&hash);
+        hv.extend_from_slice(&c.head.encode());
+        table = Some((seq, hv));
+    });
+    m.insert(last_of_c1.clone(), resigned.unwrap());
+    let (seq, hv) = table.unwrap();
+    m.insert(gridsync_store::layout::head_key("c1"), hv);
+    for signatures in [audit::Signatures::All, audit::Signatures::Newest] {
+        let how = audit::How {
+            threads: 2,
+            signatures,
+        };
+        let report = audit::verify_with(&mem(&m), &topo, Some("s"), &[], None, how, &|_| {});
+        let kinds: Vec<(&str, Option<u64>)> = report
+            .problems
+            .iter()
+            .map(|p| (p.kind.as_str(), p.seq))
+            .collect();
+        assert_eq!(kinds, [("not_canonical", Some(seq))], "{signatures:?}");
+    }
     assert_eq!(detected, 1000);
     newest_heads_vouch_for_their_runs(&entries, &topo);
     index_damage_is_reported(&entries, &topo);

@@ -425,16 +425,7 @@ impl Auditor<'_> {
         }
         let (prev, hashes) = match checked {
             Ok(v) => v,
-            Err(entry::Failure::FirstPrev(m)) => {
-                return self.report.problem(
-                    "undecodable",
-                    Some(origin),
-                    Some(first),
-                    Some(offset),
-                    m.clone(),
-                );
-            }
-            Err(entry::Failure::Chunk(e)) => {
+            Err(e) => {
                 let kind = match e {
                     E::BadSignature { .. } => "bad_signature",
                     E::Gap { .. } => "gap",

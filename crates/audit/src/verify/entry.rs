@@ -7,7 +7,8 @@
 use ed25519_dalek::VerifyingKey;
 use gridsync_deploy::topology::Topology;
 use gridsync_model::chunk::ChunkView;
-use gridsync_model::event::canonical_check::surely_canonical;
+use gridsync_model::event::canonical_check::canonical_links;
+use gridsync_model::event::read_links;
 use gridsync_model::{ChunkError, Hash32, SignedHead};
 
 use super::Signatures;
@@ -27,7 +28,7 @@ pub(super) struct ChunkFacts {
     /// The chunk's first `prev` and every event's hash, after its links
     /// and its own signature were checked; or why not. `None`: the
     /// topology has no key for the chunk's head, nothing was checked.
-    pub checked: Option<Result<(Hash32, Vec<Hash32>), Failure>>,
+    pub checked: Option<Result<(Hash32, Vec<Hash32>), ChunkError>>,
     /// Seqs whose envelopes are not in canonical form (checked only in a
     /// chunk that verified).
     pub not_canonical: Vec<u64>,
@@ -40,13 +41,6 @@ pub(super) struct ChunkFacts {
     /// With [`Signatures::All`], a v2 head's [`SignedHead::digest`] (what
     /// the origin's next head names), computed here on the worker threads.
     pub head_digest: Option<Hash32>,
-}
-
-/// Why a chunk did not verify on its own.
-pub(super) enum Failure {
-    /// The first envelope does not parse.
-    FirstPrev(String),
-    Chunk(ChunkError),
 }
 
 /// Entries of one read page checked by `threads` threads; results in the
@@ -95,10 +89,7 @@ fn check_signatures(out: &mut [Examined]) {
     for i in gridsync_model::chunk::failing_heads(&heads) {
         let c = &mut facts[i];
         let (origin, seq) = (c.origin.clone(), c.last);
-        c.checked = Some(Err(Failure::Chunk(ChunkError::BadSignature {
-            origin,
-            seq,
-        })));
+        c.checked = Some(Err(ChunkError::BadSignature { origin, seq }));
         c.not_canonical.clear();
     }
     for c in facts {
@@ -142,25 +133,28 @@ pub(super) fn examine(offset: u64, bytes: &[u8], topology: &Topology) -> Examine
     };
     let (first, last) = (chunk.first_seq(), chunk.last_seq());
     let key = topology.key_at(chunk.origin, last);
-    let checked = key.is_some().then(|| match chunk.first_prev() {
-        Err(e) => Err(Failure::FirstPrev(e.to_string())),
-        Ok(prev) => chunk
-            .check_links(first, &prev)
-            .map(|h| (prev, h))
-            .map_err(Failure::Chunk),
-    });
+    // One walk of each envelope reads its links and shows it canonical;
+    // one it does not show canonical is read the plain way, and later
+    // decoded (the decoder decides its form).
+    let mut unsure: Vec<(u64, &[u8])> = Vec::new();
+    let mut seq = first;
+    let read = |envelope| {
+        let links = canonical_links(envelope).map_or_else(
+            || {
+                unsure.push((seq, envelope));
+                read_links(envelope)
+            },
+            Ok,
+        );
+        seq = seq.wrapping_add(1);
+        links
+    };
+    let checked = key.is_some().then(|| chunk.check_own_links(read));
     let not_canonical = if matches!(checked, Some(Ok(_))) {
-        chunk
-            .events
-            .iter()
-            .enumerate()
-            // Shown canonical by one walk of the bytes, or else decoded
-            // and encoded again (the decoder decides).
-            .filter(|(_, rec)| {
-                !surely_canonical(rec.envelope)
-                    && gridsync_model::Envelope::decode(rec.envelope).is_err()
-            })
-            .map(|(i, _)| first + i as u64)
+        unsure
+            .into_iter()
+            .filter(|(_, envelope)| gridsync_model::Envelope::decode(envelope).is_err())
+            .map(|(seq, _)| seq)
             .collect()
     } else {
         Vec::new()

@@ -3,6 +3,7 @@
 //! are held ([`super::Chunk`]) or borrowed ([`super::ChunkView`]).
 
 use super::{event_hash, ChunkError, Hash32, SignedHead};
+use crate::event::{EnvelopeError, EnvelopeLinks};
 
 /// The first seq of a chunk of `n_events` closed by `head`: `decode`
 /// guarantees 1 ≤ events ≤ head.seq; written so that no input (head.seq =
@@ -23,18 +24,38 @@ pub(super) fn links_of<'e>(
     first_seq: u64,
     prev: &Hash32,
 ) -> Result<Vec<Hash32>, ChunkError> {
+    let read = crate::event::read_links;
+    links_with(origin, head, events, first_seq, Some(prev), read).map(|(_, hashes)| hashes)
+}
+
+/// [`links_of`] with each envelope's links read by `read`, and from the
+/// first event's own `prev` when `prev` is `None`. Returns that `prev` and
+/// the events' hashes.
+pub(super) fn links_with<'e>(
+    origin: &str,
+    head: &SignedHead,
+    events: impl ExactSizeIterator<Item = (&'e [u8], Option<Hash32>)>,
+    first_seq: u64,
+    prev: Option<&Hash32>,
+    mut read: impl FnMut(&'e [u8]) -> Result<EnvelopeLinks<'e>, EnvelopeError>,
+) -> Result<(Hash32, Vec<Hash32>), ChunkError> {
     let mut out = Vec::with_capacity(events.len());
-    let mut expected_prev = *prev;
+    let mut first_prev = prev.copied();
+    let mut expected_prev = first_prev.unwrap_or_default();
     // Wrapping, so that no seq (u64::MAX included) can overflow: a wrap
     // shows as a gap below.
     let mut last_seq = first_seq.wrapping_sub(1);
     for (envelope, personal_digest) in events {
         let expected_seq = last_seq.wrapping_add(1);
-        let links = crate::event::read_links(envelope).map_err(|source| ChunkError::Envelope {
+        let links = read(envelope).map_err(|source| ChunkError::Envelope {
             origin: origin.to_owned(),
             seq: expected_seq,
             source,
         })?;
+        if first_prev.is_none() {
+            first_prev = Some(links.prev);
+            expected_prev = links.prev;
+        }
         if links.origin != origin {
             return Err(ChunkError::OriginMismatch {
                 chunk_origin: origin.to_owned(),
@@ -72,7 +93,8 @@ pub(super) fn links_of<'e>(
             last_seq,
         });
     }
-    Ok(out)
+    let first_prev = first_prev.ok_or_else(|| ChunkError::Empty(origin.to_owned()))?;
+    Ok((first_prev, out))
 }
 
 /// The `prev` of a chunk's first event (`first`: its envelope).

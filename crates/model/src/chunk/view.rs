@@ -4,9 +4,9 @@
 //! envelope bytes), at a fraction of [`super::Chunk::decode`]'s
 //! allocations; the same checks of the container's shape.
 
-use super::links::{first_prev_of, first_seq_of, links_of};
+use super::links::{first_seq_of, links_with};
 use super::{checked_head, ChunkError, ChunkRef, SignedHead};
-use crate::event::personal_digest;
+use crate::event::{personal_digest, EnvelopeError, EnvelopeLinks};
 use crate::Hash32;
 
 /// A decoded chunk borrowing its events from the bytes it was read from.
@@ -79,24 +79,35 @@ impl<'a> ChunkView<'a> {
         self.events.get(i)
     }
 
-    /// As [`super::Chunk::first_prev`].
+    /// As [`super::Chunk::check_links`] from the first event's own `prev`
+    /// (what [`super::Chunk::first_prev`] reads), each envelope's links read by `read`
+    /// (an audit reads them with [`crate::event::canonical_check::canonical_links`],
+    /// one walk for links and form). Returns that `prev` and the hashes.
     ///
     /// # Errors
-    /// When the first envelope does not parse.
-    pub fn first_prev(&self) -> Result<Hash32, ChunkError> {
-        let first = self.events.first().map(|r| r.envelope);
-        first_prev_of(self.origin, first, self.first_seq())
+    /// The first problem found; an envelope `read` refuses is
+    /// [`ChunkError::Envelope`] at its seq.
+    pub fn check_own_links(
+        &self,
+        read: impl FnMut(&'a [u8]) -> Result<EnvelopeLinks<'a>, EnvelopeError>,
+    ) -> Result<(Hash32, Vec<Hash32>), ChunkError> {
+        let first_seq = self.first_seq();
+        links_with(
+            self.origin,
+            &self.head,
+            self.linkable(),
+            first_seq,
+            None,
+            read,
+        )
     }
 
-    /// As [`super::Chunk::check_links`].
-    ///
-    /// # Errors
-    /// The first problem found.
-    pub fn check_links(&self, first_seq: u64, prev: &Hash32) -> Result<Vec<Hash32>, ChunkError> {
-        let events = self.events.iter().map(|r| {
+    /// Each event's envelope and, where its personal part is held, that
+    /// part's digest: what the links are checked from.
+    fn linkable(&self) -> impl ExactSizeIterator<Item = (&'a [u8], Option<Hash32>)> + '_ {
+        self.events.iter().map(|r| {
             let digest = r.personal.map(|(salt, bytes)| personal_digest(salt, bytes));
             (r.envelope, digest)
-        });
-        links_of(self.origin, &self.head, events, first_seq, prev)
+        })
     }
 }

@@ -15,7 +15,7 @@
 use rmp::Marker;
 
 use super::light::{self, R};
-use super::{EnvelopeHeader, Hash32, OccurredAt};
+use super::{EnvelopeHeader, EnvelopeLinks, Hash32, OccurredAt};
 
 /// Deepest nesting of `data` checked here (deeper: left to the decoder).
 pub const DEPTH_MAX: u32 = 32;
@@ -26,7 +26,15 @@ pub fn surely_canonical(bytes: &[u8]) -> bool {
     check(bytes).is_some()
 }
 
-fn check(bytes: &[u8]) -> Option<()> {
+/// The envelope's links, read by the same walk that shows it canonical:
+/// `Some` only where [`surely_canonical`] is `true`, and then the very
+/// links [`super::read_links`] reads — one pass over an envelope where an
+/// audit made three (its first `prev`, its links, its form).
+pub fn canonical_links(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
+    check(bytes)
+}
+
+fn check(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
     let mut rd: R<'_> = bytes;
     let (origin, seq, kind, schema) = super::read_first_fields(&mut rd)?;
     let unix_ms = light::int(&mut rd)?;
@@ -72,7 +80,14 @@ fn check(bytes: &[u8]) -> Option<()> {
     header.write_before_data(&mut before);
     let mut after = Same::new(&bytes[data_end..]);
     header.write_after_data(&mut after);
-    (before.whole() && after.whole()).then_some(())
+    (before.whole() && after.whole()).then_some(EnvelopeLinks {
+        origin,
+        seq,
+        kind,
+        schema,
+        prev,
+        personal_digest,
+    })
 }
 
 /// A writer that compares what is written with `expected`, allocating
@@ -281,6 +296,12 @@ mod tests {
             }
             if surely_canonical(&bytes) {
                 prop_assert!(Envelope::decode(&bytes).is_ok(), "fast check accepted {}", hex::encode(&bytes));
+            }
+            // The walk's links are the plain reading's, where it gives any.
+            let links = canonical_links(&bytes);
+            prop_assert_eq!(links.is_some(), surely_canonical(&bytes));
+            if let Some(l) = links {
+                prop_assert_eq!(Ok(l), crate::event::read_links(&bytes).map_err(|e| e.to_string()));
             }
         }
     }
