@@ -145,10 +145,22 @@ impl SignedHead {
     /// signs as its `after`. A head whose digest a verified head names is
     /// vouched for, byte for byte, without verifying its own signature.
     pub fn digest(&self) -> Hash32 {
+        // One per stored head in a full audit: the domain and the encoding
+        // written on the stack and hashed in one call (the incremental
+        // hasher's call per field cost more than the hashing). A head of
+        // any node id (≤ 64 bytes) fits; a longer origin, which no valid
+        // node has, is streamed into the hasher.
+        let mut buf = [0u8; 256];
+        let (domain, rest) = buf.split_at_mut(HEAD_DIGEST_DOMAIN.len());
+        domain.copy_from_slice(HEAD_DIGEST_DOMAIN);
+        let room = rest.len();
+        let mut w: &mut [u8] = rest;
+        if self.try_encode_into(&mut w).is_ok() {
+            let used = room - w.len();
+            return *blake3::hash(&buf[..HEAD_DIGEST_DOMAIN.len() + used]).as_bytes();
+        }
         let mut h = blake3::Hasher::new();
         h.update(HEAD_DIGEST_DOMAIN);
-        // Encoded straight into the hasher: one per stored head in a full
-        // audit, no allocation.
         self.encode_into(&mut h);
         *h.finalize().as_bytes()
     }
@@ -171,17 +183,26 @@ impl SignedHead {
             })
     }
 
+    /// Into a writer that cannot fail (a `Vec`, a hasher).
     fn encode_into<W: std::io::Write>(&self, w: &mut W) {
+        self.try_encode_into(w).expect("vec write");
+    }
+
+    fn try_encode_into<W: std::io::Write>(
+        &self,
+        w: &mut W,
+    ) -> Result<(), rmp::encode::ValueWriteError> {
         let fields = if self.after.is_some() { 6 } else { 5 };
-        rmp::encode::write_array_len(w, fields).expect("vec write");
-        rmp::encode::write_str(w, &self.origin).expect("vec write");
-        rmp::encode::write_uint(w, self.seq).expect("vec write");
-        rmp::encode::write_bin(w, &self.hash).expect("vec write");
-        rmp::encode::write_sint(w, self.signed_at_ms).expect("vec write");
-        rmp::encode::write_bin(w, &self.signature).expect("vec write");
+        rmp::encode::write_array_len(w, fields)?;
+        rmp::encode::write_str(w, &self.origin)?;
+        rmp::encode::write_uint(w, self.seq)?;
+        rmp::encode::write_bin(w, &self.hash)?;
+        rmp::encode::write_sint(w, self.signed_at_ms)?;
+        rmp::encode::write_bin(w, &self.signature)?;
         if let Some(a) = &self.after {
-            rmp::encode::write_bin(w, a).expect("vec write");
+            rmp::encode::write_bin(w, a)?;
         }
+        Ok(())
     }
 
     /// Standalone encoding (used for the `heads` index).

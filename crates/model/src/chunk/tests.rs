@@ -497,4 +497,18 @@ fn a_head_digest_covers_every_byte_of_the_head() {
     let v1 = SignedHead::sign(&key, "c1", 2, h.hash, 5);
     let after_v1 = SignedHead::sign_after(&key, ("c1", 3, [4; 32]), 6, v1.digest());
     assert!(after_v1.follows(&v1) && !after_v1.follows(&h));
+    // The digest is BLAKE3 of the domain and the head's encoding whatever
+    // the origin's length (written on the stack up to 64-byte ids and
+    // beyond, streamed past what the stack holds).
+    for len in [1, 64, 76, 77, 78, 79, 200, 5000] {
+        let origin = "o".repeat(len);
+        for head in [
+            SignedHead::sign(&key, &origin, 7, [1; 32], -9),
+            SignedHead::sign_after(&key, (&origin, u64::MAX, [2; 32]), i64::MIN, [3; 32]),
+        ] {
+            let mut plain = HEAD_DIGEST_DOMAIN.to_vec();
+            plain.extend_from_slice(&head.encode());
+            assert_eq!(head.digest(), *blake3::hash(&plain).as_bytes(), "{len}");
+        }
+    }
 }
