@@ -54,6 +54,37 @@ pub trait Kv: Send + Sync + 'static {
             .collect())
     }
 
+    /// Every entry with a key `>= start` that begins with `prefix`, in key
+    /// order, handed to `each` as read — nothing copied or collected —
+    /// until it returns `false`: what a reader of millions of small entries
+    /// takes (the audit's chunk index). The default pages through
+    /// [`Kv::scan`].
+    ///
+    /// # Errors
+    /// I/O or corruption in the backing store (entries before it were
+    /// handed to `each`).
+    fn visit(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut start = start.to_vec();
+        loop {
+            let page = self.scan(&start, prefix, 4096)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            start.clone_from(last);
+            start.push(0);
+            for (k, v) in &page {
+                if !each(k, v) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// The entry with the greatest key beginning with `prefix`.
     ///
     /// # Errors

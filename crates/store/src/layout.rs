@@ -149,39 +149,58 @@ pub fn index_entries_per_chunk(k: &[u8], v: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u
 /// the last at the key's seq. `None` if malformed (no chunk, or seqs and
 /// offsets not increasing).
 pub fn index_chunks(k: &[u8], v: &[u8]) -> Option<Vec<(u64, u64, u64)>> {
-    let (_, last, rest) = parse_origin_seq_key(k)?;
+    let mut out = Vec::with_capacity(v.len() / 16);
+    index_chunks_into(k, v, &mut out)?;
+    Some(out)
+}
+
+/// [`index_chunks`] appended to `out` (left as it was if malformed): no
+/// allocation of its own, for a reader of every entry.
+pub fn index_chunks_into(k: &[u8], v: &[u8], out: &mut Vec<(u64, u64, u64)>) -> Option<()> {
+    let (_, last, rest) = origin_seq_of_key(k)?;
     if !rest.is_empty() || v.is_empty() || !v.len().is_multiple_of(16) {
         return None;
     }
-    let pairs: Vec<(u64, u64)> = v
-        .chunks_exact(16)
-        .map(|p| {
-            let n = |r: std::ops::Range<usize>| u64::from_be_bytes(p[r].try_into().expect("8"));
-            (n(0..8), n(8..16))
-        })
-        .collect();
-    let mut out = Vec::with_capacity(pairs.len());
-    for (i, &(offset, first)) in pairs.iter().enumerate() {
-        let end = match pairs.get(i + 1) {
-            Some(&(next_offset, next_first)) if next_offset > offset && next_first > first => {
-                next_first - 1
+    let pair = |p: &[u8]| {
+        let n = |r: std::ops::Range<usize>| u64::from_be_bytes(p[r].try_into().expect("8"));
+        (n(0..8), n(8..16))
+    };
+    let before = out.len();
+    let mut pairs = v.chunks_exact(16).map(pair).peekable();
+    let mut all = || {
+        while let Some((offset, first)) = pairs.next() {
+            let end = match pairs.peek() {
+                Some(&(next_offset, next_first)) if next_offset > offset && next_first > first => {
+                    next_first - 1
+                }
+                Some(_) => return None,
+                None => last,
+            };
+            if end < first || first == 0 {
+                return None;
             }
-            Some(_) => return None,
-            None => last,
-        };
-        if end < first || first == 0 {
-            return None;
+            out.push((end, offset, first));
         }
-        out.push((end, offset, first));
+        Some(())
+    };
+    let taken = all();
+    if taken.is_none() {
+        out.truncate(before);
     }
-    Some(out)
+    taken
 }
 
 /// `(origin, seq, rest)` of a key laid out as
 /// `tag ‖ len:u8 ‖ origin ‖ seq:u64be ‖ rest` (index and evidence keys).
 pub fn parse_origin_seq_key(k: &[u8]) -> Option<(String, u64, &[u8])> {
+    let (origin, seq, rest) = origin_seq_of_key(k)?;
+    Some((String::from_utf8_lossy(origin).into_owned(), seq, rest))
+}
+
+/// [`parse_origin_seq_key`] with the origin's bytes as they are in the key.
+pub fn origin_seq_of_key(k: &[u8]) -> Option<(&[u8], u64, &[u8])> {
     let len = usize::from(*k.get(1)?);
-    let origin = String::from_utf8_lossy(k.get(2..2 + len)?).into_owned();
+    let origin = k.get(2..2 + len)?;
     let seq = u64::from_be_bytes(k.get(2 + len..10 + len)?.try_into().ok()?);
     Some((origin, seq, &k[10 + len..]))
 }
@@ -279,4 +298,35 @@ pub fn append_to_pack(v: &mut Vec<u8>, count: &mut u16, entry: &[u8]) {
     v.extend_from_slice(entry);
     *count += 1;
     v[2..4].copy_from_slice(&count.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `index_chunks_into` appends what `index_chunks` returns, and leaves
+    /// the list as it was for a malformed entry (however far it got).
+    #[test]
+    fn index_chunks_are_appended_whole_or_not_at_all() {
+        let k = index_key("c1", 40);
+        let good = index_group_value(&[(5, 10), (6, 20), (9, 31)]);
+        let want = vec![(19, 5, 10), (30, 6, 20), (40, 9, 31)];
+        assert_eq!(index_chunks(&k, &good), Some(want.clone()));
+        let mut list = vec![(1, 1, 1)];
+        assert_eq!(index_chunks_into(&k, &good, &mut list), Some(()));
+        assert_eq!(list[1..], want[..]);
+        // Offsets not increasing at the third chunk; a first seq of 0; a
+        // last seq below the last chunk's first; a torn value.
+        for bad in [
+            index_group_value(&[(5, 10), (6, 20), (6, 31)]),
+            index_group_value(&[(5, 0)]),
+            index_group_value(&[(5, 10), (6, 41)]),
+            good[..good.len() - 1].to_vec(),
+        ] {
+            let before = list.clone();
+            assert_eq!(index_chunks_into(&k, &bad, &mut list), None);
+            assert_eq!(list, before);
+            assert_eq!(index_chunks(&k, &bad), None);
+        }
+    }
 }

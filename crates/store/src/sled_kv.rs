@@ -182,6 +182,24 @@ impl Kv for SledKv {
         self.range_of(start, prefix, limit, |v| Arc::new(v) as SharedValue)
     }
 
+    fn visit(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        // One iterator for the whole range; only sled's own calls are
+        // guarded (a panic in `each` is not sled's damage).
+        let mut items = guard("reading", || self.db.range(start..))?;
+        while let Some(item) = guard("reading", || items.next())? {
+            let (k, v) = item.map_err(sled_err)?;
+            if !k.starts_with(prefix) || !each(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<KvEntry>, StoreError> {
         match guard("reading", || self.db.scan_prefix(prefix).next_back())? {
             None => Ok(None),
@@ -226,5 +244,49 @@ impl Kv for SledKv {
             flush_s: (t2 - t1).as_secs_f64(),
             fsync_s: (t3 - t2).as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemKv;
+
+    /// `visit` hands over exactly what `scan` reads — from `start`, within
+    /// `prefix`, in key order — and stops when told; sled's own and the
+    /// trait's default (paging through `scan`, as `MemKv` has it) alike.
+    #[test]
+    fn visit_hands_over_what_scan_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledKv::open(dir.path(), 8 << 20).unwrap();
+        let mem = MemKv::new();
+        let mut writes = Vec::new();
+        for i in 0u32..10_000 {
+            let tag = [b'A', b'I', b'L'][(i % 3) as usize];
+            let mut k = vec![tag];
+            k.extend_from_slice(&i.to_be_bytes());
+            writes.push((k, Some(i.to_le_bytes().repeat((i % 7) as usize))));
+        }
+        for kv in [&sled as &dyn Kv, &mem] {
+            kv.commit(writes.clone()).unwrap();
+            for (start, prefix) in [(&b"I"[..], &b"I"[..]), (b"I\0\0\x10", b"I"), (b"", b"")] {
+                let want = kv.scan(start, prefix, usize::MAX).unwrap();
+                let mut got = Vec::new();
+                kv.visit(start, prefix, &mut |k, v| {
+                    got.push((k.to_vec(), v.to_vec()));
+                    true
+                })
+                .unwrap();
+                assert!(!want.is_empty());
+                assert_eq!(got, want);
+                let mut seen = 0;
+                kv.visit(start, prefix, &mut |_, _| {
+                    seen += 1;
+                    seen < 5
+                })
+                .unwrap();
+                assert_eq!(seen, 5, "stops when told");
+            }
+        }
     }
 }

@@ -49,7 +49,7 @@ pub(super) struct Stored {
     malformed: Vec<Named>,
 }
 
-/// Reads the whole stored chunk index, a page at a time (it runs beside
+/// Reads the whole stored chunk index, entry by entry (it runs beside
 /// the log's reading, so that its time is not added to it). An entry
 /// naming several chunks (those one pack holds) is taken apart into its
 /// chunks; a malformed one points nowhere.
@@ -58,27 +58,28 @@ pub(super) fn read_stored(kv: &dyn Kv) -> Stored {
         origins: Vec::new(),
         malformed: Vec::new(),
     };
-    let mut start = vec![layout::INDEX];
-    // Values as read, not copied out (see `Kv::scan_shared`).
-    while let Ok(page) = kv.scan_shared(&start, &[layout::INDEX], 4096) {
-        let Some((last, _)) = page.last() else { break };
-        start.clone_from(last);
-        start.push(0);
-        for (k, v) in &page {
-            let v: &[u8] = (**v).as_ref();
-            let (Some((origin, _, _)), Some(chunks)) =
-                (layout::parse_origin_seq_key(k), layout::index_chunks(k, v))
-            else {
-                stored.malformed.push(origin_seq(k));
-                continue;
-            };
-            if stored.origins.last().is_none_or(|(o, _)| *o != origin) {
-                stored.origins.push((origin, Vec::new()));
-            }
-            let list = &mut stored.origins.last_mut().expect("just pushed").1;
-            list.extend(chunks);
+    // Entries as read (`Kv::visit`): nothing copied or allocated for an
+    // entry but the chunks it names. A read error ends the reading: what
+    // was not read is reported as lacking.
+    let _ = kv.visit(&[layout::INDEX], &[layout::INDEX], &mut |k, v| {
+        let Some((origin, _, _)) = layout::origin_seq_of_key(k) else {
+            stored.malformed.push(origin_seq(k));
+            return true;
+        };
+        let origin = String::from_utf8_lossy(origin);
+        let new = stored.origins.last().is_none_or(|(o, _)| *o != origin);
+        if new {
+            stored.origins.push((origin.into_owned(), Vec::new()));
         }
-    }
+        let list = &mut stored.origins.last_mut().expect("one at least").1;
+        if layout::index_chunks_into(k, v, list).is_none() {
+            if new {
+                stored.origins.pop();
+            }
+            stored.malformed.push(origin_seq(k));
+        }
+        true
+    });
     stored
 }
 
