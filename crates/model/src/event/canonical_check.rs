@@ -8,14 +8,14 @@
 //! `Envelope::decode` accepts; `false` means "not shown here" (malformed,
 //! not canonical, or merely unusual: an integer field in another msgpack
 //! form, nesting deeper than [`DEPTH_MAX`]) and the caller decodes to know.
-//! The header is re-encoded from the fields read and compared byte for
-//! byte; `data` is checked value by value against the rules of
-//! [`crate::canonical`].
+//! Every header field and every `data` value is held to the form rmp
+//! writes for it — its shortest length within its family of markers (the
+//! rules of [`crate::canonical`]) — so nothing is re-encoded to compare.
 
 use rmp::Marker;
 
 use super::light::{self, R};
-use super::{EnvelopeHeader, EnvelopeLinks, Hash32, OccurredAt};
+use super::{EnvelopeLinks, Hash32};
 
 /// Deepest nesting of `data` checked here (deeper: left to the decoder).
 pub const DEPTH_MAX: u32 = 32;
@@ -35,16 +35,26 @@ pub fn canonical_links(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
 }
 
 fn check(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
+    // Every header field in its shortest form, in order: each held to the
+    // length rmp writes for its value (as `data`'s values are, below).
     let mut rd: R<'_> = bytes;
-    let (origin, seq, kind, schema) = super::read_first_fields(&mut rd)?;
-    let unix_ms = light::int(&mut rd)?;
-    let offset_min = i16::try_from(light::int(&mut rd)?).ok()?;
-    let recorded_at_ms = light::int(&mut rd)?;
-    let grid = light::str(&mut rd)?;
-    let recorded_by = light::str(&mut rd)?;
-    let client_id = light::str(&mut rd)?;
+    if light::marker(&mut rd)? != Marker::FixArray(14)
+        || shortest_uint(&mut rd)? != u64::from(super::ENVELOPE_FORMAT)
+    {
+        return None;
+    }
+    let origin = shortest_str(&mut rd)?;
+    let seq = shortest_uint(&mut rd)?;
+    let kind = shortest_str(&mut rd)?;
+    let schema = u32::try_from(shortest_uint(&mut rd)?).ok()?;
+    shortest_int(&mut rd)?; // occurred_at.unix_ms
+    i16::try_from(shortest_int(&mut rd)?).ok()?; // occurred_at.offset_min
+    shortest_int(&mut rd)?; // recorded_at_ms
+    shortest_str(&mut rd)?; // grid
+    shortest_str(&mut rd)?; // recorded_by
+    shortest_str(&mut rd)?; // client_id
+                            // bin 8 of 32 bytes: the one form `light::bin32` reads.
     let prev: Hash32 = light::bin32(&mut rd)??;
-    let data_start = bytes.len() - rd.len();
     if !matches!(
         Marker::from_u8(*rd.first()?),
         Marker::FixMap(_) | Marker::Map16 | Marker::Map32
@@ -52,35 +62,9 @@ fn check(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
         return None;
     }
     value(&mut rd, 0)?;
-    let data_end = bytes.len() - rd.len();
+    // bin 8 of 32 bytes or nil, as written.
     let personal_digest = light::bin32(&mut rd)?;
-    if !rd.is_empty() {
-        return None;
-    }
-    let header = EnvelopeHeader {
-        origin,
-        seq,
-        kind,
-        schema,
-        occurred_at: OccurredAt {
-            unix_ms,
-            offset_min,
-        },
-        recorded_at_ms,
-        grid,
-        recorded_by,
-        client_id,
-        prev: &prev,
-        personal_digest: personal_digest.as_ref(),
-    };
-    // Every header field in its shortest form, in order, nothing more:
-    // the encoding compared with the bytes as it is written (`data`,
-    // between, was checked value by value above).
-    let mut before = Same::new(&bytes[..data_start]);
-    header.write_before_data(&mut before);
-    let mut after = Same::new(&bytes[data_end..]);
-    header.write_after_data(&mut after);
-    (before.whole() && after.whole()).then_some(EnvelopeLinks {
+    rd.is_empty().then_some(EnvelopeLinks {
         origin,
         seq,
         kind,
@@ -90,45 +74,42 @@ fn check(bytes: &[u8]) -> Option<EnvelopeLinks<'_>> {
     })
 }
 
-/// A writer that compares what is written with `expected`, allocating
-/// nothing: [`Same::whole`] when the writes were exactly `expected`.
-struct Same<'a> {
-    expected: &'a [u8],
-    differs: bool,
+/// An unsigned integer in its shortest form.
+fn shortest_uint(rd: &mut R<'_>) -> Option<u64> {
+    let before = *rd;
+    let v = light::uint(rd)?;
+    consumed_is(before, rd, uint_len(v))?;
+    Some(v)
 }
 
-impl<'a> Same<'a> {
-    fn new(expected: &'a [u8]) -> Self {
-        Self {
-            expected,
-            differs: false,
+/// An integer as rmp's `write_sint` writes it: a non-negative one in the
+/// unsigned forms (an int 16 may hold 30,000 in as many bytes as a uint 16,
+/// so the family is checked, not only the length), a negative one in the
+/// shortest signed form.
+fn shortest_int(rd: &mut R<'_>) -> Option<i64> {
+    let before = *rd;
+    let v = light::int(rd)?;
+    let len = match u64::try_from(v) {
+        Ok(u) => {
+            let unsigned = matches!(
+                Marker::from_u8(*before.first()?),
+                Marker::FixPos(_) | Marker::U8 | Marker::U16 | Marker::U32 | Marker::U64
+            );
+            unsigned.then(|| uint_len(u))?
         }
-    }
-
-    fn whole(&self) -> bool {
-        !self.differs && self.expected.is_empty()
-    }
+        Err(_) => negative_len(v),
+    };
+    consumed_is(before, rd, len)?;
+    Some(v)
 }
 
-impl std::io::Write for Same<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.expected.split_at_checked(buf.len()) {
-            Some((head, rest)) if !self.differs && same_bytes(head, buf) => self.expected = rest,
-            _ => self.differs = true,
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// `a == b` for slices of one length, without a call to `memcmp`: the
-/// header is written a marker or a field at a time (1 to ~40 bytes), where
-/// the call costs more than the comparison.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
+/// A string with its header in its shortest form.
+fn shortest_str<'a>(rd: &mut R<'a>) -> Option<&'a str> {
+    let before = *rd;
+    let s = light::str(rd)?;
+    let header = before.len() - rd.len() - s.len();
+    consumed_is(before, &before[header..], str_header_len(s.len()))?;
+    Some(s)
 }
 
 /// Whether the bytes consumed between `before` and `after` are `len` long.
@@ -244,7 +225,7 @@ fn value(rd: &mut R<'_>, depth: u32) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Envelope;
+    use crate::{Envelope, OccurredAt};
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -411,6 +392,83 @@ mod tests {
         assert!(Envelope::decode(&long_seq).is_err());
         assert!(!surely_canonical(&long_seq));
         assert!(surely_canonical(&good));
+        // Each header field in a longer form than rmp writes (the decoder
+        // refuses every one): the walk refuses them too.
+        let e = envelope(json!({}));
+        let field = |w: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            w(&mut v);
+            v
+        };
+        use rmp::encode as enc;
+        let canonical: Vec<Vec<u8>> = vec![
+            field(&|w| drop(enc::write_uint(w, 1))),
+            field(&|w| enc::write_str(w, &e.origin).unwrap()),
+            field(&|w| drop(enc::write_uint(w, e.seq))),
+            field(&|w| enc::write_str(w, &e.kind).unwrap()),
+            field(&|w| drop(enc::write_uint(w, 1))),
+            field(&|w| drop(enc::write_sint(w, e.occurred_at.unix_ms))),
+            field(&|w| drop(enc::write_sint(w, e.occurred_at.offset_min.into()))),
+            field(&|w| drop(enc::write_sint(w, e.recorded_at_ms))),
+            field(&|w| enc::write_str(w, &e.grid).unwrap()),
+            field(&|w| enc::write_str(w, &e.recorded_by).unwrap()),
+            field(&|w| enc::write_str(w, &e.client_id).unwrap()),
+        ];
+        let with_field = |i: usize, bytes: Vec<u8>| {
+            let mut v = vec![0x9e];
+            for (j, f) in canonical.iter().enumerate() {
+                v.extend_from_slice(if i == j { &bytes } else { f });
+            }
+            enc::write_bin(&mut v, &e.prev).unwrap();
+            v.push(0x80);
+            enc::write_bin(&mut v, e.personal_digest.as_ref().unwrap()).unwrap();
+            v
+        };
+        assert!(surely_canonical(&with_field(usize::MAX, Vec::new())));
+        let longer: &[(usize, &str, Vec<u8>)] = &[
+            (0, "format 1 as a uint8", vec![0xcc, 1]),
+            (
+                1,
+                "origin as a str8",
+                field(&|w| {
+                    w.extend_from_slice(&[0xd9, 2]);
+                    w.extend_from_slice(b"c1");
+                }),
+            ),
+            (4, "schema 1 as a uint16", vec![0xcd, 0, 1]),
+            // As long as the uint 64 it should be: only the family tells.
+            (5, "unix_ms as an int64", {
+                let mut v = vec![0xd3];
+                v.extend_from_slice(&e.occurred_at.unix_ms.to_be_bytes());
+                v
+            }),
+            (6, "offset_min -480 as an int32", {
+                let mut v = vec![0xd2];
+                v.extend_from_slice(&(-480i32).to_be_bytes());
+                v
+            }),
+            (
+                7,
+                "recorded_at_ms -5 as an int8",
+                vec![0xd0, (-5i8).to_be_bytes()[0]],
+            ),
+            (
+                10,
+                "client_id as a str16",
+                field(&|w| {
+                    w.extend_from_slice(&[0xda, 0, 40]);
+                    w.extend_from_slice(e.client_id.as_bytes());
+                }),
+            ),
+        ];
+        for (i, what, bytes) in longer {
+            let v = with_field(*i, bytes.clone());
+            assert!(
+                Envelope::decode(&v).is_err(),
+                "{what}: the decoder accepts it"
+            );
+            assert!(!surely_canonical(&v), "{what}: accepted");
+        }
         // Nesting deeper than the walk goes: left to the decoder.
         let mut deep = vec![0x81, 0xa1, b'a'];
         deep.extend(std::iter::repeat_n(0x91, DEPTH_MAX as usize + 1));
