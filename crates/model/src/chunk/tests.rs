@@ -381,8 +381,20 @@ fn a_chunk_read_in_place_is_the_decoded_chunk() {
                 variants.push(m);
             }
         }
+        // The plain reading takes the chunk as written; wherever it takes
+        // a variant, it reads what serde reads.
+        assert!(ChunkView::read_plain(&bytes).is_some());
+        let mut plain = 0;
         let (mut both, mut neither) = (0, 0);
         for m in &variants {
+            if let Some(p) = ChunkView::read_plain(m) {
+                plain += 1;
+                let by_serde = ChunkView::decode_by_serde(m);
+                assert_eq!(
+                    format!("{:?}", Ok::<_, ChunkError>(p)),
+                    format!("{by_serde:?}")
+                );
+            }
             let (decoded, view) = (Chunk::decode(m), ChunkView::decode(m));
             match (&decoded, &view) {
                 (Ok(c), Ok(v)) => {
@@ -417,6 +429,7 @@ fn a_chunk_read_in_place_is_the_decoded_chunk() {
             }
         }
         assert!(both > 1 && neither > 1, "{both} / {neither}");
+        assert!(plain > 1 && plain <= both, "{plain} read plainly of {both}");
     }
 }
 

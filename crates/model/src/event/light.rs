@@ -158,6 +158,17 @@ pub fn str_bytes<'a>(rd: &mut R<'a>) -> Option<&'a [u8]> {
     take(rd, len)
 }
 
+/// A binary value's bytes (bin 8, 16 or 32).
+pub fn bin<'a>(rd: &mut R<'a>) -> Option<&'a [u8]> {
+    let len = match marker(rd)? {
+        Marker::Bin8 => be(rd, 1)? as usize,
+        Marker::Bin16 => be(rd, 2)? as usize,
+        Marker::Bin32 => be(rd, 4)? as usize,
+        _ => return None,
+    };
+    take(rd, len)
+}
+
 /// Skips one value of any type; depth-limited.
 pub fn skip(rd: &mut R<'_>, depth: u32) -> Option<()> {
     if depth > 64 {
