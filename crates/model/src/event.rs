@@ -138,36 +138,26 @@ impl EnvelopeHeader<'_> {
     /// as item 12.
     pub fn encode_with_data(&self, data_canonical: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + data_canonical.len());
-        self.write_before_data(&mut out);
-        out.extend_from_slice(data_canonical);
-        self.write_after_data(&mut out);
-        out
-    }
-
-    /// The envelope's bytes before `data`: its array header and every
-    /// field up to `prev`.
-    pub fn write_before_data<W: std::io::Write>(&self, w: &mut W) {
-        rmp::encode::write_array_len(w, 14).expect("write");
-        rmp::encode::write_uint(w, u64::from(ENVELOPE_FORMAT)).expect("write");
-        rmp::encode::write_str(w, self.origin).expect("write");
-        rmp::encode::write_uint(w, self.seq).expect("write");
-        rmp::encode::write_str(w, self.kind).expect("write");
-        rmp::encode::write_uint(w, u64::from(self.schema)).expect("write");
-        rmp::encode::write_sint(w, self.occurred_at.unix_ms).expect("write");
-        rmp::encode::write_sint(w, i64::from(self.occurred_at.offset_min)).expect("write");
-        rmp::encode::write_sint(w, self.recorded_at_ms).expect("write");
-        rmp::encode::write_str(w, self.grid).expect("write");
-        rmp::encode::write_str(w, self.recorded_by).expect("write");
-        rmp::encode::write_str(w, self.client_id).expect("write");
-        rmp::encode::write_bin(w, self.prev).expect("write");
-    }
-
-    /// The envelope's bytes after `data`: the personal digest or nil.
-    pub fn write_after_data<W: std::io::Write>(&self, w: &mut W) {
+        let w = &mut out;
+        rmp::encode::write_array_len(w, 14).expect("vec write");
+        rmp::encode::write_uint(w, u64::from(ENVELOPE_FORMAT)).expect("vec write");
+        rmp::encode::write_str(w, self.origin).expect("vec write");
+        rmp::encode::write_uint(w, self.seq).expect("vec write");
+        rmp::encode::write_str(w, self.kind).expect("vec write");
+        rmp::encode::write_uint(w, u64::from(self.schema)).expect("vec write");
+        rmp::encode::write_sint(w, self.occurred_at.unix_ms).expect("vec write");
+        rmp::encode::write_sint(w, i64::from(self.occurred_at.offset_min)).expect("vec write");
+        rmp::encode::write_sint(w, self.recorded_at_ms).expect("vec write");
+        rmp::encode::write_str(w, self.grid).expect("vec write");
+        rmp::encode::write_str(w, self.recorded_by).expect("vec write");
+        rmp::encode::write_str(w, self.client_id).expect("vec write");
+        rmp::encode::write_bin(w, self.prev).expect("vec write");
+        w.extend_from_slice(data_canonical);
         match self.personal_digest {
-            Some(d) => rmp::encode::write_bin(w, d).expect("write"),
-            None => rmp::encode::write_nil(w).expect("write"),
+            Some(d) => rmp::encode::write_bin(w, d).expect("vec write"),
+            None => rmp::encode::write_nil(w).expect("vec write"),
         };
+        out
     }
 }
 
