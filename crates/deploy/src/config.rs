@@ -321,6 +321,13 @@ impl SyncSettings {
                 self.batch_bytes_max, self.frame_bytes_max
             ));
         }
+        if self.write_buffer_bytes_max <= self.frame_bytes_max {
+            return Err(format!(
+                "write_buffer_bytes_max ({}) must be larger than frame_bytes_max ({}): a message \
+                 that does not fit the write buffer fails its link at every attempt",
+                self.write_buffer_bytes_max, self.frame_bytes_max
+            ));
+        }
         if self.send_fragment_bytes != 0 && self.send_fragment_bytes < 1024 {
             return Err(format!(
                 "send_fragment_bytes ({}) must be 0 (whole messages) or at least 1024: \
@@ -374,5 +381,14 @@ mod tests {
         };
         let why = big.check().unwrap_err();
         assert!(why.contains("batch_bytes_max (1048576)"), "{why}");
+        // tungstenite panics on a write buffer no larger than its
+        // write_buffer_size (64 KiB at a parent), and a frame that does not
+        // fit fails the link.
+        let small = SyncSettings {
+            write_buffer_bytes_max: 64 * 1024,
+            ..SyncSettings::default()
+        };
+        let why = small.check().unwrap_err();
+        assert!(why.contains("write_buffer_bytes_max (65536)"), "{why}");
     }
 }

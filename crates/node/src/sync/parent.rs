@@ -44,7 +44,7 @@ pub async fn sync_endpoint(
     let s = &state.config.sync;
     ws.max_message_size(s.frame_bytes_max)
         .max_frame_size(s.frame_bytes_max)
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(super::LINK_READ_BUFFER_BYTES)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(s.write_buffer_bytes_max)
         .on_upgrade(move |socket| parent_session(state, socket, permit, binding))
