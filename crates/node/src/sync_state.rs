@@ -52,6 +52,9 @@ pub struct SyncState {
     pub received: Arc<tokio::sync::Semaphore>,
     /// What one frame takes of `received` at most (the whole budget).
     pub received_max: usize,
+    /// The largest batch the welcome asks of each child: see
+    /// [`batch_bytes_asked`].
+    pub batch_bytes_asked: usize,
     pub(crate) next_session: std::sync::atomic::AtomicU64,
     /// Set to true when the node shuts down: every sync session ends.
     pub stop: watch::Sender<bool>,
@@ -68,12 +71,12 @@ impl SyncState {
     /// always has a connection slot).
     pub fn new(settings: &SyncSettings, children: usize) -> Self {
         let received_max = received_max(settings);
+        let slots = settings.connections_max.max(children);
         Self {
+            batch_bytes_asked: batch_bytes_asked(received_max, slots),
             children: Mutex::new(BTreeMap::new()),
             parent: Mutex::new(ParentLink::default()),
-            permits: Arc::new(tokio::sync::Semaphore::new(
-                settings.connections_max.max(children),
-            )),
+            permits: Arc::new(tokio::sync::Semaphore::new(slots)),
             handshakes: Arc::new(tokio::sync::Semaphore::new(settings.handshakes_max)),
             received: Arc::new(tokio::sync::Semaphore::new(received_max)),
             received_max,
@@ -85,6 +88,24 @@ impl SyncState {
     }
 }
 
+/// The least a parent asks of a child's batches: a community's chunk is
+/// up to 32 KiB, and a batch below that would carry one event's worth of
+/// bytes per ack.
+pub const BATCH_BYTES_ASKED_FLOOR: usize = 32 * 1024;
+
+/// The largest batch a parent asks of each child (in its welcome): its
+/// received-bytes budget shared by the connections it takes at once, at
+/// least [`BATCH_BYTES_ASKED_FLOOR`]. A parent reads a child's message
+/// whole before the budget can count it (tungstenite assembles it), so
+/// with every child sending at once it holds up to one message per
+/// connection outside the budget: with 1,000 children sending 256 KiB
+/// batches after an outage that was ~190 MB at the street (BENCHMARKS.md,
+/// "Batches sized by the parent"). With the defaults (16 MiB, 64
+/// connections) it is the children's own 256 KiB.
+pub fn batch_bytes_asked(received_max: usize, slots: usize) -> usize {
+    (received_max / slots.max(1)).max(BATCH_BYTES_ASKED_FLOOR)
+}
+
 /// The received-bytes budget: `sync.received_bytes_max`, at least one
 /// whole frame, within what a semaphore counts.
 fn received_max(settings: &SyncSettings) -> usize {
@@ -93,4 +114,36 @@ fn received_max(settings: &SyncSettings) -> usize {
         .max(settings.frame_bytes_max)
         .min(tokio::sync::Semaphore::MAX_PERMITS)
         .min(u32::MAX as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SyncSettings, SyncState, BATCH_BYTES_ASKED_FLOOR};
+
+    /// The welcome's ask: the children's own 256 KiB with the defaults
+    /// (16 MiB shared by 64 connections), the budget's share at a street of
+    /// 100, the floor at 1,000 — and the children in the topology count
+    /// when they outnumber `connections_max`.
+    #[test]
+    fn the_batch_asked_is_the_budget_shared_by_the_connections() {
+        let defaults = SyncSettings::default();
+        assert_eq!(SyncState::new(&defaults, 4).batch_bytes_asked, 256 * 1024);
+        assert_eq!(
+            SyncState::new(&defaults, 100).batch_bytes_asked,
+            16 * 1024 * 1024 / 100
+        );
+        assert_eq!(
+            SyncState::new(&defaults, 1000).batch_bytes_asked,
+            BATCH_BYTES_ASKED_FLOOR
+        );
+        let wide = SyncSettings {
+            connections_max: 2000,
+            received_bytes_max: 256 * 1024 * 1024,
+            ..SyncSettings::default()
+        };
+        assert_eq!(
+            SyncState::new(&wide, 10).batch_bytes_asked,
+            256 * 1024 * 1024 / 2000
+        );
+    }
 }

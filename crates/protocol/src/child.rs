@@ -205,6 +205,19 @@ pub struct ChildSession {
     /// Per origin, the report last sent in this session (kept with
     /// `lag_changes_only` only).
     lag_sent: HashMap<String, (u64, Option<i64>)>,
+    /// This session's batch limit: the configured one, or less when the
+    /// parent's welcome asks for less (see [`batch_limit`]).
+    batch_bytes_max: usize,
+}
+
+/// A session's batch limit: `own` (the child's setting), lowered to what
+/// the parent's welcome asks. Whatever it asks, each batch still carries
+/// at least one chunk (a limit of 0 counts as 1), so a session always
+/// moves; how small is worth asking is the parent's policy.
+pub fn batch_limit(own: usize, asked: Option<u64>) -> usize {
+    asked.map_or(own, |asked| {
+        own.min(usize::try_from(asked).unwrap_or(usize::MAX).max(1))
+    })
 }
 
 mod repair;
@@ -216,6 +229,7 @@ mod timers;
 impl ChildSession {
     pub fn new(cfg: ChildConfig) -> Self {
         Self {
+            batch_bytes_max: cfg.batch_bytes_max,
             cfg,
             state: State::Idle,
             nonce: Vec::new(),
@@ -357,8 +371,15 @@ impl ChildSession {
             ) => {
                 return self.on_challenge(out, version, node, &nonce, &proof, &capabilities, now_ms)
             }
-            (State::AwaitWelcome, Frame::Welcome { heads }) => {
-                self.on_welcome(&mut out, &heads, log, now_ms)
+            (
+                State::AwaitWelcome,
+                Frame::Welcome {
+                    heads,
+                    batch_bytes_max,
+                },
+            ) => {
+                self.batch_bytes_max = batch_limit(self.cfg.batch_bytes_max, batch_bytes_max);
+                self.on_welcome(&mut out, &heads, log, now_ms);
             }
             (
                 State::Repairing,

@@ -59,6 +59,14 @@ pub enum Frame {
     /// the child's subtree it holds. The child sends what lies beyond them.
     Welcome {
         heads: Vec<WireHead>,
+        /// The largest batch the parent wants (chunk bytes; a single larger
+        /// chunk still goes alone): its budget for received bytes shared
+        /// by the children it takes at once. A parent reads each child's
+        /// message whole before its budget can count it, so this is what
+        /// bounds those. Absent from older parents (and skipped by older
+        /// children: frames are maps).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch_bytes_max: Option<u64>,
     },
     /// Either way, then the connection closes.
     Refused {

@@ -15,7 +15,8 @@
 //!                                  ◀──   Challenge{nonce_p, proof_p(nonce_c)}
 //!   checks proof_p                        
 //!   Auth{proof_c(nonce_p)}         ──▶   checks proof_c
-//!                                  ◀──   Welcome{heads of the child's subtree}
+//!                                  ◀──   Welcome{heads of the child's subtree,
+//!                                                batch size it wants}
 //!   Batch{id, chunks} …            ──▶   verify, Persist ─▶ store
 //!   (≤ window in flight)           ◀──   Ack{id} once durable
 //!                                  ◀──   OriginRefused{origin} (that origin

@@ -52,6 +52,9 @@ pub struct ParentConfig {
     pub idle_timeout_ms: i64,
     /// Chunk bytes per `fetched` answer.
     pub fetch_bytes_max: usize,
+    /// The largest batch asked of the child in the welcome (none: the
+    /// child's own limit).
+    pub batch_bytes_asked: Option<usize>,
     /// Keying material exported from this connection's TLS session (empty
     /// on plain connections): both proofs sign it (see [`crate::auth`]).
     pub channel_binding: Vec<u8>,
@@ -388,7 +391,15 @@ impl ParentSession {
             .filter_map(|o| log.head(o).map(|(s, h)| wire_head(o, s, &h)))
             .collect();
         self.state = State::Streaming { child };
-        self.send(&mut out, Frame::Welcome { heads }, now_ms);
+        let batch_bytes_max = self.cfg.batch_bytes_asked.map(|b| b as u64);
+        self.send(
+            &mut out,
+            Frame::Welcome {
+                heads,
+                batch_bytes_max,
+            },
+            now_ms,
+        );
         out
     }
 

@@ -37,6 +37,14 @@ fn frames() -> Vec<(&'static str, Frame)> {
                     seq: 42,
                     hash: b(32, 5),
                 }],
+                batch_bytes_max: None,
+            },
+        ),
+        (
+            "welcome_with_batch_limit",
+            Frame::Welcome {
+                heads: vec![],
+                batch_bytes_max: Some(64 * 1024),
             },
         ),
         (
@@ -189,4 +197,59 @@ fn protocol_crate_has_no_runtime_or_storage_dependencies() {
         tree.lines().any(|l| l.starts_with("gridsync-model ")),
         "sanity: the tree lists dependencies"
     );
+}
+
+/// A welcome asking for smaller batches is still a welcome to a child of an
+/// older build (frames are maps; it skips the field it does not know), and
+/// a welcome without the field reads as asking nothing.
+#[test]
+fn a_batch_limit_in_the_welcome_is_skipped_by_older_children() {
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum OlderFrame {
+        Welcome { heads: Vec<WireHead> },
+    }
+    let head = WireHead {
+        origin: "s1-c1".into(),
+        seq: 7,
+        hash: ByteBuf::from(vec![1; 32]),
+    };
+    let asked = Frame::Welcome {
+        heads: vec![head.clone()],
+        batch_bytes_max: Some(32 * 1024),
+    }
+    .encode();
+    let OlderFrame::Welcome { heads } =
+        rmp_serde::from_slice(&asked).expect("older child reads it");
+    assert_eq!(heads, vec![head.clone()]);
+    // Asking nothing encodes as before the field existed (the golden
+    // "welcome" above pins those bytes): an older parent's welcome.
+    let older = Frame::Welcome {
+        heads: vec![head.clone()],
+        batch_bytes_max: None,
+    }
+    .encode();
+    match Frame::decode(&older, 1 << 20).expect("an older parent's welcome") {
+        Frame::Welcome {
+            heads,
+            batch_bytes_max,
+        } => {
+            assert_eq!(heads, vec![head]);
+            assert_eq!(batch_bytes_max, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        gridsync_protocol::child::batch_limit(256 * 1024, None),
+        256 * 1024
+    );
+    assert_eq!(
+        gridsync_protocol::child::batch_limit(256 * 1024, Some(32 * 1024)),
+        32 * 1024
+    );
+    assert_eq!(
+        gridsync_protocol::child::batch_limit(16 * 1024, Some(32 * 1024)),
+        16 * 1024
+    );
+    assert_eq!(gridsync_protocol::child::batch_limit(16 * 1024, Some(0)), 1);
 }

@@ -573,9 +573,17 @@ impl<'t> Sim<'t> {
             heartbeat_ms: 200,
             idle_timeout_ms: 1_000,
             fetch_bytes_max: 2_000,
+            batch_bytes_asked: self.batch_bytes_asked(n),
             channel_binding: channel_binding.to_vec(),
             bug_ack_before_durable: self.bugs.ack_before_durable,
         }
+    }
+
+    /// What parent `n` asks of its children's batches in its welcome:
+    /// odd-numbered parents ask for less than the children's own 2,000
+    /// bytes, the others leave it to them.
+    fn batch_bytes_asked(&self, n: usize) -> Option<usize> {
+        (n % 2 == 1).then_some(700)
     }
 
     fn nonce(&mut self) -> [u8; 32] {
@@ -666,6 +674,26 @@ impl<'t> Sim<'t> {
                         Some((lc, s)) if *lc == conn && s.made_progress() => Some(s.acked()),
                         _ => None,
                     };
+                    // A batch stays within the smaller of the child's limit
+                    // and its parent's ask, but for the chunk that crosses it.
+                    if let Frame::Batch { chunks, .. } = &f {
+                        let p = self.tree.parent[n].expect("has parent");
+                        let asked = self.batch_bytes_asked(p).map(|b| b as u64);
+                        let limit = gridsync_protocol::child::batch_limit(
+                            self.child_cfg(n).batch_bytes_max,
+                            asked,
+                        );
+                        let total: usize = chunks.iter().map(|c| c.len()).sum();
+                        let largest = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
+                        if total > limit + largest {
+                            return self.fail(format!(
+                                "{} sent a batch of {total} bytes in {} chunks (largest \
+                                 {largest}); its limit is {limit}",
+                                self.tree.ids[n],
+                                chunks.len()
+                            ));
+                        }
+                    }
                     if let (Some(acked), Frame::Batch { .. } | Frame::Ping { .. }) = (acked, &f) {
                         let log = self.local_view(n);
                         let lag = LocalLog::heads(log).into_iter().map(|(origin, seq)| {

@@ -58,6 +58,7 @@ fn parent_cfg(state: &NodeState, channel_binding: Vec<u8>) -> ParentConfig {
         heartbeat_ms: state.config.sync.heartbeat_ms,
         idle_timeout_ms: state.config.sync.idle_timeout_ms,
         fetch_bytes_max: state.config.sync.batch_bytes_max,
+        batch_bytes_asked: Some(state.sync.batch_bytes_asked),
         bug_ack_before_durable: false,
     }
 }

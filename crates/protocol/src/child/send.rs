@@ -132,7 +132,7 @@ impl super::ChildSession {
                         .range::<str, _>((Bound::Unbounded, Bound::Excluded(start))),
                 );
             for origin in order {
-                if bytes >= self.cfg.batch_bytes_max {
+                if bytes >= self.batch_bytes_max {
                     break;
                 }
                 let head = self.heads.get(origin).copied().unwrap_or(0);
@@ -142,7 +142,7 @@ impl super::ChildSession {
                     continue;
                 }
                 first.get_or_insert_with(|| origin.clone());
-                let budget = self.cfg.batch_bytes_max - bytes;
+                let budget = self.batch_bytes_max - bytes;
                 let mut last = sent;
                 // This origin's chunks not yet pushed, to be joined, and
                 // about the size of the chunk they join into.
@@ -201,7 +201,7 @@ impl super::ChildSession {
                     last = stored.last_seq;
                     bytes += enc.len();
                     run.push(enc);
-                    if bytes >= self.cfg.batch_bytes_max {
+                    if bytes >= self.batch_bytes_max {
                         break;
                     }
                 }
