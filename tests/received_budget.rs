@@ -4,19 +4,23 @@
 //! waits for its share, and shares come back as imports commit, whatever
 //! the sessions holding them are doing.
 //!
-//! The budget is the smallest the node allows (one whole frame, 1 MiB),
-//! and each child holds ~1.3 MiB of events (six 256 KiB batches, its
-//! whole window and more), so every session waits for shares many times
-//! and all four wait at once. Three send each batch in 16 KiB websocket
-//! frames (the default), one in a single frame: the parent takes both. Control (run by hand, recorded in
-//! BENCHMARKS.md): with each share given back only when its session
-//! handles the import's answer, the four sessions each hold a share of
-//! a committed import while waiting for another, and the street stalls
-//! with the budget used up — this test then fails at its deadline.
+//! The budget is the smallest the node allows (one whole frame: 320 KiB
+//! with `frame_bytes_max` at 320 KiB), the street's welcome asks for
+//! batches of it shared by its four connection slots (80 KiB), and each
+//! child holds ~1.1 MiB of events, so sessions wait for shares many times
+//! (18–43 of ~52 frames in three runs; the test requires at least four,
+//! read from `gridsync_sync_received_budget_waits_total`, or it would prove
+//! nothing). Three children send each batch in 16 KiB websocket frames
+//! (the default), one in a single frame: the parent takes both. Control
+//! (run by hand, recorded in BENCHMARKS.md): with each share given back
+//! only when its session handles the import's answer, the four sessions
+//! each hold a share of a committed import while waiting for another, and
+//! the street stalls with the budget used up — this test then fails at
+//! its deadline.
 
 use std::time::Duration;
 
-use gridsync_suite::{get_json, post_events, provision, sample_event, set_sync, Server};
+use gridsync_suite::{get_json, metric, post_events, provision, sample_event, set_sync, Server};
 use serde_json::{json, Value};
 
 const CHILDREN: [&str; 4] = ["c1", "c2", "c3", "c4"];
@@ -30,8 +34,20 @@ async fn a_tight_received_budget_still_takes_every_child() {
     nodes.extend(CHILDREN.iter().map(|c| (*c, Some("s1"))));
     let tree = provision(dir.path(), &nodes);
     let s1 = &tree.nodes["s1"];
-    set_sync(&s1.config, &[("received_bytes_max", 1 << 20)]);
-    // Three children send each 256 KiB batch as 16 KiB websocket frames
+    // The smallest budget the street allows: one whole frame, here 320
+    // KiB (a 256 KiB batch and its room). Its welcome asks for batches of
+    // the budget shared by its four connection slots, 80 KiB, so the four
+    // children's first frames fill it and every further frame waits for
+    // an import to commit.
+    set_sync(
+        &s1.config,
+        &[
+            ("frame_bytes_max", 320 << 10),
+            ("received_bytes_max", 320 << 10),
+            ("connections_max", 4),
+        ],
+    );
+    // Three children send each 80 KiB batch as 16 KiB websocket frames
     // (the default `send_fragment_bytes`), the fourth as one frame.
     set_sync(&tree.nodes["c4"].config, &[("send_fragment_bytes", 0)]);
 
@@ -69,5 +85,16 @@ async fn a_tight_received_budget_still_takes_every_child() {
             "the street stalled: it holds {held:?} of {EVENTS} per child"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    } // Sessions did wait for shares: the budget was what held them back
+      // (were the batches small enough for the budget to hold every
+      // session's window, this test would prove nothing).
+    let waits = metric(
+        &street.url,
+        &s1.tokens.viewer,
+        "gridsync_sync_received_budget_waits_total",
+    )
+    .await
+    .unwrap_or(0.0);
+    eprintln!("sessions waited for shares {waits} times");
+    assert!(waits >= 4.0, "sessions waited for shares {waits} times");
 }

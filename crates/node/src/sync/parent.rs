@@ -244,7 +244,19 @@ impl ChildConnection {
         if self.child.is_some() {
             let sync = &self.state.sync;
             let n = u32::try_from(bytes.len().min(sync.received_max)).unwrap_or(u32::MAX);
-            let share = sync.received.clone().acquire_many_owned(n).await;
+            let share = match sync.received.clone().try_acquire_many_owned(n) {
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    // The budget is in use: counted, so an operator sees
+                    // when it holds children back.
+                    metrics::counter!("gridsync_sync_received_budget_waits_total", "node" => self.state.config.id.clone())
+                        .increment(1);
+                    sync.received.clone().acquire_many_owned(n).await
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    return Err("this node is shutting down".to_owned())
+                }
+                Ok(share) => Ok(share),
+            };
             self.share = Some(share.map_err(|_| "this node is shutting down".to_owned())?);
         }
         // Decoding and verifying a batch (hashes, signatures) is CPU work:
