@@ -95,18 +95,21 @@ pub async fn run_upstream(state: Arc<NodeState>, mut shutdown: watch::Receiver<b
         if matches!(outcome, Ok(()) | Err(SessionEnd::Streamed(_))) {
             backoff_ms = s.reconnect_min_ms;
         }
+        // The delay drawn now, so the log says when the next try really
+        // is (the backoff grown during an outage is capped while the
+        // parent refuses connections).
+        let delay = reconnect_delay(&s, backoff_ms, &outcome);
         {
             let mut link = state.sync.parent.lock().expect("lock");
             link.connected = false;
             if let Err(e) = &outcome {
                 link.last_error = Some(e.to_string());
-                tracing::info!(parent, reason = %e, retry_in_ms = backoff_ms, "parent link down");
+                tracing::info!(parent, reason = %e, retry_in_ms = delay, "parent link down");
             }
         }
         if *shutdown.borrow() {
             return;
         }
-        let delay = reconnect_delay(&s, backoff_ms, &outcome);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(delay)) => {}
             () = state.sync.nudge.notified() => {
