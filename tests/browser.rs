@@ -33,6 +33,35 @@ fn now_event(client_id: &str, celsius: f64) -> Value {
     })
 }
 
+/// The dashboard and `/v1/aggregates` show today in the deployment's
+/// timezone (+08:00), and these events occur a minute before they are
+/// posted: a run that starts within a minute after midnight there posts
+/// them on yesterday and finds today empty ("events did not reach the
+/// district", seen at 16:00 UTC), and one that straddles midnight loses
+/// them mid-test. Within 150 s before midnight or 65 s after it, wait
+/// until 65 s after (at most 3.6 min, once a day).
+fn wait_clear_of_midnight() {
+    const DAY_MS: i64 = 86_400_000;
+    const BEFORE_MS: i64 = 150_000;
+    const AFTER_MS: i64 = 65_000;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let local = (ms + 8 * 3_600_000).rem_euclid(DAY_MS);
+    let wait = if local < AFTER_MS {
+        AFTER_MS - local
+    } else if local >= DAY_MS - BEFORE_MS {
+        DAY_MS - local + AFTER_MS
+    } else {
+        0
+    };
+    if wait > 0 {
+        eprintln!("waiting {wait} ms to run clear of midnight in +08:00");
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+}
+
 fn time_now_rfc3339() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -76,6 +105,7 @@ async fn dashboard_shows_the_api_numbers_and_updates_live() {
         eprintln!("!!! Install them with: apt-get install -y chromium chromium-driver\n");
         return;
     }
+    wait_clear_of_midnight();
     let dir = tempfile::tempdir().unwrap();
     let tree = provision_fast(
         dir.path(),
