@@ -271,7 +271,11 @@ pub struct SyncSettings {
     /// it and gives it back once the import commits (or is refused); a
     /// child that would go beyond waits, unread, on its socket. Bounds
     /// the memory of a catch-up burst from many children (at least
-    /// `frame_bytes_max`, whatever is set here).
+    /// `frame_bytes_max`, whatever is set here), with one message per
+    /// connected child outside it (read whole before it can take a share):
+    /// the welcome asks each child for batches of this shared by the
+    /// connection slots, at least 32 KiB (`batch_bytes_max` in
+    /// `schemas/sync-frames.md`).
     pub received_bytes_max: usize,
     /// When this node starts listening, tell each child in the topology
     /// (`POST /v1/sync/nudge`, signed with this node's key) to retry its
