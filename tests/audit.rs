@@ -525,13 +525,7 @@ async fn as_of_projection_reproduces_a_recorded_snapshot() {
     }
     assert_eq!(snapshot["totals"]["temperatures"], 3, "{snapshot}");
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let t = gridsync_model::time_fmt::format_rfc3339_ms(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-        0,
-    );
+    let t = gridsync_model::time_fmt::format_rfc3339_ms(gridsync_suite::now_ms(), 0);
     tokio::time::sleep(Duration::from_millis(30)).await;
     // After T: a late event for an earlier day, and a correction voiding seq 1.
     post(

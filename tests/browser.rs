@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
-use gridsync_suite::{free_port, provision_fast, Server};
+use gridsync_suite::{free_port, now_ms, provision_fast, Server};
 use serde_json::{json, Value};
 
 struct Driver(Child);
@@ -44,11 +44,7 @@ fn wait_clear_of_midnight() {
     const DAY_MS: i64 = 86_400_000;
     const BEFORE_MS: i64 = 150_000;
     const AFTER_MS: i64 = 65_000;
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let local = (ms + 8 * 3_600_000).rem_euclid(DAY_MS);
+    let local = (now_ms() + 8 * 3_600_000).rem_euclid(DAY_MS);
     let wait = if local < AFTER_MS {
         AFTER_MS - local
     } else if local >= DAY_MS - BEFORE_MS {
@@ -63,11 +59,7 @@ fn wait_clear_of_midnight() {
 }
 
 fn time_now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    gridsync_model::time_fmt::format_rfc3339_ms(ms - 60_000, 480)
+    gridsync_model::time_fmt::format_rfc3339_ms(now_ms() - 60_000, 480)
 }
 
 async fn post(http: &reqwest::Client, url: &str, token: &str, events: Vec<Value>) {

@@ -17,8 +17,8 @@
 use std::time::{Duration, Instant};
 
 use gridsync_suite::{
-    get_json, http_client, metric, post_events, provision, sample_event, set_sync, set_sync_flag,
-    wait_heads, Server,
+    get_json, http_client, metric, now_ms, post_events, provision, sample_event, set_sync,
+    set_sync_flag, wait_heads, Server,
 };
 use serde_json::{json, Value};
 
@@ -172,11 +172,4 @@ async fn children_back_on_their_own_are_not_nudged() {
     )
     .await;
     assert_eq!(sent, Some(1.0), "c1 nudged, c2 (already connected) not");
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

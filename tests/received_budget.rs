@@ -8,7 +8,7 @@
 //! with `frame_bytes_max` at 320 KiB), the street's welcome asks for
 //! batches of it shared by its four connection slots (80 KiB), and each
 //! child holds ~1.1 MiB of events, so sessions wait for shares many times
-//! (18–43 of ~52 frames in three runs; the test requires at least four,
+//! (18–43 of ~52 frames in four runs; the test requires at least four,
 //! read from `gridsync_sync_received_budget_waits_total`, or it would prove
 //! nothing). Three children send each batch in 16 KiB websocket frames
 //! (the default), one in a single frame: the parent takes both. Control

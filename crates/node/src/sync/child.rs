@@ -189,15 +189,15 @@ async fn send_fragmented(
 /// URL is `wss`), within the ack timeout (at least a second).
 async fn connect(state: &NodeState, url: &str) -> Result<ClientWs, SessionEnd> {
     let s = &state.config.sync;
-    // Small buffers (see `LINK_READ_BUFFER_BYTES`): tungstenite's defaults,
+    // Small buffers (see `LINK_BUFFER_BYTES`): tungstenite's defaults,
     // 128 KiB each way, were fresh memory touched at every reconnect. A
     // batch goes out as fragments of `send_fragment_bytes`, each written
     // to the socket once the buffer holds it.
     let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(s.frame_bytes_max))
         .max_frame_size(Some(s.frame_bytes_max))
-        .read_buffer_size(super::LINK_READ_BUFFER_BYTES)
-        .write_buffer_size(super::LINK_READ_BUFFER_BYTES)
+        .read_buffer_size(super::LINK_BUFFER_BYTES)
+        .write_buffer_size(super::LINK_BUFFER_BYTES)
         .max_write_buffer_size(s.write_buffer_bytes_max);
     let connector = state
         .tls_client

@@ -23,13 +23,14 @@ pub use gridsync_deploy::config::SyncSettings;
 pub use nudge::{nudge_children, nudge_endpoint};
 pub use parent::sync_endpoint;
 
-/// What a link's websocket reads into at first, on either end: tungstenite
-/// (0.29) zero-fills its read buffer up to this size for every read and
-/// grows it to a frame's length when one is longer. Its default, 128 KiB,
-/// made each reconnecting community touch 128 KiB of fresh memory for the
-/// acks and welcomes it reads (a few hundred bytes); a parent's children
+/// A link's websocket buffer size: what it reads into at first, on either
+/// end, and what a child buffers before writing. tungstenite (0.29)
+/// zero-fills its read buffer up to this size for every read and grows it
+/// to a frame's length when one is longer; its defaults, 128 KiB each way,
+/// made each reconnecting community touch 256 KiB of fresh memory for the
+/// acks and welcomes it reads (a few hundred bytes). A parent's children
 /// send at most `send_fragment_bytes` (16 KiB) a frame.
-pub(crate) const LINK_READ_BUFFER_BYTES: usize = 16 * 1024;
+pub(crate) const LINK_BUFFER_BYTES: usize = 16 * 1024;
 
 pub(crate) fn random_nonce() -> [u8; 32] {
     use rand::Rng;

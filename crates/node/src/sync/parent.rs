@@ -44,7 +44,7 @@ pub async fn sync_endpoint(
     let s = &state.config.sync;
     ws.max_message_size(s.frame_bytes_max)
         .max_frame_size(s.frame_bytes_max)
-        .read_buffer_size(super::LINK_READ_BUFFER_BYTES)
+        .read_buffer_size(super::LINK_BUFFER_BYTES)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(s.write_buffer_bytes_max)
         .on_upgrade(move |socket| parent_session(state, socket, permit, binding))
@@ -245,19 +245,17 @@ impl ChildConnection {
             let sync = &self.state.sync;
             let n = u32::try_from(bytes.len().min(sync.received_max)).unwrap_or(u32::MAX);
             let share = match sync.received.clone().try_acquire_many_owned(n) {
+                Ok(share) => Some(share),
+                Err(tokio::sync::TryAcquireError::Closed) => None,
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
                     // The budget is in use: counted, so an operator sees
                     // when it holds children back.
                     metrics::counter!("gridsync_sync_received_budget_waits_total", "node" => self.state.config.id.clone())
                         .increment(1);
-                    sync.received.clone().acquire_many_owned(n).await
+                    sync.received.clone().acquire_many_owned(n).await.ok()
                 }
-                Err(tokio::sync::TryAcquireError::Closed) => {
-                    return Err("this node is shutting down".to_owned())
-                }
-                Ok(share) => Ok(share),
             };
-            self.share = Some(share.map_err(|_| "this node is shutting down".to_owned())?);
+            self.share = Some(share.ok_or("this node is shutting down")?);
         }
         // Decoding and verifying a batch (hashes, signatures) is CPU work:
         // done in place of this worker, so the runtime hands other tasks to
