@@ -226,42 +226,71 @@ fn serve(
         .thread_name("gridsync")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        if opts.ack_before_durable {
-            tracing::warn!(
-                "UNSAFE: acknowledging appends before they are durable (test negative control)"
-            );
+    if opts.ack_before_durable {
+        tracing::warn!(
+            "UNSAFE: acknowledging appends before they are durable (test negative control)"
+        );
+    }
+    if opts.skip_fsync {
+        tracing::warn!("UNSAFE: committing without fsync (test negative control)");
+    }
+    if opts.no_channel_binding {
+        tracing::warn!(
+            "UNSAFE: sync proofs are not bound to the TLS channel (test negative control)"
+        );
+    }
+    if opts.read_uncommitted {
+        tracing::warn!("UNSAFE: readers see commits before they are durable (test planted bug)");
+    }
+    let listen = listen.unwrap_or_else(|| config.listen.clone());
+    // The two passes over large data — the open (sled's page table, the
+    // projection's snapshot) and the whole-log check after it — run on
+    // this thread, whose allocations glibc serves from its main arena; the
+    // node serves on a thread of its own (`gridsync_server::LogCheckOn`).
+    let state = {
+        let _runtime = runtime.enter();
+        gridsync_node::node::open_node(config, &opts)?
+    };
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<gridsync_server::serve::Job>(1);
+    let node = std::thread::Builder::new()
+        .name("gridsync-node".into())
+        .spawn(move || runtime.block_on(serve_node(state, listen, jobs_tx)))
+        .context("cannot start the node's thread")?;
+    // Ends when the node lets go of its sender (it has stopped, or failed
+    // to listen).
+    for job in jobs_rx {
+        // A panic in the check (a bug) is reported, not the process's end:
+        // the node goes on serving, its log left unverified.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            tracing::error!("the whole-log check panicked; the log stays unverified");
         }
-        if opts.skip_fsync {
-            tracing::warn!("UNSAFE: committing without fsync (test negative control)");
-        }
-        if opts.no_channel_binding {
-            tracing::warn!(
-                "UNSAFE: sync proofs are not bound to the TLS channel (test negative control)"
-            );
-        }
-        if opts.read_uncommitted {
-            tracing::warn!(
-                "UNSAFE: readers see commits before they are durable (test planted bug)"
-            );
-        }
-        let listen = listen.unwrap_or_else(|| config.listen.clone());
-        let state = gridsync_node::node::open_node(config, &opts)?;
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
-        tracing::info!(node = %state.config.id, %addr, origin = state.is_origin, "serving");
-        let scheme = if state.tls_server.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        println!("gridsync: listening on {scheme}://{addr}");
-        gridsync_server::serve(state, listener, shutdown_signal()).await?;
-        tracing::info!("stopped cleanly");
-        Ok(())
-    })
+    }
+    node.join()
+        .map_err(|_| anyhow::anyhow!("the node's thread panicked"))?
+}
+
+/// Serves the opened node until a shutdown signal; the whole-log check is
+/// sent to `jobs`.
+async fn serve_node(
+    state: std::sync::Arc<gridsync_node::state::NodeState>,
+    listen: String,
+    jobs: std::sync::mpsc::SyncSender<gridsync_server::serve::Job>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(node = %state.config.id, %addr, origin = state.is_origin, "serving");
+    let scheme = if state.tls_server.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("gridsync: listening on {scheme}://{addr}");
+    let check_on = gridsync_server::LogCheckOn::Thread(jobs);
+    gridsync_server::serve_with(state, listener, shutdown_signal(), check_on).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
 }
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {

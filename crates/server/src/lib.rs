@@ -11,4 +11,4 @@ pub mod http;
 pub mod serve;
 pub mod status;
 
-pub use serve::serve;
+pub use serve::{serve, serve_with, LogCheckOn};

@@ -12,8 +12,30 @@ use gridsync_node::tls::ChannelBinding;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+/// A job handed to the thread that runs the whole-log check.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+/// Where [`serve_with`] runs the whole-log check of a node opened at its
+/// checkpoint (`verify_log_after_open`: minutes of reading at 10 M events,
+/// and the sled cache pages it reads in stay allocated after it).
+pub enum LogCheckOn {
+    /// One of tokio's blocking threads (in-process nodes: the demo, tests).
+    Blocking,
+    /// A thread of the caller's, which runs the jobs it receives.
+    /// `gridsync serve` opens the node on its main thread and gives that
+    /// thread the check too: glibc serves both passes from its main arena,
+    /// and what the open freed is reused by the cache pages the check reads
+    /// in. On another thread either pass lands in glibc's main arena or in
+    /// the second (an aggregator runs with one per core) as threads happen
+    /// to be handed arenas, and with the two passes in two arenas a 10
+    /// M-event street rested ~33 MiB higher (BENCHMARKS.md, "The open and
+    /// the whole-log check on one thread").
+    Thread(std::sync::mpsc::SyncSender<Job>),
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves, then finishes
 /// in-flight requests (and so in-flight commits) and closes the store.
+/// The whole-log check runs on a blocking thread ([`serve_with`]).
 ///
 /// # Errors
 /// I/O errors of the listener.
@@ -21,6 +43,19 @@ pub async fn serve(
     state: Arc<NodeState>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(state, listener, shutdown, LogCheckOn::Blocking).await
+}
+
+/// [`serve`], the whole-log check run where `check_on` says.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve_with(
+    state: Arc<NodeState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    check_on: LogCheckOn,
 ) -> std::io::Result<()> {
     let app = crate::http::router(state.clone());
     metrics::gauge!("gridsync_projection_resumed_from", "node" => state.config.id.clone())
@@ -36,9 +71,7 @@ pub async fn serve(
     // Children waiting to retry come back now rather than at the end of
     // their delay (the listener is bound: they queue until accepted).
     let nudger = tokio::spawn(gridsync_node::sync::nudge_children(state.clone()));
-    let s = state.clone();
-    let verifier =
-        tokio::task::spawn_blocking(move || gridsync_node::node::verify_log_after_open(&s));
+    let verifier = check_log(&state, check_on);
     let stop_tx = state.sync.stop.clone();
     serve_http(&state, app, listener, shutdown, &stop_tx).await;
     let _ = stop_tx.send(true);
@@ -52,6 +85,38 @@ pub async fn serve(
     // Joining the writer blocks: do it off the async workers.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     Ok(())
+}
+
+/// Starts the whole-log check where `on` says; what it gives resolves when
+/// the check is over (or was never run: its thread has gone).
+fn check_log(state: &Arc<NodeState>, on: LogCheckOn) -> tokio::sync::oneshot::Receiver<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let s = state.clone();
+    let job: Job = Box::new(move || {
+        gridsync_node::node::verify_log_after_open(&s);
+        // The state let go before the store is closed (after this).
+        drop(s);
+        let _ = done_tx.send(());
+    });
+    dispatch(job, on);
+    done_rx
+}
+
+/// Hands `job` to the thread `on` names; never waits (an async worker must
+/// not): a thread that is gone or busy with another job leaves it to a
+/// blocking thread.
+fn dispatch(job: Job, on: LogCheckOn) {
+    use std::sync::mpsc::TrySendError;
+    match on {
+        LogCheckOn::Blocking => drop(tokio::task::spawn_blocking(job)),
+        LogCheckOn::Thread(jobs) => {
+            if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+                jobs.try_send(job)
+            {
+                drop(tokio::task::spawn_blocking(job));
+            }
+        }
+    }
 }
 
 /// The HTTP accept loop (instead of `axum::serve`, which sets no
@@ -181,5 +246,42 @@ async fn serve_connection<IO>(
             _ = conn.as_mut() => break,
             _ = closing.changed() => conn.as_mut().graceful_shutdown(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that says, on `tx`, which thread ran it.
+    fn job(tx: std::sync::mpsc::Sender<Option<String>>) -> Job {
+        Box::new(move || {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_log_check_runs_on_the_thread_given_or_else_on_a_blocking_one() {
+        let (tx, ran) = std::sync::mpsc::channel();
+        // The thread given takes it.
+        let (jobs_tx, jobs) = std::sync::mpsc::sync_channel(1);
+        let given = std::thread::Builder::new()
+            .name("given".into())
+            .spawn(move || jobs.into_iter().for_each(|j: Job| j()))
+            .unwrap();
+        dispatch(job(tx.clone()), LogCheckOn::Thread(jobs_tx));
+        assert_eq!(ran.recv().unwrap().as_deref(), Some("given"));
+        // The sender was dropped with the dispatch: the thread's loop ends.
+        given.join().unwrap();
+
+        // A thread that is gone: the job still runs, on a blocking thread.
+        let (jobs_tx, jobs) = std::sync::mpsc::sync_channel(1);
+        drop(jobs);
+        dispatch(job(tx.clone()), LogCheckOn::Thread(jobs_tx));
+        let name = tokio::task::spawn_blocking(move || ran.recv().unwrap())
+            .await
+            .unwrap();
+        assert_ne!(name.as_deref(), Some("given"));
+        assert!(name.is_some(), "tokio names its blocking threads");
     }
 }
