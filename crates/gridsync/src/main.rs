@@ -252,9 +252,15 @@ fn serve(
         gridsync_node::node::open_node(config, &opts)?
     };
     let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<gridsync_server::serve::Job>(1);
+    let stop_check = StopOnDrop(state.sync.stop.clone());
     let node = std::thread::Builder::new()
         .name("gridsync-node".into())
-        .spawn(move || runtime.block_on(serve_node(state, listen, jobs_tx)))
+        .spawn(move || {
+            // However this thread ends (a panic too), the check on the main
+            // thread stops rather than reading on for minutes.
+            let _stop = stop_check;
+            runtime.block_on(serve_node(state, listen, jobs_tx))
+        })
         .context("cannot start the node's thread")?;
     // Ends when the node lets go of its sender (it has stopped, or failed
     // to listen).
@@ -267,6 +273,15 @@ fn serve(
     }
     node.join()
         .map_err(|_| anyhow::anyhow!("the node's thread panicked"))?
+}
+
+/// Sets the node's stop flag when dropped.
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// Serves the opened node until a shutdown signal; the whole-log check is
