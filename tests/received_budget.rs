@@ -47,7 +47,7 @@ async fn a_tight_received_budget_still_takes_every_child() {
             ("connections_max", 4),
         ],
     );
-    // Three children send each 80 KiB batch as 16 KiB websocket frames
+    // Three children send each 80 KiB batch as 8 KiB websocket frames
     // (the default `send_fragment_bytes`), the fourth as one frame.
     set_sync(&tree.nodes["c4"].config, &[("send_fragment_bytes", 0)]);
 

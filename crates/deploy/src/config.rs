@@ -233,9 +233,11 @@ pub struct SyncSettings {
     pub batch_bytes_max: usize,
     /// Largest websocket frame this node sends to its parent: a larger
     /// message goes as continuation frames of this size. The parent's read
-    /// buffer for a link keeps the capacity of the largest frame it read,
-    /// so this, not `batch_bytes_max`, is what each child's link costs a
-    /// parent's memory after a burst. 0 sends each message in one frame.
+    /// buffer for a link grows to hold a whole frame on top of what it has
+    /// read of it and keeps that capacity (16 KiB with frames up to its 8
+    /// KiB reads; 32 KiB with 16 KiB frames), so this, not
+    /// `batch_bytes_max`, is what each child's link costs a parent's memory
+    /// after a burst. 0 sends each message in one frame.
     pub send_fragment_bytes: usize,
     /// Unacknowledged batches in flight per connection.
     pub window_batches: usize,
@@ -289,7 +291,7 @@ impl Default for SyncSettings {
         Self {
             frame_bytes_max: 1024 * 1024,
             batch_bytes_max: 256 * 1024,
-            send_fragment_bytes: 16 * 1024,
+            send_fragment_bytes: 8 * 1024,
             window_batches: 4,
             write_buffer_bytes_max: 4 * 1024 * 1024,
             heartbeat_ms: 5_000,

@@ -25,12 +25,17 @@ pub use parent::sync_endpoint;
 
 /// A link's websocket buffer size: what it reads into at first, on either
 /// end, and what a child buffers before writing. tungstenite (0.29)
-/// zero-fills its read buffer up to this size for every read and grows it
-/// to a frame's length when one is longer; its defaults, 128 KiB each way,
-/// made each reconnecting community touch 256 KiB of fresh memory for the
-/// acks and welcomes it reads (a few hundred bytes). A parent's children
-/// send at most `send_fragment_bytes` (16 KiB) a frame.
-pub(crate) const LINK_BUFFER_BYTES: usize = 16 * 1024;
+/// zero-fills its read buffer up to this size for every read; its
+/// defaults, 128 KiB each way, made each reconnecting community touch 256
+/// KiB of fresh memory for the acks and welcomes it reads (a few hundred
+/// bytes). Once it has read a frame's header it reserves the frame's whole
+/// length on top of what it already holds of it, doubling the buffer when
+/// that does not fit: with reads of up to this size and children's frames
+/// of at most `send_fragment_bytes` (8 KiB by default) a parent's buffer
+/// for a link stays at twice this after a burst — 16 KiB; with 16 KiB
+/// buffers and 16 KiB frames it was 32 KiB, ~16 MB more at a street of
+/// 1,000 (BENCHMARKS.md, "Read buffers that stay at 16 KiB").
+pub(crate) const LINK_BUFFER_BYTES: usize = 8 * 1024;
 
 pub(crate) fn random_nonce() -> [u8; 32] {
     use rand::Rng;
