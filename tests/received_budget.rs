@@ -10,7 +10,7 @@
 //! child holds ~1.1 MiB of events, so sessions wait for shares many times
 //! (18–43 of ~52 frames in four runs; the test requires at least four,
 //! read from `gridsync_sync_received_budget_waits_total`, or it would prove
-//! nothing). Three children send each batch in 16 KiB websocket frames
+//! nothing). Three children send each batch in 8 KiB websocket frames
 //! (the default), one in a single frame: the parent takes both. Control
 //! (run by hand, recorded in BENCHMARKS.md): with each share given back
 //! only when its session handles the import's answer, the four sessions

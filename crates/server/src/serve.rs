@@ -88,7 +88,8 @@ pub async fn serve_with(
 }
 
 /// Starts the whole-log check where `on` says; what it gives resolves when
-/// the check is over (or was never run: its thread has gone).
+/// the check is over (or cannot end: the job was dropped unrun, as when
+/// the runtime shuts down first).
 fn check_log(state: &Arc<NodeState>, on: LogCheckOn) -> tokio::sync::oneshot::Receiver<()> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let s = state.clone();
