@@ -960,6 +960,27 @@ fn extreme_tampering_is_reported_not_a_crash() {
     );
 }
 
+/// Origins `a` and `b`: their public keys and chains of sample events
+/// signed with their keys.
+fn two_origins() -> (
+    Vec<ed25519_dalek::VerifyingKey>,
+    gridsync_suite::SampleChains,
+) {
+    let keys: Vec<_> = [5u8, 6]
+        .iter()
+        .map(|b| ed25519_dalek::SigningKey::from_bytes(&[*b; 32]))
+        .collect();
+    let public = keys
+        .iter()
+        .map(ed25519_dalek::SigningKey::verifying_key)
+        .collect();
+    let origins = ["a", "b"].iter().map(|o| (*o).to_owned());
+    (
+        public,
+        gridsync_suite::SampleChains::new(origins.zip(keys).collect()),
+    )
+}
+
 /// `audit replay`'s pipeline (a reader, two renderers taking pages in
 /// turn, the writer taking them back in the same turn) writes exactly what
 /// rendering the log entry by entry writes, in log order, with and without
@@ -969,22 +990,12 @@ fn extreme_tampering_is_reported_not_a_crash() {
 async fn replay_writes_the_log_in_order_and_stops_when_its_output_closes() {
     use gridsync_audit::replay::{replay_local, EventFilter};
     use std::sync::Arc;
-    let keys: Vec<_> = [5u8, 6]
-        .iter()
-        .map(|b| ed25519_dalek::SigningKey::from_bytes(&[*b; 32]))
-        .collect();
+    let (keys, mut chains) = two_origins();
     let public: BTreeMap<String, ed25519_dalek::VerifyingKey> = ["a", "b"]
         .iter()
-        .zip(&keys)
-        .map(|(o, k)| ((*o).to_owned(), k.verifying_key()))
+        .map(|o| (*o).to_owned())
+        .zip(keys)
         .collect();
-    let mut chains = gridsync_suite::SampleChains::new(
-        ["a", "b"]
-            .iter()
-            .map(|o| (*o).to_owned())
-            .zip(keys)
-            .collect(),
-    );
     let store = gridsync_store::Store::open(
         Arc::new(MemKv::new()),
         gridsync_store::StoreConfig::default(),
@@ -1058,6 +1069,119 @@ async fn replay_writes_the_log_in_order_and_stops_when_its_output_closes() {
     replay_local(&store, &EventFilter::default(), false, &mut closing).unwrap();
     assert!(closing.taken < all.len());
     assert_eq!(closing.calls_after, 1, "nothing written after the failure");
+}
+
+/// The audit reads the log in pages that a pool of worker threads check
+/// in whatever order they finish, and applies them in log order: a log of
+/// many pages verifies clean with any number of workers, and entries
+/// removed from several pages are reported alike with 1, 2 or 3 workers —
+/// each once, in log order, with the gap it leaves in its origin's chain.
+#[tokio::test]
+async fn a_log_of_many_pages_is_applied_in_log_order() {
+    use gridsync_deploy::topology::{TopologyFile, TopologyNode};
+    use std::sync::Arc;
+    let (keys, mut chains) = two_origins();
+    let node = |id: &str, parent: Option<&str>, port: u16, key: &ed25519_dalek::VerifyingKey| {
+        TopologyNode {
+            id: id.into(),
+            name: id.into(),
+            parent: parent.map(Into::into),
+            url: format!("http://127.0.0.1:{port}"),
+            public_key: gridsync_model::keys::verifying_key_to_hex(key),
+            previous_keys: Vec::new(),
+            retired: false,
+            former_parents: Vec::new(),
+        }
+    };
+    let street_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let topo = Topology::from_file(TopologyFile {
+        timezone: gridsync_deploy::topology::default_timezone(),
+        ca_file: None,
+        node: vec![
+            node("s", None, 7000, &street_key),
+            node("a", Some("s"), 7001, &keys[0]),
+            node("b", Some("s"), 7002, &keys[1]),
+        ],
+    })
+    .unwrap();
+    let key_of = topo.clone();
+    let kv = Arc::new(MemKv::new());
+    let store = gridsync_store::Store::open(
+        kv.clone(),
+        gridsync_store::StoreConfig::default(),
+        None,
+        Arc::new(move |o: &str, seq| key_of.key_at(o, seq)),
+    )
+    .unwrap();
+    // 1,600 entries of two origins interleaved: one-event chunks (packed
+    // several to a log key) and 20-event ones (a key each).
+    let mut events = 0;
+    for round in 0..400usize {
+        let mut chunks = Vec::new();
+        for (o, len) in [(0, 1), (1, 20), (0, 20), (1, 1)] {
+            let len = len + round % 2;
+            chunks.extend(chains.next_chunk(o, len, u64::MAX));
+            events += len;
+        }
+        store.import(chunks, 1_700_000_000_000).await.unwrap();
+    }
+    store.close();
+    let entries: BTreeMap<Vec<u8>, Vec<u8>> =
+        kv.scan(b"", b"", usize::MAX).unwrap().into_iter().collect();
+    let log_keys: Vec<&Vec<u8>> = entries.keys().filter(|k| k[0] == b'L').collect();
+    assert!(
+        log_keys.len() > 6 * 128,
+        "{} log keys: several pages",
+        log_keys.len()
+    );
+    let audit_with = |m: &BTreeMap<Vec<u8>, Vec<u8>>, threads| {
+        let how = audit::How {
+            threads,
+            signatures: audit::Signatures::All,
+        };
+        audit::verify_with(&mem(m), &topo, Some("s"), &[], None, how, &|_| {})
+    };
+    for threads in [1, 2, 3] {
+        let clean = audit_with(&entries, threads);
+        assert!(clean.ok(), "{threads} threads: {:?}", clean.problems);
+        assert_eq!((clean.entries, clean.events), (1600, events as u64));
+    }
+    // Whole one-key entries (a 20-event chunk in one fragment) removed
+    // from pages far apart.
+    let whole: Vec<Vec<u8>> = log_keys
+        .iter()
+        .filter(|k| {
+            let v = &entries[**k];
+            !gridsync_store::layout::is_pack(v) && v.get(..2) == Some(&[0, 1][..])
+        })
+        .map(|k| (*k).clone())
+        .collect();
+    assert!(whole.len() > 100, "{} entries of one key", whole.len());
+    let gone: Vec<Vec<u8>> = [whole.len() / 8, whole.len() / 2, whole.len() * 7 / 8]
+        .iter()
+        .map(|i| whole[*i].clone())
+        .collect();
+    let mut damaged = entries.clone();
+    for k in &gone {
+        damaged.remove(k);
+    }
+    let offsets: Vec<u64> = gone
+        .iter()
+        .map(|k| gridsync_store::layout::parse_log_key(k).unwrap().0)
+        .collect();
+    let report = audit_with(&damaged, 2);
+    let missing: Vec<u64> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == "missing_entry")
+        .filter_map(|p| p.offset)
+        .collect();
+    assert_eq!(missing, offsets, "{:?}", report.problems);
+    let gaps = report.problems.iter().filter(|p| p.kind == "gap").count();
+    assert_eq!(gaps, 3, "{:?}", report.problems);
+    for threads in [1, 3] {
+        assert_eq!(audit_with(&damaged, threads), report, "{threads} threads");
+    }
 }
 
 /// A community `c1` serving, with 20 events posted.

@@ -29,6 +29,10 @@ pub use report::{AuditReport, OriginReport, Problem};
 use chain::Chain;
 use entry::Examined;
 use read::{examine_items, read_pages, Item};
+
+/// A page as a worker checked it: its number, its items and what each
+/// whole entry showed (`None`: the worker panicked).
+type Checked = (u64, Vec<Item>, Option<Vec<Examined>>);
 use runs::Run;
 
 /// Which chunks' signatures an audit checks.
@@ -196,40 +200,70 @@ struct Auditor<'a> {
 impl Auditor<'_> {
     /// The log, entry by entry (reassembled from its fragments), tolerating
     /// damage: missing entries and stray fragments are problems, not stops.
-    /// Three stages run at once: a reader thread reads the next page, the
-    /// worker threads check the page before it, and this thread applies
-    /// the page before that in log order — so applying (linking chains,
-    /// the chunk index's entries) no longer leaves the cores idle.
+    /// Three stages run at once: a reader thread reads pages, `threads`
+    /// worker threads (started once) each check whole pages as they come,
+    /// and this thread applies the checked pages in log order — linking
+    /// chains, the chunk index's entries. Pages are small enough for a
+    /// worker to find the bytes the reader just wrote still in its cache,
+    /// and no core waits for a page's slowest share.
     fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
-        // One page read ahead (bounded: memory holds at most four pages —
-        // one applied, one checked, one queued, one being read).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(1);
         let (topology, threads, signatures) = (self.topology, self.threads, self.signatures);
+        // Pages read but not yet applied, at most: a page is read only
+        // against a token, given back once it is applied.
+        let in_flight = 2 * threads + 2;
+        let (page_tx, page_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<Item>)>(threads);
+        let page_rx = std::sync::Mutex::new(page_rx);
         std::thread::scope(|s| {
-            s.spawn(move || read_pages(kv, &tx));
-            let mut checking = None;
-            for items in rx {
-                let next = s.spawn(move || {
-                    let examined = examine_items(&items, topology, threads, signatures);
-                    (items, examined)
-                });
-                if let Some(h) = checking.replace(next) {
-                    self.apply_checked(h);
-                    progress(self.report.events);
-                }
+            // Made inside the scope: if this thread panics, dropping them
+            // stops the reader (no token) and so the workers (no page,
+            // nowhere to send), so the scope can end.
+            let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(in_flight);
+            for _ in 0..in_flight {
+                token_tx.send(()).expect("room for every token");
             }
-            if let Some(h) = checking {
-                self.apply_checked(h);
-                progress(self.report.events);
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<Checked>();
+            s.spawn(move || {
+                let mut n = 0u64;
+                read_pages(kv, &mut |items| {
+                    let sent = token_rx.recv().is_ok() && page_tx.send((n, items)).is_ok();
+                    n += 1;
+                    sent
+                });
+            });
+            for _ in 0..threads {
+                let (page_rx, done_tx) = (&page_rx, done_tx.clone());
+                s.spawn(move || loop {
+                    let next = page_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((n, items))) = next else { break };
+                    let examined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        examine_items(&items, topology, signatures)
+                    }));
+                    let failed = examined.is_err();
+                    if done_tx.send((n, items, examined.ok())).is_err() || failed {
+                        break;
+                    }
+                });
+            }
+            drop(done_tx);
+            let mut waiting: BTreeMap<u64, (Vec<Item>, Vec<Examined>)> = BTreeMap::new();
+            let mut next = 0u64;
+            for (n, items, examined) in done_rx {
+                let examined = examined.expect("an audit worker panicked");
+                waiting.insert(n, (items, examined));
+                while let Some((items, examined)) = waiting.remove(&next) {
+                    self.apply_checked(&items, examined);
+                    progress(self.report.events);
+                    next += 1;
+                    let _ = token_tx.send(());
+                }
             }
         });
     }
 
     /// A page checked by [`examine_items`], applied in log order.
-    fn apply_checked(&mut self, h: std::thread::ScopedJoinHandle<'_, (Vec<Item>, Vec<Examined>)>) {
-        let (items, examined) = h.join().expect("an audit worker panicked");
+    fn apply_checked(&mut self, items: &[Item], examined: Vec<Examined>) {
         let mut examined = examined.into_iter();
-        for item in &items {
+        for item in items {
             match item {
                 Item::Problem(kind, offset, m) => {
                     self.report.problem(kind, None, None, *offset, m.clone());

@@ -43,26 +43,23 @@ pub(super) struct ChunkFacts {
     pub head_digest: Option<Hash32>,
 }
 
-/// Entries of one read page checked by `threads` threads; results in the
-/// entries' order. With [`Signatures::All`] each thread then checks its
-/// share's signatures in batches ([`gridsync_model::chunk::failing_heads`]:
-/// the same heads fail as one by one, in about a third of the time).
+/// Entries of one read page checked; results in the entries' order. With
+/// [`Signatures::All`] their signatures are then checked in a batch
+/// ([`gridsync_model::chunk::failing_heads`]: the same heads fail as one
+/// by one, in about a third of the time).
 pub(super) fn examine_all(
     entries: &[(u64, &[u8])],
     topology: &Topology,
-    threads: usize,
     signatures: Signatures,
 ) -> Vec<Examined> {
-    parallel_shares(entries, threads, |share| {
-        let mut out: Vec<Examined> = share
-            .iter()
-            .map(|(o, b)| examine(*o, b, topology))
-            .collect();
-        if signatures == Signatures::All {
-            check_signatures(&mut out);
-        }
-        out
-    })
+    let mut out: Vec<Examined> = entries
+        .iter()
+        .map(|(o, b)| examine(*o, b, topology))
+        .collect();
+    if signatures == Signatures::All {
+        check_signatures(&mut out);
+    }
+    out
 }
 
 /// Every chunk whose links held and whose head is v1 has its head

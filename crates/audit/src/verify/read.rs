@@ -45,12 +45,11 @@ impl Pending {
     }
 }
 
-/// A page's whole entries checked in parallel; one result per whole entry,
-/// in the page's order.
+/// A page's whole entries checked (by one worker thread); one result per
+/// whole entry, in the page's order.
 pub(super) fn examine_items(
     items: &[Item],
     topology: &Topology,
-    threads: usize,
     signatures: Signatures,
 ) -> Vec<Examined> {
     let entries: Vec<(u64, &[u8])> = items
@@ -60,18 +59,18 @@ pub(super) fn examine_items(
             _ => None,
         })
         .collect();
-    entry::examine_all(&entries, topology, threads, signatures)
+    entry::examine_all(&entries, topology, signatures)
 }
 
 /// Log keys read at a time: a page of packs holds up to ~19 entries a key
-/// (~8 MB of entries at 1,024 keys), and up to three pages are in memory
-/// at once (one applied, one queued, one being read).
-const PAGE_KEYS: usize = 1024;
+/// (~1 MB of entries at 128 keys — still in a core's cache when a worker
+/// checks it), and the auditor bounds the pages in memory at once.
+const PAGE_KEYS: usize = 128;
 
-/// Reads the log page by page into [`Item`]s, in log order, and sends
-/// each page's; stops at the log's end, at a read error (sent as a
-/// problem), or when the receiver is gone.
-pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>>) {
+/// Reads the log page by page into [`Item`]s, in log order, and hands
+/// each page's to `send`; stops at the log's end, at a read error (sent as
+/// a problem), or when `send` says to (`false`).
+pub(super) fn read_pages(kv: &dyn Kv, send: &mut dyn FnMut(Vec<Item>) -> bool) {
     let mut start = vec![layout::LOG];
     let mut expected_offset = 0u64;
     let mut current: Option<Pending> = None;
@@ -149,12 +148,12 @@ pub(super) fn read_pages(kv: &dyn Kv, tx: &std::sync::mpsc::SyncSender<Vec<Item>
                 parts,
             });
         }
-        if tx.send(std::mem::take(&mut items)).is_err() {
+        if !send(std::mem::take(&mut items)) {
             return;
         }
     }
     items.extend(current.take().map(Item::Entry));
-    let _ = tx.send(items);
+    send(items);
 }
 
 /// The next entry read is `offset`: those skipped since the last one
