@@ -20,6 +20,7 @@ use crate::reference::Reference;
 mod chain;
 mod entry;
 mod index;
+mod pipeline;
 mod read;
 mod report;
 mod runs;
@@ -29,10 +30,6 @@ pub use report::{AuditReport, OriginReport, Problem};
 use chain::Chain;
 use entry::Examined;
 use read::{examine_items, read_pages, Item};
-
-/// A page as a worker checked it: its number, its items and what each
-/// whole entry showed (`None`: the worker panicked).
-type Checked = (u64, Vec<Item>, Option<Vec<Examined>>);
 use runs::Run;
 
 /// Which chunks' signatures an audit checks.
@@ -207,57 +204,16 @@ impl Auditor<'_> {
     /// worker to find the bytes the reader just wrote still in its cache,
     /// and no core waits for a page's slowest share.
     fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
-        let (topology, threads, signatures) = (self.topology, self.threads, self.signatures);
-        // Pages read but not yet applied, at most: a page is read only
-        // against a token, given back once it is applied.
-        let in_flight = 2 * threads + 2;
-        let (page_tx, page_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<Item>)>(threads);
-        let page_rx = std::sync::Mutex::new(page_rx);
-        std::thread::scope(|s| {
-            // Made inside the scope: if this thread panics, dropping them
-            // stops the reader (no token) and so the workers (no page,
-            // nowhere to send), so the scope can end.
-            let (token_tx, token_rx) = std::sync::mpsc::sync_channel::<()>(in_flight);
-            for _ in 0..in_flight {
-                token_tx.send(()).expect("room for every token");
-            }
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<Checked>();
-            s.spawn(move || {
-                let mut n = 0u64;
-                read_pages(kv, &mut |items| {
-                    let sent = token_rx.recv().is_ok() && page_tx.send((n, items)).is_ok();
-                    n += 1;
-                    sent
-                });
-            });
-            for _ in 0..threads {
-                let (page_rx, done_tx) = (&page_rx, done_tx.clone());
-                s.spawn(move || loop {
-                    let next = page_rx.lock().map(|rx| rx.recv());
-                    let Ok(Ok((n, items))) = next else { break };
-                    let examined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        examine_items(&items, topology, signatures)
-                    }));
-                    let failed = examined.is_err();
-                    if done_tx.send((n, items, examined.ok())).is_err() || failed {
-                        break;
-                    }
-                });
-            }
-            drop(done_tx);
-            let mut waiting: BTreeMap<u64, (Vec<Item>, Vec<Examined>)> = BTreeMap::new();
-            let mut next = 0u64;
-            for (n, items, examined) in done_rx {
-                let examined = examined.expect("an audit worker panicked");
-                waiting.insert(n, (items, examined));
-                while let Some((items, examined)) = waiting.remove(&next) {
-                    self.apply_checked(&items, examined);
-                    progress(self.report.events);
-                    next += 1;
-                    let _ = token_tx.send(());
-                }
-            }
-        });
+        let (topology, signatures) = (self.topology, self.signatures);
+        pipeline::in_order(
+            self.threads,
+            |send| read_pages(kv, send),
+            |items: &Vec<Item>| examine_items(items, topology, signatures),
+            |items, examined| {
+                self.apply_checked(&items, examined);
+                progress(self.report.events);
+            },
+        );
     }
 
     /// A page checked by [`examine_items`], applied in log order.

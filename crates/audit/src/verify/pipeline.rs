@@ -1,0 +1,206 @@
+//! Three stages at once over a sequence of pages: one thread reads them,
+//! a pool of worker threads checks whole pages as they come, and the
+//! calling thread applies them in the order they were read — so what is
+//! applied does not depend on the number of workers or on which finishes
+//! first. A panic in any stage ends every stage and is raised to the
+//! caller; none leaves another waiting forever.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+/// Pages read but not yet applied, at most, with `threads` workers: a
+/// page is read only against a token, given back once it is applied.
+pub(super) fn in_flight_max(threads: usize) -> usize {
+    2 * threads.max(1) + 2
+}
+
+/// Runs `read` on a thread of its own, handing each page it produces to
+/// `send` (which says `false` once nothing more is wanted: `read` should
+/// then return); `threads` workers run `check` on the pages; `apply` gets
+/// each page and its check's result on this thread, in read order.
+///
+/// # Panics
+/// When `read`, `check` or `apply` panics (after every stage has ended).
+pub(super) fn in_order<P: Send, R: Send>(
+    threads: usize,
+    read: impl FnOnce(&mut dyn FnMut(P) -> bool) + Send,
+    check: impl Fn(&P) -> R + Sync,
+    mut apply: impl FnMut(P, R),
+) {
+    let threads = threads.max(1);
+    let in_flight = in_flight_max(threads);
+    // Unbounded, so the reader never waits on a worker that is gone: the
+    // tokens bound what it holds.
+    let (page_tx, page_rx) = mpsc::channel::<(u64, P)>();
+    let page_rx = Mutex::new(page_rx);
+    let check = &check;
+    std::thread::scope(|s| {
+        // Made inside the scope: should this thread panic, dropping them
+        // stops the reader (no token) and so the workers (no page, nowhere
+        // to send), and the scope can end.
+        let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
+        for _ in 0..in_flight {
+            token_tx.send(()).expect("room for every token");
+        }
+        let (done_tx, done_rx) = mpsc::channel::<(u64, P, Option<R>)>();
+        s.spawn(move || {
+            let mut n = 0u64;
+            read(&mut |page| {
+                let sent = token_rx.recv().is_ok() && page_tx.send((n, page)).is_ok();
+                n += 1;
+                sent
+            });
+        });
+        for _ in 0..threads {
+            let (page_rx, done_tx) = (&page_rx, done_tx.clone());
+            s.spawn(move || loop {
+                // A poisoned lock (a worker panicked holding it) ends this
+                // worker too.
+                let next = page_rx.lock().map(|rx| rx.recv());
+                let Ok(Ok((n, page))) = next else { break };
+                let checked =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&page)));
+                let failed = checked.is_err();
+                if done_tx.send((n, page, checked.ok())).is_err() || failed {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut waiting: BTreeMap<u64, (P, R)> = BTreeMap::new();
+        let mut next = 0u64;
+        for (n, page, checked) in done_rx {
+            let checked = checked.expect("an audit worker panicked");
+            waiting.insert(n, (page, checked));
+            while let Some((page, checked)) = waiting.remove(&next) {
+                apply(page, checked);
+                next += 1;
+                // Never blocks: at most `in_flight` tokens exist.
+                let _ = token_tx.send(());
+            }
+        }
+        // Every worker is gone: the reader ended (or panicked, raised by
+        // the scope), and every page it read was checked and applied.
+        assert!(waiting.is_empty(), "a page read was never checked");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// `f` on a thread of its own; `Err` if it did not end within 60 s
+    /// (a hang), else whether it panicked.
+    fn ends(f: impl FnOnce() + Send + 'static) -> Result<bool, &'static str> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(r.is_err());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "the pipeline hung")
+    }
+
+    /// A check that takes a page-dependent while, so pages finish out of
+    /// order.
+    fn jitter(n: u64) {
+        std::thread::sleep(Duration::from_micros((n * 7919) % 1500));
+    }
+
+    #[test]
+    fn pages_are_applied_in_read_order_with_any_number_of_workers() {
+        for threads in [1, 2, 3, 8] {
+            let mut applied = Vec::new();
+            in_order(
+                threads,
+                |send| {
+                    for n in 0..300u64 {
+                        assert!(send(n), "nothing stops the reading");
+                    }
+                },
+                |n| {
+                    jitter(*n);
+                    n * 2
+                },
+                |n, doubled| {
+                    assert_eq!(doubled, n * 2);
+                    applied.push(n);
+                },
+            );
+            assert_eq!(applied, (0..300).collect::<Vec<_>>(), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn pages_read_and_not_applied_stay_within_the_bound() {
+        let threads = 2;
+        let held = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        in_order(
+            threads,
+            |send| {
+                for n in 0..200u64 {
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    send(n);
+                }
+            },
+            |n| jitter(*n),
+            |_, ()| {
+                // A slow applier: the reader would run far ahead.
+                std::thread::sleep(Duration::from_micros(300));
+                held.fetch_sub(1, Ordering::SeqCst);
+            },
+        );
+        let most = most.load(Ordering::SeqCst);
+        // The page being handed over when the reader waits for a token
+        // counts too.
+        assert!(most <= in_flight_max(threads) + 1, "{most} pages held");
+        assert!(
+            most >= in_flight_max(threads),
+            "the reader ran ahead: {most}"
+        );
+    }
+
+    #[test]
+    fn a_panic_in_any_stage_ends_the_pipeline_and_is_raised() {
+        for threads in [1, 3] {
+            // A worker's check, the applier, the reader; each at page 40
+            // of an endless read (it stops only when told to).
+            for stage in ["check", "apply", "read"] {
+                let read_stopped = std::sync::Arc::new(AtomicUsize::new(0));
+                let stopped = read_stopped.clone();
+                let r = ends(move || {
+                    in_order(
+                        threads,
+                        |send| {
+                            for n in 0u64.. {
+                                assert!(!(stage == "read" && n == 40), "read fails");
+                                if !send(n) {
+                                    stopped.store(1, Ordering::SeqCst);
+                                    return;
+                                }
+                            }
+                        },
+                        |n| {
+                            assert!(!(stage == "check" && *n == 40), "check fails");
+                            jitter(*n);
+                        },
+                        |n, ()| assert!(!(stage == "apply" && n == 40), "apply fails"),
+                    );
+                });
+                assert_eq!(r, Ok(true), "{stage}, {threads} threads: raised, no hang");
+                if stage != "read" {
+                    assert_eq!(
+                        read_stopped.load(Ordering::SeqCst),
+                        1,
+                        "{stage}: reading stopped"
+                    );
+                }
+            }
+        }
+    }
+}
