@@ -200,9 +200,8 @@ impl Auditor<'_> {
     /// Three stages run at once: a reader thread reads pages, `threads`
     /// worker threads (started once) each check whole pages as they come,
     /// and this thread applies the checked pages in log order — linking
-    /// chains, the chunk index's entries. Pages are small enough for a
-    /// worker to find the bytes the reader just wrote still in its cache,
-    /// and no core waits for a page's slowest share.
+    /// chains, the chunk index's entries (`pipeline.rs`). No thread is
+    /// started per page, and no core waits for a page's slowest share.
     fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
         let (topology, signatures) = (self.topology, self.signatures);
         pipeline::in_order(

@@ -63,8 +63,10 @@ pub(super) fn examine_items(
 }
 
 /// Log keys read at a time: a page of packs holds up to ~19 entries a key
-/// (~1 MB of entries at 128 keys — still in a core's cache when a worker
-/// checks it), and the auditor bounds the pages in memory at once.
+/// (~1 MB of entries at 128 keys), and the auditor bounds the pages in
+/// memory at once. 32 to 512 keys measured alike in time; larger pages
+/// hold more memory (BENCHMARKS.md, "The audit's pages checked by a pool
+/// of workers").
 const PAGE_KEYS: usize = 128;
 
 /// Reads the log page by page into [`Item`]s, in log order, and hands
