@@ -981,8 +981,8 @@ fn two_origins() -> (
     )
 }
 
-/// `audit replay`'s pipeline (a reader, two renderers taking pages in
-/// turn, the writer taking them back in the same turn) writes exactly what
+/// `audit replay`'s pipeline (a reader, two renderers taking pages as
+/// they come, the writer putting them back in log order) writes exactly what
 /// rendering the log entry by entry writes, in log order, with and without
 /// a filter; and when the output goes away it stops (no hang, no error)
 /// without writing more.

@@ -14,6 +14,7 @@
 //! The CLI (`crates/gridsync/src/audit.rs`) only parses flags and prints.
 
 pub mod data;
+mod pipeline;
 pub mod project;
 pub mod reference;
 pub mod remote;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, SyncSender};
 
 use gridsync_model::api::{event_view, EventView};
 use gridsync_model::time_fmt::parse_rfc3339_ms;
@@ -71,16 +70,16 @@ impl EventFilter {
 /// page holds about 2 MiB at most).
 const PAGE: usize = 64;
 
-/// Threads turning pages into JSON lines, each with one page waiting and
-/// one rendered: bounded, so memory does not grow with the log.
+/// Threads turning pages into JSON lines; the pages read and not yet
+/// written are bounded ([`crate::pipeline`]), so memory does not grow
+/// with the log.
 const RENDERING: usize = 2;
 
 /// Writes every event of `store`'s log that `filter` keeps to `out` as
 /// JSON lines (the `/v1/events` shape), in log order. Three stages run at
-/// once: a thread reads pages and hands them in turn to [`RENDERING`]
-/// threads that decode and render them, and this thread takes the
-/// rendered pages in the same turn and writes them. A failed write (the
-/// reader of `out` went away) ends the replay quietly.
+/// once ([`crate::pipeline`]): a thread reads pages, [`RENDERING`] threads
+/// decode and render them, and this thread writes them in log order. A
+/// failed write (the reader of `out` went away) ends the replay quietly.
 ///
 /// # Errors
 /// Storage errors or an event that does not decode.
@@ -90,68 +89,44 @@ pub fn replay_local(
     with_personal: bool,
     out: &mut dyn Write,
 ) -> Result<(), String> {
-    std::thread::scope(|s| {
-        let (pages, rendered): (Vec<_>, Vec<_>) = (0..RENDERING)
-            .map(|_| {
-                let (page_tx, page_rx) = sync_channel::<Vec<StoredChunk>>(1);
-                let (done_tx, done_rx) = sync_channel(1);
-                s.spawn(move || {
-                    for page in page_rx {
-                        if done_tx.send(render(&page, filter, with_personal)).is_err() {
-                            return;
-                        }
-                    }
-                });
-                (page_tx, done_rx)
-            })
-            .unzip();
-        let reader = s.spawn(move || read_pages(store, &pages));
-        // Page `i` went to renderer `i % RENDERING`: taken back in that
-        // turn, the pages come out in log order. A renderer with nothing
-        // more means the reader stopped: no page follows.
-        let (mut failed, mut gone) = (None, false);
-        for done in (0..).map(|i| rendered[i % RENDERING].recv()) {
-            match done {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    failed = Some(e);
-                    break;
-                }
-                Ok(Ok(bytes)) => {
-                    if out.write_all(&bytes).is_err() {
-                        gone = true;
-                        break;
-                    }
-                }
+    let (mut failed, mut gone) = (None, false);
+    let read = crate::pipeline::in_order(
+        RENDERING,
+        |send| read_pages(store, send),
+        |page: &Vec<StoredChunk>| render(page, filter, with_personal),
+        |_, rendered| match rendered {
+            Err(e) => {
+                failed = Some(e);
+                false
             }
-        }
-        // Dropping the renderers' outputs (a stop) ends them, and so the
-        // reader, at their next page.
-        drop(rendered);
-        let read = reader.join().expect("the replay's reader panicked");
-        match failed {
-            Some(e) => Err(e),
-            // The output went away: nothing more to say to it.
-            None if gone => Ok(()),
-            None => read,
-        }
-    })
+            Ok(bytes) => {
+                gone = out.write_all(&bytes).is_err();
+                !gone
+            }
+        },
+    );
+    match failed {
+        Some(e) => Err(e),
+        // The output went away: nothing more to say to it.
+        None if gone => Ok(()),
+        None => read,
+    }
 }
 
-/// Reads the log a page at a time and hands page `i` to renderer `i %
-/// RENDERING`; stops at the end, at an error (returned) or when a renderer
-/// is gone.
-fn read_pages(store: &Store, renderers: &[SyncSender<Vec<StoredChunk>>]) -> Result<(), String> {
+/// Reads the log a page at a time and hands each to `send`; stops at the
+/// end, at an error (returned) or when `send` says to.
+fn read_pages(store: &Store, send: &mut dyn FnMut(Vec<StoredChunk>) -> bool) -> Result<(), String> {
     let mut offset = 0;
-    for i in 0.. {
+    loop {
         let entries = store.read_log(offset, PAGE).map_err(|e| e.to_string())?;
-        let Some(last) = entries.last() else { break };
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
         offset = last.offset + 1;
-        if renderers[i % renderers.len()].send(entries).is_err() {
-            break;
+        if !send(entries) {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// The JSON lines of a page's events that `filter` keeps.

@@ -20,7 +20,6 @@ use crate::reference::Reference;
 mod chain;
 mod entry;
 mod index;
-mod pipeline;
 mod read;
 mod report;
 mod runs;
@@ -200,17 +199,18 @@ impl Auditor<'_> {
     /// Three stages run at once: a reader thread reads pages, `threads`
     /// worker threads (started once) each check whole pages as they come,
     /// and this thread applies the checked pages in log order — linking
-    /// chains, the chunk index's entries (`pipeline.rs`). No thread is
+    /// chains, the chunk index's entries (`crate::pipeline`). No thread is
     /// started per page, and no core waits for a page's slowest share.
     fn read_log(&mut self, kv: &dyn Kv, progress: &dyn Fn(u64)) {
         let (topology, signatures) = (self.topology, self.signatures);
-        pipeline::in_order(
+        crate::pipeline::in_order(
             self.threads,
             |send| read_pages(kv, send),
             |items: &Vec<Item>| examine_items(items, topology, signatures),
             |items, examined| {
                 self.apply_checked(&items, examined);
                 progress(self.report.events);
+                true
             },
         );
     }

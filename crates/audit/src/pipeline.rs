@@ -1,9 +1,10 @@
 //! Three stages at once over a sequence of pages: one thread reads them,
-//! a pool of worker threads checks whole pages as they come, and the
-//! calling thread applies them in the order they were read — so what is
-//! applied does not depend on the number of workers or on which finishes
-//! first. A panic in any stage ends every stage and is raised to the
-//! caller; none leaves another waiting forever.
+//! a pool of worker threads checks or renders whole pages as they come,
+//! and the calling thread applies them in the order they were read — so
+//! what is applied does not depend on the number of workers or on which
+//! finishes first. `audit verify` and `audit replay` run on it. A panic
+//! in any stage ends every stage and is raised to the caller; none leaves
+//! another waiting forever.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -11,23 +12,25 @@ use std::sync::Mutex;
 
 /// Pages read but not yet applied, at most, with `threads` workers: a
 /// page is read only against a token, given back once it is applied.
-pub(super) fn in_flight_max(threads: usize) -> usize {
+pub(crate) fn in_flight_max(threads: usize) -> usize {
     2 * threads.max(1) + 2
 }
 
 /// Runs `read` on a thread of its own, handing each page it produces to
 /// `send` (which says `false` once nothing more is wanted: `read` should
 /// then return); `threads` workers run `check` on the pages; `apply` gets
-/// each page and its check's result on this thread, in read order.
+/// each page and its check's result on this thread, in read order, and
+/// says whether to go on (`false` stops every stage). Returns what `read`
+/// returned.
 ///
 /// # Panics
 /// When `read`, `check` or `apply` panics (after every stage has ended).
-pub(super) fn in_order<P: Send, R: Send>(
+pub(crate) fn in_order<P: Send, R: Send, T: Send>(
     threads: usize,
-    read: impl FnOnce(&mut dyn FnMut(P) -> bool) + Send,
+    read: impl FnOnce(&mut dyn FnMut(P) -> bool) -> T + Send,
     check: impl Fn(&P) -> R + Sync,
-    mut apply: impl FnMut(P, R),
-) {
+    mut apply: impl FnMut(P, R) -> bool,
+) -> T {
     let threads = threads.max(1);
     let in_flight = in_flight_max(threads);
     // Unbounded, so the reader never waits on a worker that is gone: the
@@ -44,13 +47,13 @@ pub(super) fn in_order<P: Send, R: Send>(
             token_tx.send(()).expect("room for every token");
         }
         let (done_tx, done_rx) = mpsc::channel::<(u64, P, Option<R>)>();
-        s.spawn(move || {
+        let reader = s.spawn(move || {
             let mut n = 0u64;
             read(&mut |page| {
                 let sent = token_rx.recv().is_ok() && page_tx.send((n, page)).is_ok();
                 n += 1;
                 sent
-            });
+            })
         });
         for _ in 0..threads {
             let (page_rx, done_tx) = (&page_rx, done_tx.clone());
@@ -70,20 +73,32 @@ pub(super) fn in_order<P: Send, R: Send>(
         drop(done_tx);
         let mut waiting: BTreeMap<u64, (P, R)> = BTreeMap::new();
         let mut next = 0u64;
-        for (n, page, checked) in done_rx {
+        let mut stopped = false;
+        'pages: for (n, page, checked) in &done_rx {
             let checked = checked.expect("an audit worker panicked");
             waiting.insert(n, (page, checked));
             while let Some((page, checked)) = waiting.remove(&next) {
-                apply(page, checked);
+                if !apply(page, checked) {
+                    stopped = true;
+                    break 'pages;
+                }
                 next += 1;
                 // Never blocks: at most `in_flight` tokens exist.
                 let _ = token_tx.send(());
             }
         }
-        // Every worker is gone: the reader ended (or panicked, raised by
-        // the scope), and every page it read was checked and applied.
-        assert!(waiting.is_empty(), "a page read was never checked");
-    });
+        // Every worker is gone (the reader ended, or panicked: raised by
+        // the scope) and every page read was applied — or `apply` stopped:
+        // without tokens and with nowhere to send, the others end too.
+        assert!(
+            stopped || waiting.is_empty(),
+            "a page read was never checked"
+        );
+        drop((token_tx, done_rx));
+        reader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 #[cfg(test)]
@@ -128,9 +143,33 @@ mod tests {
                 |n, doubled| {
                     assert_eq!(doubled, n * 2);
                     applied.push(n);
+                    true
                 },
             );
             assert_eq!(applied, (0..300).collect::<Vec<_>>(), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn apply_saying_stop_ends_every_stage_and_nothing_is_applied_after() {
+        for threads in [1, 3] {
+            let r = ends(move || {
+                let mut applied = 0u64;
+                let read = in_order(
+                    threads,
+                    |send| (0u64..).take_while(|n| send(*n)).count(),
+                    |n| jitter(*n),
+                    |n, ()| {
+                        assert!(n <= 40, "page {n} applied after the stop");
+                        applied += 1;
+                        n < 40
+                    },
+                );
+                assert_eq!(applied, 41);
+                // The reader stops within the pages it already had tokens for.
+                assert!(read <= 41 + in_flight_max(threads), "{read} pages read");
+            });
+            assert_eq!(r, Ok(false), "{threads} threads: ended, no panic");
         }
     }
 
@@ -153,6 +192,7 @@ mod tests {
                 // A slow applier: the reader would run far ahead.
                 std::thread::sleep(Duration::from_micros(300));
                 held.fetch_sub(1, Ordering::SeqCst);
+                true
             },
         );
         let most = most.load(Ordering::SeqCst);
@@ -189,7 +229,10 @@ mod tests {
                             assert!(!(stage == "check" && *n == 40), "check fails");
                             jitter(*n);
                         },
-                        |n, ()| assert!(!(stage == "apply" && n == 40), "apply fails"),
+                        |n, ()| {
+                            assert!(!(stage == "apply" && n == 40), "apply fails");
+                            true
+                        },
                     );
                 });
                 assert_eq!(r, Ok(true), "{stage}, {threads} threads: raised, no hang");
