@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 const FLUSHES: u64 = 400;
 /// Far above what a working pool needs for all the flushes (~0.1–0.2 s
-/// here) and reached after ~14 of a pool that is never woken.
+/// here) and reached after ~14 flushes of a pool that is never woken.
 const FLUSHING_MAX: Duration = Duration::from_secs(8);
 
 #[test]
