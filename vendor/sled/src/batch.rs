@@ -1,11 +1,10 @@
 #![allow(unused_results)]
 
-#[cfg(not(feature = "testing"))]
-use std::collections::HashMap as Map;
-
-// we avoid HashMap while testing because
-// it makes tests non-deterministic
-#[cfg(feature = "testing")]
+// gridsync patch: a BTreeMap in every build (0.34.7 used a HashMap outside
+// its tests), so `Tree::apply_batch` inserts a batch's keys in key order.
+// In hash order, a batch of consecutive keys lands in random places of the
+// leaf that takes them, and an appending workload gets no append splits
+// (see `Node::split`).
 use std::collections::BTreeMap as Map;
 
 use super::*;

@@ -2,6 +2,11 @@ use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
 
+/// Items an append split leaves in the new right sibling (gridsync patch,
+/// see [`Node::split`]): the leaf merge threshold (4), so the sibling is
+/// not merged straight back.
+const APPEND_SPLIT_RIGHT: usize = 4;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -163,18 +168,31 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// Splits the node in two. `key` is the key whose traversal found the
+    /// node too large (gridsync patch): when it falls at the end of a
+    /// leaf (an append — a log's next key), the leaf keeps all but its
+    /// last [`APPEND_SPLIT_RIGHT`] items and the new right sibling, where
+    /// the appends go on, starts with those. The left half is then written
+    /// once and never again, and the right half takes 13 appends before
+    /// its next split instead of 8; any other key splits in the middle as
+    /// before.
+    pub(crate) fn split(mut self, key: &[u8]) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            append: bool,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
+            let split_point = if append {
+                keys.len() - APPEND_SPLIT_RIGHT
+            } else {
+                keys.len() / 2 + 1
+            };
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -241,6 +259,7 @@ impl Node {
             )
         }
 
+        let append = self.is_append(key);
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
@@ -251,6 +270,7 @@ impl Node {
                         &mut index.pointers,
                         prefixed_lo,
                         prefixed_hi,
+                        false,
                         false,
                     );
 
@@ -271,6 +291,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        append,
                     );
 
                 (
@@ -594,6 +615,25 @@ impl Node {
             let encoded_val = None;
             (encoded_key, encoded_val)
         }
+    }
+
+    /// Whether `key` falls after all but at most one of this leaf's keys
+    /// (gridsync patch, see [`Node::split`]): the one allowed after it is
+    /// another family of keys sorting past an append-only range (a log's
+    /// `L` keys before the store's `V` key). Only leaves large enough that
+    /// both halves stay above the merge threshold qualify.
+    fn is_append(&self, key: &[u8]) -> bool {
+        let leaf = match self.data {
+            Data::Leaf(ref leaf) => leaf,
+            Data::Index(_) => return false,
+        };
+        let n = leaf.keys.len();
+        if n < 2 * APPEND_SPLIT_RIGHT || key.len() < self.prefix_len as usize {
+            return false;
+        }
+        let suffix = &key[self.prefix_len as usize..];
+        let below = leaf.keys.partition_point(|k| k.as_ref() < suffix);
+        below + 1 >= n
     }
 
     pub(crate) fn should_split(&self) -> bool {
