@@ -37,7 +37,7 @@ fn wchar() -> u64 {
 }
 
 #[test]
-fn appends_are_written_about_twice_and_stay_out_of_blob_files() {
+fn appends_are_written_under_three_times_over_and_stay_out_of_blob_files() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let kv = SledKv::open(dir.path(), 64 << 20).expect("sled opens");
     kv.commit(vec![(
