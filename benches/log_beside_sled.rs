@@ -61,16 +61,6 @@ fn wchar() -> u64 {
         .expect("a wchar line")
 }
 
-/// Minor page faults of this process so far (fresh memory touched).
-fn minflt() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
-    rest.split_whitespace()
-        .nth(7)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// CPU of this process so far (all threads), seconds.
 fn cpu_s() -> f64 {
     let (_, ticks) = gridsync_suite::proc_usage(std::process::id());
@@ -123,7 +113,12 @@ fn run(variant: &str, events: u64) -> Run {
     let (mut offset, mut done, mut next_origin) = (0u64, 0u64, 0u64);
     let mut entry_bytes = 0u64;
     let mut sink = 0u64;
-    let (cpu0, w0, f0, t0) = (cpu_s(), wchar(), minflt(), Instant::now());
+    let (cpu0, w0, f0, t0) = (
+        cpu_s(),
+        wchar(),
+        gridsync_suite::proc_minflt(std::process::id()),
+        Instant::now(),
+    );
     while done < events {
         let first_offset = offset;
         let mut batch = Vec::new();
@@ -199,7 +194,12 @@ fn run(variant: &str, events: u64) -> Run {
             }
         }
     }
-    let (cpu1, w1, f1, wall) = (cpu_s(), wchar(), minflt(), t0.elapsed().as_secs_f64());
+    let (cpu1, w1, f1, wall) = (
+        cpu_s(),
+        wchar(),
+        gridsync_suite::proc_minflt(std::process::id()),
+        t0.elapsed().as_secs_f64(),
+    );
     std::hint::black_box(sink);
     drop(kv);
     Run {

@@ -552,13 +552,27 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// (RSS KiB, CPU ticks user + system — USER_HZ, 100 per second on Linux)
 /// of a process.
 pub fn proc_usage(pid: u32) -> (u64, u64) {
-    let rss = rss_kib(pid);
+    let f = stat_fields(pid);
+    (
+        rss_kib(pid),
+        f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0),
+    )
+}
+
+/// Minor page faults of a process so far (each a page touched for the
+/// first time).
+pub fn proc_minflt(pid: u32) -> u64 {
+    stat_fields(pid).get(7).copied().unwrap_or(0)
+}
+
+/// The numeric fields of `/proc/PID/stat` after the command name (which
+/// is in parentheses), from the state on (`0` where one is not a number).
+fn stat_fields(pid: u32) -> Vec<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
     let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (rss, tick(11) + tick(12))
+    rest.split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect()
 }
 
 /// Lets a node take `children` connections from one address (every child
