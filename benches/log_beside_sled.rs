@@ -31,8 +31,8 @@
 //! which the server does not pay.
 //!
 //! Nothing here is the store's code path for the file variant: it is the
-//! floor of what that format would cost (no recovery, no audit reads), to
-//! size the change before making it.
+//! floor of what that format would cost (no checksum of the entries, no
+//! recovery, no audit reads), to size the change before making it.
 //!
 //! `cargo bench --bench log_beside_sled`
 
