@@ -14,10 +14,12 @@
 //! At the end the tree converges with every origin exactly once and the
 //! street's log verifies. `kill -9` alone cannot show any of this: the page
 //! cache survives a killed process, so `sync_file_range` looks as good as
-//! `fsync`. Two controls show the checks can fail: committing without the
-//! fsync (`--unsafe-skip-fsync`) loses acknowledged events, and a sender
+//! `fsync`. Three controls show the checks can fail: committing without the
+//! fsync (`--unsafe-skip-fsync`) loses acknowledged events, a sender
 //! reading commits before they are durable (`--unsafe-read-uncommitted`)
-//! leaves the street holding events the community lost.
+//! leaves the street holding events the community lost, and a street
+//! committing its pointers to log bodies without first syncing the bodies
+//! (`--unsafe-skip-body-fsync`) loses what it acknowledged.
 //!
 //! Needs FUSE (root and /dev/fuse): skipped with a loud warning where it is
 //! not usable, except under `CI=true`, where it must run.
@@ -49,12 +51,15 @@ enum Mode {
     SkipFsync,
     /// Communities' senders read commits before they are durable.
     ReadUncommitted,
+    /// The street commits without first syncing the log bodies its
+    /// pointers name (and is the node whose power is cut).
+    SkipBodySync,
 }
 
 impl Mode {
     fn community_flags(self) -> &'static [&'static str] {
         match self {
-            Mode::Honest => &[],
+            Mode::Honest | Mode::SkipBodySync => &[],
             Mode::SkipFsync => &["--unsafe-skip-fsync"],
             Mode::ReadUncommitted => &["--unsafe-read-uncommitted"],
         }
@@ -83,7 +88,11 @@ struct Rig {
 impl Rig {
     fn flags(&self, id: &str) -> &'static [&'static str] {
         if id == "s1" {
-            &[]
+            if self.mode == Mode::SkipBodySync {
+                &["--unsafe-skip-body-fsync"]
+            } else {
+                &[]
+            }
         } else {
             self.mode.community_flags()
         }
@@ -230,7 +239,7 @@ async fn run(dir: &std::path::Path, mode: Mode, cycles: usize, seed: u64) -> Opt
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..700))).await;
-        let victim = if mode == Mode::Honest && rng.gen_bool(0.25) {
+        let victim = if mode == Mode::SkipBodySync || (mode == Mode::Honest && rng.gen_bool(0.25)) {
             "s1"
         } else {
             COMMUNITIES[rng.gen_range(0..COMMUNITIES.len())]
@@ -250,7 +259,26 @@ async fn run(dir: &std::path::Path, mode: Mode, cycles: usize, seed: u64) -> Opt
             let _ = t.await;
         }
         if victim == "s1" {
-            rig.start("s1");
+            // A street missing committed log bodies refuses to start,
+            // saying so: it lost what it acknowledged.
+            match Server::try_start(&rig.tree.nodes["s1"].config, rig.flags("s1")) {
+                Ok(s) => {
+                    rig.servers.insert("s1".to_owned(), s);
+                }
+                Err((code, stderr)) => {
+                    assert_ne!(
+                        mode,
+                        Mode::Honest,
+                        "seed {seed}, cycle {cycle}: s1 did not restart after the cut (exit {code}): {stderr}"
+                    );
+                    let why = stderr.lines().rev().find(|l| !l.trim().is_empty());
+                    f.street_lost.push(format!(
+                        "cycle {cycle}: s1 refused to start after the cut (exit {code}): {}",
+                        why.unwrap_or_default()
+                    ));
+                    break;
+                }
+            }
             let st = get_json(&format!("{}/v1/status", rig.url("s1")), &rig.viewer("s1")).await;
             for (c, a) in street_acked {
                 let held = st["heads"][c]["seq"].as_u64().unwrap_or(0);
@@ -314,6 +342,7 @@ async fn run(dir: &std::path::Path, mode: Mode, cycles: usize, seed: u64) -> Opt
             Mode::Honest => false,
             Mode::SkipFsync => f.lost_acks > 0,
             Mode::ReadUncommitted => !f.parent_ahead.is_empty(),
+            Mode::SkipBodySync => !f.street_lost.is_empty(),
         };
         if stop_early {
             break;
@@ -415,4 +444,23 @@ async fn negative_control_reading_uncommitted_data_is_caught() {
         f.cuts
     );
     eprintln!("caught: {}", f.parent_ahead[0]);
+}
+
+/// Negative control: a street committing its pointers without first
+/// syncing the log bodies they name (`--unsafe-skip-body-fsync`) loses,
+/// at a power cut, entries it acknowledged — and refuses to start over
+/// them rather than serve a log with holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_without_the_body_fsync_the_street_loses_what_it_acknowledged() {
+    let seed = seed();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(f) = run(dir.path(), Mode::SkipBodySync, 8, seed).await else {
+        return;
+    };
+    assert!(
+        !f.street_lost.is_empty(),
+        "seed {seed}: committing without syncing the log bodies lost nothing in {} power cuts",
+        f.cuts
+    );
+    eprintln!("caught: {}", f.street_lost[0]);
 }

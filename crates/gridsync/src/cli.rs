@@ -226,6 +226,11 @@ pub(crate) enum Command {
         /// fsync. Loses acknowledged events on a power cut.
         #[arg(long, hide = true)]
         unsafe_skip_fsync: bool,
+        /// Test-only negative control: commit without first syncing the
+        /// log bodies beside sled. A power cut then leaves pointers to
+        /// bodies that were never kept.
+        #[arg(long, hide = true)]
+        unsafe_skip_body_fsync: bool,
         /// Test-only negative control: sync proofs sign no TLS channel
         /// binding, so a relay in the middle goes unnoticed.
         #[arg(long, hide = true)]

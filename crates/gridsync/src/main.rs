@@ -125,6 +125,7 @@ fn main() -> ExitCode {
             unsafe_ack_before_durable,
             unsafe_read_uncommitted,
             unsafe_skip_fsync,
+            unsafe_skip_body_fsync,
             unsafe_no_channel_binding,
         } => serve(
             config,
@@ -135,6 +136,7 @@ fn main() -> ExitCode {
                 ack_before_durable: unsafe_ack_before_durable,
                 read_uncommitted: unsafe_read_uncommitted,
                 skip_fsync: unsafe_skip_fsync,
+                skip_body_fsync: unsafe_skip_body_fsync,
                 no_channel_binding: unsafe_no_channel_binding,
                 ..Default::default()
             },
@@ -233,6 +235,9 @@ fn serve(
     }
     if opts.skip_fsync {
         tracing::warn!("UNSAFE: committing without fsync (test negative control)");
+    }
+    if opts.skip_body_fsync {
+        tracing::warn!("UNSAFE: committing without syncing the log bodies (test negative control)");
     }
     if opts.no_channel_binding {
         tracing::warn!(

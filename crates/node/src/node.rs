@@ -36,6 +36,9 @@ pub struct OpenOptions {
     pub read_uncommitted: bool,
     /// Test-only negative control: skip the fsync after sled's flush.
     pub skip_fsync: bool,
+    /// Test-only negative control: commit sled's batch without first
+    /// syncing the log bodies its pointers name.
+    pub skip_body_fsync: bool,
     /// Test-only negative control: sign sync proofs without the TLS
     /// channel binding (a relayed handshake then succeeds).
     pub no_channel_binding: bool,
@@ -181,6 +184,9 @@ fn open_store(
             .map_err(|e| StartError(e.to_string()))?;
         if unsafe_opts.skip_fsync {
             kv = kv.unsafe_skip_fsync();
+        }
+        if unsafe_opts.skip_body_fsync {
+            kv = kv.unsafe_skip_body_fsync();
         }
         Arc::new(kv)
     };

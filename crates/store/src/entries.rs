@@ -1,12 +1,13 @@
-//! Log entries as stored: written in fragments or kept several to a
-//! value in packs (see `layout.rs`), and read back either way — one
-//! entry, its start, a run of entries — and the newest pack, which the
-//! writer takes up again after a restart.
+//! Log entries as stored: in the body file under a pointer, written in
+//! fragments, or kept several to a value in packs (see `layout.rs`), and
+//! read back any way — one entry, its start, a run of entries — and the
+//! newest pack, which the writer takes up again after a restart.
 
 use std::collections::HashMap;
 
 use gridsync_model::Chunk;
 
+use crate::bodies;
 use crate::kv::{Kv, KvEntry, KvWrite};
 use crate::layout::{self, FRAGMENT_BYTES_MAX};
 use crate::recover::corrupt;
@@ -70,7 +71,17 @@ pub(crate) fn entry_fragments(kv: &dyn Kv, offset: u64) -> Result<Vec<KvEntry>, 
 
 /// Log entry `offset` put together from its fragments: its receipt time
 /// and its bytes (the chunk from [`ENTRY_HEADER_BYTES`] on).
-pub(crate) fn entry_bytes(offset: u64, frags: &[KvEntry]) -> Result<(i64, Vec<u8>), StoreError> {
+pub(crate) fn entry_bytes(
+    kv: &dyn Kv,
+    offset: u64,
+    frags: &[KvEntry],
+) -> Result<(i64, Vec<u8>), StoreError> {
+    if let [(_, v)] = frags {
+        if bodies::is_pointer(v) {
+            let bytes = body(kv, offset, v)?;
+            return Ok((received_at_of(offset, &bytes)?, bytes));
+        }
+    }
     let mut bytes = Vec::with_capacity(frags.iter().map(|f| f.1.len()).sum());
     for (i, (k, v)) in frags.iter().enumerate() {
         match layout::parse_log_key(k) {
@@ -87,6 +98,17 @@ pub(crate) fn entry_bytes(offset: u64, frags: &[KvEntry]) -> Result<(i64, Vec<u8
     }
     let received_at_ms = received_at_of(offset, &bytes)?;
     Ok((received_at_ms, bytes))
+}
+
+/// Log entry `offset`'s bytes from the body file, through its pointer `v`.
+pub(crate) fn body(kv: &dyn Kv, offset: u64, v: &[u8]) -> Result<Vec<u8>, StoreError> {
+    kv.bodies()
+        .ok_or_else(|| {
+            corrupt(format!(
+                "log entry {offset}: a body pointer in a store without a body file"
+            ))
+        })?
+        .read(offset, v)
 }
 
 /// The entries of the pack `v` stored under key `k`, each with its offset
@@ -127,7 +149,11 @@ pub(crate) fn entry_start(kv: &dyn Kv, offset: u64) -> Result<Option<Vec<u8>>, S
     let key = layout::log_key(offset, 0);
     match kv.get(&key)? {
         Some(v) if layout::is_pack(&v) => entry_in_pack(&key, &v, offset),
-        Some(v) => Ok(Some(v)),
+        // A body pointer holds the header: the body is not read.
+        Some(v) => match bodies::Pointer::decode(&v) {
+            Some(p) => Ok(Some(p.header())),
+            None => Ok(Some(v)),
+        },
         None => match pack_holding(kv, offset)? {
             Some((k, v)) => entry_in_pack(&k, &v, offset),
             None => Ok(None),
@@ -162,7 +188,7 @@ impl EntryReader {
         let mut frags = entry_fragments(kv, offset)?;
         let (k, v) = match frags.first() {
             Some((_, v)) if layout::is_pack(v) => frags.swap_remove(0),
-            Some(_) => return Ok(Some(entry_bytes(offset, &frags)?.1)),
+            Some(_) => return Ok(Some(entry_bytes(kv, offset, &frags)?.1)),
             None => match pack_holding(kv, offset)? {
                 Some(p) => p,
                 None => return Ok(None),
@@ -325,6 +351,13 @@ pub(crate) fn read_entries_as<T>(
             if off != next {
                 return Err(missing_from(next, off));
             }
+            if part == 0 && bodies::is_pointer(v) {
+                out.push(make(off, &body(kv, off, v)?)?);
+                next = off + 1;
+                i += 1;
+                progressed = true;
+                continue;
+            }
             if part != 0 || v.len() < 2 {
                 return Err(corrupt(format!("log entry {off}: first fragment missing")));
             }
@@ -335,7 +368,7 @@ pub(crate) fn read_entries_as<T>(
             if i + parts > page.len() {
                 break;
             }
-            out.push(make(off, &entry_bytes(off, &page[i..i + parts])?.1)?);
+            out.push(make(off, &entry_bytes(kv, off, &page[i..i + parts])?.1)?);
             next = off + 1;
             i += parts;
             progressed = true;
@@ -344,7 +377,7 @@ pub(crate) fn read_entries_as<T>(
             // One entry with more fragments than the page held.
             out.push(make(
                 next,
-                &entry_bytes(next, &entry_fragments(kv, next)?)?.1,
+                &entry_bytes(kv, next, &entry_fragments(kv, next)?)?.1,
             )?);
             next += 1;
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+pub use crate::bodies::BodyFile;
 use crate::StoreError;
 
 /// One key/value write; `None` deletes (the log itself never deletes, but
@@ -98,12 +99,22 @@ pub trait Kv: Send + Sync + 'static {
     /// I/O or corruption in the backing store.
     fn last_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<KvEntry>, StoreError>;
 
-    /// Applies the batch atomically and makes it durable before returning.
+    /// Applies the batch atomically and makes it durable before returning
+    /// — and, first, whatever was appended to [`Kv::bodies`] since the
+    /// last commit, so that no pointer the batch writes is durable before
+    /// its body.
     ///
     /// # Errors
     /// The batch may or may not be durable; the caller must treat this as
     /// fatal and stop acknowledging.
     fn commit(&self, batch: Vec<KvWrite>) -> Result<CommitTimings, StoreError>;
+
+    /// The file beside the store that holds the log's large entries
+    /// (`bodies.rs`), when this store keeps one. The default keeps none:
+    /// every entry stays in keys, as fragments (the in-memory store).
+    fn bodies(&self) -> Option<&BodyFile> {
+        None
+    }
 }
 
 /// How long the parts of a commit took, for metrics.

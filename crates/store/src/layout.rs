@@ -4,8 +4,8 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `V` | store format, `gridsync-store-2` (`-1`: no packs; upgraded at open) |
-//! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset`, or (part 0) a pack of small entries from `offset` on |
+//! | `V` | store format, `gridsync-store-3` (`-2`: no body pointers, `-1`: no packs either; upgraded at open) |
+//! | `L` offset:u64be part:u16be | fragment `part` of log entry `offset`, or (part 0) a pack of small entries from `offset` on, or (part 0) a body pointer |
 //! | `I` len:u8 origin last_seq:u64be | (offset:u64be first_seq:u64be)+ — a chunk in its own entry, or the chunks of one origin that one pack holds |
 //! | `C` len:u8 origin client_id | seq:u64be hash:32 fingerprint:32 — the client-id index before its runs, one key per event (moved into a run at open) |
 //! | `c` run:u64be h:u64be seq:u64be | a block of the client-id index: up to 448 sorted `h:u64be seq:u64be` pairs, the first being the key's — origins only |
@@ -24,11 +24,19 @@
 //! offsets `offset`, `offset + 1`, …: sled's memory and work grow with its
 //! keys, and one key per one-event entry made them grow with the events.
 //! The writer rewrites the newest pack with each commit until it is full;
-//! the entries already in it keep their bytes.
+//! the entries already in it keep their bytes. A larger entry goes to the
+//! body file beside sled, `log-bodies`, written once, and its key holds a
+//! **body pointer**, `0xFFFF ‖ received_at_ms:i64be ‖ position:u64be ‖
+//! length:u32be ‖ checksum:16` (`bodies.rs`); fragments are what a store
+//! without a body file (in memory) writes, and what builds before format 3
+//! wrote, still read.
 
 pub const FORMAT_KEY: &[u8] = b"V";
-pub const FORMAT_VALUE: &[u8] = b"gridsync-store-2";
-/// The format before packs: read as it is, marked as format 2 at open.
+pub const FORMAT_VALUE: &[u8] = b"gridsync-store-3";
+/// The format before body pointers: read as it is, marked as format 3 at
+/// open.
+pub const FORMAT_VALUE_2: &[u8] = b"gridsync-store-2";
+/// The format before packs: read as it is, marked as format 3 at open.
 pub const FORMAT_VALUE_1: &[u8] = b"gridsync-store-1";
 pub const LOG: u8 = b'L';
 pub const INDEX: u8 = b'I';
@@ -42,7 +50,9 @@ pub const EVIDENCE_SUMMARY: u8 = b'X';
 /// Why an origin refuses posts for now (absent when it takes them).
 pub const HOLD_KEY: &[u8] = b"Z";
 /// The checkpoint: where the log ends and what it holds, written in every
-/// commit's batch (`next_offset ‖ chunks ‖ events`, u64be each).
+/// commit's batch (`next_offset ‖ chunks ‖ events ‖ bodies_len`, u64be
+/// each; `bodies_len`, the body file's length, absent in a store without
+/// one and in those written before format 3).
 pub const CHECKPOINT_KEY: &[u8] = b"K";
 
 /// Largest sled value the log writes. sled 0.34.7 moves a serialized tree

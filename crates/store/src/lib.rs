@@ -11,6 +11,7 @@
 //! On open the whole log is read back and verified (chains, signatures,
 //! heads table); a log that does not verify is refused with a message.
 
+pub mod bodies;
 mod client_index;
 mod entries;
 pub mod heads_file;
@@ -149,9 +150,10 @@ fn check_format(kv: &dyn Kv) -> Result<(), StoreError> {
             )])?;
         }
         Some(v) if v == layout::FORMAT_VALUE => {}
-        Some(v) if v == layout::FORMAT_VALUE_1 => {
-            // Format 1 is format 2 without packs: read as it is; marked, so
-            // that a build that cannot read packs refuses it from now on.
+        Some(v) if v == layout::FORMAT_VALUE_1 || v == layout::FORMAT_VALUE_2 => {
+            // Format 1 is format 2 without packs, format 2 format 3 without
+            // body pointers: read as they are; marked, so that a build that
+            // cannot read packs or body pointers refuses it from now on.
             kv.commit(vec![(
                 layout::FORMAT_KEY.to_vec(),
                 Some(layout::FORMAT_VALUE.to_vec()),
@@ -181,6 +183,11 @@ impl Store {
         keys: KeyLookup,
     ) -> Result<Self, StoreError> {
         check_format(kv.as_ref())?;
+        if let Some(bodies) = kv.bodies() {
+            // Bodies past the last commit's are cut off; fewer refuse.
+            let cp = recover::read_checkpoint(kv.as_ref())?;
+            bodies.reconcile(cp.and_then(|c| c.bodies_len))?;
+        }
         let recovered = recover::recover(
             kv.as_ref(),
             &keys,

@@ -158,17 +158,29 @@ pub(crate) fn recover(
 pub(crate) struct Checkpoint {
     next_offset: u64,
     counts: LogCounts,
+    /// The body file's length after that commit (`None`: written by a
+    /// build before body files, or by a store without one).
+    pub(crate) bodies_len: Option<u64>,
 }
 
-pub(crate) fn encode_checkpoint(next_offset: u64, counts: LogCounts) -> Vec<u8> {
-    let mut v = Vec::with_capacity(24);
+/// `next_offset ‖ chunks ‖ events`, then `bodies_len` when the store keeps
+/// a body file (u64be each).
+pub(crate) fn encode_checkpoint(
+    next_offset: u64,
+    counts: LogCounts,
+    bodies_len: Option<u64>,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
     v.extend_from_slice(&next_offset.to_be_bytes());
     v.extend_from_slice(&counts.chunks.to_be_bytes());
     v.extend_from_slice(&counts.events.to_be_bytes());
+    if let Some(len) = bodies_len {
+        v.extend_from_slice(&len.to_be_bytes());
+    }
     v
 }
 
-fn read_checkpoint(kv: &dyn Kv) -> Result<Option<Checkpoint>, StoreError> {
+pub(crate) fn read_checkpoint(kv: &dyn Kv) -> Result<Option<Checkpoint>, StoreError> {
     let Some(v) = kv.get(layout::CHECKPOINT_KEY)? else {
         return Ok(None);
     };
@@ -177,10 +189,13 @@ fn read_checkpoint(kv: &dyn Kv) -> Result<Option<Checkpoint>, StoreError> {
             .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
     };
     match (n(0), n(1), n(2)) {
-        (Some(next_offset), Some(chunks), Some(events)) if v.len() == 24 => Ok(Some(Checkpoint {
-            next_offset,
-            counts: LogCounts { chunks, events },
-        })),
+        (Some(next_offset), Some(chunks), Some(events)) if v.len() == 24 || v.len() == 32 => {
+            Ok(Some(Checkpoint {
+                next_offset,
+                counts: LogCounts { chunks, events },
+                bodies_len: n(3),
+            }))
+        }
         _ => Err(corrupt("malformed checkpoint record")),
     }
 }

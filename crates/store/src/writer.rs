@@ -240,7 +240,9 @@ impl Writer {
             return;
         }
         let (mut work, mut pending) = self.stage(batch);
-        self.log_writes(&mut work);
+        if let Err(e) = self.log_writes(&mut work) {
+            return self.stop_acknowledging(format!("log bodies: {e}"), pending);
+        }
         if work.writes.is_empty() {
             for p in pending {
                 p.succeed();
@@ -248,13 +250,7 @@ impl Writer {
             return;
         }
         if let Err(e) = self.stage_client_index(&mut work) {
-            let why = format!("client-id index: {e}");
-            tracing::error!(error = %why, "the log writer stops acknowledging");
-            self.shared.fail(why.clone());
-            for p in pending {
-                p.fail(StoreError::Failed(why.clone()));
-            }
-            return;
+            return self.stop_acknowledging(format!("client-id index: {e}"), pending);
         }
         for (origin, head) in &work.heads {
             work.writes
@@ -269,7 +265,11 @@ impl Writer {
         };
         work.writes.push((
             layout::CHECKPOINT_KEY.to_vec(),
-            Some(encode_checkpoint(work.offset, after)),
+            Some(encode_checkpoint(
+                work.offset,
+                after,
+                self.shared.kv.bodies().map(crate::bodies::BodyFile::len),
+            )),
         ));
         if self.config.unsafe_ack_before_durable {
             // Negative control for the crash test only: acknowledge first.
@@ -291,14 +291,18 @@ impl Writer {
                     .increment(work.events);
                 self.publish(work, pending);
             }
-            Err(e) => {
-                let why = e.to_string();
-                tracing::error!(error = %why, "commit failed; the log writer stops acknowledging");
-                self.shared.fail(why.clone());
-                for p in pending {
-                    p.fail(StoreError::Failed(why.clone()));
-                }
-            }
+            Err(e) => self.stop_acknowledging(format!("commit failed: {e}"), pending),
+        }
+    }
+
+    /// A commit that could not be made: the store fails (every later
+    /// append refused, `/healthz` says why) and the commit's requests get
+    /// the reason.
+    fn stop_acknowledging(&self, why: String, pending: Vec<PendingReply>) {
+        tracing::error!(error = %why, "the log writer stops acknowledging");
+        self.shared.fail(why.clone());
+        for p in pending {
+            p.fail(StoreError::Failed(why.clone()));
         }
     }
 

@@ -132,6 +132,26 @@ pub(super) fn read_pages(kv: &dyn Kv, send: &mut dyn FnMut(Vec<Item>) -> bool) {
                 continue;
             }
             expect_offset(&mut items, &mut expected_offset, offset);
+            if gridsync_store::bodies::is_pointer(v) {
+                // A large entry, in the body file beside the store; one
+                // past its end or not matching its checksum is a problem.
+                match kv.bodies().map(|b| b.read(offset, v)) {
+                    Some(Ok(body)) => items.push(Item::Entry(Pending {
+                        offset,
+                        bytes: EntryBytes::Own(body),
+                        parts: 1,
+                    })),
+                    Some(Err(e)) => {
+                        items.push(Item::Problem("undecodable", Some(offset), e.to_string()));
+                    }
+                    None => items.push(Item::Problem(
+                        "undecodable",
+                        Some(offset),
+                        "a body pointer in a store without a body file".into(),
+                    )),
+                }
+                continue;
+            }
             let parts = if v.len() >= 2 {
                 u16::from_be_bytes([v[0], v[1]])
             } else {

@@ -1,6 +1,7 @@
 //! The log writes of a staged commit: each chunk pushed becomes the next
-//! log entry — kept in the newest pack when it is small, in its own
-//! fragments otherwise — and is named by the chunk index: an entry of its
+//! log entry — kept in the newest pack when it is small, otherwise in the
+//! body file beside sled under a pointer (`bodies.rs`; in fragments in a
+//! store without one) — and is named by the chunk index: an entry of its
 //! own, or the one index entry of its origin's chunks in that pack.
 
 use super::*;
@@ -14,9 +15,12 @@ impl Writer {
     /// commit rewrites whole (never past [`layout::FRAGMENT_BYTES_MAX`];
     /// the entries already in it keep their bytes), and its origin's index
     /// entry for that pack is rewritten under its new last seq; a larger
-    /// entry closes the pack and is written in fragments with an index
-    /// entry of its own, as before packs.
-    pub(super) fn log_writes(&self, work: &mut Work) {
+    /// entry closes the pack and is appended to the body file (or written
+    /// in fragments) with an index entry of its own.
+    ///
+    /// # Errors
+    /// A failed append to the body file: the commit must not go ahead.
+    pub(super) fn log_writes(&self, work: &mut Work) -> Result<(), StoreError> {
         let start = work.offset - work.pushed.len() as u64;
         let mut pack = self.pack.clone();
         let limit = self
@@ -34,7 +38,20 @@ impl Writer {
                     flush(&mut p, dirty, &mut writes);
                 }
                 dirty = false;
-                writes.extend(entry_writes(offset, *at, &encoded));
+                // In the body file when the store keeps one (appended
+                // now, synced by the commit before its batch), else in
+                // fragments.
+                match self.shared.kv.bodies() {
+                    Some(bodies) => {
+                        let mut whole = Vec::with_capacity(ENTRY_HEADER_BYTES + encoded.len());
+                        whole.extend_from_slice(&1u16.to_be_bytes());
+                        whole.extend_from_slice(&at.to_be_bytes());
+                        whole.extend_from_slice(&encoded);
+                        let pointer = bodies.append(&whole)?;
+                        writes.push((layout::log_key(offset, 0), Some(pointer)));
+                    }
+                    None => writes.extend(entry_writes(offset, *at, &encoded)),
+                }
                 writes.push((
                     layout::index_key(&chunk.origin, last_seq),
                     Some(layout::index_value(offset, first_seq)),
@@ -82,6 +99,7 @@ impl Writer {
         }
         work.writes.extend(writes);
         work.pack = pack;
+        Ok(())
     }
 }
 
