@@ -206,7 +206,7 @@ impl Auditor<'_> {
         crate::pipeline::in_order(
             self.threads,
             |send| read_pages(kv, send),
-            |items: &Vec<Item>| examine_items(items, topology, signatures),
+            |items: &Vec<Item>| examine_items(items, kv, topology, signatures),
             |items, examined| {
                 self.apply_checked(&items, examined);
                 progress(self.report.events);

@@ -2,6 +2,8 @@
 //! missing entry or a stray fragment is a problem, not a stop), each
 //! page's whole entries then checked by the worker threads.
 
+use std::borrow::Cow;
+
 use gridsync_deploy::topology::Topology;
 use gridsync_store::kv::{Kv, SharedValue};
 use gridsync_store::layout;
@@ -25,41 +27,64 @@ pub(super) struct Pending {
 
 /// An entry's bytes: reassembled from its fragments, or its place in a
 /// value as read (a whole entry's own, or a pack's shared by the pack's
-/// entries) — not copied out of what the store read.
+/// entries) — not copied out of what the store read —, or the pointer to
+/// it in the body file, read by the worker that checks it.
 enum EntryBytes {
     Own(Vec<u8>),
     Shared(SharedValue, std::ops::Range<usize>),
+    Body(SharedValue),
 }
 
 impl Pending {
     /// Every fragment of the entry was read.
     pub(super) fn whole(&self) -> bool {
-        !(self.parts > 1 && self.bytes().is_empty())
+        !(self.parts > 1 && matches!(&self.bytes, EntryBytes::Own(b) if b.is_empty()))
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The entry's bytes; from the body file (checked against the
+    /// pointer's checksum) when it lives there.
+    fn read(&self, kv: &dyn Kv) -> Result<Cow<'_, [u8]>, String> {
         match &self.bytes {
-            EntryBytes::Own(b) => b,
-            EntryBytes::Shared(v, range) => &(**v).as_ref()[range.clone()],
+            EntryBytes::Own(b) => Ok(Cow::Borrowed(b)),
+            EntryBytes::Shared(v, range) => Ok(Cow::Borrowed(&(**v).as_ref()[range.clone()])),
+            EntryBytes::Body(v) => match kv.bodies() {
+                Some(b) => b
+                    .read(self.offset, (**v).as_ref())
+                    .map(Cow::Owned)
+                    .map_err(|e| e.to_string()),
+                None => Err("a body pointer in a store without a body file".into()),
+            },
         }
     }
 }
 
-/// A page's whole entries checked (by one worker thread); one result per
-/// whole entry, in the page's order.
+/// A page's whole entries checked (by one worker thread, which reads
+/// those in the body file); one result per whole entry, in the page's
+/// order — an unreadable body is undecodable.
 pub(super) fn examine_items(
     items: &[Item],
+    kv: &dyn Kv,
     topology: &Topology,
     signatures: Signatures,
 ) -> Vec<Examined> {
-    let entries: Vec<(u64, &[u8])> = items
+    let read: Vec<(u64, Result<Cow<'_, [u8]>, String>)> = items
         .iter()
         .filter_map(|i| match i {
-            Item::Entry(p) if p.whole() => Some((p.offset, p.bytes())),
+            Item::Entry(p) if p.whole() => Some((p.offset, p.read(kv))),
             _ => None,
         })
         .collect();
-    entry::examine_all(&entries, topology, signatures)
+    let entries: Vec<(u64, &[u8])> = read
+        .iter()
+        .filter_map(|(o, r)| r.as_ref().ok().map(|b| (*o, b.as_ref())))
+        .collect();
+    let mut checked = entry::examine_all(&entries, topology, signatures).into_iter();
+    read.into_iter()
+        .map(|(_, r)| match r {
+            Ok(_) => checked.next().expect("one result per entry read"),
+            Err(m) => Examined::Undecodable(m),
+        })
+        .collect()
 }
 
 /// Log keys read at a time: a page of packs holds up to ~19 entries a key
@@ -133,23 +158,14 @@ pub(super) fn read_pages(kv: &dyn Kv, send: &mut dyn FnMut(Vec<Item>) -> bool) {
             }
             expect_offset(&mut items, &mut expected_offset, offset);
             if gridsync_store::bodies::is_pointer(v) {
-                // A large entry, in the body file beside the store; one
-                // past its end or not matching its checksum is a problem.
-                match kv.bodies().map(|b| b.read(offset, v)) {
-                    Some(Ok(body)) => items.push(Item::Entry(Pending {
-                        offset,
-                        bytes: EntryBytes::Own(body),
-                        parts: 1,
-                    })),
-                    Some(Err(e)) => {
-                        items.push(Item::Problem("undecodable", Some(offset), e.to_string()));
-                    }
-                    None => items.push(Item::Problem(
-                        "undecodable",
-                        Some(offset),
-                        "a body pointer in a store without a body file".into(),
-                    )),
-                }
+                // A large entry, in the body file beside the store: read
+                // by the worker that checks it (one past the file's end or
+                // not matching its checksum is undecodable there).
+                items.push(Item::Entry(Pending {
+                    offset,
+                    bytes: EntryBytes::Body(shared.clone()),
+                    parts: 1,
+                }));
                 continue;
             }
             let parts = if v.len() >= 2 {
