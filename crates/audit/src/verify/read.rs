@@ -58,6 +58,9 @@ impl Pending {
     }
 }
 
+/// A whole entry's offset and its bytes, or why they could not be read.
+type ReadEntry<'a> = (u64, Result<Cow<'a, [u8]>, String>);
+
 /// A page's whole entries checked (by one worker thread, which reads
 /// those in the body file); one result per whole entry, in the page's
 /// order — an unreadable body is undecodable.
@@ -67,7 +70,7 @@ pub(super) fn examine_items(
     topology: &Topology,
     signatures: Signatures,
 ) -> Vec<Examined> {
-    let read: Vec<(u64, Result<Cow<'_, [u8]>, String>)> = items
+    let read: Vec<ReadEntry<'_>> = items
         .iter()
         .filter_map(|i| match i {
             Item::Entry(p) if p.whole() => Some((p.offset, p.read(kv))),
