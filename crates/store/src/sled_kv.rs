@@ -130,9 +130,9 @@ impl SledKv {
         &self.path
     }
 
-    /// Size of the database on disk, bytes.
+    /// Size of the store on disk, bytes: sled's files and the body file.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.bodies.len()
     }
 
     /// Up to `limit` entries from `start` with keys beginning with
