@@ -23,7 +23,8 @@
 //! the catch-up, copied to FILE; `GRIDSYNC_BENCH_REFUSED_MAX_MS`: the
 //! communities' `sync.reconnect_refused_max_ms`, and
 //! `GRIDSYNC_BENCH_STREET_HANDSHAKES`: the street's `sync.handshakes_max`,
-//! each default the node's).
+//! each default the node's; `GRIDSYNC_BENCH_FULL_STATUS=1`: the catch-up
+//! is watched through the full `/v1/status`, as before the brief one).
 //! Besides the table it prints the CPU each party spent
 //! during the catch-up and what the street wrote, then idles again and
 //! prints what the district received from the street meanwhile.
@@ -34,17 +35,27 @@ use std::time::{Duration, Instant};
 use gridsync_suite::{get_json, post_events, provision, sample_event, Server};
 use serde_json::json;
 
-/// Polls `/v1/status` of `url` until `done` says so (at most `limit`).
+/// Polls `/v1/status` of `url` until `done` says so (at most `limit`);
+/// `log_only`: `done` reads only the log's counters.
 async fn wait_status(
     url: &str,
     token: &str,
     limit: Duration,
+    log_only: bool,
     done: impl Fn(&serde_json::Value) -> bool,
 ) {
     let t0 = Instant::now();
+    let trace = std::env::var_os("GRIDSYNC_BENCH_TRACE").is_some();
+    // The brief status (~8 KB) when `done` reads only the log's counters
+    // and no trace counts the children: the full one of a street of
+    // 1,000 is ~0.5 MB. Measured against polling the full one, four
+    // pairs: no difference the catch-up shows (BENCHMARKS.md, "Issue 9's
+    // goals measured together on one build (2026-12-06, 09:29–09:44)").
+    let full = !log_only || trace || std::env::var_os("GRIDSYNC_BENCH_FULL_STATUS").is_some();
+    let brief = if full { "" } else { "?brief=true" };
     loop {
-        let st = get_json(&format!("{url}/v1/status"), token).await;
-        if std::env::var_os("GRIDSYNC_BENCH_TRACE").is_some() {
+        let st = get_json(&format!("{url}/v1/status{brief}"), token).await;
+        if trace {
             let connected = st["children_status"]
                 .as_array()
                 .map(|c| c.iter().filter(|c| c["connected"] == true).count());
@@ -171,6 +182,7 @@ fn main() {
         &street.url,
         &viewer,
         Duration::from_secs(900),
+        false,
         |st| {
             st["children_status"]
                 .as_array()
@@ -230,6 +242,7 @@ fn main() {
         &street.url,
         &viewer,
         Duration::from_secs(900),
+        true,
         |st| st["log"]["events"].as_u64() == Some(total),
     ));
     let catch_up = t0.elapsed();
@@ -247,6 +260,7 @@ fn main() {
         &district.url,
         &d_viewer,
         Duration::from_secs(900),
+        true,
         |st| st["log"]["events"].as_u64() == Some(total),
     ));
     let st = rt.block_on(get_json(&format!("{}/v1/status", district.url), &d_viewer));
@@ -258,6 +272,12 @@ fn main() {
         );
     }
     let district_done = t0.elapsed();
+    // What one poll of the street's status weighs, full and brief.
+    let status_bytes = |query: &str| {
+        let url = format!("{}/v1/status{query}", street.url);
+        rt.block_on(gridsync_suite::get_text(&url, &viewer)).len()
+    };
+    let (full_bytes, brief_bytes) = (status_bytes(""), status_bytes("?brief=true"));
     println!("| children (real processes + in-process) | all connected after | street RSS alone | connected | idle CPU ({idle:?}) | events posted in the outage | catch-up from listening | events/s | street RSS after | at the district, exactly once |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
@@ -271,6 +291,16 @@ fn main() {
         total as f64 / catch_up.as_secs_f64(),
         rss_after as f64 / 1024.0,
         district_done.as_secs_f64(),
+    );
+    println!(
+        "the street's /v1/status: {full_bytes} bytes, {brief_bytes} with ?brief=true (the catch-up watched through the {} one every 50 ms)",
+        if std::env::var_os("GRIDSYNC_BENCH_FULL_STATUS").is_some()
+            || std::env::var_os("GRIDSYNC_BENCH_TRACE").is_some()
+        {
+            "full"
+        } else {
+            "brief"
+        }
     );
     let s = |i: usize| (cpu1[i] - cpu0[i]) as f64 / 100.0;
     println!(

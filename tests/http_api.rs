@@ -199,6 +199,41 @@ async fn happy_paths() {
     assert_eq!(st["heads"]["c1"]["seq"], 1002);
     assert_eq!(st["role"], "community");
     assert_eq!(st["parent"], "street");
+    assert!(st["children_status"].is_array(), "{st}");
+    assert!(st["parent_link"]["acked"].is_object(), "{st}");
+    // Brief: the same counters, without what grows with the origins held
+    // and the children.
+    let (s, brief) = n.get("/v1/status?brief=true", &n.viewer).await;
+    assert_eq!(s, StatusCode::OK, "{brief}");
+    assert_eq!(brief["log"], st["log"]);
+    assert_eq!(brief["posting"], st["posting"]);
+    assert_eq!(
+        brief["parent_link"]["lag_events"],
+        st["parent_link"]["lag_events"]
+    );
+    for left_out in [
+        &brief["heads"],
+        &brief["children_status"],
+        &brief["parent_link"]["acked"],
+    ] {
+        assert!(left_out.is_null(), "left out of a brief status: {brief}");
+    }
+    let (s, full) = n.get("/v1/status?brief=false", &n.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(full["heads"], st["heads"]);
+    let (s, v) = n.get("/v1/status?short=1", &n.viewer).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_query"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("brief=true|false"),
+        "{v}"
+    );
     let health = n
         .http
         .get(format!("{}/healthz", n.url))

@@ -99,6 +99,13 @@ pub fn load(path: &Path) -> Result<Reference, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A status answer without heads: one fetched with `?brief=true`.
+    if v.get("heads").is_none() && v.get("log").is_some() && v.get("node").is_some() {
+        return Err(format!(
+            "{}: a brief /v1/status (no heads); save the node's full /v1/status (without ?brief=true) as the reference",
+            path.display()
+        ));
+    }
     let heads = v.get("heads").cloned().unwrap_or(v);
     let map = heads
         .as_object()
@@ -110,4 +117,31 @@ pub fn load(path: &Path) -> Result<Reference, String> {
         out.insert(origin.clone(), r);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load;
+
+    fn load_text(name: &str, text: &str) -> Result<usize, String> {
+        let path = std::env::temp_dir().join(format!(
+            "gridsync-reference-{}-{name}.json",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let r = load(&path).map(|r| r.len());
+        std::fs::remove_file(&path).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_brief_status_is_refused_by_name_and_a_full_one_taken() {
+        let brief = r#"{"node":"s1","log":{"chunks":3,"events":9},"children":[]}"#;
+        let e = load_text("brief", brief).unwrap_err();
+        assert!(e.contains("brief /v1/status"), "{e}");
+        let full = r#"{"node":"s1","log":{"chunks":0,"events":0},"heads":{}}"#;
+        assert_eq!(load_text("full", full), Ok(0));
+        // A bare map of heads (no `heads` key) is still read as one.
+        assert_eq!(load_text("bare", "{}"), Ok(0));
+    }
 }

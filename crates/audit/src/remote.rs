@@ -154,7 +154,14 @@ fn status_heads(
     problems: &mut Vec<String>,
 ) -> BTreeMap<String, Streamed> {
     let mut heads = BTreeMap::new();
-    for (origin, h) in &status.heads {
+    let Some(listed) = &status.heads else {
+        problems.push(
+            "the node's /v1/status lists no heads (a brief status): nothing to check the events against"
+                .to_owned(),
+        );
+        return heads;
+    };
+    for (origin, h) in listed {
         let signed = topology.map(|t| ReferenceHead::from(h).signed_by_origin(origin, t));
         if signed.is_some_and(|s| s != Some(true)) {
             problems.push(format!(

@@ -185,7 +185,11 @@ pub struct LogStats {
     pub events: u64,
 }
 
-/// `GET /v1/status`.
+/// `GET /v1/status`. With `?brief=true` the parts that grow with the
+/// origins held (`heads`, `parent_link.acked`) and with the children's
+/// links (`children_status`) are left out, so that a monitoring probe of
+/// a large aggregator reads its counters without ~0.5 MB of JSON at
+/// 1,000 children (the children's names stay).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "status-response")]
@@ -200,11 +204,15 @@ pub struct StatusResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     pub children: Vec<String>,
-    /// Per origin held: the version vector of this node.
-    pub heads: BTreeMap<String, HeadView>,
+    /// Per origin held: the version vector of this node (absent in a
+    /// brief status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<BTreeMap<String, HeadView>>,
     pub log: LogStats,
-    /// Aggregators: each child's link and lag.
-    pub children_status: Vec<ChildStatus>,
+    /// Each child's link and lag (empty at a community; absent in a brief
+    /// status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children_status: Option<Vec<ChildStatus>>,
     /// Nodes with a parent: the upward link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_link: Option<ParentLinkView>,
@@ -272,8 +280,10 @@ pub struct ParentLinkView {
     pub connected: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ack: Option<String>,
-    /// The parent's durable heads as last acknowledged.
-    pub acked: BTreeMap<String, u64>,
+    /// The parent's durable heads as last acknowledged (absent in a brief
+    /// status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<BTreeMap<String, u64>>,
     /// Events held here that the parent has not acknowledged.
     pub lag_events: u64,
     pub connects: u64,

@@ -1,8 +1,10 @@
 //! `GET /v1/status`: heads, log, links, equivocations, posting hold.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use gridsync_model::api::{self, ChildStatus, HeadView, LogStats, StatusResponse};
@@ -16,23 +18,40 @@ use gridsync_node::state::NodeState;
 /// Equivocation records listed by `/v1/status` at most.
 const EVIDENCE_LISTED_MAX: usize = 1000;
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusQuery {
+    /// Leave out `heads`, `children_status` and `parent_link.acked`.
+    #[serde(default)]
+    brief: bool,
+}
+
 pub(crate) async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let role = state.authorize(&headers, &Role::ALL)?;
-    // A scan of every origin's head and link: off the async workers.
-    let view = tokio::task::spawn_blocking(move || status_view(&state, role))
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("{}; the one parameter is brief=true|false", e.body_text()),
+        )
+    })?;
+    // A scan of every origin's head and link (the brief view still sums
+    // the parent link's lag over them): off the async workers.
+    let view = tokio::task::spawn_blocking(move || status_view(&state, role, q.brief))
         .await
         .map_err(|e| ApiError::internal("status task failed", &e))??;
     Ok(Json(view))
 }
 
-/// The body of `GET /v1/status` (also pushed by the aggregates stream).
+/// The body of `GET /v1/status`; `brief` leaves out the heads and the
+/// children's links.
 ///
 /// # Errors
 /// Storage errors reading the evidence table.
-pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiError> {
+pub fn status_view(state: &NodeState, role: Role, brief: bool) -> Result<StatusResponse, ApiError> {
     let node = state.topology.node(&state.config.id);
     let ours = state.store.heads();
     let counts = state.store.counts();
@@ -49,10 +68,10 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
         .collect();
     Ok(StatusResponse {
         posting: posting_view(state),
-        children_status: children_status(state, &ours),
+        children_status: (!brief).then(|| children_status(state, &ours)),
         parent_link: node
             .and_then(|n| n.parent.clone())
-            .map(|parent| parent_link_view(state, parent, &ours)),
+            .map(|parent| parent_link_view(state, parent, &ours, brief)),
         equivocations,
         node: state.config.id.clone(),
         name: node.map(|n| n.name.clone()).unwrap_or_default(),
@@ -65,10 +84,11 @@ pub fn status_view(state: &NodeState, role: Role) -> Result<StatusResponse, ApiE
         token_role: role.as_str().to_owned(),
         parent: node.and_then(|n| n.parent.clone()),
         children: state.topology.children(&state.config.id).to_vec(),
-        heads: ours
-            .iter()
-            .map(|(o, h)| (o.clone(), head_view(h)))
-            .collect(),
+        heads: (!brief).then(|| {
+            ours.iter()
+                .map(|(o, h)| (o.clone(), head_view(h)))
+                .collect()
+        }),
         log: LogStats {
             chunks: counts.chunks,
             events: counts.events,
@@ -132,6 +152,7 @@ fn parent_link_view(
     state: &NodeState,
     parent: String,
     ours: &BTreeMap<String, HeadState>,
+    brief: bool,
 ) -> api::ParentLinkView {
     let link = state.sync.parent.lock().expect("lock").clone();
     // Origins no longer below this node (moved away) are not owed upward:
@@ -166,7 +187,7 @@ fn parent_link_view(
         connects: link.connects,
         last_error: link.last_error.clone(),
         blocked: blocked.collect(),
-        acked: link.acked,
+        acked: (!brief).then_some(link.acked),
     }
 }
 
