@@ -416,34 +416,43 @@ impl Chunk {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Vec::with_capacity(
-            64 + self
-                .events
-                .iter()
-                .map(|e| e.envelope.len() + 64)
-                .sum::<usize>(),
-        );
-        rmp::encode::write_array_len(&mut w, 4).expect("vec write");
-        rmp::encode::write_uint(&mut w, u64::from(CHUNK_FORMAT)).expect("vec write");
-        rmp::encode::write_str(&mut w, &self.origin).expect("vec write");
+        let mut w = Vec::with_capacity(self.encoded_len_hint());
+        self.encode_into(&mut w);
+        w
+    }
+
+    /// About the length of [`Chunk::encode`]'s bytes (a capacity to reserve).
+    pub fn encoded_len_hint(&self) -> usize {
+        64 + self
+            .events
+            .iter()
+            .map(|e| e.envelope.len() + 64)
+            .sum::<usize>()
+    }
+
+    /// Appends the encoding to `w` (after, say, a log entry's header, so
+    /// that the chunk's bytes are not copied again behind it).
+    pub fn encode_into(&self, w: &mut Vec<u8>) {
+        rmp::encode::write_array_len(w, 4).expect("vec write");
+        rmp::encode::write_uint(w, u64::from(CHUNK_FORMAT)).expect("vec write");
+        rmp::encode::write_str(w, &self.origin).expect("vec write");
         let n = u32::try_from(self.events.len()).expect("chunk event count fits u32");
-        rmp::encode::write_array_len(&mut w, n).expect("vec write");
+        rmp::encode::write_array_len(w, n).expect("vec write");
         for e in &self.events {
-            rmp::encode::write_array_len(&mut w, 2).expect("vec write");
-            rmp::encode::write_bin(&mut w, &e.envelope).expect("vec write");
+            rmp::encode::write_array_len(w, 2).expect("vec write");
+            rmp::encode::write_bin(w, &e.envelope).expect("vec write");
             match &e.personal {
                 None => {
-                    rmp::encode::write_nil(&mut w).expect("vec write");
+                    rmp::encode::write_nil(w).expect("vec write");
                 }
                 Some(p) => {
-                    rmp::encode::write_array_len(&mut w, 2).expect("vec write");
-                    rmp::encode::write_bin(&mut w, &p.salt).expect("vec write");
-                    rmp::encode::write_bin(&mut w, &p.bytes).expect("vec write");
+                    rmp::encode::write_array_len(w, 2).expect("vec write");
+                    rmp::encode::write_bin(w, &p.salt).expect("vec write");
+                    rmp::encode::write_bin(w, &p.bytes).expect("vec write");
                 }
             }
         }
-        self.head.encode_into(&mut w);
-        w
+        self.head.encode_into(w);
     }
 
     /// Decodes the container. Checks shape only; [`Chunk::verify`] checks content.

@@ -85,10 +85,7 @@ impl Pointer {
     /// The entry's header as a one-fragment entry has it (what a reader
     /// wanting only the receipt time needs).
     pub fn header(&self) -> Vec<u8> {
-        let mut h = Vec::with_capacity(10);
-        h.extend_from_slice(&1u16.to_be_bytes());
-        h.extend_from_slice(&self.received_at_ms.to_be_bytes());
-        h
+        crate::entries::entry_header(1, self.received_at_ms).to_vec()
     }
 }
 

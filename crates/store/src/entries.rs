@@ -16,14 +16,30 @@ use crate::{EncodedEntry, StoreError, StoredChunk};
 /// Bytes before the chunk in fragment 0: parts:u16be received_at_ms:i64be.
 pub(crate) const ENTRY_HEADER_BYTES: usize = 10;
 
+/// A log entry's header: its fragment count and its receipt time.
+pub(crate) fn entry_header(parts: u16, received_at_ms: i64) -> [u8; ENTRY_HEADER_BYTES] {
+    let mut h = [0; ENTRY_HEADER_BYTES];
+    h[..2].copy_from_slice(&parts.to_be_bytes());
+    h[2..].copy_from_slice(&received_at_ms.to_be_bytes());
+    h
+}
+
+/// `chunk` as a whole one-fragment log entry (header, then the chunk's
+/// encoding, written once): a pack's member or a body file's entry.
+pub(crate) fn one_fragment_entry(received_at_ms: i64, chunk: &Chunk) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(ENTRY_HEADER_BYTES + chunk.encoded_len_hint());
+    entry.extend_from_slice(&entry_header(1, received_at_ms));
+    chunk.encode_into(&mut entry);
+    entry
+}
+
 /// Encodes one log entry into its fragments' key/value writes.
 pub(crate) fn entry_writes(offset: u64, received_at_ms: i64, chunk_bytes: &[u8]) -> Vec<KvWrite> {
     let total = ENTRY_HEADER_BYTES + chunk_bytes.len();
     let parts = total.div_ceil(FRAGMENT_BYTES_MAX);
     let parts_u16 = u16::try_from(parts).expect("events are limited far below 65535 fragments");
     let mut whole = Vec::with_capacity(total);
-    whole.extend_from_slice(&parts_u16.to_be_bytes());
-    whole.extend_from_slice(&received_at_ms.to_be_bytes());
+    whole.extend_from_slice(&entry_header(parts_u16, received_at_ms));
     whole.extend_from_slice(chunk_bytes);
     whole
         .chunks(FRAGMENT_BYTES_MAX)

@@ -5,7 +5,7 @@
 //! own, or the one index entry of its origin's chunks in that pack.
 
 use super::*;
-use crate::entries::{entry_writes, IndexGroup, ENTRY_HEADER_BYTES};
+use crate::entries::{entry_writes, one_fragment_entry, IndexGroup, ENTRY_HEADER_BYTES};
 
 impl Writer {
     /// Adds the log entries and index entries of every chunk the commit
@@ -32,8 +32,8 @@ impl Writer {
         for (i, (chunk, at)) in work.pushed.iter().zip(&work.pushed_at).enumerate() {
             let offset = start + i as u64;
             let (first_seq, last_seq) = (chunk.first_seq(), chunk.last_seq());
-            let encoded = chunk.encode();
-            if ENTRY_HEADER_BYTES + encoded.len() > limit {
+            let entry = one_fragment_entry(*at, chunk);
+            if entry.len() > limit {
                 if let Some(mut p) = pack.take() {
                     flush(&mut p, dirty, &mut writes);
                 }
@@ -43,14 +43,10 @@ impl Writer {
                 // fragments.
                 match self.shared.kv.bodies() {
                     Some(bodies) => {
-                        let mut whole = Vec::with_capacity(ENTRY_HEADER_BYTES + encoded.len());
-                        whole.extend_from_slice(&1u16.to_be_bytes());
-                        whole.extend_from_slice(&at.to_be_bytes());
-                        whole.extend_from_slice(&encoded);
-                        let pointer = bodies.append(&whole)?;
+                        let pointer = bodies.append(&entry)?;
                         writes.push((layout::log_key(offset, 0), Some(pointer)));
                     }
-                    None => writes.extend(entry_writes(offset, *at, &encoded)),
+                    None => writes.extend(entry_writes(offset, *at, &entry[ENTRY_HEADER_BYTES..])),
                 }
                 writes.push((
                     layout::index_key(&chunk.origin, last_seq),
@@ -58,10 +54,6 @@ impl Writer {
                 ));
                 continue;
             }
-            let mut entry = Vec::with_capacity(ENTRY_HEADER_BYTES + encoded.len());
-            entry.extend_from_slice(&1u16.to_be_bytes());
-            entry.extend_from_slice(&at.to_be_bytes());
-            entry.extend_from_slice(&encoded);
             let fits = pack.as_ref().is_some_and(|p| {
                 p.first + u64::from(p.count) == offset
                     && p.count < u16::MAX
