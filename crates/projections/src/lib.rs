@@ -380,6 +380,33 @@ impl Projection {
                 (links.origin, links.seq)
             }
         };
+        // The common case — a known origin's next event, not a correction —
+        // in one lookup of the origin (three before: ~5 % of a street's CPU
+        // in the 1,000 children's catch-up went to comparing origin names
+        // down the map).
+        if let Some(env) = decoded.as_ref().filter(|e| e.kind != "correction") {
+            let day = self.day_cached(env.occurred_ms);
+            let effect = self.effect(env.kind, env.schema, &env.data, day, env.occurred_ms);
+            if let Some(state) = self.origins.get_mut(origin) {
+                if seq <= state.applied_seq {
+                    return Ok(());
+                }
+                if seq != state.applied_seq + 1 {
+                    return Err(ProjectionError::OutOfOrder {
+                        origin: origin.to_owned(),
+                        expected: state.applied_seq + 1,
+                        got: seq,
+                    });
+                }
+                state.applied_seq = seq;
+                state.newest_recorded_ms = state.newest_recorded_ms.max(env.recorded_ms);
+                match effect {
+                    Some(e) => Self::apply_effect(state, seq, &e, 1),
+                    None => state.unprojected += 1,
+                }
+                return Ok(());
+            }
+        }
         let applied = self.applied_seq(origin);
         if seq <= applied {
             return Ok(());

@@ -382,3 +382,44 @@ proptest! {
         prop_assert_eq!(total, sum);
     }
 }
+
+/// An event already applied is skipped without counting it again, and one
+/// past a gap is refused naming what was expected — for a known origin
+/// (the one-lookup path) and for one not seen yet alike.
+#[test]
+fn replays_are_skipped_and_gaps_refused() {
+    let gens: Vec<Gen> = (0..4)
+        .map(|d| Gen::Temp {
+            day: d % 2,
+            celsius10: 380,
+            referred: false,
+        })
+        .collect();
+    let (a, _) = build("a", &gens);
+    let (b, _) = build("b", &gens);
+    let lookup = |_: &str, _: u64| None;
+    let cfg = ProjectionConfig::new("Asia/Shanghai").unwrap();
+    let mut p = Projection::new(cfg);
+    let all = || vec!["a".to_owned(), "b".to_owned()];
+    p.apply(&a[0], &lookup).unwrap();
+    p.apply(&a[1], &lookup).unwrap();
+    let before = p.query(&all(), 0, 100_000);
+    // Replays of a known origin's events: skipped, nothing counted twice.
+    p.apply(&a[0], &lookup).unwrap();
+    p.apply(&a[1], &lookup).unwrap();
+    assert_eq!(p.query(&all(), 0, 100_000), before);
+    assert_eq!(p.applied_seq("a"), 2);
+    // A gap at a known origin, then at an unknown one: refused.
+    let err = p.apply(&a[3], &lookup).unwrap_err().to_string();
+    assert!(err.contains('3') && err.contains('4'), "{err}");
+    let err = p.apply(&b[1], &lookup).unwrap_err().to_string();
+    assert!(err.contains('1') && err.contains('2'), "{err}");
+    assert_eq!(p.applied_seq("a"), 2);
+    assert_eq!(p.applied_seq("b"), 0);
+    assert_eq!(p.query(&all(), 0, 100_000), before);
+    // In order, both go on.
+    p.apply(&a[2], &lookup).unwrap();
+    p.apply(&b[0], &lookup).unwrap();
+    assert_eq!((p.applied_seq("a"), p.applied_seq("b")), (3, 1));
+    assert_ne!(p.query(&all(), 0, 100_000), before);
+}

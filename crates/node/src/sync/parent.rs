@@ -422,14 +422,32 @@ impl ChildConnection {
     }
 }
 
+/// The largest frame decoded and verified in place on the async worker;
+/// larger ones hand the worker over first ([`cpu_work`]).
+///
+/// A frame's work is ~0.9 µs an event (decode, chain links and hashes, a
+/// head signature per ~32 KiB chunk: BENCHMARKS.md, "What an aggregator
+/// spends per received event"), ~0.3 ms at 64 KiB — and a hand-off was
+/// not cheaper: `block_in_place` wakes or spawns a thread of the blocking
+/// pool to carry on as the worker, and with 1,000 children each sending
+/// a ~38 KB message at once that cost the street ~10 % of its CPU in
+/// their catch-up (threads started, their stacks first touched, a switch
+/// each way). In place up to 64 KiB, over twelve pairs: the street's CPU
+/// in that catch-up median 1.06 → 0.95 s, its RSS after 71 → 64 MB, the
+/// catch-up 1.05× (BENCHMARKS.md, "Children's frames handled in place").
+/// A full batch (`batch_bytes_max`, 256 KiB: ~1.2 ms) is still handed off,
+/// so no other link waits behind one for long.
+pub(crate) const IN_PLACE_FRAME_BYTES_MAX: usize = 64 * 1024;
+
 /// Runs `f` (CPU-heavy: `bytes` of input) so that it does not stall the
 /// other tasks of this async worker: on a multi-threaded runtime the
-/// worker is handed over (`block_in_place`) for inputs over 16 KiB; small
-/// inputs and single-threaded runtimes (tests) run it inline.
+/// worker is handed over (`block_in_place`) for inputs over
+/// [`IN_PLACE_FRAME_BYTES_MAX`]; smaller inputs and single-threaded
+/// runtimes (tests) run it inline.
 fn cpu_work<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi && bytes > 16 * 1024 {
+    if multi && bytes > IN_PLACE_FRAME_BYTES_MAX {
         tokio::task::block_in_place(f)
     } else {
         f()
