@@ -437,7 +437,7 @@ impl ChildConnection {
 /// catch-up 1.05× (BENCHMARKS.md, "Children's frames handled in place").
 /// A full batch (`batch_bytes_max`, 256 KiB: ~1.2 ms) is still handed off,
 /// so no other link waits behind one for long.
-pub(crate) const IN_PLACE_FRAME_BYTES_MAX: usize = 64 * 1024;
+const IN_PLACE_FRAME_BYTES_MAX: usize = 64 * 1024;
 
 /// Runs `f` (CPU-heavy: `bytes` of input) so that it does not stall the
 /// other tasks of this async worker: on a multi-threaded runtime the
