@@ -9,7 +9,7 @@
 use gridsync_store::{layout, Kv, SledKv};
 use gridsync_suite::{
     copy_dir, get_json, metric, post_events, provision_fast, restore_dir, sample_event,
-    wait_status, Server,
+    set_projections, wait_status, Server,
 };
 use serde_json::json;
 
@@ -157,5 +157,63 @@ async fn a_restart_resumes_the_projection_from_its_snapshot() {
     let rebuilt = get_json(&format!("{}{q}", node.url), &t.viewer).await;
     assert_eq!(rebuilt["state_hash"], before["state_hash"]);
     assert_eq!(rebuilt["totals"], before["totals"]);
+    node.kill9();
+}
+
+/// A node with no saved projection and no time to fold before listening
+/// (`projections.fold_before_listen_s = 0`, snapshots off) listens with a
+/// prefix of its log folded and folds the rest while it serves: its status
+/// says how far (`log.projected_chunks`), and once that reaches the log's
+/// chunks its aggregates are those of the node before the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_folds_the_projection_while_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision_fast(dir.path(), &[("c1", None)]);
+    let c1 = &tree.nodes["c1"];
+    let t = &c1.tokens;
+    set_projections(
+        &c1.config,
+        &[("fold_before_listen_s", 0), ("snapshot_interval_s", 0)],
+    );
+    let q = "/v1/aggregates?from=2020-01-20&to=2020-01-28";
+    let mut node = Server::start(&c1.config, &[]);
+    // One post an event: a log entry each, several pages of the fold.
+    for i in 0..300 {
+        let body = json!({ "events": [sample_event(i, &format!("k{i}"))] });
+        let (status, answer) = post_events(&node.url, &t.reporter, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    gridsync_suite::wait_projection_idle(&node.url, &t.viewer).await;
+    let before = get_json(&format!("{}{q}", node.url), &t.viewer).await;
+    assert!(node.terminate());
+    assert!(
+        !gridsync_projections::snapshot::path(&c1.data_dir).exists(),
+        "snapshots are off: the restart must fold the whole log"
+    );
+
+    let mut node = Server::start(&c1.config, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st = get_json(&format!("{}/v1/status?brief=true", node.url), &t.viewer).await;
+        let (projected, chunks) = (
+            st["log"]["projected_chunks"]
+                .as_u64()
+                .expect("projected_chunks"),
+            st["log"]["chunks"].as_u64().unwrap(),
+        );
+        assert_eq!(chunks, 300);
+        assert!(projected <= chunks, "{st}");
+        if projected == chunks {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projection stopped at {projected} of {chunks} chunks"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let after = get_json(&format!("{}{q}", node.url), &t.viewer).await;
+    assert_eq!(after["state_hash"], before["state_hash"]);
+    assert_eq!(after["totals"], before["totals"]);
     node.kill9();
 }

@@ -392,6 +392,11 @@ pub fn set_store(config: &Path, settings: &[(&str, i64)]) {
     set_integers(config, "store", settings);
 }
 
+/// Rewrites keys of a node config's `[projections]` table.
+pub fn set_projections(config: &Path, settings: &[(&str, i64)]) {
+    set_integers(config, "projections", settings);
+}
+
 /// Sets a boolean key of a node config's `[sync]` table.
 pub fn set_sync_flag(config: &Path, key: &str, on: bool) {
     edit_table(config, "sync", |sync| {

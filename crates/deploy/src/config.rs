@@ -81,6 +81,11 @@ pub struct ProjectionSettings {
     /// shutdown), so a restart folds only what came after it; 0 = never
     /// (every start folds the whole log).
     pub snapshot_interval_s: u64,
+    /// At start, fold the log into the projection for at most this long
+    /// before listening; the rest is folded while the node serves (its
+    /// answers count a prefix of the log meanwhile: `/v1/status`
+    /// `projection`). 0: listen after the first page.
+    pub fold_before_listen_s: u64,
 }
 
 impl Default for ProjectionSettings {
@@ -90,6 +95,7 @@ impl Default for ProjectionSettings {
             flagged_region_prefixes: vec!["湖北".to_owned()],
             query_days_max: 366,
             snapshot_interval_s: 60,
+            fold_before_listen_s: 2,
         }
     }
 }

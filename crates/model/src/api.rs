@@ -183,6 +183,13 @@ pub struct HeadView {
 pub struct LogStats {
     pub chunks: u64,
     pub events: u64,
+    /// Log entries (chunks) the node's projection — what `/v1/aggregates`
+    /// counts — has folded: equal to `chunks` once it has caught up; less
+    /// for a moment after commits, and for longer while a node started
+    /// without a saved projection folds its log (it listens after
+    /// `projections.fold_before_listen_s` and folds the rest while it
+    /// serves).
+    pub projected_chunks: u64,
 }
 
 /// `GET /v1/status`. With `?brief=true` the parts that grow with the

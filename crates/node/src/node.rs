@@ -101,13 +101,22 @@ fn open_node_with(
     let snapshot =
         (use_snapshot && config.projections.snapshot_interval_s > 0 && !unsafe_opts.in_memory)
             .then(|| gridsync_projections::snapshot::path(&config.data_dir));
-    let projector = crate::projector::Projector::open(&store, pcfg, snapshot, progress)
+    // A serving node folds for a bounded time before it listens, the rest
+    // while it serves; a rebuild (no snapshot) folds the whole log.
+    let fold_for = use_snapshot
+        .then(|| std::time::Duration::from_secs(config.projections.fold_before_listen_s));
+    let projector = crate::projector::Projector::open(&store, pcfg, snapshot, progress, fold_for)
         .map_err(|e| StartError(format!("cannot build the projection: {e}")))?;
     let rebuild_time = started.elapsed();
+    let applied = *projector.applied.borrow();
+    let entries = store.counts().chunks;
     tracing::info!(
         elapsed_ms = rebuild_time.as_millis() as u64,
         resumed_from = projector.resumed_from,
-        "projection ready (folded on from its snapshot at log entry `resumed_from`; 0: the whole log)"
+        applied,
+        entries,
+        "projection opened (folded on from its snapshot at log entry `resumed_from`, 0: from \
+         the start, to entry `applied` of `entries`; the rest is folded while the node serves)"
     );
     let state = Arc::new(NodeState {
         key,

@@ -36,20 +36,38 @@ const PAGE: usize = 64;
 pub fn fold_log(
     store: &Store,
     p: &mut Projection,
-    mut offset: u64,
+    offset: u64,
     cut: Cut,
     progress: &dyn Fn(u64),
 ) -> Result<u64, StoreError> {
+    fold_log_pages(store, p, offset, cut, progress, usize::MAX).map(|(next, _)| next)
+}
+
+/// [`fold_log`] for at most `pages_max` pages of [`PAGE`] log entries:
+/// the next offset to apply, and whether it is the end of the log. A
+/// caller that must not hold the projection for long (the running node,
+/// whose queries wait on it) folds a page at a time.
+///
+/// # Errors
+/// As [`fold_log`].
+pub fn fold_log_pages(
+    store: &Store,
+    p: &mut Projection,
+    mut offset: u64,
+    cut: Cut,
+    progress: &dyn Fn(u64),
+    pages_max: usize,
+) -> Result<(u64, bool), StoreError> {
     let from_store = target_lookup(store);
     let mut n = 0u64;
     let mut previous: Vec<EncodedEntry> = Vec::new();
-    loop {
+    for _ in 0..pages_max {
         // Read in place: each chunk's events stay in its bytes (decoding
         // every event into its own allocations, and freeing them, was
         // ~40 % of the fold).
         let entries = store.read_log_encoded(offset, PAGE)?;
         if entries.is_empty() {
-            return Ok(offset);
+            return Ok((offset, true));
         }
         let views = entries
             .iter()
@@ -87,6 +105,7 @@ pub fn fold_log(
         drop(views);
         previous = entries;
     }
+    Ok((offset, false))
 }
 
 /// The envelope of event `seq` of `origin` if one of these chunks holds it.

@@ -17,22 +17,27 @@ use tokio::sync::watch;
 use gridsync_node::error::ApiError;
 use gridsync_node::state::NodeState;
 
-/// Keeps the projection up to date with the log: woken by every commit.
+/// Keeps the projection up to date with the log: woken by every commit
+/// (once the start's fold, if it left any, is done).
 /// Saves it beside the log at most every `projections.snapshot_interval_s`,
 /// and once more when the node stops.
 pub async fn run_projector(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut committed = state.store.subscribe();
     let interval = Duration::from_secs(state.config.projections.snapshot_interval_s);
     loop {
-        let s = state.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let r = s.projector.catch_up(&s.store);
-            s.projector.save_if_due(&s.store, interval, false);
-            r
-        })
-        .await;
-        if let Ok(Err(e)) = r {
-            tracing::error!(error = %e, "projection could not advance");
+        // While the start's fold is pending its own thread folds the log
+        // (`Projector::finish_start`, run before the whole-log check).
+        if !state.projector.start_pending() {
+            let s = state.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let r = s.projector.catch_up(&s.store);
+                s.projector.save_if_due(&s.store, interval, false);
+                r
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "projection could not advance");
+            }
         }
         tokio::select! {
             c = committed.changed() => if c.is_err() { break },
@@ -41,7 +46,10 @@ pub async fn run_projector(state: Arc<NodeState>, mut stop: watch::Receiver<bool
     }
     let s = state.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        if s.projector.catch_up(&s.store).is_ok() {
+        // A start's fold still pending stops at its next page: what it
+        // folded is saved (the next start resumes from it), not finished
+        // here.
+        if s.projector.start_pending() || s.projector.catch_up(&s.store).is_ok() {
             s.projector.save_if_due(&s.store, interval, true);
         }
     })

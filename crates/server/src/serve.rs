@@ -94,6 +94,12 @@ fn check_log(state: &Arc<NodeState>, on: LogCheckOn) -> tokio::sync::oneshot::Re
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let s = state.clone();
     let job: Job = Box::new(move || {
+        // First what the start left of the projection's fold: the node
+        // answers for a prefix of the log until it is done.
+        let stop = s.sync.stop.subscribe();
+        if let Err(e) = s.projector.finish_start(&s.store, &|| *stop.borrow()) {
+            tracing::error!(error = %e, "the projection's fold after the start failed");
+        }
         gridsync_node::node::verify_log_after_open(&s);
         // The state let go before the store is closed (after this).
         drop(s);

@@ -54,6 +54,8 @@ pub(crate) async fn status(
 pub fn status_view(state: &NodeState, role: Role, brief: bool) -> Result<StatusResponse, ApiError> {
     let node = state.topology.node(&state.config.id);
     let ours = state.store.heads();
+    // Read before the counts, which only grow: never more than `chunks`.
+    let projected_chunks = *state.projector.applied.borrow();
     let counts = state.store.counts();
     let equivocations = state
         .store
@@ -92,6 +94,7 @@ pub fn status_view(state: &NodeState, role: Role, brief: bool) -> Result<StatusR
         log: LogStats {
             chunks: counts.chunks,
             events: counts.events,
+            projected_chunks,
         },
     })
 }
