@@ -296,7 +296,7 @@ async fn serve_node(
     listen: String,
     jobs: std::sync::mpsc::SyncSender<gridsync_server::serve::Job>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let listener = gridsync_server::serve::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;

@@ -116,7 +116,7 @@ pub async fn run_demo(
         } else {
             "127.0.0.1:0".to_owned()
         };
-        let l = tokio::net::TcpListener::bind(&addr)
+        let l = gridsync_server::serve::bind(&addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = l.local_addr().map_err(|e| e.to_string())?;

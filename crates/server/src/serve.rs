@@ -12,6 +12,44 @@ use gridsync_node::tls::ChannelBinding;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+/// Connections the kernel queues for a node's listener before the node
+/// accepts them. A listener bound by `std` or tokio gets 128: 200 phones
+/// posting at once (`gridsync load --clients 200 --batch 1`) overflowed it,
+/// and each dropped connection's retry came 1 s later (the load's ack max
+/// ~1.04 s in most runs, `TcpExtListenOverflows` counting them). The
+/// kernel caps it at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a node's listener on `addr` (`host:port`; the first address it
+/// resolves to that binds) with [`LISTEN_BACKLOG`].
+///
+/// # Errors
+/// An address that does not resolve or bind (in use, not local), with
+/// the address named.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{addr}: {e}"));
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await.map_err(named)? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        // As std and tokio do: a restarted node rebinds its port at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG).map_err(named),
+            Err(e) => last = Some(named(e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
 /// A job handed to the thread that runs the whole-log check.
 pub type Job = Box<dyn FnOnce() + Send>;
 
@@ -290,5 +328,42 @@ mod tests {
             .unwrap();
         assert_ne!(name.as_deref(), Some("given"));
         assert!(name.is_some(), "tokio names its blocking threads");
+    }
+
+    /// How many of `n` connections, made at once to a listener that
+    /// accepts none, the kernel completes within 1 s: the ones its accept
+    /// queue holds (a SYN it drops is retried only after 1 s).
+    async fn queued(listener: &tokio::net::TcpListener, n: usize) -> usize {
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..n).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let done = futures_util::future::join_all(connects).await;
+        done.into_iter().filter(|r| matches!(r, Ok(Ok(_)))).count()
+    }
+
+    /// A burst of connections larger than a default listener's queue (128)
+    /// is queued whole by a node's listener; the control, a listener bound
+    /// the default way, completes only about 128 of them at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_connections_is_queued_whole() {
+        const BURST: usize = 300;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        assert!(
+            somaxconn >= BURST,
+            "net.core.somaxconn is {somaxconn}: raise it to at least {BURST} (sysctl) for this test \
+             and for nodes that take bursts of connections"
+        );
+        let ours = bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(queued(&ours, BURST).await, BURST);
+        let default = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let n = queued(&default, BURST).await;
+        assert!(n < BURST / 2, "the default listener queued {n} of {BURST}");
     }
 }
