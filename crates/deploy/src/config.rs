@@ -84,7 +84,7 @@ pub struct ProjectionSettings {
     /// At start, fold the log into the projection for at most this long
     /// before listening; the rest is folded while the node serves (its
     /// answers count a prefix of the log meanwhile: `/v1/status`
-    /// `projection`). 0: listen after the first page.
+    /// `log.projected_chunks`). 0: listen after the first page.
     pub fold_before_listen_s: u64,
 }
 

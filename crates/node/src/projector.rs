@@ -14,8 +14,8 @@
 //! 10 M) is folded by the running node a page of log entries at a time,
 //! so the node listens, takes events and answers queries meanwhile. Until
 //! it is done its answers count a prefix of the log: `/v1/status` says how
-//! far (`projection`), and each origin's `coverage` in an aggregates
-//! answer says which of its events are counted.
+//! far (`log.projected_chunks`), and each origin's `coverage` in an
+//! aggregates answer says which of its events are counted.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -63,7 +63,7 @@ impl Projector {
     /// The projection from the snapshot in `snapshot` folded on towards
     /// the end of the log, or (without a snapshot that fits) from the
     /// whole log — for at most `fold_for` (`None`: to the end). What is
-    /// left is for [`Projector::catch_up`].
+    /// left is for [`Projector::finish_start`].
     ///
     /// # Errors
     /// Storage errors, or a log whose events are out of order.
@@ -130,12 +130,12 @@ impl Projector {
     /// projection's allocations in the arena the open used (a 10 M street
     /// rested up to ~35 MB higher with the fold on another thread).
     ///
-    /// # Errors
-    /// Storage errors, or a log whose events are out of order.
-    ///
     /// `stop` is asked between pages: a node stopping leaves the rest
     /// (its projector task saves what was folded, which the next start
     /// resumes from) rather than holding its shutdown for the whole fold.
+    ///
+    /// # Errors
+    /// Storage errors, or a log whose events are out of order.
     pub fn finish_start(&self, store: &Store, stop: &dyn Fn() -> bool) -> Result<(), StoreError> {
         if !self.start_pending() {
             return Ok(());
