@@ -33,6 +33,15 @@ async fn wait_verified(url: &str, token: &str) -> f64 {
     panic!("the whole-log check did not finish");
 }
 
+/// Posts `n` sample events one per post: one log entry each.
+async fn post_one_at_a_time(url: &str, reporter: &str, n: u64) {
+    for i in 0..n {
+        let body = json!({ "events": [sample_event(i, &format!("k{i}"))] });
+        let (status, answer) = post_events(url, reporter, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_inside_the_log_is_found_after_an_open_at_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -40,12 +49,7 @@ async fn damage_inside_the_log_is_found_after_an_open_at_the_checkpoint() {
     let c1 = &tree.nodes["c1"];
     let t = &c1.tokens;
     let mut node = Server::start(&c1.config, &[]);
-    // One event per post: one log entry each.
-    for i in 0..30 {
-        let body = json!({ "events": [sample_event(i, &format!("k{i}"))] });
-        let (status, answer) = post_events(&node.url, &t.reporter, &body).await;
-        assert_eq!(status, 200, "{answer}");
-    }
+    post_one_at_a_time(&node.url, &t.reporter, 30).await;
     assert!(node.terminate());
     let backup = dir.path().join("backup");
     copy_dir(&c1.data_dir, &backup);
@@ -177,12 +181,8 @@ async fn a_start_folds_the_projection_while_it_serves() {
     );
     let q = "/v1/aggregates?from=2020-01-20&to=2020-01-28";
     let mut node = Server::start(&c1.config, &[]);
-    // One post an event: a log entry each, several pages of the fold.
-    for i in 0..300 {
-        let body = json!({ "events": [sample_event(i, &format!("k{i}"))] });
-        let (status, answer) = post_events(&node.url, &t.reporter, &body).await;
-        assert_eq!(status, 200, "{answer}");
-    }
+    // Several pages of the fold.
+    post_one_at_a_time(&node.url, &t.reporter, 300).await;
     gridsync_suite::wait_projection_idle(&node.url, &t.viewer).await;
     let before = get_json(&format!("{}{q}", node.url), &t.viewer).await;
     assert!(node.terminate());

@@ -17,13 +17,12 @@
 //! far (`log.projected_chunks`), and each origin's `coverage` in an
 //! aggregates answer says which of its events are counted.
 
-use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use gridsync_projections::fold::{fold_log_pages, Cut};
+use gridsync_projections::fold::{fold_log_while, Cut};
 use gridsync_projections::{snapshot, Projection, ProjectionConfig};
 use gridsync_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -167,7 +166,8 @@ impl Projector {
         loop {
             let mut p = self.projection.write().expect("lock");
             let from = *self.applied.borrow();
-            let (to, end) = fold_log_pages(store, &mut p, from, Cut::Everything, &|_| {}, 1)?;
+            let (to, end) =
+                fold_log_while(store, &mut p, from, Cut::Everything, &|_| {}, &mut || false)?;
             if to != from {
                 self.applied.send_replace(to);
             }
@@ -213,30 +213,18 @@ impl Projector {
     }
 }
 
-/// Folds `p` on from log entry `offset` a page at a time until the end of
-/// the log or `deadline`; the next entry to apply, and whether it is the
-/// end. `progress` gets the events applied so far.
+/// Folds `p` on from log entry `offset` until the end of the log or
+/// `deadline` (checked after each page); the next entry to apply, and
+/// whether it is the end. `progress` gets the events applied so far.
 fn fold_until(
     store: &Store,
     p: &mut Projection,
-    mut offset: u64,
+    offset: u64,
     progress: &dyn Fn(u64),
     deadline: Option<Instant>,
 ) -> Result<(u64, bool), StoreError> {
-    let mut applied = 0;
-    loop {
-        let in_page = Cell::new(0);
-        let report = |n: u64| {
-            in_page.set(n);
-            progress(applied + n);
-        };
-        let (to, end) = fold_log_pages(store, p, offset, Cut::Everything, &report, 1)?;
-        applied += in_page.get();
-        offset = to;
-        if end || deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok((offset, end));
-        }
-    }
+    let mut go_on = || deadline.is_none_or(|d| Instant::now() < d);
+    fold_log_while(store, p, offset, Cut::Everything, progress, &mut go_on)
 }
 
 #[cfg(test)]

@@ -40,28 +40,30 @@ pub fn fold_log(
     cut: Cut,
     progress: &dyn Fn(u64),
 ) -> Result<u64, StoreError> {
-    fold_log_pages(store, p, offset, cut, progress, usize::MAX).map(|(next, _)| next)
+    fold_log_while(store, p, offset, cut, progress, &mut || true).map(|(next, _)| next)
 }
 
-/// [`fold_log`] for at most `pages_max` pages of [`PAGE`] log entries:
-/// the next offset to apply, and whether it is the end of the log. A
-/// caller that must not hold the projection for long (the running node,
-/// whose queries wait on it) folds a page at a time.
+/// [`fold_log`] a page of [`PAGE`] log entries at a time, asking
+/// `go_on` after each page whether to fold another: the next offset to
+/// apply, and whether it is the end of the log. A caller that must not
+/// hold the projection for long (the running node, whose queries wait on
+/// it) folds one page (`&mut || false`) per hold; a start folds until a
+/// deadline.
 ///
 /// # Errors
 /// As [`fold_log`].
-pub fn fold_log_pages(
+pub fn fold_log_while(
     store: &Store,
     p: &mut Projection,
     mut offset: u64,
     cut: Cut,
     progress: &dyn Fn(u64),
-    pages_max: usize,
+    go_on: &mut dyn FnMut() -> bool,
 ) -> Result<(u64, bool), StoreError> {
     let from_store = target_lookup(store);
     let mut n = 0u64;
     let mut previous: Vec<EncodedEntry> = Vec::new();
-    for _ in 0..pages_max {
+    loop {
         // Read in place: each chunk's events stay in its bytes (decoding
         // every event into its own allocations, and freeing them, was
         // ~40 % of the fold).
@@ -104,8 +106,10 @@ pub fn fold_log_pages(
         progress(n);
         drop(views);
         previous = entries;
+        if !go_on() {
+            return Ok((offset, false));
+        }
     }
-    Ok((offset, false))
 }
 
 /// The envelope of event `seq` of `origin` if one of these chunks holds it.

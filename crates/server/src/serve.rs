@@ -24,12 +24,11 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// resolves to that binds) with [`LISTEN_BACKLOG`].
 ///
 /// # Errors
-/// An address that does not resolve or bind (in use, not local), with
-/// the address named.
+/// An address that does not resolve or bind (in use, not local); the
+/// callers name the address.
 pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
-    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{addr}: {e}"));
     let mut last = None;
-    for a in tokio::net::lookup_host(addr).await.map_err(named)? {
+    for a in tokio::net::lookup_host(addr).await? {
         let socket = if a.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
@@ -38,8 +37,8 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
         // As std and tokio do: a restarted node rebinds its port at once.
         socket.set_reuseaddr(true)?;
         match socket.bind(a) {
-            Ok(()) => return socket.listen(LISTEN_BACKLOG).map_err(named),
-            Err(e) => last = Some(named(e)),
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| {
