@@ -43,6 +43,7 @@ use std::time::Instant;
 use gridsync_store::kv::Kv;
 use gridsync_store::layout::{self, FRAGMENT_BYTES_MAX};
 use gridsync_store::SledKv;
+use gridsync_suite::median;
 
 const ORIGINS: u64 = 1_000;
 const EVENT_BYTES: usize = 190;
@@ -209,11 +210,6 @@ fn run(variant: &str, events: u64) -> Run {
         written_per_byte: (w1 - w0) as f64 / entry_bytes as f64,
         disk_mb: dir_bytes(dir.path()) as f64 / 1e6,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Re-executes this process with `gridsync serve`'s allocator settings for

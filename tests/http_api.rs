@@ -3,7 +3,7 @@
 //! kind of bad input, each with its status and error code, after which the
 //! node still serves and its log is unchanged (DESIGN.md §3 invariant 4).
 
-use gridsync_suite::{provision, sample_event, Server};
+use gridsync_suite::{provision, sample_event, wait_projection_idle, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -193,7 +193,9 @@ async fn happy_paths() {
     let (s, r) = n.post_json(&corr).await;
     assert_eq!(s, StatusCode::OK, "{r}");
 
-    // Status and health.
+    // Status and health (the projection caught up first: its
+    // `log.projected_chunks` follows commits asynchronously).
+    wait_projection_idle(&server.url, &n.viewer).await;
     let (s, st) = n.get("/v1/status", &n.viewer).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(st["heads"]["c1"]["seq"], 1002);
@@ -256,6 +258,8 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         let (s, _) = n.post_json(&sample_event(i, &format!("ok{i}"))).await;
         assert_eq!(s, StatusCode::OK);
     }
+    // The projection caught up, so `log.projected_chunks` stays put.
+    wait_projection_idle(&server.url, &n.viewer).await;
     let (_, status_before) = n.get("/v1/status", &n.viewer).await;
     let events_before = n.all_events().await;
 

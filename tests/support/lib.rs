@@ -1,6 +1,8 @@
 //! Shared helpers for the workspace-level tests and benchmarks: provision a
 //! tree in a temp dir, run `gridsync serve` processes, make valid events.
 
+pub mod nats;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -320,18 +322,34 @@ impl Server {
     /// SIGTERM and wait for a clean exit (at most 30 s); returns whether it
     /// exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill9();
-        false
+        terminate_child(&mut self.child).is_some_and(|s| s.success())
     }
+}
+
+/// SIGTERM to `child`, then its exit status once it has exited (at most
+/// 30 s; then SIGKILL and `None`).
+pub fn terminate_child(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The median of `v` (the upper one of an even count).
+///
+/// # Panics
+/// When `v` is empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 impl Drop for Server {
@@ -698,7 +716,8 @@ impl SampleChains {
 
 /// Waits (at most 30 s) until the node at `url` has folded every event it
 /// holds into its projection: every origin's `coverage.seq` in
-/// `/v1/aggregates` equals its head in `/v1/status`. Projections follow
+/// `/v1/aggregates` equals its head in `/v1/status`, and its
+/// `log.projected_chunks` equals `log.chunks`. Projections follow
 /// commits asynchronously; comparisons are meaningful once the node is idle.
 ///
 /// # Panics
@@ -716,12 +735,15 @@ pub async fn wait_projection_idle(url: &str, viewer: &str) {
                 .flatten()
                 .any(|c| c["origin"] == origin.as_str() && c["seq"] == h["seq"])
         });
-        if caught_up {
+        // And its count of log entries folded has been published.
+        let counted = status["log"]["projected_chunks"] == status["log"]["chunks"];
+        if caught_up && counted {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "projection at {url} did not catch up with its log: {agg}"
+            "projection at {url} did not catch up with its log: {agg} {}",
+            status["log"]
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
