@@ -42,10 +42,9 @@
 //! communities (`default`, `always`). `GRIDSYNC_BENCH_NATS=0`: none (then
 //! no `nats-server` is needed).
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-use std::path::Path;
 
 use gridsync_suite::nats::{nats_server_bin, NatsConn, NatsNode, NatsServer, NatsSetup};
 use gridsync_suite::{get_json, gridsync_bin, median, provision, set_sync, set_sync_flag, Server};
@@ -165,8 +164,7 @@ async fn one_run(events: u64, outage: Duration, variant: &Variant, load: Load) -
 ///
 /// `upper_dials`: who opens the leafnode connections. `false`, as
 /// gridsync's children do: each community dials its street, each street
-/// the district (remotes retry every second, `reconnect: "1s"`, NATS's
-/// default). Then a restarted street asks for its sources' consumers
+/// the district (remotes retry every second, `reconnect: "1s"`). Then a restarted street asks for its sources' consumers
 /// before its communities have reconnected, and the source backs off:
 /// nothing moved for ~40 s in every run (`GRIDSYNC_BENCH_TRACE=1` shows
 /// each tier's count every 250 ms, and the street's log at the end).

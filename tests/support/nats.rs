@@ -71,7 +71,8 @@ pub struct NatsSetup<'a> {
     pub domain: Option<&'a str>,
     /// Accept leafnode connections (an upper tier).
     pub leaf_listen: bool,
-    /// Connect as a leafnode to these hubs' leafnode ports.
+    /// Connect as a leafnode to these hubs' leafnode ports (retried every
+    /// second while refused, `reconnect: "1s"`).
     pub leaf_remotes: Vec<u16>,
 }
 
