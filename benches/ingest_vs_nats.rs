@@ -26,7 +26,7 @@
 //! ingest_vs_nats` (`GRIDSYNC_BENCH_RUNS`, default 3;
 //! `GRIDSYNC_BENCH_EVENTS`, default 500000, for the batched job;
 //! `GRIDSYNC_BENCH_PHONE_EVENTS`, default 200000; `GRIDSYNC_BENCH_JOBS`,
-//! default `batched,phones`).
+//! default `batched,phones`; `GRIDSYNC_BENCH_NATS=0`, gridsync alone).
 
 use std::path::Path;
 use std::process::Command;
@@ -229,7 +229,11 @@ fn main() {
         // `cargo test --benches` / listing: nothing to run.
         return;
     }
-    let nats = nats_server_bin().unwrap_or_else(|e| panic!("{e}"));
+    // `GRIDSYNC_BENCH_NATS=0`: gridsync alone (no nats-server needed).
+    let nats = (std::env::var("GRIDSYNC_BENCH_NATS").as_deref() != Ok("0")).then(|| {
+        nats_server_bin()
+            .unwrap_or_else(|e| panic!("{e} (GRIDSYNC_BENCH_NATS=0 runs gridsync alone)"))
+    });
     let runs = gridsync_suite::env_u64("GRIDSYNC_BENCH_RUNS", 3);
     let jobs_wanted =
         std::env::var("GRIDSYNC_BENCH_JOBS").unwrap_or_else(|_| "batched,phones".into());
@@ -247,12 +251,12 @@ fn main() {
             events: gridsync_suite::env_u64("GRIDSYNC_BENCH_PHONE_EVENTS", 200_000),
         },
     ];
-    let variants = [
-        Variant::Gridsync,
-        Variant::Nats { sync_always: false },
-        Variant::Nats { sync_always: true },
-    ];
-    println!("nats-server: {}", nats.display());
+    let mut variants = vec![Variant::Gridsync];
+    if let Some(bin) = &nats {
+        println!("nats-server: {}", bin.display());
+        variants.push(Variant::Nats { sync_always: false });
+        variants.push(Variant::Nats { sync_always: true });
+    }
     for job in all
         .iter()
         .filter(|j| jobs_wanted.split(',').any(|w| w.trim() == j.name))
@@ -273,7 +277,9 @@ fn main() {
             for (v, variant) in variants.iter().enumerate() {
                 let m = match *variant {
                     Variant::Gridsync => gridsync_run(*job),
-                    Variant::Nats { sync_always } => nats_run(&nats, *job, sync_always),
+                    Variant::Nats { sync_always } => {
+                        nats_run(nats.as_deref().expect("with NATS"), *job, sync_always)
+                    }
                 };
                 println!(
                     "| {} | {i} | {:.0} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} µs |",
