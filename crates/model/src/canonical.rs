@@ -16,6 +16,10 @@
 
 use serde_json::Value;
 
+mod typed;
+
+pub use typed::{to_canonical_split, Unencodable};
+
 /// Appends the canonical encoding of `value` to `out`.
 pub fn encode_value(out: &mut Vec<u8>, value: &Value) {
     // Writes to a Vec cannot fail; the `expect`s document that.
@@ -127,6 +131,77 @@ pub(crate) mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// What ingest did before [`to_canonical_split`]: the JSON value of
+    /// `value`, its personal fields split off, each part encoded.
+    fn value_way<T: serde::Serialize>(value: &T) -> (Vec<u8>, Option<Vec<u8>>) {
+        let Value::Object(mut data) = serde_json::to_value(value).unwrap() else {
+            panic!("not an object")
+        };
+        let personal = crate::event::split_personal(&mut data);
+        let personal = (!personal.is_empty()).then(|| to_canonical(&Value::Object(personal)));
+        (to_canonical(&Value::Object(data)), personal)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Encoded straight from the kind types, the bytes are the JSON
+        /// value's, byte for byte (the canonical bytes are hashed and
+        /// signed: one byte off would fork the chain).
+        #[test]
+        fn the_kinds_encode_as_their_json_values(
+            e in crate::kinds::arb::entry(),
+            t in crate::kinds::arb::temperature(),
+            v in crate::kinds::arb::visit(),
+            d in crate::kinds::arb::delivery(),
+        ) {
+            prop_assert_eq!(to_canonical_split(&e).unwrap(), value_way(&e));
+            prop_assert_eq!(to_canonical_split(&t).unwrap(), value_way(&t));
+            prop_assert_eq!(to_canonical_split(&v).unwrap(), value_way(&v));
+            prop_assert_eq!(to_canonical_split(&d).unwrap(), value_way(&d));
+        }
+
+        /// And any JSON object encodes as itself: nesting, key order,
+        /// integers of both signs, floats, personal keys at the top.
+        #[test]
+        fn any_object_encodes_as_its_value(
+            v in prop::collection::btree_map(
+                prop_oneof![Just("person".to_owned()), Just("note".to_owned()), Just("plate".to_owned()), ".{0,8}"],
+                arb_value(),
+                0..8,
+            )
+        ) {
+            let v = Value::Object(v.into_iter().collect());
+            match to_canonical_split(&v) {
+                Ok(split) => prop_assert_eq!(split, value_way(&v)),
+                // The one object it leaves to the JSON value.
+                Err(_) => prop_assert!(v.get("replacement").is_some()),
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_typed_encoding_refuses() {
+        assert!(to_canonical_split(&json!([1, 2])).is_err());
+        assert!(to_canonical_split(&json!("x")).is_err());
+        assert!(to_canonical_split(&json!({"replacement": {"person": 1}})).is_err());
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(1u8, 2u8);
+        assert!(
+            to_canonical_split(&m).is_err(),
+            "a map key that is not a string"
+        );
+        // Non-finite floats are nil, as `to_value` makes them null.
+        #[derive(serde::Serialize)]
+        struct F {
+            a: f64,
+        }
+        assert_eq!(
+            to_canonical_split(&F { a: f64::NAN }).unwrap(),
+            value_way(&F { a: f64::NAN })
+        );
     }
 
     proptest! {

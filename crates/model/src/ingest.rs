@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::api::EventInput;
 use crate::canonical;
 use crate::event::{split_personal, Hash32, OccurredAt, Personal};
-use crate::kinds::{self, CorrectionAction, CorrectionV1, EventRef};
+use crate::kinds::{self, CorrectionAction, CorrectionV1, EventRef, WithinSchema};
 use crate::schema;
 
 /// Limits on what one request may carry.
@@ -274,7 +274,6 @@ fn prepare_value(
         ctx,
     )?;
     let typed = Data::read_value(&input.kind, input.schema, Value::Object(input.data), "data")?;
-    let normalized = typed.to_value();
     let head = Head {
         kind: input.kind,
         schema: input.schema,
@@ -283,7 +282,7 @@ fn prepare_value(
         recorded_by: input.recorded_by,
         client_id: input.client_id,
     };
-    finish(head, typed, normalized, ctx, lookup_target)
+    finish(head, typed, ctx, lookup_target)
 }
 
 /// A posted event's envelope fields, checked.
@@ -297,29 +296,22 @@ struct Head {
 }
 
 /// The part of preparing an event shared by both ways of reading it: from
-/// its checked envelope and its `data` read into its type (and that data
-/// as a JSON value again, `normalized`), the event ready for the log —
-/// correction checked, personal fields split off, canonical bytes,
-/// fingerprint, size limit. The personal part is not salted yet.
+/// its checked envelope and its `data` read into its type, the event ready
+/// for the log — correction checked, personal fields split off, canonical
+/// bytes, fingerprint, size limit. The personal part is not salted yet.
 fn finish(
     head: Head,
     data: Data,
-    normalized: Value,
     ctx: &IngestContext<'_>,
     lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
 ) -> Result<PreparedEvent, IngestError> {
-    let data = match data {
-        Data::Correction(c) => check_correction(c, ctx, lookup_target)?,
-        _ => normalized,
+    let (data_bytes, personal_bytes) = match data {
+        Data::Correction(c) => split_canonical(check_correction(c, ctx, lookup_target)?),
+        data => data.to_canonical_split(),
     };
-    let Value::Object(mut data_map) = data else {
-        unreachable!("the kind types are structs")
-    };
-    let personal_map = split_personal(&mut data_map);
-    let data_bytes = canonical::to_canonical(&Value::Object(data_map));
-    let personal = (!personal_map.is_empty()).then(|| Personal {
+    let personal = personal_bytes.map(|bytes| Personal {
         salt: [0; 16],
-        bytes: canonical::to_canonical(&Value::Object(personal_map)),
+        bytes,
     });
     let fingerprint = fingerprint(
         &head.kind,
@@ -352,6 +344,18 @@ fn finish(
         ));
     }
     Ok(event)
+}
+
+/// The canonical bytes of `data` (a JSON object) without its personal
+/// fields, and of those fields if it has any.
+fn split_canonical(data: Value) -> (Vec<u8>, Option<Vec<u8>>) {
+    let Value::Object(mut data_map) = data else {
+        unreachable!("the kind types are structs")
+    };
+    let personal_map = split_personal(&mut data_map);
+    let personal =
+        (!personal_map.is_empty()).then(|| canonical::to_canonical(&Value::Object(personal_map)));
+    (canonical::to_canonical(&Value::Object(data_map)), personal)
 }
 
 /// The envelope fields of a posted event: its origin (if named) is this
@@ -457,9 +461,10 @@ fn fingerprint(
 }
 
 /// A posted event's `data` read into the Rust type of its kind and schema
-/// version. Written back out ([`Data::to_value`]) equal content always has
-/// the same form (e.g. `37` and `37.0` both become the float 37.0), so the
-/// canonical bytes and the fingerprint depend on the content only.
+/// version. Written back out ([`Data::to_value`], [`Data::to_canonical_split`])
+/// equal content always has the same form (e.g. `37` and `37.0` both become
+/// the float 37.0), so the canonical bytes and the fingerprint depend on
+/// the content only.
 enum Data {
     Entry(kinds::EntryV1),
     Temperature(kinds::TemperatureV1),
@@ -504,6 +509,35 @@ impl Data {
         Data::read(kind, schema, data)
             .unwrap_or_else(|| Err(format!("no type for {kind} v{schema}")))
             .map_err(|m| IngestError::new("schema_violation", format!("{field}: {m}")).at(field))
+    }
+
+    /// Whether the data keeps its kind's JSON Schema: the bounds checked
+    /// on the typed value ([`kinds::WithinSchema`]); a correction (rare)
+    /// is written back and run through its schema.
+    fn within_schema(&self) -> bool {
+        match self {
+            Data::Entry(d) => d.within_schema(),
+            Data::Temperature(d) => d.within_schema(),
+            Data::Visit(d) => d.within_schema(),
+            Data::Delivery(d) => d.within_schema(),
+            Data::Correction(_) => schema::validate_data("correction", 1, &self.to_value(), "data")
+                .is_some_and(|v| v.is_empty()),
+        }
+    }
+
+    /// The canonical bytes of the data without its personal fields, and of
+    /// those if it has any: what [`split_canonical`] makes of
+    /// [`Data::to_value`], encoded straight from the type.
+    fn to_canonical_split(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        let split = match self {
+            Data::Entry(d) => canonical::to_canonical_split(d),
+            Data::Temperature(d) => canonical::to_canonical_split(d),
+            Data::Visit(d) => canonical::to_canonical_split(d),
+            Data::Delivery(d) => canonical::to_canonical_split(d),
+            // Its replacement's personal fields are split inside it.
+            Data::Correction(_) => return split_canonical(self.to_value()),
+        };
+        split.expect("the kind types encode canonically")
     }
 
     fn to_value(&self) -> Value {

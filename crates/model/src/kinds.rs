@@ -208,3 +208,312 @@ pub struct CorrectionV1 {
     #[schemars(length(min = 1, max = 500))]
     pub reason: String,
 }
+
+/// Characters (not bytes: JSON Schema counts code points) within bounds.
+pub(crate) fn chars_within(s: &str, min: usize, max: usize) -> bool {
+    // A char is 1–4 bytes, so chars <= bytes <= 4 * chars: most strings
+    // are decided without counting.
+    if s.len() < min {
+        return false;
+    }
+    if s.len() <= max && s.len() >= 4 * min {
+        return true;
+    }
+    (min..=max).contains(&s.chars().count())
+}
+
+fn opt_chars_within(s: Option<&String>, min: usize, max: usize) -> bool {
+    s.is_none_or(|s| chars_within(s, min, max))
+}
+
+/// The bounds the `schemars` attributes above state (lengths, ranges, item
+/// counts), checked on a value of the kind's type: what its JSON Schema
+/// adds to the type itself. Ingest's typed path checks a posted event's
+/// data with this instead of running the schema over it; the agreement
+/// test in `ingest` and `bounds_agree_with_the_schemas` below hold the two
+/// together.
+pub(crate) trait WithinSchema {
+    fn within_schema(&self) -> bool;
+}
+
+impl WithinSchema for Person {
+    fn within_schema(&self) -> bool {
+        chars_within(&self.name, 1, 64)
+            && opt_chars_within(self.id_number.as_ref(), 1, 32)
+            && opt_chars_within(self.phone.as_ref(), 1, 32)
+    }
+}
+
+fn celsius_within(c: f64) -> bool {
+    (30.0..=45.0).contains(&c)
+}
+
+impl WithinSchema for EntryV1 {
+    fn within_schema(&self) -> bool {
+        chars_within(&self.checkpoint, 1, 64)
+            && self.person.within_schema()
+            && opt_chars_within(self.plate.as_ref(), 1, 16)
+            && chars_within(&self.from_region, 1, 128)
+            && opt_chars_within(self.purpose.as_ref(), 1, 256)
+            && self.celsius.is_none_or(celsius_within)
+    }
+}
+
+impl WithinSchema for TemperatureV1 {
+    fn within_schema(&self) -> bool {
+        self.person.within_schema() && celsius_within(self.celsius)
+    }
+}
+
+impl WithinSchema for VisitV1 {
+    fn within_schema(&self) -> bool {
+        chars_within(&self.household, 1, 64)
+            && self.residents.is_none_or(|r| r <= 100)
+            && self
+                .travel_regions
+                .as_ref()
+                .is_none_or(|t| t.len() <= 32 && t.iter().all(|r| chars_within(r, 1, 128)))
+            && opt_chars_within(self.note.as_ref(), 0, 2000)
+    }
+}
+
+impl WithinSchema for DeliveryV1 {
+    fn within_schema(&self) -> bool {
+        chars_within(&self.household, 1, 64)
+            && (1..=64).contains(&self.items.len())
+            && self
+                .items
+                .iter()
+                .all(|i| chars_within(&i.item, 1, 64) && (1..=100_000).contains(&i.qty))
+            && opt_chars_within(self.note.as_ref(), 0, 2000)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod arb {
+    //! Values of the kind types, on and just past every bound their
+    //! schemas state.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lengths on and beside every bound of the schemas.
+    const LENGTHS: &[usize] = &[
+        0, 1, 2, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 2000, 2001,
+    ];
+
+    /// A string of a bound-ish length, of one- or three-byte characters
+    /// (schemas count characters), or any short string.
+    pub(crate) fn text() -> BoxedStrategy<String> {
+        prop_oneof![
+            (
+                prop::sample::select(LENGTHS),
+                prop::sample::select(vec!["x", "湖", "é"])
+            )
+                .prop_map(|(n, c)| c.repeat(n)),
+            ".{0,12}",
+        ]
+        .boxed()
+    }
+
+    pub(crate) fn celsius() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            prop::sample::select(vec![29.99, 30.0, 36.6, 37.0, 45.0, 45.01, -0.0, 0.0, 1e300]),
+            any::<f64>(),
+        ]
+    }
+
+    fn count() -> BoxedStrategy<u32> {
+        prop_oneof![
+            prop::sample::select(vec![0u32, 1, 99, 100, 101, 100_000, 100_001, u32::MAX]),
+            any::<u32>(),
+        ]
+        .boxed()
+    }
+
+    /// A list of a bound-ish length.
+    fn list<T: std::fmt::Debug + Clone>(
+        item: impl Strategy<Value = T> + Clone,
+    ) -> impl Strategy<Value = Vec<T>> {
+        prop::sample::select(vec![0usize, 1, 2, 32, 33, 64, 65])
+            .prop_flat_map(move |n| prop::collection::vec(item.clone(), n))
+    }
+
+    fn person() -> impl Strategy<Value = Person> {
+        (text(), prop::option::of(text()), prop::option::of(text())).prop_map(
+            |(name, id_number, phone)| Person {
+                name,
+                id_number,
+                phone,
+            },
+        )
+    }
+
+    pub(crate) fn entry() -> impl Strategy<Value = EntryV1> {
+        (
+            (
+                text(),
+                prop::sample::select(vec![Direction::In, Direction::Out]),
+            ),
+            prop::sample::select(vec![Subject::Resident, Subject::Visitor, Subject::Vehicle]),
+            person(),
+            (prop::option::of(text()), text(), prop::option::of(text())),
+            prop::sample::select(vec![
+                EntryDecision::Admitted,
+                EntryDecision::TurnedBack,
+                EntryDecision::Referred,
+            ]),
+            prop::option::of(celsius()),
+        )
+            .prop_map(
+                |(
+                    (checkpoint, direction),
+                    subject,
+                    person,
+                    (plate, from_region, purpose),
+                    decision,
+                    celsius,
+                )| {
+                    EntryV1 {
+                        checkpoint,
+                        direction,
+                        subject,
+                        person,
+                        plate,
+                        from_region,
+                        purpose,
+                        decision,
+                        celsius,
+                    }
+                },
+            )
+    }
+
+    pub(crate) fn temperature() -> impl Strategy<Value = TemperatureV1> {
+        (
+            person(),
+            celsius(),
+            prop::sample::select(vec![
+                Site::Checkpoint,
+                Site::Home,
+                Site::Clinic,
+                Site::Other,
+            ]),
+            prop::option::of(prop::sample::select(vec![
+                TemperatureAction::None,
+                TemperatureAction::Recheck,
+                TemperatureAction::Referred,
+            ])),
+        )
+            .prop_map(|(person, celsius, site, action)| TemperatureV1 {
+                person,
+                celsius,
+                site,
+                action,
+            })
+    }
+
+    pub(crate) fn visit() -> impl Strategy<Value = VisitV1> {
+        (
+            text(),
+            prop::sample::select(vec![VisitMethod::InPerson, VisitMethod::Phone]),
+            prop::option::of(count()),
+            prop::option::of(any::<bool>()),
+            prop::option::of(list(text())),
+            prop::sample::select(vec![
+                Quarantine::None,
+                Quarantine::Started,
+                Quarantine::Ongoing,
+                Quarantine::Ended,
+            ]),
+            prop::option::of(text()),
+        )
+            .prop_map(
+                |(household, method, residents, symptoms, travel_regions, quarantine, note)| {
+                    VisitV1 {
+                        household,
+                        method,
+                        residents,
+                        symptoms,
+                        travel_regions,
+                        quarantine,
+                        note,
+                    }
+                },
+            )
+    }
+
+    pub(crate) fn delivery() -> impl Strategy<Value = DeliveryV1> {
+        (
+            text(),
+            list(
+                (text(), count())
+                    .prop_map(|(item, qty)| Item { item, qty })
+                    .boxed(),
+            ),
+            any::<bool>(),
+            prop::option::of(text()),
+        )
+            .prop_map(|(household, items, quarantined, note)| DeliveryV1 {
+                household,
+                items,
+                quarantined,
+                note,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the JSON Schema says of the value written back as JSON.
+    fn schema_says<T: Serialize>(kind: &str, value: &T) -> bool {
+        let v = serde_json::to_value(value).unwrap();
+        crate::schema::validate_data(kind, 1, &v, "data")
+            .unwrap()
+            .is_empty()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// `WithinSchema` says what the kind's JSON Schema says, on both
+        /// sides of every bound.
+        #[test]
+        fn bounds_agree_with_the_schemas(
+            e in arb::entry(),
+            t in arb::temperature(),
+            v in arb::visit(),
+            d in arb::delivery(),
+        ) {
+            prop_assert_eq!(e.within_schema(), schema_says("entry", &e), "{:?}", e);
+            prop_assert_eq!(t.within_schema(), schema_says("temperature", &t), "{:?}", t);
+            prop_assert_eq!(v.within_schema(), schema_says("visit", &v), "{:?}", v);
+            prop_assert_eq!(d.within_schema(), schema_says("delivery", &d), "{:?}", d);
+        }
+    }
+
+    /// The generators reach both sides: a check that always said yes (or
+    /// no) would not pass the test above by agreeing with a schema that
+    /// refuses everything.
+    #[test]
+    fn the_bound_probes_reach_both_sides() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..2000 {
+            let t = arb::temperature().new_tree(&mut runner).unwrap().current();
+            let d = arb::delivery().new_tree(&mut runner).unwrap().current();
+            for ok in [t.within_schema(), d.within_schema()] {
+                if ok {
+                    yes += 1;
+                } else {
+                    no += 1;
+                }
+            }
+        }
+        assert!(yes > 200 && no > 200, "within {yes}, outside {no}");
+    }
+}

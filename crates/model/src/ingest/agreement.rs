@@ -76,9 +76,14 @@ fn bases() -> Vec<Value> {
 /// every JSON type.
 fn replacement(rng: &mut StdRng) -> Value {
     let lengths = [
-        0, 1, 2, 7, 16, 19, 20, 21, 32, 33, 40, 41, 64, 65, 128, 129, 500, 501,
+        0, 1, 2, 7, 16, 19, 20, 21, 32, 33, 40, 41, 64, 65, 128, 129, 256, 257, 500, 501, 2000,
+        2001,
     ];
-    match rng.gen_range(0..14) {
+    // Lists on and past the item bounds (travel_regions ≤ 32, items 1–64).
+    let items = [0, 1, 32, 33, 64, 65][rng.gen_range(0..6)];
+    match rng.gen_range(0..16) {
+        13 => json!(vec!["湖北省"; items]),
+        14 => json!(vec![json!({"item": "面", "qty": 1}); items]),
         0 => Value::Null,
         1 => json!(rng.gen_bool(0.5)),
         2 => json!([0, 1, 3, 100, 101, 100_000, 100_001, 4_294_967_296u64][rng.gen_range(0..8)]),

@@ -10,7 +10,7 @@
 //! and words the refusal. When it accepts, the result is the one the general
 //! way gives (same events, same errors for the checks that follow the
 //! schema: origin, timestamp, correction target, size), which
-//! `ingest/tests.rs` checks against mutated bodies.
+//! `ingest/agreement.rs` checks against mutated bodies.
 //!
 //! Why it agrees with the schemas:
 //! * the envelope: `Posted` has the fields of [`crate::api::EventInput`]
@@ -18,11 +18,14 @@
 //!   lengths and bounds `event-input.json` states;
 //! * `data`: read into its kind type through [`crate::strict`] (objects
 //!   only, unknown and duplicated fields refused, like the schema's
-//!   `additionalProperties: false` and types), then *that value written
-//!   back* is checked against the kind's JSON Schema: written back, a value
+//!   `additionalProperties: false` and types; enums to their listed
+//!   values), then the typed value is checked against what the schema adds
+//!   to the type — lengths, ranges, item counts — by
+//!   [`crate::kinds::WithinSchema`], with no JSON value built (a correction,
+//!   rare, is written back and run through its schema). The typed value
 //!   differs from the posted one only by optional fields given as `null`
 //!   (dropped; the schemas allow `null` there) and integers in float fields
-//!   (written as floats; the schemas say `number`), neither of which changes
+//!   (read as floats; the schemas say `number`), neither of which changes
 //!   what the schema says.
 
 use std::borrow::Cow;
@@ -34,8 +37,8 @@ use super::{
     check_envelope, finish, Data, DataSource, Head, IngestContext, IngestError, PreparedEvent,
     TargetInfo,
 };
-use crate::kinds::EventRef;
-use crate::{schema, strict};
+use crate::kinds::{chars_within, EventRef};
+use crate::strict;
 
 /// `{"events": [...]}`.
 #[derive(Deserialize)]
@@ -62,19 +65,6 @@ struct Posted<'a> {
     client_id: String,
     #[serde(borrow)]
     data: &'a RawValue,
-}
-
-/// Characters (not bytes: JSON Schema counts code points) within bounds.
-fn chars_within(s: &str, min: usize, max: usize) -> bool {
-    // A char is 1–4 bytes, so chars <= bytes <= 4 * chars: most strings
-    // are decided without counting.
-    if s.len() < min {
-        return false;
-    }
-    if s.len() <= max && s.len() >= 4 * min {
-        return true;
-    }
-    (min..=max).contains(&s.chars().count())
 }
 
 impl Posted<'_> {
@@ -162,8 +152,7 @@ fn prepare(
         Err(e) => return Some(Err(e)),
     };
     let data = Data::read(&posted.kind, posted.schema, Text(posted.data.get()))?.ok()?;
-    let normalized = data.to_value();
-    if !schema::validate_data(&posted.kind, posted.schema, &normalized, "data")?.is_empty() {
+    if !data.within_schema() {
         return None;
     }
     let head = Head {
@@ -174,5 +163,5 @@ fn prepare(
         recorded_by: posted.recorded_by,
         client_id: posted.client_id,
     };
-    Some(finish(head, data, normalized, ctx, lookup_target))
+    Some(finish(head, data, ctx, lookup_target))
 }
