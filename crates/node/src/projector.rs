@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use gridsync_projections::fold::{fold_log_while, Cut};
+use gridsync_projections::fold::{fold_log_while, Cut, Recent};
 use gridsync_projections::{snapshot, Projection, ProjectionConfig};
 use gridsync_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -44,6 +44,9 @@ pub struct Projector {
     /// [`Projector::finish_start`] has not folded the rest yet: the
     /// projector task leaves the fold to it meanwhile.
     start_pending: AtomicBool,
+    /// The log entries folded last, where corrections find their targets
+    /// (locked while the projection's write lock is held).
+    recent: Mutex<Recent>,
 }
 
 impl Projector {
@@ -84,8 +87,9 @@ impl Projector {
             },
             _ => None,
         };
+        let mut recent = Recent::default();
         let resumed = loaded.and_then(|(mut p, from)| {
-            match fold_until(store, &mut p, from, progress, deadline) {
+            match fold_until(store, &mut p, &mut recent, from, progress, deadline) {
                 Ok(to) => {
                     tracing::info!(from, to = to.0, "projection resumed from its snapshot");
                     Some((p, to, Some(from)))
@@ -100,7 +104,8 @@ impl Projector {
             Some(x) => x,
             None => {
                 let mut p = Projection::new(cfg);
-                let to = fold_until(store, &mut p, 0, progress, deadline)?;
+                recent = Recent::default();
+                let to = fold_until(store, &mut p, &mut recent, 0, progress, deadline)?;
                 (p, to, None)
             }
         };
@@ -113,6 +118,7 @@ impl Projector {
             saved: Mutex::new((None, resumed_from.unwrap_or(u64::MAX))),
             resumed_from: resumed_from.unwrap_or(0),
             start_pending: AtomicBool::new(!end),
+            recent: Mutex::new(recent),
         })
     }
 
@@ -165,16 +171,24 @@ impl Projector {
     fn fold_on(&self, store: &Store, stop: &dyn Fn() -> bool) -> Result<bool, StoreError> {
         loop {
             let mut p = self.projection.write().expect("lock");
+            let mut recent = self.recent.lock().expect("lock");
             let from = *self.applied.borrow();
-            let (to, end) =
-                fold_log_while(store, &mut p, from, Cut::Everything, &|_| {}, &mut || false)?;
+            let (to, end) = fold_log_while(
+                store,
+                &mut p,
+                &mut recent,
+                from,
+                Cut::Everything,
+                &|_| {},
+                &mut || false,
+            )?;
             if to != from {
                 self.applied.send_replace(to);
             }
             if end {
                 return Ok(true);
             }
-            drop(p);
+            drop((p, recent));
             if stop() {
                 return Ok(false);
             }
@@ -219,12 +233,21 @@ impl Projector {
 fn fold_until(
     store: &Store,
     p: &mut Projection,
+    recent: &mut Recent,
     offset: u64,
     progress: &dyn Fn(u64),
     deadline: Option<Instant>,
 ) -> Result<(u64, bool), StoreError> {
     let mut go_on = || deadline.is_none_or(|d| Instant::now() < d);
-    fold_log_while(store, p, offset, Cut::Everything, progress, &mut go_on)
+    fold_log_while(
+        store,
+        p,
+        recent,
+        offset,
+        Cut::Everything,
+        progress,
+        &mut go_on,
+    )
 }
 
 #[cfg(test)]

@@ -40,7 +40,66 @@ pub fn fold_log(
     cut: Cut,
     progress: &dyn Fn(u64),
 ) -> Result<u64, StoreError> {
-    fold_log_while(store, p, offset, cut, progress, &mut || true).map(|(next, _)| next)
+    let mut recent = Recent::default();
+    fold_log_while(store, p, &mut recent, offset, cut, progress, &mut || true).map(|(next, _)| next)
+}
+
+/// Bytes of log entries a fold keeps after applying them ([`Recent`]).
+const RECENT_BYTES: usize = 2 << 20;
+
+/// The log entries folded last (about [`RECENT_BYTES`] of them, and at
+/// least the last page), kept so that a correction's target — nearly
+/// always a recent event — is found in memory rather than read back from
+/// the store: the same stored bytes either way. A running node folds each
+/// commit as it lands, a few entries at a time, so the window must outlive
+/// one call of [`fold_log_while`]: the projector keeps one.
+pub struct Recent {
+    /// Oldest first: origin, first and last seq, the entry.
+    entries: std::collections::VecDeque<(String, u64, u64, EncodedEntry)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self::with_bound(RECENT_BYTES)
+    }
+}
+
+impl Recent {
+    fn with_bound(max_bytes: usize) -> Self {
+        Self {
+            entries: std::collections::VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Keeps `entries` (just applied; `spans` their origins and seqs), forgetting the
+    /// oldest beyond the bound but never any of these.
+    fn keep(&mut self, entries: Vec<EncodedEntry>, spans: Vec<(String, u64, u64)>) {
+        let page = entries.len();
+        for (e, (origin, first, last)) in entries.into_iter().zip(spans) {
+            self.bytes += e.chunk.len();
+            self.entries.push_back((origin, first, last, e));
+        }
+        while self.bytes > self.max_bytes && self.entries.len() > page {
+            if let Some((.., e)) = self.entries.pop_front() {
+                self.bytes -= e.chunk.len();
+            }
+        }
+    }
+
+    /// The envelope of event `seq` of `origin`, if a kept entry holds it.
+    fn envelope(&self, origin: &str, seq: u64) -> Option<Vec<u8>> {
+        let (.., e) = self
+            .entries
+            .iter()
+            .rev()
+            .find(|(o, first, last, _)| o == origin && (*first..=*last).contains(&seq))?;
+        let view = ChunkView::decode(&e.chunk).ok()?;
+        in_views(std::slice::from_ref(&view), origin, seq)
+    }
 }
 
 /// [`fold_log`] a page of [`PAGE`] log entries at a time, asking
@@ -55,6 +114,7 @@ pub fn fold_log(
 pub fn fold_log_while(
     store: &Store,
     p: &mut Projection,
+    recent: &mut Recent,
     mut offset: u64,
     cut: Cut,
     progress: &dyn Fn(u64),
@@ -62,7 +122,6 @@ pub fn fold_log_while(
 ) -> Result<(u64, bool), StoreError> {
     let from_store = target_lookup(store);
     let mut n = 0u64;
-    let mut previous: Vec<EncodedEntry> = Vec::new();
     loop {
         // Read in place: each chunk's events stay in its bytes (decoding
         // every event into its own allocations, and freeing them, was
@@ -79,11 +138,11 @@ pub fn fold_log_while(
             })
             .collect::<Result<Vec<_>, _>>()?;
         // A correction's target is almost always a recent event: found in
-        // this page or the one before rather than read from the store
-        // again — the same stored bytes either way.
+        // this page or the entries folded before it rather than read from
+        // the store again — the same stored bytes either way.
         let lookup = |origin: &str, seq: u64| {
             in_views(&views, origin, seq)
-                .or_else(|| in_entries(&previous, origin, seq))
+                .or_else(|| recent.envelope(origin, seq))
                 .or_else(|| from_store(origin, seq))
         };
         for (e, view) in entries.iter().zip(&views) {
@@ -104,8 +163,12 @@ pub fn fold_log_while(
             }
         }
         progress(n);
+        let spans = views
+            .iter()
+            .map(|v| (v.origin.to_owned(), v.first_seq(), v.last_seq()))
+            .collect();
         drop(views);
-        previous = entries;
+        recent.keep(entries, spans);
         if !go_on() {
             return Ok((offset, false));
         }
@@ -120,14 +183,6 @@ fn in_views(views: &[ChunkView<'_>], origin: &str, seq: u64) -> Option<Vec<u8>> 
         .filter(|v| v.origin == origin)
         .find_map(|v| v.event(seq))
         .map(|rec| rec.envelope.to_vec())
-}
-
-/// [`in_views`] for entries not read in place yet (the page before).
-fn in_entries(entries: &[EncodedEntry], origin: &str, seq: u64) -> Option<Vec<u8>> {
-    entries.iter().rev().find_map(|e| {
-        let view = ChunkView::decode(&e.chunk).ok()?;
-        in_views(std::slice::from_ref(&view), origin, seq)
-    })
 }
 
 /// A projection of the whole log as it was at `as_of_ms`: by event time,
@@ -174,5 +229,104 @@ fn target_lookup(store: &Store) -> impl Fn(&str, u64) -> Option<Vec<u8>> + '_ {
             .ok()
             .flatten()
             .map(|(_, rec)| rec.envelope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ed25519_dalek::SigningKey;
+    use gridsync_model::ingest::{prepare, IngestContext, IngestLimits};
+    use gridsync_store::{MemKv, OriginIdentity, StoreConfig};
+    use serde_json::json;
+
+    use super::*;
+
+    /// A store of `n` one-event commits (one log entry each) of `c1`.
+    fn store_of(n: u64) -> Store {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let vk = key.verifying_key();
+        let store = Store::open(
+            Arc::new(MemKv::default()),
+            StoreConfig::default(),
+            Some(OriginIdentity {
+                node_id: "c1".into(),
+                key,
+            }),
+            Arc::new(move |o: &str, _| (o == "c1").then_some(vk)),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let limits = IngestLimits::default();
+        let ctx = IngestContext {
+            node_id: "c1",
+            now_ms: 1_580_300_000_000,
+            limits: &limits,
+        };
+        for i in 0..n {
+            let v = json!({"kind": "visit", "occurred_at": "2020-01-28T09:30:00+08:00",
+                "grid": "g1", "recorded_by": "w1", "client_id": format!("k{i}"),
+                "data": {"household": format!("h{i}"), "method": "phone", "quarantine": "none"}});
+            let ev = prepare(v, &ctx, &|_| None, &mut rand::thread_rng()).unwrap();
+            rt.block_on(store.append(vec![ev], 1_580_300_000_000))
+                .unwrap();
+        }
+        store
+    }
+
+    fn stored(store: &Store, seq: u64) -> Vec<u8> {
+        let r = EventRef {
+            origin: "c1".into(),
+            seq,
+        };
+        store.find_event(&r).unwrap().unwrap().1.envelope
+    }
+
+    /// The window answers with the stored bytes of the events it keeps,
+    /// forgets the oldest entries past its bound but never the last page,
+    /// and answers nothing for what it does not hold.
+    #[test]
+    fn the_window_keeps_recent_entries_and_their_stored_bytes() {
+        let store = store_of(12);
+        let entry_bytes = store.read_log_encoded(0, 1).unwrap()[0].chunk.len();
+        // Room for about four entries.
+        let mut recent = Recent::with_bound(4 * entry_bytes + entry_bytes / 2);
+        let mut offset = 0;
+        // Fold as a running node does: a few entries a call.
+        while offset < 12 {
+            let to = (offset + 3).min(12);
+            let entries = store
+                .read_log_encoded(offset, (to - offset) as usize)
+                .unwrap();
+            let views: Vec<ChunkView<'_>> = entries
+                .iter()
+                .map(|e| ChunkView::decode(&e.chunk).unwrap())
+                .collect();
+            let spans = views
+                .iter()
+                .map(|v| (v.origin.to_owned(), v.first_seq(), v.last_seq()))
+                .collect();
+            drop(views);
+            recent.keep(entries, spans);
+            offset = to;
+        }
+        let held: Vec<u64> = (1..=12)
+            .filter(|&s| recent.envelope("c1", s).is_some())
+            .collect();
+        assert_eq!(held, vec![9, 10, 11, 12], "the newest four entries");
+        for seq in held {
+            assert_eq!(recent.envelope("c1", seq).unwrap(), stored(&store, seq));
+        }
+        assert!(recent.envelope("c2", 12).is_none(), "another origin");
+        assert!(recent.envelope("c1", 13).is_none(), "not yet stored");
+        // A page larger than the bound is kept whole.
+        let mut small = Recent::with_bound(1);
+        let entries = store.read_log_encoded(0, 3).unwrap();
+        let spans = (1..=3).map(|s| ("c1".to_owned(), s, s)).collect();
+        small.keep(entries, spans);
+        assert!((1..=3).all(|s| small.envelope("c1", s).is_some()));
     }
 }

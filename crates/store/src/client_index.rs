@@ -18,7 +18,7 @@
 //!   commit), so no commit carries a large merge. Each event is rewritten
 //!   about once per tier: log_fanout(events / flush_entries) times.
 //! - **filter** — a Bloom filter of every indexed `h`, in memory (about
-//!   2 bytes per event), built when the writer starts. A client id never
+//!   2.5 bytes per event), built when the writer starts. A client id never
 //!   seen (the common case) reads no run.
 //!
 //! A candidate pair is confirmed by reading the event at its seq from the
@@ -45,6 +45,10 @@ use meta::{Merge, Meta, Run};
 
 /// seq, hash, content fingerprint of an event, by its client id.
 pub(crate) type ClientEntry = (u64, Hash32, Hash32);
+
+/// A client id's entry with its index key ([`client_hash`]), computed once
+/// when the writer first meets the id.
+pub(crate) type HashedEntry = (ClientEntry, u64);
 
 /// Pairs per block: 448 × 16 bytes = 7 KiB, the log's fragment bound
 /// (larger sled values risk its unsynced blob files).
@@ -249,7 +253,8 @@ impl ClientIndex {
         ))
     }
 
-    /// The stored event with this client id, if any.
+    /// The stored event with this client id (whose [`client_hash`] is
+    /// `h`), if any.
     ///
     /// # Errors
     /// Storage errors, or a run naming an event the log does not hold.
@@ -257,11 +262,12 @@ impl ClientIndex {
         &self,
         kv: &dyn Kv,
         client_id: &str,
+        h: u64,
     ) -> Result<Option<ClientEntry>, StoreError> {
+        debug_assert_eq!(h, client_hash(client_id));
         if let Some((e, _)) = self.recent.get(client_id) {
             return Ok(Some(*e));
         }
-        let h = client_hash(client_id);
         if !self.filter.may_contain(h) {
             return Ok(None);
         }
@@ -294,13 +300,12 @@ impl ClientIndex {
     pub(crate) fn stage(
         &mut self,
         kv: &dyn Kv,
-        added: HashMap<String, ClientEntry>,
+        added: HashMap<String, HashedEntry>,
         head_seq: u64,
         writes: &mut Vec<KvWrite>,
     ) -> Result<(), StoreError> {
         let n_added = added.len() as u64;
-        for (client_id, entry) in added {
-            let h = client_hash(&client_id);
+        for (client_id, (entry, h)) in added {
             self.filter.insert(h);
             self.recent.insert(client_id, (entry, h));
         }

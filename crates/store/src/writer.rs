@@ -26,7 +26,9 @@ mod import;
 mod log_writes;
 mod originate;
 
-use crate::client_index::{entry_of, ClientEntry, ClientIndex, UNKNOWN_FINGERPRINT};
+use crate::client_index::{
+    client_hash, entry_of, ClientEntry, ClientIndex, HashedEntry, UNKNOWN_FINGERPRINT,
+};
 
 /// The heads record writer and when it last wrote.
 pub(crate) struct HeadsOut {
@@ -490,7 +492,7 @@ struct Work {
     events: u64,
     heads: HashMap<String, HeadState>,
     /// Client ids originated (or re-imported) earlier in this commit.
-    clients: HashMap<String, ClientEntry>,
+    clients: HashMap<String, HashedEntry>,
     /// The chunks this commit appends, in log order (the first at the
     /// writer's `next_offset`), and when each was received; their log
     /// writes are made once the commit is staged ([`Writer::log_writes`]).
@@ -524,7 +526,7 @@ struct WorkSnapshot {
     chunks: u64,
     events: u64,
     heads: HashMap<String, HeadState>,
-    clients: HashMap<String, ClientEntry>,
+    clients: HashMap<String, HashedEntry>,
     pushed: usize,
 }
 

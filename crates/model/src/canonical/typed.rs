@@ -54,24 +54,35 @@ type Result<T> = std::result::Result<T, Unencodable>;
 pub fn to_canonical_split<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
     let mut fields = Fields::default();
     value.serialize(Top(&mut fields))?;
-    if fields.entries.iter().any(|e| e.key == "replacement") {
+    let Fields {
+        mut entries,
+        scratch,
+    } = fields;
+    if entries.iter().any(|e| e.key == "replacement") {
         return Err(Unencodable(
             "a replacement's personal fields are split inside it".into(),
         ));
     }
-    let mut data = Vec::with_capacity(fields.scratch.len() + 16);
-    let mut personal = Vec::new();
-    let (mine, theirs): (Vec<Entry>, Vec<Entry>) = fields
-        .entries
-        .into_iter()
-        .partition(|e| !PERSONAL_KEYS.contains(&e.key.as_ref()));
-    write_map(&mut data, mine, &fields.scratch)?;
-    let personal = if theirs.is_empty() {
-        None
-    } else {
-        write_map(&mut personal, theirs, &fields.scratch)?;
-        Some(personal)
-    };
+    sort_unique(&mut entries)?;
+    let is_personal = |e: &Entry| PERSONAL_KEYS.contains(&e.key.as_ref());
+    let n_personal = entries.iter().filter(|e| is_personal(e)).count();
+    let mut data = Vec::with_capacity(scratch.len() + 64);
+    write_sorted(
+        &mut data,
+        entries.iter().filter(|e| !is_personal(e)),
+        entries.len() - n_personal,
+        &scratch,
+    );
+    let personal = (n_personal > 0).then(|| {
+        let mut personal = Vec::with_capacity(scratch.len() + 32);
+        write_sorted(
+            &mut personal,
+            entries.iter().filter(|e| is_personal(e)),
+            n_personal,
+            &scratch,
+        );
+        personal
+    });
     Ok((data, personal))
 }
 
@@ -82,10 +93,19 @@ struct Entry {
 }
 
 /// The entries of one map or struct, their values encoded into `scratch`.
-#[derive(Default)]
 struct Fields {
     entries: Vec<Entry>,
     scratch: Vec<u8>,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        // Room for the kinds' structs without growing.
+        Self {
+            entries: Vec::with_capacity(12),
+            scratch: Vec::with_capacity(256),
+        }
+    }
 }
 
 impl Fields {
@@ -104,17 +124,33 @@ impl Fields {
     }
 }
 
-/// Writes `entries` as a map, keys sorted by their bytes.
-fn write_map(out: &mut Vec<u8>, mut entries: Vec<Entry>, scratch: &[u8]) -> Result<()> {
+/// Sorts `entries` by their keys' bytes, refusing a key given twice.
+fn sort_unique(entries: &mut [Entry]) -> Result<()> {
     entries.sort_unstable_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
     if entries.windows(2).any(|w| w[0].key == w[1].key) {
         return Err(Unencodable("a key appears twice".into()));
     }
-    write_len(out, entries.len(), rmp::encode::write_map_len);
+    Ok(())
+}
+
+/// Writes `n` sorted entries as a map.
+fn write_sorted<'e>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = &'e Entry>,
+    n: usize,
+    scratch: &[u8],
+) {
+    write_len(out, n, rmp::encode::write_map_len);
     for e in entries {
         rmp::encode::write_str(out, &e.key).expect("vec write");
-        out.extend_from_slice(&scratch[e.at]);
+        out.extend_from_slice(&scratch[e.at.clone()]);
     }
+}
+
+/// Writes `entries` as a map, keys sorted by their bytes.
+fn write_map(out: &mut Vec<u8>, mut entries: Vec<Entry>, scratch: &[u8]) -> Result<()> {
+    sort_unique(&mut entries)?;
+    write_sorted(out, entries.iter(), entries.len(), scratch);
     Ok(())
 }
 

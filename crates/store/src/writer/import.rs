@@ -161,7 +161,8 @@ impl Writer {
                 for rec in &suffix.events {
                     let (client_id, entry) = entry_of(rec)
                         .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
-                    work.clients.insert(client_id, entry);
+                    let h = client_hash(&client_id);
+                    work.clients.insert(client_id, (entry, h));
                 }
             }
             n_new += suffix.events.len() as u64;

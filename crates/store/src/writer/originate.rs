@@ -19,14 +19,15 @@ impl Writer {
         let (mut seq, mut hash) = start;
         let mut records: Vec<EventRecord> = Vec::new();
         let mut hashes: Vec<Hash32> = Vec::new();
-        let mut added: HashMap<String, ClientEntry> = HashMap::with_capacity(events.len());
+        let mut added: HashMap<String, HashedEntry> = HashMap::with_capacity(events.len());
         let mut results = Vec::with_capacity(events.len());
         for (index, ev) in events.into_iter().enumerate() {
             // Already taken: in this commit, earlier in this request, or
             // stored.
+            let h = client_hash(&ev.client_id);
             let existing = match work.clients.get(&ev.client_id).or(added.get(&ev.client_id)) {
-                Some(p) => Some(*p),
-                None => self.lookup_client(&ev.client_id)?,
+                Some((p, _)) => Some(*p),
+                None => self.lookup_client(&ev.client_id, h)?,
             };
             if let Some((s, h, fp)) = existing {
                 if fp != ev.fingerprint && fp != UNKNOWN_FINGERPRINT {
@@ -52,7 +53,7 @@ impl Writer {
                 envelope,
                 personal: ev.personal,
             });
-            added.insert(ev.client_id, (seq, hash, ev.fingerprint));
+            added.insert(ev.client_id, ((seq, hash, ev.fingerprint), h));
             results.push(Appended {
                 origin: origin_id.clone(),
                 seq,
@@ -106,11 +107,12 @@ impl Writer {
         debug_assert_eq!(end, own.end);
     }
 
-    /// The stored event of this origin with `client_id`. The index is
-    /// loaded by the writer thread before its first commit.
-    fn lookup_client(&self, client_id: &str) -> Result<Option<ClientEntry>, StoreError> {
+    /// The stored event of this origin with `client_id` (whose
+    /// [`client_hash`] is `h`). The index is loaded by the writer thread
+    /// before its first commit.
+    fn lookup_client(&self, client_id: &str, h: u64) -> Result<Option<ClientEntry>, StoreError> {
         match &self.clients {
-            Some(index) => index.lookup(self.shared.kv.as_ref(), client_id),
+            Some(index) => index.lookup(self.shared.kv.as_ref(), client_id, h),
             None => Err(StoreError::Failed(
                 "the client-id index is not loaded".into(),
             )),
