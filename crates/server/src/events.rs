@@ -66,7 +66,7 @@ pub(crate) async fn post_events(
             .map(|a| AppendedEvent {
                 origin: a.origin,
                 seq: a.seq,
-                hash: hex::encode(a.hash),
+                hash: gridsync_model::event::hash_hex(&a.hash),
                 duplicate: a.duplicate,
             })
             .collect(),

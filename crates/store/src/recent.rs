@@ -51,19 +51,20 @@ impl RecentKinds {
             self.first = first;
         }
         for rec in &chunk.events {
-            let Ok(links) = gridsync_model::event::read_links(&rec.envelope) else {
+            // Only the kind and schema: this writer's own chunks, just made.
+            let Some((kind, schema)) = gridsync_model::event::read_kind(&rec.envelope) else {
                 return self.forget();
             };
-            let index = match self.names.iter().position(|n| n == links.kind) {
+            let index = match self.names.iter().position(|n| n == kind) {
                 Some(i) => i,
                 None if self.names.len() < NAMES_MAX => {
-                    self.names.push(links.kind.to_owned());
+                    self.names.push(kind.to_owned());
                     self.names.len() - 1
                 }
                 None => return self.forget(),
             };
             let index = u8::try_from(index).expect("NAMES_MAX fits a byte");
-            self.entries.push_back((index, links.schema));
+            self.entries.push_back((index, schema));
             if self.entries.len() > self.cap {
                 self.entries.pop_front();
                 self.first += 1;
