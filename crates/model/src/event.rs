@@ -146,7 +146,20 @@ impl EnvelopeHeader<'_> {
     /// Canonical envelope bytes with `data_canonical` (canonical map bytes)
     /// as item 12.
     pub fn encode_with_data(&self, data_canonical: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128 + data_canonical.len());
+        // Every item's bound, so the buffer is never grown (a grow copies
+        // what is written, most of it `data`): the fixed items' markers and
+        // integers take at most 56 bytes, the two digests 68, the strings
+        // their length and at most 5 bytes each.
+        let strings = [
+            self.origin,
+            self.kind,
+            self.grid,
+            self.recorded_by,
+            self.client_id,
+        ];
+        let mut out = Vec::with_capacity(
+            56 + 68 + strings.iter().map(|s| s.len() + 5).sum::<usize>() + data_canonical.len(),
+        );
         let w = &mut out;
         rmp::encode::write_array_len(w, 14).expect("vec write");
         rmp::encode::write_uint(w, u64::from(ENVELOPE_FORMAT)).expect("vec write");
