@@ -140,13 +140,19 @@ fn append_dedup_and_reopen_on_sled() {
             "{err:?}"
         );
         assert_eq!(store.head(ORIGIN).unwrap().seq, 3);
-        // The same client_id twice in one batch is one event.
+        // The same client_id twice in one batch is one event; "d", numbered
+        // in the refused batch, was not kept: it is new here.
         let twice = rt
-            .block_on(store.append(vec![event("e", 0), event("e", 0)], 4))
+            .block_on(store.append(vec![event("d", 0), event("d", 0)], 4))
             .unwrap();
         assert_eq!(
-            (twice[0].seq, twice[1].seq, twice[1].duplicate),
-            (4, 4, true)
+            (
+                twice[0].seq,
+                twice[0].duplicate,
+                twice[1].seq,
+                twice[1].duplicate
+            ),
+            (4, false, 4, true)
         );
     }
     let store = open(Arc::new(SledKv::open(dir.path(), 16 << 20).unwrap())).unwrap();
@@ -603,6 +609,53 @@ fn gated_store(config: StoreConfig) -> (Arc<GatedKv>, Store) {
     });
     let store = open_config(kv.clone(), config).unwrap();
     (kv, store)
+}
+
+/// A request refused for a reused client id leaves none of its ids behind,
+/// also when it shares a commit with requests that succeed (the writer
+/// numbers ids into the commit's map as it goes). Three requests are queued
+/// while the writer waits inside a commit, so the next commit takes them
+/// together: "p" (good), "q" with a reused "a" (refused), "r" (good).
+#[test]
+fn a_refused_request_leaves_no_client_id_in_a_shared_commit() {
+    let (kv, store) = gated_store(StoreConfig::default());
+    rt().block_on(store.append(vec![event("a", 0)], 1)).unwrap();
+    let (release, gate) = std::sync::mpsc::channel();
+    let (applied_tx, applied) = std::sync::mpsc::channel();
+    *kv.gate.lock().unwrap() = Some(gate);
+    *kv.applied.lock().unwrap() = Some(applied_tx);
+    let post = |events: Vec<PreparedEvent>| {
+        let s = store.clone();
+        std::thread::spawn(move || rt().block_on(s.append(events, 2)))
+    };
+    let holder = post(vec![event("h", 0)]);
+    applied.recv().unwrap();
+    let queued = [
+        post(vec![event("p", 0)]),
+        post(vec![event("q", 0), event("a", 7)]),
+        post(vec![event("r", 0)]),
+    ];
+    // Queued behind the held commit (nothing else can take them).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    release.send(()).unwrap();
+    assert!(holder.join().unwrap().is_ok());
+    let [p, q, r] = queued.map(|t| t.join().unwrap());
+    assert!(matches!(
+        q,
+        Err(AppendError::ClientIdReused {
+            index: 1,
+            seq: 1,
+            ..
+        })
+    ));
+    let mut seqs = [p.unwrap()[0].seq, r.unwrap()[0].seq];
+    seqs.sort_unstable();
+    assert_eq!(seqs, [3, 4]);
+    // "q" was numbered (3, 4 or 5, as the requests arrived) before its
+    // request was refused; it is new. (Kept, it came back a duplicate of
+    // seq 4: another event's.)
+    let again = rt().block_on(store.append(vec![event("q", 0)], 3)).unwrap();
+    assert_eq!((again[0].seq, again[0].duplicate), (5, false));
 }
 
 /// Readers (replication, projections, `GET /v1/events`) see only durable

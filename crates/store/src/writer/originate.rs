@@ -19,47 +19,63 @@ impl Writer {
         let (mut seq, mut hash) = start;
         let mut records: Vec<EventRecord> = Vec::new();
         let mut hashes: Vec<Hash32> = Vec::new();
-        let mut added: HashMap<String, HashedEntry> = HashMap::with_capacity(events.len());
         let mut results = Vec::with_capacity(events.len());
-        for (index, ev) in events.into_iter().enumerate() {
-            // Already taken: in this commit, earlier in this request, or
-            // stored.
-            let h = client_hash(&ev.client_id);
-            let existing = match work.clients.get(&ev.client_id).or(added.get(&ev.client_id)) {
-                Some((p, _)) => Some(*p),
-                None => self.lookup_client(&ev.client_id, h)?,
-            };
-            if let Some((s, h, fp)) = existing {
-                if fp != ev.fingerprint && fp != UNKNOWN_FINGERPRINT {
-                    return Err(AppendError::ClientIdReused {
-                        index,
-                        client_id: ev.client_id,
+        // Each new id goes into `work.clients` at once (a duplicate later
+        // in the request finds it there); a request that fails leaves
+        // none of its ids behind — they are the ones numbered after
+        // `start`, as nothing else in `work.clients` is.
+        let failed = 'numbering: {
+            for (index, ev) in events.into_iter().enumerate() {
+                // Already taken: in this commit, earlier in this request,
+                // or stored.
+                let h = client_hash(&ev.client_id);
+                let existing = match work.clients.get(&ev.client_id) {
+                    Some((p, _)) => Some(*p),
+                    None => match self.lookup_client(&ev.client_id, h) {
+                        Ok(e) => e,
+                        Err(e) => break 'numbering Some(AppendError::from(e)),
+                    },
+                };
+                if let Some((s, h, fp)) = existing {
+                    if fp != ev.fingerprint && fp != UNKNOWN_FINGERPRINT {
+                        break 'numbering Some(AppendError::ClientIdReused {
+                            index,
+                            client_id: ev.client_id,
+                            seq: s,
+                        });
+                    }
+                    results.push(Appended {
+                        origin: origin_id.clone(),
                         seq: s,
+                        hash: h,
+                        duplicate: true,
                     });
+                    continue;
                 }
+                seq += 1;
+                let envelope = envelope_of(&ev, &origin_id, seq, &hash, now_ms);
+                hash = event_hash(&envelope);
+                hashes.push(hash);
+                records.push(EventRecord {
+                    envelope,
+                    personal: ev.personal,
+                });
+                // Indexed at the commit (`ClientIndex::stage`): most
+                // commits write nothing for them, the log holds their ids.
+                work.clients
+                    .insert(ev.client_id, ((seq, hash, ev.fingerprint), h));
                 results.push(Appended {
                     origin: origin_id.clone(),
-                    seq: s,
-                    hash: h,
-                    duplicate: true,
+                    seq,
+                    hash,
+                    duplicate: false,
                 });
-                continue;
             }
-            seq += 1;
-            let envelope = envelope_of(&ev, &origin_id, seq, &hash, now_ms);
-            hash = event_hash(&envelope);
-            hashes.push(hash);
-            records.push(EventRecord {
-                envelope,
-                personal: ev.personal,
-            });
-            added.insert(ev.client_id, ((seq, hash, ev.fingerprint), h));
-            results.push(Appended {
-                origin: origin_id.clone(),
-                seq,
-                hash,
-                duplicate: false,
-            });
+            None
+        };
+        if let Some(e) = failed {
+            work.clients.retain(|_, ((s, ..), _)| *s <= start.0);
+            return Err(e);
         }
         if records.is_empty() {
             return Ok(results);
@@ -78,9 +94,6 @@ impl Writer {
         own.hashes.extend(hashes);
         own.end = (seq, hash);
         own.now_ms = own.now_ms.max(now_ms);
-        // Indexed at the commit (`ClientIndex::stage`): most commits write
-        // nothing for them, the log holds their client ids.
-        work.clients.extend(added);
         Ok(results)
     }
 
