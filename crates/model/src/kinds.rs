@@ -494,6 +494,143 @@ mod tests {
         }
     }
 
+    /// Every bound any kind's schema states, probed at every field of the
+    /// matching type: the base values carry every optional field, and each
+    /// string, number and list is set in turn to each bound the schema
+    /// files name, one below and one above it. A limit added to a kind
+    /// type (its `schemars` attribute, so its schema) and not to
+    /// `WithinSchema` fails here whatever its value.
+    #[test]
+    fn within_schema_follows_every_bound_the_schemas_name() {
+        use serde_json::{json, Value};
+        let person = json!({"name": "张三", "id_number": "370202", "phone": "13800000000"});
+        let bases = [
+            (
+                "entry",
+                json!({"checkpoint": "cp1", "direction": "in", "subject": "resident",
+                "person": person, "plate": "鲁B12345", "from_region": "湖北省武汉市",
+                "purpose": "返乡", "decision": "referred", "celsius": 37.0}),
+            ),
+            (
+                "temperature",
+                json!({"person": person, "celsius": 36.6, "site": "home", "action": "recheck"}),
+            ),
+            (
+                "visit",
+                json!({"household": "h1", "method": "in_person", "residents": 3,
+                "symptoms": false, "travel_regions": ["湖北省"], "quarantine": "ongoing", "note": "正常"}),
+            ),
+            (
+                "delivery",
+                json!({"household": "h2", "items": [{"item": "大米", "qty": 2}],
+                "quarantined": true, "note": "门口"}),
+            ),
+        ];
+        // Every number a bound keyword names in the kinds' schema files.
+        let mut bounds: Vec<f64> = Vec::new();
+        fn collect(v: &Value, out: &mut Vec<f64>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, c) in m {
+                        let keyword = [
+                            "minLength",
+                            "maxLength",
+                            "minItems",
+                            "maxItems",
+                            "minimum",
+                            "maximum",
+                            "exclusiveMinimum",
+                            "exclusiveMaximum",
+                        ];
+                        match c.as_f64() {
+                            Some(b) if keyword.contains(&k.as_str()) => out.push(b),
+                            _ => collect(c, out),
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|c| collect(c, out)),
+                _ => {}
+            }
+        }
+        for (name, schema) in crate::schema::generated() {
+            if bases.iter().any(|(k, _)| name == format!("{k}.v1.json")) {
+                collect(&schema, &mut bounds);
+            }
+        }
+        assert!(bounds.len() >= 10, "bounds found: {bounds:?}");
+        let mut probes: Vec<f64> = bounds
+            .iter()
+            .flat_map(|b| [b - 1.0, b - 0.01, *b, b + 0.01, b + 1.0])
+            .filter(|p| *p >= 0.0)
+            .collect();
+        probes.sort_by(f64::total_cmp);
+        probes.dedup();
+        // Every path to a value inside `v`.
+        fn paths(v: &Value, at: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+            let children: Vec<(Value, &Value)> = match v {
+                Value::Object(m) => m.iter().map(|(k, c)| (json!(k), c)).collect(),
+                Value::Array(a) => a.iter().enumerate().map(|(i, c)| (json!(i), c)).collect(),
+                _ => return,
+            };
+            for (seg, c) in children {
+                at.push(seg);
+                out.push(at.clone());
+                paths(c, at, out);
+                at.pop();
+            }
+        }
+        let (mut checked, mut refused) = (0, 0);
+        for (kind, base) in &bases {
+            let mut all = Vec::new();
+            paths(base, &mut Vec::new(), &mut all);
+            for path in all {
+                for probe in &probes {
+                    let mut v = base.clone();
+                    let slot = path.iter().fold(&mut v, |v, seg| match seg {
+                        Value::String(k) => &mut v[k.as_str()],
+                        seg => &mut v[seg.as_u64().unwrap() as usize],
+                    });
+                    let n = *probe as usize;
+                    *slot = match slot {
+                        Value::String(_) if probe.fract() == 0.0 => json!("湖".repeat(n)),
+                        // Whole probes as integers: the integer fields'
+                        // types refuse a float.
+                        Value::Number(_) if probe.fract() == 0.0 => json!(n),
+                        Value::Number(_) => json!(probe),
+                        Value::Array(a) if probe.fract() == 0.0 && n <= 100 => {
+                            Value::Array(vec![a[0].clone(); n])
+                        }
+                        _ => continue,
+                    };
+                    let says = crate::schema::validate_data(kind, 1, &v, "data")
+                        .unwrap()
+                        .is_empty();
+                    let within =
+                        match *kind {
+                            "entry" => serde_json::from_value::<EntryV1>(v.clone())
+                                .map(|d| d.within_schema()),
+                            "temperature" => serde_json::from_value::<TemperatureV1>(v.clone())
+                                .map(|d| d.within_schema()),
+                            "visit" => serde_json::from_value::<VisitV1>(v.clone())
+                                .map(|d| d.within_schema()),
+                            _ => serde_json::from_value::<DeliveryV1>(v.clone())
+                                .map(|d| d.within_schema()),
+                        };
+                    // A value the type itself refuses (a fraction where an
+                    // integer belongs) never reaches `WithinSchema`.
+                    let Ok(within) = within else { continue };
+                    assert_eq!(within, says, "{kind} {path:?} = {probe}: {v}");
+                    checked += 1;
+                    refused += usize::from(!says);
+                }
+            }
+        }
+        assert!(
+            checked > 500 && refused > 100,
+            "{checked} probes, {refused} refused"
+        );
+    }
+
     /// The generators reach both sides: a check that always said yes (or
     /// no) would not pass the test above by agreeing with a schema that
     /// refuses everything.
