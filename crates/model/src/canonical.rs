@@ -13,6 +13,10 @@
 //!
 //! Decoding checks canonicity by encoding the decoded value again and
 //! comparing bytes, so two different byte strings never pass as one value.
+//!
+//! [`to_canonical_split`] (`canonical/typed.rs`) gives the same bytes
+//! straight from a Rust value, without the JSON value in between: what
+//! ingest encodes a posted event's `data` with.
 
 use serde_json::Value;
 
