@@ -75,8 +75,8 @@ impl Recent {
         }
     }
 
-    /// Keeps `entries` (just applied; `spans` their origins and seqs), forgetting the
-    /// oldest beyond the bound but never any of these.
+    /// Keeps `entries` (just applied; `spans` their origins and seqs),
+    /// forgetting the oldest beyond the bound but never any of these.
     fn keep(&mut self, entries: Vec<EncodedEntry>, spans: Vec<(String, u64, u64)>) {
         let page = entries.len();
         for (e, (origin, first, last)) in entries.into_iter().zip(spans) {
@@ -163,16 +163,21 @@ pub fn fold_log_while(
             }
         }
         progress(n);
-        let spans = views
-            .iter()
-            .map(|v| (v.origin.to_owned(), v.first_seq(), v.last_seq()))
-            .collect();
+        let spans = spans(&views);
         drop(views);
         recent.keep(entries, spans);
         if !go_on() {
             return Ok((offset, false));
         }
     }
+}
+
+/// Each chunk's origin and first and last seq, for [`Recent::keep`].
+fn spans(views: &[ChunkView<'_>]) -> Vec<(String, u64, u64)> {
+    views
+        .iter()
+        .map(|v| (v.origin.to_owned(), v.first_seq(), v.last_seq()))
+        .collect()
 }
 
 /// The envelope of event `seq` of `origin` if one of these chunks holds it.
@@ -305,10 +310,7 @@ mod tests {
                 .iter()
                 .map(|e| ChunkView::decode(&e.chunk).unwrap())
                 .collect();
-            let spans = views
-                .iter()
-                .map(|v| (v.origin.to_owned(), v.first_seq(), v.last_seq()))
-                .collect();
+            let spans = spans(&views);
             drop(views);
             recent.keep(entries, spans);
             offset = to;

@@ -57,6 +57,7 @@ pub fn to_canonical_split<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, 
     let Fields {
         mut entries,
         scratch,
+        ..
     } = fields;
     if entries.iter().any(|e| e.key == "replacement") {
         return Err(Unencodable(
@@ -96,6 +97,8 @@ struct Entry {
 struct Fields {
     entries: Vec<Entry>,
     scratch: Vec<u8>,
+    /// A map's key, until its value comes.
+    key: Option<String>,
 }
 
 impl Default for Fields {
@@ -104,11 +107,25 @@ impl Default for Fields {
         Self {
             entries: Vec::with_capacity(12),
             scratch: Vec::with_capacity(256),
+            key: None,
         }
     }
 }
 
 impl Fields {
+    fn map_key(&mut self, key: &(impl Serialize + ?Sized)) -> Result<()> {
+        self.key = Some(key.serialize(KeyCapture)?);
+        Ok(())
+    }
+
+    fn map_value(&mut self, value: &(impl Serialize + ?Sized)) -> Result<()> {
+        let key = self
+            .key
+            .take()
+            .ok_or_else(|| Unencodable("a map value without its key".into()))?;
+        self.add(key.into(), value)
+    }
+
     fn add(
         &mut self,
         key: std::borrow::Cow<'static, str>,
@@ -248,53 +265,66 @@ impl<'a> ser::Serializer for Top<'a> {
 /// Collects a map's or struct's entries into [`Fields`].
 struct MapFields<'a> {
     fields: &'a mut Fields,
-    key: Option<String>,
 }
 
 impl<'a> MapFields<'a> {
     fn new(fields: &'a mut Fields) -> Self {
-        Self { fields, key: None }
-    }
-}
-
-impl ser::SerializeStruct for MapFields<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.fields.add(key.into(), value)
+        Self { fields }
     }
 
-    fn end(self) -> Result<()> {
+    fn fields(&mut self) -> &mut Fields {
+        self.fields
+    }
+
+    /// The entries stay in [`Fields`] for [`to_canonical_split`].
+    fn finish(self) -> Result<()> {
         Ok(())
     }
 }
 
-impl ser::SerializeMap for MapFields<'_> {
-    type Ok = ();
-    type Error = Unencodable;
+/// `SerializeStruct` (and the other traits named) for a collector of
+/// entries with `fields()` and `finish()`.
+macro_rules! collect_impl {
+    ($ty:ident: $($struct_trait:ident),*) => {
+        $(
+            impl ser::$struct_trait for $ty<'_> {
+                type Ok = ();
+                type Error = Unencodable;
 
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<()> {
-        self.key = Some(key.serialize(KeyCapture)?);
-        Ok(())
-    }
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    key: &'static str,
+                    value: &T,
+                ) -> Result<()> {
+                    self.fields().add(key.into(), value)
+                }
 
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        let key = self
-            .key
-            .take()
-            .ok_or_else(|| Unencodable("a map value without its key".into()))?;
-        self.fields.add(key.into(), value)
-    }
+                fn end(self) -> Result<()> {
+                    self.finish()
+                }
+            }
+        )*
 
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
+        impl ser::SerializeMap for $ty<'_> {
+            type Ok = ();
+            type Error = Unencodable;
+
+            fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<()> {
+                self.fields().map_key(key)
+            }
+
+            fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+                self.fields().map_value(value)
+            }
+
+            fn end(self) -> Result<()> {
+                self.finish()
+            }
+        }
+    };
 }
+
+collect_impl!(MapFields: SerializeStruct);
 
 /// Reads a map key that must be a string (what JSON allows).
 struct KeyCapture;
@@ -615,7 +645,6 @@ struct Nested<'a> {
     out: &'a mut Vec<u8>,
     variant: Option<&'static str>,
     fields: Fields,
-    key: Option<String>,
 }
 
 impl<'a> Nested<'a> {
@@ -624,8 +653,11 @@ impl<'a> Nested<'a> {
             out,
             variant,
             fields: Fields::default(),
-            key: None,
         }
+    }
+
+    fn fields(&mut self) -> &mut Fields {
+        &mut self.fields
     }
 
     fn finish(self) -> Result<()> {
@@ -637,58 +669,4 @@ impl<'a> Nested<'a> {
     }
 }
 
-impl ser::SerializeStruct for Nested<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.fields.add(key.into(), value)
-    }
-
-    fn end(self) -> Result<()> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeStructVariant for Nested<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.fields.add(key.into(), value)
-    }
-
-    fn end(self) -> Result<()> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeMap for Nested<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<()> {
-        self.key = Some(key.serialize(KeyCapture)?);
-        Ok(())
-    }
-
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        let key = self
-            .key
-            .take()
-            .ok_or_else(|| Unencodable("a map value without its key".into()))?;
-        self.fields.add(key.into(), value)
-    }
-
-    fn end(self) -> Result<()> {
-        self.finish()
-    }
-}
+collect_impl!(Nested: SerializeStruct, SerializeStructVariant);
