@@ -437,3 +437,62 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
     let (s, _) = n.post_json(&sample_event(9, "after")).await;
     assert_eq!(s, StatusCode::OK, "node still accepts good events");
 }
+
+/// The value of `name{…}` whose labels include every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (l, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|want| l.split(',').any(|have| have == *want))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// `/metrics` counts requests by route and status (handles kept per route
+/// and status, not looked up per request: each count must still land on
+/// its own labels).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_route_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = provision(dir.path(), &[("street", None), ("c1", Some("street"))]);
+    let server = Server::start(&tree.nodes["c1"].config, &[]);
+    let n = node(&server, &tree.nodes["c1"]);
+    for i in 0..3 {
+        let (s, r) = n.post_json(&sample_event(i, &format!("m{i}"))).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+    }
+    for _ in 0..2 {
+        let (s, _) = n.post("gs-reporter-not-a-token", "{}").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, _) = n.post(&n.viewer, "{}").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = n.get("/v1/nothing-here", &n.viewer).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = n.get("/v1/status?brief=true", &n.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, metrics) = n.get("/metrics", &n.viewer).await;
+    assert_eq!(s, StatusCode::OK);
+    let metrics = metrics.as_str().expect("text");
+    let count = |route: &str, status: u16| {
+        let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
+        let labels = ["node=\"c1\"", route.as_str(), status.as_str()];
+        sample(metrics, "gridsync_http_requests_total", &labels)
+    };
+    assert_eq!(count("/v1/events", 200), Some(3.0), "{metrics}");
+    assert_eq!(count("/v1/events", 401), Some(2.0), "{metrics}");
+    assert_eq!(count("/v1/events", 403), Some(1.0), "{metrics}");
+    assert_eq!(count("other", 404), Some(1.0), "{metrics}");
+    assert_eq!(count("/v1/status", 200), Some(1.0), "{metrics}");
+    assert_eq!(count("/v1/status", 401), None, "{metrics}");
+    // Timed: the requests that were let in (the three posts), not those
+    // refused from their headers.
+    let timed = sample(
+        metrics,
+        "gridsync_http_request_seconds_count",
+        &["node=\"c1\"", "route=\"/v1/events\""],
+    );
+    assert_eq!(timed, Some(3.0), "{metrics}");
+}

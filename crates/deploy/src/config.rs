@@ -222,6 +222,8 @@ impl NodeConfig {
                 path.display()
             )));
         }
+        crate::tokens::TokenTable::new(&c.token)
+            .map_err(|m| ConfigError(format!("config {}: {m}", path.display())))?;
         c.sync
             .check()
             .map_err(|m| ConfigError(format!("config {}: [sync] {m}", path.display())))?;

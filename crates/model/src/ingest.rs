@@ -440,24 +440,35 @@ fn fingerprint(
     data: &[u8],
     personal: Option<&Personal>,
 ) -> Hash32 {
-    let mut h = blake3::Hasher::new();
-    h.update(b"gridsync/fingerprint/v1\0");
-    for part in [
+    // The same bytes as a stream of updates, gathered and hashed in one
+    // call: an update costs more than its few bytes.
+    const DOMAIN: &[u8] = b"gridsync/fingerprint/v1\0";
+    let parts = [
         kind.as_bytes(),
         grid.as_bytes(),
         recorded_by.as_bytes(),
         data,
-    ] {
-        h.update(&(part.len() as u64).to_be_bytes());
-        h.update(part);
+    ];
+    let len = DOMAIN.len()
+        + parts.iter().map(|p| 8 + p.len()).sum::<usize>()
+        + 4
+        + 8
+        + 2
+        + personal.map_or(0, |p| p.bytes.len());
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(DOMAIN);
+    for part in parts {
+        b.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        b.extend_from_slice(part);
     }
-    h.update(&schema.to_be_bytes());
-    h.update(&occurred_at.unix_ms.to_be_bytes());
-    h.update(&occurred_at.offset_min.to_be_bytes());
+    b.extend_from_slice(&schema.to_be_bytes());
+    b.extend_from_slice(&occurred_at.unix_ms.to_be_bytes());
+    b.extend_from_slice(&occurred_at.offset_min.to_be_bytes());
     if let Some(p) = personal {
-        h.update(&p.bytes);
+        b.extend_from_slice(&p.bytes);
     }
-    *h.finalize().as_bytes()
+    debug_assert_eq!(b.len(), len);
+    *blake3::hash(&b).as_bytes()
 }
 
 /// A posted event's `data` read into the Rust type of its kind and schema

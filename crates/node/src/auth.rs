@@ -1,7 +1,7 @@
 //! Who may do what: the request's bearer token checked against the node's
 //! token list (`gridsync_deploy::tokens` holds the token format).
 
-use gridsync_deploy::tokens::{role_of, Role, TokenEntry};
+use gridsync_deploy::tokens::{Role, TokenTable};
 
 /// The role of the request's bearer token (or, for read-only endpoints
 /// browsers open directly such as `EventSource`, a `token=` query
@@ -10,20 +10,32 @@ use gridsync_deploy::tokens::{role_of, Role, TokenEntry};
 /// # Errors
 /// 401 without a known token, 403 for a role not allowed here.
 pub fn authorize_with(
-    tokens: &[TokenEntry],
+    tokens: &TokenTable,
     headers: &axum::http::HeaderMap,
     query_token: Option<&str>,
     allowed: &[Role],
 ) -> Result<Role, crate::error::ApiError> {
-    use crate::error::ApiError;
-    let token = headers
+    let token = bearer(headers).or(query_token);
+    allow(token.and_then(|t| tokens.role_of(t)), allowed)
+}
+
+/// The request's `Authorization: Bearer` token, if it has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .or(query_token)
-        .ok_or_else(ApiError::unauthorized)?;
-    let role = role_of(tokens, token).ok_or_else(ApiError::unauthorized)?;
+}
+
+/// `found`, the role of the request's token (`None`: no token, or not a
+/// known one), if it is one of `allowed` (admin always is).
+///
+/// # Errors
+/// 401 without a known token, 403 for a role not allowed here.
+pub fn allow(found: Option<Role>, allowed: &[Role]) -> Result<Role, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let role = found.ok_or_else(ApiError::unauthorized)?;
     if role == Role::Admin || allowed.contains(&role) {
         return Ok(role);
     }

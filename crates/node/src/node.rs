@@ -81,6 +81,10 @@ fn open_node_with(
     progress: &dyn Fn(u64),
     use_snapshot: bool,
 ) -> Result<(Arc<NodeState>, std::time::Duration), StartError> {
+    // A config built in code (tests) has not been through
+    // `NodeConfig::load`'s check: a malformed token hash is refused here
+    // too, before the log opens.
+    let tokens = gridsync_deploy::tokens::TokenTable::new(&config.token).map_err(StartError)?;
     let (topology, key) = load_identity(&config)?;
     let (tls_server, tls_client) = tls_setup(&config, &topology)?;
     let is_origin = topology.is_origin(&config.id);
@@ -126,6 +130,7 @@ fn open_node_with(
         topology,
         store,
         is_origin,
+        tokens,
         ingest_limits,
         metrics: metrics_handle(),
         http_permits,

@@ -10,6 +10,7 @@ use gridsync_store::Store;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use gridsync_deploy::config::NodeConfig;
+use gridsync_deploy::tokens::TokenTable;
 use gridsync_deploy::topology::Topology;
 
 /// Shared by every request handler.
@@ -19,6 +20,8 @@ pub struct NodeState {
     pub store: Store,
     /// True for a community (no children): it creates events.
     pub is_origin: bool,
+    /// The config's tokens, their digests parsed.
+    pub tokens: TokenTable,
     pub ingest_limits: IngestLimits,
     pub metrics: PrometheusHandle,
     pub http_permits: tokio::sync::Semaphore,
@@ -52,7 +55,7 @@ impl NodeState {
         headers: &axum::http::HeaderMap,
         allowed: &[gridsync_deploy::tokens::Role],
     ) -> Result<gridsync_deploy::tokens::Role, crate::error::ApiError> {
-        crate::auth::authorize_with(&self.config.token, headers, None, allowed)
+        crate::auth::authorize_with(&self.tokens, headers, None, allowed)
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -115,7 +115,7 @@ pub async fn get_aggregates(
         ));
     }
     gridsync_node::auth::authorize_with(
-        &state.config.token,
+        &state.tokens,
         &headers,
         None,
         &[Role::Viewer, Role::Auditor],
@@ -137,7 +137,7 @@ pub async fn stream_aggregates(
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     gridsync_node::auth::authorize_with(
-        &state.config.token,
+        &state.tokens,
         &headers,
         q.token.as_deref(),
         &[Role::Viewer, Role::Auditor],

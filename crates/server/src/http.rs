@@ -4,6 +4,8 @@
 //! serving so tests can drive it without a socket; the events and status
 //! handlers live in `events.rs` and `status.rs`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -13,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use gridsync_deploy::tokens::{token_of, Role};
+use gridsync_deploy::tokens::Role;
 use gridsync_node::error::ApiError;
 
 use gridsync_node::slots::Slot;
@@ -42,38 +44,88 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.body_bytes_max))
-        .layer(middleware::from_fn_with_state(state.clone(), admission))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), Arc::new(HttpMetrics::new(&state.config.id))),
+            admission,
+        ))
         .with_state(state)
+}
+
+/// The routes requests are counted by; the last stands for any other path.
+const ROUTES: [&str; 9] = [
+    "/v1/events",
+    "/v1/status",
+    "/v1/sync",
+    "/v1/sync/nudge",
+    "/v1/aggregates",
+    "/v1/aggregates/stream",
+    "/healthz",
+    "/metrics",
+    "other",
+];
+
+/// The request metrics' handles, looked up in the recorder once per route
+/// and status instead of with three new label strings every request.
+struct HttpMetrics {
+    node: String,
+    requests: std::sync::Mutex<HashMap<(usize, u16), metrics::Counter>>,
+    seconds: [OnceLock<metrics::Histogram>; ROUTES.len()],
+}
+
+impl HttpMetrics {
+    fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            requests: std::sync::Mutex::default(),
+            seconds: Default::default(),
+        }
+    }
+
+    /// `gridsync_http_requests_total{node, route, status}` + 1.
+    fn count(&self, route: usize, status: StatusCode) {
+        let status = status.as_u16();
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests
+            .entry((route, status))
+            .or_insert_with(|| {
+                let labels = [
+                    ("node", self.node.clone()),
+                    ("route", ROUTES[route].to_owned()),
+                    ("status", status.to_string()),
+                ];
+                metrics::counter!("gridsync_http_requests_total", &labels)
+            })
+            .increment(1);
+    }
+
+    /// `gridsync_http_request_seconds{node, route}`.
+    fn record(&self, route: usize, started: Instant) {
+        self.seconds[route]
+            .get_or_init(|| {
+                metrics::histogram!("gridsync_http_request_seconds", "node" => self.node.clone(), "route" => ROUTES[route])
+            })
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 /// Bounds concurrent requests (a semaphore permit per request), applies the
 /// request timeout, and counts requests by route and status.
-async fn admission(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn admission(
+    State((state, m)): State<(AppState, Arc<HttpMetrics>)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
-    let route: &'static str = match req.uri().path() {
-        "/v1/events" => "/v1/events",
-        "/v1/status" => "/v1/status",
-        "/v1/sync" => "/v1/sync",
-        "/v1/sync/nudge" => "/v1/sync/nudge",
-        "/v1/aggregates" => "/v1/aggregates",
-        "/v1/aggregates/stream" => "/v1/aggregates/stream",
-        "/healthz" => "/healthz",
-        "/metrics" => "/metrics",
-        _ => "other",
-    };
-    let count = |resp: &Response| {
-        let labels = [
-            ("node", state.config.id.clone()),
-            ("route", route.to_owned()),
-            ("status", resp.status().as_u16().to_string()),
-        ];
-        metrics::counter!("gridsync_http_requests_total", &labels).increment(1);
-    };
-    let _token_slot = match screen(&state, &req, route) {
+    let path = req.uri().path();
+    let route = ROUTES[..ROUTES.len() - 1]
+        .iter()
+        .position(|r| *r == path)
+        .unwrap_or(ROUTES.len() - 1);
+    let _token_slot = match screen(&state, &req, ROUTES[route]) {
         Ok(slot) => slot,
         Err(e) => {
             let resp = e.into_response();
-            count(&resp);
+            m.count(route, resp.status());
             return resp;
         }
     };
@@ -95,9 +147,8 @@ async fn admission(State(state): State<AppState>, req: Request, next: Next) -> R
         )
         .into_response(),
     };
-    count(&resp);
-    metrics::histogram!("gridsync_http_request_seconds", "node" => state.config.id.clone(), "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    m.count(route, resp.status());
+    m.record(route, started);
     resp
 }
 
@@ -118,19 +169,15 @@ fn screen(state: &AppState, req: &Request, route: &str) -> Result<Option<Slot<us
             format!("request body is over {limit} bytes; send fewer events per request"),
         ));
     }
+    // The token is looked up once here (a digest of it), for both uses.
+    let found = gridsync_node::auth::bearer(req.headers()).and_then(|t| state.tokens.token_of(t));
     // A body is read only for a client that may post one: a stranger
     // cannot make the node buffer megabytes.
     if req.method() == axum::http::Method::POST && route == "/v1/events" {
-        state.authorize(req.headers(), &[Role::Reporter])?;
+        gridsync_node::auth::allow(found.map(|(role, _)| role), &[Role::Reporter])?;
     }
     // One token may not hold every request slot.
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some((_, token)) = bearer.and_then(|t| token_of(&state.config.token, t)) else {
+    let Some((_, token)) = found else {
         return Ok(None);
     };
     let max = state.config.limits.requests_per_token_max;
