@@ -134,7 +134,72 @@ pub enum FrameError {
 
 impl Frame {
     pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec_named(self).expect("frames always encode")
+        // Sized up front from the chunks it carries: grown by doubling, a
+        // batch's buffer was copied and its fresh pages touched about
+        // twice over (a tenth of an aggregator's page faults while it
+        // forwards a catch-up; BENCHMARKS.md, "A phone's post…").
+        let mut out = Vec::with_capacity(self.encoded_len_bound());
+        rmp_serde::encode::write_named(&mut out, self).expect("frames always encode");
+        out
+    }
+
+    /// Enough bytes for the frame's encoding (a larger one only grows its
+    /// buffer): its chunks' and items' lengths with their msgpack headers
+    /// and keys, and a margin for the rest.
+    fn encoded_len_bound(&self) -> usize {
+        const MARGIN: usize = 256;
+        let chunks = |c: &[ByteBuf]| c.iter().map(|b| 5 + b.len()).sum::<usize>();
+        // A head: its map, keys, origin, seq as u64 and 32-byte hash (62
+        // bytes and the origin); a lag report: 50 and the origin.
+        let heads = |h: &[WireHead]| h.iter().map(|h| 64 + h.origin.len()).sum::<usize>();
+        let lag = |l: &[LagReport]| l.iter().map(|l| 56 + l.origin.len()).sum::<usize>();
+        MARGIN
+            + match self {
+                Frame::Batch {
+                    chunks: c, lag: l, ..
+                } => chunks(c) + lag(l),
+                Frame::Fetched { chunks: c, .. } => chunks(c),
+                Frame::Welcome { heads: h, .. } | Frame::Ack { heads: h, .. } => heads(h),
+                Frame::Ping { lag: l } => lag(l),
+                // The rest: their strings and byte strings (each with up
+                // to 5 bytes of header); the margin covers keys and numbers.
+                Frame::Hello {
+                    node,
+                    parent,
+                    nonce,
+                    capabilities,
+                    ..
+                } => {
+                    20 + node.len()
+                        + parent.len()
+                        + nonce.len()
+                        + capabilities.iter().map(|c| 5 + c.len()).sum::<usize>()
+                }
+                Frame::Challenge {
+                    node,
+                    nonce,
+                    proof,
+                    capabilities,
+                    ..
+                } => {
+                    20 + node.len()
+                        + nonce.len()
+                        + proof.len()
+                        + capabilities.iter().map(|c| 5 + c.len()).sum::<usize>()
+                }
+                Frame::Auth { proof } => proof.len(),
+                Frame::Refused { code, message } | Frame::Rejected { code, message, .. } => {
+                    10 + code.len() + message.len()
+                }
+                Frame::OriginRefused {
+                    origin,
+                    code,
+                    message,
+                    ..
+                } => 15 + origin.len() + code.len() + message.len(),
+                Frame::Fetch { origin, .. } => 5 + origin.len(),
+                Frame::Pong => 0,
+            }
     }
 
     /// # Errors
@@ -162,6 +227,106 @@ impl Frame {
             Frame::Fetched { .. } => "fetched",
             Frame::Ping { .. } => "ping",
             Frame::Pong => "pong",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer is never grown: the bound holds for the largest items a
+    /// frame carries (64-character origins, u64 seqs and i64 times at
+    /// their widest, chunks of every header size).
+    #[test]
+    fn an_encoding_fits_its_bound() {
+        let origin = "o".repeat(64);
+        let head = WireHead {
+            origin: origin.clone(),
+            seq: u64::MAX,
+            hash: ByteBuf::from(vec![7; 32]),
+        };
+        let lag = LagReport {
+            origin: origin.clone(),
+            seq: u64::MAX,
+            oldest_missing_ms: Some(i64::MIN),
+        };
+        let chunks: Vec<ByteBuf> = [0, 1, 31, 32, 255, 256, 65_535, 65_536, 300_000]
+            .iter()
+            .map(|n| ByteBuf::from(vec![1; *n]))
+            .collect();
+        let frames = [
+            Frame::Batch {
+                id: u64::MAX,
+                chunks: chunks.clone(),
+                lag: vec![lag.clone(); 1000],
+            },
+            Frame::Fetched {
+                origin: origin.clone(),
+                chunks,
+                head: u64::MAX,
+            },
+            Frame::Welcome {
+                heads: vec![head.clone(); 1000],
+                batch_bytes_max: Some(u64::MAX),
+            },
+            Frame::Ack {
+                id: u64::MAX,
+                heads: vec![head; 1000],
+            },
+            Frame::Ping {
+                lag: vec![lag; 1000],
+            },
+            Frame::Pong,
+            Frame::Hello {
+                version: u32::MAX,
+                node: origin.clone(),
+                parent: origin.clone(),
+                nonce: ByteBuf::from(vec![3; 32]),
+                capabilities: vec!["c".repeat(300); 20],
+            },
+            Frame::Challenge {
+                version: u32::MAX,
+                node: origin.clone(),
+                nonce: ByteBuf::from(vec![3; 32]),
+                proof: ByteBuf::from(vec![4; 64]),
+                capabilities: vec!["c".repeat(300); 20],
+            },
+            Frame::Auth {
+                proof: ByteBuf::from(vec![4; 64]),
+            },
+            Frame::Refused {
+                code: "c".repeat(300),
+                message: "m".repeat(70_000),
+            },
+            Frame::Rejected {
+                id: u64::MAX,
+                code: "c".repeat(300),
+                message: "m".repeat(70_000),
+            },
+            Frame::Fetch {
+                origin: origin.clone(),
+                after_seq: u64::MAX,
+            },
+            Frame::OriginRefused {
+                id: u64::MAX,
+                origin,
+                seq: u64::MAX,
+                code: "c".repeat(300),
+                message: "m".repeat(70_000),
+            },
+        ];
+        for f in frames {
+            let bound = f.encoded_len_bound();
+            let bytes = f.encode();
+            assert!(
+                bytes.len() <= bound,
+                "{}: {} > {bound}",
+                f.name(),
+                bytes.len()
+            );
+            assert_eq!(bytes.capacity(), bound, "{}: the buffer grew", f.name());
+            assert_eq!(bytes, rmp_serde::to_vec_named(&f).unwrap(), "{}", f.name());
         }
     }
 }
