@@ -23,6 +23,7 @@
 //! the catch-up, copied to FILE; `GRIDSYNC_BENCH_REFUSED_MAX_MS`: the
 //! communities' `sync.reconnect_refused_max_ms`, and
 //! `GRIDSYNC_BENCH_STREET_HANDSHAKES`: the street's `sync.handshakes_max`,
+//! and `GRIDSYNC_BENCH_STREET_RECEIVED_MB`: its `sync.received_bytes_max`,
 //! each default the node's; `GRIDSYNC_BENCH_FULL_STATUS=1`: the catch-up
 //! is watched through the full `/v1/status`, as before the brief one).
 //! Besides the table it prints the CPU each party spent
@@ -111,6 +112,13 @@ fn main() {
         println!("street's sled cache: {cache_mb} MiB");
     }
     println!("street nudges its children when it starts: {nudge}");
+    // The street's `sync.received_bytes_max` (default the node's).
+    let received_mb = gridsync_suite::env_u64("GRIDSYNC_BENCH_STREET_RECEIVED_MB", 0);
+    if received_mb > 0 {
+        let bytes = i64::try_from(received_mb << 20).expect("a budget in MiB");
+        gridsync_suite::set_sync(cfg, &[("received_bytes_max", bytes)]);
+        println!("the street takes children's frames within {received_mb} MiB");
+    }
     // The street's `sync.handshakes_max` (default the node's).
     if let Ok(v) = std::env::var("GRIDSYNC_BENCH_STREET_HANDSHAKES") {
         let n: i64 = v

@@ -5,6 +5,13 @@
 //! finishes first. `audit verify` and `audit replay` run on it. A panic
 //! in any stage ends every stage and is raised to the caller; none leaves
 //! another waiting forever.
+//!
+//! What a page and its check's result hold is freed by the thread that
+//! made it: once applied, a page goes back to the reader with its token,
+//! and the result to the worker that made it. Freed by the applier, every
+//! allocation of a worker's (an audit's are several a chunk) took the
+//! lock of that worker's allocator arena while the worker allocated from
+//! it (BENCHMARKS.md, "Pages and results freed where they were made").
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -20,8 +27,9 @@ pub(crate) fn in_flight_max(threads: usize) -> usize {
 /// `send` (which says `false` once nothing more is wanted: `read` should
 /// then return); `threads` workers run `check` on the pages; `apply` gets
 /// each page and its check's result on this thread, in read order, and
-/// says whether to go on (`false` stops every stage). Returns what `read`
-/// returned.
+/// says whether to go on (`false` stops every stage). What `apply` leaves
+/// of them is dropped on the thread that made it (the reader, the worker).
+/// Returns what `read` returned.
 ///
 /// # Panics
 /// When `read`, `check` or `apply` panics (after every stage has ended).
@@ -29,7 +37,7 @@ pub(crate) fn in_order<P: Send, R: Send, T: Send>(
     threads: usize,
     read: impl FnOnce(&mut dyn FnMut(P) -> bool) -> T + Send,
     check: impl Fn(&P) -> R + Sync,
-    mut apply: impl FnMut(P, R) -> bool,
+    mut apply: impl FnMut(&P, &mut R) -> bool,
 ) -> T {
     let threads = threads.max(1);
     let in_flight = in_flight_max(threads);
@@ -41,23 +49,33 @@ pub(crate) fn in_order<P: Send, R: Send, T: Send>(
     std::thread::scope(|s| {
         // Made inside the scope: should this thread panic, dropping them
         // stops the reader (no token) and so the workers (no page, nowhere
-        // to send), and the scope can end.
-        let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
+        // to send), and the scope can end. A token carries an applied page
+        // back to the reader, to be dropped there.
+        let (token_tx, token_rx) = mpsc::sync_channel::<Option<P>>(in_flight);
         for _ in 0..in_flight {
-            token_tx.send(()).expect("room for every token");
+            token_tx.send(None).expect("room for every token");
         }
-        let (done_tx, done_rx) = mpsc::channel::<(u64, P, Option<R>)>();
+        let (done_tx, done_rx) = mpsc::channel::<(u64, usize, P, Option<R>)>();
         let reader = s.spawn(move || {
             let mut n = 0u64;
             read(&mut |page| {
+                // The applied page the token brings is dropped here.
                 let sent = token_rx.recv().is_ok() && page_tx.send((n, page)).is_ok();
                 n += 1;
                 sent
             })
         });
-        for _ in 0..threads {
+        // Each worker's applied results come back to it on a channel of
+        // its own (at most `in_flight` results are out at once).
+        let mut spent_txs = Vec::with_capacity(threads);
+        for w in 0..threads {
             let (page_rx, done_tx) = (&page_rx, done_tx.clone());
+            let (spent_tx, spent_rx) = mpsc::channel::<R>();
+            spent_txs.push(spent_tx);
             s.spawn(move || loop {
+                // Results applied since this worker's last page, dropped
+                // where they were made.
+                while spent_rx.try_recv().is_ok() {}
                 // A poisoned lock (a worker panicked holding it) ends this
                 // worker too.
                 let next = page_rx.lock().map(|rx| rx.recv());
@@ -65,26 +83,30 @@ pub(crate) fn in_order<P: Send, R: Send, T: Send>(
                 let checked =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&page)));
                 let failed = checked.is_err();
-                if done_tx.send((n, page, checked.ok())).is_err() || failed {
+                if done_tx.send((n, w, page, checked.ok())).is_err() || failed {
                     break;
                 }
             });
         }
         drop(done_tx);
-        let mut waiting: BTreeMap<u64, (P, R)> = BTreeMap::new();
+        let mut waiting: BTreeMap<u64, (usize, P, R)> = BTreeMap::new();
         let mut next = 0u64;
         let mut stopped = false;
-        'pages: for (n, page, checked) in &done_rx {
+        'pages: for (n, w, page, checked) in &done_rx {
             let checked = checked.expect("an audit worker panicked");
-            waiting.insert(n, (page, checked));
-            while let Some((page, checked)) = waiting.remove(&next) {
-                if !apply(page, checked) {
+            waiting.insert(n, (w, page, checked));
+            while let Some((w, page, mut checked)) = waiting.remove(&next) {
+                let go_on = apply(&page, &mut checked);
+                // Back to where each was made (a worker that is gone
+                // leaves its result to be dropped here).
+                let _ = spent_txs[w].send(checked);
+                if !go_on {
                     stopped = true;
                     break 'pages;
                 }
                 next += 1;
                 // Never blocks: at most `in_flight` tokens exist.
-                let _ = token_tx.send(());
+                let _ = token_tx.send(Some(page));
             }
         }
         // Every worker is gone (the reader ended, or panicked: raised by
@@ -94,7 +116,7 @@ pub(crate) fn in_order<P: Send, R: Send, T: Send>(
             stopped || waiting.is_empty(),
             "a page read was never checked"
         );
-        drop((token_tx, done_rx));
+        drop((token_tx, done_rx, spent_txs));
         reader
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
@@ -141,12 +163,76 @@ mod tests {
                     n * 2
                 },
                 |n, doubled| {
-                    assert_eq!(doubled, n * 2);
-                    applied.push(n);
+                    assert_eq!(*doubled, n * 2);
+                    applied.push(*n);
                     true
                 },
             );
             assert_eq!(applied, (0..300).collect::<Vec<_>>(), "{threads} threads");
+        }
+    }
+
+    /// Records whether it was dropped on a thread other than the one that
+    /// made it.
+    struct Tracked {
+        made_on: std::thread::ThreadId,
+        elsewhere: std::sync::Arc<AtomicUsize>,
+    }
+
+    impl Tracked {
+        fn new(elsewhere: &std::sync::Arc<AtomicUsize>) -> Self {
+            Self {
+                made_on: std::thread::current().id(),
+                elsewhere: elsewhere.clone(),
+            }
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            if std::thread::current().id() != self.made_on {
+                self.elsewhere.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Applied pages go back to the reader and results to the worker that
+    /// made them, to be dropped there; only those still on their way back
+    /// when the stages end may be dropped elsewhere. (Dropped by the
+    /// applier, all 300 of each were.)
+    #[test]
+    fn pages_and_results_are_dropped_where_they_were_made() {
+        for threads in [1, 2, 3] {
+            let pages = std::sync::Arc::new(AtomicUsize::new(0));
+            let results = std::sync::Arc::new(AtomicUsize::new(0));
+            let mut applied = 0;
+            in_order(
+                threads,
+                |send| {
+                    for n in 0..300u64 {
+                        assert!(send((n, Tracked::new(&pages))));
+                    }
+                },
+                |(n, _)| {
+                    jitter(*n);
+                    Tracked::new(&results)
+                },
+                |_, _| {
+                    applied += 1;
+                    true
+                },
+            );
+            assert_eq!(applied, 300);
+            let (pages, results) = (pages.load(Ordering::SeqCst), results.load(Ordering::SeqCst));
+            let bound = in_flight_max(threads) + threads;
+            assert!(
+                pages <= bound,
+                "{threads} threads: {pages} pages dropped elsewhere"
+            );
+            assert!(
+                results <= bound,
+                "{threads} threads: {results} results dropped elsewhere"
+            );
         }
     }
 
@@ -160,9 +246,9 @@ mod tests {
                     |send| (0u64..).take_while(|n| send(*n)).count(),
                     |n| jitter(*n),
                     |n, ()| {
-                        assert!(n <= 40, "page {n} applied after the stop");
+                        assert!(*n <= 40, "page {n} applied after the stop");
                         applied += 1;
-                        n < 40
+                        *n < 40
                     },
                 );
                 assert_eq!(applied, 41);
@@ -230,7 +316,7 @@ mod tests {
                             jitter(*n);
                         },
                         |n, ()| {
-                            assert!(!(stage == "apply" && n == 40), "apply fails");
+                            assert!(!(stage == "apply" && *n == 40), "apply fails");
                             true
                         },
                     );

@@ -96,11 +96,11 @@ pub fn replay_local(
         |page: &Vec<StoredChunk>| render(page, filter, with_personal),
         |_, rendered| match rendered {
             Err(e) => {
-                failed = Some(e);
+                failed = Some(std::mem::take(e));
                 false
             }
             Ok(bytes) => {
-                gone = out.write_all(&bytes).is_err();
+                gone = out.write_all(bytes).is_err();
                 !gone
             }
         },

@@ -156,7 +156,7 @@ pub fn verify_with(
     a.verify_held_heads();
     a.summarise_origins();
     a.check_heads_table(kv);
-    a.check_index(stored_index);
+    a.check_index(kv, stored_index);
     a.check_evidence(kv);
     for (source, refs) in references {
         a.check_reference(source, refs);
@@ -208,7 +208,7 @@ impl Auditor<'_> {
             |send| read_pages(kv, send),
             |items: &Vec<Item>| examine_items(items, kv, topology, signatures),
             |items, examined| {
-                self.apply_checked(&items, examined);
+                self.apply_checked(items, examined);
                 progress(self.report.events);
                 true
             },
@@ -216,8 +216,10 @@ impl Auditor<'_> {
     }
 
     /// A page checked by [`examine_items`], applied in log order.
-    fn apply_checked(&mut self, items: &[Item], examined: Vec<Examined>) {
-        let mut examined = examined.into_iter();
+    /// Only what it keeps is moved out of `examined` (a head that may end
+    /// its run): the rest is freed by the worker that made it.
+    fn apply_checked(&mut self, items: &[Item], examined: &mut [Examined]) {
+        let mut examined = examined.iter_mut();
         for item in items {
             match item {
                 Item::Problem(kind, offset, m) => {
@@ -379,10 +381,11 @@ impl Auditor<'_> {
     /// One log entry as examined on its own ([`entry::examine`]): counted,
     /// in the subtree, verified on its own (links, canonical envelopes,
     /// signature), then linked onto its origin's chain.
-    fn apply_entry(&mut self, offset: u64, examined: entry::Examined) {
+    fn apply_entry(&mut self, offset: u64, examined: &mut entry::Examined) {
         use gridsync_model::ChunkError as E;
-        let mut c = match examined {
+        let c = match examined {
             entry::Examined::Undecodable(m) => {
+                let m = std::mem::take(m);
                 return self
                     .report
                     .problem("undecodable", None, None, Some(offset), m);

@@ -1,17 +1,29 @@
-//! The chunk index held against the log: what the log implies, one compact
-//! entry per chunk and origin, against what the stored index names — read
-//! by a thread of its own while the log is read, and compared after.
+//! The chunk index held against the log: what the log implies, per
+//! origin, against what the stored index names — the index read by a
+//! thread of its own while the log is read, and compared after.
+//!
+//! Each side is kept as a digest per origin, not as a list: BLAKE3 over
+//! its chunks' places `(last seq, log offset, first seq)` in order. Two
+//! origins whose places both came in order and hash alike hold the same
+//! places. Only an origin where they differ (or came out of order: a
+//! damaged log or index) is read again, as lists, to name the chunks at
+//! fault. Kept as lists for every origin, the two took 48 bytes a chunk
+//! (~250 MB at 10 M events, most of an audit's memory, and a sixth of
+//! its time in fresh pages and lookups: BENCHMARKS.md, "The chunk index
+//! compared by digests").
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
+use gridsync_model::chunk::ChunkView;
+use gridsync_model::Hash32;
 use gridsync_store::kv::Kv;
 use gridsync_store::layout;
 
+use super::read::{read_pages, Item};
 use super::{origin_seq, Auditor};
 
 /// One chunk as the chunk index names it, within its origin: `(last seq,
-/// log offset, first seq)` — 24 bytes a chunk, where a key and value pair
-/// each with its own allocations took several times that at ten million.
+/// log offset, first seq)`.
 type IndexedChunk = (u64, u64, u64);
 
 /// The origin and seq a problem names.
@@ -19,25 +31,77 @@ type Named = (Option<String>, Option<u64>);
 
 const EXTRA: &str = "the chunk index points at a log entry that does not hold this chunk (entries moved or altered)";
 
-/// The chunk index the log implies: per origin (by id), its chunks in log
-/// order — seq order, unless the log is damaged.
+/// Bytes of places gathered before they are hashed (one BLAKE3 call per
+/// ~170 chunks, not one per chunk).
+const GATHER_BYTES: usize = 24 * 170;
+
+/// One origin's chunk places, hashed in the order they come.
+pub(super) struct Places {
+    hasher: blake3::Hasher,
+    gathered: Vec<u8>,
+    last: Option<IndexedChunk>,
+    sorted: bool,
+}
+
+impl Places {
+    fn new() -> Self {
+        Self {
+            hasher: blake3::Hasher::new(),
+            gathered: Vec::new(),
+            last: None,
+            sorted: true,
+        }
+    }
+
+    fn push(&mut self, c: IndexedChunk) {
+        if self.last.is_some_and(|l| c < l) {
+            self.sorted = false;
+        }
+        self.last = Some(c);
+        if self.gathered.len() + 24 > GATHER_BYTES {
+            self.hasher.update(&self.gathered);
+            self.gathered.clear();
+        }
+        for n in [c.0, c.1, c.2] {
+            self.gathered.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    /// The digest of the places, when they came in order (sorted, a
+    /// digest stands for the set: two equal sets sort alike).
+    fn digest(mut self) -> Option<Hash32> {
+        self.sorted.then(|| {
+            self.hasher.update(&self.gathered);
+            *self.hasher.finalize().as_bytes()
+        })
+    }
+}
+
+/// The chunk index the log implies: per origin (by id), its chunks' places.
 #[derive(Default)]
 pub(super) struct Expected {
     ids: HashMap<String, usize>,
-    origins: Vec<(String, Vec<IndexedChunk>)>,
+    origins: Vec<(String, Places)>,
+    /// The origin of the last chunk pushed (consecutive chunks are often
+    /// one origin's: no lookup then).
+    latest: Option<usize>,
 }
 
 impl Expected {
     /// The chunk `first..=last` of `origin` is log entry `offset`.
     pub(super) fn push(&mut self, origin: &str, last: u64, offset: u64, first: u64) {
-        let id = match self.ids.get(origin) {
-            Some(id) => *id,
-            None => {
-                self.ids.insert(origin.to_owned(), self.origins.len());
-                self.origins.push((origin.to_owned(), Vec::new()));
-                self.origins.len() - 1
-            }
+        let id = match self.latest {
+            Some(id) if self.origins[id].0 == origin => id,
+            _ => match self.ids.get(origin) {
+                Some(id) => *id,
+                None => {
+                    self.ids.insert(origin.to_owned(), self.origins.len());
+                    self.origins.push((origin.to_owned(), Places::new()));
+                    self.origins.len() - 1
+                }
+            },
         };
+        self.latest = Some(id);
         self.origins[id].1.push((last, offset, first));
     }
 }
@@ -45,7 +109,7 @@ impl Expected {
 /// The stored chunk index, per origin in key order, and the entries that
 /// do not parse.
 pub(super) struct Stored {
-    origins: Vec<(String, Vec<IndexedChunk>)>,
+    origins: Vec<(String, Places)>,
     malformed: Vec<Named>,
 }
 
@@ -58,25 +122,27 @@ pub(super) fn read_stored(kv: &dyn Kv) -> Stored {
         origins: Vec::new(),
         malformed: Vec::new(),
     };
+    let mut chunks = Vec::new();
     // Entries as read (`Kv::visit`): nothing copied or allocated for an
-    // entry but the chunks it names. A read error ends the reading: what
-    // was not read is reported as lacking.
+    // entry. A read error ends the reading: what was not read is reported
+    // as lacking.
     let _ = kv.visit(&[layout::INDEX], &[layout::INDEX], &mut |k, v| {
         let Some((origin, _, _)) = layout::origin_seq_of_key(k) else {
             stored.malformed.push(origin_seq(k));
             return true;
         };
-        let origin = String::from_utf8_lossy(origin);
-        let new = stored.origins.last().is_none_or(|(o, _)| *o != origin);
-        if new {
-            stored.origins.push((origin.into_owned(), Vec::new()));
-        }
-        let list = &mut stored.origins.last_mut().expect("one at least").1;
-        if layout::index_chunks_into(k, v, list).is_none() {
-            if new {
-                stored.origins.pop();
-            }
+        chunks.clear();
+        if layout::index_chunks_into(k, v, &mut chunks).is_none() {
             stored.malformed.push(origin_seq(k));
+            return true;
+        }
+        let origin = String::from_utf8_lossy(origin);
+        if stored.origins.last().is_none_or(|(o, _)| *o != origin) {
+            stored.origins.push((origin.into_owned(), Places::new()));
+        }
+        let places = &mut stored.origins.last_mut().expect("one at least").1;
+        for c in &chunks {
+            places.push(*c);
         }
         true
     });
@@ -84,37 +150,60 @@ pub(super) fn read_stored(kv: &dyn Kv) -> Stored {
 }
 
 impl Auditor<'_> {
-    /// The chunk index must match the chunks: per origin, the chunks the
-    /// log implies and those the stored index names, both sorted, walked
-    /// side by side. A chunk only the index names points at an entry that
-    /// does not hold it; a chunk only the log holds is lacking from the
-    /// index (memory: the two lists, 24 bytes a chunk each).
-    pub(super) fn check_index(&mut self, stored: Stored) {
-        let mut expected = std::mem::take(&mut self.index_expected);
+    /// The chunk index must match the chunks: per origin, the places the
+    /// log implies and those the stored index names. Where their digests
+    /// differ, both are read again as lists, sorted and walked side by
+    /// side: a chunk only the index names points at an entry that does not
+    /// hold it; a chunk only the log holds is lacking from the index.
+    pub(super) fn check_index(&mut self, kv: &dyn Kv, stored: Stored) {
+        let expected = std::mem::take(&mut self.index_expected);
+        let mut ours: Vec<(String, Option<Hash32>)> = expected
+            .origins
+            .into_iter()
+            .map(|(o, p)| (o, p.digest()))
+            .collect();
+        let theirs: Vec<(String, Option<Hash32>)> = stored
+            .origins
+            .into_iter()
+            .map(|(o, p)| (o, p.digest()))
+            .collect();
+        // Origins to read again, in the order the problems are reported:
+        // the stored index's, then those only the log holds.
+        let mut seen = vec![false; ours.len()];
+        let mut again: Vec<String> = Vec::new();
+        for (origin, digest) in &theirs {
+            let agree = match expected.ids.get(origin) {
+                Some(id) => {
+                    seen[*id] = true;
+                    digest.is_some() && ours[*id].1 == *digest
+                }
+                None => false,
+            };
+            if !agree && !again.contains(origin) {
+                again.push(origin.clone());
+            }
+        }
+        for ((origin, _), seen) in ours.drain(..).zip(seen) {
+            if !seen {
+                again.push(origin);
+            }
+        }
         let mut wrong: Vec<(Named, &str)> =
             stored.malformed.into_iter().map(|at| (at, EXTRA)).collect();
         let mut lacking: Vec<(String, u64)> = Vec::new();
-        let mut seen = vec![false; expected.origins.len()];
-        for (origin, mut theirs) in stored.origins {
-            let ours = match expected.ids.get(&origin) {
-                Some(id) => {
-                    seen[*id] = true;
-                    &mut expected.origins[*id].1
-                }
-                None => &mut Vec::new(),
-            };
-            let (extra, lacks) = compare(ours, &mut theirs);
-            wrong.extend(
-                extra
-                    .into_iter()
-                    .map(|l| ((Some(origin.clone()), Some(l)), EXTRA)),
-            );
-            lacking.extend(lacks.into_iter().map(|l| (origin.clone(), l)));
-        }
-        for ((origin, ours), seen) in expected.origins.iter_mut().zip(seen) {
-            if !seen {
-                sort_unless_sorted(ours);
-                lacking.extend(ours.iter().map(|c| (origin.clone(), c.0)));
+        if !again.is_empty() {
+            let wanted: BTreeSet<&str> = again.iter().map(String::as_str).collect();
+            let (mut in_log, mut in_index) = (log_places(kv, &wanted), stored_places(kv, &wanted));
+            for origin in &again {
+                let mut ours = in_log.remove(origin.as_str()).unwrap_or_default();
+                let mut theirs = in_index.remove(origin.as_str()).unwrap_or_default();
+                let (extra, lacks) = compare(&mut ours, &mut theirs);
+                wrong.extend(
+                    extra
+                        .into_iter()
+                        .map(|l| ((Some(origin.clone()), Some(l)), EXTRA)),
+                );
+                lacking.extend(lacks.into_iter().map(|l| (origin.clone(), l)));
             }
         }
         let lacking = lacking
@@ -131,6 +220,52 @@ impl Auditor<'_> {
             );
         }
     }
+}
+
+/// The places of the chunks of `origins` as the log holds them, in log
+/// order: each whole entry that decodes as a chunk, as the audit's first
+/// reading counted it (read again only for origins whose digests differ).
+fn log_places(kv: &dyn Kv, origins: &BTreeSet<&str>) -> HashMap<String, Vec<IndexedChunk>> {
+    let mut out: HashMap<String, Vec<IndexedChunk>> = HashMap::new();
+    read_pages(kv, &mut |items| {
+        for item in &items {
+            let Item::Entry(p) = item else { continue };
+            if !p.whole() {
+                continue;
+            }
+            let Ok(bytes) = p.read(kv) else { continue };
+            let Some(Ok(chunk)) = bytes.get(10..).map(ChunkView::decode) else {
+                continue;
+            };
+            if origins.contains(chunk.origin) {
+                out.entry(chunk.origin.to_owned()).or_default().push((
+                    chunk.last_seq(),
+                    p.offset,
+                    chunk.first_seq(),
+                ));
+            }
+        }
+        true
+    });
+    out
+}
+
+/// The places the stored index names for `origins` (read whole again, as
+/// the first reading named each origin; its malformed entries were
+/// reported then).
+fn stored_places(kv: &dyn Kv, origins: &BTreeSet<&str>) -> HashMap<String, Vec<IndexedChunk>> {
+    let mut out: HashMap<String, Vec<IndexedChunk>> = HashMap::new();
+    let _ = kv.visit(&[layout::INDEX], &[layout::INDEX], &mut |k, v| {
+        if let Some((origin, _, _)) = layout::origin_seq_of_key(k) {
+            let origin = String::from_utf8_lossy(origin);
+            if origins.contains(origin.as_ref()) {
+                let list = out.entry(origin.into_owned()).or_default();
+                let _ = layout::index_chunks_into(k, v, list);
+            }
+        }
+        true
+    });
+    out
 }
 
 /// One origin's chunks as the log implies them (`ours`) against those the
@@ -178,6 +313,45 @@ mod tests {
 
     fn chunks() -> impl Strategy<Value = Vec<IndexedChunk>> {
         prop::collection::vec((0u64..12, 0u64..4, 0u64..3), 0..24)
+    }
+
+    /// The digest of `places` pushed in the order given.
+    fn digest_of(places: &[IndexedChunk]) -> Option<Hash32> {
+        let mut p = Places::new();
+        for c in places {
+            p.push(*c);
+        }
+        p.digest()
+    }
+
+    proptest! {
+        /// Places that came in order have a digest, equal for two lists
+        /// exactly when they hold the same places; out of order, none (and
+        /// the origin is compared as lists).
+        #[test]
+        fn a_digest_stands_for_the_places_in_order(mut a in chunks(), mut b in chunks()) {
+            let unsorted = !a.is_sorted();
+            prop_assert_eq!(digest_of(&a).is_none(), unsorted);
+            a.sort_unstable();
+            b.sort_unstable();
+            let (da, db) = (digest_of(&a), digest_of(&b));
+            prop_assert!(da.is_some() && db.is_some());
+            prop_assert_eq!(da == db, a == b);
+        }
+    }
+
+    /// Many places: the gathered bytes are hashed in several calls, and a
+    /// change in any one place shows.
+    #[test]
+    fn a_long_list_changed_anywhere_hashes_otherwise() {
+        let list: Vec<IndexedChunk> = (1..=1_000u64).map(|i| (i * 2, i, i * 2 - 1)).collect();
+        let whole = digest_of(&list).unwrap();
+        for at in [0, 169, 170, 171, 500, 999] {
+            let mut changed = list.clone();
+            changed[at].1 += 7_000;
+            assert_ne!(digest_of(&changed).unwrap(), whole, "place {at}");
+        }
+        assert_ne!(digest_of(&list[..999]).unwrap(), whole);
     }
 
     proptest! {

@@ -43,7 +43,7 @@ impl Pending {
 
     /// The entry's bytes; from the body file (checked against the
     /// pointer's checksum) when it lives there.
-    fn read(&self, kv: &dyn Kv) -> Result<Cow<'_, [u8]>, String> {
+    pub(super) fn read(&self, kv: &dyn Kv) -> Result<Cow<'_, [u8]>, String> {
         match &self.bytes {
             EntryBytes::Own(b) => Ok(Cow::Borrowed(b)),
             EntryBytes::Shared(v, range) => Ok(Cow::Borrowed(&(**v).as_ref()[range.clone()])),
