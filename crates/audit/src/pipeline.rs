@@ -11,7 +11,8 @@
 //! and the result to the worker that made it. Freed by the applier, every
 //! allocation of a worker's (an audit's are several a chunk) took the
 //! lock of that worker's allocator arena while the worker allocated from
-//! it (BENCHMARKS.md, "Pages and results freed where they were made").
+//! it (BENCHMARKS.md, "The chunk index compared by digests; pages and
+//! results freed where they were made").
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;

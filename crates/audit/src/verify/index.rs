@@ -7,10 +7,10 @@
 //! origins whose places both came in order and hash alike hold the same
 //! places. Only an origin where they differ (or came out of order: a
 //! damaged log or index) is read again, as lists, to name the chunks at
-//! fault. Kept as lists for every origin, the two took 48 bytes a chunk
-//! (~250 MB at 10 M events, most of an audit's memory, and a sixth of
-//! its time in fresh pages and lookups: BENCHMARKS.md, "The chunk index
-//! compared by digests").
+//! fault. Kept as lists for every origin, the two took 48 bytes a chunk:
+//! ~250 MB of the ~455 MB an audit of 10 M events held, every page of it
+//! touched fresh (BENCHMARKS.md, "The chunk index compared by digests;
+//! pages and results freed where they were made").
 
 use std::collections::{BTreeSet, HashMap};
 
