@@ -12,7 +12,7 @@
 //! touched fresh (BENCHMARKS.md, "The chunk index compared by digests;
 //! pages and results freed where they were made").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use gridsync_model::chunk::ChunkView;
 use gridsync_model::Hash32;
@@ -156,35 +156,25 @@ impl Auditor<'_> {
     /// side: a chunk only the index names points at an entry that does not
     /// hold it; a chunk only the log holds is lacking from the index.
     pub(super) fn check_index(&mut self, kv: &dyn Kv, stored: Stored) {
-        let expected = std::mem::take(&mut self.index_expected);
-        let mut ours: Vec<(String, Option<Hash32>)> = expected
-            .origins
-            .into_iter()
-            .map(|(o, p)| (o, p.digest()))
-            .collect();
-        let theirs: Vec<(String, Option<Hash32>)> = stored
-            .origins
-            .into_iter()
-            .map(|(o, p)| (o, p.digest()))
-            .collect();
+        let Expected { ids, origins, .. } = std::mem::take(&mut self.index_expected);
+        let (names, places): (Vec<String>, Vec<Places>) = origins.into_iter().unzip();
+        // Each origin's digest as the log implies it, taken once the
+        // stored index names the origin.
+        let mut ours: Vec<Option<Option<Hash32>>> =
+            places.into_iter().map(|p| Some(p.digest())).collect();
         // Origins to read again, in the order the problems are reported:
         // the stored index's, then those only the log holds.
-        let mut seen = vec![false; ours.len()];
-        let mut again: Vec<String> = Vec::new();
-        for (origin, digest) in &theirs {
-            let agree = match expected.ids.get(origin) {
-                Some(id) => {
-                    seen[*id] = true;
-                    digest.is_some() && ours[*id].1 == *digest
-                }
-                None => false,
-            };
-            if !agree && !again.contains(origin) {
-                again.push(origin.clone());
+        let (mut again, mut queued) = (Vec::new(), HashSet::new());
+        for (origin, places) in stored.origins {
+            let theirs = places.digest();
+            let ours = ids.get(&origin).and_then(|id| ours[*id].take());
+            let agree = theirs.is_some() && ours == Some(theirs);
+            if !agree && queued.insert(origin.clone()) {
+                again.push(origin);
             }
         }
-        for ((origin, _), seen) in ours.drain(..).zip(seen) {
-            if !seen {
+        for (origin, unseen) in names.into_iter().zip(ours) {
+            if unseen.is_some() && queued.insert(origin.clone()) {
                 again.push(origin);
             }
         }
