@@ -258,6 +258,13 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.authorize(&headers, &Role::ALL)?;
+    if let Some((held, file)) = state.store.body_reads() {
+        let node = state.config.id.clone();
+        metrics::counter!("gridsync_log_body_reads_total", "node" => node.clone(), "from" => "memory")
+            .absolute(held);
+        metrics::counter!("gridsync_log_body_reads_total", "node" => node, "from" => "file")
+            .absolute(file);
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

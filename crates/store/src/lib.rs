@@ -492,6 +492,12 @@ impl Store {
         self.shared.failure().map_or(Ok(()), Err)
     }
 
+    /// Log bodies read so far from memory (those appended last) and from
+    /// the body file; `None` for a store without one.
+    pub fn body_reads(&self) -> Option<(u64, u64)> {
+        self.shared.kv.bodies().map(bodies::BodyFile::reads)
+    }
+
     /// `Err` once a commit has failed (the node must stop acknowledging).
     ///
     /// # Errors

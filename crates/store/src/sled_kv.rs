@@ -245,9 +245,8 @@ impl Kv for SledKv {
     fn commit(&self, batch: Vec<KvWrite>) -> Result<CommitTimings, StoreError> {
         let t0 = Instant::now();
         // The bodies the batch's pointers name, durable first.
-        if !self.skip_fsync && !self.skip_body_sync {
-            self.bodies.sync()?;
-        }
+        self.bodies
+            .write(!self.skip_fsync && !self.skip_body_sync)?;
         let mut b = sled::Batch::default();
         for (k, v) in batch {
             match v {
