@@ -319,6 +319,17 @@ fn main() {
         s(3),
         written1.saturating_sub(written0) as f64 / 1e6,
     );
+    // Whether the street's readers (projector, sender to the district)
+    // kept within the bodies it holds in memory.
+    let street_metrics = rt.block_on(gridsync_suite::get_text(
+        &format!("{}/metrics", street.url),
+        &viewer,
+    ));
+    let body_reads: Vec<&str> = street_metrics
+        .lines()
+        .filter(|l| l.starts_with("gridsync_log_body_reads_total"))
+        .collect();
+    println!("the street's log body reads since its start: {body_reads:?}");
     // The links idle again, the street now holding 1,000 origins: what
     // its link up costs (heartbeats, with their lag reports), as the
     // district counts what it received.
