@@ -613,7 +613,7 @@ mod tests {
     }
 
     fn size(rng: &mut rand::rngs::StdRng, i: usize) -> usize {
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             return TAIL_BYTES + rng.gen_range(1..3 * BLOCK_BYTES);
         }
         match i % 7 {
