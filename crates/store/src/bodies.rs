@@ -358,8 +358,11 @@ impl BodyFile {
             .ok_or_else(|| StoreError::Failed("a log entry without its header".into()))?;
         let length = u32::try_from(entry.len())
             .map_err(|_| StoreError::Failed("a log entry over 4 GiB".into()))?;
-        let position = self.len();
         let mut out = self.out.lock().expect("lock");
+        // Where the ring ends, not `len`: an append that failed part-way
+        // (a write error as the tail filled) left bytes no pointer names,
+        // which the file keeps like padding.
+        let position = self.tail.read().expect("lock").end;
         let mut rest = entry;
         while !rest.is_empty() {
             let end = self.tail.read().expect("lock").end;
