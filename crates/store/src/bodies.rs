@@ -241,18 +241,20 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> StoreError {
 /// refuses `O_DIRECT`: tmpfs, some FUSE ones) through it.
 fn open_out(path: &Path, try_direct: bool) -> Result<(File, bool), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let direct = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(i32::try_from(rustix::fs::OFlags::DIRECT.bits()).expect("a flag"))
-        .open(path);
-    match direct {
-        Ok(f) if try_direct => Ok((f, true)),
-        _ => std::fs::OpenOptions::new()
+    if try_direct {
+        let direct = std::fs::OpenOptions::new()
             .write(true)
-            .open(path)
-            .map(|f| (f, false))
-            .map_err(|e| io_err("open", path, e)),
+            .custom_flags(i32::try_from(rustix::fs::OFlags::DIRECT.bits()).expect("a flag"))
+            .open(path);
+        if let Ok(f) = direct {
+            return Ok((f, true));
+        }
     }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map(|f| (f, false))
+        .map_err(|e| io_err("open", path, e))
 }
 
 impl BodyFile {
@@ -438,11 +440,7 @@ impl BodyFile {
                     // this write: write through the page cache from now.
                     drop(slices);
                     tracing::info!(file = %self.path.display(), "log bodies written through the page cache (O_DIRECT refused)");
-                    let (file, direct) = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&self.path)
-                        .map(|f| (f, false))
-                        .map_err(|e| io_err("open", &self.path, e))?;
+                    let (file, direct) = open_out(&self.path, false)?;
                     out.file = file;
                     out.direct = direct;
                     drop(tail);
