@@ -330,6 +330,16 @@ fn main() {
         .filter(|l| l.starts_with("gridsync_log_body_reads_total"))
         .collect();
     println!("the street's log body reads since its start: {body_reads:?}");
+    // How the street's writer grouped the children's batches.
+    let commits: Vec<&str> = street_metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gridsync_commit_seconds_count")
+                || l.starts_with("gridsync_commit_seconds_sum")
+                || l.starts_with("gridsync_sync_batches_received_total")
+        })
+        .collect();
+    println!("the street's commits and batches received since its start: {commits:?}");
     // The links idle again, the street now holding 1,000 origins: what
     // its link up costs (heartbeats, with their lag reports), as the
     // district counts what it received.

@@ -73,10 +73,18 @@ fn build_tree() -> Tree {
     Tree { ids, parent, keys }
 }
 
-/// The next chunk a community creates after `(seq, prev)`: its events'
+/// The next chunk a community creates after `(seq, prev)`, its head naming
+/// the head before it (`after`, as an origin's writer signs: so a parent
+/// checks one signature for a run of them in a batch): its events'
 /// content depends on `now`, so a retry after a crash makes different
 /// events at the same seqs.
-fn make_chunk(origin: &str, key: &SigningKey, (seq, prev): (u64, Hash32), now: i64) -> Chunk {
+fn make_chunk(
+    origin: &str,
+    key: &SigningKey,
+    (seq, prev): (u64, Hash32),
+    after: Hash32,
+    now: i64,
+) -> Chunk {
     let mut prev = prev;
     let mut events = Vec::new();
     for seq in seq + 1..=seq + EVENTS_PER_CHUNK {
@@ -106,7 +114,7 @@ fn make_chunk(origin: &str, key: &SigningKey, (seq, prev): (u64, Hash32), now: i
             personal: None,
         });
     }
-    let head = SignedHead::sign(key, origin, seq + EVENTS_PER_CHUNK, prev, now);
+    let head = SignedHead::sign_after(key, (origin, seq + EVENTS_PER_CHUNK, prev), now, after);
     Chunk {
         origin: origin.to_owned(),
         events,
@@ -246,6 +254,14 @@ impl SimLog {
 
     fn head_or_zero(&self, origin: &str) -> (u64, Hash32) {
         StoredLog::head(self, origin).unwrap_or((0, ZERO_HASH))
+    }
+
+    /// The digest of the origin's newest signed head held (zeros for none).
+    fn after(&self, origin: &str) -> Hash32 {
+        self.chunks
+            .get(origin)
+            .and_then(|c| c.last())
+            .map_or(ZERO_HASH, |c| c.head.digest())
     }
 }
 
@@ -906,6 +922,7 @@ impl<'t> Sim<'t> {
                     &origin,
                     &self.tree.keys[node],
                     applied.head_or_zero(&origin),
+                    applied.after(&origin),
                     self.now,
                 );
                 self.nodes[node]

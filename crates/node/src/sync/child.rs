@@ -148,7 +148,7 @@ fn reconnect_delay(s: &SyncSettings, backoff_ms: u64, outcome: &Result<(), Sessi
     } else {
         backoff_ms
     };
-    rand::rngs::OsRng.gen_range(s.reconnect_min_ms.min(cap)..=cap)
+    rand::thread_rng().gen_range(s.reconnect_min_ms.min(cap)..=cap)
 }
 
 /// Sends one protocol message as websocket frames of at most `limit`

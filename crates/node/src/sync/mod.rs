@@ -37,9 +37,14 @@ pub use parent::sync_endpoint;
 /// 1,000 (BENCHMARKS.md, "Read buffers that stay at 16 KiB").
 pub(crate) const LINK_BUFFER_BYTES: usize = 8 * 1024;
 
+/// A session's fresh nonce, from the thread's CSPRNG (`rand`'s
+/// `ThreadRng`: ChaCha12, seeded from the OS and reseeded as it goes).
+/// Not `OsRng`: a `getrandom` call for each of 1,000 children reconnecting
+/// at once was ~2 % of a street's CPU (BENCHMARKS.md, "One signature for a
+/// run of heads").
 pub(crate) fn random_nonce() -> [u8; 32] {
     use rand::Rng;
-    rand::rngs::OsRng.gen()
+    rand::thread_rng().gen()
 }
 
 /// When a session's next timer is due (`next_ms` on the wall clock of

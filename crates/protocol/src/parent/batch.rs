@@ -83,9 +83,14 @@ impl super::ParentSession {
         log: &dyn StoredLog,
     ) -> Result<BatchRead, (RejectCode, String)> {
         let mut r = BatchRead::default();
-        for bytes in chunks {
-            let chunk =
-                Chunk::decode(&bytes).map_err(|e| (RejectCode::Malformed, e.to_string()))?;
+        let decoded = chunks
+            .iter()
+            .map(|bytes| Chunk::decode(bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| (RejectCode::Malformed, e.to_string()))?;
+        drop(chunks);
+        let signatures = self.check_signatures(&decoded, child, topo);
+        for (chunk, signature) in decoded.into_iter().zip(signatures) {
             let origin = chunk.origin.clone();
             if self.refused.contains_key(&origin) || r.refusals.iter().any(|x| x.0 == origin) {
                 continue;
@@ -99,7 +104,7 @@ impl super::ParentSession {
                 .unwrap_or((0, ZERO_HASH));
             // The refusal, and the chunk when it was authentic (an
             // equivocation's evidence).
-            let (refusal, theirs) = match authenticate(chunk, child, topo) {
+            let (refusal, theirs) = match authenticate(chunk, child, topo, signature) {
                 Err(refusal) => (refusal, None),
                 Ok(linked) => match self.check_chunk(&linked, tip, log) {
                     Ok(None) => continue,
@@ -113,6 +118,14 @@ impl super::ParentSession {
             if refusal.code == RejectCode::Gap {
                 return Err((RejectCode::Gap, refusal.message));
             }
+            // Evidence is kept only with the head's own signature checked
+            // (one vouched for by a later head would need that head too).
+            let theirs = theirs.filter(|t| {
+                signature != Some(Signature::Vouched)
+                    || topo
+                        .key_at(&origin, t.chunk().last_seq())
+                        .is_some_and(|key| t.chunk().head.verify(&key).is_ok())
+            });
             if let (Some((seq, ours)), Some(theirs)) = (refusal.fork, theirs) {
                 out.push(Output::Equivocation {
                     origin: origin.clone(),
@@ -125,6 +138,52 @@ impl super::ParentSession {
                 .push((origin, refusal.seq, refusal.code, refusal.message));
         }
         Ok(r)
+    }
+
+    /// Each chunk's head signature, checked before the chunks are read in
+    /// order so that a head can lean on a later one: a chunk whose next
+    /// chunk of the same origin in this batch carries a head that names
+    /// this chunk's head (`after`, [`gridsync_model::SignedHead::follows`]) under the same
+    /// key, and whose own signature held (checked or so vouched for), is
+    /// vouched for byte for byte without a check of its own — the rule the
+    /// store's recovery walk and the audit apply to stored heads. An origin
+    /// whose commit was cut into two chunks (~32 KiB each) then costs the
+    /// parent one ed25519 check, not two. `None`: not looked at here (an
+    /// origin refused earlier, not in the child's subtree or unknown);
+    /// [`authenticate`] refuses or checks it as before.
+    fn check_signatures(
+        &self,
+        chunks: &[Chunk],
+        child: &str,
+        topo: &dyn TopologyView,
+    ) -> Vec<Option<Signature>> {
+        let mut out = vec![None; chunks.len()];
+        // Per origin, the index of its next chunk in the batch (walking
+        // back) and that chunk's key.
+        let mut later: HashMap<&str, (usize, VerifyingKey)> = HashMap::new();
+        for (i, chunk) in chunks.iter().enumerate().rev() {
+            let origin = chunk.origin.as_str();
+            if self.refused.contains_key(origin) || !topo.in_subtree(child, origin) {
+                continue;
+            }
+            let Some(key) = topo.key_at(origin, chunk.last_seq()) else {
+                continue;
+            };
+            let vouched = later.get(origin).is_some_and(|&(j, later_key)| {
+                later_key == key
+                    && out[j].is_some_and(Signature::holds)
+                    && chunks[j].head.follows(&chunk.head)
+            });
+            out[i] = Some(if vouched {
+                Signature::Vouched
+            } else if chunk.head.verify(&key).is_ok() {
+                Signature::Checked
+            } else {
+                Signature::Bad
+            });
+            later.insert(origin, (i, key));
+        }
+        out
     }
 
     /// Checks an authentic chunk against the held chain (`tip`: the head
@@ -223,14 +282,33 @@ impl BatchRead {
     }
 }
 
+/// A chunk head's signature as [`ParentSession::check_signatures`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signature {
+    /// Verified (`verify_strict`).
+    Checked,
+    /// Named by a later head of the batch whose signature held.
+    Vouched,
+    /// Did not verify.
+    Bad,
+}
+
+impl Signature {
+    fn holds(self) -> bool {
+        self != Signature::Bad
+    }
+}
+
 /// Whether `chunk` may come from `child` and is authentic: its origin is
 /// in the child's subtree and known, its chain links hold inside it and
-/// the origin's signature on its head verifies. Returns it linked (the
-/// first event's `prev` and every event's hash, for the store too).
+/// the origin's signature on its head verifies (or `signature` already
+/// says how it stands). Returns it linked (the first event's `prev` and
+/// every event's hash, for the store too).
 fn authenticate(
     chunk: Chunk,
     child: &str,
     topo: &dyn TopologyView,
+    signature: Option<Signature>,
 ) -> Result<LinkedChunk, Refusal> {
     let origin = chunk.origin.as_str();
     let (first, last) = (chunk.first_seq(), chunk.last_seq());
@@ -246,7 +324,17 @@ fn authenticate(
     chunk
         .linked()
         .and_then(|linked| {
-            linked.chunk().head.verify(&key)?;
+            let head = &linked.chunk().head;
+            match signature {
+                Some(s) if s.holds() => {}
+                Some(_) => {
+                    return Err(gridsync_model::ChunkError::BadSignature {
+                        origin: head.origin.clone(),
+                        seq: head.seq,
+                    })
+                }
+                None => head.verify(&key)?,
+            }
             Ok(linked)
         })
         .map_err(|e| {
