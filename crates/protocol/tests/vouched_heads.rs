@@ -135,6 +135,13 @@ fn break_signature(chunk: &mut Chunk) {
     chunk.head.signature[10] ^= 0x40;
 }
 
+/// Signs `run[i]`'s head again with `key`, naming `run[i - 1]`'s head as
+/// it now is.
+fn name_previous(run: &mut [Chunk], i: usize, key: &SigningKey) {
+    let (seq, hash) = (run[i].head.seq, run[i].head.hash);
+    run[i].head = SignedHead::sign_after(key, (CHILD, seq, hash), NOW, run[i - 1].head.digest());
+}
+
 struct Setup {
     parent: ParentSession,
     topo: Topo,
@@ -241,11 +248,9 @@ fn heads_named_by_a_verified_later_head_are_not_checked_again() {
     // Broken after signing: the later heads name the broken bytes, as
     // they would only if the key's holder signed over them.
     break_signature(&mut run[0]);
-    run[1].head =
-        SignedHead::sign_after(&k, (CHILD, 8, run[1].head.hash), NOW, run[0].head.digest());
+    name_previous(&mut run, 1, &k);
     break_signature(&mut run[1]);
-    run[2].head =
-        SignedHead::sign_after(&k, (CHILD, 12, run[2].head.hash), NOW, run[1].head.digest());
+    name_previous(&mut run, 2, &k);
     assert_eq!(send_batch(&mut s, &run), (vec![4, 8, 12], vec![]));
 }
 
@@ -272,12 +277,7 @@ fn a_later_head_that_does_not_verify_vouches_for_nothing() {
     let mut s = streaming(vec![(0, k.verifying_key())], &k);
     let mut run = chain(&[&k, &k], 4);
     break_signature(&mut run[0]);
-    run[1].head = SignedHead::sign_after(
-        &key(2),
-        (CHILD, 8, run[1].head.hash),
-        NOW,
-        run[0].head.digest(),
-    );
+    name_previous(&mut run, 1, &key(2));
     assert_eq!(
         send_batch(&mut s, &run),
         (vec![], vec!["bad_signature".to_owned()])
@@ -304,12 +304,7 @@ fn a_head_under_an_earlier_key_is_checked_on_its_own() {
     assert_eq!(send_batch(&mut s, &run), (vec![4, 8], vec![]));
     let mut s = streaming(keys, &new);
     break_signature(&mut run[0]);
-    run[1].head = SignedHead::sign_after(
-        &new,
-        (CHILD, 8, run[1].head.hash),
-        NOW,
-        run[0].head.digest(),
-    );
+    name_previous(&mut run, 1, &new);
     assert_eq!(
         send_batch(&mut s, &run),
         (vec![], vec!["bad_signature".to_owned()])
