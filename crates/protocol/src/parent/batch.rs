@@ -146,8 +146,8 @@ impl super::ParentSession {
     /// this chunk's head (`after`, [`gridsync_model::SignedHead::follows`]) under the same
     /// key, and whose own signature held (checked or so vouched for), is
     /// vouched for byte for byte without a check of its own — the rule the
-    /// store's recovery walk and the audit apply to stored heads. An origin
-    /// whose commit was cut into two chunks (~32 KiB each) then costs the
+    /// store's recovery walk and the audit apply to stored heads. A post
+    /// its origin cut into two chunks (~32 KiB and the rest) then costs the
     /// parent one ed25519 check, not two. `None`: not looked at here (an
     /// origin refused earlier, not in the child's subtree or unknown);
     /// [`authenticate`] refuses or checks it as before.
