@@ -27,13 +27,14 @@
 //! planted bugs (ack before durable; resume from the child's memory; read
 //! past the durable point) must be caught.
 
+mod common;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridsync_model::chunk::EncodedChunk;
-use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
-use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
+use gridsync_model::{Chunk, Hash32, SignedHead, ZERO_HASH};
 use gridsync_protocol::{
     ChildConfig, ChildSession, Frame, LagReport, LocalLog, MovedHeads, Output, OwnChain,
     ParentConfig, ParentSession, StoredLog, TopologyView,
@@ -85,35 +86,13 @@ fn make_chunk(
     after: Hash32,
     now: i64,
 ) -> Chunk {
-    let mut prev = prev;
-    let mut events = Vec::new();
-    for seq in seq + 1..=seq + EVENTS_PER_CHUNK {
-        let data = gridsync_model::canonical::to_canonical(
-            &serde_json::json!({"household": format!("h{seq}"), "method": "phone", "quarantine": "none"}),
-        );
-        let bytes = EnvelopeHeader {
-            origin,
-            seq,
-            kind: "visit",
-            schema: 1,
-            occurred_at: OccurredAt {
-                unix_ms: 1_580_000_000_000 + seq as i64,
-                offset_min: 480,
-            },
-            recorded_at_ms: 1_580_000_000_000 + now,
-            grid: "g",
-            recorded_by: "w",
-            client_id: &format!("k{seq}"),
-            prev: &prev,
-            personal_digest: None,
-        }
-        .encode_with_data(&data);
-        prev = event_hash(&bytes);
-        events.push(EventRecord {
-            envelope: bytes,
-            personal: None,
-        });
-    }
+    let (events, prev) = common::visit_events(
+        origin,
+        seq + 1..=seq + EVENTS_PER_CHUNK,
+        prev,
+        1_580_000_000_000,
+        1_580_000_000_000 + now,
+    );
     let head = SignedHead::sign_after(key, (origin, seq + EVENTS_PER_CHUNK, prev), now, after);
     Chunk {
         origin: origin.to_owned(),

@@ -8,8 +8,9 @@
 //! verify itself, or is signed under another key leaves the earlier chunk
 //! to its own signature, which then refuses it.
 
+mod common;
+
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use gridsync_model::event::{event_hash, EnvelopeHeader, OccurredAt};
 use gridsync_model::{Chunk, EventRecord, Hash32, SignedHead, ZERO_HASH};
 use gridsync_protocol::{
     auth, Frame, Output, ParentConfig, ParentSession, StoredLog, TopologyView, PROTOCOL_VERSION,
@@ -77,36 +78,8 @@ impl StoredLog for Empty {
 }
 
 /// Events `from..=to` of the child after `prev`, and the last one's hash.
-fn events(from: u64, to: u64, mut prev: Hash32) -> (Vec<EventRecord>, Hash32) {
-    let mut out = Vec::new();
-    for seq in from..=to {
-        let data = gridsync_model::canonical::to_canonical(
-            &serde_json::json!({"household": format!("h{seq}"), "method": "phone", "quarantine": "none"}),
-        );
-        let bytes = EnvelopeHeader {
-            origin: CHILD,
-            seq,
-            kind: "visit",
-            schema: 1,
-            occurred_at: OccurredAt {
-                unix_ms: NOW + seq as i64,
-                offset_min: 480,
-            },
-            recorded_at_ms: NOW,
-            grid: "g",
-            recorded_by: "w",
-            client_id: &format!("k{seq}"),
-            prev: &prev,
-            personal_digest: None,
-        }
-        .encode_with_data(&data);
-        prev = event_hash(&bytes);
-        out.push(EventRecord {
-            envelope: bytes,
-            personal: None,
-        });
-    }
-    (out, prev)
+fn events(from: u64, to: u64, prev: Hash32) -> (Vec<EventRecord>, Hash32) {
+    common::visit_events(CHILD, from..=to, prev, NOW, NOW)
 }
 
 /// The child's chain cut into chunks of `per` events, each head signed by
