@@ -50,6 +50,17 @@ pub struct PreparedEvent {
     /// Digest of the event's content (not its salt), so a reused
     /// `client_id` with different content can be told from a retry.
     pub fingerprint: Hash32,
+    /// [`client_key`] of `client_id`, worked out where the event is
+    /// prepared (on the request's thread) rather than by the log writer,
+    /// whose thread every event passes through one at a time.
+    pub client_key: u64,
+}
+
+/// The key of a client id in the origin's client-id index: the first 8
+/// bytes of BLAKE3(client id), big-endian.
+pub fn client_key(client_id: &str) -> u64 {
+    let d = blake3::hash(client_id.as_bytes());
+    u64::from_be_bytes(d.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 impl PreparedEvent {
@@ -322,6 +333,7 @@ fn finish(
         &data_bytes,
         personal.as_ref(),
     );
+    let client_key = client_key(&head.client_id);
     let event = PreparedEvent {
         kind: head.kind,
         schema: head.schema,
@@ -332,6 +344,7 @@ fn finish(
         data: data_bytes,
         personal,
         fingerprint,
+        client_key,
     };
     if event.stored_bytes_estimate() > ctx.limits.event_bytes_max {
         return Err(IngestError::new(

@@ -31,8 +31,6 @@
 mod filter;
 mod meta;
 
-use std::collections::HashMap;
-
 use gridsync_model::{EventRecord, Hash32};
 
 use crate::kv::{Kv, KvWrite};
@@ -45,6 +43,12 @@ use meta::{Merge, Meta, Run};
 
 /// seq, hash, content fingerprint of an event, by its client id.
 pub(crate) type ClientEntry = (u64, Hash32, Hash32);
+
+/// A map keyed by client id. foldhash, seeded at random per process (a
+/// client id is chosen by whoever posts, so the seed keeps collisions from
+/// being planned), instead of SipHash: several lookups and inserts an
+/// event on the log writer's thread.
+pub(crate) type ClientMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
 /// A client id's entry with its index key ([`client_hash`]), computed once
 /// when the writer first meets the id.
@@ -76,11 +80,9 @@ impl Default for ClientIndexConfig {
     }
 }
 
-/// The index key of a client id.
-pub(crate) fn client_hash(client_id: &str) -> u64 {
-    let d = blake3::hash(client_id.as_bytes());
-    u64::from_be_bytes(d.as_bytes()[..8].try_into().expect("8 bytes"))
-}
+/// The index key of a client id (events being appended carry it,
+/// [`PreparedEvent::client_key`](gridsync_model::ingest::PreparedEvent)).
+pub(crate) use gridsync_model::ingest::client_key as client_hash;
 
 fn decode_block(v: &[u8]) -> Result<impl Iterator<Item = (u64, u64)> + '_, StoreError> {
     if v.is_empty() || !v.len().is_multiple_of(16) || v.len() / 16 > BLOCK_PAIRS {
@@ -149,7 +151,7 @@ pub(crate) struct ClientIndex {
     meta: Meta,
     /// With each id's `h`, computed once (the filter and the flush both
     /// need it).
-    recent: HashMap<String, (ClientEntry, u64)>,
+    recent: ClientMap<(ClientEntry, u64)>,
     filter: Filter,
 }
 
@@ -189,7 +191,7 @@ impl ClientIndex {
                 meta.indexed_upto
             )));
         }
-        let mut recent = HashMap::new();
+        let mut recent = ClientMap::default();
         let mut after = meta.indexed_upto;
         while after < own_head {
             let chunks = origin_chunks(kv, origin, after, own_head, 64, usize::MAX)?;
@@ -300,7 +302,7 @@ impl ClientIndex {
     pub(crate) fn stage(
         &mut self,
         kv: &dyn Kv,
-        added: HashMap<String, HashedEntry>,
+        added: ClientMap<HashedEntry>,
         head_seq: u64,
         writes: &mut Vec<KvWrite>,
     ) -> Result<(), StoreError> {

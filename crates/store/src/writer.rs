@@ -27,7 +27,7 @@ mod log_writes;
 mod originate;
 
 use crate::client_index::{
-    client_hash, entry_of, ClientEntry, ClientIndex, HashedEntry, UNKNOWN_FINGERPRINT,
+    client_hash, entry_of, ClientEntry, ClientIndex, ClientMap, HashedEntry, UNKNOWN_FINGERPRINT,
 };
 
 /// The heads record writer and when it last wrote.
@@ -338,6 +338,16 @@ impl Writer {
             offset: self.next_offset,
             ..Work::default()
         };
+        // Sized once for the commit's own events (each new id goes in).
+        work.clients.reserve(
+            batch
+                .iter()
+                .map(|r| match r {
+                    Request::Originate { events, .. } => events.len(),
+                    _ => 0,
+                })
+                .sum(),
+        );
         let mut pending: Vec<PendingReply> = Vec::new();
         for r in batch {
             match r {
@@ -492,7 +502,7 @@ struct Work {
     events: u64,
     heads: HashMap<String, HeadState>,
     /// Client ids originated (or re-imported) earlier in this commit.
-    clients: HashMap<String, HashedEntry>,
+    clients: ClientMap<HashedEntry>,
     /// The chunks this commit appends, in log order (the first at the
     /// writer's `next_offset`), and when each was received; their log
     /// writes are made once the commit is staged ([`Writer::log_writes`]).
@@ -526,7 +536,7 @@ struct WorkSnapshot {
     chunks: u64,
     events: u64,
     heads: HashMap<String, HeadState>,
-    clients: HashMap<String, HashedEntry>,
+    clients: ClientMap<HashedEntry>,
     pushed: usize,
 }
 

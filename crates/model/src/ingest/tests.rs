@@ -175,3 +175,32 @@ fn the_fingerprint_is_the_hash_of_its_fields_in_order() {
         fingerprint("temperature", 2, at, "g1", "w1", b"", None)
     );
 }
+
+/// The client-id index key is pinned: stored index runs are sorted and
+/// searched by it, so it may never change. Every prepared event carries
+/// the key of its own id, whichever way its body was read.
+#[test]
+fn a_prepared_event_carries_its_client_ids_index_key() {
+    // BLAKE3("abc") = 6437b3ac38465133…
+    assert_eq!(client_key("abc"), 0x6437_b3ac_3846_5133);
+    let mut one = temp(json!(36.6));
+    one["client_id"] = json!("abc");
+    assert_eq!(run(one).unwrap().client_key, 0x6437_b3ac_3846_5133);
+    let body = json!({"events": [temp(json!(36.6)), {
+        "kind": "visit", "occurred_at": "2020-01-28T09:30:00+08:00",
+        "grid": "g1", "recorded_by": "w1", "client_id": "k2",
+        "data": {"household": "h1", "method": "phone", "quarantine": "ongoing"}
+    }]})
+    .to_string();
+    let events = prepare_body(
+        body.as_bytes(),
+        &ctx(),
+        &|_: &EventRef| None,
+        &mut rand::rngs::mock::StepRng::new(1, 1),
+    )
+    .unwrap();
+    assert_eq!(events.len(), 2);
+    for e in events {
+        assert_eq!(e.client_key, client_key(&e.client_id));
+    }
+}

@@ -28,7 +28,8 @@ impl Writer {
             for (index, ev) in events.into_iter().enumerate() {
                 // Already taken: in this commit, earlier in this request,
                 // or stored.
-                let h = client_hash(&ev.client_id);
+                let h = ev.client_key;
+                debug_assert_eq!(h, client_hash(&ev.client_id));
                 let existing = match work.clients.get(&ev.client_id) {
                     Some((p, _)) => Some(*p),
                     None => match self.lookup_client(&ev.client_id, h) {

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Batched ingest at one community, two gridsync binaries in alternating
+# pairs: events/s from `gridsync load`, the server's CPU per event, and
+# the log writer thread's CPU per event (every event passes through that
+# one thread). Loopback only (127.0.0.1:18801); a fresh provisioned
+# community per run.
+#
+#   benches/scripts/ingest_ab.sh PAIRS BIN_A BIN_B [CLIENTS BATCH EVENTS]
+#
+# Defaults: 4 clients x 250-event posts, 600,000 events a run. Extra
+# `gridsync serve` flags for both: SERVE_ARGS="…".
+set -euo pipefail
+pairs=$1; a=$2; b=$3; clients=${4:-4}; batch=${5:-250}; events=${6:-600000}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat > "$work/tree.toml" <<'TOML'
+timezone = "Asia/Shanghai"
+[[node]]
+id = "c1"
+name = "Community 1"
+listen = "127.0.0.1:18801"
+TOML
+ticks() { awk '{print $14+$15}' "$1"; }
+run() {
+  local bin=$1 d
+  d=$(mktemp -d "$work/run.XXXX")
+  "$bin" provision --tree "$work/tree.toml" --out "$d/deploy" > /dev/null
+  # shellcheck disable=SC2086
+  "$bin" serve ${SERVE_ARGS:-} --config "$d/deploy/c1/config.toml" > "$d/serve.log" 2>&1 &
+  local pid=$! i
+  for i in $(seq 200); do
+    curl -s -o /dev/null http://127.0.0.1:18801/healthz && break
+    sleep 0.05
+  done
+  local writer="" t
+  for t in /proc/$pid/task/*; do
+    [ "$(cat "$t/comm")" = gridsync-log-wr ] && writer=$t
+  done
+  local s0 w0 s1 w1
+  s0=$(ticks /proc/$pid/stat); w0=$(ticks "$writer/stat")
+  "$bin" load --tree "$d/deploy" --clients "$clients" --batch "$batch" --events "$events" --json \
+    > "$d/load.json" 2> /dev/null
+  s1=$(ticks /proc/$pid/stat); w1=$(ticks "$writer/stat")
+  kill "$pid"; wait "$pid" 2> /dev/null || true
+  python3 - "$d/load.json" "$events" $((s1 - s0)) $((w1 - w0)) <<'PY'
+import json, sys
+s = open(sys.argv[1]).read()
+r = json.loads(s[s.index("{"):])
+n = int(sys.argv[2])
+print(f"{r['events_per_s']:.0f} events/s, ack p99 {r['ack_ms']['p99']:.1f} ms, "
+      f"server {int(sys.argv[3]) * 1e4 / n:.2f} us/event, writer thread {int(sys.argv[4]) * 1e4 / n:.2f} us/event")
+PY
+  rm -rf "$d"
+}
+for _ in $(seq "$pairs"); do
+  echo "A $(run "$a")"
+  echo "B $(run "$b")"
+done
