@@ -50,7 +50,7 @@ pub(crate) type ClientEntry = (u64, Hash32, Hash32);
 /// event on the log writer's thread.
 pub(crate) type ClientMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
-/// A client id's entry with its index key ([`client_hash`]), computed once
+/// A client id's entry with its index key ([`client_key`]), computed once
 /// when the writer first meets the id.
 pub(crate) type HashedEntry = (ClientEntry, u64);
 
@@ -82,7 +82,7 @@ impl Default for ClientIndexConfig {
 
 /// The index key of a client id (events being appended carry it,
 /// [`PreparedEvent::client_key`](gridsync_model::ingest::PreparedEvent)).
-pub(crate) use gridsync_model::ingest::client_key as client_hash;
+pub(crate) use gridsync_model::ingest::client_key;
 
 fn decode_block(v: &[u8]) -> Result<impl Iterator<Item = (u64, u64)> + '_, StoreError> {
     if v.is_empty() || !v.len().is_multiple_of(16) || v.len() / 16 > BLOCK_PAIRS {
@@ -204,7 +204,7 @@ impl ClientIndex {
                 for rec in &sc.chunk.events {
                     let (client_id, entry) = entry_of(rec).map_err(corrupt)?;
                     if entry.0 > after {
-                        let h = client_hash(&client_id);
+                        let h = client_key(&client_id);
                         recent.insert(client_id, (entry, h));
                     }
                 }
@@ -255,7 +255,7 @@ impl ClientIndex {
         ))
     }
 
-    /// The stored event with this client id (whose [`client_hash`] is
+    /// The stored event with this client id (whose [`client_key`] is
     /// `h`), if any.
     ///
     /// # Errors
@@ -266,7 +266,7 @@ impl ClientIndex {
         client_id: &str,
         h: u64,
     ) -> Result<Option<ClientEntry>, StoreError> {
-        debug_assert_eq!(h, client_hash(client_id));
+        debug_assert_eq!(h, client_key(client_id));
         if let Some((e, _)) = self.recent.get(client_id) {
             return Ok(Some(*e));
         }
@@ -517,7 +517,7 @@ fn migrate_legacy(
                 .get(..8)
                 .map(|s| u64::from_be_bytes(s.try_into().expect("8 bytes")))
                 .ok_or_else(|| corrupt("malformed client_id index entry"))?;
-            pairs.push((client_hash(client_id), seq));
+            pairs.push((client_key(client_id), seq));
             deletes.push((k.clone(), None));
         }
         match page.last() {

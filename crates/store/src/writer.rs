@@ -27,7 +27,7 @@ mod log_writes;
 mod originate;
 
 use crate::client_index::{
-    client_hash, entry_of, ClientEntry, ClientIndex, ClientMap, HashedEntry, UNKNOWN_FINGERPRINT,
+    client_key, entry_of, ClientEntry, ClientIndex, ClientMap, HashedEntry, UNKNOWN_FINGERPRINT,
 };
 
 /// The heads record writer and when it last wrote.

@@ -161,7 +161,7 @@ impl Writer {
                 for rec in &suffix.events {
                     let (client_id, entry) = entry_of(rec)
                         .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
-                    let h = client_hash(&client_id);
+                    let h = client_key(&client_id);
                     work.clients.insert(client_id, (entry, h));
                 }
             }

@@ -29,7 +29,7 @@ impl Writer {
                 // Already taken: in this commit, earlier in this request,
                 // or stored.
                 let h = ev.client_key;
-                debug_assert_eq!(h, client_hash(&ev.client_id));
+                debug_assert_eq!(h, client_key(&ev.client_id));
                 let existing = match work.clients.get(&ev.client_id) {
                     Some((p, _)) => Some(*p),
                     None => match self.lookup_client(&ev.client_id, h) {
@@ -122,7 +122,7 @@ impl Writer {
     }
 
     /// The stored event of this origin with `client_id` (whose
-    /// [`client_hash`] is `h`). The index is loaded by the writer thread
+    /// [`client_key`] is `h`). The index is loaded by the writer thread
     /// before its first commit.
     fn lookup_client(&self, client_id: &str, h: u64) -> Result<Option<ClientEntry>, StoreError> {
         match &self.clients {
