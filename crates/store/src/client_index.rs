@@ -44,10 +44,12 @@ use meta::{Merge, Meta, Run};
 /// seq, hash, content fingerprint of an event, by its client id.
 pub(crate) type ClientEntry = (u64, Hash32, Hash32);
 
-/// A map keyed by client id. foldhash, seeded at random per process (a
-/// client id is chosen by whoever posts, so the seed keeps collisions from
-/// being planned), instead of SipHash: several lookups and inserts an
-/// event on the log writer's thread.
+/// A map keyed by client id, hashed with foldhash instead of SipHash
+/// (several lookups and inserts an event on the log writer's thread).
+/// foldhash is not cryptographic but is seeded per process and per map
+/// (address randomization, a per-thread nonce): a client id is chosen by
+/// whoever posts — an authenticated reporter — and without the seed it
+/// cannot plan ids that collide.
 pub(crate) type ClientMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
 /// A client id's entry with its index key ([`client_key`]), computed once
