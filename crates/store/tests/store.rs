@@ -1252,3 +1252,59 @@ fn verify_all_names_the_first_problem_in_log_order() {
     let msg = altered(&[(g + 50, false)]);
     assert!(!msg.contains("signature"), "{msg}");
 }
+
+/// Commits of many chunks store the heads their origin signs: each
+/// verifies, closes its chunk (its last seq and hash), names the digest of
+/// the head before it — within a commit and across commits, large and
+/// small — and is the same bytes as signing that chain here (ed25519 is
+/// deterministic); the whole log passes the open's full check.
+#[test]
+fn the_heads_of_a_commit_of_many_chunks_are_chained_and_signed_by_the_origin() {
+    let kv: Arc<dyn Kv> = Arc::new(MemKv::new());
+    let rt = rt();
+    let store = open(kv.clone()).unwrap();
+    // 300 events of ~1 KiB in one commit (~9 chunks), then 3 in one,
+    // then 300 again.
+    let batch = |from: usize, n: usize| -> Vec<PreparedEvent> {
+        (from..from + n)
+            .map(|i| event(&format!("s{i}"), 700))
+            .collect()
+    };
+    rt.block_on(store.append(batch(0, 300), 5)).unwrap();
+    rt.block_on(store.append(batch(300, 3), 6)).unwrap();
+    rt.block_on(store.append(batch(303, 300), 7)).unwrap();
+    let log = store.read_log(0, 1000).unwrap();
+    assert!(log.len() >= 16, "{} chunks", log.len());
+    let vk = key().verifying_key();
+    let sk = key();
+    let mut before: Option<gridsync_model::SignedHead> = None;
+    for e in &log {
+        let c = &e.chunk;
+        c.head.verify(&vk).unwrap();
+        c.check_links(c.first_seq(), &c.first_prev().unwrap())
+            .unwrap();
+        assert_eq!(c.head.seq, c.last_seq());
+        let last = gridsync_model::event::event_hash(&c.events.last().unwrap().envelope);
+        assert_eq!(c.head.hash, last, "the head closes its chunk");
+        let after = before
+            .as_ref()
+            .map_or(gridsync_model::ZERO_HASH, |h| h.digest());
+        assert_eq!(
+            c.head.after,
+            Some(after),
+            "chunk ending at {}",
+            c.last_seq()
+        );
+        let here = gridsync_model::SignedHead::sign_after(
+            &sk,
+            (ORIGIN, c.head.seq, c.head.hash),
+            c.head.signed_at_ms,
+            after,
+        );
+        assert_eq!(c.head, here, "the same head signed here");
+        before = Some(c.head.clone());
+    }
+    assert_eq!(log.last().unwrap().chunk.last_seq(), 603);
+    drop(store);
+    open_with(kv, true, true).expect("the whole log verifies at open");
+}
