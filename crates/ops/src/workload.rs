@@ -34,6 +34,9 @@ pub struct Workload {
     n: u64,
     /// Prefix of every `client_id` (unique per run).
     tag: String,
+    /// The minute (unix ms ÷ 60,000) of the last `occurred_at` written,
+    /// and its text up to the seconds.
+    minute: Option<(i64, String)>,
 }
 
 /// What [`Workload::write_event`] wrote: the event's kind and where its
@@ -44,9 +47,39 @@ pub struct Written {
     pub data: Range<usize>,
 }
 
-/// Appends `s` as a JSON string (escaped as JSON requires).
+/// Appends `s` as a JSON string (escaped as JSON requires). Most strings
+/// here need no escape and are copied as they are: the generator shares
+/// the machine with the node it loads, so its own CPU per event counts.
 fn string(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("a string serialises into a Vec");
+    if needs_escape(s) {
+        serde_json::to_writer(&mut *out, s).expect("a string serialises into a Vec");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether JSON needs any byte of `s` escaped.
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits.
+fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    let mut m = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len() - width.min(digits.len()));
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Appends an unsigned integer.
@@ -69,6 +102,7 @@ impl Workload {
             quarantined: BTreeMap::new(),
             n: 0,
             tag: tag.to_owned(),
+            minute: None,
         }
     }
 
@@ -99,7 +133,7 @@ impl Workload {
         out.extend_from_slice(GIVEN[self.rng.gen_range(0..GIVEN.len())].as_bytes());
         out.extend_from_slice(b"\",\"phone\":\"1");
         let phone = self.rng.gen_range(3_000_000_000u64..9_999_999_999);
-        out.extend_from_slice(format!("{phone:010}").as_bytes());
+        padded(out, phone, 10);
         out.extend_from_slice(b"\"}");
     }
 
@@ -122,14 +156,24 @@ impl Workload {
         } else {
             now - self.rng.gen_range(0..120_000)
         };
-        out.extend_from_slice(b"{\"occurred_at\":");
-        string(out, &gridsync_model::time_fmt::format_rfc3339_ms(at, 480));
-        out.extend_from_slice(b",\"grid\":\"g");
-        out.extend_from_slice(format!("{:02}", self.rng.gen_range(1..12)).as_bytes());
+        out.extend_from_slice(b"{\"occurred_at\":\"");
+        self.write_time(at, out);
+        out.extend_from_slice(b"\",\"grid\":\"g");
+        padded(out, self.rng.gen_range(1..12), 2);
         out.extend_from_slice(b"\",\"recorded_by\":\"w");
-        out.extend_from_slice(format!("{:03}", self.rng.gen_range(1..40)).as_bytes());
+        padded(out, self.rng.gen_range(1..40), 3);
         out.extend_from_slice(b"\",\"client_id\":");
-        string(out, &format!("{}-{community}-{}", self.tag, self.n));
+        if needs_escape(&self.tag) || needs_escape(community) {
+            string(out, &format!("{}-{community}-{}", self.tag, self.n));
+        } else {
+            out.push(b'"');
+            out.extend_from_slice(self.tag.as_bytes());
+            out.push(b'-');
+            out.extend_from_slice(community.as_bytes());
+            out.push(b'-');
+            int(out, self.n);
+            out.push(b'"');
+        }
         let household = format!("{community}-h{:03}", self.rng.gen_range(1..80));
         let roll: f64 = self.rng.gen();
         let recent_len = self.recent.get(community).map_or(0, VecDeque::len);
@@ -156,6 +200,25 @@ impl Workload {
         string(out, kind);
         out.push(b'}');
         Written { kind, data }
+    }
+
+    /// Writes `unix_ms` as RFC 3339 at +08:00 with milliseconds: the
+    /// date, hour and minute formatted once a minute, the rest here.
+    fn write_time(&mut self, unix_ms: i64, out: &mut Vec<u8>) {
+        const OFFSET_MIN: i16 = 480;
+        let minute = unix_ms.div_euclid(60_000);
+        if self.minute.as_ref().is_none_or(|(m, _)| *m != minute) {
+            let whole = gridsync_model::time_fmt::format_rfc3339_ms(minute * 60_000, OFFSET_MIN);
+            // `YYYY-MM-DDTHH:MM:` of the minute's own text.
+            self.minute = Some((minute, whole[..17].to_owned()));
+        }
+        let (_, prefix) = self.minute.as_ref().expect("set above");
+        out.extend_from_slice(prefix.as_bytes());
+        let ms = unix_ms.rem_euclid(60_000) as u64;
+        padded(out, ms / 1000, 2);
+        out.push(b'.');
+        padded(out, ms % 1000, 3);
+        out.extend_from_slice(b"+08:00");
     }
 
     fn correction(&mut self, community: &str, out: &mut Vec<u8>) {
@@ -201,7 +264,16 @@ impl Workload {
             ["山东省青岛市", "山东省青岛市", "山东省济南市", "北京市"][self.rng.gen_range(0..4)]
         };
         out.extend_from_slice(b"{\"checkpoint\":");
-        string(out, &format!("{community}-cp{}", self.rng.gen_range(1..4)));
+        let cp = self.rng.gen_range(1..4);
+        if needs_escape(community) {
+            string(out, &format!("{community}-cp{cp}"));
+        } else {
+            out.push(b'"');
+            out.extend_from_slice(community.as_bytes());
+            out.extend_from_slice(b"-cp");
+            int(out, cp);
+            out.push(b'"');
+        }
         out.extend_from_slice(b",\"direction\":");
         string(out, if self.rng.gen_bool(0.7) { "in" } else { "out" });
         out.extend_from_slice(b",\"subject\":");
@@ -216,7 +288,7 @@ impl Workload {
         tenths(out, 362 + self.rng.gen_range(0..10));
         if subject == "vehicle" {
             out.extend_from_slice(",\"plate\":\"鲁B".as_bytes());
-            out.extend_from_slice(format!("{:05}", self.rng.gen_range(0..99999)).as_bytes());
+            padded(out, self.rng.gen_range(0..99999), 5);
             out.push(b'"');
         }
         out.push(b'}');
@@ -306,6 +378,61 @@ impl Workload {
 mod tests {
     use super::*;
     use gridsync_model::ingest::{prepare_body, IngestContext, IngestLimits, TargetInfo};
+
+    /// The hand-written pieces write what the general ones would: padded
+    /// digits as `format!` pads them, strings as serde_json writes them
+    /// (escaped where JSON needs it), and `occurred_at` texts that parse
+    /// back to the same instant at +08:00, across minute boundaries and
+    /// back and forth in time (the minute's text is cached).
+    #[test]
+    fn the_hand_written_pieces_write_what_the_general_ones_would() {
+        for (n, w) in [
+            (0, 2),
+            (7, 2),
+            (11, 2),
+            (5, 3),
+            (39, 3),
+            (42, 5),
+            (99_998, 5),
+        ] {
+            let mut out = Vec::new();
+            padded(&mut out, n, w);
+            assert_eq!(out, format!("{n:0w$}").into_bytes());
+        }
+        let mut out = Vec::new();
+        padded(&mut out, 3_000_000_000, 10);
+        assert_eq!(out, b"3000000000");
+        for s in [
+            "in",
+            "湖北省武汉市",
+            "c-2",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "",
+        ] {
+            let mut out = Vec::new();
+            string(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+        let mut w = Workload::new(1, "t");
+        let base = 1_765_000_000_000i64;
+        for at in [
+            base,
+            base + 59_999,
+            base + 60_000,
+            base - 1,
+            base + 1,
+            base - 30 * 3_600_000,
+            base + 123_456,
+        ] {
+            let mut out = Vec::new();
+            w.write_time(at, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            let parsed = gridsync_model::time_fmt::parse_rfc3339_ms(&text).unwrap();
+            assert_eq!(parsed, (at, 480), "{text}");
+        }
+    }
 
     /// Every generated event is one a node accepts (the server's own
     /// parse, schema check and correction-target check, on bodies built the
