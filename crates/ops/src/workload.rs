@@ -209,8 +209,10 @@ impl Workload {
         let minute = unix_ms.div_euclid(60_000);
         if self.minute.as_ref().is_none_or(|(m, _)| *m != minute) {
             let whole = gridsync_model::time_fmt::format_rfc3339_ms(minute * 60_000, OFFSET_MIN);
-            // `YYYY-MM-DDTHH:MM:` of the minute's own text.
-            self.minute = Some((minute, whole[..17].to_owned()));
+            // `YYYY-MM-DDTHH:MM:` of the minute's own text (the whole of
+            // it for a time RFC 3339 cannot write, which the node refuses).
+            let prefix = whole.get(..17).unwrap_or(&whole).to_owned();
+            self.minute = Some((minute, prefix));
         }
         let (_, prefix) = self.minute.as_ref().expect("set above");
         out.extend_from_slice(prefix.as_bytes());
