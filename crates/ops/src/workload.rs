@@ -65,6 +65,21 @@ fn needs_escape(s: &str) -> bool {
     s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
+/// Appends `parts` followed by `n` in decimal as one JSON string, without
+/// building it first when no part needs an escape.
+fn string_with_number(out: &mut Vec<u8>, parts: &[&str], n: u64) {
+    if parts.iter().any(|p| needs_escape(p)) {
+        string(out, &format!("{}{n}", parts.concat()));
+        return;
+    }
+    out.push(b'"');
+    for p in parts {
+        out.extend_from_slice(p.as_bytes());
+    }
+    int(out, n);
+    out.push(b'"');
+}
+
 /// Appends `n` in decimal, zero-padded to `width` digits.
 fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
     let mut digits = [b'0'; 20];
@@ -84,7 +99,7 @@ fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
 
 /// Appends an unsigned integer.
 fn int(out: &mut Vec<u8>, n: u64) {
-    serde_json::to_writer(&mut *out, &n).expect("an integer serialises into a Vec");
+    padded(out, n, 1);
 }
 
 /// Appends tenths as a decimal (`362` → `36.2`), as a JSON number.
@@ -163,17 +178,7 @@ impl Workload {
         out.extend_from_slice(b"\",\"recorded_by\":\"w");
         padded(out, self.rng.gen_range(1..40), 3);
         out.extend_from_slice(b"\",\"client_id\":");
-        if needs_escape(&self.tag) || needs_escape(community) {
-            string(out, &format!("{}-{community}-{}", self.tag, self.n));
-        } else {
-            out.push(b'"');
-            out.extend_from_slice(self.tag.as_bytes());
-            out.push(b'-');
-            out.extend_from_slice(community.as_bytes());
-            out.push(b'-');
-            int(out, self.n);
-            out.push(b'"');
-        }
+        string_with_number(out, &[&self.tag, "-", community, "-"], self.n);
         let household = format!("{community}-h{:03}", self.rng.gen_range(1..80));
         let roll: f64 = self.rng.gen();
         let recent_len = self.recent.get(community).map_or(0, VecDeque::len);
@@ -267,15 +272,7 @@ impl Workload {
         };
         out.extend_from_slice(b"{\"checkpoint\":");
         let cp = self.rng.gen_range(1..4);
-        if needs_escape(community) {
-            string(out, &format!("{community}-cp{cp}"));
-        } else {
-            out.push(b'"');
-            out.extend_from_slice(community.as_bytes());
-            out.extend_from_slice(b"-cp");
-            int(out, cp);
-            out.push(b'"');
-        }
+        string_with_number(out, &[community, "-cp"], cp);
         out.extend_from_slice(b",\"direction\":");
         string(out, if self.rng.gen_bool(0.7) { "in" } else { "out" });
         out.extend_from_slice(b",\"subject\":");
@@ -416,6 +413,12 @@ mod tests {
             let mut out = Vec::new();
             string(&mut out, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+        for parts in [&["t", "-", "c-2", "-"][..], &["a\"b", "-cp"][..]] {
+            let mut out = Vec::new();
+            string_with_number(&mut out, parts, 42);
+            let whole = format!("{}42", parts.concat());
+            assert_eq!(out, serde_json::to_vec(&whole).unwrap(), "{whole:?}");
         }
         let mut w = Workload::new(1, "t");
         let base = 1_765_000_000_000i64;
