@@ -510,15 +510,30 @@ impl DataSource for Value {
 }
 
 impl Data {
+    /// Whether this build has a type for `kind` v`schema`: whether
+    /// [`Data::read`] reads it.
+    fn has_type(kind: &str, schema: u32) -> bool {
+        matches!(
+            (kind, schema),
+            (
+                "entry" | "temperature" | "visit" | "delivery" | "correction",
+                1
+            )
+        )
+    }
+
     /// `None` when this build has no type for `kind` v`schema`.
     fn read(kind: &str, schema: u32, source: impl DataSource) -> Option<Result<Self, String>> {
+        if !Data::has_type(kind, schema) {
+            return None;
+        }
         Some(match (kind, schema) {
             ("entry", 1) => source.read().map(Data::Entry),
             ("temperature", 1) => source.read().map(Data::Temperature),
             ("visit", 1) => source.read().map(Data::Visit),
             ("delivery", 1) => source.read().map(Data::Delivery),
             ("correction", 1) => source.read().map(Data::Correction),
-            _ => return None,
+            _ => unreachable!("has_type lists the types read here"),
         })
     }
 

@@ -9,7 +9,9 @@
 //! nested struct fields by `#[serde(deserialize_with = "strict::object")]`
 //! (or [`objects`] for a list of them) in [`crate::kinds`].
 
-use serde::de::{Deserialize, Deserializer, Visitor};
+use std::marker::PhantomData;
+
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 /// A deserializer that reads a struct only from a map.
 ///
@@ -55,16 +57,60 @@ pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T,
 /// # Errors
 /// As [`object`], for any item.
 pub fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    struct Object<T>(T);
-    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            object(d).map(Object)
+    Objects::<T>::new(0, usize::MAX).deserialize(d)
+}
+
+/// A list whose items must each be a JSON object (as [`objects`]), read
+/// into a vector with room for `room` items made before the first (a batch
+/// of a few hundred events grown one doubling at a time was copied about
+/// twice over), and refused past `max` items without reading the rest.
+pub struct Objects<T> {
+    room: usize,
+    max: usize,
+    item: PhantomData<T>,
+}
+
+impl<T> Objects<T> {
+    pub fn new(room: usize, max: usize) -> Self {
+        Self {
+            room,
+            max,
+            item: PhantomData,
         }
     }
-    Ok(Vec::<Object<T>>::deserialize(d)?
-        .into_iter()
-        .map(|o| o.0)
-        .collect())
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Objects<T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Objects<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an array of at most {} objects", self.max)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        struct Object<T>(T);
+        impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                object(d).map(Object)
+            }
+        }
+        let mut items = Vec::with_capacity(self.room.min(self.max));
+        while let Some(Object(item)) = seq.next_element::<Object<T>>()? {
+            if items.len() == self.max {
+                return Err(serde::de::Error::invalid_length(items.len() + 1, &self));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
 }
 
 /// Reads a whole JSON text as the struct `T`, which must be an object.
@@ -74,6 +120,21 @@ pub fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<V
 pub fn from_str<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
     let value = T::deserialize(MapOnly(&mut de))?;
+    de.end()?;
+    Ok(value)
+}
+
+/// [`from_str`] for a seed: reads a whole JSON text with `seed`, which
+/// must read a map.
+///
+/// # Errors
+/// Malformed JSON, trailing characters, or anything `seed` refuses.
+pub fn from_str_seed<'a, S: DeserializeSeed<'a>>(
+    text: &'a str,
+    seed: S,
+) -> Result<S::Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = seed.deserialize(MapOnly(&mut de))?;
     de.end()?;
     Ok(value)
 }

@@ -182,27 +182,32 @@ impl Workload {
         let household = format!("{community}-h{:03}", self.rng.gen_range(1..80));
         let roll: f64 = self.rng.gen();
         let recent_len = self.recent.get(community).map_or(0, VecDeque::len);
-        out.extend_from_slice(b",\"data\":");
-        let start = out.len();
         let kind = if roll < 0.02 && recent_len > 0 {
-            self.correction(community, out);
             "correction"
         } else if roll < 0.37 {
-            self.entry(community, out);
             "entry"
         } else if roll < 0.72 {
-            self.temperature(out);
             "temperature"
         } else if roll < 0.92 {
-            self.visit(community, household, out);
             "visit"
         } else {
-            self.delivery(community, household, out);
             "delivery"
         };
-        let data = start..out.len();
+        // `kind` before `data`, as a client serialising `EventInput`
+        // writes them: the node reads `data` into its kind's type as it
+        // meets it (in any other order it reads it twice).
         out.extend_from_slice(b",\"kind\":");
         string(out, kind);
+        out.extend_from_slice(b",\"data\":");
+        let start = out.len();
+        match kind {
+            "correction" => self.correction(community, out),
+            "entry" => self.entry(community, out),
+            "temperature" => self.temperature(out),
+            "visit" => self.visit(community, household, out),
+            _ => self.delivery(community, household, out),
+        }
+        let data = start..out.len();
         out.push(b'}');
         Written { kind, data }
     }

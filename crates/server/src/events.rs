@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gridsync_model::api::{self, AppendedEvent, EventView, EventsPage, PostEventsResponse};
+use gridsync_model::api::{self, EventView, EventsPage};
 use gridsync_model::ingest::{self, IngestContext, TargetInfo};
 use gridsync_model::kinds::EventRef;
 use serde::Deserialize;
@@ -21,7 +21,7 @@ pub(crate) async fn post_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<PostEventsResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     state.authorize(&headers, &[Role::Reporter])?;
     if !state.is_origin {
         return Err(ApiError::new(
@@ -60,17 +60,54 @@ pub(crate) async fn post_events(
             .map_err(|e| ApiError::internal("validation task failed", &e))??
     };
     let results = state.store.append(prepared, now_ms).await?;
-    Ok(Json(PostEventsResponse {
-        results: results
-            .into_iter()
-            .map(|a| AppendedEvent {
-                origin: a.origin,
-                seq: a.seq,
-                hash: gridsync_model::event::hash_hex(&a.hash),
-                duplicate: a.duplicate,
-            })
-            .collect(),
-    }))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        reply_json(&results),
+    )
+        .into_response())
+}
+
+/// The reply to a post: the bytes `serde_json` gives for its
+/// [`PostEventsResponse`], written directly. Each event's origin (all the
+/// node's own id) is escaped once, not once per event, and no hex string
+/// is made for a hash: serde_json's string escaping and the per-event
+/// strings were ~2 % of a node's CPU at batched ingest.
+fn reply_json(results: &[gridsync_store::Appended]) -> Vec<u8> {
+    // ~120 bytes an event with a short origin.
+    let mut out = Vec::with_capacity(16 + results.len() * 128);
+    out.extend_from_slice(br#"{"results":["#);
+    let mut origin: Option<(&str, Vec<u8>)> = None;
+    let mut seq = itoa::Buffer::new();
+    for (i, a) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"origin":"#);
+        match &origin {
+            Some((o, json)) if *o == a.origin => out.extend_from_slice(json),
+            _ => {
+                let json = serde_json::to_vec(&a.origin).expect("a string serialises");
+                out.extend_from_slice(&json);
+                origin = Some((&a.origin, json));
+            }
+        }
+        out.extend_from_slice(br#","seq":"#);
+        out.extend_from_slice(seq.format(a.seq).as_bytes());
+        out.extend_from_slice(br#","hash":""#);
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(a.hash, &mut hex).expect("64 bytes for 32");
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(if a.duplicate {
+            br#"","duplicate":true}"#
+        } else {
+            br#"","duplicate":false}"#
+        });
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// Bodies up to this size are validated on the async worker.
@@ -380,4 +417,52 @@ fn decode(chunk: &gridsync_model::Chunk) -> Result<Vec<gridsync_model::VerifiedE
     chunk
         .decode_events()
         .map_err(|e| ApiError::internal("decode", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridsync_model::api::{AppendedEvent, PostEventsResponse};
+    use proptest::prelude::*;
+
+    fn appended() -> impl Strategy<Value = gridsync_store::Appended> {
+        // Origins with quotes, backslashes, control and non-ASCII
+        // characters (which serde_json escapes or keeps), from a few so
+        // consecutive results share one or differ.
+        let origin = prop_oneof![
+            Just("c1".to_string()),
+            Just("社区-1".to_string()),
+            "[a\\\"\\\\\u{0}-\u{1f}\u{7f}é中]{0,6}",
+        ];
+        (origin, any::<u64>(), any::<[u8; 32]>(), any::<bool>()).prop_map(
+            |(origin, seq, hash, duplicate)| gridsync_store::Appended {
+                origin,
+                seq,
+                hash,
+                duplicate,
+            },
+        )
+    }
+
+    proptest! {
+        /// The reply written by hand is, byte for byte, what serde_json
+        /// writes for the API type (and so what clients parse).
+        #[test]
+        fn the_reply_is_what_serde_json_writes(results in proptest::collection::vec(appended(), 0..12)) {
+            let want = serde_json::to_vec(&PostEventsResponse {
+                results: results
+                    .iter()
+                    .map(|a| AppendedEvent {
+                        origin: a.origin.clone(),
+                        seq: a.seq,
+                        hash: gridsync_model::event::hash_hex(&a.hash),
+                        duplicate: a.duplicate,
+                    })
+                    .collect(),
+            })
+            .unwrap();
+            let got = reply_json(&results);
+            prop_assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(want).unwrap());
+        }
+    }
 }

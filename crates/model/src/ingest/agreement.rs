@@ -4,6 +4,7 @@
 //! does answer for ordinary bodies of every kind.
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -178,6 +179,12 @@ fn write(v: &Value, rng: &mut StdRng, out: &mut String) {
         Value::Object(m) => {
             out.push('{');
             let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            // Keys in their sorted order (an event's `data` before its
+            // `kind`: read as text, then as its type) or shuffled (often
+            // `kind` first: `data` read as its type in place).
+            if rng.gen_bool(0.5) {
+                entries.shuffle(rng);
+            }
             if !entries.is_empty() && rng.gen_ratio(1, 40) {
                 entries.insert(0, entries[rng.gen_range(0..entries.len())]);
             }
@@ -298,7 +305,16 @@ fn the_typed_way_takes_ordinary_bodies_of_every_kind() {
     for base in bases() {
         let one = base.to_string();
         let batch = json!({"events": [base.clone(), base.clone()]}).to_string();
-        for text in [one, batch] {
+        // As a client writes `EventInput` (its fields in declared order:
+        // `kind` before `data`), and with `data` first (`Value`'s sorted
+        // keys), so both ways of meeting `data` are taken.
+        let declared = serde_json::to_string(
+            &serde_json::from_value::<crate::api::EventInput>(base.clone()).unwrap(),
+        )
+        .unwrap();
+        assert!(declared.find("\"kind\"") < declared.find("\"data\""));
+        assert!(one.find("\"kind\"") > one.find("\"data\""));
+        for text in [one, batch, declared] {
             let (typed, general) = both(&text, &limits);
             let typed = typed.unwrap_or_else(|| panic!("typed way declined {text}"));
             assert!(general.is_ok(), "{general:?}");
@@ -318,4 +334,15 @@ fn the_typed_way_takes_ordinary_bodies_of_every_kind() {
         .collect();
     assert_eq!(typed, general);
     assert!(typed.iter().any(|e| e.personal.is_some()));
+}
+
+#[test]
+fn every_kind_and_version_this_build_knows_has_a_type() {
+    for (kind, versions) in crate::kinds::KINDS {
+        for &v in *versions {
+            assert!(Data::has_type(kind, v), "{kind} v{v}");
+        }
+    }
+    assert!(!Data::has_type("entry", 2));
+    assert!(!Data::has_type("inspection", 1));
 }

@@ -30,6 +30,7 @@
 
 use std::borrow::Cow;
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -40,31 +41,177 @@ use super::{
 use crate::kinds::{chars_within, EventRef};
 use crate::strict;
 
-/// `{"events": [...]}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Batch<'a> {
-    #[serde(borrow, deserialize_with = "strict::objects")]
-    events: Vec<Posted<'a>>,
+/// `{"events": [...]}`, with room for the events made before the first
+/// (`room`) and refused past `max` of them: a visitor rather than a
+/// derived struct because a derived field cannot be given either.
+struct Batch {
+    room: usize,
+    max: usize,
 }
 
-/// One posted event: the fields of [`crate::api::EventInput`], with `data`
-/// left as text until the kind is known.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl<'de> DeserializeSeed<'de> for Batch {
+    type Value = Vec<Posted<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Batch {
+    type Value = Vec<Posted<'de>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(r#"{"events": [...]}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut events = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key != "events" {
+                return Err(de::Error::unknown_field(&key, &["events"]));
+            }
+            if events.is_some() {
+                return Err(de::Error::duplicate_field("events"));
+            }
+            events = Some(map.next_value_seed(strict::Objects::new(self.room, self.max))?);
+        }
+        events.ok_or_else(|| de::Error::missing_field("events"))
+    }
+}
+
+/// One posted event: the fields of [`crate::api::EventInput`].
 struct Posted<'a> {
-    #[serde(default)]
     origin: Option<String>,
     kind: String,
-    #[serde(default = "crate::api::schema_one")]
     schema: u32,
-    #[serde(borrow)]
     occurred_at: Cow<'a, str>,
     grid: String,
     recorded_by: String,
     client_id: String,
-    #[serde(borrow)]
-    data: &'a RawValue,
+    data: PostedData<'a>,
+}
+
+/// A posted event's `data`: read into its kind's type as it is met when
+/// the event named its kind before it (as clients write events), else
+/// kept as text to be read once the kind is known. Read in place, the
+/// text is scanned once instead of twice (once to find where it ends,
+/// once to read it).
+enum PostedData<'a> {
+    /// Read as the kind's version 1, the version the event names unless it
+    /// says otherwise after `data` (the read is then set aside).
+    Read(Data),
+    Raw(&'a RawValue),
+}
+
+/// The fields of an event, as [`crate::api::EventInput`] names them; any
+/// other is refused.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Origin,
+    Kind,
+    Schema,
+    OccurredAt,
+    Grid,
+    RecordedBy,
+    ClientId,
+    Data,
+}
+
+/// A string borrowed from the text when it has no escapes.
+#[derive(Deserialize)]
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The schema version of a data read before the event named one.
+const READ_AS_SCHEMA: u32 = 1;
+
+/// `data` read as `kind`'s type, or kept as text when this build has no
+/// type for it (the envelope check words that refusal).
+struct DataSeed<'k> {
+    kind: &'k str,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = PostedData<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PostedData<'de>, D::Error> {
+        if !Data::has_type(self.kind, READ_AS_SCHEMA) {
+            return <&RawValue>::deserialize(d).map(PostedData::Raw);
+        }
+        Data::read(self.kind, READ_AS_SCHEMA, Inline(d))
+            .expect("a type for the kind")
+            .map(PostedData::Read)
+            .map_err(de::Error::custom)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Posted<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PostedVisitor(std::marker::PhantomData))
+    }
+}
+
+struct PostedVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for PostedVisitor<'a> {
+    type Value = Posted<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    /// As serde's derive with `deny_unknown_fields` reads the fields
+    /// (unknown, duplicated or missing ones refused; `origin` may be
+    /// absent or null, `schema` absent means 1), with `data` read in place
+    /// when the kind came first.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, v: T) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            *slot = Some(v);
+            Ok(())
+        }
+        let mut origin: Option<Option<String>> = None;
+        let mut kind: Option<String> = None;
+        let mut schema: Option<u32> = None;
+        let mut occurred_at: Option<Cow<'a, str>> = None;
+        let (mut grid, mut recorded_by, mut client_id) = (None, None, None);
+        let mut data: Option<PostedData<'a>> = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Origin => once(&mut origin, "origin", map.next_value()?)?,
+                Field::Kind => once(&mut kind, "kind", map.next_value()?)?,
+                Field::Schema => once(&mut schema, "schema", map.next_value()?)?,
+                Field::OccurredAt => once(
+                    &mut occurred_at,
+                    "occurred_at",
+                    map.next_value::<Borrowed<'a>>()?.0,
+                )?,
+                Field::Grid => once(&mut grid, "grid", map.next_value()?)?,
+                Field::RecordedBy => once(&mut recorded_by, "recorded_by", map.next_value()?)?,
+                Field::ClientId => once(&mut client_id, "client_id", map.next_value()?)?,
+                Field::Data => {
+                    let value = match kind.as_deref() {
+                        Some(kind) => map.next_value_seed(DataSeed { kind })?,
+                        None => PostedData::Raw(map.next_value()?),
+                    };
+                    once(&mut data, "data", value)?;
+                }
+            }
+        }
+        let missing = de::Error::missing_field;
+        Ok(Posted {
+            origin: origin.flatten(),
+            kind: kind.ok_or_else(|| missing("kind"))?,
+            schema: schema.unwrap_or(crate::api::schema_one()),
+            occurred_at: occurred_at.ok_or_else(|| missing("occurred_at"))?,
+            grid: grid.ok_or_else(|| missing("grid"))?,
+            recorded_by: recorded_by.ok_or_else(|| missing("recorded_by"))?,
+            client_id: client_id.ok_or_else(|| missing("client_id"))?,
+            data: data.ok_or_else(|| missing("data"))?,
+        })
+    }
 }
 
 impl Posted<'_> {
@@ -82,7 +229,10 @@ impl Posted<'_> {
             && chars_within(&self.grid, 1, 64)
             && chars_within(&self.recorded_by, 1, 64)
             && chars_within(&self.client_id, 1, 128)
-            && self.data.get().starts_with('{')
+            && match &self.data {
+                PostedData::Read(_) => true,
+                PostedData::Raw(raw) => raw.get().starts_with('{'),
+            }
     }
 }
 
@@ -92,6 +242,15 @@ struct Text<'a>(&'a str);
 impl DataSource for Text<'_> {
     fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
         strict::from_str(self.0).map_err(|e| e.to_string())
+    }
+}
+
+/// `data` where the reader of the event stands, read strictly.
+struct Inline<D>(D);
+
+impl<'de, D: Deserializer<'de>> DataSource for Inline<D> {
+    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        strict::object(self.0).map_err(|e| e.to_string())
     }
 }
 
@@ -111,7 +270,20 @@ pub(super) fn prepare_body(
         .strip_prefix('{')
         .is_some_and(|t| t.trim_start().starts_with("\"events\""));
     let one = || strict::from_str::<Posted<'_>>(text).ok().map(|e| vec![e]);
-    let batch = || strict::from_str::<Batch<'_>>(text).ok().map(|b| b.events);
+    // Room for as many events as the body could hold at ~200 bytes each
+    // (the sample mix's are ~300), and never more than the limit; past
+    // the limit the read stops (the general way words the refusal).
+    let max = ctx.limits.batch_events_max;
+    let batch = || {
+        strict::from_str_seed(
+            text,
+            Batch {
+                room: (text.len() / 200).min(max),
+                max,
+            },
+        )
+        .ok()
+    };
     // Neither: a body for the general way.
     let events = if batch_first {
         batch().or_else(one)
@@ -151,7 +323,12 @@ fn prepare(
         Ok(at) => at,
         Err(e) => return Some(Err(e)),
     };
-    let data = Data::read(&posted.kind, posted.schema, Text(posted.data.get()))?.ok()?;
+    let data = match posted.data {
+        PostedData::Read(data) if posted.schema == READ_AS_SCHEMA => data,
+        // Read as a version the event then did not name: the general way.
+        PostedData::Read(_) => return None,
+        PostedData::Raw(raw) => Data::read(&posted.kind, posted.schema, Text(raw.get()))?.ok()?,
+    };
     if !data.within_schema() {
         return None;
     }
