@@ -186,7 +186,7 @@ fn main() {
                 let t = system_now_ms();
                 let mut m = commit_ms.lock().unwrap();
                 for a in r {
-                    m.insert((a.origin, a.seq), t);
+                    m.insert((a.origin.to_string(), a.seq), t);
                 }
             }
             next += batch;

@@ -87,11 +87,11 @@ fn reply_json(results: &[gridsync_store::Appended]) -> Vec<u8> {
         }
         out.extend_from_slice(br#"{"origin":"#);
         match &origin {
-            Some((o, json)) if *o == a.origin => out.extend_from_slice(json),
+            Some((o, json)) if *o == &*a.origin => out.extend_from_slice(json),
             _ => {
-                let json = serde_json::to_vec(&a.origin).expect("a string serialises");
+                let json = serde_json::to_vec(&*a.origin).expect("a string serialises");
                 out.extend_from_slice(&json);
-                origin = Some((&a.origin, json));
+                origin = Some((&*a.origin, json));
             }
         }
         out.extend_from_slice(br#","seq":"#);
@@ -436,7 +436,7 @@ mod tests {
         ];
         (origin, any::<u64>(), any::<[u8; 32]>(), any::<bool>()).prop_map(
             |(origin, seq, hash, duplicate)| gridsync_store::Appended {
-                origin,
+                origin: origin.into(),
                 seq,
                 hash,
                 duplicate,
@@ -453,7 +453,7 @@ mod tests {
                 results: results
                     .iter()
                     .map(|a| AppendedEvent {
-                        origin: a.origin.clone(),
+                        origin: a.origin.to_string(),
                         seq: a.seq,
                         hash: gridsync_model::event::hash_hex(&a.hash),
                         duplicate: a.duplicate,

@@ -29,6 +29,7 @@
 //! durable commit and a merge resumes at its next slice.
 
 mod filter;
+mod ids;
 mod meta;
 
 use gridsync_model::{EventRecord, Hash32};
@@ -39,22 +40,11 @@ use crate::read::{origin_chunks, record_in_log};
 use crate::recover::corrupt;
 use crate::StoreError;
 use filter::Filter;
+pub(crate) use ids::ClientIds;
 use meta::{Merge, Meta, Run};
 
 /// seq, hash, content fingerprint of an event, by its client id.
 pub(crate) type ClientEntry = (u64, Hash32, Hash32);
-
-/// A map keyed by client id, hashed with foldhash instead of SipHash
-/// (several lookups and inserts an event on the log writer's thread).
-/// foldhash is not cryptographic but is seeded per process and per map
-/// (address randomization, a per-thread nonce): a client id is chosen by
-/// whoever posts — an authenticated reporter — and without the seed it
-/// cannot plan ids that collide.
-pub(crate) type ClientMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
-
-/// A client id's entry with its index key ([`client_key`]), computed once
-/// when the writer first meets the id.
-pub(crate) type HashedEntry = (ClientEntry, u64);
 
 /// Pairs per block: 448 × 16 bytes = 7 KiB, the log's fragment bound
 /// (larger sled values risk its unsynced blob files).
@@ -153,7 +143,7 @@ pub(crate) struct ClientIndex {
     meta: Meta,
     /// With each id's `h`, computed once (the filter and the flush both
     /// need it).
-    recent: ClientMap<(ClientEntry, u64)>,
+    recent: ClientIds,
     filter: Filter,
 }
 
@@ -193,7 +183,7 @@ impl ClientIndex {
                 meta.indexed_upto
             )));
         }
-        let mut recent = ClientMap::default();
+        let mut recent = ClientIds::default();
         let mut after = meta.indexed_upto;
         while after < own_head {
             let chunks = origin_chunks(kv, origin, after, own_head, 64, usize::MAX)?;
@@ -207,7 +197,7 @@ impl ClientIndex {
                     let (client_id, entry) = entry_of(rec).map_err(corrupt)?;
                     if entry.0 > after {
                         let h = client_key(&client_id);
-                        recent.insert(client_id, (entry, h));
+                        recent.insert(client_id, h, entry);
                     }
                 }
                 after = sc.chunk.last_seq();
@@ -235,8 +225,8 @@ impl ClientIndex {
                 }
             }
         }
-        for (_, h) in recent.values() {
-            filter.insert(*h);
+        for (h, _) in recent.entries() {
+            filter.insert(h);
         }
         let stats = IndexStats {
             runs: meta.runs.len(),
@@ -269,8 +259,8 @@ impl ClientIndex {
         h: u64,
     ) -> Result<Option<ClientEntry>, StoreError> {
         debug_assert_eq!(h, client_key(client_id));
-        if let Some((e, _)) = self.recent.get(client_id) {
-            return Ok(Some(*e));
+        if let Some(e) = self.recent.get(client_id, h) {
+            return Ok(Some(e));
         }
         if !self.filter.may_contain(h) {
             return Ok(None);
@@ -304,14 +294,14 @@ impl ClientIndex {
     pub(crate) fn stage(
         &mut self,
         kv: &dyn Kv,
-        added: ClientMap<HashedEntry>,
+        added: ClientIds,
         head_seq: u64,
         writes: &mut Vec<KvWrite>,
     ) -> Result<(), StoreError> {
         let n_added = added.len() as u64;
-        for (client_id, (entry, h)) in added {
+        for (client_id, h, entry) in added.into_entries() {
             self.filter.insert(h);
-            self.recent.insert(client_id, (entry, h));
+            self.recent.insert(client_id, h, entry);
         }
         let before = self.meta.clone();
         // Merges read their inputs from the store, so they start and step
@@ -343,8 +333,8 @@ impl ClientIndex {
     fn flush(&mut self, head_seq: u64, writes: &mut Vec<KvWrite>) {
         let mut pairs: Vec<(u64, u64)> = self
             .recent
-            .values()
-            .map(|((seq, ..), h)| (*h, *seq))
+            .entries()
+            .map(|(h, (seq, ..))| (h, *seq))
             .collect();
         pairs.sort_unstable();
         let id = self.meta.next_run;

@@ -48,7 +48,9 @@ pub enum AppendError {
 /// The result for one appended event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Appended {
-    pub origin: String,
+    /// Shared by a request's results (all of one origin): one string per
+    /// request, not per event, made and freed.
+    pub origin: std::sync::Arc<str>,
     pub seq: u64,
     pub hash: Hash32,
     /// The `client_id` was already stored; nothing new was written.

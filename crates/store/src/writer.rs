@@ -27,7 +27,7 @@ mod log_writes;
 mod originate;
 
 use crate::client_index::{
-    client_key, entry_of, ClientEntry, ClientIndex, ClientMap, HashedEntry, UNKNOWN_FINGERPRINT,
+    client_key, entry_of, ClientEntry, ClientIds, ClientIndex, UNKNOWN_FINGERPRINT,
 };
 
 /// The heads record writer and when it last wrote.
@@ -502,7 +502,7 @@ struct Work {
     events: u64,
     heads: HashMap<String, HeadState>,
     /// Client ids originated (or re-imported) earlier in this commit.
-    clients: ClientMap<HashedEntry>,
+    clients: ClientIds,
     /// The chunks this commit appends, in log order (the first at the
     /// writer's `next_offset`), and when each was received; their log
     /// writes are made once the commit is staged ([`Writer::log_writes`]).
@@ -536,7 +536,7 @@ struct WorkSnapshot {
     chunks: u64,
     events: u64,
     heads: HashMap<String, HeadState>,
-    clients: ClientMap<HashedEntry>,
+    clients: ClientIds,
     pushed: usize,
 }
 

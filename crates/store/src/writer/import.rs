@@ -162,7 +162,7 @@ impl Writer {
                     let (client_id, entry) = entry_of(rec)
                         .map_err(|e| StoreError::Refused(format!("origin {origin}: {e}")))?;
                     let h = client_key(&client_id);
-                    work.clients.insert(client_id, (entry, h));
+                    work.clients.insert(client_id, h, entry);
                 }
             }
             n_new += suffix.events.len() as u64;

@@ -15,6 +15,7 @@ impl Writer {
             return Err(AppendError::NotAnOrigin);
         };
         let origin_id = origin.node_id.clone();
+        let origin_shared: Arc<str> = Arc::from(origin_id.as_str());
         let start = self.head_of(work, &origin_id);
         let (mut seq, mut hash) = start;
         let mut records: Vec<EventRecord> = Vec::new();
@@ -30,8 +31,8 @@ impl Writer {
                 // or stored.
                 let h = ev.client_key;
                 debug_assert_eq!(h, client_key(&ev.client_id));
-                let existing = match work.clients.get(&ev.client_id) {
-                    Some((p, _)) => Some(*p),
+                let existing = match work.clients.get(&ev.client_id, h) {
+                    Some(p) => Some(p),
                     None => match self.lookup_client(&ev.client_id, h) {
                         Ok(e) => e,
                         Err(e) => break 'numbering Some(AppendError::from(e)),
@@ -46,7 +47,7 @@ impl Writer {
                         });
                     }
                     results.push(Appended {
-                        origin: origin_id.clone(),
+                        origin: origin_shared.clone(),
                         seq: s,
                         hash: h,
                         duplicate: true,
@@ -64,9 +65,9 @@ impl Writer {
                 // Indexed at the commit (`ClientIndex::stage`): most
                 // commits write nothing for them, the log holds their ids.
                 work.clients
-                    .insert(ev.client_id, ((seq, hash, ev.fingerprint), h));
+                    .insert(ev.client_id, h, (seq, hash, ev.fingerprint));
                 results.push(Appended {
-                    origin: origin_id.clone(),
+                    origin: origin_shared.clone(),
                     seq,
                     hash,
                     duplicate: false,
@@ -75,7 +76,7 @@ impl Writer {
             None
         };
         if let Some(e) = failed {
-            work.clients.retain(|_, ((s, ..), _)| *s <= start.0);
+            work.clients.retain(|(s, ..)| *s <= start.0);
             return Err(e);
         }
         if records.is_empty() {
