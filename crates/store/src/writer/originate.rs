@@ -18,8 +18,10 @@ impl Writer {
         let origin_shared: Arc<str> = Arc::from(origin_id.as_str());
         let start = self.head_of(work, &origin_id);
         let (mut seq, mut hash) = start;
-        let mut records: Vec<EventRecord> = Vec::new();
-        let mut hashes: Vec<Hash32> = Vec::new();
+        // Sized once: grown a doubling at a time, these were reallocated
+        // (and glibc's free lists consolidated) several times a request.
+        let mut records: Vec<EventRecord> = Vec::with_capacity(events.len());
+        let mut hashes: Vec<Hash32> = Vec::with_capacity(events.len());
         let mut results = Vec::with_capacity(events.len());
         // Each new id goes into `work.clients` at once (a duplicate later
         // in the request finds it there); a request that fails leaves
@@ -85,17 +87,24 @@ impl Writer {
         // Cut into chunks with the rest of the commit's own events
         // ([`Writer::cut_own`]): one signature per ~32 KiB of the commit,
         // however many phones' single-event posts it gathered.
-        let own = work.own.get_or_insert_with(|| OwnEvents {
-            start,
-            end: start,
-            records: Vec::new(),
-            hashes: Vec::new(),
-            now_ms,
-        });
-        own.records.extend(records);
-        own.hashes.extend(hashes);
-        own.end = (seq, hash);
-        own.now_ms = own.now_ms.max(now_ms);
+        match work.own.as_mut() {
+            Some(own) => {
+                own.records.extend(records);
+                own.hashes.extend(hashes);
+                own.end = (seq, hash);
+                own.now_ms = own.now_ms.max(now_ms);
+            }
+            // The commit's first: its vectors taken as they are.
+            None => {
+                work.own = Some(OwnEvents {
+                    start,
+                    end: (seq, hash),
+                    records,
+                    hashes,
+                    now_ms,
+                });
+            }
+        }
         Ok(results)
     }
 
@@ -170,7 +179,10 @@ fn cut_into_chunks(
     bytes_target: usize,
     now_ms: i64,
 ) -> (u64, Hash32) {
-    let mut current: Vec<EventRecord> = Vec::new();
+    // Each chunk's vector made with room for as many events as the last
+    // chunk held (the first for up to 64), not grown one doubling at a time.
+    let mut room = 64;
+    let mut current: Vec<EventRecord> = Vec::with_capacity(room.min(records.len()));
     let mut current_bytes = 0usize;
     let (mut chunk_seq, mut chunk_hash) = start;
     let n_records = records.len();
@@ -188,9 +200,11 @@ fn cut_into_chunks(
                 after,
             );
             after = head.digest();
+            room = current.len();
+            let left = n_records - i - 1;
             let chunk = Chunk {
                 origin: origin.node_id.clone(),
-                events: std::mem::take(&mut current),
+                events: std::mem::replace(&mut current, Vec::with_capacity(room.min(left))),
                 head,
             };
             Writer::push_chunk(work, chunk, now_ms);
