@@ -14,9 +14,12 @@
 //!
 //! Why it agrees with the schemas:
 //! * the envelope: `Posted` has the fields of [`crate::api::EventInput`]
-//!   (unknown fields refused, `schema` defaulting to 1) and `fits` checks the
+//!   (unknown, duplicated and missing fields refused, `origin` absent or
+//!   null, `schema` defaulting to 1) and `fits` checks the
 //!   lengths and bounds `event-input.json` states;
-//! * `data`: read into its kind type through [`crate::strict`] (objects
+//! * `data`: read into its kind type through [`crate::strict`] — where
+//!   the reader meets it when the event named its `kind` first, else from
+//!   its text once the kind is known — (objects
 //!   only, unknown and duplicated fields refused, like the schema's
 //!   `additionalProperties: false` and types; enums to their listed
 //!   values), then the typed value is checked against what the schema adds
