@@ -17,10 +17,10 @@
 //!   (unknown, duplicated and missing fields refused, `origin` absent or
 //!   null, `schema` defaulting to 1) and `fits` checks the
 //!   lengths and bounds `event-input.json` states;
-//! * `data`: read into its kind type through [`crate::strict`] — where
-//!   the reader meets it when the event named its `kind` first, else from
-//!   its text once the kind is known — (objects
-//!   only, unknown and duplicated fields refused, like the schema's
+//! * `data`: read into its kind type — where the reader meets it when the
+//!   event named its `kind` first, else from its text once the kind is
+//!   known — through [`crate::strict`] (objects only, unknown and
+//!   duplicated fields refused, like the schema's
 //!   `additionalProperties: false` and types; enums to their listed
 //!   values), then the typed value is checked against what the schema adds
 //!   to the type — lengths, ranges, item counts — by
