@@ -141,8 +141,7 @@ pub(crate) struct ClientIndex {
     origin: String,
     config: ClientIndexConfig,
     meta: Meta,
-    /// With each id's `h`, computed once (the filter and the flush both
-    /// need it).
+    /// Keyed by each id's `h` (the filter and the flush need it too).
     recent: ClientIds,
     filter: Filter,
 }

@@ -14,8 +14,8 @@ impl Writer {
         let Some(origin) = self.origin.as_ref() else {
             return Err(AppendError::NotAnOrigin);
         };
-        let origin_id = origin.node_id.clone();
-        let origin_shared: Arc<str> = Arc::from(origin_id.as_str());
+        // One string for the request: every result shares it.
+        let origin_id: Arc<str> = Arc::from(origin.node_id.as_str());
         let start = self.head_of(work, &origin_id);
         let (mut seq, mut hash) = start;
         // Sized once: grown a doubling at a time, these were reallocated
@@ -34,7 +34,7 @@ impl Writer {
                 let h = ev.client_key;
                 debug_assert_eq!(h, client_key(&ev.client_id));
                 let existing = match work.clients.get(&ev.client_id, h) {
-                    Some(p) => Some(p),
+                    found @ Some(_) => found,
                     None => match self.lookup_client(&ev.client_id, h) {
                         Ok(e) => e,
                         Err(e) => break 'numbering Some(AppendError::from(e)),
@@ -49,7 +49,7 @@ impl Writer {
                         });
                     }
                     results.push(Appended {
-                        origin: origin_shared.clone(),
+                        origin: origin_id.clone(),
                         seq: s,
                         hash: h,
                         duplicate: true,
@@ -69,7 +69,7 @@ impl Writer {
                 work.clients
                     .insert(ev.client_id, h, (seq, hash, ev.fingerprint));
                 results.push(Appended {
-                    origin: origin_shared.clone(),
+                    origin: origin_id.clone(),
                     seq,
                     hash,
                     duplicate: false,
