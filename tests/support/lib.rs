@@ -672,28 +672,28 @@ impl SampleChains {
         while events.len() < len && seq < last {
             seq += 1;
             let p = &self.payloads[(seq % 1000) as usize];
-            let digest = p.personal.as_ref().map(|x| x.digest());
+            let digest = p.personal().map(|x| x.digest());
             let bytes = EnvelopeHeader {
                 origin,
                 seq,
-                kind: &p.kind,
+                kind: p.kind,
                 schema: 1,
                 occurred_at: OccurredAt {
                     unix_ms: p.occurred_at.unix_ms,
                     offset_min: 480,
                 },
                 recorded_at_ms: 1_700_000_000_000,
-                grid: &p.grid,
-                recorded_by: &p.recorded_by,
+                grid: p.grid(),
+                recorded_by: p.recorded_by(),
                 client_id: &format!("{origin}-{seq}"),
                 prev: &prev,
                 personal_digest: digest.as_ref(),
             }
-            .encode_with_data(&p.data);
+            .encode_with_data(p.data());
             prev = event_hash(&bytes);
             events.push(gridsync_model::EventRecord {
                 envelope: bytes,
-                personal: p.personal.clone(),
+                personal: p.personal().cloned(),
             });
         }
         self.heads[o] = (seq, prev);

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 mod typed;
 
-pub use typed::{to_canonical_split, Unencodable};
+pub use typed::{to_canonical_split, to_canonical_split_after, Unencodable};
 
 /// Appends the canonical encoding of `value` to `out`.
 pub fn encode_value(out: &mut Vec<u8>, value: &Value) {

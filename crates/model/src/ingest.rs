@@ -36,17 +36,31 @@ impl Default for IngestLimits {
 }
 
 /// An event ready to be numbered and chained by the log writer.
+///
+/// Made on a request's thread and consumed on the log writer's, which
+/// frees what it does not keep: so it holds few allocations — the kind is
+/// the build's own name for it, and `grid`, `recorded_by` and the data's
+/// canonical bytes share one vector ([`PreparedEvent::grid`],
+/// [`PreparedEvent::recorded_by`], [`PreparedEvent::data`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PreparedEvent {
-    pub kind: String,
+    /// One of [`kinds::KINDS`].
+    pub kind: &'static str,
     pub schema: u32,
     pub occurred_at: OccurredAt,
-    pub grid: String,
-    pub recorded_by: String,
     pub client_id: String,
-    /// Canonical msgpack of `data` without personal fields.
-    pub data: Vec<u8>,
-    pub personal: Option<Personal>,
+    /// `grid`, then `recorded_by` (each a whole UTF-8 string), then the
+    /// canonical msgpack of `data` without personal fields.
+    fields: Vec<u8>,
+    /// Where `grid` ends and `recorded_by` ends in `fields`.
+    grid_end: usize,
+    recorded_by_end: usize,
+    /// Its personal fields, salted once the event is prepared
+    /// ([`PreparedEvent::personal`]).
+    personal: Option<Personal>,
+    /// [`Personal::digest`] of `personal`, worked out when it is salted —
+    /// on the request's thread, not the log writer's.
+    personal_digest: Option<Hash32>,
     /// Digest of the event's content (not its salt), so a reused
     /// `client_id` with different content can be told from a retry.
     pub fingerprint: Hash32,
@@ -64,13 +78,42 @@ pub fn client_key(client_id: &str) -> u64 {
 }
 
 impl PreparedEvent {
+    /// The personal fields, salted.
+    pub fn personal(&self) -> Option<&Personal> {
+        self.personal.as_ref()
+    }
+
+    /// [`Personal::digest`] of [`PreparedEvent::personal`].
+    pub fn personal_digest(&self) -> Option<&Hash32> {
+        self.personal_digest.as_ref()
+    }
+
+    /// Takes the personal fields out (the log writer keeps them beside the
+    /// envelope, whose digest of them it has already written).
+    pub fn take_personal(&mut self) -> Option<Personal> {
+        self.personal_digest = None;
+        self.personal.take()
+    }
+
+    pub fn grid(&self) -> &str {
+        std::str::from_utf8(&self.fields[..self.grid_end]).expect("written from a str")
+    }
+
+    pub fn recorded_by(&self) -> &str {
+        std::str::from_utf8(&self.fields[self.grid_end..self.recorded_by_end])
+            .expect("written from a str")
+    }
+
+    /// Canonical msgpack of `data` without personal fields.
+    pub fn data(&self) -> &[u8] {
+        &self.fields[self.recorded_by_end..]
+    }
+
     /// Upper bound on the stored size of this event.
     pub fn stored_bytes_estimate(&self) -> usize {
         160 + self.kind.len()
-            + self.grid.len()
-            + self.recorded_by.len()
+            + self.fields.len()
             + self.client_id.len()
-            + self.data.len()
             + self.personal.as_ref().map_or(0, |p| p.bytes.len() + 20)
     }
 }
@@ -248,11 +291,15 @@ fn prepare_body_values(
         .collect()
 }
 
-/// Gives every event's personal part its random salt, in order. Salts are
-/// drawn last so that both ways of preparing a body draw the same ones.
+/// Gives every event's personal part its random salt, in order, and its
+/// digest. Salts are drawn last so that both ways of preparing a body draw
+/// the same ones.
 fn salt(events: &mut [PreparedEvent], rng: &mut dyn RngCore) {
-    for p in events.iter_mut().filter_map(|e| e.personal.as_mut()) {
-        rng.fill_bytes(&mut p.salt);
+    for e in events {
+        if let Some(p) = e.personal.as_mut() {
+            rng.fill_bytes(&mut p.salt);
+            e.personal_digest = Some(p.digest());
+        }
     }
 }
 
@@ -277,32 +324,33 @@ fn prepare_value(
             format!("event does not match event-input.json: {e}"),
         )
     })?;
-    let occurred_at = check_envelope(
+    let (kind, occurred_at) = check_envelope(
         input.origin.as_deref(),
         &input.kind,
         input.schema,
         &input.occurred_at,
         ctx,
     )?;
-    let typed = Data::read_value(&input.kind, input.schema, Value::Object(input.data), "data")?;
+    let data = Value::Object(input.data);
+    let typed = Data::read_value(&input.kind, input.schema, &data, "data")?;
     let head = Head {
-        kind: input.kind,
+        kind,
         schema: input.schema,
         occurred_at,
-        grid: input.grid,
-        recorded_by: input.recorded_by,
+        grid: &input.grid,
+        recorded_by: &input.recorded_by,
         client_id: input.client_id,
     };
     finish(head, typed, ctx, lookup_target)
 }
 
 /// A posted event's envelope fields, checked.
-struct Head {
-    kind: String,
+struct Head<'a> {
+    kind: &'static str,
     schema: u32,
     occurred_at: OccurredAt,
-    grid: String,
-    recorded_by: String,
+    grid: &'a str,
+    recorded_by: &'a str,
     client_id: String,
 }
 
@@ -311,26 +359,32 @@ struct Head {
 /// for the log — correction checked, personal fields split off, canonical
 /// bytes, fingerprint, size limit. The personal part is not salted yet.
 fn finish(
-    head: Head,
-    data: Data,
+    head: Head<'_>,
+    data: Data<'_>,
     ctx: &IngestContext<'_>,
     lookup_target: &dyn Fn(&EventRef) -> Option<TargetInfo>,
 ) -> Result<PreparedEvent, IngestError> {
-    let (data_bytes, personal_bytes) = match data {
-        Data::Correction(c) => split_canonical(check_correction(c, ctx, lookup_target)?),
-        data => data.to_canonical_split(),
+    let lead = [head.grid, head.recorded_by];
+    let (fields, personal_bytes) = match data {
+        Data::Correction(c) => {
+            let (data, personal) = split_canonical(check_correction(c, ctx, lookup_target)?);
+            (after(&lead, &data), personal)
+        }
+        data => data.to_canonical_split_after(&lead),
     };
+    let grid_end = head.grid.len();
+    let recorded_by_end = grid_end + head.recorded_by.len();
     let personal = personal_bytes.map(|bytes| Personal {
         salt: [0; 16],
         bytes,
     });
     let fingerprint = fingerprint(
-        &head.kind,
+        head.kind,
         head.schema,
         head.occurred_at,
-        &head.grid,
-        &head.recorded_by,
-        &data_bytes,
+        head.grid,
+        head.recorded_by,
+        &fields[recorded_by_end..],
         personal.as_ref(),
     );
     let client_key = client_key(&head.client_id);
@@ -338,11 +392,12 @@ fn finish(
         kind: head.kind,
         schema: head.schema,
         occurred_at: head.occurred_at,
-        grid: head.grid,
-        recorded_by: head.recorded_by,
         client_id: head.client_id,
-        data: data_bytes,
+        fields,
+        grid_end,
+        recorded_by_end,
         personal,
+        personal_digest: None,
         fingerprint,
         client_key,
     };
@@ -359,6 +414,16 @@ fn finish(
     Ok(event)
 }
 
+/// `bytes` written after the bytes of `lead`, in one vector.
+fn after(lead: &[&str], bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(lead.iter().map(|l| l.len()).sum::<usize>() + bytes.len());
+    for l in lead {
+        v.extend_from_slice(l.as_bytes());
+    }
+    v.extend_from_slice(bytes);
+    v
+}
+
 /// The canonical bytes of `data` (a JSON object) without its personal
 /// fields, and of those fields if it has any.
 fn split_canonical(data: Value) -> (Vec<u8>, Option<Vec<u8>>) {
@@ -373,14 +438,15 @@ fn split_canonical(data: Value) -> (Vec<u8>, Option<Vec<u8>>) {
 
 /// The envelope fields of a posted event: its origin (if named) is this
 /// node, its kind and schema version are known, and it did not occur in
-/// the future (beyond the allowed skew). Returns when it occurred.
+/// the future (beyond the allowed skew). Returns the kind as this build
+/// names it, and when the event occurred.
 fn check_envelope(
     origin: Option<&str>,
     kind: &str,
     schema: u32,
     occurred_at: &str,
     ctx: &IngestContext<'_>,
-) -> Result<OccurredAt, IngestError> {
+) -> Result<(&'static str, OccurredAt), IngestError> {
     if let Some(origin) = origin {
         if origin != ctx.node_id {
             return Err(IngestError::new(
@@ -390,7 +456,7 @@ fn check_envelope(
             .at("origin"));
         }
     }
-    let Some((_, versions)) = kinds::KINDS.iter().find(|(k, _)| *k == kind) else {
+    let Some(&(known_kind, versions)) = kinds::KINDS.iter().find(|(k, _)| *k == kind) else {
         let known: Vec<&str> = kinds::KINDS.iter().map(|(k, _)| *k).collect();
         return Err(IngestError::new(
             "unknown_kind",
@@ -423,10 +489,13 @@ fn check_envelope(
         )
         .at("occurred_at"));
     }
-    Ok(OccurredAt {
-        unix_ms,
-        offset_min,
-    })
+    Ok((
+        known_kind,
+        OccurredAt {
+            unix_ms,
+            offset_min,
+        },
+    ))
 }
 
 /// The content fingerprint of a stored event (what `client_id` idempotency
@@ -485,31 +554,32 @@ fn fingerprint(
 }
 
 /// A posted event's `data` read into the Rust type of its kind and schema
-/// version. Written back out ([`Data::to_value`], [`Data::to_canonical_split`])
+/// version. Written back out ([`Data::to_value`], [`Data::to_canonical_split_after`])
 /// equal content always has the same form (e.g. `37` and `37.0` both become
 /// the float 37.0), so the canonical bytes and the fingerprint depend on
 /// the content only.
-enum Data {
-    Entry(kinds::EntryV1),
-    Temperature(kinds::TemperatureV1),
-    Visit(kinds::VisitV1),
-    Delivery(kinds::DeliveryV1),
+/// Its text borrows from what it was read from where it can (`'a`).
+enum Data<'a> {
+    Entry(kinds::EntryV1<'a>),
+    Temperature(kinds::TemperatureV1<'a>),
+    Visit(kinds::VisitV1<'a>),
+    Delivery(kinds::DeliveryV1<'a>),
     Correction(CorrectionV1),
 }
 
 /// Where `data` is read from: a JSON value (after the schema check) or the
 /// posted text itself ([`typed`]).
-trait DataSource {
-    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+trait DataSource<'de> {
+    fn read<T: serde::Deserialize<'de>>(self) -> Result<T, String>;
 }
 
-impl DataSource for Value {
-    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
-        serde_json::from_value(self).map_err(|e| e.to_string())
+impl<'de> DataSource<'de> for &'de Value {
+    fn read<T: serde::Deserialize<'de>>(self) -> Result<T, String> {
+        T::deserialize(self).map_err(|e| e.to_string())
     }
 }
 
-impl Data {
+impl<'a> Data<'a> {
     /// Whether this build has a type for `kind` v`schema`: whether
     /// [`Data::read`] reads it.
     fn has_type(kind: &str, schema: u32) -> bool {
@@ -523,7 +593,7 @@ impl Data {
     }
 
     /// `None` when this build has no type for `kind` v`schema`.
-    fn read(kind: &str, schema: u32, source: impl DataSource) -> Option<Result<Self, String>> {
+    fn read(kind: &str, schema: u32, source: impl DataSource<'a>) -> Option<Result<Self, String>> {
         if !Data::has_type(kind, schema) {
             return None;
         }
@@ -540,8 +610,13 @@ impl Data {
     /// [`Data::read`] from a JSON value, after checking it against the
     /// kind's JSON Schema (which words the error); any failure a
     /// `schema_violation` of `field`.
-    fn read_value(kind: &str, schema: u32, data: Value, field: &str) -> Result<Self, IngestError> {
-        let violations = schema::validate_data(kind, schema, &data, field).unwrap_or_default();
+    fn read_value(
+        kind: &str,
+        schema: u32,
+        data: &'a Value,
+        field: &str,
+    ) -> Result<Self, IngestError> {
+        let violations = schema::validate_data(kind, schema, data, field).unwrap_or_default();
         if let Some(v) = violations.into_iter().next() {
             return Err(IngestError::violation(v));
         }
@@ -567,14 +642,17 @@ impl Data {
     /// The canonical bytes of the data without its personal fields, and of
     /// those if it has any: what [`split_canonical`] makes of
     /// [`Data::to_value`], encoded straight from the type.
-    fn to_canonical_split(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+    fn to_canonical_split_after(&self, lead: &[&str]) -> (Vec<u8>, Option<Vec<u8>>) {
         let split = match self {
-            Data::Entry(d) => canonical::to_canonical_split(d),
-            Data::Temperature(d) => canonical::to_canonical_split(d),
-            Data::Visit(d) => canonical::to_canonical_split(d),
-            Data::Delivery(d) => canonical::to_canonical_split(d),
+            Data::Entry(d) => canonical::to_canonical_split_after(d, lead),
+            Data::Temperature(d) => canonical::to_canonical_split_after(d, lead),
+            Data::Visit(d) => canonical::to_canonical_split_after(d, lead),
+            Data::Delivery(d) => canonical::to_canonical_split_after(d, lead),
             // Its replacement's personal fields are split inside it.
-            Data::Correction(_) => return split_canonical(self.to_value()),
+            Data::Correction(_) => {
+                let (data, personal) = split_canonical(self.to_value());
+                return (after(lead, &data), personal);
+            }
         };
         split.expect("the kind types encode canonically")
     }
@@ -645,7 +723,7 @@ fn check_correction(
         }
         (CorrectionAction::Replace, Some(r)) => {
             let r = Value::Object(r);
-            let typed = Data::read_value(&target.kind, target.schema, r, "data.replacement")?;
+            let typed = Data::read_value(&target.kind, target.schema, &r, "data.replacement")?;
             let Value::Object(r) = typed.to_value() else {
                 unreachable!("the kind types are structs")
             };

@@ -4,8 +4,12 @@
 //! files are generated from them (`GRIDSYNC_BLESS=1 cargo test -p
 //! gridsync-model schema`) and a test fails when the two disagree.
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::strict::{opt_text, opt_texts};
 
 /// The kinds this build understands, with the schema versions of each.
 pub const KINDS: &[(&str, &[u32])] = &[
@@ -20,15 +24,18 @@ pub const KINDS: &[(&str, &[u32])] = &[
 /// kept at the community, withholdable above it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Person {
+pub struct Person<'a> {
+    #[serde(borrow)]
     #[schemars(length(min = 1, max = 64))]
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
-    pub id_number: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_number: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
-    pub phone: Option<String>,
+    pub phone: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -59,22 +66,26 @@ pub enum EntryDecision {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "entry.v1")]
-pub struct EntryV1 {
+pub struct EntryV1<'a> {
+    #[serde(borrow)]
     #[schemars(length(min = 1, max = 64))]
-    pub checkpoint: String,
+    pub checkpoint: Cow<'a, str>,
     pub direction: Direction,
     pub subject: Subject,
-    #[serde(deserialize_with = "crate::strict::object")]
-    pub person: Person,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, deserialize_with = "crate::strict::object")]
+    pub person: Person<'a>,
+    #[serde(borrow, default, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16))]
-    pub plate: Option<String>,
+    pub plate: Option<Cow<'a, str>>,
     /// Where the person comes from, e.g. "湖北省武汉市".
+    #[serde(borrow)]
     #[schemars(length(min = 1, max = 128))]
-    pub from_region: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_region: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
-    pub purpose: Option<String>,
+    pub purpose: Option<Cow<'a, str>>,
     pub decision: EntryDecision,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30.0, max = 45.0))]
@@ -102,9 +113,9 @@ pub enum TemperatureAction {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "temperature.v1")]
-pub struct TemperatureV1 {
-    #[serde(deserialize_with = "crate::strict::object")]
-    pub person: Person,
+pub struct TemperatureV1<'a> {
+    #[serde(borrow, deserialize_with = "crate::strict::object")]
+    pub person: Person<'a>,
     #[schemars(range(min = 30.0, max = 45.0))]
     pub celsius: f64,
     pub site: Site,
@@ -133,29 +144,33 @@ pub enum Quarantine {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "visit.v1")]
-pub struct VisitV1 {
+pub struct VisitV1<'a> {
+    #[serde(borrow)]
     #[schemars(length(min = 1, max = 64))]
-    pub household: String,
+    pub household: Cow<'a, str>,
     pub method: VisitMethod,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 100))]
     pub residents: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symptoms: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default, deserialize_with = "opt_texts")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
-    pub travel_regions: Option<Vec<String>>,
+    pub travel_regions: Option<Vec<Cow<'a, str>>>,
     pub quarantine: Quarantine,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2000))]
-    pub note: Option<String>,
+    pub note: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Item {
+pub struct Item<'a> {
+    #[serde(borrow)]
     #[schemars(length(min = 1, max = 64))]
-    pub item: String,
+    pub item: Cow<'a, str>,
     #[schemars(range(min = 1, max = 100000))]
     pub qty: u32,
 }
@@ -164,16 +179,18 @@ pub struct Item {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "delivery.v1")]
-pub struct DeliveryV1 {
+pub struct DeliveryV1<'a> {
+    #[serde(borrow)]
     #[schemars(length(min = 1, max = 64))]
-    pub household: String,
+    pub household: Cow<'a, str>,
     #[schemars(length(min = 1, max = 64))]
-    #[serde(deserialize_with = "crate::strict::objects")]
-    pub items: Vec<Item>,
+    #[serde(borrow, deserialize_with = "crate::strict::objects")]
+    pub items: Vec<Item<'a>>,
     pub quarantined: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2000))]
-    pub note: Option<String>,
+    pub note: Option<Cow<'a, str>>,
 }
 
 /// The event a correction applies to.
@@ -222,7 +239,7 @@ pub(crate) fn chars_within(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.chars().count())
 }
 
-fn opt_chars_within(s: Option<&String>, min: usize, max: usize) -> bool {
+fn opt_chars_within(s: Option<&Cow<'_, str>>, min: usize, max: usize) -> bool {
     s.is_none_or(|s| chars_within(s, min, max))
 }
 
@@ -236,7 +253,7 @@ pub(crate) trait WithinSchema {
     fn within_schema(&self) -> bool;
 }
 
-impl WithinSchema for Person {
+impl WithinSchema for Person<'_> {
     fn within_schema(&self) -> bool {
         chars_within(&self.name, 1, 64)
             && opt_chars_within(self.id_number.as_ref(), 1, 32)
@@ -248,7 +265,7 @@ fn celsius_within(c: f64) -> bool {
     (30.0..=45.0).contains(&c)
 }
 
-impl WithinSchema for EntryV1 {
+impl WithinSchema for EntryV1<'_> {
     fn within_schema(&self) -> bool {
         chars_within(&self.checkpoint, 1, 64)
             && self.person.within_schema()
@@ -259,13 +276,13 @@ impl WithinSchema for EntryV1 {
     }
 }
 
-impl WithinSchema for TemperatureV1 {
+impl WithinSchema for TemperatureV1<'_> {
     fn within_schema(&self) -> bool {
         self.person.within_schema() && celsius_within(self.celsius)
     }
 }
 
-impl WithinSchema for VisitV1 {
+impl WithinSchema for VisitV1<'_> {
     fn within_schema(&self) -> bool {
         chars_within(&self.household, 1, 64)
             && self.residents.is_none_or(|r| r <= 100)
@@ -277,7 +294,7 @@ impl WithinSchema for VisitV1 {
     }
 }
 
-impl WithinSchema for DeliveryV1 {
+impl WithinSchema for DeliveryV1<'_> {
     fn within_schema(&self) -> bool {
         chars_within(&self.household, 1, 64)
             && (1..=64).contains(&self.items.len())
@@ -315,6 +332,11 @@ pub(crate) mod arb {
         .boxed()
     }
 
+    /// [`text`] as a kind type's field holds it.
+    fn cow() -> BoxedStrategy<Cow<'static, str>> {
+        text().prop_map(Cow::Owned).boxed()
+    }
+
     pub(crate) fn celsius() -> impl Strategy<Value = f64> {
         prop_oneof![
             prop::sample::select(vec![29.99, 30.0, 36.6, 37.0, 45.0, 45.01, -0.0, 0.0, 1e300]),
@@ -338,8 +360,8 @@ pub(crate) mod arb {
             .prop_flat_map(move |n| prop::collection::vec(item.clone(), n))
     }
 
-    fn person() -> impl Strategy<Value = Person> {
-        (text(), prop::option::of(text()), prop::option::of(text())).prop_map(
+    fn person() -> impl Strategy<Value = Person<'static>> {
+        (cow(), prop::option::of(cow()), prop::option::of(cow())).prop_map(
             |(name, id_number, phone)| Person {
                 name,
                 id_number,
@@ -348,15 +370,15 @@ pub(crate) mod arb {
         )
     }
 
-    pub(crate) fn entry() -> impl Strategy<Value = EntryV1> {
+    pub(crate) fn entry() -> impl Strategy<Value = EntryV1<'static>> {
         (
             (
-                text(),
+                cow(),
                 prop::sample::select(vec![Direction::In, Direction::Out]),
             ),
             prop::sample::select(vec![Subject::Resident, Subject::Visitor, Subject::Vehicle]),
             person(),
-            (prop::option::of(text()), text(), prop::option::of(text())),
+            (prop::option::of(cow()), cow(), prop::option::of(cow())),
             prop::sample::select(vec![
                 EntryDecision::Admitted,
                 EntryDecision::TurnedBack,
@@ -388,7 +410,7 @@ pub(crate) mod arb {
             )
     }
 
-    pub(crate) fn temperature() -> impl Strategy<Value = TemperatureV1> {
+    pub(crate) fn temperature() -> impl Strategy<Value = TemperatureV1<'static>> {
         (
             person(),
             celsius(),
@@ -412,20 +434,20 @@ pub(crate) mod arb {
             })
     }
 
-    pub(crate) fn visit() -> impl Strategy<Value = VisitV1> {
+    pub(crate) fn visit() -> impl Strategy<Value = VisitV1<'static>> {
         (
-            text(),
+            cow(),
             prop::sample::select(vec![VisitMethod::InPerson, VisitMethod::Phone]),
             prop::option::of(count()),
             prop::option::of(any::<bool>()),
-            prop::option::of(list(text())),
+            prop::option::of(list(cow())),
             prop::sample::select(vec![
                 Quarantine::None,
                 Quarantine::Started,
                 Quarantine::Ongoing,
                 Quarantine::Ended,
             ]),
-            prop::option::of(text()),
+            prop::option::of(cow()),
         )
             .prop_map(
                 |(household, method, residents, symptoms, travel_regions, quarantine, note)| {
@@ -442,16 +464,16 @@ pub(crate) mod arb {
             )
     }
 
-    pub(crate) fn delivery() -> impl Strategy<Value = DeliveryV1> {
+    pub(crate) fn delivery() -> impl Strategy<Value = DeliveryV1<'static>> {
         (
-            text(),
+            cow(),
             list(
-                (text(), count())
+                (cow(), count())
                     .prop_map(|(item, qty)| Item { item, qty })
                     .boxed(),
             ),
             any::<bool>(),
-            prop::option::of(text()),
+            prop::option::of(cow()),
         )
             .prop_map(|(household, items, quarantined, note)| DeliveryV1 {
                 household,
@@ -605,17 +627,12 @@ mod tests {
                     let says = crate::schema::validate_data(kind, 1, &v, "data")
                         .unwrap()
                         .is_empty();
-                    let within =
-                        match *kind {
-                            "entry" => serde_json::from_value::<EntryV1>(v.clone())
-                                .map(|d| d.within_schema()),
-                            "temperature" => serde_json::from_value::<TemperatureV1>(v.clone())
-                                .map(|d| d.within_schema()),
-                            "visit" => serde_json::from_value::<VisitV1>(v.clone())
-                                .map(|d| d.within_schema()),
-                            _ => serde_json::from_value::<DeliveryV1>(v.clone())
-                                .map(|d| d.within_schema()),
-                        };
+                    let within = match *kind {
+                        "entry" => EntryV1::deserialize(&v).map(|d| d.within_schema()),
+                        "temperature" => TemperatureV1::deserialize(&v).map(|d| d.within_schema()),
+                        "visit" => VisitV1::deserialize(&v).map(|d| d.within_schema()),
+                        _ => DeliveryV1::deserialize(&v).map(|d| d.within_schema()),
+                    };
                     // A value the type itself refuses (a fraction where an
                     // integer belongs) never reaches `WithinSchema`.
                     let Ok(within) = within else { continue };

@@ -9,9 +9,11 @@
 //! nested struct fields by `#[serde(deserialize_with = "strict::object")]`
 //! (or [`objects`] for a list of them) in [`crate::kinds`].
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize as DeriveDeserialize;
 
 /// A deserializer that reads a struct only from a map.
 ///
@@ -57,60 +59,92 @@ pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T,
 /// # Errors
 /// As [`object`], for any item.
 pub fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    Objects::<T>::new(0, usize::MAX).deserialize(d)
+    let mut items = Vec::new();
+    EachObject::new(usize::MAX, |item| items.push(item)).deserialize(d)?;
+    Ok(items)
 }
 
-/// A list whose items must each be a JSON object (as [`objects`]), read
-/// into a vector with room for `room` items made before the first (a batch
-/// of a few hundred events grown one doubling at a time was copied about
-/// twice over), and refused past `max` items without reading the rest.
-pub struct Objects<T> {
-    room: usize,
+/// A list whose items must each be a JSON object (as [`objects`]), each
+/// handed to `each` as it is read — a batch's events are prepared one by
+/// one as the reader meets them, not gathered into a vector of their own
+/// first (one more allocation of tens of KiB a request, and a copy of
+/// every event, both ~1 % of a node's CPU) — and refused past `max`
+/// items without reading the rest. Its value is how many items it read.
+pub struct EachObject<T, F> {
     max: usize,
+    each: F,
     item: PhantomData<T>,
 }
 
-impl<T> Objects<T> {
-    pub fn new(room: usize, max: usize) -> Self {
+impl<T, F: FnMut(T)> EachObject<T, F> {
+    pub fn new(max: usize, each: F) -> Self {
         Self {
-            room,
             max,
+            each,
             item: PhantomData,
         }
     }
 }
 
-impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Objects<T> {
-    type Value = Vec<T>;
+impl<'de, T: Deserialize<'de>, F: FnMut(T)> DeserializeSeed<'de> for EachObject<T, F> {
+    type Value = usize;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de, T: Deserialize<'de>> Visitor<'de> for Objects<T> {
-    type Value = Vec<T>;
+impl<'de, T: Deserialize<'de>, F: FnMut(T)> Visitor<'de> for EachObject<T, F> {
+    type Value = usize;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "an array of at most {} objects", self.max)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
         struct Object<T>(T);
         impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 object(d).map(Object)
             }
         }
-        let mut items = Vec::with_capacity(self.room.min(self.max));
+        let mut n = 0;
         while let Some(Object(item)) = seq.next_element::<Object<T>>()? {
-            if items.len() == self.max {
-                return Err(serde::de::Error::invalid_length(items.len() + 1, &self));
+            if n == self.max {
+                return Err(serde::de::Error::invalid_length(n + 1, &self));
             }
-            items.push(item);
+            n += 1;
+            (self.each)(item);
         }
-        Ok(items)
+        Ok(n)
     }
+}
+
+/// A string borrowed from the text when it has no escapes (an escaped one
+/// is unescaped into its own allocation): the kind types hold their text
+/// this way, so most of a posted event's strings are never copied before
+/// they are written into its canonical bytes.
+#[derive(DeriveDeserialize)]
+#[serde(transparent)]
+pub struct Borrowed<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+/// An optional string field read as [`Borrowed`] (serde borrows a `Cow`
+/// only when it is the field's whole type).
+///
+/// # Errors
+/// Anything but a string or `null`.
+pub fn opt_text<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
+}
+
+/// An optional list of strings read as [`Borrowed`].
+///
+/// # Errors
+/// Anything but a list of strings or `null`.
+pub fn opt_texts<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Cow<'a, str>>>, D::Error> {
+    Ok(Option::<Vec<Borrowed<'a>>>::deserialize(d)?.map(|v| v.into_iter().map(|b| b.0).collect()))
 }
 
 /// Reads a whole JSON text as the struct `T`, which must be an object.
@@ -177,5 +211,40 @@ mod tests {
         ] {
             assert!(from_str::<Outer>(text).is_err(), "{text}");
         }
+    }
+
+    /// The kind types' text borrows from the posted text, unless it holds
+    /// an escape (then it is unescaped into its own string), in every
+    /// position: a field, an optional field, a list, a nested object.
+    #[test]
+    fn kind_text_borrows_from_the_posted_text_unless_escaped() {
+        use crate::kinds::{DeliveryV1, EntryV1, VisitV1};
+        let borrowed = |c: &Cow<'_, str>| matches!(c, Cow::Borrowed(_));
+        let e: EntryV1<'_> = from_str(
+            r#"{"checkpoint": "cp1", "direction": "in", "subject": "resident",
+                "person": {"name": "张三", "id_number": "37\u0030202"},
+                "from_region": "湖北\"省\"", "purpose": "返乡", "decision": "admitted"}"#,
+        )
+        .unwrap();
+        assert!(borrowed(&e.checkpoint) && borrowed(&e.person.name));
+        assert!(borrowed(e.purpose.as_ref().unwrap()));
+        assert_eq!(e.person.id_number.as_deref(), Some("370202"));
+        assert!(!borrowed(e.person.id_number.as_ref().unwrap()));
+        assert_eq!(e.from_region, "湖北\"省\"");
+        assert!(!borrowed(&e.from_region));
+        let v: VisitV1<'_> = from_str(
+            r#"{"household": "h1", "method": "phone", "quarantine": "none",
+                "travel_regions": ["湖北省", "a\nb"], "note": null}"#,
+        )
+        .unwrap();
+        let regions = v.travel_regions.unwrap();
+        assert!(borrowed(&regions[0]) && !borrowed(&regions[1]));
+        assert_eq!(regions[1], "a\nb");
+        assert_eq!(v.note, None);
+        let d: DeliveryV1<'_> = from_str(
+            r#"{"household": "h2", "items": [{"item": "大米", "qty": 2}], "quarantined": true}"#,
+        )
+        .unwrap();
+        assert!(borrowed(&d.household) && borrowed(&d.items[0].item));
     }
 }

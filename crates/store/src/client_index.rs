@@ -282,6 +282,12 @@ impl ClientIndex {
         Ok(None)
     }
 
+    /// Brings the filter's blocks for these keys into the caches, all at
+    /// once, before they are looked up one by one ([`Filter::warm`]).
+    pub(crate) fn warm(&self, hs: impl Iterator<Item = u64> + Clone) {
+        self.filter.warm(hs);
+    }
+
     /// Adds the writes of a commit that appends `added` (own events) and
     /// leaves the origin's head at `head_seq`: a run when recent is full,
     /// a few slices of the merges in progress, a few blocks of merged-away

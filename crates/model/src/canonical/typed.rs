@@ -52,6 +52,19 @@ type Result<T> = std::result::Result<T, Unencodable>;
 /// [`crate::event::split_personal`] also moves: encode those through the
 /// JSON value), or a key twice.
 pub fn to_canonical_split<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    to_canonical_split_after(value, &[])
+}
+
+/// [`to_canonical_split`], the bytes without the personal fields written
+/// after the bytes of `lead` in the same vector (ingest keeps an event's
+/// short text fields and its data in one allocation).
+///
+/// # Errors
+/// As [`to_canonical_split`].
+pub fn to_canonical_split_after<T: Serialize + ?Sized>(
+    value: &T,
+    lead: &[&str],
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
     let mut fields = Fields::default();
     value.serialize(Top(&mut fields))?;
     let Fields {
@@ -67,7 +80,11 @@ pub fn to_canonical_split<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, 
     sort_unique(&mut entries)?;
     let is_personal = |e: &Entry| PERSONAL_KEYS.contains(&e.key.as_ref());
     let n_personal = entries.iter().filter(|e| is_personal(e)).count();
-    let mut data = Vec::with_capacity(scratch.len() + 64);
+    let lead_len: usize = lead.iter().map(|l| l.len()).sum();
+    let mut data = Vec::with_capacity(lead_len + scratch.len() + 64);
+    for l in lead {
+        data.extend_from_slice(l.as_bytes());
+    }
     write_sorted(
         &mut data,
         entries.iter().filter(|e| !is_personal(e)),

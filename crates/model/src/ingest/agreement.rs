@@ -333,7 +333,7 @@ fn the_typed_way_takes_ordinary_bodies_of_every_kind() {
         .map(|v| prepare(v, &ctx, &lookup, &mut b).unwrap())
         .collect();
     assert_eq!(typed, general);
-    assert!(typed.iter().any(|e| e.personal.is_some()));
+    assert!(typed.iter().any(|e| e.personal().is_some()));
 }
 
 #[test]

@@ -37,9 +37,46 @@ fn run(v: Value) -> Result<PreparedEvent, IngestError> {
 fn integer_and_float_normalise_equal() {
     let a = run(temp(json!(37))).unwrap();
     let b = run(temp(json!(37.0))).unwrap();
-    assert_eq!(a.data, b.data);
+    assert_eq!(a.data(), b.data());
     assert_eq!(a.fingerprint, b.fingerprint);
-    assert!(a.personal.is_some());
+    assert!(a.personal().is_some());
+}
+
+/// `grid`, `recorded_by` and the data's bytes share one vector: each reads
+/// back whole, both ways of reading a body, a correction's too.
+#[test]
+fn the_fields_sharing_a_vector_read_back_apart() {
+    let mut v = temp(json!(36.6));
+    v["grid"] = json!("网格一");
+    v["recorded_by"] = json!("w\"7");
+    let data = canonical::to_canonical(&json!({"celsius": 36.6, "site": "checkpoint"}));
+    let general = run(v.clone()).unwrap();
+    let body = serde_json::to_vec(&v).unwrap();
+    let typed = typed::prepare_body(&body, &ctx(), &|_: &EventRef| None)
+        .expect("the typed way reads it")
+        .unwrap()
+        .remove(0);
+    for e in [&general, &typed] {
+        assert_eq!(
+            (e.kind, e.grid(), e.recorded_by()),
+            ("temperature", "网格一", "w\"7")
+        );
+        assert_eq!(e.data(), data.as_slice());
+    }
+    let c = run(json!({
+        "kind": "correction", "occurred_at": "2020-01-28T09:30:00+08:00",
+        "grid": "g2", "recorded_by": "w2", "client_id": "k2",
+        "data": {"target": {"origin": "c1", "seq": 1}, "action": "void", "reason": "typo"}
+    }))
+    .unwrap();
+    assert_eq!(
+        (c.kind, c.grid(), c.recorded_by()),
+        ("correction", "g2", "w2")
+    );
+    let data = canonical::to_canonical(
+        &json!({"target": {"origin": "c1", "seq": 1}, "action": "void", "reason": "typo"}),
+    );
+    assert_eq!(c.data(), data.as_slice());
 }
 
 #[test]
@@ -84,7 +121,7 @@ fn corrections_check_target_and_replacement() {
     let p = run(ok).unwrap();
     // The replacement's person is personal data too.
     assert!(p
-        .personal
+        .personal()
         .unwrap()
         .fields()
         .unwrap()

@@ -44,30 +44,32 @@ use super::{
 use crate::kinds::{chars_within, EventRef};
 use crate::strict;
 
-/// `{"events": [...]}`, with room for the events made before the first
-/// (`room`) and refused past `max` of them: a visitor rather than a
-/// derived struct because a derived field cannot be given either.
-struct Batch {
-    room: usize,
+/// `{"events": [...]}`, each event handed to `each` as it is read and the
+/// array refused past `max` of them: a visitor rather than a derived
+/// struct because a derived field cannot be given either. Its value is
+/// how many events the array held.
+struct Batch<F> {
     max: usize,
+    each: F,
 }
 
-impl<'de> DeserializeSeed<'de> for Batch {
-    type Value = Vec<Posted<'de>>;
+impl<'de, F: FnMut(Posted<'de>)> DeserializeSeed<'de> for Batch<F> {
+    type Value = usize;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Batch {
-    type Value = Vec<Posted<'de>>;
+impl<'de, F: FnMut(Posted<'de>)> Visitor<'de> for Batch<F> {
+    type Value = usize;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(r#"{"events": [...]}"#)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let Batch { max, mut each } = self;
         let mut events = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if key != "events" {
@@ -76,20 +78,22 @@ impl<'de> Visitor<'de> for Batch {
             if events.is_some() {
                 return Err(de::Error::duplicate_field("events"));
             }
-            events = Some(map.next_value_seed(strict::Objects::new(self.room, self.max))?);
+            events = Some(map.next_value_seed(strict::EachObject::new(max, &mut each))?);
         }
         events.ok_or_else(|| de::Error::missing_field("events"))
     }
 }
 
 /// One posted event: the fields of [`crate::api::EventInput`].
+/// Its text is borrowed from the body where it can be; `client_id` is
+/// owned, as the log writer keeps it in the client-id index.
 struct Posted<'a> {
-    origin: Option<String>,
-    kind: String,
+    origin: Option<Cow<'a, str>>,
+    kind: Cow<'a, str>,
     schema: u32,
     occurred_at: Cow<'a, str>,
-    grid: String,
-    recorded_by: String,
+    grid: Cow<'a, str>,
+    recorded_by: Cow<'a, str>,
     client_id: String,
     data: PostedData<'a>,
 }
@@ -102,7 +106,7 @@ struct Posted<'a> {
 enum PostedData<'a> {
     /// Read as the kind's version 1, the version the event names unless it
     /// says otherwise after `data` (the read is then set aside).
-    Read(Data),
+    Read(Data<'a>),
     Raw(&'a RawValue),
 }
 
@@ -120,10 +124,6 @@ enum Field {
     ClientId,
     Data,
 }
-
-/// A string borrowed from the text when it has no escapes.
-#[derive(Deserialize)]
-struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// The schema version of a data read before the event named one.
 const READ_AS_SCHEMA: u32 = 1;
@@ -175,24 +175,41 @@ impl<'de: 'a, 'a> Visitor<'de> for PostedVisitor<'a> {
             *slot = Some(v);
             Ok(())
         }
-        let mut origin: Option<Option<String>> = None;
-        let mut kind: Option<String> = None;
+        let mut origin: Option<Option<Cow<'a, str>>> = None;
+        let mut kind: Option<Cow<'a, str>> = None;
         let mut schema: Option<u32> = None;
         let mut occurred_at: Option<Cow<'a, str>> = None;
         let (mut grid, mut recorded_by, mut client_id) = (None, None, None);
         let mut data: Option<PostedData<'a>> = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
-                Field::Origin => once(&mut origin, "origin", map.next_value()?)?,
-                Field::Kind => once(&mut kind, "kind", map.next_value()?)?,
+                Field::Origin => once(
+                    &mut origin,
+                    "origin",
+                    map.next_value::<Option<strict::Borrowed<'a>>>()?
+                        .map(|b| b.0),
+                )?,
+                Field::Kind => once(
+                    &mut kind,
+                    "kind",
+                    map.next_value::<strict::Borrowed<'a>>()?.0,
+                )?,
                 Field::Schema => once(&mut schema, "schema", map.next_value()?)?,
                 Field::OccurredAt => once(
                     &mut occurred_at,
                     "occurred_at",
-                    map.next_value::<Borrowed<'a>>()?.0,
+                    map.next_value::<strict::Borrowed<'a>>()?.0,
                 )?,
-                Field::Grid => once(&mut grid, "grid", map.next_value()?)?,
-                Field::RecordedBy => once(&mut recorded_by, "recorded_by", map.next_value()?)?,
+                Field::Grid => once(
+                    &mut grid,
+                    "grid",
+                    map.next_value::<strict::Borrowed<'a>>()?.0,
+                )?,
+                Field::RecordedBy => once(
+                    &mut recorded_by,
+                    "recorded_by",
+                    map.next_value::<strict::Borrowed<'a>>()?.0,
+                )?,
                 Field::ClientId => once(&mut client_id, "client_id", map.next_value()?)?,
                 Field::Data => {
                     let value = match kind.as_deref() {
@@ -242,8 +259,8 @@ impl Posted<'_> {
 /// The posted text of `data`, read strictly.
 struct Text<'a>(&'a str);
 
-impl DataSource for Text<'_> {
-    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+impl<'a> DataSource<'a> for Text<'a> {
+    fn read<T: Deserialize<'a>>(self) -> Result<T, String> {
         strict::from_str(self.0).map_err(|e| e.to_string())
     }
 }
@@ -251,8 +268,8 @@ impl DataSource for Text<'_> {
 /// `data` where the reader of the event stands, read strictly.
 struct Inline<D>(D);
 
-impl<'de, D: Deserializer<'de>> DataSource for Inline<D> {
-    fn read<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+impl<'de, D: Deserializer<'de>> DataSource<'de> for Inline<D> {
+    fn read<T: Deserialize<'de>>(self) -> Result<T, String> {
         strict::object(self.0).map_err(|e| e.to_string())
     }
 }
@@ -272,20 +289,23 @@ pub(super) fn prepare_body(
         .trim_start()
         .strip_prefix('{')
         .is_some_and(|t| t.trim_start().starts_with("\"events\""));
-    let one = || strict::from_str::<Posted<'_>>(text).ok().map(|e| vec![e]);
-    // Room for as many events as the body could hold at ~200 bytes each
-    // (the sample mix's are ~300), and never more than the limit; past
-    // the limit the read stops (the general way words the refusal).
+    let one = || {
+        let mut events = Prepared::new(1, ctx, lookup_target);
+        strict::from_str::<Posted<'_>>(text)
+            .ok()
+            .map(|posted| events.add(posted))?;
+        Some(events)
+    };
+    // Each event prepared as it is read, into room for as many as the
+    // body could hold at ~200 bytes each (the sample mix's are ~300), and
+    // never more than the limit; past the limit the read stops (the
+    // general way words the refusal).
     let max = ctx.limits.batch_events_max;
     let batch = || {
-        strict::from_str_seed(
-            text,
-            Batch {
-                room: (text.len() / 200).min(max),
-                max,
-            },
-        )
-        .ok()
+        let mut events = Prepared::new((text.len() / 200).min(max), ctx, lookup_target);
+        let each = |posted| events.add(posted);
+        strict::from_str_seed(text, Batch { max, each }).ok()?;
+        Some(events)
     };
     // Neither: a body for the general way.
     let events = if batch_first {
@@ -293,17 +313,66 @@ pub(super) fn prepare_body(
     } else {
         one().or_else(batch)
     }?;
-    if events.is_empty() || events.len() > ctx.limits.batch_events_max {
-        return None;
-    }
-    let mut out = Vec::with_capacity(events.len());
-    for (i, posted) in events.into_iter().enumerate() {
-        match prepare(posted, ctx, lookup_target)? {
-            Ok(event) => out.push(event),
-            Err(e) => return Some(Err(e.for_event(i))),
+    events.verdict()
+}
+
+/// A body's events prepared in the order they are read, until the first
+/// that fails: with an error, or by needing the general way (which then
+/// reads the whole body). Nothing after it is prepared, as when the
+/// events were prepared after the whole body was read — only read, so
+/// that a body that turns out malformed further on still goes the
+/// general way.
+struct Prepared<'c, 'x> {
+    events: Vec<PreparedEvent>,
+    /// Events read so far.
+    read: usize,
+    /// The first failure: `Some(None)` for the general way.
+    failed: Option<Option<IngestError>>,
+    ctx: &'c IngestContext<'x>,
+    lookup_target: &'c dyn Fn(&EventRef) -> Option<TargetInfo>,
+}
+
+impl<'c, 'x> Prepared<'c, 'x> {
+    fn new(
+        room: usize,
+        ctx: &'c IngestContext<'x>,
+        lookup_target: &'c dyn Fn(&EventRef) -> Option<TargetInfo>,
+    ) -> Self {
+        Self {
+            events: Vec::with_capacity(room),
+            read: 0,
+            failed: None,
+            ctx,
+            lookup_target,
         }
     }
-    Some(Ok(out))
+
+    fn add(&mut self, posted: Posted<'_>) {
+        let index = self.read;
+        self.read += 1;
+        if self.failed.is_some() {
+            return;
+        }
+        match prepare(posted, self.ctx, self.lookup_target) {
+            Some(Ok(event)) => self.events.push(event),
+            Some(Err(e)) => self.failed = Some(Some(e.for_event(index))),
+            None => self.failed = Some(None),
+        }
+    }
+
+    /// What the body gives: its events, the first event's error, or `None`
+    /// for the general way (also for an empty batch or one over the
+    /// limit, which the general way words).
+    fn verdict(self) -> Option<Result<Vec<PreparedEvent>, IngestError>> {
+        if self.read == 0 || self.read > self.ctx.limits.batch_events_max {
+            return None;
+        }
+        match self.failed {
+            None => Some(Ok(self.events)),
+            Some(Some(e)) => Some(Err(e)),
+            Some(None) => None,
+        }
+    }
 }
 
 /// One event the typed way: `None` to read it the general way, else what
@@ -316,7 +385,7 @@ fn prepare(
     if !posted.fits() {
         return None;
     }
-    let occurred_at = match check_envelope(
+    let (kind, occurred_at) = match check_envelope(
         posted.origin.as_deref(),
         &posted.kind,
         posted.schema,
@@ -336,11 +405,11 @@ fn prepare(
         return None;
     }
     let head = Head {
-        kind: posted.kind,
+        kind,
         schema: posted.schema,
         occurred_at,
-        grid: posted.grid,
-        recorded_by: posted.recorded_by,
+        grid: &posted.grid,
+        recorded_by: &posted.recorded_by,
         client_id: posted.client_id,
     };
     Some(finish(head, data, ctx, lookup_target))

@@ -41,13 +41,19 @@ impl Layer {
         }
     }
 
+    /// The first word of `h`'s block: from the hash's high bits (a
+    /// multiply and a shift, no division).
+    fn block_of(&self, h: u64) -> usize {
+        let block = ((u128::from(h) * u128::from(self.blocks)) >> 64) as usize;
+        block * BLOCK_WORDS
+    }
+
     /// The first word of `h`'s block and the bit positions within it.
     fn positions(&self, h: u64) -> (usize, [u64; PROBES as usize]) {
-        // The block from the hash's high bits (a multiply and a shift, no
-        // division); each probe from its own 9 bits of two words mixed out
-        // of the hash (double hashing inside a block clusters: it gave
-        // twice random probes' false positives).
-        let block = ((u128::from(h) * u128::from(self.blocks)) >> 64) as usize;
+        // Each probe from its own 9 bits of two words mixed out of the
+        // hash (double hashing inside a block clusters: it gave twice
+        // random probes' false positives).
+        let base = self.block_of(h);
         let g1 = splitmix64(h);
         let g2 = splitmix64(g1);
         let probes = std::array::from_fn(|i| {
@@ -58,7 +64,7 @@ impl Layer {
             };
             bits % BLOCK_BITS
         });
-        (block * BLOCK_WORDS, probes)
+        (base, probes)
     }
 
     fn insert(&mut self, h: u64) {
@@ -106,6 +112,24 @@ impl Filter {
     /// False: `h` was never inserted. True: it may have been.
     pub(crate) fn may_contain(&self, h: u64) -> bool {
         self.layers.iter().any(|l| l.contains(h))
+    }
+
+    /// Reads the block each of `hs` falls in, in every layer, one after
+    /// the other without waiting on any: the processor has many of these
+    /// independent reads in flight at once, where [`Filter::may_contain`]
+    /// one key at a time (each probe's test waiting on its block) has one.
+    /// The log writer warms a request's keys before it looks them up one
+    /// by one between other work; a filter larger than the caches (a month
+    /// of a busy community's ids) then costs about one memory latency a
+    /// request rather than one a key and layer.
+    pub(crate) fn warm(&self, hs: impl Iterator<Item = u64> + Clone) {
+        let mut seen = 0u64;
+        for layer in &self.layers {
+            for h in hs.clone() {
+                seen ^= layer.bits[layer.block_of(h)];
+            }
+        }
+        std::hint::black_box(seen);
     }
 
     /// Memory held by the bit arrays.

@@ -23,12 +23,15 @@ impl Writer {
         let mut records: Vec<EventRecord> = Vec::with_capacity(events.len());
         let mut hashes: Vec<Hash32> = Vec::with_capacity(events.len());
         let mut results = Vec::with_capacity(events.len());
+        if let Some(index) = &self.clients {
+            index.warm(events.iter().map(|e| e.client_key));
+        }
         // Each new id goes into `work.clients` at once (a duplicate later
         // in the request finds it there); a request that fails leaves
         // none of its ids behind — they are the ones numbered after
         // `start`, as nothing else in `work.clients` is.
         let failed = 'numbering: {
-            for (index, ev) in events.into_iter().enumerate() {
+            for (index, mut ev) in events.into_iter().enumerate() {
                 // Already taken: in this commit, earlier in this request,
                 // or stored.
                 let h = ev.client_key;
@@ -62,7 +65,7 @@ impl Writer {
                 hashes.push(hash);
                 records.push(EventRecord {
                     envelope,
-                    personal: ev.personal,
+                    personal: ev.take_personal(),
                 });
                 // Indexed at the commit (`ClientIndex::stage`): most
                 // commits write nothing for them, the log holds their ids.
@@ -146,21 +149,24 @@ impl Writer {
 
 /// The canonical envelope of a prepared event at `seq` after `prev`.
 fn envelope_of(ev: &PreparedEvent, origin: &str, seq: u64, prev: &Hash32, now_ms: i64) -> Vec<u8> {
-    let digest = ev.personal.as_ref().map(|p| p.digest());
+    debug_assert_eq!(
+        ev.personal_digest(),
+        ev.personal().map(|p| p.digest()).as_ref()
+    );
     EnvelopeHeader {
         origin,
         seq,
-        kind: &ev.kind,
+        kind: ev.kind,
         schema: ev.schema,
         occurred_at: ev.occurred_at,
         recorded_at_ms: now_ms,
-        grid: &ev.grid,
-        recorded_by: &ev.recorded_by,
+        grid: ev.grid(),
+        recorded_by: ev.recorded_by(),
         client_id: &ev.client_id,
         prev,
-        personal_digest: digest.as_ref(),
+        personal_digest: ev.personal_digest(),
     }
-    .encode_with_data(&ev.data)
+    .encode_with_data(ev.data())
 }
 
 /// Cuts an origin's new events (following `start`: seq, hash; and the
