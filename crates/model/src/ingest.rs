@@ -95,10 +95,12 @@ impl PreparedEvent {
         self.personal.take()
     }
 
+    /// The grid the event was recorded in.
     pub fn grid(&self) -> &str {
         std::str::from_utf8(&self.fields[..self.grid_end]).expect("written from a str")
     }
 
+    /// Who recorded the event.
     pub fn recorded_by(&self) -> &str {
         std::str::from_utf8(&self.fields[self.grid_end..self.recorded_by_end])
             .expect("written from a str")

@@ -326,8 +326,8 @@ struct Prepared<'c, 'x> {
     events: Vec<PreparedEvent>,
     /// Events read so far.
     read: usize,
-    /// The first failure: `Some(None)` for the general way.
-    failed: Option<Option<IngestError>>,
+    /// Why preparing stopped, if it did.
+    stopped: Option<Stop>,
     ctx: &'c IngestContext<'x>,
     lookup_target: &'c dyn Fn(&EventRef) -> Option<TargetInfo>,
 }
@@ -341,7 +341,7 @@ impl<'c, 'x> Prepared<'c, 'x> {
         Self {
             events: Vec::with_capacity(room),
             read: 0,
-            failed: None,
+            stopped: None,
             ctx,
             lookup_target,
         }
@@ -350,13 +350,13 @@ impl<'c, 'x> Prepared<'c, 'x> {
     fn add(&mut self, posted: Posted<'_>) {
         let index = self.read;
         self.read += 1;
-        if self.failed.is_some() {
+        if self.stopped.is_some() {
             return;
         }
         match prepare(posted, self.ctx, self.lookup_target) {
             Some(Ok(event)) => self.events.push(event),
-            Some(Err(e)) => self.failed = Some(Some(e.for_event(index))),
-            None => self.failed = Some(None),
+            Some(Err(e)) => self.stopped = Some(Stop::Refused(e.for_event(index))),
+            None => self.stopped = Some(Stop::GeneralWay),
         }
     }
 
@@ -367,12 +367,20 @@ impl<'c, 'x> Prepared<'c, 'x> {
         if self.read == 0 || self.read > self.ctx.limits.batch_events_max {
             return None;
         }
-        match self.failed {
+        match self.stopped {
             None => Some(Ok(self.events)),
-            Some(Some(e)) => Some(Err(e)),
-            Some(None) => None,
+            Some(Stop::Refused(e)) => Some(Err(e)),
+            Some(Stop::GeneralWay) => None,
         }
     }
+}
+
+/// Why [`Prepared`] stopped preparing a body's events.
+enum Stop {
+    /// An event was refused, with this error (its index set).
+    Refused(IngestError),
+    /// An event needs the general way, and so does the body.
+    GeneralWay,
 }
 
 /// One event the typed way: `None` to read it the general way, else what
