@@ -13,7 +13,6 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, SeqAccess, Visitor};
-use serde::Deserialize as DeriveDeserialize;
 
 /// A deserializer that reads a struct only from a map.
 ///
@@ -124,7 +123,7 @@ impl<'de, T: Deserialize<'de>, F: FnMut(T)> Visitor<'de> for EachObject<T, F> {
 /// is unescaped into its own allocation): the kind types hold their text
 /// this way, so most of a posted event's strings are never copied before
 /// they are written into its canonical bytes.
-#[derive(DeriveDeserialize)]
+#[derive(serde::Deserialize)]
 #[serde(transparent)]
 pub struct Borrowed<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
