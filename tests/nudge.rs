@@ -127,11 +127,17 @@ async fn children_back_on_their_own_are_not_nudged() {
     );
     let s1 = &tree.nodes["s1"];
     // The street takes one handshake at a time, so it nudges one child at
-    // once (c1, first in the topology) and the other (c2) 2 × its own 1 s
-    // later if c2 is still not connected then. c1 retries only every 30 s;
-    // c2 retries a refused connection within 300 ms, so it is back long
-    // before its nudge would go.
-    set_sync(&s1.config, &[("handshakes_max", 1)]);
+    // once (c1, first in the topology) and the other (c2) 2 × its own
+    // refused-retry delay (3 s) later if c2 is still not connected then.
+    // c1 retries only every 30 s, so only the nudge brings it back soon.
+    // c2 comes back on its own, started once c1 is back: had it retried
+    // while the street took c1's handshake, one of the two would have been
+    // told busy — and c1, sent away for its 30 s, would have failed the
+    // first check (seen once in a loaded CI run).
+    set_sync(
+        &s1.config,
+        &[("handshakes_max", 1), ("reconnect_refused_max_ms", 3_000)],
+    );
     set_sync(
         &tree.nodes["c1"].config,
         &[
@@ -144,16 +150,13 @@ async fn children_back_on_their_own_are_not_nudged() {
         &tree.nodes["c2"].config,
         &[("reconnect_min_ms", 100), ("reconnect_refused_max_ms", 300)],
     );
-    let mut children = Vec::new();
-    for c in ["c1", "c2"] {
-        let node = &tree.nodes[c];
-        let server = Server::start(&node.config, &[]);
-        post_n(&server.url, &node.tokens.reporter, 0, 20).await;
-        children.push(server);
-    }
+    let c1_node = &tree.nodes["c1"];
+    let c1_server = Server::start(&c1_node.config, &[]);
+    post_n(&c1_server.url, &c1_node.tokens.reporter, 0, 20).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let street = Server::start(&s1.config, &[]);
+    let started = Instant::now();
     let limit = Duration::from_secs(10);
     let c1 = held_of_within(&street.url, &s1.tokens.viewer, "c1", 20, limit).await;
     let c1 = c1.expect("c1, 30 s from its next attempt, came back: nudged at once");
@@ -161,15 +164,24 @@ async fn children_back_on_their_own_are_not_nudged() {
         c1 < 2.0,
         "c1 was nudged in the first wave: back after {c1:.2} s"
     );
+    let c2_node = &tree.nodes["c2"];
+    let c2_server = Server::start(&c2_node.config, &[]);
+    post_n(&c2_server.url, &c2_node.tokens.reporter, 0, 20).await;
     let c2 = held_of_within(&street.url, &s1.tokens.viewer, "c2", 20, limit).await;
     c2.expect("c2 came back on its own");
-    // Past the second wave (2 s after the start).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "c2 was back before the second wave (6 s after the street's start)"
+    );
+    // Past the second wave.
+    let wave = Duration::from_millis(6_500);
+    tokio::time::sleep(wave.saturating_sub(started.elapsed())).await;
     let sent = metric(
         &street.url,
         &s1.tokens.viewer,
         "gridsync_sync_nudges_sent_total",
     )
     .await;
+    let _children = (c1_server, c2_server);
     assert_eq!(sent, Some(1.0), "c1 nudged, c2 (already connected) not");
 }
