@@ -181,6 +181,10 @@ impl<'de: 'a, 'a> Visitor<'de> for PostedVisitor<'a> {
         let mut occurred_at: Option<Cow<'a, str>> = None;
         let (mut grid, mut recorded_by, mut client_id) = (None, None, None);
         let mut data: Option<PostedData<'a>> = None;
+        /// The next value as a string borrowed from the body unless escaped.
+        fn text<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Cow<'de, str>, A::Error> {
+            Ok(map.next_value::<strict::Borrowed<'de>>()?.0)
+        }
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Origin => once(
@@ -189,27 +193,11 @@ impl<'de: 'a, 'a> Visitor<'de> for PostedVisitor<'a> {
                     map.next_value::<Option<strict::Borrowed<'a>>>()?
                         .map(|b| b.0),
                 )?,
-                Field::Kind => once(
-                    &mut kind,
-                    "kind",
-                    map.next_value::<strict::Borrowed<'a>>()?.0,
-                )?,
+                Field::Kind => once(&mut kind, "kind", text(&mut map)?)?,
                 Field::Schema => once(&mut schema, "schema", map.next_value()?)?,
-                Field::OccurredAt => once(
-                    &mut occurred_at,
-                    "occurred_at",
-                    map.next_value::<strict::Borrowed<'a>>()?.0,
-                )?,
-                Field::Grid => once(
-                    &mut grid,
-                    "grid",
-                    map.next_value::<strict::Borrowed<'a>>()?.0,
-                )?,
-                Field::RecordedBy => once(
-                    &mut recorded_by,
-                    "recorded_by",
-                    map.next_value::<strict::Borrowed<'a>>()?.0,
-                )?,
+                Field::OccurredAt => once(&mut occurred_at, "occurred_at", text(&mut map)?)?,
+                Field::Grid => once(&mut grid, "grid", text(&mut map)?)?,
+                Field::RecordedBy => once(&mut recorded_by, "recorded_by", text(&mut map)?)?,
                 Field::ClientId => once(&mut client_id, "client_id", map.next_value()?)?,
                 Field::Data => {
                     let value = match kind.as_deref() {
