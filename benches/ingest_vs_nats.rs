@@ -25,8 +25,10 @@
 //! then `cargo build --release -p gridsync && cargo bench --bench
 //! ingest_vs_nats` (`GRIDSYNC_BENCH_RUNS`, default 3;
 //! `GRIDSYNC_BENCH_EVENTS`, default 500000, for the batched job;
-//! `GRIDSYNC_BENCH_PHONE_EVENTS`, default 200000; `GRIDSYNC_BENCH_JOBS`,
-//! default `batched,phones`; `GRIDSYNC_BENCH_NATS=0`, gridsync alone).
+//! `GRIDSYNC_BENCH_CLIENTS`, default 4, and `GRIDSYNC_BENCH_BATCH`,
+//! default 250, its clients and events a post, for a sweep over how many
+//! are in flight; `GRIDSYNC_BENCH_PHONE_EVENTS`, default 200000;
+//! `GRIDSYNC_BENCH_JOBS`, default `batched,phones`; `GRIDSYNC_BENCH_NATS=0`, gridsync alone).
 
 use std::path::Path;
 use std::process::Command;
@@ -240,8 +242,8 @@ fn main() {
     let all = [
         Job {
             name: "batched",
-            clients: 4,
-            batch: 250,
+            clients: gridsync_suite::env_u64("GRIDSYNC_BENCH_CLIENTS", 4),
+            batch: gridsync_suite::env_u64("GRIDSYNC_BENCH_BATCH", 250),
             events: gridsync_suite::env_u64("GRIDSYNC_BENCH_EVENTS", 500_000),
         },
         Job {
