@@ -28,7 +28,8 @@
 //! `GRIDSYNC_BENCH_CLIENTS`, default 4, and `GRIDSYNC_BENCH_BATCH`,
 //! default 250, its clients and events a post, for a sweep over how many
 //! are in flight; `GRIDSYNC_BENCH_PHONE_EVENTS`, default 200000;
-//! `GRIDSYNC_BENCH_JOBS`, default `batched,phones`; `GRIDSYNC_BENCH_NATS=0`, gridsync alone).
+//! `GRIDSYNC_BENCH_JOBS`, default `batched,phones`;
+//! `GRIDSYNC_BENCH_NATS=0`, gridsync alone).
 
 use std::path::Path;
 use std::process::Command;
