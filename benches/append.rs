@@ -7,6 +7,10 @@
 //! of packs (small entries several to a sled value, the newest rewritten
 //! by each commit): `no_packs` writes every entry under its own key.
 //!
+//! And a phone's retry: `retry_1000_held` posts again 1,000 events the
+//! log already holds (each a duplicate: looked up, its content compared,
+//! nothing written).
+//!
 //! `cargo bench --bench append`
 
 use std::io::Write;
@@ -111,6 +115,24 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // A retry of a whole post: every event found held and compared.
+    let retried = events(1000);
+    rt.block_on(store.append(retried.clone(), 1)).unwrap();
+    let mut group = c.benchmark_group("durable_append");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("retry_1000_held", |b| {
+        b.iter_batched(
+            || retried.clone(),
+            |evs| {
+                let r = rt.block_on(store.append(evs, 2)).unwrap();
+                assert!(r.iter().all(|a| a.duplicate));
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 

@@ -61,9 +61,6 @@ pub struct PreparedEvent {
     /// [`Personal::digest`] of `personal`, worked out when it is salted —
     /// on the request's thread, not the log writer's.
     personal_digest: Option<Hash32>,
-    /// Digest of the event's content (not its salt), so a reused
-    /// `client_id` with different content can be told from a retry.
-    pub fingerprint: Hash32,
     /// [`client_key`] of `client_id`, worked out where the event is
     /// prepared (on the request's thread) rather than by the log writer,
     /// whose thread every event passes through one at a time.
@@ -93,6 +90,24 @@ impl PreparedEvent {
     pub fn take_personal(&mut self) -> Option<Personal> {
         self.personal_digest = None;
         self.personal.take()
+    }
+
+    /// Digest of the event's content (not its salt), so a reused
+    /// `client_id` with different content can be told from a retry; equal
+    /// to [`stored_fingerprint`] of the event once stored. Worked out when
+    /// asked, not when the event is prepared: only a post whose client id
+    /// is already held needs it (hashing every event's content for it was
+    /// ~4 % of a community's CPU at batched ingest, BENCHMARKS.md).
+    pub fn fingerprint(&self) -> Hash32 {
+        fingerprint(
+            self.kind,
+            self.schema,
+            self.occurred_at,
+            self.grid(),
+            self.recorded_by(),
+            self.data(),
+            self.personal.as_ref(),
+        )
     }
 
     /// The grid the event was recorded in.
@@ -380,15 +395,6 @@ fn finish(
         salt: [0; 16],
         bytes,
     });
-    let fingerprint = fingerprint(
-        head.kind,
-        head.schema,
-        head.occurred_at,
-        head.grid,
-        head.recorded_by,
-        &fields[recorded_by_end..],
-        personal.as_ref(),
-    );
     let client_key = client_key(&head.client_id);
     let event = PreparedEvent {
         kind: head.kind,
@@ -400,7 +406,6 @@ fn finish(
         recorded_by_end,
         personal,
         personal_digest: None,
-        fingerprint,
         client_key,
     };
     if event.stored_bytes_estimate() > ctx.limits.event_bytes_max {

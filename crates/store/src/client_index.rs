@@ -6,7 +6,7 @@
 //! A small log-structured merge index beside the log:
 //!
 //! - **recent** — the origin's events after `indexed_upto`, in memory
-//!   (`client_id → seq, hash, fingerprint`). They cost no index writes: the
+//!   (`client_id → seq, hash`). They cost no index writes: the
 //!   log holds their client ids, and an open reads them back from the log
 //!   tail (at most `flush_entries` plus one commit's events).
 //! - **runs** — when recent reaches `flush_entries`, that commit writes it
@@ -23,7 +23,11 @@
 //!
 //! A candidate pair is confirmed by reading the event at its seq from the
 //! log and comparing the client id, so neither a 64-bit collision nor a
-//! false positive ever decides. Every index write is part of a commit's
+//! false positive ever decides. Whether a post that reuses a held id is a
+//! retry or other content is decided by the two events' content
+//! fingerprints, worked out only then: the held event's from where it is
+//! held (this commit's work or the log, `Writer::held_fingerprint`), the
+//! post's from its prepared fields. Every index write is part of a commit's
 //! atomic batch, with the state record `j` (runs, merges in progress,
 //! `indexed_upto`): after a crash the index is exactly as of the last
 //! durable commit and a merge resumes at its next slice.
@@ -43,8 +47,9 @@ use filter::Filter;
 pub(crate) use ids::ClientIds;
 use meta::{Merge, Meta, Run};
 
-/// seq, hash, content fingerprint of an event, by its client id.
-pub(crate) type ClientEntry = (u64, Hash32, Hash32);
+/// seq and hash of an event, by its client id. Its content fingerprint is
+/// worked out only when a post reuses the id ([`held_fingerprint`]).
+pub(crate) type ClientEntry = (u64, Hash32);
 
 /// Pairs per block: 448 × 16 bytes = 7 KiB, the log's fragment bound
 /// (larger sled values risk its unsynced blob files).
@@ -473,23 +478,26 @@ fn merge_slice(kv: &dyn Kv, m: &mut Merge, writes: &mut Vec<KvWrite>) -> Result<
     Ok(())
 }
 
-/// The fingerprint recorded for an event whose personal part this node got
-/// back without (a retry with its client id is taken as a duplicate).
-pub(crate) const UNKNOWN_FINGERPRINT: Hash32 = [0xff; 32];
-
-/// The index entry of a stored own event: its client id, seq, hash and
-/// content fingerprint.
+/// The index entry of a stored own event: its client id, seq and hash.
 pub(crate) fn entry_of(rec: &EventRecord) -> Result<(String, ClientEntry), String> {
     let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
-    let fp = if env.personal_digest.is_some() && rec.personal.is_none() {
-        // Pulled back from a parent that never held the personal part: the
-        // content cannot be compared, only the client id.
-        UNKNOWN_FINGERPRINT
-    } else {
-        gridsync_model::ingest::stored_fingerprint(&env, rec.personal.as_ref())
-    };
     let hash = gridsync_model::event::event_hash(&rec.envelope);
-    Ok((env.client_id, (env.seq, hash, fp)))
+    Ok((env.client_id, (env.seq, hash)))
+}
+
+/// The content fingerprint of a held own event, to compare with a post
+/// that reuses its client id; `None` when the content cannot be compared
+/// (its personal part came back from a parent that never held it: a retry
+/// with its client id is taken as a duplicate).
+pub(crate) fn held_fingerprint(rec: &EventRecord) -> Result<Option<Hash32>, String> {
+    let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
+    if env.personal_digest.is_some() && rec.personal.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(gridsync_model::ingest::stored_fingerprint(
+        &env,
+        rec.personal.as_ref(),
+    )))
 }
 
 /// Moves an index of the earlier format (`C` origin client_id → seq ‖ …,

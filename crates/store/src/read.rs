@@ -408,6 +408,23 @@ pub(crate) fn hash_in_log(
     Ok(record_at(kv, origin, seq, u64::MAX)?.map(|r| event_hash(&r.envelope)))
 }
 
+/// The chunk of `origin` the log holds event `seq` in (decoded whole:
+/// what reads several of its events needs, reading and checking the
+/// entry once).
+pub(crate) fn chunk_holding(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+) -> Result<Option<Chunk>, StoreError> {
+    match entry_holding(kv, origin, seq, u64::MAX)? {
+        Some(offset) => {
+            let bytes = indexed_entry(&mut EntryReader::default(), kv, offset)?;
+            Ok(Some(assemble_bytes(offset, &bytes)?.chunk))
+        }
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn event_in_chunk(c: &Chunk, seq: u64) -> Option<Hash32> {
     c.event(seq).map(|rec| event_hash(&rec.envelope))
 }

@@ -193,7 +193,7 @@ fn an_index_of_the_earlier_format_is_migrated_at_open() {
         .map(|k| (k, None))
         .collect();
     for (i, c) in ids.iter().enumerate() {
-        let fp = event(c, "n").fingerprint;
+        let fp = event(c, "n").fingerprint();
         let mut v = (i as u64 + 1).to_be_bytes().to_vec();
         v.extend_from_slice(&hashes[i]);
         v.extend_from_slice(&fp);

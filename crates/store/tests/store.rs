@@ -658,6 +658,75 @@ fn a_refused_request_leaves_no_client_id_in_a_shared_commit() {
     assert_eq!((again[0].seq, again[0].duplicate), (5, false));
 }
 
+/// A reused client id is told from a retry by the two events' contents,
+/// compared only when the id is found held: earlier in the same request,
+/// earlier in the same commit (another request), or in the log. Each
+/// place answers a retry with the first event and refuses other content.
+#[test]
+fn a_reused_client_id_is_compared_wherever_the_first_event_is_held() {
+    let (kv, store) = gated_store(StoreConfig::default());
+    // Earlier in the same request.
+    let r = rt()
+        .block_on(store.append(vec![event("x", 0), event("x", 0)], 1))
+        .unwrap();
+    assert_eq!(
+        r.iter().map(|a| (a.seq, a.duplicate)).collect::<Vec<_>>(),
+        vec![(1, false), (1, true)]
+    );
+    assert!(matches!(
+        rt().block_on(store.append(vec![event("y", 0), event("y", 2)], 2)),
+        Err(AppendError::ClientIdReused {
+            index: 1,
+            seq: 2,
+            ..
+        })
+    ));
+    // Earlier in the same commit: requests queued, in this order, while
+    // the writer waits inside the commit before.
+    let (release, gate) = std::sync::mpsc::channel();
+    let (applied_tx, applied) = std::sync::mpsc::channel();
+    *kv.gate.lock().unwrap() = Some(gate);
+    *kv.applied.lock().unwrap() = Some(applied_tx);
+    let post = |events: Vec<PreparedEvent>| {
+        let s = store.clone();
+        let t = std::thread::spawn(move || rt().block_on(s.append(events, 3)));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        t
+    };
+    let holder = post(vec![event("h", 0)]);
+    applied.recv().unwrap();
+    let first = post(vec![event("m", 0)]);
+    let retry = post(vec![event("n", 0), event("m", 0)]);
+    let other = post(vec![event("m", 4)]);
+    release.send(()).unwrap();
+    assert_eq!(holder.join().unwrap().unwrap()[0].seq, 2);
+    assert_eq!(first.join().unwrap().unwrap()[0].seq, 3);
+    let retry = retry.join().unwrap().unwrap();
+    assert_eq!(
+        retry
+            .iter()
+            .map(|a| (a.seq, a.duplicate))
+            .collect::<Vec<_>>(),
+        vec![(4, false), (3, true)]
+    );
+    assert!(matches!(
+        other.join().unwrap(),
+        Err(AppendError::ClientIdReused {
+            index: 0,
+            seq: 3,
+            ..
+        })
+    ));
+    // In the log.
+    let r = rt().block_on(store.append(vec![event("m", 0)], 4)).unwrap();
+    assert_eq!((r[0].seq, r[0].duplicate), (3, true));
+    assert!(matches!(
+        rt().block_on(store.append(vec![event("x", 1)], 5)),
+        Err(AppendError::ClientIdReused { seq: 1, .. })
+    ));
+    assert_eq!(store.head(ORIGIN).unwrap().seq, 4);
+}
+
 /// Readers (replication, projections, `GET /v1/events`) see only durable
 /// commits, although the key/value store shows a commit to readers as soon
 /// as it is applied. The planted bug (`unsafe_read_uncommitted`) shows the

@@ -38,7 +38,7 @@ fn integer_and_float_normalise_equal() {
     let a = run(temp(json!(37))).unwrap();
     let b = run(temp(json!(37.0))).unwrap();
     assert_eq!(a.data(), b.data());
-    assert_eq!(a.fingerprint, b.fingerprint);
+    assert_eq!(a.fingerprint(), b.fingerprint());
     assert!(a.personal().is_some());
 }
 
@@ -160,9 +160,10 @@ fn body_shapes() {
     assert_eq!(parse_body(br#"{"kind": "x"}"#, &l).unwrap().len(), 1);
 }
 
-/// The fingerprint is a stored format (a retried post is told apart from a
-/// different one by it): hashed in one call, it must stay the hash of the
-/// stream of fields it was defined as.
+/// The fingerprint tells a retried post from a different one by comparing
+/// a posted event's with a stored event's (`stored_fingerprint`, worked
+/// out again from the log): hashed in one call, it must stay the hash of
+/// the stream of fields it was defined as.
 #[test]
 fn the_fingerprint_is_the_hash_of_its_fields_in_order() {
     fn streamed(

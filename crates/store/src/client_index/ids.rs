@@ -97,7 +97,7 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64) -> ClientEntry {
-        (seq, [seq as u8; 32], [0; 32])
+        (seq, [seq as u8; 32])
     }
 
     /// Ids are told apart by their text, not their key: two ids given one

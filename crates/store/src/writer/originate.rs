@@ -3,6 +3,8 @@
 //! with the event it already made (exactly once).
 
 use super::*;
+use crate::read::chunk_holding;
+use crate::recover::corrupt;
 
 impl Writer {
     pub(super) fn originate(
@@ -30,27 +32,19 @@ impl Writer {
         // in the request finds it there); a request that fails leaves
         // none of its ids behind — they are the ones numbered after
         // `start`, as nothing else in `work.clients` is.
+        // The log's chunk a retry's events were last read from: a retried
+        // post's events are read back a chunk at a time, not an entry each.
+        let mut read_back: Option<Chunk> = None;
         let failed = 'numbering: {
             for (index, mut ev) in events.into_iter().enumerate() {
                 // Already taken: in this commit, earlier in this request,
                 // or stored.
-                let h = ev.client_key;
-                debug_assert_eq!(h, client_key(&ev.client_id));
-                let existing = match work.clients.get(&ev.client_id, h) {
-                    found @ Some(_) => found,
-                    None => match self.lookup_client(&ev.client_id, h) {
-                        Ok(e) => e,
-                        Err(e) => break 'numbering Some(AppendError::from(e)),
-                    },
+                let held = (start.0, &records[..], &mut read_back);
+                let existing = match self.held_event(work, held, index, &ev) {
+                    Ok(e) => e,
+                    Err(e) => break 'numbering Some(e),
                 };
-                if let Some((s, h, fp)) = existing {
-                    if fp != ev.fingerprint && fp != UNKNOWN_FINGERPRINT {
-                        break 'numbering Some(AppendError::ClientIdReused {
-                            index,
-                            client_id: ev.client_id,
-                            seq: s,
-                        });
-                    }
+                if let Some((s, h)) = existing {
                     results.push(Appended {
                         origin: origin_id.clone(),
                         seq: s,
@@ -70,7 +64,7 @@ impl Writer {
                 // Indexed at the commit (`ClientIndex::stage`): most
                 // commits write nothing for them, the log holds their ids.
                 work.clients
-                    .insert(ev.client_id, h, (seq, hash, ev.fingerprint));
+                    .insert(ev.client_id, ev.client_key, (seq, hash));
                 results.push(Appended {
                     origin: origin_id.clone(),
                     seq,
@@ -132,6 +126,89 @@ impl Writer {
             own.now_ms,
         );
         debug_assert_eq!(end, own.end);
+    }
+
+    /// The held event (in this commit or stored) whose client id `ev`, the
+    /// request's `index`th, reuses, if any; refused if its content differs.
+    /// `records` are the request's events numbered after `start`;
+    /// `read_back`, the log's chunk last read for a held event.
+    fn held_event(
+        &self,
+        work: &Work,
+        (start, records, read_back): (u64, &[EventRecord], &mut Option<Chunk>),
+        index: usize,
+        ev: &PreparedEvent,
+    ) -> Result<Option<ClientEntry>, AppendError> {
+        let h = ev.client_key;
+        debug_assert_eq!(h, client_key(&ev.client_id));
+        let found = match work.clients.get(&ev.client_id, h) {
+            found @ Some(_) => found,
+            None => self.lookup_client(&ev.client_id, h)?,
+        };
+        let Some((seq, hash)) = found else {
+            return Ok(None);
+        };
+        // Only now are the two contents compared: most events' ids are
+        // new, and their content is never hashed for it.
+        let held = self.held_fingerprint(work, (start, records, read_back), seq)?;
+        if held.is_some_and(|fp| fp != ev.fingerprint()) {
+            return Err(AppendError::ClientIdReused {
+                index,
+                client_id: ev.client_id.clone(),
+                seq,
+            });
+        }
+        Ok(Some((seq, hash)))
+    }
+
+    /// The content fingerprint of own event `seq` (`None`: its content
+    /// cannot be compared, see [`held_fingerprint`]), wherever it is held:
+    /// numbered earlier in this request (`records`, the events after
+    /// `start`), earlier in this commit (not yet cut, or cut into a chunk),
+    /// or in the log (its chunk kept in `read_back`).
+    fn held_fingerprint(
+        &self,
+        work: &Work,
+        (start, records, read_back): (u64, &[EventRecord], &mut Option<Chunk>),
+        seq: u64,
+    ) -> Result<Option<Hash32>, StoreError> {
+        let origin = &self
+            .origin
+            .as_ref()
+            .expect("only an origin numbers events")
+            .node_id;
+        // `recs` are the events after `after`, in seq order.
+        fn at(recs: &[EventRecord], after: u64, seq: u64) -> Option<&EventRecord> {
+            recs.get(usize::try_from(seq.checked_sub(after + 1)?).ok()?)
+        }
+        let in_memory = if seq > start {
+            at(records, start, seq)
+        } else if let Some(own) = work.own.as_ref().filter(|o| seq > o.start.0) {
+            at(&own.records, own.start.0, seq)
+        } else {
+            work.pushed
+                .iter()
+                .rev()
+                .filter(|c| c.origin == *origin)
+                .find_map(|c| c.event(seq))
+        };
+        let rec = match in_memory {
+            Some(rec) => rec,
+            None => {
+                if read_back.as_ref().is_none_or(|c| c.event(seq).is_none()) {
+                    *read_back = chunk_holding(self.shared.kv.as_ref(), origin, seq)?;
+                }
+                read_back
+                    .as_ref()
+                    .and_then(|c| c.event(seq))
+                    .ok_or_else(|| {
+                        corrupt(format!(
+                            "the client-id index names seq {seq} of {origin}, which is not held"
+                        ))
+                    })?
+            }
+        };
+        held_fingerprint(rec).map_err(corrupt)
     }
 
     /// The stored event of this origin with `client_id` (whose
