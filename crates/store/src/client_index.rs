@@ -48,7 +48,7 @@ pub(crate) use ids::ClientIds;
 use meta::{Merge, Meta, Run};
 
 /// seq and hash of an event, by its client id. Its content fingerprint is
-/// worked out only when a post reuses the id ([`held_fingerprint`]).
+/// worked out only when a post reuses the id ([`record_fingerprint`]).
 pub(crate) type ClientEntry = (u64, Hash32);
 
 /// Pairs per block: 448 × 16 bytes = 7 KiB, the log's fragment bound
@@ -489,7 +489,7 @@ pub(crate) fn entry_of(rec: &EventRecord) -> Result<(String, ClientEntry), Strin
 /// that reuses its client id; `None` when the content cannot be compared
 /// (its personal part came back from a parent that never held it: a retry
 /// with its client id is taken as a duplicate).
-pub(crate) fn held_fingerprint(rec: &EventRecord) -> Result<Option<Hash32>, String> {
+pub(crate) fn record_fingerprint(rec: &EventRecord) -> Result<Option<Hash32>, String> {
     let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
     if env.personal_digest.is_some() && rec.personal.is_none() {
         return Ok(None);

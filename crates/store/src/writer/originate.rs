@@ -162,7 +162,7 @@ impl Writer {
     }
 
     /// The content fingerprint of own event `seq` (`None`: its content
-    /// cannot be compared, see [`held_fingerprint`]), wherever it is held:
+    /// cannot be compared, see [`record_fingerprint`]), wherever it is held:
     /// numbered earlier in this request (`records`, the events after
     /// `start`), earlier in this commit (not yet cut, or cut into a chunk),
     /// or in the log (its chunk kept in `read_back`).
@@ -208,7 +208,7 @@ impl Writer {
                     })?
             }
         };
-        held_fingerprint(rec).map_err(corrupt)
+        record_fingerprint(rec).map_err(corrupt)
     }
 
     /// The stored event of this origin with `client_id` (whose
