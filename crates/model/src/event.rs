@@ -493,6 +493,50 @@ pub fn read_links(bytes: &[u8]) -> Result<EnvelopeLinks<'_>, EnvelopeError> {
     inner(bytes).ok_or_else(|| EnvelopeError::Decode("not a format-1 envelope".into()))
 }
 
+/// What an event's content fingerprint covers
+/// ([`crate::ingest::content_fingerprint`]), read from envelope bytes
+/// without decoding `data`: its bytes as stored, canonical already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvelopeContent<'a> {
+    pub kind: &'a str,
+    pub schema: u32,
+    pub occurred_at: OccurredAt,
+    pub grid: &'a str,
+    pub recorded_by: &'a str,
+    pub data: &'a [u8],
+    /// The envelope names a personal part's digest.
+    pub has_personal: bool,
+}
+
+/// Reads an envelope's [`EnvelopeContent`]; `None` when the bytes are not
+/// a format-1 envelope. Checks the shape only.
+pub fn read_content(bytes: &[u8]) -> Option<EnvelopeContent<'_>> {
+    let mut rd: light::R<'_> = bytes;
+    let (_, _, kind, schema) = read_first_fields(&mut rd)?;
+    let occurred_at = OccurredAt {
+        unix_ms: light::int(&mut rd)?,
+        offset_min: i16::try_from(light::int(&mut rd)?).ok()?,
+    };
+    light::skip(&mut rd, 0)?; // recorded_at
+    let grid = light::str(&mut rd)?;
+    let recorded_by = light::str(&mut rd)?;
+    light::skip(&mut rd, 0)?; // client_id
+    light::bin32(&mut rd)??; // prev
+    let before = rd;
+    light::skip(&mut rd, 0)?;
+    let data = &before[..before.len() - rd.len()];
+    let has_personal = light::bin32(&mut rd)?.is_some();
+    rd.is_empty().then_some(EnvelopeContent {
+        kind,
+        schema,
+        occurred_at,
+        grid,
+        recorded_by,
+        data,
+        has_personal,
+    })
+}
+
 #[cfg(test)]
 mod light_tests {
     use super::*;

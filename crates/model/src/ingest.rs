@@ -520,6 +520,25 @@ pub fn stored_fingerprint(env: &crate::Envelope, personal: Option<&Personal>) ->
     )
 }
 
+/// The content fingerprint of a stored event read from its envelope's
+/// bytes ([`crate::event::read_content`]), without decoding `data`: equal
+/// to [`stored_fingerprint`] for an envelope whose `data` is canonical, as
+/// every stored one is.
+pub fn content_fingerprint(
+    c: &crate::event::EnvelopeContent<'_>,
+    personal: Option<&Personal>,
+) -> Hash32 {
+    fingerprint(
+        c.kind,
+        c.schema,
+        c.occurred_at,
+        c.grid,
+        c.recorded_by,
+        c.data,
+        personal,
+    )
+}
+
 fn fingerprint(
     kind: &str,
     schema: u32,

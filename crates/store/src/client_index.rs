@@ -490,12 +490,15 @@ pub(crate) fn entry_of(rec: &EventRecord) -> Result<(String, ClientEntry), Strin
 /// (its personal part came back from a parent that never held it: a retry
 /// with its client id is taken as a duplicate).
 pub(crate) fn record_fingerprint(rec: &EventRecord) -> Result<Option<Hash32>, String> {
-    let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
-    if env.personal_digest.is_some() && rec.personal.is_none() {
+    // Read in place: decoding the envelope and encoding its data again
+    // was most of a retried event's cost.
+    let c = gridsync_model::event::read_content(&rec.envelope)
+        .ok_or_else(|| "a stored envelope that is not format 1".to_string())?;
+    if c.has_personal && rec.personal.is_none() {
         return Ok(None);
     }
-    Ok(Some(gridsync_model::ingest::stored_fingerprint(
-        &env,
+    Ok(Some(gridsync_model::ingest::content_fingerprint(
+        &c,
         rec.personal.as_ref(),
     )))
 }

@@ -242,3 +242,39 @@ fn a_prepared_event_carries_its_client_ids_index_key() {
         assert_eq!(e.client_key, client_key(&e.client_id));
     }
 }
+
+/// A stored event's fingerprint read from its envelope's bytes in place
+/// (`content_fingerprint`: what a retry is compared by) equals the posted
+/// event's and the one worked out from the decoded envelope, with a
+/// personal part and without.
+#[test]
+fn the_fingerprint_read_in_place_equals_the_posted_one() {
+    let visit = json!({
+        "kind": "visit", "occurred_at": "2020-01-27T09:30:00-03:30",
+        "grid": "g1", "recorded_by": "w1", "client_id": "k2",
+        "data": {"household": "h1", "method": "phone", "quarantine": "ongoing", "note": "门口"}
+    });
+    for v in [temp(json!(37)), temp(json!(36.55)), visit] {
+        let ev = run(v).unwrap();
+        let bytes = crate::event::EnvelopeHeader {
+            origin: "c1",
+            seq: 7,
+            kind: ev.kind,
+            schema: ev.schema,
+            occurred_at: ev.occurred_at,
+            recorded_at_ms: 1,
+            grid: ev.grid(),
+            recorded_by: ev.recorded_by(),
+            client_id: &ev.client_id,
+            prev: &[3; 32],
+            personal_digest: ev.personal_digest(),
+        }
+        .encode_with_data(ev.data());
+        let c = crate::event::read_content(&bytes).expect("a format-1 envelope");
+        assert_eq!(c.has_personal, ev.personal().is_some());
+        assert_eq!(content_fingerprint(&c, ev.personal()), ev.fingerprint());
+        let env = crate::Envelope::decode(&bytes).unwrap();
+        assert_eq!(stored_fingerprint(&env, ev.personal()), ev.fingerprint());
+        assert!(crate::event::read_content(&bytes[..bytes.len() - 1]).is_none());
+    }
+}
