@@ -94,7 +94,8 @@ impl PreparedEvent {
 
     /// Digest of the event's content (not its salt), so a reused
     /// `client_id` with different content can be told from a retry; equal
-    /// to [`stored_fingerprint`] of the event once stored. Worked out when
+    /// to [`content_fingerprint`] (and [`stored_fingerprint`]) of the event
+    /// once stored. Worked out when
     /// asked, not when the event is prepared: only a post whose client id
     /// is already held needs it (hashing every event's content for it was
     /// ~4 % of a community's CPU at batched ingest, BENCHMARKS.md).
@@ -505,9 +506,11 @@ fn check_envelope(
     ))
 }
 
-/// The content fingerprint of a stored event (what `client_id` idempotency
-/// compares), recomputed from its envelope and personal part: equal to the
-/// one [`prepare`] gave the posted event.
+/// The content fingerprint of a stored event worked out from its decoded
+/// envelope and personal part: equal to the posted event's
+/// ([`PreparedEvent::fingerprint`]). The store compares retries by
+/// [`content_fingerprint`], which reads the same fields in place; this
+/// decoded form is the reference the tests hold it to.
 pub fn stored_fingerprint(env: &crate::Envelope, personal: Option<&Personal>) -> Hash32 {
     fingerprint(
         &env.kind,
