@@ -8,7 +8,9 @@
 #   benches/scripts/ingest_ab.sh PAIRS BIN_A BIN_B [CLIENTS BATCH EVENTS]
 #
 # Defaults: 4 clients x 250-event posts, 600,000 events a run. Extra
-# `gridsync serve` flags for both: SERVE_ARGS="…".
+# `gridsync serve` flags for both: SERVE_ARGS="…". Each run prints a line
+# ("A …" / "B …"); the last lines summarise the pairs: the medians, and
+# B ÷ A pair by pair (median, range, how many pairs B was faster in).
 set -euo pipefail
 pairs=$1; a=$2; b=$3; clients=${4:-4}; batch=${5:-250}; events=${6:-600000}
 work=$(mktemp -d)
@@ -53,6 +55,22 @@ PY
   rm -rf "$d"
 }
 for _ in $(seq "$pairs"); do
-  echo "A $(run "$a")"
-  echo "B $(run "$b")"
+  echo "A $(run "$a")" | tee -a "$work/runs"
+  echo "B $(run "$b")" | tee -a "$work/runs"
 done
+python3 - "$work/runs" <<'PY'
+import re, statistics as st, sys
+runs = {"A": [], "B": []}
+for line in open(sys.argv[1]):
+    m = re.match(r"([AB]) (\d+) events/s.*server ([\d.]+) us/event, writer thread ([\d.]+)", line)
+    if m:
+        runs[m[1]].append((int(m[2]), float(m[3]), float(m[4])))
+a, b = runs["A"], runs["B"]
+ratios = [y[0] / x[0] for x, y in zip(a, b)]
+med = lambda rs, i: st.median(r[i] for r in rs)
+print(f"{len(ratios)} pairs: events/s median A {med(a, 0):.0f}, B {med(b, 0):.0f}; "
+      f"B / A pair by pair median {st.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}), "
+      f"B faster in {sum(r > 1 for r in ratios)} of {len(ratios)}")
+print(f"server us/event median A {med(a, 1):.2f}, B {med(b, 1):.2f}; "
+      f"writer thread us/event median A {med(a, 2):.2f}, B {med(b, 2):.2f}")
+PY

@@ -493,6 +493,20 @@ pub fn read_links(bytes: &[u8]) -> Result<EnvelopeLinks<'_>, EnvelopeError> {
     inner(bytes).ok_or_else(|| EnvelopeError::Decode("not a format-1 envelope".into()))
 }
 
+/// The seq and `client_id` of envelope bytes, read in place without
+/// decoding the rest (what the client-id index keeps of a stored own
+/// event); `None` when the bytes do not start as a format-1 envelope.
+/// Checks the shape up to `client_id` only: for bytes a store holds,
+/// checked when they were written.
+pub fn read_client(bytes: &[u8]) -> Option<(u64, &str)> {
+    let mut rd: light::R<'_> = bytes;
+    let (_, seq, _, _) = read_first_fields(&mut rd)?;
+    for _ in 0..5 {
+        light::skip(&mut rd, 0)?; // occurred_at (2 items) … recorded_by
+    }
+    Some((seq, light::str(&mut rd)?))
+}
+
 /// What an event's content fingerprint covers
 /// ([`crate::ingest::content_fingerprint`]), read from envelope bytes
 /// without decoding `data`: its bytes as stored, canonical already.
@@ -565,5 +579,36 @@ mod light_tests {
         let mut longer = bytes.clone();
         longer.push(0xc0);
         assert!(read_links(&longer).is_err());
+    }
+
+    /// The client id and seq read in place equal the decoded ones, over
+    /// the encodings' widths (a seq past one byte and past 32 bits, a
+    /// client id past 31 bytes and past 255, non-ASCII, a negative UTC
+    /// offset); bytes cut before the client id's end read as nothing.
+    #[test]
+    fn the_client_read_in_place_matches_the_full_decode() {
+        for (seq, client_id, offset_min) in [
+            (1, "c-1", 480),
+            (300, "phone-7f3a9c2e-4b1d-4e8a-9f0c-1d2e3f4a5b6c", -300),
+            (5_000_000_000, "网格员-手机-00017", 0),
+            (70_000, &*"x".repeat(300), -720),
+        ] {
+            let mut env = tests::sample();
+            env.seq = seq;
+            env.client_id = client_id.to_owned();
+            env.occurred_at.offset_min = offset_min;
+            let bytes = env.encode();
+            assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+            assert_eq!(read_client(&bytes), Some((seq, client_id)));
+            let end = bytes
+                .windows(client_id.len())
+                .position(|w| w == client_id.as_bytes())
+                .unwrap()
+                + client_id.len();
+            for cut in 0..end {
+                assert_eq!(read_client(&bytes[..cut]), None, "truncated at {cut}");
+            }
+        }
+        assert_eq!(read_client(&tests::sample().encode()[1..]), None);
     }
 }

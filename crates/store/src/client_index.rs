@@ -480,9 +480,14 @@ fn merge_slice(kv: &dyn Kv, m: &mut Merge, writes: &mut Vec<KvWrite>) -> Result<
 
 /// The index entry of a stored own event: its client id, seq and hash.
 pub(crate) fn entry_of(rec: &EventRecord) -> Result<(String, ClientEntry), String> {
-    let env = gridsync_model::Envelope::decode(&rec.envelope).map_err(|e| e.to_string())?;
+    // Read in place: the whole decode (and the canonical check's encoding
+    // again) was more than half of loading 16,000 recent entries at a
+    // start (BENCHMARKS.md, "The client-id index's recent entries read in
+    // place"), for two fields.
+    let (seq, client_id) = gridsync_model::event::read_client(&rec.envelope)
+        .ok_or_else(|| "a stored envelope that is not format 1".to_string())?;
     let hash = gridsync_model::event::event_hash(&rec.envelope);
-    Ok((env.client_id, (env.seq, hash)))
+    Ok((client_id.to_owned(), (seq, hash)))
 }
 
 /// The content fingerprint of a held own event, to compare with a post
