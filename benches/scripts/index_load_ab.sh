@@ -12,26 +12,8 @@
 # binary's median over all its starts.
 set -euo pipefail
 pairs=$1; a=$2; b=$3; events=${4:-16000}; restarts=${5:-3}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cat > "$work/tree.toml" <<'TOML'
-timezone = "Asia/Shanghai"
-[[node]]
-id = "c1"
-name = "Community 1"
-listen = "127.0.0.1:18801"
-TOML
-serve() {
-  "$1" serve --config "$2/deploy/c1/config.toml" > "$2/serve.log" 2>&1 &
-  pid=$!
-  local i
-  for i in $(seq 200); do
-    curl -s -o /dev/null http://127.0.0.1:18801/healthz && return
-    sleep 0.05
-  done
-  echo "the node did not come up: $(tail -3 "$2/serve.log")" >&2
-  exit 1
-}
+# shellcheck source=one_community.sh
+. "$(dirname "$0")/one_community.sh"
 run() {
   local bin=$1 d i seconds=""
   d=$(mktemp -d "$work/run.XXXX")
@@ -53,16 +35,15 @@ run() {
   rm -rf "$d"
   echo "$seconds"
 }
-for _ in $(seq "$pairs"); do
-  echo "A$(run "$a")" | tee -a "$work/runs"
-  echo "B$(run "$b")" | tee -a "$work/runs"
-done
+alternate "$pairs" "$a" "$b"
 python3 - "$work/runs" <<'PY'
 import statistics as st, sys
 s = {"A": [], "B": []}
 for line in open(sys.argv[1]):
     tag, *starts = line.split()
     s[tag] += [float(x.split(":")[1]) for x in starts]
+if not s["A"] or not s["B"]:
+    sys.exit("no start of one of the builds was timed (see the lines above)")
 print(f"index loaded, median of {len(s['A'])} starts: A {st.median(s['A']) * 1e3:.1f} ms, "
       f"B {st.median(s['B']) * 1e3:.1f} ms")
 PY

@@ -13,27 +13,15 @@
 # B ÷ A pair by pair (median, range, how many pairs B was faster in).
 set -euo pipefail
 pairs=$1; a=$2; b=$3; clients=${4:-4}; batch=${5:-250}; events=${6:-600000}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cat > "$work/tree.toml" <<'TOML'
-timezone = "Asia/Shanghai"
-[[node]]
-id = "c1"
-name = "Community 1"
-listen = "127.0.0.1:18801"
-TOML
+# shellcheck source=one_community.sh
+. "$(dirname "$0")/one_community.sh"
 ticks() { awk '{print $14+$15}' "$1"; }
 run() {
   local bin=$1 d
   d=$(mktemp -d "$work/run.XXXX")
   "$bin" provision --tree "$work/tree.toml" --out "$d/deploy" > /dev/null
   # shellcheck disable=SC2086
-  "$bin" serve ${SERVE_ARGS:-} --config "$d/deploy/c1/config.toml" > "$d/serve.log" 2>&1 &
-  local pid=$! i
-  for i in $(seq 200); do
-    curl -s -o /dev/null http://127.0.0.1:18801/healthz && break
-    sleep 0.05
-  done
+  serve "$bin" "$d" ${SERVE_ARGS:-}
   local writer="" t
   for t in /proc/$pid/task/*; do
     [ "$(cat "$t/comm")" = gridsync-log-wr ] && writer=$t
@@ -54,10 +42,7 @@ print(f"{r['events_per_s']:.0f} events/s, ack p99 {r['ack_ms']['p99']:.1f} ms, "
 PY
   rm -rf "$d"
 }
-for _ in $(seq "$pairs"); do
-  echo "A $(run "$a")" | tee -a "$work/runs"
-  echo "B $(run "$b")" | tee -a "$work/runs"
-done
+alternate "$pairs" "$a" "$b"
 python3 - "$work/runs" <<'PY'
 import re, statistics as st, sys
 runs = {"A": [], "B": []}
@@ -66,6 +51,8 @@ for line in open(sys.argv[1]):
     if m:
         runs[m[1]].append((int(m[2]), float(m[3]), float(m[4])))
 a, b = runs["A"], runs["B"]
+if not a or not b:
+    sys.exit("no pair of runs completed (see the lines above)")
 ratios = [y[0] / x[0] for x, y in zip(a, b)]
 med = lambda rs, i: st.median(r[i] for r in rs)
 print(f"{len(ratios)} pairs: events/s median A {med(a, 0):.0f}, B {med(b, 0):.0f}; "

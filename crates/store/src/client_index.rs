@@ -485,7 +485,7 @@ pub(crate) fn entry_of(rec: &EventRecord) -> Result<(String, ClientEntry), Strin
     // start (BENCHMARKS.md, "The client-id index's recent entries read in
     // place"), for two fields.
     let (seq, client_id) = gridsync_model::event::read_client(&rec.envelope)
-        .ok_or_else(|| "a stored envelope that is not format 1".to_string())?;
+        .ok_or_else(|| "an own event whose envelope is not format 1".to_string())?;
     let hash = gridsync_model::event::event_hash(&rec.envelope);
     Ok((client_id.to_owned(), (seq, hash)))
 }
