@@ -133,6 +133,26 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+
+    // A retry of a whole post whose events are older than the index's
+    // recent entries (a phone back after many newer events): each id is
+    // found through a run and its event read back from the log.
+    let old_post = events(1000);
+    rt.block_on(store.append(old_post.clone(), 1)).unwrap();
+    let flush = gridsync_store::ClientIndexConfig::default().flush_entries;
+    for _ in 0..flush.div_ceil(1000) + 1 {
+        rt.block_on(store.append(events(1000), 1)).unwrap();
+    }
+    group.bench_function("retry_1000_indexed", |b| {
+        b.iter_batched(
+            || old_post.clone(),
+            |evs| {
+                let r = rt.block_on(store.append(evs, 2)).unwrap();
+                assert!(r.iter().all(|a| a.duplicate));
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 }
 

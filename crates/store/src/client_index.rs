@@ -36,11 +36,11 @@ mod filter;
 mod ids;
 mod meta;
 
-use gridsync_model::{EventRecord, Hash32};
+use gridsync_model::{Chunk, EventRecord, Hash32};
 
 use crate::kv::{Kv, KvWrite};
 use crate::layout;
-use crate::read::{origin_chunks, record_in_log};
+use crate::read::{chunk_holding, origin_chunks};
 use crate::recover::corrupt;
 use crate::StoreError;
 use filter::Filter;
@@ -252,7 +252,10 @@ impl ClientIndex {
     }
 
     /// The stored event with this client id (whose [`client_key`] is
-    /// `h`), if any.
+    /// `h`), if any. A candidate from a run is checked against the event
+    /// the log holds, read with the rest of its chunk into `read_back`
+    /// (kept by the caller: a retried post's events are mostly in one
+    /// chunk, and the caller reads the same event's content next).
     ///
     /// # Errors
     /// Storage errors, or a run naming an event the log does not hold.
@@ -261,6 +264,7 @@ impl ClientIndex {
         kv: &dyn Kv,
         client_id: &str,
         h: u64,
+        read_back: &mut Option<Chunk>,
     ) -> Result<Option<ClientEntry>, StoreError> {
         debug_assert_eq!(h, client_key(client_id));
         if let Some(e) = self.recent.get(client_id, h) {
@@ -272,13 +276,8 @@ impl ClientIndex {
         for run in &self.meta.runs {
             let end = u128::from(h) + 1;
             for (_, seq) in pairs_in_range(kv, run.id, h, end)? {
-                let rec = record_in_log(kv, &self.origin, seq)?.ok_or_else(|| {
-                    corrupt(format!(
-                        "the client-id index names seq {seq} of {}, which the log does not hold",
-                        self.origin
-                    ))
-                })?;
-                let (stored_id, entry) = entry_of(&rec).map_err(corrupt)?;
+                let rec = own_event(kv, &self.origin, seq, read_back)?;
+                let (stored_id, entry) = entry_of(rec).map_err(corrupt)?;
                 if stored_id == client_id {
                     return Ok(Some(entry));
                 }
@@ -476,6 +475,31 @@ fn merge_slice(kv: &dyn Kv, m: &mut Merge, writes: &mut Vec<KvWrite>) -> Result<
     m.written += pairs.len() as u64;
     m.done += 1;
     Ok(())
+}
+
+/// Own event `seq` of `origin` as the log holds it, from `read_back` (the
+/// chunk last read for one), which is read anew when it does not hold it.
+///
+/// # Errors
+/// Storage errors, or no such event in the log (what names it is
+/// corrupt).
+pub(crate) fn own_event<'c>(
+    kv: &dyn Kv,
+    origin: &str,
+    seq: u64,
+    read_back: &'c mut Option<Chunk>,
+) -> Result<&'c EventRecord, StoreError> {
+    if read_back.as_ref().is_none_or(|c| c.event(seq).is_none()) {
+        *read_back = chunk_holding(kv, origin, seq)?;
+    }
+    read_back
+        .as_ref()
+        .and_then(|c| c.event(seq))
+        .ok_or_else(|| {
+            corrupt(format!(
+                "the client-id index names seq {seq} of {origin}, which the log does not hold"
+            ))
+        })
 }
 
 /// The index entry of a stored own event: its client id, seq and hash.

@@ -389,16 +389,6 @@ fn entry_holding(
     Ok((last_seq <= max_last_seq).then_some(offset))
 }
 
-/// Event `seq` of `origin` (envelope and personal part) as the log holds
-/// it.
-pub(crate) fn record_in_log(
-    kv: &dyn Kv,
-    origin: &str,
-    seq: u64,
-) -> Result<Option<gridsync_model::EventRecord>, StoreError> {
-    record_at(kv, origin, seq, u64::MAX)
-}
-
 /// Hash of event `seq` of `origin` as the log holds it (durably).
 pub(crate) fn hash_in_log(
     kv: &dyn Kv,

@@ -27,7 +27,7 @@ mod log_writes;
 mod originate;
 
 use crate::client_index::{
-    client_key, entry_of, record_fingerprint, ClientEntry, ClientIds, ClientIndex,
+    client_key, entry_of, own_event, record_fingerprint, ClientEntry, ClientIds, ClientIndex,
 };
 
 /// The heads record writer and when it last wrote.

@@ -3,7 +3,6 @@
 //! with the event it already made (exactly once).
 
 use super::*;
-use crate::read::chunk_holding;
 use crate::recover::corrupt;
 
 impl Writer {
@@ -143,7 +142,7 @@ impl Writer {
         debug_assert_eq!(h, client_key(&ev.client_id));
         let found = match work.clients.get(&ev.client_id, h) {
             found @ Some(_) => found,
-            None => self.lookup_client(&ev.client_id, h)?,
+            None => self.lookup_client(&ev.client_id, h, read_back)?,
         };
         let Some((seq, hash)) = found else {
             return Ok(None);
@@ -194,19 +193,7 @@ impl Writer {
         };
         let rec = match in_memory {
             Some(rec) => rec,
-            None => {
-                if read_back.as_ref().is_none_or(|c| c.event(seq).is_none()) {
-                    *read_back = chunk_holding(self.shared.kv.as_ref(), origin, seq)?;
-                }
-                read_back
-                    .as_ref()
-                    .and_then(|c| c.event(seq))
-                    .ok_or_else(|| {
-                        corrupt(format!(
-                            "the client-id index names seq {seq} of {origin}, which is not held"
-                        ))
-                    })?
-            }
+            None => own_event(self.shared.kv.as_ref(), origin, seq, read_back)?,
         };
         record_fingerprint(rec).map_err(corrupt)
     }
@@ -214,9 +201,14 @@ impl Writer {
     /// The stored event of this origin with `client_id` (whose
     /// [`client_key`] is `h`). The index is loaded by the writer thread
     /// before its first commit.
-    fn lookup_client(&self, client_id: &str, h: u64) -> Result<Option<ClientEntry>, StoreError> {
+    fn lookup_client(
+        &self,
+        client_id: &str,
+        h: u64,
+        read_back: &mut Option<Chunk>,
+    ) -> Result<Option<ClientEntry>, StoreError> {
         match &self.clients {
-            Some(index) => index.lookup(self.shared.kv.as_ref(), client_id, h),
+            Some(index) => index.lookup(self.shared.kv.as_ref(), client_id, h, read_back),
             None => Err(StoreError::Failed(
                 "the client-id index is not loaded".into(),
             )),
